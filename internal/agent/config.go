@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Default locations and ports.
+const (
+	DefaultDataDir = "/var/lib/ssi"
+	DefaultSocket  = "/run/ssi/ssi.sock"
+	DefaultPort    = 7700 // gRPC; gossip, etcd client and etcd peer use the next three ports
+)
+
+// Config is everything an agent needs to start. The same keys are accepted in the config file
+// (YAML or JSON) as on the command line.
+type Config struct {
+	Name          string   `json:"name"`
+	DataDir       string   `json:"data-dir"`
+	Bind          string   `json:"bind"`      // host:port for gRPC; the next three ports serve gossip and etcd
+	Advertise     string   `json:"advertise"` // host[:port] other nodes dial; default: the bind host, or this host's primary address
+	Join          string   `json:"join"`      // host:port of any node of the cluster to join
+	Token         string   `json:"token"`
+	Server        bool     `json:"server"`
+	EtcdEndpoints []string `json:"etcd-endpoints"` // external etcd; empty: embedded on servers
+	Socket        string   `json:"socket"`
+	HTTP          string   `json:"http"`
+	NodeCgroup    string   `json:"node-cgroup"` // cgroup v2 path (relative to the cgroup2 mount) whose processes are this node's
+	ProcRoot      string   `json:"-"`
+
+	Logger  *slog.Logger `json:"-"`
+	Version string       `json:"-"`
+}
+
+// LoadConfigFile reads a config file; unknown keys are an error so typos do not pass silently.
+func LoadConfigFile(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("reading config file: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return c, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidNodeName reports whether name can name a node: a DNS label in lower case, since it
+// appears in paths (/ssi/<node>), certificates and etcd member names.
+func ValidNodeName(name string) error {
+	if !nodeNameRE.MatchString(name) {
+		return fmt.Errorf("node name %q is invalid: use 1-63 lower-case letters, digits and '-', not starting or ending with '-' (set --name)", name)
+	}
+	return nil
+}
+
+// withDefaults fills unset fields and checks the result.
+func (c Config) withDefaults() (Config, error) {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("finding the host name for the node name: %w (set --name)", err)
+		}
+		c.Name = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+	}
+	if err := ValidNodeName(c.Name); err != nil {
+		return c, err
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
+	}
+	if c.Bind == "" {
+		c.Bind = net.JoinHostPort("0.0.0.0", strconv.Itoa(DefaultPort))
+	}
+	host, port, err := splitHostPortDefault(c.Bind, DefaultPort)
+	if err != nil {
+		return c, fmt.Errorf("--bind %q: %w (want host:port, e.g. 0.0.0.0:7700)", c.Bind, err)
+	}
+	if net.ParseIP(host) == nil {
+		return c, fmt.Errorf("--bind %q: host must be an IP address (e.g. 0.0.0.0:7700)", c.Bind)
+	}
+	c.Bind = net.JoinHostPort(host, strconv.Itoa(port))
+	if c.Advertise == "" {
+		adv := host
+		if ip := net.ParseIP(host); ip.IsUnspecified() {
+			if adv, err = primaryIP(); err != nil {
+				return c, fmt.Errorf("finding the address to advertise: %w (set --advertise)", err)
+			}
+		}
+		c.Advertise = net.JoinHostPort(adv, strconv.Itoa(port))
+	} else {
+		ah, ap, err := splitHostPortDefault(c.Advertise, port)
+		if err != nil || net.ParseIP(ah) == nil || net.ParseIP(ah).IsUnspecified() {
+			return c, fmt.Errorf("--advertise %q is not a usable address: give the IP other nodes reach this one at, e.g. 192.168.1.10", c.Advertise)
+		}
+		c.Advertise = net.JoinHostPort(ah, strconv.Itoa(ap))
+	}
+	if c.Join != "" {
+		jh, jp, err := splitHostPortDefault(c.Join, DefaultPort)
+		if err != nil {
+			return c, fmt.Errorf("--join %q: %w (want host:port of a cluster node)", c.Join, err)
+		}
+		c.Join = net.JoinHostPort(jh, strconv.Itoa(jp))
+	}
+	// --join without --token is a restart of a node that joined before; the data dir decides.
+	if c.Token != "" && c.Join == "" {
+		return c, errors.New("--token needs --join ADDR: give the address of any node of the cluster")
+	}
+	return c, nil
+}
+
+// ports derived from the gRPC port.
+func (c Config) port() int {
+	_, p, _ := net.SplitHostPort(c.Bind)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+func (c Config) bindHost() string {
+	h, _, _ := net.SplitHostPort(c.Bind)
+	return h
+}
+func (c Config) advertiseHost() string {
+	h, _, _ := net.SplitHostPort(c.Advertise)
+	return h
+}
+func (c Config) advertisePort() int {
+	_, p, _ := net.SplitHostPort(c.Advertise)
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+func splitHostPortDefault(s string, def int) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			return s, def, nil
+		}
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 || port > 65532 {
+		return "", 0, fmt.Errorf("port %q out of range", portStr)
+	}
+	return host, port, nil
+}
+
+// primaryIP is the source address of the route to the outside world, without sending anything.
+func primaryIP() (string, error) {
+	conn, err := net.Dial("udp4", "192.0.2.1:9") // TEST-NET-1: never routed, nothing is sent
+	if err == nil {
+		defer conn.Close()
+		return conn.LocalAddr().(*net.UDPAddr).IP.String(), nil
+	}
+	addrs, aerr := net.InterfaceAddrs()
+	if aerr != nil {
+		return "", aerr
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", fmt.Errorf("no non-loopback IPv4 address: %w", err)
+}

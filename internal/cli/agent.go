@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/agent"
+)
+
+func newAgentCommand(g *globals) *cobra.Command {
+	var (
+		cfg        agent.Config
+		configFile string
+		logLevel   string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node daemon (as root)",
+		Long: `Run the ssi node daemon. Every node of the cluster runs one, as root.
+
+The first server bootstraps a new cluster; every other node joins it with a token from
+"ssi token create". A node restarted with the same --data-dir is the same node again (same
+name, index and certificates); SIGTERM makes it leave gracefully.
+
+Ports (from --bind, default 7700): 7700 gRPC between agents (mTLS), 7701 TCP+UDP gossip
+(encrypted), 7702 etcd clients and 7703 etcd peers (mTLS, servers only).
+
+Flags can also come from --config FILE (YAML or JSON, the same keys as the flags, e.g.
+"data-dir: /var/lib/ssi"); flags given on the command line win.`,
+		Example: `  # first server of a new cluster
+  sudo ssi agent --server --name n1 --bind 10.0.0.1:7700
+  # on it: sudo ssi token create
+  # another server and a client join through any node
+  sudo ssi agent --server --name n2 --bind 10.0.0.2:7700 --join 10.0.0.1:7700 --token SSI1.…
+  sudo ssi agent --name n4 --bind 10.0.0.4:7700 --join 10.0.0.1:7700 --token SSI1.…`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Geteuid() != 0 {
+				return errors.New("ssi agent must run as root: it starts processes as other users and manages cgroups; run it with sudo (or as a systemd service)")
+			}
+			if configFile != "" {
+				fileCfg, err := agent.LoadConfigFile(configFile)
+				if err != nil {
+					return err
+				}
+				cfg = mergeConfig(fileCfg, cfg, cmd)
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.Version = g.build.Version
+			if cfg.Socket == "" && g.socket != "" {
+				cfg.Socket = g.socket
+			}
+			return runAgent(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "config file (YAML or JSON) with the same keys as these flags")
+	f.StringVar(&cfg.Name, "name", "", "node name (default: the host name)")
+	f.StringVar(&cfg.DataDir, "data-dir", agent.DefaultDataDir, "where the node keeps its identity and, on servers, etcd's data")
+	f.StringVar(&cfg.Bind, "bind", "0.0.0.0:7700", "cluster address to listen on (gossip and etcd use the next three ports)")
+	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes reach this one at (default: the bind address, or this host's primary IP)")
+	f.StringVar(&cfg.Join, "join", "", "address of any node of the cluster to join (host:port)")
+	f.StringVar(&cfg.Token, "token", "", "join token from \"ssi token create\"")
+	f.BoolVar(&cfg.Server, "server", false, "keep a copy of the control-plane state (an etcd member) on this node")
+	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "use this existing etcd cluster instead of the embedded one (comma-separated URLs)")
+	f.StringVar(&cfg.Socket, "socket", "", "Unix socket for local clients (default "+agent.DefaultSocket+")")
+	f.StringVar(&cfg.HTTP, "http", "", "address for /healthz and /metrics (e.g. 127.0.0.1:7780; empty: off)")
+	f.StringVar(&cfg.NodeCgroup, "node-cgroup", "", "cgroup v2 path whose processes are this node's, for load measurement when several nodes share a kernel")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+// mergeConfig starts from the config file and applies the flags given on the command line.
+func mergeConfig(file, flags agent.Config, cmd *cobra.Command) agent.Config {
+	out := file
+	set := func(name string, apply func()) {
+		if cmd.Flags().Changed(name) {
+			apply()
+		}
+	}
+	set("name", func() { out.Name = flags.Name })
+	set("data-dir", func() { out.DataDir = flags.DataDir })
+	set("bind", func() { out.Bind = flags.Bind })
+	set("advertise", func() { out.Advertise = flags.Advertise })
+	set("join", func() { out.Join = flags.Join })
+	set("token", func() { out.Token = flags.Token })
+	set("server", func() { out.Server = flags.Server })
+	set("etcd-endpoints", func() { out.EtcdEndpoints = flags.EtcdEndpoints })
+	set("socket", func() { out.Socket = flags.Socket })
+	set("http", func() { out.HTTP = flags.HTTP })
+	set("node-cgroup", func() { out.NodeCgroup = flags.NodeCgroup })
+	if out.DataDir == "" {
+		out.DataDir = agent.DefaultDataDir
+	}
+	return out
+}
+
+// runAgent runs until SIGTERM/SIGINT (graceful leave) or a fatal error.
+func runAgent(ctx context.Context, cfg agent.Config) error {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	startCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-startCtx.Done():
+		}
+	}()
+	a, err := agent.Start(startCtx, cfg)
+	if err != nil {
+		return err
+	}
+	cancel()
+	select {
+	case sig := <-sigs:
+		cfg.Logger.Info("leaving the cluster", "signal", sig.String())
+		return a.Close()
+	case err := <-a.Err():
+		a.Close()
+		return fmt.Errorf("agent failed: %w", err)
+	}
+}

@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+)
+
+// callTimeout bounds a simple request to the local agent.
+const callTimeout = 15 * time.Second
+
+// dialAgent connects to the local agent's socket. The connection is local, and the agent
+// learns who we are from the kernel, so no transport security is involved.
+func (g *globals) dialAgent() (*grpc.ClientConn, error) {
+	path := g.socketPath()
+	if _, err := os.Stat(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no ssi agent at %s: start one with \"ssi agent\" (or \"ssi dev\"), or point --socket / SSI_SOCKET at it", path)
+		}
+		return nil, fmt.Errorf("cannot use the agent socket %s: %w", path, err)
+	}
+	return grpc.NewClient("passthrough:///agent",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}),
+	)
+}
+
+func (g *globals) control() (ssipb.ControlClient, func(), error) {
+	cc, err := g.dialAgent()
+	if err != nil {
+		return nil, nil, err
+	}
+	return ssipb.NewControlClient(cc), func() { cc.Close() }, nil
+}
+
+// rpcError turns a gRPC failure into the one-line message users see.
+func (g *globals) rpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("the ssi agent at %s is not running (connection refused): start it, or point --socket / SSI_SOCKET at a running one", g.socketPath())
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	if st.Code() == codes.Unavailable && containsAny(msg, "connection refused", "no such file") {
+		return fmt.Errorf("the ssi agent at %s is not running: start it, or point --socket / SSI_SOCKET at a running one", g.socketPath())
+	}
+	return errors.New(msg)
+}
+
+func containsAny(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,93 @@
+// Package cli builds ssi's command tree. Each file holds one command group; commands return
+// errors to main rather than exiting, and print through one printer (table or JSON).
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/agent"
+)
+
+// BuildInfo identifies the binary.
+type BuildInfo struct {
+	Version string
+	Commit  string
+}
+
+// globals are the options every client command shares.
+type globals struct {
+	socket string
+	build  BuildInfo
+}
+
+// socketPath resolves where the local agent listens: --socket, else $SSI_SOCKET, else the default.
+func (g *globals) socketPath() string {
+	if g.socket != "" {
+		return g.socket
+	}
+	if s := os.Getenv("SSI_SOCKET"); s != "" {
+		return s
+	}
+	return agent.DefaultSocket
+}
+
+// NewRoot returns the ssi command tree.
+func NewRoot(build BuildInfo) *cobra.Command {
+	g := &globals{build: build}
+	root := &cobra.Command{
+		Use:   "ssi",
+		Short: "ssi makes a cluster of Linux machines look and behave like one computer",
+		Long: `ssi is a single system image for Linux clusters: one process space, one file tree,
+one job scheduler and one control point over every node, kept running when nodes fail.
+
+Every node runs "ssi agent"; every other command talks to the local agent.`,
+		Example: `  sudo ssi dev --nodes 3                 # a 3-node cluster of simulated hosts on this machine
+  export SSI_SOCKET=/tmp/ssi-dev/n1/ssi.sock
+  ssi nodes                              # every node with its state and load
+  ssi status -o json`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the local agent's socket (default $SSI_SOCKET, else "+agent.DefaultSocket+")")
+	root.AddCommand(
+		newAgentCommand(g),
+		newNodesCommand(g),
+		newStatusCommand(g),
+		newTokenCommand(g),
+		newVersionCommand(g),
+		// DEVTMP newDevCommand(),
+		// DEVTMP newDevInitCommand(),
+	)
+	return root
+}
+
+// Execute runs the command tree and returns the process exit code.
+func Execute(build BuildInfo, args []string) int {
+	root := NewRoot(build)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintln(os.Stderr, "ssi: "+ee.msg)
+		}
+		return ee.code
+	}
+	fmt.Fprintln(os.Stderr, "ssi: "+err.Error())
+	return 1
+}
+
+// exitError ends the process with a specific code (e.g. a remote command's status).
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }

@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+)
+
+type serverJSON struct {
+	Name     string `json:"name"`
+	Endpoint string `json:"etcd_endpoint"`
+	Leader   bool   `json:"leader"`
+	Healthy  bool   `json:"healthy"`
+	Learner  bool   `json:"learner,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+type statusJSON struct {
+	ClusterID       string            `json:"cluster_id"`
+	ThisNode        nodeJSON          `json:"this_node"`
+	Servers         []serverJSON      `json:"servers"`
+	EtcdLeader      string            `json:"etcd_leader"`
+	EtcdHealthy     bool              `json:"etcd_healthy"`
+	EtcdError       string            `json:"etcd_error,omitempty"`
+	EtcdEndpoints   []string          `json:"etcd_endpoints"`
+	ExternalEtcd    bool              `json:"external_etcd"`
+	Members         map[string]uint32 `json:"members"`
+	SchedulerLeader string            `json:"scheduler_leader"`
+}
+
+func newStatusCommand(g *globals) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show cluster health: servers, etcd leader, members and this node",
+		Example: `  ssi status
+  ssi status -o json | jq .etcd_leader`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			ctl, closeConn, err := g.control()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			resp, err := ctl.Status(ctx, &ssipb.StatusRequest{})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			out := statusJSON{
+				ClusterID: resp.ClusterId, EtcdLeader: resp.EtcdLeader, EtcdHealthy: resp.EtcdHealthy,
+				EtcdError: resp.EtcdError, EtcdEndpoints: resp.EtcdEndpoints, ExternalEtcd: resp.ExternalEtcd,
+				Members: resp.Members, SchedulerLeader: resp.SchedulerLeader, Servers: []serverJSON{},
+			}
+			if resp.ThisNode != nil {
+				out.ThisNode = toNodeJSON(resp.ThisNode)
+			}
+			for _, s := range resp.Servers {
+				out.Servers = append(out.Servers, serverJSON{Name: s.Name, Endpoint: s.EtcdEndpoint, Leader: s.Leader, Healthy: s.Healthy, Learner: s.Learner, Error: s.Error})
+			}
+			p := printer{w: cmd.OutOrStdout(), format: format}
+			if format == formatJSON {
+				return p.json(out)
+			}
+			return printStatus(p, out)
+		},
+	}
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func printStatus(p printer, s statusJSON) error {
+	w := p.w
+	health := "healthy"
+	if !s.EtcdHealthy {
+		health = "UNHEALTHY: " + s.EtcdError
+	}
+	fmt.Fprintf(w, "Cluster:    %s (%s)\n", s.ClusterID, health)
+	fmt.Fprintf(w, "This node:  %s (index %d, %s, %s)\n", s.ThisNode.Name, s.ThisNode.Index, s.ThisNode.Role, s.ThisNode.Addr)
+	leader := s.EtcdLeader
+	if leader == "" {
+		leader = "none"
+	}
+	store := "embedded etcd"
+	if s.ExternalEtcd {
+		store = "external etcd " + strings.Join(s.EtcdEndpoints, ",")
+	}
+	fmt.Fprintf(w, "State:      %s, leader %s\n", store, leader)
+	states := make([]string, 0, len(s.Members))
+	for st, n := range s.Members {
+		states = append(states, fmt.Sprintf("%d %s", n, st))
+	}
+	sort.Strings(states)
+	fmt.Fprintf(w, "Members:    %s\n", strings.Join(states, ", "))
+	if s.SchedulerLeader != "" {
+		fmt.Fprintf(w, "Scheduler:  %s\n", s.SchedulerLeader)
+	}
+	fmt.Fprintln(w)
+	rows := make([][]string, 0, len(s.Servers))
+	for _, sv := range s.Servers {
+		role := "follower"
+		if sv.Leader {
+			role = "leader"
+		} else if sv.Learner {
+			role = "learner"
+		}
+		health := "ok"
+		if !sv.Healthy {
+			health = sv.Error
+		}
+		rows = append(rows, []string{sv.Name, sv.Endpoint, role, health})
+	}
+	return p.table([]string{"SERVER", "ETCD", "ROLE", "HEALTH"}, rows)
+}

@@ -1,0 +1,244 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Node states as shown to users.
+const (
+	StateAlive   = "alive"
+	StateSuspect = "suspect"
+	StateDead    = "dead"
+	StateLeft    = "left"
+)
+
+// Meta is what each node gossips about itself. It must stay under memberlist's 512-byte limit,
+// hence the short JSON keys.
+type Meta struct {
+	Index    uint32 `json:"i"`
+	Role     string `json:"r"`
+	Addr     string `json:"a"` // gRPC cluster address
+	Protocol uint32 `json:"p"`
+	Version  string `json:"v,omitempty"`
+	Load     Load   `json:"l"`
+	Leaving  bool   `json:"x,omitempty"` // set just before a graceful leave, so peers show "left", not "dead"
+}
+
+// Member is one node as this agent currently sees it.
+type Member struct {
+	Name       string
+	GossipAddr string
+	State      string
+	Meta       Meta
+}
+
+// Config configures the gossip layer.
+type Config struct {
+	Name          string
+	BindAddr      string // IP to listen on
+	BindPort      int
+	AdvertiseAddr string
+	AdvertisePort int
+	SecretKey     []byte // 16, 24 or 32 bytes (AES)
+	ClusterID     string // gossip of another cluster is dropped even if keys collide
+	Meta          Meta
+	Logger        *slog.Logger
+}
+
+// Membership is a running gossip member.
+type Membership struct {
+	ml     *memberlist.Memberlist
+	logger *slog.Logger
+
+	mu   sync.Mutex
+	meta Meta
+	gone map[string]memberlist.Node // nodes memberlist has reported dead or departed
+}
+
+// Failure-detection timing. With these values a node killed with SIGKILL is suspected within
+// about one probe interval and declared dead once the suspicion timeout
+// (SuspicionMult × max(1, log10 N) × ProbeInterval) runs out: about 2 s in small clusters.
+const (
+	probeInterval  = 400 * time.Millisecond
+	probeTimeout   = 200 * time.Millisecond
+	suspicionMult  = 3
+	gossipInterval = 100 * time.Millisecond
+)
+
+// Start begins gossiping. It does not contact anyone; call Join with seeds.
+func Start(cfg Config) (*Membership, error) {
+	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}}
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.BindAddr
+	mc.BindPort = cfg.BindPort
+	mc.AdvertiseAddr = cfg.AdvertiseAddr
+	mc.AdvertisePort = cfg.AdvertisePort
+	mc.SecretKey = cfg.SecretKey
+	mc.Label = "ssi/" + cfg.ClusterID
+	mc.ProbeInterval = probeInterval
+	mc.ProbeTimeout = probeTimeout
+	mc.SuspicionMult = suspicionMult
+	mc.GossipInterval = gossipInterval
+	mc.TCPTimeout = 2 * time.Second
+	mc.DeadNodeReclaimTime = 5 * time.Second
+	mc.Delegate = (*metaDelegate)(m)
+	mc.Events = (*eventDelegate)(m)
+	mc.Logger = log.New(&logBridge{logger: cfg.Logger}, "", 0)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+	}
+	m.ml = ml
+	return m, nil
+}
+
+// Join contacts the seeds (host:port gossip addresses) and returns how many answered.
+func (m *Membership) Join(seeds []string) (int, error) {
+	if len(seeds) == 0 {
+		return 0, nil
+	}
+	n, err := m.ml.Join(seeds)
+	if n == 0 && err != nil {
+		return 0, fmt.Errorf("joining gossip through %v: %w", seeds, err)
+	}
+	return n, nil
+}
+
+// SetLoad publishes a new load vector to the cluster.
+func (m *Membership) SetLoad(l Load) error {
+	m.mu.Lock()
+	m.meta.Load = l
+	m.mu.Unlock()
+	return m.ml.UpdateNode(time.Second)
+}
+
+// LocalMeta returns what this node currently gossips about itself.
+func (m *Membership) LocalMeta() Meta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.meta
+}
+
+// Members returns every node this agent knows, including dead and departed ones it still
+// remembers.
+func (m *Membership) Members() []Member {
+	nodes := m.ml.Members()
+	all := make(map[string]*memberlist.Node, len(nodes))
+	for _, n := range nodes {
+		all[n.Name] = n
+	}
+	// Members() hides dead and departed nodes; the event hooks remember them.
+	goneNow := map[string]bool{}
+	m.mu.Lock()
+	for name, n := range m.gone {
+		if _, ok := all[name]; !ok {
+			all[name] = &n
+			goneNow[name] = true
+		}
+	}
+	m.mu.Unlock()
+	out := make([]Member, 0, len(all))
+	for _, n := range all {
+		mem := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: StateAlive}
+		if len(n.Meta) > 0 {
+			if err := json.Unmarshal(n.Meta, &mem.Meta); err != nil {
+				m.logger.Debug("undecodable gossip metadata", "node", n.Name, "err", err)
+			}
+		}
+		if _, gone := goneNow[n.Name]; gone {
+			// memberlist does not expose why a node went; its last metadata says whether it
+			// announced its departure.
+			mem.State = StateDead
+			if mem.Meta.Leaving {
+				mem.State = StateLeft
+			}
+		}
+		out = append(out, mem)
+	}
+	return out
+}
+
+// eventDelegate records departures, which memberlist's member list no longer shows.
+type eventDelegate Membership
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
+	d.mu.Lock()
+	delete(d.gone, n.Name)
+	d.mu.Unlock()
+	d.logger.Info("node joined", "node", n.Name, "addr", n.Address())
+}
+
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	d.mu.Lock()
+	d.gone[n.Name] = *n
+	d.mu.Unlock()
+	d.logger.Info("node gone", "node", n.Name)
+}
+
+func (d *eventDelegate) NotifyUpdate(*memberlist.Node) {}
+
+// Leave tells the cluster this node is departing on purpose, then stops gossiping.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	m.meta.Leaving = true
+	m.mu.Unlock()
+	if err := m.ml.UpdateNode(timeout / 2); err != nil {
+		m.logger.Warn("announcing departure", "err", err)
+	}
+	err := m.ml.Leave(timeout)
+	if serr := m.ml.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Shutdown stops gossiping without a goodbye, as a crash would.
+func (m *Membership) Shutdown() error { return m.ml.Shutdown() }
+
+// metaDelegate supplies this node's metadata to memberlist; the other hooks are unused.
+type metaDelegate Membership
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	b, err := json.Marshal(d.meta)
+	d.mu.Unlock()
+	if err != nil || len(b) > limit {
+		d.logger.Error("gossip metadata does not fit", "bytes", len(b), "limit", limit, "err", err)
+		return nil
+	}
+	return b
+}
+func (d *metaDelegate) NotifyMsg([]byte)                  {}
+func (d *metaDelegate) GetBroadcasts(int, int) [][]byte   { return nil }
+func (d *metaDelegate) LocalState(bool) []byte            { return nil }
+func (d *metaDelegate) MergeRemoteState(_ []byte, _ bool) {}
+
+// logBridge turns memberlist's "[LEVEL] memberlist: msg" lines into slog records.
+type logBridge struct{ logger *slog.Logger }
+
+func (b *logBridge) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError, "[INFO]": slog.LevelInfo} {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			level, line = l, strings.TrimSpace(rest)
+			break
+		}
+	}
+	b.logger.Log(nil, level, line, "component", "gossip") //nolint:staticcheck // no context in an io.Writer
+	return len(p), nil
+}
+
+var _ io.Writer = (*logBridge)(nil)
