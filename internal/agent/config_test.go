@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      Config
+		wantErr string
+		check   func(t *testing.T, c Config)
+	}{
+		{name: "explicit addresses", in: Config{Name: "n1", Bind: "10.0.0.1:7700"}, check: func(t *testing.T, c Config) {
+			if c.Advertise != "10.0.0.1:7700" || c.DataDir != DefaultDataDir || c.Socket != DefaultSocket {
+				t.Errorf("got %+v", c)
+			}
+		}},
+		{name: "port defaults", in: Config{Name: "n1", Bind: "10.0.0.1", Join: "10.0.0.2", Token: "x"}, check: func(t *testing.T, c Config) {
+			if c.Bind != "10.0.0.1:7700" || c.Join != "10.0.0.2:7700" {
+				t.Errorf("got bind %q join %q", c.Bind, c.Join)
+			}
+		}},
+		{name: "advertise port follows bind", in: Config{Name: "n1", Bind: "0.0.0.0:8800", Advertise: "192.168.1.5"}, check: func(t *testing.T, c Config) {
+			if c.Advertise != "192.168.1.5:8800" {
+				t.Errorf("advertise %q", c.Advertise)
+			}
+		}},
+		{name: "unspecified bind picks an address", in: Config{Name: "n1"}, check: func(t *testing.T, c Config) {
+			if strings.HasPrefix(c.Advertise, "0.0.0.0") || c.Advertise == "" {
+				t.Errorf("advertise %q", c.Advertise)
+			}
+		}},
+		{name: "bad name", in: Config{Name: "Bad_Name"}, wantErr: "node name"},
+		{name: "bind hostname", in: Config{Name: "n1", Bind: "localhost:7700"}, wantErr: "must be an IP"},
+		{name: "bad port", in: Config{Name: "n1", Bind: "10.0.0.1:99999"}, wantErr: "out of range"},
+		{name: "unspecified advertise", in: Config{Name: "n1", Advertise: "0.0.0.0"}, wantErr: "not a usable address"},
+		{name: "token without join", in: Config{Name: "n1", Token: "t"}, wantErr: "--token needs --join"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tt.in.withDefaults()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestValidNodeName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"n1": true, "web-01": true, "a": true, strings.Repeat("a", 63): true,
+		"": false, "-a": false, "a-": false, "A1": false, "a.b": false, "a/b": false, strings.Repeat("a", 64): false, "n\n1": false,
+	} {
+		if err := ValidNodeName(name); (err == nil) != ok {
+			t.Errorf("ValidNodeName(%q) = %v, want ok=%v", name, err, ok)
+		}
+	}
+}
+
+func TestLoadConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("name: n7\ndata-dir: /srv/ssi\nserver: true\netcd-endpoints: [http://e1:2379, http://e2:2379]\n"), 0o600)
+	c, err := LoadConfigFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "n7" || c.DataDir != "/srv/ssi" || !c.Server || len(c.EtcdEndpoints) != 2 {
+		t.Fatalf("got %+v", c)
+	}
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("nmae: n7\n"), 0o600)
+	if _, err := LoadConfigFile(typo); err == nil || !strings.Contains(err.Error(), "nmae") {
+		t.Fatalf("unknown key accepted: %v", err)
+	}
+	if _, err := LoadConfigFile(filepath.Join(dir, "missing.yaml")); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
