@@ -25,12 +25,14 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
-	"github.com/ssi-cluster/ssi/internal/cgroup"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
+	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/store"
 )
 
@@ -68,6 +70,11 @@ type Agent struct {
 	mu       sync.Mutex
 	registry map[string]store.NodeRecord // last registry read, for when etcd is unreachable
 
+	peerMu    sync.Mutex
+	peerConns map[string]*grpc.ClientConn
+
+	procs *procspace.Service
+
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -85,13 +92,14 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a := &Agent{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		dir:      dataDir(cfg.DataDir),
-		metrics:  newMetrics(),
-		registry: map[string]store.NodeRecord{},
-		ready:    make(chan struct{}),
-		errc:     make(chan error, 4),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		dir:       dataDir(cfg.DataDir),
+		metrics:   newMetrics(),
+		registry:  map[string]store.NodeRecord{},
+		peerConns: map[string]*grpc.ClientConn{},
+		ready:     make(chan struct{}),
+		errc:      make(chan error, 4),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	defer func() {
@@ -429,6 +437,12 @@ func (a *Agent) serve(ctx context.Context) error {
 		a.log.Warn("reading the node registry", "err", err)
 	}
 	a.joinGossip()
+	if a.procs, err = procspace.New(ctx, procspace.Config{
+		Cluster: clusterView{a}, Socket: a.cfg.Socket, CgroupParent: a.procCgroupParent(),
+		ProcRoot: a.cfg.ProcRoot, Logger: a.log,
+	}); err != nil {
+		return err
+	}
 	if err := a.startControlServer(); err != nil {
 		return err
 	}
@@ -451,6 +465,18 @@ func (a *Agent) nodeCgroupDir() string {
 		return ""
 	}
 	return filepath.Join(mount, filepath.Clean("/"+a.cfg.NodeCgroup))
+}
+
+// procCgroupParent is the cgroup under which started process trees get their own cgroups:
+// beneath the node's cgroup, or the agent's own.
+func (a *Agent) procCgroupParent() string {
+	base := a.cfg.NodeCgroup
+	if base == "" {
+		if self, err := cgroup.Of(a.cfg.ProcRoot, os.Getpid()); err == nil {
+			base = self
+		}
+	}
+	return filepath.Clean("/"+base) + "/ssi-procs"
 }
 
 // joinGossip contacts every other registered node that has not said goodbye.
@@ -584,6 +610,10 @@ func (a *Agent) stop(graceful bool) {
 		if a.ctlSrv != nil {
 			os.Remove(a.cfg.Socket)
 		}
+		a.closePeerConns()
+		if a.procs != nil {
+			a.procs.Close()
+		}
 		if a.etcd != nil {
 			a.etcd.Close()
 		}
@@ -636,6 +666,8 @@ func (a *Agent) startPeerServer() error {
 	unaryAuth, streamAuth := api.RequireNode(ssipb.Peer_Join_FullMethodName)
 	a.peerSrv = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(a.caCert, a.keyPair))),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(16<<20),
 		grpc.ChainUnaryInterceptor(a.metrics.unary("peer"), unaryAuth),
 		grpc.ChainStreamInterceptor(a.metrics.stream("peer"), streamAuth),
 	)

@@ -70,6 +70,20 @@ type controlService struct {
 	a *Agent
 }
 
+func (c *controlService) Run(stream ssipb.Control_RunServer) error { return c.a.procs.Run(stream) }
+
+func (c *controlService) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+	return c.a.procs.Ps(ctx, req)
+}
+
+func (c *controlService) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.KillResponse, error) {
+	return c.a.procs.Kill(ctx, req)
+}
+
+func (c *controlService) Wait(ctx context.Context, req *ssipb.WaitRequest) (*ssipb.WaitResponse, error) {
+	return c.a.procs.Wait(ctx, req)
+}
+
 func (c *controlService) Nodes(ctx context.Context, _ *ssipb.NodesRequest) (*ssipb.NodesResponse, error) {
 	nodes, warning := c.a.nodes(ctx)
 	return &ssipb.NodesResponse{Nodes: nodes, Warning: warning}, nil

@@ -193,6 +193,20 @@ type peerService struct {
 	a *Agent
 }
 
+func (p *peerService) Exec(stream ssipb.Peer_ExecServer) error { return p.a.procs.Exec(stream) }
+
+func (p *peerService) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+	return p.a.procs.LocalPs(ctx, req)
+}
+
+func (p *peerService) Signal(ctx context.Context, req *ssipb.KillRequest) (*ssipb.KillResponse, error) {
+	return p.a.procs.Signal(ctx, req)
+}
+
+func (p *peerService) Wait(ctx context.Context, req *ssipb.WaitRequest) (*ssipb.WaitResponse, error) {
+	return p.a.procs.PeerWait(ctx, req)
+}
+
 func (p *peerService) Ping(ctx context.Context, _ *ssipb.PingRequest) (*ssipb.PingResponse, error) {
 	return &ssipb.PingResponse{Name: p.a.state.Name, Protocol: api.ProtocolVersion}, nil
 }

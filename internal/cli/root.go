@@ -58,9 +58,14 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		newNodesCommand(g),
 		newStatusCommand(g),
 		newTokenCommand(g),
+		newRunCommand(g),
+		newRshCommand(g),
+		newPsCommand(g),
+		newKillCommand(g),
+		newWaitCommand(g),
 		newVersionCommand(g),
-		// DEVTMP newDevCommand(),
-		// DEVTMP newDevInitCommand(),
+		newDevCommand(),
+		newDevInitCommand(),
 	)
 	return root
 }

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -237,7 +238,7 @@ func (b *logBridge) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	b.logger.Log(nil, level, line, "component", "gossip") //nolint:staticcheck // no context in an io.Writer
+	b.logger.Log(context.Background(), level, line, "component", "gossip")
 	return len(p), nil
 }
 

@@ -905,6 +905,1152 @@ func (x *PingResponse) GetProtocol() uint32 {
 	return 0
 }
 
+// Caller is the user a request runs as. The local agent fills it from the kernel (SO_PEERCRED
+// and /proc of the calling process); whatever a client puts there is overwritten.
+type Caller struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Umask         uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
+	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"` // the node the user called from
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Caller) Reset() {
+	*x = Caller{}
+	mi := &file_ssi_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Caller) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Caller) ProtoMessage() {}
+
+func (x *Caller) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Caller.ProtoReflect.Descriptor instead.
+func (*Caller) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Caller) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *Caller) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *Caller) GetGroups() []uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *Caller) GetUmask() uint32 {
+	if x != nil {
+		return x.Umask
+	}
+	return 0
+}
+
+func (x *Caller) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type RunStart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Args          []string               `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	Env           []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd           string                 `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
+	Tty           bool                   `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows          uint32                 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
+	Detach        bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
+	Explain       bool                   `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
+	Shell         bool                   `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
+	ParentGpid    int64                  `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
+	Caller        *Caller                `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
+	HomeNode      string                 `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunStart) Reset() {
+	*x = RunStart{}
+	mi := &file_ssi_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunStart) ProtoMessage() {}
+
+func (x *RunStart) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunStart.ProtoReflect.Descriptor instead.
+func (*RunStart) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RunStart) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *RunStart) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *RunStart) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+func (x *RunStart) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RunStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *RunStart) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *RunStart) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *RunStart) GetDetach() bool {
+	if x != nil {
+		return x.Detach
+	}
+	return false
+}
+
+func (x *RunStart) GetExplain() bool {
+	if x != nil {
+		return x.Explain
+	}
+	return false
+}
+
+func (x *RunStart) GetShell() bool {
+	if x != nil {
+		return x.Shell
+	}
+	return false
+}
+
+func (x *RunStart) GetParentGpid() int64 {
+	if x != nil {
+		return x.ParentGpid
+	}
+	return 0
+}
+
+func (x *RunStart) GetCaller() *Caller {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+func (x *RunStart) GetHomeNode() string {
+	if x != nil {
+		return x.HomeNode
+	}
+	return ""
+}
+
+type WindowSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowSize) Reset() {
+	*x = WindowSize{}
+	mi := &file_ssi_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowSize) ProtoMessage() {}
+
+func (x *WindowSize) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
+func (*WindowSize) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WindowSize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *WindowSize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+type RunInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*RunInput_Start
+	//	*RunInput_Stdin
+	//	*RunInput_StdinEof
+	//	*RunInput_Signal
+	//	*RunInput_Resize
+	Msg           isRunInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunInput) Reset() {
+	*x = RunInput{}
+	mi := &file_ssi_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunInput) ProtoMessage() {}
+
+func (x *RunInput) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunInput.ProtoReflect.Descriptor instead.
+func (*RunInput) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RunInput) GetMsg() isRunInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *RunInput) GetStart() *RunStart {
+	if x != nil {
+		if x, ok := x.Msg.(*RunInput_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *RunInput) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*RunInput_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *RunInput) GetStdinEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*RunInput_StdinEof); ok {
+			return x.StdinEof
+		}
+	}
+	return false
+}
+
+func (x *RunInput) GetSignal() int32 {
+	if x != nil {
+		if x, ok := x.Msg.(*RunInput_Signal); ok {
+			return x.Signal
+		}
+	}
+	return 0
+}
+
+func (x *RunInput) GetResize() *WindowSize {
+	if x != nil {
+		if x, ok := x.Msg.(*RunInput_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+type isRunInput_Msg interface {
+	isRunInput_Msg()
+}
+
+type RunInput_Start struct {
+	Start *RunStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type RunInput_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type RunInput_StdinEof struct {
+	StdinEof bool `protobuf:"varint,3,opt,name=stdin_eof,json=stdinEof,proto3,oneof"`
+}
+
+type RunInput_Signal struct {
+	Signal int32 `protobuf:"varint,4,opt,name=signal,proto3,oneof"`
+}
+
+type RunInput_Resize struct {
+	Resize *WindowSize `protobuf:"bytes,5,opt,name=resize,proto3,oneof"`
+}
+
+func (*RunInput_Start) isRunInput_Msg() {}
+
+func (*RunInput_Stdin) isRunInput_Msg() {}
+
+func (*RunInput_StdinEof) isRunInput_Msg() {}
+
+func (*RunInput_Signal) isRunInput_Msg() {}
+
+func (*RunInput_Resize) isRunInput_Msg() {}
+
+type RunStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Explanation   string                 `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	OutputPath    string                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node
+	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunStarted) Reset() {
+	*x = RunStarted{}
+	mi := &file_ssi_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunStarted) ProtoMessage() {}
+
+func (x *RunStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
+func (*RunStarted) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RunStarted) GetGpid() int64 {
+	if x != nil {
+		return x.Gpid
+	}
+	return 0
+}
+
+func (x *RunStarted) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RunStarted) GetExplanation() string {
+	if x != nil {
+		return x.Explanation
+	}
+	return ""
+}
+
+func (x *RunStarted) GetOutputPath() string {
+	if x != nil {
+		return x.OutputPath
+	}
+	return ""
+}
+
+func (x *RunStarted) GetCwd() string {
+	if x != nil {
+		return x.Cwd
+	}
+	return ""
+}
+
+type RunExit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunExit) Reset() {
+	*x = RunExit{}
+	mi := &file_ssi_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunExit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunExit) ProtoMessage() {}
+
+func (x *RunExit) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunExit.ProtoReflect.Descriptor instead.
+func (*RunExit) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RunExit) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *RunExit) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type RunOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*RunOutput_Started
+	//	*RunOutput_Stdout
+	//	*RunOutput_Stderr
+	//	*RunOutput_Exit
+	Msg           isRunOutput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunOutput) Reset() {
+	*x = RunOutput{}
+	mi := &file_ssi_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunOutput) ProtoMessage() {}
+
+func (x *RunOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunOutput.ProtoReflect.Descriptor instead.
+func (*RunOutput) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RunOutput) GetMsg() isRunOutput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *RunOutput) GetStarted() *RunStarted {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *RunOutput) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *RunOutput) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *RunOutput) GetExit() *RunExit {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+type isRunOutput_Msg interface {
+	isRunOutput_Msg()
+}
+
+type RunOutput_Started struct {
+	Started *RunStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type RunOutput_Stdout struct {
+	Stdout []byte `protobuf:"bytes,2,opt,name=stdout,proto3,oneof"`
+}
+
+type RunOutput_Stderr struct {
+	Stderr []byte `protobuf:"bytes,3,opt,name=stderr,proto3,oneof"`
+}
+
+type RunOutput_Exit struct {
+	Exit *RunExit `protobuf:"bytes,4,opt,name=exit,proto3,oneof"`
+}
+
+func (*RunOutput_Started) isRunOutput_Msg() {}
+
+func (*RunOutput_Stdout) isRunOutput_Msg() {}
+
+func (*RunOutput_Stderr) isRunOutput_Msg() {}
+
+func (*RunOutput_Exit) isRunOutput_Msg() {}
+
+type ProcInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	PpidGpid      int64                  `protobuf:"varint,4,opt,name=ppid_gpid,json=ppidGpid,proto3" json:"ppid_gpid,omitempty"`
+	User          string                 `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	Uid           uint32                 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
+	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	CpuPercent    float64                `protobuf:"fixed64,8,opt,name=cpu_percent,json=cpuPercent,proto3" json:"cpu_percent,omitempty"`
+	RssBytes      uint64                 `protobuf:"varint,9,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	StartUnixMs   int64                  `protobuf:"varint,10,opt,name=start_unix_ms,json=startUnixMs,proto3" json:"start_unix_ms,omitempty"`
+	CpuTimeMs     int64                  `protobuf:"varint,11,opt,name=cpu_time_ms,json=cpuTimeMs,proto3" json:"cpu_time_ms,omitempty"`
+	Command       string                 `protobuf:"bytes,12,opt,name=command,proto3" json:"command,omitempty"`
+	SsiStarted    bool                   `protobuf:"varint,13,opt,name=ssi_started,json=ssiStarted,proto3" json:"ssi_started,omitempty"` // started through ssi run (ppid_gpid is the GPID that asked)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcInfo) Reset() {
+	*x = ProcInfo{}
+	mi := &file_ssi_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcInfo) ProtoMessage() {}
+
+func (x *ProcInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
+func (*ProcInfo) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ProcInfo) GetGpid() int64 {
+	if x != nil {
+		return x.Gpid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetPpidGpid() int64 {
+	if x != nil {
+		return x.PpidGpid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetCpuPercent() float64 {
+	if x != nil {
+		return x.CpuPercent
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetRssBytes() uint64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetStartUnixMs() int64 {
+	if x != nil {
+		return x.StartUnixMs
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetCpuTimeMs() int64 {
+	if x != nil {
+		return x.CpuTimeMs
+	}
+	return 0
+}
+
+func (x *ProcInfo) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *ProcInfo) GetSsiStarted() bool {
+	if x != nil {
+		return x.SsiStarted
+	}
+	return false
+}
+
+type PsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"` // empty: every node
+	User          string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PsRequest) Reset() {
+	*x = PsRequest{}
+	mi := &file_ssi_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PsRequest) ProtoMessage() {}
+
+func (x *PsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PsRequest.ProtoReflect.Descriptor instead.
+func (*PsRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PsRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *PsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type PsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Procs         []*ProcInfo            `protobuf:"bytes,1,rep,name=procs,proto3" json:"procs,omitempty"`
+	Unreachable   []string               `protobuf:"bytes,2,rep,name=unreachable,proto3" json:"unreachable,omitempty"` // nodes that did not answer in time
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PsResponse) Reset() {
+	*x = PsResponse{}
+	mi := &file_ssi_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PsResponse) ProtoMessage() {}
+
+func (x *PsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PsResponse.ProtoReflect.Descriptor instead.
+func (*PsResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PsResponse) GetProcs() []*ProcInfo {
+	if x != nil {
+		return x.Procs
+	}
+	return nil
+}
+
+func (x *PsResponse) GetUnreachable() []string {
+	if x != nil {
+		return x.Unreachable
+	}
+	return nil
+}
+
+type KillRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpids         []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Caller        *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillRequest) Reset() {
+	*x = KillRequest{}
+	mi := &file_ssi_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillRequest) ProtoMessage() {}
+
+func (x *KillRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
+func (*KillRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *KillRequest) GetGpids() []int64 {
+	if x != nil {
+		return x.Gpids
+	}
+	return nil
+}
+
+func (x *KillRequest) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *KillRequest) GetCaller() *Caller {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+type KillResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"` // empty on success; kill(1)-style text otherwise
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillResult) Reset() {
+	*x = KillResult{}
+	mi := &file_ssi_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillResult) ProtoMessage() {}
+
+func (x *KillResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillResult.ProtoReflect.Descriptor instead.
+func (*KillResult) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *KillResult) GetGpid() int64 {
+	if x != nil {
+		return x.Gpid
+	}
+	return 0
+}
+
+func (x *KillResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type KillResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*KillResult          `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KillResponse) Reset() {
+	*x = KillResponse{}
+	mi := &file_ssi_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KillResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KillResponse) ProtoMessage() {}
+
+func (x *KillResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KillResponse.ProtoReflect.Descriptor instead.
+func (*KillResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *KillResponse) GetResults() []*KillResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type WaitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
+	Caller        *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitRequest) Reset() {
+	*x = WaitRequest{}
+	mi := &file_ssi_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitRequest) ProtoMessage() {}
+
+func (x *WaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
+func (*WaitRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WaitRequest) GetGpid() int64 {
+	if x != nil {
+		return x.Gpid
+	}
+	return 0
+}
+
+func (x *WaitRequest) GetCaller() *Caller {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+type WaitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitResponse) Reset() {
+	*x = WaitResponse{}
+	mi := &file_ssi_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitResponse) ProtoMessage() {}
+
+func (x *WaitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
+func (*WaitResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *WaitResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *WaitResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_ssi_proto protoreflect.FileDescriptor
 
 const file_ssi_proto_rawDesc = "" +
@@ -988,14 +2134,112 @@ const file_ssi_proto_rawDesc = "" +
 	"\vPingRequest\">\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bprotocol\x18\x02 \x01(\rR\bprotocol2\xc0\x01\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"n\n" +
+	"\x06Caller\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
+	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
+	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\"\xbe\x02\n" +
+	"\bRunStart\x12\x12\n" +
+	"\x04args\x18\x01 \x03(\tR\x04args\x12\x10\n" +
+	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x10\n" +
+	"\x03tty\x18\x05 \x01(\bR\x03tty\x12\x12\n" +
+	"\x04rows\x18\x06 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\a \x01(\rR\x04cols\x12\x16\n" +
+	"\x06detach\x18\b \x01(\bR\x06detach\x12\x18\n" +
+	"\aexplain\x18\t \x01(\bR\aexplain\x12\x14\n" +
+	"\x05shell\x18\n" +
+	" \x01(\bR\x05shell\x12\x1f\n" +
+	"\vparent_gpid\x18\v \x01(\x03R\n" +
+	"parentGpid\x12&\n" +
+	"\x06caller\x18\f \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x1b\n" +
+	"\thome_node\x18\r \x01(\tR\bhomeNode\"4\n" +
+	"\n" +
+	"WindowSize\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xba\x01\n" +
+	"\bRunInput\x12(\n" +
+	"\x05start\x18\x01 \x01(\v2\x10.ssi.v1.RunStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
+	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
+	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signal\x12,\n" +
+	"\x06resize\x18\x05 \x01(\v2\x12.ssi.v1.WindowSizeH\x00R\x06resizeB\x05\n" +
+	"\x03msg\"\x89\x01\n" +
+	"\n" +
+	"RunStarted\x12\x12\n" +
+	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12 \n" +
+	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x12\x1f\n" +
+	"\voutput_path\x18\x04 \x01(\tR\n" +
+	"outputPath\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"7\n" +
+	"\aRunExit\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x9d\x01\n" +
+	"\tRunOutput\x12.\n" +
+	"\astarted\x18\x01 \x01(\v2\x12.ssi.v1.RunStartedH\x00R\astarted\x12\x18\n" +
+	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12%\n" +
+	"\x04exit\x18\x04 \x01(\v2\x0f.ssi.v1.RunExitH\x00R\x04exitB\x05\n" +
+	"\x03msg\"\xda\x02\n" +
+	"\bProcInfo\x12\x12\n" +
+	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x1b\n" +
+	"\tppid_gpid\x18\x04 \x01(\x03R\bppidGpid\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12\x10\n" +
+	"\x03uid\x18\x06 \x01(\rR\x03uid\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12\x1f\n" +
+	"\vcpu_percent\x18\b \x01(\x01R\n" +
+	"cpuPercent\x12\x1b\n" +
+	"\trss_bytes\x18\t \x01(\x04R\brssBytes\x12\"\n" +
+	"\rstart_unix_ms\x18\n" +
+	" \x01(\x03R\vstartUnixMs\x12\x1e\n" +
+	"\vcpu_time_ms\x18\v \x01(\x03R\tcpuTimeMs\x12\x18\n" +
+	"\acommand\x18\f \x01(\tR\acommand\x12\x1f\n" +
+	"\vssi_started\x18\r \x01(\bR\n" +
+	"ssiStarted\"3\n" +
+	"\tPsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\"V\n" +
+	"\n" +
+	"PsResponse\x12&\n" +
+	"\x05procs\x18\x01 \x03(\v2\x10.ssi.v1.ProcInfoR\x05procs\x12 \n" +
+	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"c\n" +
+	"\vKillRequest\x12\x14\n" +
+	"\x05gpids\x18\x01 \x03(\x03R\x05gpids\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12&\n" +
+	"\x06caller\x18\x03 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\"6\n" +
+	"\n" +
+	"KillResult\x12\x12\n" +
+	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"<\n" +
+	"\fKillResponse\x12,\n" +
+	"\aresults\x18\x01 \x03(\v2\x12.ssi.v1.KillResultR\aresults\"I\n" +
+	"\vWaitRequest\x12\x12\n" +
+	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12&\n" +
+	"\x06caller\x18\x02 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\"<\n" +
+	"\fWaitResponse\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage2\x83\x03\n" +
 	"\aControl\x124\n" +
 	"\x05Nodes\x12\x14.ssi.v1.NodesRequest\x1a\x15.ssi.v1.NodesResponse\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x12F\n" +
-	"\vCreateToken\x12\x1a.ssi.v1.CreateTokenRequest\x1a\x1b.ssi.v1.CreateTokenResponse2l\n" +
+	"\vCreateToken\x12\x1a.ssi.v1.CreateTokenRequest\x1a\x1b.ssi.v1.CreateTokenResponse\x12.\n" +
+	"\x03Run\x12\x10.ssi.v1.RunInput\x1a\x11.ssi.v1.RunOutput(\x010\x01\x12+\n" +
+	"\x02Ps\x12\x11.ssi.v1.PsRequest\x1a\x12.ssi.v1.PsResponse\x121\n" +
+	"\x04Kill\x12\x13.ssi.v1.KillRequest\x1a\x14.ssi.v1.KillResponse\x121\n" +
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse2\xb2\x02\n" +
 	"\x04Peer\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x121\n" +
-	"\x04Ping\x12\x13.ssi.v1.PingRequest\x1a\x14.ssi.v1.PingResponseB/Z-github.com/ssi-cluster/ssi/internal/api/ssipbb\x06proto3"
+	"\x04Ping\x12\x13.ssi.v1.PingRequest\x1a\x14.ssi.v1.PingResponse\x12/\n" +
+	"\x04Exec\x12\x10.ssi.v1.RunInput\x1a\x11.ssi.v1.RunOutput(\x010\x01\x12+\n" +
+	"\x02Ps\x12\x11.ssi.v1.PsRequest\x1a\x12.ssi.v1.PsResponse\x123\n" +
+	"\x06Signal\x12\x13.ssi.v1.KillRequest\x1a\x14.ssi.v1.KillResponse\x121\n" +
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponseB/Z-github.com/ssi-cluster/ssi/internal/api/ssipbb\x06proto3"
 
 var (
 	file_ssi_proto_rawDescOnce sync.Once
@@ -1009,7 +2253,7 @@ func file_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_proto_rawDescData
 }
 
-var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_ssi_proto_goTypes = []any{
 	(*NodesRequest)(nil),        // 0: ssi.v1.NodesRequest
 	(*NodesResponse)(nil),       // 1: ssi.v1.NodesResponse
@@ -1023,28 +2267,68 @@ var file_ssi_proto_goTypes = []any{
 	(*JoinResponse)(nil),        // 9: ssi.v1.JoinResponse
 	(*PingRequest)(nil),         // 10: ssi.v1.PingRequest
 	(*PingResponse)(nil),        // 11: ssi.v1.PingResponse
-	nil,                         // 12: ssi.v1.StatusResponse.MembersEntry
+	(*Caller)(nil),              // 12: ssi.v1.Caller
+	(*RunStart)(nil),            // 13: ssi.v1.RunStart
+	(*WindowSize)(nil),          // 14: ssi.v1.WindowSize
+	(*RunInput)(nil),            // 15: ssi.v1.RunInput
+	(*RunStarted)(nil),          // 16: ssi.v1.RunStarted
+	(*RunExit)(nil),             // 17: ssi.v1.RunExit
+	(*RunOutput)(nil),           // 18: ssi.v1.RunOutput
+	(*ProcInfo)(nil),            // 19: ssi.v1.ProcInfo
+	(*PsRequest)(nil),           // 20: ssi.v1.PsRequest
+	(*PsResponse)(nil),          // 21: ssi.v1.PsResponse
+	(*KillRequest)(nil),         // 22: ssi.v1.KillRequest
+	(*KillResult)(nil),          // 23: ssi.v1.KillResult
+	(*KillResponse)(nil),        // 24: ssi.v1.KillResponse
+	(*WaitRequest)(nil),         // 25: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),        // 26: ssi.v1.WaitResponse
+	nil,                         // 27: ssi.v1.StatusResponse.MembersEntry
 }
 var file_ssi_proto_depIdxs = []int32{
 	2,  // 0: ssi.v1.NodesResponse.nodes:type_name -> ssi.v1.NodeInfo
 	2,  // 1: ssi.v1.StatusResponse.this_node:type_name -> ssi.v1.NodeInfo
 	5,  // 2: ssi.v1.StatusResponse.servers:type_name -> ssi.v1.ServerStatus
-	12, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
-	0,  // 4: ssi.v1.Control.Nodes:input_type -> ssi.v1.NodesRequest
-	3,  // 5: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	6,  // 6: ssi.v1.Control.CreateToken:input_type -> ssi.v1.CreateTokenRequest
-	8,  // 7: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
-	10, // 8: ssi.v1.Peer.Ping:input_type -> ssi.v1.PingRequest
-	1,  // 9: ssi.v1.Control.Nodes:output_type -> ssi.v1.NodesResponse
-	4,  // 10: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	7,  // 11: ssi.v1.Control.CreateToken:output_type -> ssi.v1.CreateTokenResponse
-	9,  // 12: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
-	11, // 13: ssi.v1.Peer.Ping:output_type -> ssi.v1.PingResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	27, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
+	12, // 4: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
+	13, // 5: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
+	14, // 6: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
+	16, // 7: ssi.v1.RunOutput.started:type_name -> ssi.v1.RunStarted
+	17, // 8: ssi.v1.RunOutput.exit:type_name -> ssi.v1.RunExit
+	19, // 9: ssi.v1.PsResponse.procs:type_name -> ssi.v1.ProcInfo
+	12, // 10: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
+	23, // 11: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
+	12, // 12: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
+	0,  // 13: ssi.v1.Control.Nodes:input_type -> ssi.v1.NodesRequest
+	3,  // 14: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	6,  // 15: ssi.v1.Control.CreateToken:input_type -> ssi.v1.CreateTokenRequest
+	15, // 16: ssi.v1.Control.Run:input_type -> ssi.v1.RunInput
+	20, // 17: ssi.v1.Control.Ps:input_type -> ssi.v1.PsRequest
+	22, // 18: ssi.v1.Control.Kill:input_type -> ssi.v1.KillRequest
+	25, // 19: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	8,  // 20: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
+	10, // 21: ssi.v1.Peer.Ping:input_type -> ssi.v1.PingRequest
+	15, // 22: ssi.v1.Peer.Exec:input_type -> ssi.v1.RunInput
+	20, // 23: ssi.v1.Peer.Ps:input_type -> ssi.v1.PsRequest
+	22, // 24: ssi.v1.Peer.Signal:input_type -> ssi.v1.KillRequest
+	25, // 25: ssi.v1.Peer.Wait:input_type -> ssi.v1.WaitRequest
+	1,  // 26: ssi.v1.Control.Nodes:output_type -> ssi.v1.NodesResponse
+	4,  // 27: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	7,  // 28: ssi.v1.Control.CreateToken:output_type -> ssi.v1.CreateTokenResponse
+	18, // 29: ssi.v1.Control.Run:output_type -> ssi.v1.RunOutput
+	21, // 30: ssi.v1.Control.Ps:output_type -> ssi.v1.PsResponse
+	24, // 31: ssi.v1.Control.Kill:output_type -> ssi.v1.KillResponse
+	26, // 32: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	9,  // 33: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
+	11, // 34: ssi.v1.Peer.Ping:output_type -> ssi.v1.PingResponse
+	18, // 35: ssi.v1.Peer.Exec:output_type -> ssi.v1.RunOutput
+	21, // 36: ssi.v1.Peer.Ps:output_type -> ssi.v1.PsResponse
+	24, // 37: ssi.v1.Peer.Signal:output_type -> ssi.v1.KillResponse
+	26, // 38: ssi.v1.Peer.Wait:output_type -> ssi.v1.WaitResponse
+	26, // [26:39] is the sub-list for method output_type
+	13, // [13:26] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ssi_proto_init() }
@@ -1052,13 +2336,26 @@ func file_ssi_proto_init() {
 	if File_ssi_proto != nil {
 		return
 	}
+	file_ssi_proto_msgTypes[15].OneofWrappers = []any{
+		(*RunInput_Start)(nil),
+		(*RunInput_Stdin)(nil),
+		(*RunInput_StdinEof)(nil),
+		(*RunInput_Signal)(nil),
+		(*RunInput_Resize)(nil),
+	}
+	file_ssi_proto_msgTypes[18].OneofWrappers = []any{
+		(*RunOutput_Started)(nil),
+		(*RunOutput_Stdout)(nil),
+		(*RunOutput_Stderr)(nil),
+		(*RunOutput_Exit)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_proto_rawDesc), len(file_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -25,6 +25,10 @@ const (
 	Control_Nodes_FullMethodName       = "/ssi.v1.Control/Nodes"
 	Control_Status_FullMethodName      = "/ssi.v1.Control/Status"
 	Control_CreateToken_FullMethodName = "/ssi.v1.Control/CreateToken"
+	Control_Run_FullMethodName         = "/ssi.v1.Control/Run"
+	Control_Ps_FullMethodName          = "/ssi.v1.Control/Ps"
+	Control_Kill_FullMethodName        = "/ssi.v1.Control/Kill"
+	Control_Wait_FullMethodName        = "/ssi.v1.Control/Wait"
 )
 
 // ControlClient is the client API for Control service.
@@ -37,6 +41,12 @@ type ControlClient interface {
 	Nodes(ctx context.Context, in *NodesRequest, opts ...grpc.CallOption) (*NodesResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
+	// Run starts a command on a node of the cluster (placed by the agent unless named) and
+	// streams its stdio, signals, terminal size and exit status.
+	Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunInput, RunOutput], error)
+	Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error)
+	Kill(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error)
+	Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error)
 }
 
 type controlClient struct {
@@ -77,6 +87,49 @@ func (c *controlClient) CreateToken(ctx context.Context, in *CreateTokenRequest,
 	return out, nil
 }
 
+func (c *controlClient) Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunInput, RunOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_Run_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RunInput, RunOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RunClient = grpc.BidiStreamingClient[RunInput, RunOutput]
+
+func (c *controlClient) Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PsResponse)
+	err := c.cc.Invoke(ctx, Control_Ps_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) Kill(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KillResponse)
+	err := c.cc.Invoke(ctx, Control_Kill_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WaitResponse)
+	err := c.cc.Invoke(ctx, Control_Wait_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -87,6 +140,12 @@ type ControlServer interface {
 	Nodes(context.Context, *NodesRequest) (*NodesResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
+	// Run starts a command on a node of the cluster (placed by the agent unless named) and
+	// streams its stdio, signals, terminal size and exit status.
+	Run(grpc.BidiStreamingServer[RunInput, RunOutput]) error
+	Ps(context.Context, *PsRequest) (*PsResponse, error)
+	Kill(context.Context, *KillRequest) (*KillResponse, error)
+	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -105,6 +164,18 @@ func (UnimplementedControlServer) Status(context.Context, *StatusRequest) (*Stat
 }
 func (UnimplementedControlServer) CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedControlServer) Run(grpc.BidiStreamingServer[RunInput, RunOutput]) error {
+	return status.Error(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedControlServer) Ps(context.Context, *PsRequest) (*PsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ps not implemented")
+}
+func (UnimplementedControlServer) Kill(context.Context, *KillRequest) (*KillResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Kill not implemented")
+}
+func (UnimplementedControlServer) Wait(context.Context, *WaitRequest) (*WaitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Wait not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -181,6 +252,67 @@ func _Control_CreateToken_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Run_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ControlServer).Run(&grpc.GenericServerStream[RunInput, RunOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_RunServer = grpc.BidiStreamingServer[RunInput, RunOutput]
+
+func _Control_Ps_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Ps(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Ps_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Ps(ctx, req.(*PsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_Kill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Kill(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Kill_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Kill(ctx, req.(*KillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_Wait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WaitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Wait(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Wait_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Wait(ctx, req.(*WaitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -200,14 +332,37 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CreateToken",
 			Handler:    _Control_CreateToken_Handler,
 		},
+		{
+			MethodName: "Ps",
+			Handler:    _Control_Ps_Handler,
+		},
+		{
+			MethodName: "Kill",
+			Handler:    _Control_Kill_Handler,
+		},
+		{
+			MethodName: "Wait",
+			Handler:    _Control_Wait_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Run",
+			Handler:       _Control_Run_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "ssi.proto",
 }
 
 const (
-	Peer_Join_FullMethodName = "/ssi.v1.Peer/Join"
-	Peer_Ping_FullMethodName = "/ssi.v1.Peer/Ping"
+	Peer_Join_FullMethodName   = "/ssi.v1.Peer/Join"
+	Peer_Ping_FullMethodName   = "/ssi.v1.Peer/Ping"
+	Peer_Exec_FullMethodName   = "/ssi.v1.Peer/Exec"
+	Peer_Ps_FullMethodName     = "/ssi.v1.Peer/Ps"
+	Peer_Signal_FullMethodName = "/ssi.v1.Peer/Signal"
+	Peer_Wait_FullMethodName   = "/ssi.v1.Peer/Wait"
 )
 
 // PeerClient is the client API for Peer service.
@@ -219,6 +374,12 @@ const (
 type PeerClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	Ping(ctx context.Context, in *PingRequest, opts ...grpc.CallOption) (*PingResponse, error)
+	// Exec runs a command on this node for a user of another node. The caller field of the
+	// start message is trusted because only an agent with a node certificate can call.
+	Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunInput, RunOutput], error)
+	Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error)
+	Signal(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error)
+	Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error)
 }
 
 type peerClient struct {
@@ -249,6 +410,49 @@ func (c *peerClient) Ping(ctx context.Context, in *PingRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *peerClient) Exec(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RunInput, RunOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Peer_ServiceDesc.Streams[0], Peer_Exec_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RunInput, RunOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ExecClient = grpc.BidiStreamingClient[RunInput, RunOutput]
+
+func (c *peerClient) Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PsResponse)
+	err := c.cc.Invoke(ctx, Peer_Ps_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) Signal(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KillResponse)
+	err := c.cc.Invoke(ctx, Peer_Signal_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerClient) Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WaitResponse)
+	err := c.cc.Invoke(ctx, Peer_Wait_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -258,6 +462,12 @@ func (c *peerClient) Ping(ctx context.Context, in *PingRequest, opts ...grpc.Cal
 type PeerServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	Ping(context.Context, *PingRequest) (*PingResponse, error)
+	// Exec runs a command on this node for a user of another node. The caller field of the
+	// start message is trusted because only an agent with a node certificate can call.
+	Exec(grpc.BidiStreamingServer[RunInput, RunOutput]) error
+	Ps(context.Context, *PsRequest) (*PsResponse, error)
+	Signal(context.Context, *KillRequest) (*KillResponse, error)
+	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -273,6 +483,18 @@ func (UnimplementedPeerServer) Join(context.Context, *JoinRequest) (*JoinRespons
 }
 func (UnimplementedPeerServer) Ping(context.Context, *PingRequest) (*PingResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Ping not implemented")
+}
+func (UnimplementedPeerServer) Exec(grpc.BidiStreamingServer[RunInput, RunOutput]) error {
+	return status.Error(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedPeerServer) Ps(context.Context, *PsRequest) (*PsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ps not implemented")
+}
+func (UnimplementedPeerServer) Signal(context.Context, *KillRequest) (*KillResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Signal not implemented")
+}
+func (UnimplementedPeerServer) Wait(context.Context, *WaitRequest) (*WaitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Wait not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -331,6 +553,67 @@ func _Peer_Ping_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PeerServer).Exec(&grpc.GenericServerStream[RunInput, RunOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Peer_ExecServer = grpc.BidiStreamingServer[RunInput, RunOutput]
+
+func _Peer_Ps_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Ps(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Ps_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Ps(ctx, req.(*PsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_Signal_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Signal(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Signal_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Signal(ctx, req.(*KillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Peer_Wait_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WaitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).Wait(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_Wait_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).Wait(ctx, req.(*WaitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -346,7 +629,26 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Ping",
 			Handler:    _Peer_Ping_Handler,
 		},
+		{
+			MethodName: "Ps",
+			Handler:    _Peer_Ps_Handler,
+		},
+		{
+			MethodName: "Signal",
+			Handler:    _Peer_Signal_Handler,
+		},
+		{
+			MethodName: "Wait",
+			Handler:    _Peer_Wait_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Exec",
+			Handler:       _Peer_Exec_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "ssi.proto",
 }

@@ -1,0 +1,305 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/devcluster"
+)
+
+const (
+	defaultDevDir = "/tmp/ssi-dev"
+	// devMarker marks a directory as made by ssi dev, so that a later run
+	// may wipe it; it is also the lock that keeps two runs apart.
+	devMarker = ".ssi-dev"
+)
+
+// nodeDirName matches the per-node directories ssi dev wipes between runs.
+var nodeDirName = regexp.MustCompile(`^n[0-9]+$`)
+
+func newDevCommand() *cobra.Command {
+	var (
+		nodes, servers int
+		dir            string
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a cluster of simulated hosts on this machine (needs root)",
+		Long: `Run a real cluster of N simulated hosts on this one machine, for trying ssi out and for
+tests. Each host n1..nN has its own network namespace on a private bridge, hostname, mount
+namespace (private /tmp and /run), PID namespace with its own /proc, and cgroup, and runs a
+real "ssi agent". Nodes n1..n3 (or --servers) are servers; n1 bootstraps, the others join.
+
+Node K's socket, log and pid files are in DIR/nK (inside the host: /run/ssi). Each run starts a
+fresh cluster: node state left in DIR by an earlier run is wiped. ssi dev stays in the
+foreground; Ctrl-C (or SIGTERM) stops the agents and removes every host, link and cgroup it
+made. Logs are kept in DIR.`,
+		Example: `  sudo ssi dev                                   # 3 nodes under /tmp/ssi-dev
+  sudo ssi dev --nodes 5 --servers 3 --dir /var/tmp/ssi-dev
+  # in another terminal:
+  export SSI_SOCKET=/tmp/ssi-dev/n1/ssi.sock
+  ssi nodes
+  sudo ssi dev exec n2 -- sh`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDev(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), devcluster.Options{
+				Nodes: nodes, Servers: servers, Dir: dir,
+			})
+		},
+	}
+	cmd.Flags().IntVar(&nodes, "nodes", 3, "number of simulated hosts")
+	cmd.Flags().IntVar(&servers, "servers", 0, "how many of the first nodes are servers (default min(3, nodes))")
+	cmd.PersistentFlags().StringVar(&dir, "dir", defaultDevDir, "state directory: DIR/nK holds node K's socket, log and pid files")
+	cmd.AddCommand(newDevExecCommand(&dir))
+	return cmd
+}
+
+func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("ssi dev needs root for network namespaces, veths and cgroups: run it with sudo (sudo ssi dev)")
+	}
+	if opts.Nodes < 1 {
+		return fmt.Errorf("--nodes %d: a cluster needs at least 1 node", opts.Nodes)
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return fmt.Errorf("--dir %q: %w", opts.Dir, err)
+	}
+	unlock, err := claimDevDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	binary, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the ssi binary to run on the nodes: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opts.Binary = binary
+	opts.Dir = dir
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	began := time.Now()
+	cluster, err := devcluster.Start(ctx, opts)
+	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("ssi dev interrupted while starting: everything it made is removed")
+		}
+		return err
+	}
+	defer cluster.Close()
+	printDevUsage(stdout, cluster, dir, time.Since(began))
+
+	watchNodes(ctx, stderr, cluster)
+	fmt.Fprintln(stdout, "\nssi dev: stopping the cluster…")
+	if err := cluster.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ssi dev: removed every host, link and cgroup; logs are kept in %s\n", dir)
+	return nil
+}
+
+// claimDevDir makes sure dir is ours (new, empty, or marked by an earlier ssi
+// dev), locks it against a concurrent ssi dev, and wipes earlier node state.
+func claimDevDir(dir string) (unlock func(), err error) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("make --dir %s: %w", dir, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("read --dir %s: %w", dir, err)
+	case len(entries) > 0 && !fileExists(filepath.Join(dir, devMarker)):
+		return nil, fmt.Errorf("--dir %s is not empty and was not made by ssi dev: empty it or pick another --dir", dir)
+	}
+	marker, err := os.OpenFile(filepath.Join(dir, devMarker), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("mark %s as ssi dev's: %w", dir, err)
+	}
+	if err := syscall.Flock(int(marker.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		marker.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another ssi dev is running with --dir %s: stop it or pick another --dir", dir)
+		}
+		return nil, fmt.Errorf("lock %s: %w", marker.Name(), err)
+	}
+	entries, err = os.ReadDir(dir)
+	if err != nil {
+		marker.Close()
+		return nil, fmt.Errorf("read --dir %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && nodeDirName.MatchString(e.Name()) {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				marker.Close()
+				return nil, fmt.Errorf("wipe the earlier node state in %s: %w", dir, err)
+			}
+		}
+	}
+	return func() { marker.Close() }, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+func printDevUsage(w io.Writer, cluster *devcluster.Cluster, dir string, took time.Duration) {
+	nodes := cluster.Nodes()
+	fmt.Fprintf(w, "ssi dev: %d nodes alive in %.2fs (subnet %s, bridge %s)\n",
+		len(nodes), took.Seconds(), cluster.Subnet(), cluster.Bridge())
+	for _, n := range nodes {
+		role := "client"
+		if n.Server {
+			role = "server"
+		}
+		fmt.Fprintf(w, "  %-4s %-15s %s\n", n.Name, n.IP, role)
+	}
+	dirFlag := ""
+	if dir != defaultDevDir {
+		dirFlag = " --dir " + dir
+	}
+	fmt.Fprintf(w, `
+Use it:
+  export SSI_SOCKET=%s
+  ssi nodes
+  ssi dev exec%s n2 -- sh        # a shell inside node n2
+Node K's socket, log and pids: %s/nK/{ssi.sock,agent.log,agent.pid,init.pid}
+Ctrl-C stops the cluster and removes everything it made.
+`, nodes[0].Socket(), dirFlag, dir)
+}
+
+// watchNodes waits for ctx to end, telling the user when a host stops on its
+// own (an agent that crashed) so they know where to look.
+func watchNodes(ctx context.Context, w io.Writer, cluster *devcluster.Cluster) {
+	reported := map[string]bool{}
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		for _, n := range cluster.Nodes() {
+			if !n.Running() && !reported[n.Name] {
+				reported[n.Name] = true
+				fmt.Fprintf(w, "ssi dev: node %s has stopped; see %s\n", n.Name, n.LogPath())
+			}
+		}
+	}
+}
+
+func newDevExecCommand(dir *string) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "exec NODE -- COMMAND [ARG...]",
+		Short: "Run a command inside a node of ssi dev (its network, hostname, mounts and processes)",
+		Long: `Run a command inside simulated host NODE of a running "ssi dev": in its network, UTS, mount,
+PID and IPC namespaces, with stdin, stdout and stderr passed through and its exit status
+returned. Inside, SSI_SOCKET points at the node's agent and "ssi" is the cluster's binary.`,
+		Example: `  sudo ssi dev exec n2 -- sh
+  sudo ssi dev exec n3 -- ssi ps
+  sudo ssi dev exec --dir /var/tmp/ssi-dev n1 -- ip -br addr`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			command := args[1:]
+			// Flag parsing stops at NODE, so a "--" after it is still here.
+			if command[0] == "--" {
+				command = command[1:]
+			}
+			if len(command) == 0 {
+				return errors.New("no command to run: give one after the node, e.g. ssi dev exec n2 -- sh")
+			}
+			return runDevExec(*dir, args[0], command)
+		},
+	}
+	// Everything after NODE is the command, flags included.
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func runDevExec(dir, node string, command []string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("ssi dev exec needs root to enter a node's namespaces: run it with sudo")
+	}
+	pidFile := filepath.Join(dir, node, "init.pid")
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("no running node %s under %s (%w): start ssi dev, or pass the --dir it uses", node, dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return fmt.Errorf("%s is corrupt (%q): restart ssi dev", pidFile, data)
+	}
+	// A pid left by a cluster that is gone may belong to anything by now.
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err != nil || !strings.Contains(string(cmdline), "dev-init") {
+		return fmt.Errorf("node %s under %s is not running (init pid %d is gone): start ssi dev", node, dir, pid)
+	}
+	c := exec.Command("nsenter", devcluster.NsenterArgs(pid, command...)...)
+	c.Env = devcluster.HostEnv(os.Environ())
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// Ctrl-C and Ctrl-\ are for the command, which gets them from the
+	// terminal itself; ssi waits for it to finish to return its status.
+	// (Notify rather than Ignore: ignored signals would stay ignored in it.)
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGQUIT)
+	defer signal.Stop(signals)
+	err = c.Run()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		code := exitErr.ExitCode()
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+		return exitError{code: code}
+	}
+	if err != nil {
+		return fmt.Errorf("enter node %s: %w (is nsenter from util-linux installed?)", node, err)
+	}
+	return nil
+}
+
+func newDevInitCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "dev-init --name NAME --dir DIR --link LINK --addr CIDR -- AGENT-COMMAND...",
+		Short:  "PID 1 of a simulated host of ssi dev (started by ssi dev, not by hand)",
+		Hidden: true,
+		Long: `The init of a simulated host: ssi dev starts it as PID 1 in new namespaces. It sets the
+hostname, makes /tmp and /run private, mounts DIR at /run/ssi and a fresh /proc, configures eth0
+from LINK and CIDR once the harness has moved LINK in, then starts the agent command, reaps
+every process of the host, forwards SIGTERM and SIGINT to the agent and exits with its status.`,
+		Example: `  # what ssi dev runs for node n2 (not useful by hand):
+  ssi dev-init --name n2 --dir /tmp/ssi-dev/n2 --link ssipab12cd2 --addr 10.213.4.3/24 -- \
+      /run/ssi-bin/ssi agent --name n2 --socket /run/ssi/ssi.sock ...`,
+		// The agent's command line follows; its flags are not ours.
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+				return cmd.Help()
+			}
+			err := devcluster.RunHostInit(args)
+			if exit, ok := errors.AsType[*devcluster.AgentExitError](err); ok {
+				return exitError{code: exit.Code}
+			}
+			return err
+		},
+	}
+	return cmd
+}

@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+)
+
+// forwardedSignals are those a shell would pass on to a foreground job.
+var forwardedSignals = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1,
+	syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP,
+}
+
+type runOptions struct {
+	node    string
+	tty     bool
+	noTTY   bool
+	detach  bool
+	env     []string
+	cwd     string
+	explain bool
+	shell   bool
+}
+
+func newRunCommand(g *globals) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Run a command on any node as if it were a local child",
+		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
+environment and working directory. stdin, stdout and stderr stream both ways; signals the
+shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command;
+the exit status is the command's (128+N after death by signal N, 127 for a command that is not
+found, 255 when the node running it is lost). Without -n the agent places the command: it stays
+on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
+
+With --detach, ssi prints the command's global process id (GPID) and returns; the command's
+stdout and stderr go to ssi-<GPID>.out in its working directory on that node, and
+"ssi wait GPID" collects its exit status.`,
+		Example: `  ssi run -n n2 -- hostname
+  ssi run -- make -j8                        # placed by load
+  ssi run -t -n n3 -- top                    # a terminal program
+  ssi run -n n1 -- tar c src | ssi run -n n2 -- tar x -C /tmp
+  GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRemote(cmd.Context(), g, o, args)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.node, "node", "n", "", "node to run on (default: placed by load)")
+	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal (default when stdin is a terminal)")
+	f.BoolVarP(&o.noTTY, "no-tty", "T", false, "never give the command a terminal")
+	f.BoolVar(&o.detach, "detach", false, "start the command, print its GPID and return")
+	f.StringArrayVar(&o.env, "env", nil, "set an environment variable, K=V (repeatable)")
+	f.StringVar(&o.cwd, "cwd", "", "working directory on the node (default: the current one)")
+	f.BoolVar(&o.explain, "explain", false, "print on stderr why the node was chosen")
+	f.SetInterspersed(false)
+	return cmd
+}
+
+func newRshCommand(g *globals) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "rsh [flags] HOST CMD [ARGS...]",
+		Short: "Run a command through the user's shell on a node, like ssh HOST CMD",
+		Long: `Behaves like "ssh HOST CMD": the words are joined with spaces and run by the user's login
+shell on that node, in the home directory, with stdio and exit status passed through and no
+terminal unless -t is given. HOST is a node name or address. Tools that launch through a remote
+shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
+  mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...`,
+		Example: `  ssi rsh n2 uname -a
+  ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.node, o.shell, o.noTTY = args[0], true, !o.tty
+			return runRemote(cmd.Context(), g, o, args[1:])
+		},
+	}
+	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal")
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+// runRemote runs one session and ends the process with the command's exit status.
+func runRemote(ctx context.Context, g *globals, o runOptions, args []string) error {
+	if o.tty && o.noTTY {
+		return errors.New("-t and -T contradict each other: give one")
+	}
+	for _, kv := range o.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("--env %q is not K=V: write it like --env OMP_NUM_THREADS=4", kv)
+		}
+	}
+	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
+	useTTY := o.tty || (!o.noTTY && !o.detach && stdinTTY)
+	cwd := o.cwd
+	if cwd == "" && !o.shell {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("finding the working directory: %w (give --cwd)", err)
+		}
+		cwd = wd
+	}
+	start := &ssipb.RunStart{
+		Args: args, Env: append(os.Environ(), o.env...), Cwd: cwd, Node: o.node,
+		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
+	}
+	if useTTY {
+		if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
+			start.Rows, start.Cols = uint32(rows), uint32(cols)
+		}
+	}
+
+	cc, err := g.dialAgent()
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ssipb.NewControlClient(cc).Run(ctx)
+	if err != nil {
+		return g.rpcError(err)
+	}
+	var sendMu sync.Mutex
+	send := func(in *ssipb.RunInput) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(in)
+	}
+	if err := send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
+		return g.rpcError(err)
+	}
+
+	first, err := stream.Recv()
+	if err != nil {
+		return g.rpcError(err)
+	}
+	if ex := first.GetExit(); ex != nil {
+		return exitError{code: int(ex.Code), msg: ex.Message}
+	}
+	started := first.GetStarted()
+	if started == nil {
+		return errors.New("the agent answered out of order: expected the start confirmation")
+	}
+	if started.Explanation != "" {
+		fmt.Fprintf(os.Stderr, "ssi: running on %s: %s\n", started.Node, started.Explanation)
+	}
+	if o.detach {
+		fmt.Println(started.Gpid)
+		if started.OutputPath != "" {
+			fmt.Fprintf(os.Stderr, "ssi: output of %d goes to %s on %s\n", started.Gpid, started.OutputPath, started.Node)
+		}
+		return nil
+	}
+
+	if useTTY && stdinTTY {
+		old, err := term.MakeRaw(int(os.Stdin.Fd()))
+		if err == nil {
+			defer term.Restore(int(os.Stdin.Fd()), old)
+		}
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwardedSignals...)
+	defer signal.Stop(sigs)
+	go func() {
+		for sig := range sigs {
+			s := sig.(syscall.Signal)
+			if s == syscall.SIGWINCH {
+				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
+					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
+				}
+				if !useTTY {
+					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+				}
+				continue
+			}
+			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+		}
+	}()
+	go pumpStdin(send)
+
+	for {
+		out, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return exitError{code: 255, msg: "the agent ended the session without an exit status"}
+			}
+			return exitError{code: 255, msg: g.rpcError(err).Error()}
+		}
+		switch m := out.Msg.(type) {
+		case *ssipb.RunOutput_Stdout:
+			if _, err := os.Stdout.Write(m.Stdout); err != nil {
+				// The reader went away (a closed pipe): end the command as a local one would be.
+				return exitError{code: 141}
+			}
+		case *ssipb.RunOutput_Stderr:
+			_, _ = os.Stderr.Write(m.Stderr)
+		case *ssipb.RunOutput_Exit:
+			return exitError{code: int(m.Exit.Code), msg: m.Exit.Message}
+		}
+	}
+}
+
+// pumpStdin sends stdin in chunks until EOF. Send blocks while the remote side is not
+// reading, so a slow consumer slows this reader: memory stays bounded.
+func pumpStdin(send func(*ssipb.RunInput) error) {
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := os.Stdin.Read(buf)
+		if n > 0 {
+			chunk := make([]byte, n)
+			copy(chunk, buf[:n])
+			if send(&ssipb.RunInput{Msg: &ssipb.RunInput_Stdin{Stdin: chunk}}) != nil {
+				return
+			}
+		}
+		if err != nil {
+			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_StdinEof{StdinEof: true}})
+			return
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package proc
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+)
+
+func TestMergeEnv(t *testing.T) {
+	tests := []struct {
+		env, extra, want []string
+	}{
+		{env: nil, extra: []string{"SSI_NODE=1"}, want: []string{"SSI_NODE=1"}},
+		{env: []string{"A=1", "B=2", "A=3"}, want: []string{"A=3", "B=2"}},
+		{env: []string{"SSI_NODE=9", "HOME=/h"}, extra: []string{"SSI_NODE=1"}, want: []string{"SSI_NODE=1", "HOME=/h"}},
+		{env: []string{"NOVALUE", "X="}, extra: []string{"NOVALUE=v"}, want: []string{"NOVALUE=v", "X="}},
+	}
+	for _, tt := range tests {
+		if got := mergeEnv(tt.env, tt.extra...); !slices.Equal(got, tt.want) {
+			t.Errorf("mergeEnv(%q, %q) = %q, want %q", tt.env, tt.extra, got, tt.want)
+		}
+	}
+	env := []string{"PATH=/a", "PATH=/b"}
+	if v, ok := lookupEnv(env, "PATH"); !ok || v != "/b" {
+		t.Errorf("lookupEnv = %q, %v, want the last PATH", v, ok)
+	}
+}
+
+func TestResolveCommand(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, nil, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	bin := filepath.Join(dir, "bin")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write("bin/tool", 0o755)
+	write("bin/ownerOnly", 0o700)
+	write("bin/plain", 0o644)
+	write("local", 0o755)
+	owner := uint32(os.Geteuid())
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := st.Sys().(*syscall.Stat_t).Gid
+	write("bin/groupOnly", 0o710)
+
+	stranger := caller{uid: owner + 1000, gids: []uint32{group + 1000}}
+	groupMember := caller{uid: owner + 1000, gids: []uint32{group + 1000, group}}
+	fileOwner := caller{uid: owner, gids: []uint32{group + 1000}}
+	root := caller{uid: 0, gids: []uint32{0}, isRoot: true}
+
+	tests := []struct {
+		name, cmd, path string
+		who             caller
+		want            string
+		wantCode        int
+	}{
+		{name: "found in PATH", cmd: "tool", path: "/nonexistent:" + bin, who: stranger, want: filepath.Join(bin, "tool")},
+		{name: "empty PATH element is the working directory", cmd: "local", path: ":/nonexistent", who: stranger, want: filepath.Join(dir, "local")},
+		{name: "relative PATH element is under the working directory", cmd: "tool", path: "bin", who: stranger, want: filepath.Join(dir, "bin/tool")},
+		{name: "relative path with slash", cmd: "./local", who: stranger, want: filepath.Join(dir, "local")},
+		{name: "not found", cmd: "nope", path: bin, who: stranger, wantCode: 127},
+		{name: "owner-only file, stranger", cmd: "ownerOnly", path: bin, who: stranger, wantCode: 126},
+		{name: "owner-only file, owner", cmd: "ownerOnly", path: bin, who: fileOwner, want: filepath.Join(bin, "ownerOnly")},
+		{name: "owner-only file, root", cmd: "ownerOnly", path: bin, who: root, want: filepath.Join(bin, "ownerOnly")},
+		{name: "group file, member", cmd: "groupOnly", path: bin, who: groupMember, want: filepath.Join(bin, "groupOnly")},
+		{name: "group file, stranger", cmd: "groupOnly", path: bin, who: stranger, wantCode: 126},
+		{name: "no execute bit even for root", cmd: filepath.Join(bin, "plain"), who: root, wantCode: 126},
+		{name: "path through a file", cmd: filepath.Join(bin, "plain", "x"), who: root, wantCode: 126},
+		{name: "directory", cmd: bin, who: root, wantCode: 126},
+		{name: "empty name", cmd: "", who: root, wantCode: 127},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := resolveCommand(tt.cmd, dir, tt.path, tt.who)
+			if tt.wantCode != 0 {
+				var cmdErr *CommandError
+				if !errors.As(err, &cmdErr) || cmdErr.Code != tt.wantCode {
+					t.Fatalf("resolveCommand = %q, %v, want exit code %d", got, err, tt.wantCode)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("resolveCommand = %q, %v, want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestExecFailure(t *testing.T) {
+	tests := []struct {
+		errno    syscall.Errno
+		wantCode int
+	}{
+		{syscall.ENOENT, 127},
+		{syscall.EACCES, 126},
+		{syscall.ENOEXEC, 126},
+		{syscall.ETXTBSY, 126},
+		{syscall.ENOMEM, 0},
+	}
+	for _, tt := range tests {
+		got := execFailure("cmd", tt.errno)
+		if tt.wantCode == 0 {
+			if got != nil {
+				t.Errorf("%v: %v, want nil (not a command problem)", tt.errno, got)
+			}
+			continue
+		}
+		if got == nil || got.Code != tt.wantCode {
+			t.Errorf("%v: %v, want code %d", tt.errno, got, tt.wantCode)
+		}
+	}
+}

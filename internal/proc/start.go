@@ -1,0 +1,391 @@
+package proc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/gpid"
+	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
+)
+
+// Environment variables every started process gets.
+const (
+	EnvNode       = "SSI_NODE"        // index of the node it runs on: its GPID is gpid.Make(SSI_NODE, its pid)
+	EnvParentGPID = "SSI_PARENT_GPID" // GPID of the process that asked for it (omitted when 0)
+	EnvSocket     = "SSI_SOCKET"      // the local agent's socket (omitted when empty)
+)
+
+// Spec says what to run and as whom.
+type Spec struct {
+	// Path is the command: a name looked up in the PATH of Env, or a path containing a
+	// slash (relative to Dir). Empty means Args[0].
+	Path string
+	// Args is argv, Args[0] included. Empty means []string{Path}.
+	Args []string
+	// Env is the complete environment, normally the client's. The SSI_* variables above
+	// are added (replacing any the client sent).
+	Env []string
+	// Dir is the working directory; it must exist on this node and be enterable by UID.
+	// Empty means the agent's own.
+	Dir string
+
+	// The caller's identity: see IdentityOf. Umask is applied as-is, 0 included.
+	// When the agent is not root it can only start processes as its own uid and gid,
+	// and Groups is ignored.
+	UID, GID uint32
+	Groups   []uint32
+	Umask    int
+
+	// TTY runs the command on a new pseudo-terminal of Rows×Cols (24×80 when zero) as its
+	// controlling terminal, in a new session; Stdin, Stdout and Stderr must then be nil.
+	TTY        bool
+	Rows, Cols uint16
+
+	// Stdin, Stdout and Stderr are handed to the child as they are. Each one left nil
+	// becomes a pipe whose other end Process.Stdin, Stdout or Stderr returns.
+	Stdin, Stdout, Stderr *os.File
+
+	// CgroupParent is where the process tree's own cgroup is created, relative to the
+	// cgroup2 mount (created if missing). CgroupMount is that mount; empty means the one
+	// found in /proc/self/mountinfo.
+	CgroupParent string
+	CgroupMount  string
+	// Name begins the cgroup's name; empty means the command's base name.
+	Name string
+
+	// NodeIndex and ParentGPID are recorded in the environment and the Process.
+	NodeIndex  int
+	ParentGPID int64
+	SocketPath string
+}
+
+// Start runs spec in a fresh cgroup and returns at once.
+//
+// A command the shell would not run yields a *CommandError (errors.Is ErrNotFound or
+// ErrNotExecutable) whose Error text is the shell's message and whose Code is 127 or 126:
+// no process exists then, so the caller prints the message and exits with the code.
+//
+// ctx only bounds the start; the process lives until it exits or Terminate, KillTree or
+// Close ends it. The caller must call Wait, then Close.
+func Start(ctx context.Context, spec Spec) (p *Process, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("start: %w", err)
+	}
+	name := spec.Path
+	if name == "" && len(spec.Args) > 0 {
+		name = spec.Args[0]
+	}
+	args := spec.Args
+	if len(args) == 0 {
+		args = []string{name}
+	}
+	if spec.Umask < 0 || spec.Umask > 0o777 {
+		return nil, fmt.Errorf("start %s: umask %#o is out of range; pass a value from 0 to 0777", name, spec.Umask)
+	}
+	if spec.TTY && (spec.Stdin != nil || spec.Stdout != nil || spec.Stderr != nil) {
+		return nil, fmt.Errorf("start %s: Stdin, Stdout and Stderr must be nil with TTY, the terminal is the process's stdio", name)
+	}
+	cred, who, err := credentialFor(spec)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	if err := checkWorkDir(spec.Dir, who); err != nil {
+		return nil, err
+	}
+	env := mergeEnv(spec.Env, ssiEnv(spec)...)
+	pathEnv, ok := lookupEnv(env, "PATH")
+	if !ok {
+		pathEnv = defaultPath
+	}
+	resolved, err := resolveCommand(name, spec.Dir, pathEnv, who)
+	if err != nil {
+		return nil, err
+	}
+
+	mount := spec.CgroupMount
+	if mount == "" {
+		if mount, err = cgroup.Mount(); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+	}
+	cgName := spec.Name
+	if cgName == "" {
+		cgName = filepath.Base(name)
+	}
+	group, err := cgroup.Create(mount, spec.CgroupParent, cgName)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = group.Remove() // empty: nothing was started in it
+		}
+	}()
+	groupDir, err := group.OpenDir()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer groupDir.Close()
+
+	files, err := newStdio(spec, who)
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer files.closeChildEnds()
+	defer func() {
+		if err != nil {
+			files.closeParentEnds()
+		}
+	}()
+
+	pidfd := -1
+	attr := &os.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   env,
+		Files: files.child[:],
+		Sys: &syscall.SysProcAttr{
+			Credential: cred,
+			// A new session detaches the tree from the agent's terminal and makes the
+			// command a process group leader, so job-control signals reach its group.
+			Setsid:  true,
+			Setctty: spec.TTY,
+			Ctty:    0, // the child's stdin, which is the terminal when TTY is set
+			// The cgroup is joined atomically at clone time: no descendant can be forked
+			// before the tree is tracked.
+			UseCgroupFD: true,
+			CgroupFD:    int(groupDir.Fd()),
+			PidFD:       &pidfd,
+		},
+	}
+	osProc, err := startWithUmask(resolved, args, attr, spec.Umask)
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			if cmdErr := execFailure(name, errno); cmdErr != nil {
+				return nil, cmdErr
+			}
+		}
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	if pidfd < 0 {
+		// Kernel without CLONE_PIDFD; the child is unreaped, so its pid is still its own.
+		if pidfd, err = unix.PidfdOpen(osProc.Pid, 0); err != nil {
+			_ = osProc.Kill()
+			_, _ = osProc.Wait()
+			return nil, fmt.Errorf("start %s: open pidfd: %w; Linux 5.3 or later is needed", name, err)
+		}
+	}
+	return &Process{
+		pid:        osProc.Pid,
+		gpid:       gpid.Make(spec.NodeIndex, osProc.Pid),
+		parentGPID: spec.ParentGPID,
+		os:         osProc,
+		group:      group,
+		pidfd:      pidfd,
+		stdin:      files.parentStdin,
+		stdout:     files.parentStdout,
+		stderr:     files.parentStderr,
+		tty:        files.master,
+		waited:     make(chan struct{}),
+	}, nil
+}
+
+func ssiEnv(spec Spec) []string {
+	env := []string{EnvNode + "=" + strconv.Itoa(spec.NodeIndex)}
+	if spec.ParentGPID != 0 {
+		env = append(env, EnvParentGPID+"="+gpid.Format(spec.ParentGPID))
+	}
+	if spec.SocketPath != "" {
+		env = append(env, EnvSocket+"="+spec.SocketPath)
+	}
+	return env
+}
+
+// credentialFor returns the credential to switch to (nil: keep the agent's) and the
+// identity whose permissions decide what the command may run.
+func credentialFor(spec Spec) (*syscall.Credential, caller, error) {
+	euid, egid := uint32(os.Geteuid()), uint32(os.Getegid())
+	who := caller{uid: spec.UID, gids: append([]uint32{spec.GID}, spec.Groups...), isRoot: spec.UID == 0}
+	if euid == 0 {
+		return &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: spec.Groups}, who, nil
+	}
+	if spec.UID != euid || spec.GID != egid {
+		return nil, who, fmt.Errorf("the agent runs as uid %d gid %d, not root, so it cannot run processes as uid %d gid %d; run the agent as root", euid, egid, spec.UID, spec.GID)
+	}
+	groups, err := unix.Getgroups()
+	if err != nil {
+		return nil, who, fmt.Errorf("read the agent's groups: %w", err)
+	}
+	who.gids = []uint32{egid}
+	for _, g := range groups {
+		who.gids = append(who.gids, uint32(g))
+	}
+	return nil, who, nil
+}
+
+// startWithUmask starts the process with the given umask without touching the agent's.
+//
+// The umask lives in the fs_struct, which all threads share, so setting it in the agent
+// would race with every file the agent creates meanwhile. Instead a goroutine locks itself
+// to an OS thread, gives that thread a private fs_struct (unshare CLONE_FS), sets the umask
+// there and forks from that thread, so only the child inherits it. The goroutine ends
+// without unlocking, which makes the Go runtime discard the altered thread rather than
+// reuse it. This costs one thread creation per start, far less than re-executing a helper
+// or a shell, and keeps the child's argv[0] and exec errors exactly as the caller gave them.
+func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int) (*os.Process, error) {
+	type result struct {
+		p   *os.Process
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			done <- result{err: fmt.Errorf("give the starting thread its own umask: %w", err)}
+			return
+		}
+		unix.Umask(umask)
+		p, err := os.StartProcess(path, args, attr)
+		done <- result{p, err}
+	}()
+	r := <-done
+	return r.p, r.err
+}
+
+// stdio holds both ends of the child's standard files while starting.
+type stdio struct {
+	child [3]*os.File
+	// closeInParent are child ends we created and must close once the child has them.
+	closeInParent                           []*os.File
+	parentStdin, parentStdout, parentStderr *os.File
+	master                                  *os.File
+}
+
+func newStdio(spec Spec, who caller) (s *stdio, err error) {
+	s = &stdio{}
+	defer func() {
+		if err != nil {
+			s.closeChildEnds()
+			s.closeParentEnds()
+		}
+	}()
+	if spec.TTY {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return s, fmt.Errorf("open a pseudo-terminal: %w", err)
+		}
+		s.master = master
+		s.closeInParent = append(s.closeInParent, slave)
+		s.child = [3]*os.File{slave, slave, slave}
+		rows, cols := spec.Rows, spec.Cols
+		if rows == 0 || cols == 0 {
+			rows, cols = 24, 80
+		}
+		if err := setWinsize(master, rows, cols); err != nil {
+			return s, err
+		}
+		if err := giveTerminal(slave, who); err != nil {
+			return s, err
+		}
+		return s, nil
+	}
+	var err2 error
+	pipe := func(given *os.File, childReads bool, parentEnd **os.File) *os.File {
+		if given != nil || err2 != nil {
+			return given
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			err2 = fmt.Errorf("create a pipe for the child's stdio: %w", err)
+			return nil
+		}
+		if childReads {
+			*parentEnd = w
+			s.closeInParent = append(s.closeInParent, r)
+			return r
+		}
+		*parentEnd = r
+		s.closeInParent = append(s.closeInParent, w)
+		return w
+	}
+	s.child[0] = pipe(spec.Stdin, true, &s.parentStdin)
+	s.child[1] = pipe(spec.Stdout, false, &s.parentStdout)
+	s.child[2] = pipe(spec.Stderr, false, &s.parentStderr)
+	return s, err2
+}
+
+// giveTerminal makes the caller own the terminal as login programs do (group tty, mode
+// 0620), so programs that reopen it by name can.
+func giveTerminal(slave *os.File, who caller) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	gid := who.gids[0]
+	if g, err := user.LookupGroup("tty"); err == nil {
+		if v, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
+			gid = uint32(v)
+		}
+	}
+	conn, err := slave.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("give the terminal to uid %d: %w", who.uid, err)
+	}
+	var opErr error
+	err = conn.Control(func(fd uintptr) {
+		if opErr = unix.Fchown(int(fd), int(who.uid), int(gid)); opErr == nil {
+			opErr = unix.Fchmod(int(fd), 0o620)
+		}
+	})
+	if err == nil {
+		err = opErr
+	}
+	if err != nil {
+		return fmt.Errorf("give the terminal to uid %d: %w", who.uid, err)
+	}
+	return nil
+}
+
+// setWinsize sets the terminal size through the master. pty.Setsize would call Fd(),
+// which switches the master to blocking mode and stops Close from interrupting a Read.
+func setWinsize(master *os.File, rows, cols uint16) error {
+	conn, err := master.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("set terminal size: %w", err)
+	}
+	var opErr error
+	err = conn.Control(func(fd uintptr) {
+		opErr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	})
+	if err == nil {
+		err = opErr
+	}
+	if err != nil {
+		return fmt.Errorf("set terminal size to %dx%d: %w", rows, cols, err)
+	}
+	return nil
+}
+
+func (s *stdio) closeChildEnds() {
+	for _, f := range s.closeInParent {
+		f.Close()
+	}
+	s.closeInParent = nil
+}
+
+func (s *stdio) closeParentEnds() {
+	for _, f := range []*os.File{s.parentStdin, s.parentStdout, s.parentStderr, s.master} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}

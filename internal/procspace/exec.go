@@ -1,0 +1,322 @@
+package procspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/gpid"
+	"github.com/ssi-cluster/ssi/internal/proc"
+)
+
+// Exit codes ssi itself gives, as ssh does.
+const (
+	ExitLostNode    = 255 // the node running the command was lost
+	ExitStartFailed = 1   // the command could not be started (e.g. no such directory)
+)
+
+// chunkSize is the largest stdio chunk per message: big enough for throughput, small enough
+// that the few chunks in flight keep memory bounded.
+const chunkSize = 256 << 10
+
+// pipeSize enlarges output pipes so each read carries a full chunk.
+const pipeSize = 1 << 20
+
+// outputDrain is how long output may still arrive after the command exits (from descendants
+// holding its stdout) before the rest of its tree is ended.
+const outputDrain = time.Second
+
+// runStream is the server side of Control.Run and Peer.Exec.
+type runStream interface {
+	Send(*ssipb.RunOutput) error
+	Recv() (*ssipb.RunInput, error)
+	Context() context.Context
+}
+
+// Exec serves Peer.Exec: a command for a user of another node.
+func (s *Service) Exec(stream ssipb.Peer_ExecServer) error {
+	in, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := in.GetStart()
+	if start == nil || start.Caller == nil {
+		return errors.New("exec: the first message must be a start with the caller")
+	}
+	return s.execute(stream, start, "")
+}
+
+// execute runs start on this node and serves its session on stream until it ends.
+func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation string) error {
+	ctx := stream.Context()
+	nodeName, nodeIndex := s.self()
+	exit := func(code int, msg string) error {
+		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(code), Message: msg}}})
+	}
+	if len(start.Args) == 0 {
+		return exit(ExitStartFailed, "no command given: usage is ssi run [flags] -- CMD [ARGS...]")
+	}
+	c := start.Caller
+	spec := proc.Spec{
+		Args: start.Args, Env: start.Env, Dir: start.Cwd,
+		UID: c.Uid, GID: c.Gid, Groups: c.Groups, Umask: int(c.Umask),
+		TTY: start.Tty, Rows: uint16(start.Rows), Cols: uint16(start.Cols),
+		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
+		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
+	}
+	if start.Shell {
+		if err := asLoginShell(&spec, start.Args); err != nil {
+			return exit(ExitStartFailed, err.Error())
+		}
+	}
+	if spec.Dir != "" {
+		if _, err := os.Stat(spec.Dir); errors.Is(err, os.ErrNotExist) {
+			return exit(ExitStartFailed, fmt.Sprintf("working directory %s does not exist on node %s: give one that does with --cwd", spec.Dir, nodeName))
+		}
+	}
+	var outPath string
+	if start.Detach {
+		spec.CgroupParent = s.cfg.CgroupParent + "/" + detachedGroup
+		outDir := spec.Dir
+		if outDir == "" {
+			outDir = "."
+		}
+		// The wrapper names the file after its own pid, which the command keeps through exec.
+		script := `exec "$@" >>"$0/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out" 2>&1 </dev/null`
+		spec.Args = append([]string{"/bin/sh", "-c", script, outDir}, spec.Args...)
+		spec.Path = ""
+	}
+	p, err := proc.Start(ctx, spec)
+	if err != nil {
+		var ce *proc.CommandError
+		if errors.As(err, &ce) {
+			return exit(ce.Code, ce.Error())
+		}
+		return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", start.Args[0], nodeName, err))
+	}
+	r := &record{proc: p, parentGPID: start.ParentGpid, uid: c.Uid, done: make(chan struct{})}
+	s.track(r)
+	g := gpid.Make(int(nodeIndex), p.PID())
+	if start.Detach {
+		outPath = detachedOutput(spec.Dir, g)
+	}
+	s.log.Debug("started", "gpid", g, "cmd", start.Args[0], "uid", c.Uid, "detach", start.Detach)
+	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: outPath, Cwd: spec.Dir}
+	if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: started}}); err != nil {
+		_ = p.Terminate(s.cfg.Grace)
+		s.reap(r)
+		return err
+	}
+	if start.Detach {
+		p.Stdin().Close()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.reap(r)
+		}()
+		return nil
+	}
+	return s.attach(stream, r)
+}
+
+// reap waits for a started process, records its status and frees what it held.
+func (s *Service) reap(r *record) {
+	code, err := r.proc.Wait()
+	r.code = code
+	if err != nil {
+		r.code, r.message = ExitStartFailed, err.Error()
+	}
+	if err := r.proc.Close(); err != nil {
+		s.log.Debug("closing process", "pid", r.proc.PID(), "err", err)
+	}
+	s.finished(r)
+}
+
+// attach pumps stdio, signals and terminal size between the client and the process until the
+// process exits (then sends its status) or the client goes away (then ends the whole tree).
+func (s *Service) attach(stream runStream, r *record) error {
+	p := r.proc
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+
+	out := make(chan *ssipb.RunOutput, 4)
+	var pumps sync.WaitGroup
+	pump := func(f *os.File, wrap func([]byte) *ssipb.RunOutput) {
+		if f == nil {
+			return
+		}
+		_, _ = unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		pumps.Add(1)
+		go func() {
+			defer pumps.Done()
+			for {
+				buf := make([]byte, chunkSize)
+				n, err := f.Read(buf)
+				if n > 0 {
+					select {
+					case out <- wrap(buf[:n]):
+					case <-ctx.Done():
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	stdoutMsg := func(b []byte) *ssipb.RunOutput { return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Stdout{Stdout: b}} }
+	stderrMsg := func(b []byte) *ssipb.RunOutput { return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Stderr{Stderr: b}} }
+	if tty := p.TTY(); tty != nil {
+		pump(tty, stdoutMsg)
+	} else {
+		pump(p.Stdout(), stdoutMsg)
+		pump(p.Stderr(), stderrMsg)
+	}
+	pumpsDone := make(chan struct{})
+	go func() { pumps.Wait(); close(pumpsDone) }()
+
+	// Client → process. A receive error means the client is gone.
+	clientGone := make(chan struct{})
+	go func() {
+		defer close(clientGone)
+		stdin := p.Stdin()
+		if tty := p.TTY(); tty != nil {
+			stdin = tty
+		}
+		for {
+			in, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			switch m := in.Msg.(type) {
+			case *ssipb.RunInput_Stdin:
+				if stdin != nil {
+					if _, err := stdin.Write(m.Stdin); err != nil && !errors.Is(err, syscall.EPIPE) {
+						s.log.Debug("writing stdin", "err", err)
+					}
+				}
+			case *ssipb.RunInput_StdinEof:
+				if p.TTY() != nil {
+					_, _ = p.TTY().Write([]byte{4}) // ^D: end of input on a terminal
+				} else if stdin != nil {
+					stdin.Close()
+				}
+			case *ssipb.RunInput_Signal:
+				if err := p.Signal(syscall.Signal(m.Signal)); err != nil {
+					s.log.Debug("forwarding signal", "sig", m.Signal, "err", err)
+				}
+			case *ssipb.RunInput_Resize:
+				if m.Resize != nil {
+					_ = p.Resize(uint16(m.Resize.Rows), uint16(m.Resize.Cols))
+				}
+			}
+		}
+	}()
+
+	exited := make(chan struct{})
+	go func() {
+		_, _ = p.Wait()
+		close(exited)
+	}()
+
+	// Process → client, until the command exits and its output is drained.
+	var drainTimer <-chan time.Time
+	for pumpsDone != nil || exited != nil {
+		select {
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				s.endTree(r, "send failed")
+				return err
+			}
+		case <-clientGone:
+			s.endTree(r, "client gone")
+			return stream.Context().Err()
+		case <-exited:
+			exited = nil
+			drainTimer = time.After(outputDrain)
+		case <-drainTimer:
+			// Descendants still hold the output open: the session is over, end them.
+			_ = p.Terminate(s.cfg.Grace)
+			drainTimer = nil
+		case <-pumpsDone:
+			pumpsDone = nil
+		}
+	}
+	// The pumps have stopped: what they queued is all there is.
+	for len(out) > 0 {
+		if err := stream.Send(<-out); err != nil {
+			s.endTree(r, "send failed")
+			return err
+		}
+	}
+	s.reap(r)
+	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: r.message}}})
+}
+
+// endTree ends a session's whole tree after its client was lost: no orphans.
+func (s *Service) endTree(r *record, why string) {
+	s.log.Info("ending process tree", "pid", r.proc.PID(), "reason", why)
+	if err := r.proc.Terminate(s.cfg.Grace); err != nil {
+		s.log.Warn("ending process tree", "pid", r.proc.PID(), "err", err)
+	}
+	s.reap(r)
+}
+
+// detachedOutput is where a detached command's output goes: ssi-<gpid>.out in its working
+// directory, as nohup and batch systems do.
+func detachedOutput(dir string, g int64) string {
+	if dir == "" {
+		dir = "."
+	}
+	return strings.TrimSuffix(dir, "/") + "/ssi-" + strconv.FormatInt(g, 10) + ".out"
+}
+
+// asLoginShell turns words into "$SHELL -c 'words'" run in the user's home with a minimal
+// environment, as sshd does for `ssh host cmd`.
+func asLoginShell(spec *proc.Spec, words []string) error {
+	u, err := user.LookupId(strconv.Itoa(int(spec.UID)))
+	if err != nil {
+		return fmt.Errorf("user %d is unknown on this node: %w", spec.UID, err)
+	}
+	shell := loginShell(u.Username)
+	spec.Args = []string{shell, "-c", strings.Join(words, " ")}
+	spec.Path = shell
+	spec.Dir = u.HomeDir
+	if _, err := os.Stat(u.HomeDir); err != nil {
+		spec.Dir = "/"
+	}
+	spec.Env = []string{
+		"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username, "SHELL=" + shell,
+		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/games",
+	}
+	if lang, ok := os.LookupEnv("LANG"); ok {
+		spec.Env = append(spec.Env, "LANG="+lang)
+	}
+	return nil
+}
+
+// loginShell reads the user's shell from /etc/passwd; /bin/sh if none is set.
+func loginShell(name string) string {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return "/bin/sh"
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) >= 7 && f[0] == name && f[6] != "" {
+			return f[6]
+		}
+	}
+	return "/bin/sh"
+}

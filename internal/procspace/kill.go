@@ -1,0 +1,145 @@
+package procspace
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/gpid"
+)
+
+// Kill serves Control.Kill: each GPID goes to the agent of the node it lives on, which
+// checks permission as kill(2) would for the caller.
+func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.KillResponse, error) {
+	caller, _, err := s.CallerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.Signal < 0 || req.Signal > 64 {
+		return nil, status.Errorf(codes.InvalidArgument, "signal %d is out of range", req.Signal)
+	}
+	self, _ := s.self()
+	byNode := map[string][]int64{}
+	resp := &ssipb.KillResponse{}
+	for _, g := range req.Gpids {
+		idx, _ := gpid.Split(g)
+		name, ok := s.cfg.Cluster.NameOf(uint32(idx))
+		if !ok {
+			resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - No such process (no node has index %d)", g, idx)})
+			continue
+		}
+		byNode[name] = append(byNode[name], g)
+	}
+	for name, gpids := range byNode {
+		sub := &ssipb.KillRequest{Gpids: gpids, Signal: req.Signal, Caller: caller}
+		var r *ssipb.KillResponse
+		var err error
+		if name == self {
+			r, err = s.Signal(ctx, sub)
+		} else if peer, perr := s.cfg.Cluster.Peer(name); perr != nil {
+			err = perr
+		} else {
+			r, err = peer.Signal(ctx, sub)
+		}
+		if err != nil {
+			msg := err.Error()
+			if st, ok := status.FromError(err); ok {
+				msg = st.Message()
+			}
+			for _, g := range gpids {
+				resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - node %s did not answer: %s", g, name, msg)})
+			}
+			continue
+		}
+		resp.Results = append(resp.Results, r.Results...)
+	}
+	return resp, nil
+}
+
+// Signal delivers a signal to processes of this node for a caller, with kill(2)'s rule: root
+// may signal anything; others only processes whose real or saved uid is theirs. The process
+// is pinned with a pidfd before the check, so a recycled pid cannot be hit.
+func (s *Service) Signal(_ context.Context, req *ssipb.KillRequest) (*ssipb.KillResponse, error) {
+	if req.Caller == nil {
+		return nil, status.Error(codes.InvalidArgument, "signal request without a caller")
+	}
+	_, index := s.self()
+	resp := &ssipb.KillResponse{}
+	for _, g := range req.Gpids {
+		idx, pid := gpid.Split(g)
+		res := &ssipb.KillResult{Gpid: g}
+		if uint32(idx) != index {
+			res.Error = fmt.Sprintf("(%d) - No such process (it is not on this node)", g)
+		} else if err := signalPid(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
+			res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))
+		}
+		resp.Results = append(resp.Results, res)
+	}
+	return resp, nil
+}
+
+func signalPid(pid int, sig syscall.Signal, uid uint32) error {
+	if pid <= 0 {
+		return syscall.ESRCH
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if uid != 0 {
+		real, saved, err := uidsOf(pid)
+		if err != nil {
+			return syscall.ESRCH
+		}
+		if uid != real && uid != saved {
+			return syscall.EPERM
+		}
+	}
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// uidsOf reads the real and saved uid of pid.
+func uidsOf(pid int) (real, saved uint32, err error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
+			f := strings.Fields(rest)
+			if len(f) < 3 {
+				break
+			}
+			r, err1 := strconv.ParseUint(f[0], 10, 32)
+			sv, err2 := strconv.ParseUint(f[2], 10, 32)
+			if err := errors.Join(err1, err2); err != nil {
+				return 0, 0, err
+			}
+			return uint32(r), uint32(sv), nil
+		}
+	}
+	return 0, 0, errors.New("no Uid line")
+}
+
+// errText renders an errno as kill(1) does ("No such process", "Operation not permitted").
+func errText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		s := errno.Error()
+		return strings.ToUpper(s[:1]) + s[1:]
+	}
+	return err.Error()
+}

@@ -1,0 +1,100 @@
+package procspace
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/gpid"
+	"github.com/ssi-cluster/ssi/internal/proc"
+)
+
+// psDeadline bounds how long `ssi ps` waits for a node: one that does not answer is reported,
+// not waited for.
+const psDeadline = 2 * time.Second
+
+// LocalPs lists this node's processes with their global ids. A process ssi started has the
+// GPID of the process that asked for it as its parent, wherever that one runs.
+func (s *Service) LocalPs(_ context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+	infos, err := proc.Scan(s.cfg.ProcRoot)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "listing processes: %v", err)
+	}
+	name, index := s.self()
+	resp := &ssipb.PsResponse{Procs: make([]*ssipb.ProcInfo, 0, len(infos))}
+	for _, in := range infos {
+		if req.User != "" && in.User != req.User && fmt.Sprint(in.UID) != req.User {
+			continue
+		}
+		pi := &ssipb.ProcInfo{
+			Gpid: gpid.Make(int(index), in.PID), Node: name, Pid: int32(in.PID),
+			User: in.User, Uid: in.UID, State: in.State, CpuPercent: in.CPUPercent,
+			RssBytes: in.RSSBytes, StartUnixMs: in.StartTime.UnixMilli(),
+			CpuTimeMs: in.CPUTime.Milliseconds(), Command: in.Command,
+		}
+		if in.PPID > 0 {
+			pi.PpidGpid = gpid.Make(int(index), in.PPID)
+		}
+		if r := s.lookup(in.PID); r != nil && r.parentGPID != 0 {
+			pi.PpidGpid, pi.SsiStarted = r.parentGPID, true
+		}
+		resp.Procs = append(resp.Procs, pi)
+	}
+	return resp, nil
+}
+
+// Ps asks every alive node (or the one named) in parallel and merges the answers, sorted by
+// GPID. Nodes that do not answer within the deadline are listed as unreachable.
+func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+	var nodes []string
+	if req.Node != "" {
+		name, ok := s.cfg.Cluster.Resolve(req.Node)
+		if !ok {
+			return nil, status.Errorf(codes.NotFound, "unknown node %q: see \"ssi nodes\" for the names", req.Node)
+		}
+		nodes = []string{name}
+	} else {
+		for _, c := range s.cfg.Cluster.Candidates() {
+			if c.Alive {
+				nodes = append(nodes, c.Name)
+			}
+		}
+	}
+	self, _ := s.self()
+	ctx, cancel := context.WithTimeout(ctx, psDeadline)
+	defer cancel()
+	results := make([]*ssipb.PsResponse, len(nodes))
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() {
+			if n == self {
+				results[i], errs[i] = s.LocalPs(ctx, &ssipb.PsRequest{User: req.User})
+				return
+			}
+			peer, err := s.cfg.Cluster.Peer(n)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			results[i], errs[i] = peer.Ps(ctx, &ssipb.PsRequest{User: req.User})
+		})
+	}
+	wg.Wait()
+	out := &ssipb.PsResponse{}
+	for i, r := range results {
+		if errs[i] != nil {
+			out.Unreachable = append(out.Unreachable, nodes[i])
+			continue
+		}
+		out.Procs = append(out.Procs, r.Procs...)
+	}
+	sort.Slice(out.Procs, func(i, j int) bool { return out.Procs[i].Gpid < out.Procs[j].Gpid })
+	return out, nil
+}

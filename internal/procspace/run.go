@@ -1,0 +1,180 @@
+package procspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/gpid"
+	"github.com/ssi-cluster/ssi/internal/proc"
+)
+
+// CallerOf returns the identity a local client's requests run as: uid and gid as the kernel
+// reported them on the socket, supplementary groups and umask from the client process itself.
+func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
+	c, err := api.CallerFrom(ctx)
+	if err != nil {
+		return nil, 0, status.Error(codes.Unauthenticated, err.Error())
+	}
+	id, err := proc.IdentityOf(int(c.PID))
+	if err != nil {
+		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the identity of client pid %d: %v", c.PID, err)
+	}
+	if id.UID != c.UID || id.GID != c.GID {
+		return nil, 0, status.Errorf(codes.PermissionDenied, "client pid %d changed identity since it connected: reconnect", c.PID)
+	}
+	groups := make([]uint32, len(id.Groups))
+	copy(groups, id.Groups)
+	self, _ := s.self()
+	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Node: self}, int(c.PID), nil
+}
+
+// Run serves Control.Run for a local client: it fixes the caller's identity, places the
+// command, and runs it here or relays the session to the chosen node.
+func (s *Service) Run(stream ssipb.Control_RunServer) error {
+	ctx := stream.Context()
+	caller, pid, err := s.CallerOf(ctx)
+	if err != nil {
+		return err
+	}
+	in, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := in.GetStart()
+	if start == nil {
+		return status.Error(codes.InvalidArgument, "the first message must be a start")
+	}
+	self, index := s.self()
+	// Identity comes from the kernel, never from the request.
+	start.Caller = caller
+	start.ParentGpid = gpid.Make(int(index), pid)
+	start.HomeNode = self
+
+	target, explanation := "", ""
+	if start.Node != "" {
+		name, ok := s.cfg.Cluster.Resolve(start.Node)
+		if !ok {
+			return status.Errorf(codes.NotFound, "unknown node %q: see \"ssi nodes\" for the names", start.Node)
+		}
+		if !s.alive(name) {
+			return status.Errorf(codes.Unavailable, "node %s is not alive: pick another with -n, or leave -n out to let ssi place it", name)
+		}
+		target, explanation = name, "node named with -n"
+	} else {
+		d, err := s.place()
+		if err != nil {
+			return status.Error(codes.Unavailable, err.Error())
+		}
+		target, explanation = d.Node, d.Reason
+	}
+	if !start.Explain {
+		explanation = ""
+	}
+	if target == self {
+		return s.execute(stream, start, explanation)
+	}
+	return s.relay(stream, target, start, explanation)
+}
+
+func (s *Service) alive(name string) bool {
+	for _, c := range s.cfg.Cluster.Candidates() {
+		if c.Name == name {
+			return c.Alive
+		}
+	}
+	return false
+}
+
+// relay carries a session between the local client and the node that runs the command. If
+// that node is lost, the client gets exit status 255 and a message naming it.
+func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssipb.RunStart, explanation string) error {
+	peer, err := s.cfg.Cluster.Peer(node)
+	if err != nil {
+		return s.lost(client, node, err)
+	}
+	ctx, cancel := context.WithCancel(client.Context())
+	defer cancel()
+	remote, err := peer.Exec(ctx)
+	if err != nil {
+		return s.lost(client, node, err)
+	}
+	if err := remote.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
+		return s.lost(client, node, err)
+	}
+	// Gossip notices a dead node within seconds, long before TCP would.
+	nodeDied := make(chan struct{})
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !s.alive(node) {
+					close(nodeDied)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	// Client → remote. When the client goes away, cancelling ctx ends the remote session,
+	// whose node then ends the process tree.
+	go func() {
+		for {
+			in, err := client.Recv()
+			if err != nil {
+				cancel()
+				return
+			}
+			if err := remote.Send(in); err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		out, err := remote.Recv()
+		if err != nil {
+			if client.Context().Err() != nil {
+				return client.Context().Err()
+			}
+			select {
+			case <-nodeDied:
+				return s.lost(client, node, errors.New("the node stopped answering (it is dead or cut off)"))
+			default:
+			}
+			if errors.Is(err, io.EOF) {
+				return s.lost(client, node, errors.New("the session ended without an exit status"))
+			}
+			return s.lost(client, node, err)
+		}
+		if st := out.GetStarted(); st != nil && explanation != "" {
+			st.Explanation = explanation
+		}
+		if err := client.Send(out); err != nil {
+			return err
+		}
+		if out.GetExit() != nil {
+			return nil
+		}
+	}
+}
+
+func (s *Service) lost(client ssipb.Control_RunServer, node string, err error) error {
+	msg := err.Error()
+	if st, ok := status.FromError(err); ok {
+		msg = st.Message()
+	}
+	return client.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{
+		Code: ExitLostNode, Message: fmt.Sprintf("lost connection to node %s: %s", node, msg),
+	}}})
+}
