@@ -664,13 +664,12 @@ func (a *Agent) startPeerServer() error {
 		return fmt.Errorf("listening on %s: %w (is another agent running, or set --bind)", a.cfg.Bind, err)
 	}
 	unaryAuth, streamAuth := api.RequireNode(ssipb.Peer_Join_FullMethodName)
-	a.peerSrv = grpc.NewServer(
+	a.peerSrv = grpc.NewServer(append(api.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(a.caCert, a.keyPair))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(16<<20),
 		grpc.ChainUnaryInterceptor(a.metrics.unary("peer"), unaryAuth),
 		grpc.ChainStreamInterceptor(a.metrics.stream("peer"), streamAuth),
-	)
+	)...)
 	ssipb.RegisterPeerServer(a.peerSrv, &peerService{a: a})
 	a.wg.Add(1)
 	go func() {

@@ -48,11 +48,11 @@ func (a *Agent) startControlServer() error {
 		lis.Close()
 		return fmt.Errorf("opening %s to all users: %w", path, err)
 	}
-	a.ctlSrv = grpc.NewServer(
+	a.ctlSrv = grpc.NewServer(append(api.ServerOptions(),
 		grpc.Creds(api.PeerCredentials()),
 		grpc.ChainUnaryInterceptor(a.metrics.unary("control")),
 		grpc.ChainStreamInterceptor(a.metrics.stream("control")),
-	)
+	)...)
 	ssipb.RegisterControlServer(a.ctlSrv, &controlService{a: a})
 	a.wg.Add(1)
 	go func() {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/pki"
@@ -26,11 +27,10 @@ func (a *Agent) peerConn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := a.peerConns[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient(addr,
+	cc, err := grpc.NewClient(addr, append(api.DialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(pki.ClientTLS(a.caCert, a.keyPair))),
 		grpc.WithKeepaliveParams(peerKeepalive),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to agent at %s: %w", addr, err)
 	}

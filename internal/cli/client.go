@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
@@ -32,13 +33,13 @@ func (g *globals) dialAgent() (*grpc.ClientConn, error) {
 		}
 		return nil, fmt.Errorf("cannot use the agent socket %s: %w", path, err)
 	}
-	return grpc.NewClient("passthrough:///agent",
+	return grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		}),
-	)
+	)...)
 }
 
 func (g *globals) control() (ssipb.ControlClient, func(), error) {

@@ -90,7 +90,8 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 		return fmt.Errorf("find the ssi binary to run on the nodes: %w", err)
 	}
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal must not leave bridges and cgroups behind.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	opts.Binary = binary
 	opts.Dir = dir

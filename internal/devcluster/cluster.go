@@ -54,7 +54,7 @@ type Options struct {
 	// min(3, Nodes).
 	Servers int
 	// Dir holds one directory per node; created if missing. Default: a new
-	// directory under os.TempDir().
+	// directory under os.TempDir(). Close keeps it, with the logs.
 	Dir string
 	// Logger receives the harness's progress; default: discarded.
 	Logger *slog.Logger
@@ -574,7 +574,9 @@ func (c *Cluster) Restart(ctx context.Context, name string) error {
 	return c.startAndWait(ctx, n, args)
 }
 
-// Partition cuts a node off the others by setting its bridge port down.
+// Partition cuts a node off the others (and off the machine's network, not
+// its Unix socket) by setting its bridge port down. A node that is restarted
+// comes back connected.
 func (c *Cluster) Partition(name string) error {
 	n, err := c.node(name)
 	if err != nil {

@@ -27,7 +27,7 @@ const (
 
 // chunkSize is the largest stdio chunk per message: big enough for throughput, small enough
 // that the few chunks in flight keep memory bounded.
-const chunkSize = 256 << 10
+const chunkSize = 1 << 20
 
 // pipeSize enlarges output pipes so each read carries a full chunk.
 const pipeSize = 1 << 20

@@ -23,6 +23,17 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 	if err != nil {
 		return nil, 0, status.Error(codes.Unauthenticated, err.Error())
 	}
+	self, _ := s.self()
+	if c.PID == 0 {
+		// The client lives outside this node's PID namespace (e.g. on the machine hosting
+		// simulated nodes): the kernel vouches for uid and gid only, so the groups come from
+		// the user database and the umask is the usual default.
+		groups, err := proc.Groups(c.UID, c.GID)
+		if err != nil {
+			return nil, 0, status.Errorf(codes.PermissionDenied, "looking up the groups of uid %d: %v", c.UID, err)
+		}
+		return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: 0o022, Node: self}, 0, nil
+	}
 	id, err := proc.IdentityOf(int(c.PID))
 	if err != nil {
 		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the identity of client pid %d: %v", c.PID, err)
@@ -32,7 +43,6 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 	}
 	groups := make([]uint32, len(id.Groups))
 	copy(groups, id.Groups)
-	self, _ := s.self()
 	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Node: self}, int(c.PID), nil
 }
 
@@ -55,7 +65,9 @@ func (s *Service) Run(stream ssipb.Control_RunServer) error {
 	self, index := s.self()
 	// Identity comes from the kernel, never from the request.
 	start.Caller = caller
-	start.ParentGpid = gpid.Make(int(index), pid)
+	if pid > 0 {
+		start.ParentGpid = gpid.Make(int(index), pid)
+	}
 	start.HomeNode = self
 
 	target, explanation := "", ""

@@ -89,7 +89,9 @@ func StartMember(ctx context.Context, mc MemberConfig) (*Member, error) {
 	cfg.AutoCompactionMode = "periodic"
 	cfg.AutoCompactionRetention = "1h"
 	cfg.QuotaBackendBytes = 2 << 30
-	cfg.StrictReconfigCheck = true
+	// New servers join as learners and are promoted only once caught up, which etcd checks
+	// regardless; the strict check would only add a 5 s wait before each server can join.
+	cfg.StrictReconfigCheck = false
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -1,0 +1,101 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestClaimDevDir(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		setup    func(t *testing.T, dir string)
+		wantErr  string
+		wantLeft []string // entries left after a successful claim
+	}{
+		{
+			name:     "missing directory is made and marked",
+			setup:    func(t *testing.T, dir string) { os.Remove(dir) },
+			wantLeft: []string{devMarker},
+		},
+		{
+			name:     "empty directory is marked",
+			setup:    func(t *testing.T, dir string) {},
+			wantLeft: []string{devMarker},
+		},
+		{
+			name: "foreign non-empty directory is refused",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, "notes.txt"))
+			},
+			wantErr: "not made by ssi dev",
+		},
+		{
+			name: "earlier run's node state is wiped, other files kept",
+			setup: func(t *testing.T, dir string) {
+				writeFile(t, filepath.Join(dir, devMarker))
+				writeFile(t, filepath.Join(dir, "n1", "data", "state"))
+				writeFile(t, filepath.Join(dir, "n12", "agent.log"))
+				writeFile(t, filepath.Join(dir, "notes.txt"))
+				writeFile(t, filepath.Join(dir, "nodes", "keep"))
+			},
+			wantLeft: []string{devMarker, "nodes", "notes.txt"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "dev")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			tc.setup(t, dir)
+			unlock, err := claimDevDir(dir)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			var left []string
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				left = append(left, e.Name())
+			}
+			if !slices.Equal(left, tc.wantLeft) {
+				t.Errorf("left %v, want %v", left, tc.wantLeft)
+			}
+		})
+	}
+}
+
+func TestClaimDevDirLocksOutASecondRun(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := claimDevDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := claimDevDir(dir); err == nil || !strings.Contains(err.Error(), "another ssi dev") {
+		t.Errorf("second claim while the first holds it: err = %v, want a refusal", err)
+	}
+	unlock()
+	unlock2, err := claimDevDir(dir)
+	if err != nil {
+		t.Fatalf("claim after unlock: %v", err)
+	}
+	unlock2()
+}
+
+func writeFile(t *testing.T, path string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
