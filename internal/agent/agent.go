@@ -18,6 +18,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -387,7 +389,12 @@ func (a *Agent) connectEtcd() error {
 	if !a.state.ExternalEtcd {
 		tlsConfig = pki.ClientTLS(a.caCert, a.keyPair)
 	}
-	cli, err := store.NewClient(a.state.EtcdEndpoints, tlsConfig)
+	endpoints := a.state.EtcdEndpoints
+	if a.member != nil {
+		// A server's own member is up whenever its agent is, and forwards to the leader.
+		endpoints = []string{a.etcdClientURL().String()}
+	}
+	cli, err := store.NewClient(endpoints, tlsConfig)
 	if err != nil {
 		return err
 	}
@@ -558,6 +565,7 @@ func (a *Agent) reconnectLoop() {
 				alive[m.Name] = true
 			}
 		}
+		a.steerEtcdClient(alive)
 		var seeds []string
 		a.mu.Lock()
 		for name, rec := range a.registry {
@@ -571,6 +579,30 @@ func (a *Agent) reconnectLoop() {
 				a.log.Info("reconnected to nodes", "answered", n)
 			}
 		}
+	}
+}
+
+// steerEtcdClient points a client node's etcd connection at the servers gossip shows alive,
+// so requests are not balanced onto a dead server until their deadline.
+func (a *Agent) steerEtcdClient(alive map[string]bool) {
+	if a.member != nil || a.state.ExternalEtcd {
+		return
+	}
+	var up []string
+	a.mu.Lock()
+	for name, rec := range a.registry {
+		if rec.EtcdClient != "" && alive[name] {
+			up = append(up, rec.EtcdClient)
+		}
+	}
+	a.mu.Unlock()
+	if len(up) == 0 {
+		return
+	}
+	sort.Strings(up)
+	if !slices.Equal(up, a.etcd.Endpoints()) {
+		a.etcd.SetEndpoints(up...)
+		a.log.Debug("etcd endpoints follow the live servers", "endpoints", up)
 	}
 }
 

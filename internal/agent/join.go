@@ -89,13 +89,10 @@ func (a *Agent) join(ctx context.Context) (err error) {
 			os.RemoveAll(a.dir.path(dirEtcd))
 			return err
 		}
-		if err := a.connectEtcd(); err != nil {
-			return err
-		}
+		a.state.EtcdEndpoints = append([]string{a.etcdClientURL().String()}, without(resp.EtcdEndpoints, a.etcdClientURL().String())...)
 		if err := a.promoteSelf(ctx); err != nil {
 			return err
 		}
-		a.state.EtcdEndpoints = append([]string{a.etcdClientURL().String()}, without(resp.EtcdEndpoints, a.etcdClientURL().String())...)
 	}
 	if a.etcd == nil {
 		if err := a.connectEtcd(); err != nil {
@@ -114,9 +111,19 @@ func (a *Agent) join(ctx context.Context) (err error) {
 func (a *Agent) promoteSelf(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
+	// A learner serves no requests: ask the other members.
+	others := without(a.state.EtcdEndpoints, a.etcdClientURL().String())
+	if len(others) == 0 {
+		return nil
+	}
+	cli, err := store.NewClient(others, pki.ClientTLS(a.caCert, a.keyPair))
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
 	id := a.member.ID()
 	for {
-		_, err := a.etcd.MemberPromote(ctx, id)
+		_, err := cli.MemberPromote(ctx, id)
 		if err == nil || strings.Contains(err.Error(), "not a learner") {
 			return nil
 		}

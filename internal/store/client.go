@@ -21,8 +21,10 @@ func NewClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, err
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          DialTimeout,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
+		// A server that dies without closing its connections must be noticed in seconds,
+		// or requests balanced onto it wait for their deadline.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: time.Second,
 		TLS:                  tlsConfig,
 		Logger:               zap.NewNop(),
 		AutoSyncInterval:     30 * time.Second,

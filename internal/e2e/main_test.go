@@ -1,0 +1,201 @@
+// Package e2e runs the real ssi binary on clusters of simulated hosts (internal/devcluster):
+// formation, joins, faults, and the cluster-wide process space, as users would see them.
+// The tests need root (namespaces, veths, cgroups); CI runs as root.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/devcluster"
+)
+
+// binary is the ssi binary built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipping: simulated hosts need root (namespaces, veths, cgroups); CI runs as root")
+		return 0
+	}
+	dir, err := os.MkdirTemp("", "ssi-e2e-bin")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	binary = filepath.Join(dir, "ssi")
+	build := exec.Command("go", "build", "-o", binary, "github.com/ssi-cluster/ssi/cmd/ssi")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Println("e2e: building ssi:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// startCluster starts n simulated hosts (the first min(3, n) servers) for one test.
+func startCluster(t *testing.T, n int) *devcluster.Cluster {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755) // other users' CLIs reach the sockets in it
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := devcluster.Start(ctx, devcluster.Options{Binary: binary, Nodes: n, Dir: dir, Logger: logger})
+	if err != nil {
+		t.Fatalf("starting %d hosts: %v", n, err)
+	}
+	t.Logf("%d hosts alive in %v", n, time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, node := range c.Nodes() {
+				b, _ := os.ReadFile(node.LogPath())
+				t.Logf("--- %s agent.log (tail)\n%s", node.Name, tail(string(b), 3000))
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
+
+// result is what a CLI invocation produced.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+}
+
+// runCmd runs cmd to completion with an optional stdin.
+func runCmd(t *testing.T, cmd *exec.Cmd, stdin string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running %v: %v", cmd.Args, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+// ssi runs the CLI from the machine against node's agent.
+func ssi(t *testing.T, c *devcluster.Cluster, node string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return runCmd(t, c.CLI(ctx, node, args...), "")
+}
+
+// inside runs a command inside node's namespaces (its ssi is on PATH there).
+func inside(t *testing.T, c *devcluster.Cluster, node string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := c.Exec(ctx, node, args...)
+	cmd.Dir = "/"
+	return runCmd(t, cmd, "")
+}
+
+type nodeJSON struct {
+	Name          string  `json:"name"`
+	Index         uint32  `json:"index"`
+	Addr          string  `json:"addr"`
+	State         string  `json:"state"`
+	Role          string  `json:"role"`
+	CPUs          uint32  `json:"cpus"`
+	Load1         float64 `json:"load1"`
+	MemTotalBytes uint64  `json:"mem_total_bytes"`
+	MemFreeBytes  uint64  `json:"mem_free_bytes"`
+}
+
+func nodes(t *testing.T, c *devcluster.Cluster, from string) map[string]nodeJSON {
+	t.Helper()
+	r := ssi(t, c, from, "nodes", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("ssi nodes on %s: %v", from, r)
+	}
+	var list []nodeJSON
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		t.Fatalf("ssi nodes -o json: %v in %q", err, r.stdout)
+	}
+	out := map[string]nodeJSON{}
+	for _, n := range list {
+		out[n.Name] = n
+	}
+	return out
+}
+
+// waitState polls from's view until node has state, and returns how long that took.
+func waitState(t *testing.T, c *devcluster.Cluster, from, node, state string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	for time.Since(start) < timeout {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := c.CLI(ctx, from, "nodes", "-o", "json").Output()
+		cancel()
+		if err == nil {
+			var list []nodeJSON
+			if json.Unmarshal(out, &list) == nil {
+				for _, n := range list {
+					if n.Name == node {
+						last = n.State
+						if n.State == state {
+							return time.Since(start)
+						}
+					}
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s still sees %s as %q after %v, want %q", from, node, last, timeout, state)
+	return 0
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
