@@ -19,8 +19,8 @@ const RequestTimeout = 5 * time.Second
 // NewClient connects to etcd at endpoints. tlsConfig is nil for a plain-text external etcd.
 func NewClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          DialTimeout,
+		Endpoints:   endpoints,
+		DialTimeout: DialTimeout,
 		// A server that dies without closing its connections must be noticed in seconds,
 		// or requests balanced onto it wait for their deadline.
 		DialKeepAliveTime:    2 * time.Second,
