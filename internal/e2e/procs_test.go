@@ -1,0 +1,311 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/devcluster"
+)
+
+type procJSON struct {
+	GPID       int64  `json:"gpid"`
+	Node       string `json:"node"`
+	PID        int32  `json:"pid"`
+	PPIDGPID   int64  `json:"ppid_gpid"`
+	User       string `json:"user"`
+	UID        uint32 `json:"uid"`
+	Command    string `json:"command"`
+	SSIStarted bool   `json:"ssi_started"`
+}
+
+func ps(t *testing.T, c *devcluster.Cluster, from string, args ...string) []procJSON {
+	t.Helper()
+	r := ssi(t, c, from, append([]string{"ps", "-o", "json"}, args...)...)
+	if r.code != 0 {
+		t.Fatalf("ssi ps: %v", r)
+	}
+	var out []procJSON
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		t.Fatalf("ssi ps -o json: %v", err)
+	}
+	return out
+}
+
+func findProcs(list []procJSON, node, cmdPrefix string) []procJSON {
+	var out []procJSON
+	for _, p := range list {
+		if p.Node == node && strings.HasPrefix(p.Command, cmdPrefix) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestProcessSpace covers ssi run, rsh, ps, kill and wait on three simulated hosts.
+func TestProcessSpace(t *testing.T) {
+	c := startCluster(t, 3)
+
+	t.Run("exit status and stdio", func(t *testing.T) {
+		tests := []struct {
+			args       []string
+			code       int
+			out, inErr string
+		}{
+			{[]string{"run", "-n", "n2", "--", "hostname"}, 0, "n2\n", ""},
+			{[]string{"run", "-n", "n3", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, 3, "out\n", "err"},
+			{[]string{"run", "-n", "n2", "--", "sh", "-c", "kill -9 $$"}, 137, "", ""},
+			{[]string{"run", "-n", "n2", "--", "no-such-command"}, 127, "", "no-such-command: command not found"},
+			{[]string{"run", "-n", "n2", "--cwd", "/no/such/dir", "--", "true"}, 1, "", "does not exist on node n2"},
+			{[]string{"run", "-n", "n9", "--", "true"}, 1, "", `unknown node "n9"`},
+			{[]string{"run", "-n", "n3", "--env", "GREETING=hi", "--", "sh", "-c", "echo $GREETING $SSI_NODE"}, 0, "hi 3\n", ""},
+		}
+		for _, tt := range tests {
+			r := ssi(t, c, "n1", tt.args...)
+			if r.code != tt.code || r.stdout != tt.out || !strings.Contains(r.stderr, tt.inErr) {
+				t.Errorf("ssi %v: %v; want exit %d, stdout %q, stderr containing %q", tt.args, r, tt.code, tt.out, tt.inErr)
+			}
+		}
+	})
+
+	t.Run("rsh", func(t *testing.T) {
+		r := inside(t, c, "n1", "ssi", "rsh", "n2", "echo", "$HOME;", "hostname;", "exit", "5")
+		if r.code != 5 || r.stdout != "/root\nn2\n" {
+			t.Fatalf("rsh: %v", r)
+		}
+		if r := inside(t, c, "n1", "ssi", "rsh", c.Node("n3").IP.String(), "hostname"); r.stdout != "n3\n" {
+			t.Fatalf("rsh by address: %v", r)
+		}
+	})
+
+	t.Run("binary stdin round trip", func(t *testing.T) {
+		data := make([]byte, 8<<20)
+		rand.Read(data)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "cat")
+		cmd.Stdin = bytes.NewReader(data)
+		out, err := cmd.Output()
+		if err != nil || sha256.Sum256(out) != sha256.Sum256(data) {
+			t.Fatalf("8 MiB through remote cat: %d bytes back, err %v", len(out), err)
+		}
+	})
+
+	t.Run("pipeline across two nodes", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		producer := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "seq", "1", "200000")
+		consumer := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "wc -l; hostname")
+		pipe, err := producer.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		consumer.Stdin = pipe
+		var out bytes.Buffer
+		consumer.Stdout = &out
+		if err := producer.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := consumer.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := producer.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Fields(out.String()); len(got) != 2 || got[0] != "200000" || got[1] != "n3" {
+			t.Fatalf("pipeline output %q", out.String())
+		}
+	})
+
+	t.Run("signals reach the remote process", func(t *testing.T) {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGUSR1, syscall.SIGTERM} {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			cmd := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "sh", "-c",
+				fmt.Sprintf(`trap 'echo got; exit 42' %d; echo ready; while :; do sleep 0.05; done`, sig))
+			var out bytes.Buffer
+			cmd.Stdout = &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 10*time.Second, "remote trap ready", func() bool { return strings.Contains(out.String(), "ready") })
+			cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			cancel()
+			if cmd.ProcessState.ExitCode() != 42 || !strings.Contains(out.String(), "got") {
+				t.Errorf("%v: exit %d (%v), output %q; want 42 and the trap's output", sig, cmd.ProcessState.ExitCode(), err, out.String())
+			}
+		}
+	})
+
+	t.Run("terminal", func(t *testing.T) {
+		r := ssi(t, c, "n1", "run", "-t", "-n", "n2", "--", "sh", "-c", "tty; stty size")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "/dev/pts/") {
+			t.Fatalf("run -t: %v", r)
+		}
+		if r := ssi(t, c, "n1", "run", "-T", "-n", "n2", "--", "tty"); r.code == 0 {
+			t.Fatalf("run -T gave a terminal: %v", r)
+		}
+	})
+
+	t.Run("detach and wait", func(t *testing.T) {
+		r := inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sh", "-c", "echo hello; exit 7")
+		g, err := strconv.ParseInt(strings.TrimSpace(r.stdout), 10, 64)
+		if r.code != 0 || err != nil || g/10_000_000 != 2 {
+			t.Fatalf("detach: %v", r)
+		}
+		w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g, 10))
+		if w.code != 7 {
+			t.Fatalf("wait: %v", w)
+		}
+		out := inside(t, c, "n2", "cat", fmt.Sprintf("/tmp/ssi-%d.out", g))
+		if out.stdout != "hello\n" {
+			t.Fatalf("detached output: %v", out)
+		}
+	})
+
+	t.Run("tree across nodes", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := c.Exec(ctx, "n1", "ssi", "run", "-n", "n2", "--", "sleep", "77")
+		cmd.Dir = "/"
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		var sleeper procJSON
+		eventually(t, 10*time.Second, "remote sleep in ps", func() bool {
+			// Between fork and bookkeeping the child briefly shows its local parent.
+			found := findProcs(ps(t, c, "n3"), "n2", "sleep 77")
+			if len(found) == 1 {
+				sleeper = found[0]
+			}
+			return len(found) == 1 && sleeper.SSIStarted
+		})
+		parent := sleeper.PPIDGPID
+		if !sleeper.SSIStarted || parent/10_000_000 != 1 {
+			t.Fatalf("remote child's parent is %d, want a GPID on n1: %+v", parent, sleeper)
+		}
+		var found bool
+		for _, p := range ps(t, c, "n3", "-n", "n1") {
+			if p.GPID == parent && strings.Contains(p.Command, "ssi run") {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("parent GPID %d is not the ssi run client on n1", parent)
+		}
+		if r := ssi(t, c, "n1", "ps", "--tree"); !strings.Contains(r.stdout, "\\_ sleep 77") {
+			t.Fatalf("ps --tree does not show the remote child under its client:\n%s", r.stdout)
+		}
+	})
+
+	t.Run("client killed: no orphans", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "sleep 1001 & setsid sleep 1002 & sleep 1003")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "the tree is running", func() bool {
+			return len(findProcs(ps(t, c, "n3", "-n", "n3"), "n3", "sleep 100")) == 3
+		})
+		cmd.Process.Kill()
+		cmd.Wait()
+		eventually(t, 15*time.Second, "the whole tree ended", func() bool {
+			return len(findProcs(ps(t, c, "n3", "-n", "n3"), "n3", "sleep 100")) == 0
+		})
+	})
+
+	t.Run("kill across nodes and between users", func(t *testing.T) {
+		r := inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sleep", "300")
+		g := strings.TrimSpace(r.stdout)
+		// nobody may neither signal nor wait for root's process.
+		asNobody := func(args ...string) result {
+			return inside(t, c, "n3", append([]string{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "ssi"}, args...)...)
+		}
+		if r := asNobody("run", "-n", "n2", "--", "id", "-u"); r.code != 0 || r.stdout != "65534\n" {
+			t.Fatalf("run as nobody: %v", r)
+		}
+		if r := asNobody("kill", g); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("nobody killing root's process: %v", r)
+		}
+		if r := asNobody("wait", g); r.code == 0 || !strings.Contains(r.stderr, "another user") {
+			t.Fatalf("nobody waiting for root's process: %v", r)
+		}
+		if r := asNobody("token", "create"); r.code == 0 || !strings.Contains(r.stderr, "only root") {
+			t.Fatalf("nobody creating a token: %v", r)
+		}
+		// nobody's own process: nobody may signal it.
+		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sleep", "300")
+		mine := strings.TrimSpace(r.stdout)
+		if r := asNobody("kill", "-s", "KILL", mine); r.code != 0 {
+			t.Fatalf("nobody killing its own process: %v", r)
+		}
+		if r := asNobody("wait", mine); r.code != 137 {
+			t.Fatalf("wait after kill -9: %v", r)
+		}
+		if r := ssi(t, c, "n1", "kill", "-9", g); r.code != 0 {
+			t.Fatalf("root killing: %v", r)
+		}
+		for _, bad := range [][]string{{"kill", "-NOPE", g}, {"kill", "12x"}, {"kill", "90000001"}} {
+			if r := ssi(t, c, "n1", bad...); r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+				t.Errorf("ssi %v: %v; want one error line", bad, r)
+			}
+		}
+	})
+
+	t.Run("many concurrent sessions", func(t *testing.T) {
+		const n = 200
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var failures []string
+		for i := range n {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+				defer cancel()
+				out, err := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "echo", strconv.Itoa(i)).Output()
+				if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(i) {
+					mu.Lock()
+					failures = append(failures, fmt.Sprintf("%d: %q %v", i, out, err))
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(failures) > 0 {
+			t.Fatalf("%d of %d sessions failed, e.g. %s", len(failures), n, failures[0])
+		}
+	})
+
+	// Last: it takes n3 down.
+	t.Run("node lost mid-run", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "echo started; sleep 1000")
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote command started", func() bool { return strings.Contains(out.String(), "started") })
+		start := time.Now()
+		if err := c.Kill("n3"); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Wait()
+		t.Logf("client noticed the lost node after %v", time.Since(start).Round(time.Millisecond))
+		if cmd.ProcessState.ExitCode() != 255 || !strings.Contains(errb.String(), "n3") {
+			t.Fatalf("exit %d, stderr %q; want 255 and a message naming n3", cmd.ProcessState.ExitCode(), errb.String())
+		}
+	})
+}
+
