@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -520,11 +521,14 @@ func (a *Agent) refreshRegistry(ctx context.Context) error {
 	return nil
 }
 
-// loadLoop measures and gossips the node's load vector.
+// loadLoop measures the node's load every second and gossips it when it has changed enough
+// to matter to placement, or every ten seconds at most, so an idle node stays quiet.
 func (a *Agent) loadLoop() {
 	defer a.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var sent cluster.Load
+	var sentAt time.Time
 	for {
 		select {
 		case <-a.ctx.Done():
@@ -535,11 +539,24 @@ func (a *Agent) loadLoop() {
 				a.log.Warn("measuring load", "err", err)
 				continue
 			}
+			if !loadChanged(sent, l) && now.Sub(sentAt) < 10*time.Second {
+				continue
+			}
 			if err := a.gossip.SetLoad(l); err != nil {
 				a.log.Debug("gossiping load", "err", err)
 			}
+			sent, sentAt = l, now
 		}
 	}
+}
+
+// loadChanged reports whether a new load vector differs enough from the last one sent.
+func loadChanged(old, cur cluster.Load) bool {
+	const loadStep, cpuStep, memStep = 0.1, 0.1, 0.02
+	return math.Abs(old.Load1-cur.Load1) >= loadStep ||
+		math.Abs(old.CPUUsed-cur.CPUUsed) >= cpuStep ||
+		old.Runnable != cur.Runnable ||
+		math.Abs(float64(old.MemFree)-float64(cur.MemFree)) >= memStep*float64(max(cur.MemTotal, 1))
 }
 
 // reconnectLoop re-contacts registered nodes that gossip considers gone, so that a healed
@@ -548,17 +565,21 @@ func (a *Agent) reconnectLoop() {
 	defer a.wg.Done()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
-	for {
+	for round := 1; ; round++ {
 		select {
 		case <-a.ctx.Done():
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(a.ctx, time.Second)
-		if err := a.refreshRegistry(ctx); err != nil {
-			a.log.Debug("refreshing the node registry", "err", err)
+		// New nodes announce themselves through gossip; the registry only needs an
+		// occasional re-read for nodes that are down.
+		if round%5 == 0 {
+			ctx, cancel := context.WithTimeout(a.ctx, time.Second)
+			if err := a.refreshRegistry(ctx); err != nil {
+				a.log.Debug("refreshing the node registry", "err", err)
+			}
+			cancel()
 		}
-		cancel()
 		alive := map[string]bool{}
 		for _, m := range a.gossip.Members() {
 			if m.State == cluster.StateAlive || m.State == cluster.StateSuspect {

@@ -74,7 +74,7 @@ const (
 	probeInterval  = 400 * time.Millisecond
 	probeTimeout   = 200 * time.Millisecond
 	suspicionMult  = 3
-	gossipInterval = 100 * time.Millisecond
+	gossipInterval = 200 * time.Millisecond
 )
 
 // Start begins gossiping. It does not contact anyone; call Join with seeds.

@@ -308,4 +308,3 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 }
-

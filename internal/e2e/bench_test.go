@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/devcluster"
+)
+
+// The benchmarks measure whole CLI processes against a 3-node simulated cluster, as a user
+// sees them. Run them with:
+//
+//	go test -run XXX -bench . -benchtime 100x ./internal/e2e
+//
+// They report the median wall time too, since the goals are stated as medians.
+
+func benchCluster(b *testing.B, n int) *devcluster.Cluster {
+	b.Helper()
+	dir := b.TempDir()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := devcluster.Start(ctx, devcluster.Options{Binary: binary, Nodes: n, Dir: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	b.Logf("%d nodes alive in %v", n, time.Since(start).Round(time.Millisecond))
+	return c
+}
+
+// timeCLI runs the CLI b.N times and reports the median.
+func timeCLI(b *testing.B, c *devcluster.Cluster, node string, args ...string) {
+	b.Helper()
+	ctx := context.Background()
+	times := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		cmd := c.CLI(ctx, node, args...)
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%v: %v: %s", args, err, out)
+		}
+		times = append(times, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(times)
+	b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "ms-median")
+}
+
+func BenchmarkRunRemoteTrue(b *testing.B) {
+	c := benchCluster(b, 3)
+	timeCLI(b, c, "n1", "run", "-n", "n2", "--", "true")
+}
+
+func BenchmarkRunLocalTrue(b *testing.B) {
+	c := benchCluster(b, 3)
+	timeCLI(b, c, "n1", "run", "-n", "n1", "--", "true")
+}
+
+func BenchmarkPs3Nodes(b *testing.B) {
+	c := benchCluster(b, 3)
+	timeCLI(b, c, "n1", "ps")
+}
+
+func BenchmarkVersion(b *testing.B) {
+	c := benchCluster(b, 1)
+	timeCLI(b, c, "n1", "version")
+}
+
+// BenchmarkRunStdoutThroughput streams 1 GiB of remote stdout to the client.
+func BenchmarkRunStdoutThroughput(b *testing.B) {
+	c := benchCluster(b, 3)
+	const size = 1 << 30
+	b.SetBytes(size)
+	b.ResetTimer()
+	for range b.N {
+		cmd := c.CLI(context.Background(), "n1", "run", "-n", "n2", "--", "head", "-c", strconv.Itoa(size), "/dev/zero")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, out)
+		if err := cmd.Wait(); err != nil || n != size {
+			b.Fatalf("got %d bytes, %v", n, err)
+		}
+	}
+}
+
+// BenchmarkIdleAgents reports the agents' resident memory and CPU use while idle.
+func BenchmarkIdleAgents(b *testing.B) {
+	c := benchCluster(b, 4)
+	time.Sleep(3 * time.Second) // let start-up settle
+	type sample struct{ ticks, rssKB int }
+	read := func(pid int) sample {
+		stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		ut, _ := strconv.Atoi(f[11])
+		st, _ := strconv.Atoi(f[12])
+		status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+		rss := 0
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				rss, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
+		}
+		return sample{ut + st, rss}
+	}
+	const window = 10 * time.Second
+	pids := map[string]int{}
+	before := map[string]sample{}
+	for _, n := range c.Nodes() {
+		pid, err := n.AgentPID()
+		if err != nil {
+			b.Fatal(err)
+		}
+		pids[n.Name], before[n.Name] = pid, read(pid)
+	}
+	b.ResetTimer()
+	time.Sleep(window)
+	b.StopTimer()
+	var serverRSS, clientRSS, maxCPU float64
+	for _, n := range c.Nodes() {
+		after := read(pids[n.Name])
+		cpu := float64(after.ticks-before[n.Name].ticks) / 100 / window.Seconds() * 100
+		b.Logf("%s (server=%v): RSS %d KiB, CPU %.2f%% of a core", n.Name, n.Server, after.rssKB, cpu)
+		if n.Server {
+			serverRSS = max(serverRSS, float64(after.rssKB)/1024)
+		} else {
+			clientRSS = max(clientRSS, float64(after.rssKB)/1024)
+		}
+		maxCPU = max(maxCPU, cpu)
+	}
+	b.ReportMetric(serverRSS, "MiB-server-rss")
+	b.ReportMetric(clientRSS, "MiB-client-rss")
+	b.ReportMetric(maxCPU, "%cpu-max")
+}
+
