@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -40,11 +41,11 @@ func (peerCreds) ClientHandshake(_ context.Context, _ string, conn net.Conn) (ne
 }
 
 func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := conn.(*net.UnixConn)
+	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return nil, nil, fmt.Errorf("peer credentials need a unix socket, got %T", conn)
 	}
-	raw, err := uc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading peer credentials: %w", err)
 	}
