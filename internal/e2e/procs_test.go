@@ -244,6 +244,9 @@ func TestProcessSpace(t *testing.T) {
 		if r := asNobody("token", "create"); r.code == 0 || !strings.Contains(r.stderr, "only root") {
 			t.Fatalf("nobody creating a token: %v", r)
 		}
+		if r := asNobody("agent", "--server", "--data-dir", "/tmp/nobody-agent"); r.code == 0 || !strings.Contains(r.stderr, "must run as root") {
+			t.Fatalf("a non-root agent: %v", r)
+		}
 		// nobody's own process: nobody may signal it.
 		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sleep", "300")
 		mine := strings.TrimSpace(r.stdout)
