@@ -33,6 +33,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/cluster"
+	"github.com/ssi-cluster/ssi/internal/jobs"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 	"github.com/ssi-cluster/ssi/internal/procspace"
@@ -77,6 +78,7 @@ type Agent struct {
 	peerConns map[string]*grpc.ClientConn
 
 	procs *procspace.Service
+	jobs  *jobs.Service
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -451,6 +453,13 @@ func (a *Agent) serve(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if a.jobs, err = jobs.Start(ctx, jobs.Deps{
+		Etcd: a.etcd, Node: a.state.Name, Server: a.state.Role == RoleServer, Members: a.jobMembers,
+		CgroupParent: filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
+		NodeIndex: a.state.Index, Logger: a.log,
+	}); err != nil {
+		return err
+	}
 	if err := a.startControlServer(); err != nil {
 		return err
 	}
@@ -473,6 +482,19 @@ func (a *Agent) nodeCgroupDir() string {
 		return ""
 	}
 	return filepath.Join(mount, filepath.Clean("/"+a.cfg.NodeCgroup))
+}
+
+// jobMembers is the gossip view in the terms the job service needs.
+func (a *Agent) jobMembers() []jobs.Member {
+	var out []jobs.Member
+	for _, m := range a.gossip.Members() {
+		meta, alive := m.Meta, m.State == cluster.StateAlive || m.State == cluster.StateSuspect
+		if m.Name == a.state.Name {
+			meta, alive = a.gossip.LocalMeta(), true
+		}
+		out = append(out, jobs.Member{Name: m.Name, Index: meta.Index, Alive: alive, CPUs: meta.Load.CPUs, MemTotal: meta.Load.MemTotal})
+	}
+	return out
 }
 
 // procCgroupParent is the cgroup under which started process trees get their own cgroups:
@@ -662,6 +684,11 @@ func (a *Agent) stop(graceful bool) {
 		}
 		if a.ctlSrv != nil {
 			os.Remove(a.cfg.Socket)
+		}
+		if a.jobs != nil {
+			if err := a.jobs.Close(); err != nil {
+				a.log.Warn("stopping the job service", "err", err)
+			}
 		}
 		a.closePeerConns()
 		if a.procs != nil {

@@ -54,6 +54,7 @@ func (a *Agent) startControlServer() error {
 		grpc.ChainStreamInterceptor(a.metrics.stream("control")),
 	)...)
 	ssipb.RegisterControlServer(a.ctlSrv, &controlService{a: a})
+	a.jobs.Register(a.ctlSrv)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -161,6 +162,9 @@ func (c *controlService) Status(ctx context.Context, _ *ssipb.StatusRequest) (*s
 		Members:       map[string]uint32{},
 		EtcdEndpoints: a.state.EtcdEndpoints,
 		ExternalEtcd:  a.state.ExternalEtcd,
+	}
+	if a.jobs != nil {
+		resp.SchedulerLeader = a.jobs.Leader()
 	}
 	for _, n := range nodes {
 		resp.Members[n.State]++

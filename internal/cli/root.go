@@ -67,6 +67,7 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		newDevCommand(),
 		newDevInitCommand(),
 	)
+	root.AddCommand(newJobsCommands(g)...)
 	return root
 }
 

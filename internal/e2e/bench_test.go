@@ -145,4 +145,3 @@ func BenchmarkIdleAgents(b *testing.B) {
 	b.ReportMetric(clientRSS, "MiB-client-rss")
 	b.ReportMetric(maxCPU, "%cpu-max")
 }
-

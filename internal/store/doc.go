@@ -13,6 +13,9 @@
 //	/ssi/nodes/<name>            node registry: JSON NodeRecord
 //	/ssi/node-index/<name>       the node's stable index (decimal), allocated once per name
 //	/ssi/node-index-next         next index to hand out (decimal)
+//	/ssi/jobs/...                job system: jobs, allocations per node, history, queues,
+//	                             drains, fair-share usage, scheduler election
+//	                             (the subtree is documented in internal/jobs/doc.go)
 //
 // Later capabilities add their own subtrees (jobs, the global process table) here, in this
 // comment and in keys.go, and nowhere else.

@@ -1,0 +1,1181 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/sched"
+)
+
+// newJobsCommands returns the commands of the job system: submit, alloc, jobs, job, cancel,
+// hold, release, history, queue and node.
+func newJobsCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{
+		newSubmitCommand(g),
+		newAllocCommand(g),
+		newJobsListCommand(g),
+		newJobCommand(g),
+		newCancelCommand(g),
+		newHoldCommand(g, true),
+		newHoldCommand(g, false),
+		newHistoryCommand(g),
+		newQueueCommand(g),
+		newNodeCommand(g),
+	}
+}
+
+// needArgs checks the number of arguments with an error that says what to give, unlike
+// cobra's generic one. max < 0 means no upper bound.
+func needArgs(min, max int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < min || (max >= 0 && len(args) > max) {
+			return fmt.Errorf("%s needs %s: see ssi %s --help", cmd.CommandPath(), what, cmd.CommandPath()[len(cmd.Root().Name())+1:])
+		}
+		return nil
+	}
+}
+
+func (g *globals) jobsClient() (jobspb.JobsClient, func(), error) {
+	cc, err := g.dialAgent()
+	if err != nil {
+		return nil, nil, err
+	}
+	return jobspb.NewJobsClient(cc), func() { cc.Close() }, nil
+}
+
+// submitOptions are the options of ssi submit and ssi alloc, from the command line and from a
+// script's #SSI lines.
+type submitOptions struct {
+	name, cpus, mem, timeLimit, queue, array, output, errPath string
+	nodes, tasks                                              int
+	priority                                                  int
+	after, afterAny, env                                      []string
+	requeue, noRequeue, hold, noKill, interactive             bool
+	format                                                    string
+}
+
+// addSubmitFlags registers the job options on fs. alloc leaves out those that make no sense
+// for an interactive session.
+func addSubmitFlags(fs *pflag.FlagSet, o *submitOptions, batch bool) {
+	fs.StringVarP(&o.name, "name", "J", "", "job name (default: the script's or command's name)")
+	fs.StringVarP(&o.cpus, "cpus", "c", "", "cpus per task, e.g. 2 or 0.5 (default 1)")
+	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G (default: none reserved)")
+	fs.IntVarP(&o.nodes, "nodes", "N", 0, "spread the tasks over this many nodes (default: pack them)")
+	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1)")
+	fs.StringVarP(&o.timeLimit, "time", "t", "", "time limit: minutes, MM:SS, HH:MM:SS, D-HH:MM:SS or 90s/2h (default: the queue's)")
+	fs.StringVarP(&o.queue, "queue", "q", "", "queue to submit to (default batch; see ssi queue ls)")
+	fs.IntVar(&o.priority, "priority", 0, "priority; higher runs first (only root may go above 0)")
+	fs.StringSliceVar(&o.after, "after", nil, "start after these jobs completed successfully (ID[,ID])")
+	fs.StringSliceVar(&o.afterAny, "after-any", nil, "start after these jobs ended, however they ended (ID[,ID])")
+	fs.StringArrayVar(&o.env, "env", nil, "set an environment variable for the job, K=V (repeatable)")
+	fs.BoolVar(&o.noKill, "no-kill", false, "keep the other tasks running when one fails")
+	if !batch {
+		return
+	}
+	fs.StringVarP(&o.array, "array", "a", "", "run an array of jobs: 1-100, 0-98:2, 1,3,7-9, with %N to run at most N at once")
+	fs.StringVar(&o.output, "output", "", "stdout file; %j job id, %A array id, %a index, %x name, %u user, %n node, %t task (default ssi-%j.out)")
+	fs.StringVarP(&o.errPath, "error", "e", "", "stderr file, same patterns (default: with stdout)")
+	fs.BoolVar(&o.requeue, "requeue", false, "requeue the job if its node is lost (the default for batch jobs)")
+	fs.BoolVar(&o.noRequeue, "no-requeue", false, "end the job as node_fail if its node is lost")
+	fs.BoolVar(&o.hold, "hold", false, "submit held: it waits until ssi release")
+	fs.BoolVarP(&o.interactive, "interactive", "i", false, "wait for the resources, then run the command attached to this terminal")
+}
+
+func newSubmitCommand(g *globals) *cobra.Command {
+	var o submitOptions
+	cmd := &cobra.Command{
+		Use:   "submit [options] -- CMD [ARGS...] | submit [options] SCRIPT [ARGS...]",
+		Short: "Queue a job and print its id",
+		Long: `Queue a batch job for the cluster's scheduler and print its id. The job runs as you, in
+this directory, with this environment, on the node(s) the scheduler picks; its stdout and stderr
+go to ssi-<id>.out here unless --output/--error say otherwise.
+
+A SCRIPT may carry options on "#SSI" lines in its leading comment block, like #SBATCH lines;
+options on the command line win over them. With -i the job is interactive: ssi waits for the
+resources, runs the command attached to this terminal on the first allocated node (as ssi run
+does), and the job ends with it.
+
+The job gets SSI_JOB_ID, SSI_ARRAY_JOB_ID/SSI_ARRAY_TASK_ID (arrays), SSI_TASK_ID,
+SSI_NTASKS, SSI_NODELIST and SSI_CHECKPOINT_DIR. A job that exits with 85 is requeued at once,
+keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
+		Example: `  ssi submit -- ./simulate --steps 1000
+  ssi submit --cpus 4 --mem 8G --time 2:00:00 job.sh input.dat
+  ssi submit --array 1-100%10 -- ./process-chunk       # uses $SSI_ARRAY_TASK_ID
+  ID=$(ssi submit -- make all) && ssi submit --after $ID -- make test
+  ssi submit --nodes 2 --tasks 8 -- ./mpi-like-solver
+  ssi submit -i --cpus 2 -- python3`,
+		Args: needArgs(1, -1, "a command after -- or a script"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := buildSubmit(cmd, &o, args, cmd.ArgsLenAtDash() >= 0)
+			if err != nil {
+				return err
+			}
+			if o.interactive {
+				return runInteractive(cmd.Context(), g, req)
+			}
+			return submitBatch(cmd, g, req, o.format)
+		},
+	}
+	addSubmitFlags(cmd.Flags(), &o, true)
+	cmd.Flags().StringVarP(&o.format, "format", "o", formatTable, "output format: table (just the id) or json")
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func newAllocCommand(g *globals) *cobra.Command {
+	var o submitOptions
+	cmd := &cobra.Command{
+		Use:   "alloc [options] [-- CMD [ARGS...]]",
+		Short: "Wait for resources, then run a shell (or CMD) in them",
+		Long: `Queue an interactive job, wait until the scheduler grants it, then run CMD (default: your
+shell) attached to this terminal on the first allocated node, with SSI_JOB_ID, SSI_NODELIST and
+the other job variables set, so that "ssi run -n NODE" reaches the other nodes of the
+allocation. The allocation ends when the command exits; Ctrl-C while waiting gives up.
+Same as "ssi submit -i".`,
+		Example: `  ssi alloc --cpus 4 --time 1:00:00
+  ssi alloc --nodes 2 --tasks 2 -- bash -c 'for n in ${SSI_NODELIST//,/ }; do ssi run -n $n hostname; done'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				shell := os.Getenv("SHELL")
+				if shell == "" {
+					shell = "/bin/sh"
+				}
+				args = []string{shell}
+			}
+			o.interactive = true
+			req, err := buildSubmit(cmd, &o, args, true)
+			if err != nil {
+				return err
+			}
+			return runInteractive(cmd.Context(), g, req)
+		},
+	}
+	addSubmitFlags(cmd.Flags(), &o, false)
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+// buildSubmit turns the options and arguments into a submission. Without "--" the first
+// argument is a script, whose #SSI lines give defaults for the options not on the command line.
+func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bool) (*jobspb.SubmitRequest, error) {
+	req := &jobspb.SubmitRequest{}
+	if !command {
+		path := args[0]
+		script, err := os.ReadFile(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("no script %s: give a script file, or put the command after --, as in ssi submit -- %s", path, strings.Join(args, " "))
+			}
+			return nil, fmt.Errorf("reading the script %s: %w", path, err)
+		}
+		words, err := sched.ParseScriptDirectives(script)
+		if err != nil {
+			return nil, fmt.Errorf("script %s: %w", path, err)
+		}
+		if len(words) > 0 {
+			merged, err := mergeDirectives(cmd.Flags(), words)
+			if err != nil {
+				return nil, fmt.Errorf("script %s, #SSI line: %w", path, err)
+			}
+			*o = *merged
+		}
+		req.Script, req.ScriptName, req.Args = script, path, args[1:]
+	} else {
+		req.Args = args
+	}
+	if o.requeue && o.noRequeue {
+		return nil, errors.New("--requeue and --no-requeue contradict each other: give one")
+	}
+	switch {
+	case o.requeue:
+		req.Requeue = jobspb.SubmitRequest_REQUEUE_YES
+	case o.noRequeue:
+		req.Requeue = jobspb.SubmitRequest_REQUEUE_NO
+	}
+	if o.cpus != "" {
+		v, err := sched.ParseCPUs(o.cpus)
+		if err != nil {
+			return nil, err
+		}
+		req.CpusMilli = v
+	}
+	if o.mem != "" {
+		v, err := sched.ParseSize(o.mem)
+		if err != nil {
+			return nil, err
+		}
+		req.MemBytes = v
+	}
+	if o.timeLimit != "" {
+		d, err := sched.ParseTimeLimit(o.timeLimit)
+		if err != nil {
+			return nil, err
+		}
+		req.TimeLimitSeconds = int64(d / time.Second)
+	}
+	if o.array != "" {
+		spec, err := sched.ParseArray(o.array)
+		if err != nil {
+			return nil, err
+		}
+		req.Array = spec.String()
+	}
+	if o.nodes < 0 || o.tasks < 0 || o.nodes > sched.MaxTasks || o.tasks > sched.MaxTasks {
+		return nil, fmt.Errorf("--nodes %d --tasks %d: use 0 to %d", o.nodes, o.tasks, sched.MaxTasks)
+	}
+	if o.priority < math.MinInt32 || o.priority > math.MaxInt32 {
+		return nil, fmt.Errorf("--priority %d is out of range", o.priority)
+	}
+	for _, kv := range o.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("--env %q is not K=V: write it like --env OMP_NUM_THREADS=4", kv)
+		}
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("finding the working directory: %w (submit from an existing directory)", err)
+	}
+	req.Name, req.Cwd, req.Env = o.name, cwd, append(os.Environ(), o.env...)
+	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
+	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, o.output, o.errPath
+	req.Hold, req.NoKill = o.hold, o.noKill
+	return req, nil
+}
+
+// mergeDirectives parses a script's #SSI words with the same flags, then lays the options
+// given on the command line over them.
+func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, error) {
+	var d submitOptions
+	fs := pflag.NewFlagSet("#SSI", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addSubmitFlags(fs, &d, true)
+	fs.StringVarP(&d.format, "format", "o", formatTable, "")
+	if err := fs.Parse(words); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))
+	}
+	var err error
+	cmdline.Visit(func(f *pflag.Flag) {
+		target := fs.Lookup(f.Name)
+		if target == nil || err != nil {
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			err = target.Value.(pflag.SliceValue).Replace(sv.GetSlice())
+			return
+		}
+		err = target.Value.Set(f.Value.String())
+	})
+	return &d, err
+}
+
+func submitBatch(cmd *cobra.Command, g *globals, req *jobspb.SubmitRequest, format string) error {
+	if err := checkFormat(format); err != nil {
+		return err
+	}
+	client, closeConn, err := g.jobsClient()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+	defer cancel()
+	resp, err := client.Submit(ctx, req)
+	if err != nil {
+		return g.rpcError(err)
+	}
+	p := printer{w: cmd.OutOrStdout(), format: format}
+	if format == formatJSON {
+		return p.json(map[string]any{"job_id": resp.JobId, "tasks": resp.Tasks})
+	}
+	_, err = fmt.Fprintln(cmd.OutOrStdout(), resp.JobId)
+	return err
+}
+
+// runInteractive queues an interactive job, waits for it, runs the command in the allocation
+// through the process space (ssi run's launcher) and reports its exit status to the job.
+func runInteractive(ctx context.Context, g *globals, req *jobspb.SubmitRequest) error {
+	if req.Array != "" {
+		return errors.New("an interactive job cannot be an array: drop --array or -i")
+	}
+	if len(req.Script) > 0 {
+		req.Args = append([]string{req.ScriptName}, req.Args...)
+		req.Script = nil
+	}
+	argv := req.Args
+	client, closeConn, err := g.jobsClient()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Interactive(ctx)
+	if err != nil {
+		return g.rpcError(err)
+	}
+	if err := stream.Send(&jobspb.InteractiveInput{Msg: &jobspb.InteractiveInput_Submit{Submit: req}}); err != nil {
+		return g.rpcError(err)
+	}
+	// Until the session runs, Ctrl-C gives up the job; afterwards ssi run forwards signals.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	msgs := make(chan *jobspb.InteractiveOutput, 8)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			out, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				close(msgs)
+				return
+			}
+			msgs <- out
+		}
+	}()
+	var id string
+	for {
+		select {
+		case sig := <-sigs:
+			cancel()
+			fmt.Fprintf(os.Stderr, "ssi: gave up job %s\n", id)
+			return exitError{code: 128 + int(sig.(syscall.Signal))}
+		case out, ok := <-msgs:
+			if !ok {
+				return g.rpcError(<-recvErr)
+			}
+			switch m := out.Msg.(type) {
+			case *jobspb.InteractiveOutput_Queued:
+				id = m.Queued
+				fmt.Fprintf(os.Stderr, "ssi: job %s queued\n", id)
+			case *jobspb.InteractiveOutput_Waiting:
+				fmt.Fprintf(os.Stderr, "ssi: job %s waiting: %s\n", id, m.Waiting)
+			case *jobspb.InteractiveOutput_Final:
+				return exitError{code: 1, msg: fmt.Sprintf("job %s ended (%s) before it started", id, m.Final.State)}
+			case *jobspb.InteractiveOutput_Granted:
+				fmt.Fprintf(os.Stderr, "ssi: job %s running on %s\n", id, strings.Join(m.Granted.Nodes, ","))
+				return runGranted(ctx, g, stream, msgs, sigs, m.Granted, argv)
+			}
+		}
+	}
+}
+
+type interactiveStream interface {
+	Send(*jobspb.InteractiveInput) error
+}
+
+// runGranted runs the session on the allocation and reports its end.
+func runGranted(ctx context.Context, g *globals, stream interactiveStream, msgs <-chan *jobspb.InteractiveOutput,
+	sigs <-chan os.Signal, grant *jobspb.Granted, argv []string) error {
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	done := make(chan error, 1)
+	go func() {
+		done <- runRemote(runCtx, g, runOptions{node: grant.Nodes[0], env: grant.Env}, argv)
+	}()
+	var runErr error
+	var final *jobspb.Final
+	var killAfter <-chan time.Time
+wait:
+	for {
+		select {
+		case runErr = <-done:
+			break wait
+		case <-sigs:
+			// ssi run forwards these to the session.
+		case <-killAfter:
+			stopRun()
+		case out, ok := <-msgs:
+			if !ok {
+				msgs = nil
+				continue
+			}
+			switch m := out.Msg.(type) {
+			case *jobspb.InteractiveOutput_Signal:
+				// Raising it here makes ssi run forward it to the session.
+				_ = syscall.Kill(os.Getpid(), syscall.Signal(m.Signal))
+			case *jobspb.InteractiveOutput_Revoke:
+				fmt.Fprintf(os.Stderr, "\nssi: job %s is ending: %s\n", grant.JobId, m.Revoke.Reason)
+				_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+				killAfter = time.After(time.Duration(m.Revoke.GraceMs) * time.Millisecond)
+			case *jobspb.InteractiveOutput_Final:
+				final = m.Final
+				stopRun()
+			}
+		}
+	}
+	code, msg := 255, ""
+	var ee exitError
+	switch {
+	case errors.As(runErr, &ee):
+		code, msg = ee.code, ee.msg
+	case runErr == nil:
+		code = 0
+	default:
+		msg = runErr.Error()
+	}
+	if final == nil {
+		_ = stream.Send(&jobspb.InteractiveInput{Msg: &jobspb.InteractiveInput_Exit{Exit: int32(code)}})
+		timeout := time.After(5 * time.Second)
+	collect:
+		for msgs != nil {
+			select {
+			case out, ok := <-msgs:
+				if !ok {
+					break collect
+				}
+				if f := out.GetFinal(); f != nil {
+					final = f
+					break collect
+				}
+			case <-timeout:
+				break collect
+			}
+		}
+	}
+	if final != nil && final.State != string(sched.StateCompleted) && final.State != string(sched.StateFailed) && msg == "" {
+		msg = fmt.Sprintf("job %s ended as %s", grant.JobId, final.State)
+	}
+	return exitError{code: code, msg: msg}
+}
+
+// taskJSON is the stable JSON shape of a job task for scripts.
+type taskJSON struct {
+	ID             string   `json:"id"`
+	JobID          string   `json:"job_id"`
+	ArrayIndex     *int32   `json:"array_index"`
+	Name           string   `json:"name"`
+	User           string   `json:"user"`
+	UID            uint32   `json:"uid"`
+	State          string   `json:"state"`
+	Reason         string   `json:"reason"`
+	NeverRunnable  bool     `json:"never_runnable,omitempty"`
+	Queue          string   `json:"queue"`
+	Nodes          []string `json:"nodes"`
+	SubmitTime     *string  `json:"submit_time"`
+	StartTime      *string  `json:"start_time"`
+	EndTime        *string  `json:"end_time"`
+	ExitCode       *int32   `json:"exit_code"`
+	CPUs           float64  `json:"cpus"`
+	MemBytes       int64    `json:"mem_bytes"`
+	Tasks          uint32   `json:"tasks"`
+	TimeLimit      int64    `json:"time_limit_seconds"`
+	Priority       int32    `json:"priority"`
+	Attempts       uint32   `json:"attempts"`
+	CPUTimeSeconds float64  `json:"cpu_time_seconds"`
+	MaxRSSBytes    uint64   `json:"max_rss_bytes"`
+	Interactive    bool     `json:"interactive,omitempty"`
+}
+
+func jsonTime(ms int64) *string {
+	if ms == 0 {
+		return nil
+	}
+	s := time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	return &s
+}
+
+func toTaskJSON(t *jobspb.TaskInfo) taskJSON {
+	out := taskJSON{
+		ID: t.Id, JobID: t.JobId, Name: t.Name, User: t.User, UID: t.Uid, State: t.State, Reason: t.Reason,
+		NeverRunnable: t.NeverRunnable, Queue: t.Queue, Nodes: t.Nodes, SubmitTime: jsonTime(t.SubmitUnixMs),
+		StartTime: jsonTime(t.StartUnixMs), EndTime: jsonTime(t.EndUnixMs), CPUs: float64(t.CpusMilli) / 1000,
+		MemBytes: t.MemBytes, Tasks: t.Tasks, TimeLimit: t.TimeLimitSeconds, Priority: t.Priority, Attempts: t.Attempts,
+		CPUTimeSeconds: float64(t.CpuTimeMs) / 1000, MaxRSSBytes: t.MaxRssBytes, Interactive: t.Interactive,
+	}
+	if out.Nodes == nil {
+		out.Nodes = []string{}
+	}
+	if t.ArrayIndex >= 0 {
+		idx := t.ArrayIndex
+		out.ArrayIndex = &idx
+	}
+	if t.HasExitCode {
+		code := t.ExitCode
+		out.ExitCode = &code
+	}
+	return out
+}
+
+func tasksJSON(ts []*jobspb.TaskInfo) []taskJSON {
+	out := make([]taskJSON, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, toTaskJSON(t))
+	}
+	return out
+}
+
+// elapsed is how long a task ran (or runs, as of now).
+func elapsed(t *jobspb.TaskInfo, now time.Time) string {
+	if t.StartUnixMs == 0 {
+		return "-"
+	}
+	end := now
+	if t.EndUnixMs != 0 {
+		end = time.UnixMilli(t.EndUnixMs)
+	}
+	return sched.FormatTimeLimit(end.Sub(time.UnixMilli(t.StartUnixMs)))
+}
+
+func nodesCell(nodes []string) string {
+	if len(nodes) == 0 {
+		return "-"
+	}
+	return strings.Join(nodes, ",")
+}
+
+func newJobsListCommand(g *globals) *cobra.Command {
+	var (
+		all    bool
+		user   string
+		states []string
+		format string
+	)
+	cmd := &cobra.Command{
+		Use:   "jobs [-a] [-u USER] [--state S] [ID...]",
+		Short: "List pending and running jobs, one line per task",
+		Long: `List the cluster's pending and running jobs, everyone's (as squeue does), one line per array
+element. A pending job always says why it waits. With -a, jobs that ended in the last day are
+listed too. States: pending, running, completed, failed, cancelled, timeout, node_fail.`,
+		Example: `  ssi jobs
+  ssi jobs -u alice --state pending
+  ssi jobs -a -o json | jq '.[] | select(.state == "failed") | .id'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			resp, err := client.List(ctx, &jobspb.ListRequest{All: all, User: user, States: states, Ids: args})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			p := printer{w: cmd.OutOrStdout(), format: format}
+			if format == formatJSON {
+				return p.json(tasksJSON(resp.Tasks))
+			}
+			now := time.Now()
+			rows := make([][]string, 0, len(resp.Tasks))
+			for _, t := range resp.Tasks {
+				note := t.Reason
+				if t.HasExitCode && t.State != "pending" {
+					note = "exit " + strconv.Itoa(int(t.ExitCode))
+					if t.Reason != "" {
+						note += ": " + t.Reason
+					}
+				}
+				rows = append(rows, []string{t.Id, t.Name, t.User, t.State, t.Queue, elapsed(t, now), nodesCell(t.Nodes), note})
+			}
+			return p.table([]string{"ID", "NAME", "USER", "STATE", "QUEUE", "TIME", "NODES", "REASON"}, rows)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&all, "all", "a", false, "include jobs that ended in the last day")
+	f.StringVarP(&user, "user", "u", "", "only this user's jobs (name or uid)")
+	f.StringSliceVar(&states, "state", nil, "only jobs in these states (S[,S])")
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+// showJSON is the JSON shape of ssi job show.
+type showJSON struct {
+	JobID      string        `json:"job_id"`
+	Command    []string      `json:"command"`
+	Script     bool          `json:"script"`
+	Cwd        string        `json:"cwd"`
+	Output     string        `json:"output"`
+	Error      string        `json:"error,omitempty"`
+	Array      string        `json:"array,omitempty"`
+	After      []string      `json:"after,omitempty"`
+	AfterAny   []string      `json:"after_any,omitempty"`
+	Requeue    bool          `json:"requeue"`
+	Hold       bool          `json:"hold"`
+	NoKill     bool          `json:"no_kill"`
+	Nodes      uint32        `json:"nodes"`
+	SubmitNode string        `json:"submit_node"`
+	Tasks      []taskJSON    `json:"tasks"`
+	Attempts   []attemptJSON `json:"attempts"`
+	Events     []string      `json:"events"`
+}
+
+type attemptJSON struct {
+	Number    uint32   `json:"number"`
+	State     string   `json:"state"`
+	Reason    string   `json:"reason"`
+	Nodes     []string `json:"nodes"`
+	StartTime *string  `json:"start_time"`
+	EndTime   *string  `json:"end_time"`
+	ExitCode  *int32   `json:"exit_code"`
+}
+
+func newJobCommand(g *globals) *cobra.Command {
+	job := &cobra.Command{
+		Use:   "job",
+		Short: "Inspect one job",
+		Example: `  ssi job show 42
+  ssi job show 42_7 -o json`,
+	}
+	var format string
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a job in full: command, options, every task, earlier runs and changes",
+		Example: `  ssi job show 42
+  ssi job show 42_7 -o json | jq .tasks[0].state`,
+		Args: needArgs(1, 1, "one job id (see ssi jobs)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			r, err := client.Show(ctx, &jobspb.ShowRequest{Id: args[0]})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			out := showJSON{
+				JobID: r.JobId, Command: r.Command, Script: r.Script, Cwd: r.Cwd, Output: r.Output, Error: r.Error,
+				Array: r.Array, After: r.After, AfterAny: r.AfterAny, Requeue: r.Requeue, Hold: r.Hold, NoKill: r.NoKill,
+				Nodes: r.Nodes, SubmitNode: r.SubmitNode, Tasks: tasksJSON(r.Tasks), Attempts: []attemptJSON{}, Events: r.Events,
+			}
+			if out.Events == nil {
+				out.Events = []string{}
+			}
+			for _, a := range r.Attempts {
+				aj := attemptJSON{Number: a.Number, State: a.State, Reason: a.Reason, Nodes: a.Nodes,
+					StartTime: jsonTime(a.StartUnixMs), EndTime: jsonTime(a.EndUnixMs)}
+				if a.HasExitCode {
+					code := a.ExitCode
+					aj.ExitCode = &code
+				}
+				out.Attempts = append(out.Attempts, aj)
+			}
+			p := printer{w: cmd.OutOrStdout(), format: format}
+			if format == formatJSON {
+				return p.json(out)
+			}
+			return printShow(cmd.OutOrStdout(), out, r.Tasks)
+		},
+	}
+	outputFlag(show, &format)
+	job.AddCommand(show)
+	return job
+}
+
+func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
+	kind := "command"
+	if s.Script {
+		kind = "script"
+	}
+	fmt.Fprintf(w, "Job %s\n", s.JobID)
+	fmt.Fprintf(w, "  %-12s %s\n", kind+":", strings.Join(s.Command, " "))
+	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", s.Cwd, s.SubmitNode)
+	out := s.Output
+	if s.Error != "" {
+		out += ", errors to " + s.Error
+	}
+	fmt.Fprintf(w, "  %-12s %s\n", "output:", out)
+	if s.Array != "" {
+		fmt.Fprintf(w, "  %-12s %s\n", "array:", s.Array)
+	}
+	if len(s.After)+len(s.AfterAny) > 0 {
+		fmt.Fprintf(w, "  %-12s after %v, after-any %v\n", "depends:", s.After, s.AfterAny)
+	}
+	fmt.Fprintf(w, "  %-12s requeue %t, hold %t, no-kill %t\n", "options:", s.Requeue, s.Hold, s.NoKill)
+	if len(tasks) > 0 {
+		t := tasks[0]
+		fmt.Fprintf(w, "  %-12s %s, %s cpus and %s per task, %d task(s), limit %s, queue %s\n", "resources:",
+			t.User, sched.FormatCPUs(t.CpusMilli), humanBytes(uint64(t.MemBytes)), t.Tasks,
+			sched.FormatTimeLimit(time.Duration(t.TimeLimitSeconds)*time.Second), t.Queue)
+	}
+	fmt.Fprintln(w)
+	p := printer{w: w, format: formatTable}
+	now := time.Now()
+	rows := make([][]string, 0, len(tasks))
+	for _, t := range tasks {
+		exit := "-"
+		if t.HasExitCode {
+			exit = strconv.Itoa(int(t.ExitCode))
+		}
+		cpu := "-"
+		if t.EndUnixMs != 0 && t.StartUnixMs != 0 {
+			cpu = sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond)
+		}
+		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), elapsed(t, now), exit, cpu, humanBytes(t.MaxRssBytes), t.Reason})
+	}
+	if err := p.table([]string{"TASK", "STATE", "NODES", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
+		return err
+	}
+	if len(s.Attempts) > 0 {
+		fmt.Fprintln(w, "\nEarlier runs (requeued):")
+		for _, a := range s.Attempts {
+			fmt.Fprintf(w, "  #%d %s on %s: %s\n", a.Number, a.State, strings.Join(a.Nodes, ","), a.Reason)
+		}
+	}
+	if len(s.Events) > 0 {
+		fmt.Fprintln(w, "\nChanges:")
+		for _, e := range s.Events {
+			fmt.Fprintln(w, "  "+e)
+		}
+	}
+	return nil
+}
+
+// controlJSON is one job's outcome of cancel, hold or release.
+type controlJSON struct {
+	ID    string `json:"id"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// reportControl prints the per-job errors of cancel, hold or release (or all outcomes as
+// JSON), and fails if any job failed.
+func reportControl(cmd *cobra.Command, verb, format string, resp *jobspb.ControlResponse) error {
+	if format == formatJSON {
+		out := make([]controlJSON, 0, len(resp.Results))
+		failed := false
+		for _, r := range resp.Results {
+			out = append(out, controlJSON{ID: r.Id, OK: r.Error == "", Error: r.Error})
+			failed = failed || r.Error != ""
+		}
+		if err := (printer{w: cmd.OutOrStdout(), format: format}).json(out); err != nil {
+			return err
+		}
+		if failed {
+			return exitError{code: 1}
+		}
+		return nil
+	}
+	failed := 0
+	for _, r := range resp.Results {
+		if r.Error != "" {
+			fmt.Fprintf(os.Stderr, "ssi %s: %s\n", verb, r.Error)
+			failed++
+		}
+	}
+	if failed > 0 {
+		return exitError{code: 1}
+	}
+	return nil
+}
+
+func newCancelCommand(g *globals) *cobra.Command {
+	var sig, format string
+	cmd := &cobra.Command{
+		Use:   "cancel ID... [-s SIG]",
+		Short: "Cancel jobs, or send them a signal",
+		Long: `Cancel jobs or array elements (42 or 42_7). A pending job ends at once; a running one gets
+TERM, then KILL after a grace period, and ends as cancelled. With -s, the running tasks get that
+signal and keep running. You may cancel only your own jobs; root may cancel any.`,
+		Example: `  ssi cancel 42
+  ssi cancel 42_7 43
+  ssi cancel -s USR1 42       # e.g. ask the job to checkpoint`,
+		Args: needArgs(1, -1, "the ids of the jobs to cancel (see ssi jobs)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			req := &jobspb.ControlRequest{Ids: args}
+			if sig != "" {
+				s, err := parseSignal(sig)
+				if err != nil {
+					return err
+				}
+				if s == 0 {
+					return errors.New("signal 0 only tests for existence: give a real signal such as TERM or USR1")
+				}
+				req.Signal = int32(s)
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			resp, err := client.Cancel(ctx, req)
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return reportControl(cmd, "cancel", format, resp)
+		},
+	}
+	cmd.Flags().StringVarP(&sig, "signal", "s", "", "send this signal (name or number) instead of cancelling")
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func newHoldCommand(g *globals, hold bool) *cobra.Command {
+	use, short, example := "hold", "Keep pending jobs from starting", "  ssi hold 42\n  ssi hold 42_3 42_4"
+	if !hold {
+		use, short, example = "release", "Let held jobs start", "  ssi release 42\n  ssi release 42_3"
+	}
+	var format string
+	cmd := &cobra.Command{
+		Use:     use + " ID...",
+		Short:   short,
+		Long:    short + ". You may " + use + " only your own jobs; root may " + use + " any.",
+		Example: example,
+		Args:    needArgs(1, -1, "the ids of the jobs to "+use+" (see ssi jobs)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			call := client.Hold
+			if !hold {
+				call = client.Release
+			}
+			resp, err := call(ctx, &jobspb.ControlRequest{Ids: args})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			return reportControl(cmd, use, format, resp)
+		},
+	}
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+func newHistoryCommand(g *globals) *cobra.Command {
+	var (
+		user, since, format string
+		limit               uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "history",
+		Short: "List finished jobs with their node, exit code, times, CPU time and peak memory",
+		Long: `List finished jobs, newest first, from the cluster's accounting records (kept in etcd, so
+they survive restarts): node, exit code, start and end, elapsed and CPU time, and peak memory.`,
+		Example: `  ssi history
+  ssi history -u alice --since 24h -n 50
+  ssi history -o json | jq '[.[] | .cpu_time_seconds] | add'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			req := &jobspb.HistoryRequest{User: user, Limit: limit}
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				req.SinceUnixMs = t.UnixMilli()
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			resp, err := client.History(ctx, req)
+			if err != nil {
+				return g.rpcError(err)
+			}
+			p := printer{w: cmd.OutOrStdout(), format: format}
+			if format == formatJSON {
+				return p.json(tasksJSON(resp.Tasks))
+			}
+			now := time.Now()
+			rows := make([][]string, 0, len(resp.Tasks))
+			for _, t := range resp.Tasks {
+				exit := "-"
+				if t.HasExitCode {
+					exit = strconv.Itoa(int(t.ExitCode))
+				}
+				start, end := "-", "-"
+				if t.StartUnixMs != 0 {
+					start = time.UnixMilli(t.StartUnixMs).Format("2006-01-02 15:04:05")
+				}
+				if t.EndUnixMs != 0 {
+					end = time.UnixMilli(t.EndUnixMs).Format("2006-01-02 15:04:05")
+				}
+				rows = append(rows, []string{t.Id, t.Name, t.User, t.State, exit, nodesCell(t.Nodes), start, end, elapsed(t, now),
+					sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond), humanBytes(t.MaxRssBytes)})
+			}
+			return p.table([]string{"ID", "NAME", "USER", "STATE", "EXIT", "NODES", "START", "END", "ELAPSED", "CPU", "MAXRSS"}, rows)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&user, "user", "u", "", "only this user's jobs (name or uid)")
+	f.StringVar(&since, "since", "", "only jobs that ended after this: a duration back (24h, 7d) or a date (2026-03-01 or RFC 3339)")
+	f.Uint32VarP(&limit, "limit", "n", 0, "at most this many tasks (default 1000)")
+	outputFlag(cmd, &format)
+	return cmd
+}
+
+// parseSince reads "24h", "7d", "2026-03-01" or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
+			return now.AddDate(0, 0, -n), nil
+		}
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("--since %q is not a duration or a date: write it like 24h, 7d or 2026-03-01", s)
+}
+
+type queueJSON struct {
+	Name           string   `json:"name"`
+	Nodes          []string `json:"nodes"`
+	MaxRunningJobs uint32   `json:"max_running_jobs"`
+	MaxCPUsPerUser float64  `json:"max_cpus_per_user"`
+	MaxTimeSecs    int64    `json:"max_time_seconds"`
+	Oversubscribe  float64  `json:"oversubscribe"`
+	Default        bool     `json:"default"`
+}
+
+func toQueueJSON(x *jobspb.QueueInfo) queueJSON {
+	nodes := x.Nodes
+	if nodes == nil {
+		nodes = []string{}
+	}
+	return queueJSON{Name: x.Name, Nodes: nodes, MaxRunningJobs: x.MaxRunningJobs,
+		MaxCPUsPerUser: float64(x.MaxCpusPerUserMilli) / 1000, MaxTimeSecs: x.MaxTimeSeconds,
+		Oversubscribe: x.Oversubscribe, Default: x.Name == sched.DefaultQueueName}
+}
+
+func newQueueCommand(g *globals) *cobra.Command {
+	queue := &cobra.Command{
+		Use:   "queue",
+		Short: "Manage the named queues jobs are submitted to",
+		Long: `Queues are partitions of the cluster with their own node sets and limits. Without any, every
+job goes to the built-in queue "batch" over all nodes; it stays available unless configured.`,
+		Example: `  ssi queue ls
+  sudo ssi queue create debug --nodes n1,n2 --max-time 30 --max-running 4
+  sudo ssi queue rm debug`,
+	}
+	var q struct {
+		nodes            []string
+		maxRunning       uint32
+		maxCPUs, maxTime string
+		oversubscribe    float64
+		replace          bool
+		format           string
+	}
+	create := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create (or with --replace, change) a queue; root only",
+		Example: `  sudo ssi queue create debug --nodes n1,n2 --max-time 30 --max-running 4
+  sudo ssi queue create shared --max-cpus-per-user 16 --oversubscribe 2
+  sudo ssi queue create debug --replace --max-time 1:00:00`,
+		Args: needArgs(1, 1, "the queue's name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info := &jobspb.QueueInfo{Name: args[0], Nodes: q.nodes, MaxRunningJobs: q.maxRunning, Oversubscribe: q.oversubscribe}
+			if q.maxCPUs != "" {
+				v, err := sched.ParseCPUs(q.maxCPUs)
+				if err != nil {
+					return err
+				}
+				info.MaxCpusPerUserMilli = v
+			}
+			if q.maxTime != "" {
+				d, err := sched.ParseTimeLimit(q.maxTime)
+				if err != nil {
+					return err
+				}
+				info.MaxTimeSeconds = int64(d / time.Second)
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			created, err := client.CreateQueue(ctx, &jobspb.CreateQueueRequest{Queue: info, Replace: q.replace})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			if q.format == formatJSON {
+				return printer{w: cmd.OutOrStdout(), format: q.format}.json(toQueueJSON(created))
+			}
+			return nil
+		},
+	}
+	outputFlag(create, &q.format)
+	cf := create.Flags()
+	cf.StringSliceVar(&q.nodes, "nodes", nil, "nodes of the queue (default: every node)")
+	cf.Uint32Var(&q.maxRunning, "max-running", 0, "most jobs running at once (default: no limit)")
+	cf.StringVar(&q.maxCPUs, "max-cpus-per-user", "", "most cpus one user may use at once (default: no limit)")
+	cf.StringVar(&q.maxTime, "max-time", "", "longest time limit accepted, and the limit of jobs that set none")
+	cf.Float64Var(&q.oversubscribe, "oversubscribe", 0, "count each node's cpus this many times over (1-64; memory never)")
+	cf.BoolVar(&q.replace, "replace", false, "change the queue if it exists")
+
+	ls := &cobra.Command{
+		Use:     "ls",
+		Short:   "List the queues and their limits",
+		Example: "  ssi queue ls\n  ssi queue ls -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkFormat(q.format); err != nil {
+				return err
+			}
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			resp, err := client.ListQueues(ctx, &jobspb.ListQueuesRequest{})
+			if err != nil {
+				return g.rpcError(err)
+			}
+			out := make([]queueJSON, 0, len(resp.Queues))
+			rows := make([][]string, 0, len(resp.Queues))
+			for _, x := range resp.Queues {
+				out = append(out, toQueueJSON(x))
+				limit := func(v int64, f func(int64) string) string {
+					if v == 0 {
+						return "-"
+					}
+					return f(v)
+				}
+				nodeCell := "all"
+				if len(x.Nodes) > 0 {
+					nodeCell = strings.Join(x.Nodes, ",")
+				}
+				rows = append(rows, []string{x.Name, nodeCell,
+					limit(int64(x.MaxRunningJobs), func(v int64) string { return strconv.FormatInt(v, 10) }),
+					limit(x.MaxCpusPerUserMilli, sched.FormatCPUs),
+					limit(x.MaxTimeSeconds, func(v int64) string { return sched.FormatTimeLimit(time.Duration(v) * time.Second) }),
+					limit(int64(x.Oversubscribe*1000), func(v int64) string { return strconv.FormatFloat(x.Oversubscribe, 'g', -1, 64) })})
+			}
+			p := printer{w: cmd.OutOrStdout(), format: q.format}
+			if q.format == formatJSON {
+				return p.json(out)
+			}
+			return p.table([]string{"QUEUE", "NODES", "MAX-RUNNING", "MAX-CPUS/USER", "MAX-TIME", "OVERSUBSCRIBE"}, rows)
+		},
+	}
+	outputFlag(ls, &q.format)
+
+	rm := &cobra.Command{
+		Use:     "rm NAME",
+		Short:   "Remove a queue no active job uses; root only",
+		Example: "  sudo ssi queue rm debug",
+		Args:    needArgs(1, 1, "the queue's name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			client, closeConn, err := g.jobsClient()
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			if _, err := client.RemoveQueue(ctx, &jobspb.RemoveQueueRequest{Name: args[0]}); err != nil {
+				return g.rpcError(err)
+			}
+			if q.format == formatJSON {
+				return printer{w: cmd.OutOrStdout(), format: q.format}.json(map[string]any{"name": args[0], "removed": true})
+			}
+			return nil
+		},
+	}
+	outputFlag(rm, &q.format)
+	queue.AddCommand(create, ls, rm)
+	return queue
+}
+
+func newNodeCommand(g *globals) *cobra.Command {
+	node := &cobra.Command{
+		Use:   "node",
+		Short: "Take nodes out of and back into the scheduler's service",
+		Example: `  sudo ssi node drain n3 --reason "disk swap"
+  sudo ssi node resume n3`,
+	}
+	var reason, format string
+	drain := &cobra.Command{
+		Use:   "drain NODE --reason R",
+		Short: "Start no new jobs on a node; running ones finish (root only)",
+		Example: `  sudo ssi node drain n3 --reason "disk swap"
+  ssi jobs      # pending jobs that could use n3 say it is draining`,
+		Args: needArgs(1, 1, "one node name (see ssi nodes)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.TrimSpace(reason) == "" {
+				return errors.New("give a reason with --reason, so users see why the node takes no work")
+			}
+			return drainCall(cmd, g, &jobspb.DrainRequest{Node: args[0], Reason: reason}, true, format)
+		},
+	}
+	drain.Flags().StringVar(&reason, "reason", "", "why the node is drained (shown to users)")
+	outputFlag(drain, &format)
+	resume := &cobra.Command{
+		Use:     "resume NODE",
+		Short:   "Let a drained node take jobs again (root only)",
+		Example: "  sudo ssi node resume n3",
+		Args:    needArgs(1, 1, "one node name (see ssi nodes)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return drainCall(cmd, g, &jobspb.DrainRequest{Node: args[0]}, false, format)
+		},
+	}
+	outputFlag(resume, &format)
+	node.AddCommand(drain, resume)
+	return node
+}
+
+func drainCall(cmd *cobra.Command, g *globals, req *jobspb.DrainRequest, drain bool, format string) error {
+	if err := checkFormat(format); err != nil {
+		return err
+	}
+	client, closeConn, err := g.jobsClient()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+	defer cancel()
+	call := client.Drain
+	if !drain {
+		call = client.Resume
+	}
+	resp, err := call(ctx, req)
+	if err != nil {
+		return g.rpcError(err)
+	}
+	if format == formatJSON {
+		return printer{w: cmd.OutOrStdout(), format: format}.json(map[string]any{"node": resp.Node, "draining": resp.Draining})
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// TestSubmitScriptDirectives checks that #SSI lines give defaults and the command line wins.
+func TestSubmitScriptDirectives(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "job.sh")
+	body := "#!/bin/sh\n#SSI --cpus 2 --name fromscript\n#SSI --env A=1 --array 1-4%2\n#SSI --time 10\necho hi\n"
+	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(t *testing.T, o submitOptions)
+		wantErr string
+	}{
+		{"directives only", []string{script, "x"}, func(t *testing.T, o submitOptions) {
+			if o.cpus != "2" || o.name != "fromscript" || o.array != "1-4%2" || o.timeLimit != "10" || !slices.Equal(o.env, []string{"A=1"}) {
+				t.Errorf("options %+v", o)
+			}
+		}, ""},
+		{"command line wins", []string{"--cpus", "4", "--env", "B=2", script}, func(t *testing.T, o submitOptions) {
+			if o.cpus != "4" || o.name != "fromscript" || !slices.Equal(o.env, []string{"B=2"}) {
+				t.Errorf("options %+v", o)
+			}
+		}, ""},
+		{"missing script", []string{filepath.Join(dir, "nope.sh")}, nil, "no script"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := newSubmitCommand(&globals{})
+			if err := cmd.Flags().Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			var o submitOptions
+			// The command's own options struct is bound to its flags; read it back through them.
+			o.cpus, _ = cmd.Flags().GetString("cpus")
+			o.env, _ = cmd.Flags().GetStringArray("env")
+			o.name, _ = cmd.Flags().GetString("name")
+			req, err := buildSubmit(cmd, &o, cmd.Flags().Args(), false)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+			if string(req.Script) != body || req.ScriptName != script || req.CpusMilli == 0 || req.Array != "1-4%2" {
+				t.Errorf("request %+v", req)
+			}
+		})
+	}
+}
+
+func TestBuildSubmitRejectsBadOptions(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cpus", "x", "--", "true"}, "cpu"},
+		{[]string{"--time", "1:2:3:4", "--", "true"}, "time"},
+		{[]string{"--array", "3-1", "--", "true"}, "array"},
+		{[]string{"--mem", "lots", "--", "true"}, "size"},
+		{[]string{"--env", "NOEQUALS", "--", "true"}, "is not k=v"},
+		{[]string{"--requeue", "--no-requeue", "--", "true"}, "contradict"},
+	}
+	for _, tt := range tests {
+		cmd := newSubmitCommand(&globals{})
+		if err := cmd.Flags().Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		o := submitOptions{}
+		o.cpus, _ = cmd.Flags().GetString("cpus")
+		o.timeLimit, _ = cmd.Flags().GetString("time")
+		o.array, _ = cmd.Flags().GetString("array")
+		o.mem, _ = cmd.Flags().GetString("mem")
+		o.env, _ = cmd.Flags().GetStringArray("env")
+		o.requeue, _ = cmd.Flags().GetBool("requeue")
+		o.noRequeue, _ = cmd.Flags().GetBool("no-requeue")
+		_, err := buildSubmit(cmd, &o, cmd.Flags().Args(), true)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: %v, want a one-line error about %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Time
+		err  bool
+	}{
+		{"24h", now.Add(-24 * time.Hour), false},
+		{"7d", now.AddDate(0, 0, -7), false},
+		{"90m", now.Add(-90 * time.Minute), false},
+		{"2026-03-01T00:00:00Z", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), false},
+		{"yesterday", time.Time{}, true},
+		{"-5h", time.Time{}, true},
+	}
+	for _, tt := range tests {
+		got, err := parseSince(tt.in, now)
+		if (err != nil) != tt.err || (!tt.err && !got.Equal(tt.want)) {
+			t.Errorf("parseSince(%q) = %v, %v; want %v (error %t)", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestEveryJobCommandHasExampleAndHelp(t *testing.T) {
+	for _, c := range newJobsCommands(&globals{}) {
+		for _, sub := range append(c.Commands(), c) {
+			if sub.Example == "" {
+				t.Errorf("ssi %s has no example", sub.CommandPath())
+			}
+			if sub.Short == "" {
+				t.Errorf("ssi %s has no short help", sub.CommandPath())
+			}
+			// Every command that does something takes -o json, except alloc, whose output
+			// is the interactive session's.
+			if sub.Runnable() && sub.Name() != "alloc" && sub.Flags().ShorthandLookup("o") == nil {
+				t.Errorf("ssi %s has no -o", sub.CommandPath())
+			}
+		}
+	}
+}
+
+func TestMissingArgumentsSayWhatToGive(t *testing.T) {
+	// A root of its own: the real one registers these commands itself.
+	root := &cobra.Command{Use: "ssi", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newJobsCommands(&globals{})...)
+	for _, args := range [][]string{{"cancel"}, {"hold"}, {"job", "show"}, {"node", "drain"}, {"submit"}} {
+		root.SetArgs(args)
+		err := root.Execute()
+		if err == nil || !strings.Contains(err.Error(), "needs") || !strings.Contains(err.Error(), "--help") {
+			t.Errorf("ssi %v: %v", args, err)
+		}
+	}
+}

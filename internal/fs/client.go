@@ -1,0 +1,659 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// Nodes is the cluster as the mount sees it.
+type Nodes interface {
+	// Names lists every node, alive or not.
+	Names() []string
+	// Conn returns a connection to that node's agent (mutual TLS). It is called for every
+	// request, so it must be cheap: cache the connections.
+	Conn(node string) (grpc.ClientConnInterface, error)
+}
+
+// MountConfig describes the FUSE mount of the cluster tree.
+type MountConfig struct {
+	// Path is the mount point, /ssi normally. It must exist.
+	Path string
+	// LocalNode is this node's name; with Local it is served without gRPC.
+	LocalNode string
+	Nodes     Nodes
+	Local     *Server
+	Logger    *slog.Logger
+	// Timeout bounds each request to a node (not lock waits, not device I/O, which end when
+	// the node is found down): past it the call fails with EIO. Default 5s.
+	Timeout time.Duration
+}
+
+// Mounted is a mounted cluster tree: /<path>/<node>/<path on node>.
+type Mounted struct {
+	cfg     MountConfig
+	log     *slog.Logger
+	server  *fuse.Server
+	root    *rootNode
+	session []byte
+	groups  *groupCache
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	peers map[string]*peer
+
+	inodesMu sync.Mutex
+	inodes   map[inodeKey]*node
+
+	stats clientStats
+}
+
+type inodeKey struct {
+	peer string
+	id   fileID
+}
+
+type clientStats struct {
+	ops, bytesRead, bytesWritten, invalidations, flushes, failures atomic.Uint64
+}
+
+// Stats are the mount's counters, for `ssi fs`.
+type Stats struct {
+	Path          string
+	Ops           uint64
+	BytesRead     uint64 // file data received from owners
+	BytesWritten  uint64 // file data sent to owners
+	Invalidations uint64 // cache entries dropped on an owner's request
+	Flushes       uint64 // whole-node cache drops (reconnects, owner overflow)
+	Failures      uint64 // requests that failed for want of the owner (EIO, ENOTCONN)
+	CachedInodes  int
+	Nodes         []NodeState
+}
+
+// NodeState is the mount's view of one owner.
+type NodeState struct {
+	Name      string
+	Connected bool // its invalidation stream is up: caching is on
+}
+
+const (
+	defaultTimeout = 5 * time.Second
+	// cacheTTL is how long the kernel may keep entries and attributes that owners keep
+	// coherent by invalidation. It only bounds damage from an invalidation that never came.
+	cacheTTL = time.Minute
+	// heartbeat is how often an owner speaks on an idle Watch stream; after
+	// heartbeatMisses of silence the client considers the owner gone.
+	heartbeat       = 2 * time.Second
+	heartbeatMisses = 3
+)
+
+// Mount mounts the cluster tree at cfg.Path.
+func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
+	if cfg.Path == "" || cfg.Nodes == nil {
+		return nil, errors.New("mount the cluster tree: MountConfig needs Path and Nodes")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if st, err := os.Stat(cfg.Path); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("mount the cluster tree at %q: not a directory (create it first): %v", cfg.Path, err)
+	}
+	session := make([]byte, 16)
+	rand.Read(session)
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m := &Mounted{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		session: session,
+		groups:  newGroupCache(),
+		ctx:     mctx,
+		cancel:  cancel,
+		peers:   make(map[string]*peer),
+		inodes:  make(map[inodeKey]*node),
+	}
+	m.root = &rootNode{m: m}
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:    true,
+			FsName:        "ssi",
+			Name:          "ssi",
+			DirectMount:   true,
+			MaxWrite:      maxIO,
+			MaxReadAhead:  maxIO,
+			MaxBackground: 64,
+			// Replies come from memory; splicing them only logs complaints about pipe sizes.
+			DisableSplice:        true,
+			EnableLocks:          true,
+			EnableSymlinkCaching: true,
+			// The kernel asks for security.capability before every write; answering from here
+			// spares a round trip per write, at the price of not showing security.* remotely.
+			IgnoreSecurityLabels: true,
+			// The kernel checks Unix permissions against the owners' attributes too, so that a
+			// cached entry never lets a user through a directory they may not search.
+			Options: []string{"default_permissions"},
+		},
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
+	}
+	raw := fs.NewNodeFS(m.root, opts)
+	server, err := fuse.NewServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		cancel()
+		server.Unmount()
+		return nil, fmt.Errorf("mount the cluster tree at %q: %w", cfg.Path, err)
+	}
+	m.server = server
+	m.raiseReadahead()
+	return m, nil
+}
+
+// raiseReadahead lets the kernel read ahead 1 MiB at a time: each read is a network round
+// trip, so fewer, larger ones stream faster.
+func (m *Mounted) raiseReadahead() {
+	var st unix.Stat_t
+	if err := unix.Stat(m.cfg.Path, &st); err != nil {
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(p, []byte("1024"), 0); err != nil {
+		m.log.Debug("cannot raise the cluster tree's read-ahead", "file", p, "err", err)
+	}
+}
+
+// Close unmounts the tree, lazily if it is busy: processes still using it keep it until they
+// let go, and their calls fail once the agent is gone.
+func (m *Mounted) Close() error {
+	m.cancel()
+	err := m.server.Unmount()
+	if err != nil {
+		if derr := unix.Unmount(m.cfg.Path, unix.MNT_DETACH); derr != nil {
+			return fmt.Errorf("unmount the cluster tree at %q: %w", m.cfg.Path, err)
+		}
+		err = nil
+	} else {
+		m.server.Wait()
+	}
+	m.wg.Wait()
+	return err
+}
+
+// Stats reports the mount's counters and the state of each owner.
+func (m *Mounted) Stats() Stats {
+	st := Stats{
+		Path:          m.cfg.Path,
+		Ops:           m.stats.ops.Load(),
+		BytesRead:     m.stats.bytesRead.Load(),
+		BytesWritten:  m.stats.bytesWritten.Load(),
+		Invalidations: m.stats.invalidations.Load(),
+		Flushes:       m.stats.flushes.Load(),
+		Failures:      m.stats.failures.Load(),
+	}
+	m.inodesMu.Lock()
+	st.CachedInodes = len(m.inodes)
+	m.inodesMu.Unlock()
+	m.mu.Lock()
+	for _, p := range m.peers {
+		st.Nodes = append(st.Nodes, NodeState{Name: p.name, Connected: p.isConnected()})
+	}
+	m.mu.Unlock()
+	slices.SortFunc(st.Nodes, func(a, b NodeState) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return st
+}
+
+// knownNode reports whether name is a node of the cluster.
+func (m *Mounted) knownNode(name string) bool {
+	if name == m.cfg.LocalNode && name != "" {
+		return true
+	}
+	return slices.Contains(m.cfg.Nodes.Names(), name)
+}
+
+// peer returns the client state for an owner, starting its invalidation stream on first use.
+func (m *Mounted) peer(name string) *peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[name]; p != nil {
+		return p
+	}
+	p := &peer{m: m, name: name, local: name == m.cfg.LocalNode && m.cfg.Local != nil}
+	p.down = make(chan struct{})
+	m.peers[name] = p
+	m.wg.Add(1)
+	go p.watchLoop()
+	return p
+}
+
+// inoOf gives every object of every owner a stable inode number in the mount.
+func inoOf(peer string, id fileID) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(peer))
+	var b [25]byte
+	putUint64(b[1:], id.dev)
+	putUint64(b[9:], id.ino)
+	putUint64(b[17:], uint64(id.btime))
+	h.Write(b[:])
+	ino := h.Sum64()
+	if ino <= fuse.FUSE_ROOT_ID || ino == ^uint64(0) {
+		ino += 2
+	}
+	return ino
+}
+
+// register makes n the node that invalidations for its object reach, unless one is there
+// already: go-fuse keeps the first inode made for an object and drops later duplicates.
+func (m *Mounted) register(n *node) {
+	id := n.identity()
+	if id == (fileID{}) {
+		return
+	}
+	m.inodesMu.Lock()
+	if m.inodes[inodeKey{n.p.name, id}] == nil {
+		m.inodes[inodeKey{n.p.name, id}] = n
+	}
+	m.inodesMu.Unlock()
+}
+
+// claim makes n, which the kernel is using, the node for its object: if two were made at once,
+// the one registered first may be the duplicate go-fuse dropped.
+func (m *Mounted) claim(n *node) {
+	id := n.identity()
+	if id == (fileID{}) {
+		return
+	}
+	key := inodeKey{n.p.name, id}
+	m.inodesMu.Lock()
+	if m.inodes[key] != n {
+		m.inodes[key] = n
+	}
+	m.inodesMu.Unlock()
+}
+
+func (m *Mounted) unregister(n *node) {
+	key := inodeKey{n.p.name, n.identity()}
+	m.inodesMu.Lock()
+	if m.inodes[key] == n {
+		delete(m.inodes, key)
+	}
+	m.inodesMu.Unlock()
+}
+
+func (m *Mounted) lookupInode(peer string, id fileID) *node {
+	m.inodesMu.Lock()
+	defer m.inodesMu.Unlock()
+	return m.inodes[inodeKey{peer, id}]
+}
+
+func (m *Mounted) inodesOf(peer string) []*node {
+	m.inodesMu.Lock()
+	defer m.inodesMu.Unlock()
+	var out []*node
+	for k, n := range m.inodes {
+		if k.peer == peer {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// peer is the mount's link to one owner.
+type peer struct {
+	m     *Mounted
+	name  string
+	local bool
+
+	mu        sync.Mutex
+	up        bool
+	instance  []byte
+	down      chan struct{} // closed while disconnected: ends device I/O waiting on the owner
+	rootInode *fs.Inode
+
+	// epoch changes whenever the stream connects or drops: an answer that straddles a change
+	// may predate the flush and must not be cached.
+	epoch atomic.Uint64
+
+	// invalSeq counts invalidations received. Those for objects the client had no node for
+	// (yet: its lookup may be on the way back) are kept a while in stray.
+	invalSeq atomic.Uint64
+	strayMu  sync.Mutex
+	stray    map[fileID]strayInvalidation
+
+	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
+	releaseMu sync.Mutex
+	releases  []uint64
+}
+
+type strayInvalidation struct {
+	seq uint64
+	at  time.Time
+}
+
+// strayLife is how long an invalidation for an unknown object is remembered: longer than any
+// request takes to come back.
+const strayLife = 10 * time.Second
+
+func (p *peer) noteStray(id fileID, seq uint64) {
+	p.strayMu.Lock()
+	defer p.strayMu.Unlock()
+	if p.stray == nil {
+		p.stray = make(map[fileID]strayInvalidation)
+	}
+	now := time.Now()
+	if len(p.stray) >= 4096 {
+		for k, v := range p.stray {
+			if now.Sub(v.at) > strayLife {
+				delete(p.stray, k)
+			}
+		}
+	}
+	p.stray[id] = strayInvalidation{seq: seq, at: now}
+}
+
+// invalidatedSince reports whether id was invalidated after the invalidation count was seq,
+// while the client had no node for it.
+func (p *peer) invalidatedSince(id fileID, seq uint64) bool {
+	if p.invalSeq.Load() == seq {
+		return false
+	}
+	p.strayMu.Lock()
+	defer p.strayMu.Unlock()
+	s, ok := p.stray[id]
+	return ok && s.seq > seq
+}
+
+func (p *peer) isConnected() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.up
+}
+
+// api returns the way to call the owner.
+func (p *peer) api() (filesAPI, error) {
+	if p.local {
+		return p.m.cfg.Local, nil
+	}
+	conn, err := p.m.cfg.Nodes.Conn(p.name)
+	if err != nil {
+		return nil, err
+	}
+	return newRemoteFiles(conn), nil
+}
+
+// callCtx bounds one request to the owner. Bounded calls run to their end or the timeout even
+// if the caller is interrupted: the change may already be made on the owner, and a process
+// that retries an interrupted call (Go's runtime interrupts its threads all the time) must not
+// find it half done. Unbounded calls (lock waits, device I/O) end when the caller is
+// interrupted or the owner is found down.
+func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, context.CancelFunc) {
+	ctx := context.Context(p.m.ctx)
+	var cancel context.CancelFunc
+	if bounded {
+		ctx, cancel = context.WithTimeout(ctx, p.m.cfg.Timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+		p.mu.Lock()
+		down := p.down
+		p.mu.Unlock()
+		go func() {
+			select {
+			case <-down:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if !bounded && parent != nil && parent.Done() != nil {
+		stop := context.AfterFunc(parent, cancel)
+		inner := cancel
+		cancel = func() { stop(); inner() }
+	}
+	if p.local {
+		ctx = withLocalNode(ctx, p.m.cfg.LocalNode)
+	}
+	return ctx, cancel
+}
+
+// failure turns a transport error into the errno a process sees.
+func (p *peer) failure(parent context.Context, bounded bool, err error) syscall.Errno {
+	if !bounded && parent != nil {
+		select {
+		case <-parent.Done():
+			return syscall.EINTR
+		default:
+		}
+	}
+	p.m.stats.failures.Add(1)
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return syscall.ENOTCONN
+	default:
+		return syscall.EIO
+	}
+}
+
+func (p *peer) watchLoop() {
+	defer p.m.wg.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		connectedFor, err := p.watchOnce()
+		p.onDisconnect()
+		if p.m.ctx.Err() != nil {
+			return
+		}
+		if connectedFor > 10*time.Second {
+			backoff = 50 * time.Millisecond
+		}
+		p.m.log.Debug("file invalidation stream to node ended; retrying", "node", p.name, "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-p.m.ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// watchOnce runs one Watch stream until it fails, applying invalidations as they come.
+func (p *peer) watchOnce() (time.Duration, error) {
+	ctx, cancel := context.WithCancel(p.m.ctx)
+	defer cancel()
+	var stream clientWatch
+	if p.local {
+		stream = p.m.cfg.Local.openLocalWatch(ctx, p.m.cfg.LocalNode)
+	} else {
+		conn, err := p.m.cfg.Nodes.Conn(p.name)
+		if err != nil {
+			return 0, err
+		}
+		s, err := fspb.NewFilesClient(conn).Watch(ctx)
+		if err != nil {
+			return 0, err
+		}
+		stream = s
+	}
+	// Silence for too long means the owner or the network is gone.
+	alive := make(chan struct{}, 1)
+	go func() {
+		limit := time.NewTimer(max(heartbeat*heartbeatMisses, p.m.cfg.Timeout))
+		defer limit.Stop()
+		for {
+			select {
+			case <-alive:
+				limit.Reset(heartbeat * heartbeatMisses)
+			case <-limit.C:
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if err := stream.Send(&fspb.WatchUp{Session: p.m.session}); err != nil {
+		return 0, err
+	}
+	hello, err := stream.Recv()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	p.onConnect(hello.Instance)
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return time.Since(start), err
+		}
+		select {
+		case alive <- struct{}{}:
+		default:
+		}
+		if msg.Seq == 0 {
+			continue // heartbeat
+		}
+		if msg.FlushAll {
+			p.flush()
+		} else {
+			p.apply(msg.Items)
+		}
+		if err := stream.Send(&fspb.WatchUp{Ack: msg.Seq}); err != nil {
+			return time.Since(start), err
+		}
+	}
+}
+
+func (p *peer) onConnect(instance []byte) {
+	// Whatever was cached before the stream existed may be stale.
+	p.flush()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.instance != nil && !bytes.Equal(p.instance, instance) {
+		// Its handles are gone with it; calls on them fail there (EBADF, shown as EIO).
+		p.m.log.Info("node's file server restarted: files opened there before are no longer open", "node", p.name)
+	}
+	p.instance = instance
+	p.up = true
+	p.epoch.Add(1)
+}
+
+func (p *peer) onDisconnect() {
+	p.mu.Lock()
+	was := p.up
+	p.up = false
+	p.epoch.Add(1)
+	if was {
+		close(p.down)
+		p.down = make(chan struct{})
+	}
+	p.mu.Unlock()
+	if was {
+		p.flush()
+	}
+}
+
+// cacheable reports whether an answer obtained in epoch may be cached.
+func (p *peer) cacheable(epoch uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.up && p.epoch.Load() == epoch
+}
+
+// apply drops what the owner says changed from the kernel's caches.
+func (p *peer) apply(items []*fspb.Invalidation) {
+	for _, it := range items {
+		p.m.stats.invalidations.Add(1)
+		seq := p.invalSeq.Add(1)
+		id := idFromPB(it.Id)
+		n := p.m.lookupInode(p.name, id)
+		if n == nil {
+			p.noteStray(id, seq)
+			continue
+		}
+		n.changed()
+		if n.busy.Load() > 0 {
+			// A change of this node from here is in flight: the kernel holds the locks the
+			// invalidation needs until the owner answers, and the owner may be waiting for this
+			// very acknowledgement. Two nodes changing one object at once see each other's
+			// change once their own call returns.
+			go p.invalidate(n, it)
+			continue
+		}
+		p.invalidate(n, it)
+	}
+}
+
+func (p *peer) invalidate(n *node, it *fspb.Invalidation) {
+	if len(it.Name) > 0 {
+		name := string(it.Name)
+		if it.Child {
+			if child := n.GetChild(name); child != nil {
+				if ch, ok := child.Operations().(*node); ok {
+					ch.changed()
+				}
+				child.NotifyContent(0, 0)
+			}
+		}
+		n.notifyEntry(name)
+	}
+	if it.Data {
+		n.NotifyContent(0, 0)
+	} else {
+		n.NotifyContent(-1, 0)
+	}
+}
+
+// flush drops everything the kernel caches from this owner.
+func (p *peer) flush() {
+	p.m.stats.flushes.Add(1)
+	for _, n := range p.m.inodesOf(p.name) {
+		n.changed()
+		n.NotifyContent(0, 0)
+		if n.IsDir() {
+			for name := range n.Children() {
+				n.NotifyEntry(name)
+			}
+		}
+	}
+	// Negative entries are nowhere in the tree: drop the node's whole directory entry.
+	p.mu.Lock()
+	known := p.rootInode != nil
+	p.mu.Unlock()
+	if known {
+		p.m.root.NotifyEntry(p.name)
+	}
+}

@@ -1,0 +1,520 @@
+package fs
+
+import (
+	"context"
+	"math"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// fileHandle is a file open on its owner.
+type fileHandle struct {
+	n     *node
+	h     uint64
+	flags uint32
+
+	mu      sync.Mutex
+	flocked bool // an flock was taken through it
+}
+
+var (
+	_ fs.FileReader    = (*fileHandle)(nil)
+	_ fs.FileWriter    = (*fileHandle)(nil)
+	_ fs.FileFlusher   = (*fileHandle)(nil)
+	_ fs.FileReleaser  = (*fileHandle)(nil)
+	_ fs.FileFsyncer   = (*fileHandle)(nil)
+	_ fs.FileGetlker   = (*fileHandle)(nil)
+	_ fs.FileSetlker   = (*fileHandle)(nil)
+	_ fs.FileSetlkwer  = (*fileHandle)(nil)
+	_ fs.FileAllocater = (*fileHandle)(nil)
+	_ fs.FileLseeker   = (*fileHandle)(nil)
+)
+
+// call makes a request on the handle. Device I/O is not bounded by the timeout (a serial line
+// may wait for input for ever); it ends when the owner is found down.
+func (f *fileHandle) call(ctx context.Context, bounded bool, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
+	return f.n.p.call(ctx, bounded, fn)
+}
+
+// handleErrno maps the owner's answer about a handle: a handle it does not know was lost with
+// a restart of the owner, which the process sees as an I/O error.
+func handleErrno(errno int32) syscall.Errno {
+	if errno == int32(syscall.EBADF) {
+		return syscall.EIO
+	}
+	return syscall.Errno(errno)
+}
+
+func (f *fileHandle) bounded() bool {
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	return !f.n.device
+}
+
+// ioChunk is the size of the pieces a large read or write is cut into: the pieces travel and
+// reach the disk concurrently, where one request would go through each stage in turn.
+const ioChunk = 256 << 10
+
+// chunked reports whether large I/O on this handle may be split into concurrent pieces: not
+// for devices (each read or write is one operation there) nor appends (whose place only the
+// owner knows, in arrival order).
+func (f *fileHandle) chunked() bool {
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	return !f.n.device && !f.n.direct && f.flags&syscall.O_APPEND == 0
+}
+
+// pieces runs fn for each ioChunk-sized piece of [0, size) concurrently and returns how far
+// from the start the pieces succeeded, and the error of the first that did not.
+func pieces(size int, fn func(start, end int) (int, syscall.Errno)) (int, syscall.Errno) {
+	n := (size + ioChunk - 1) / ioChunk
+	done := make([]int, n)
+	errs := make([]syscall.Errno, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := i * ioChunk
+			end := min(start+ioChunk, size)
+			done[i], errs[i] = fn(start, end)
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for i := range n {
+		if errs[i] != 0 {
+			if total == 0 {
+				return 0, errs[i]
+			}
+			return total, 0
+		}
+		total += done[i]
+		if done[i] < min(ioChunk, size-i*ioChunk) {
+			break // a short piece: what follows is past the end of the file
+		}
+	}
+	return total, 0
+}
+
+func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if len(dest) > ioChunk && f.chunked() {
+		n, errno := pieces(len(dest), func(start, end int) (int, syscall.Errno) {
+			data, errno := f.read(ctx, off+int64(start), end-start)
+			return copy(dest[start:end], data), errno
+		})
+		if errno != 0 {
+			return nil, errno
+		}
+		return fuse.ReadResultData(dest[:n]), 0
+	}
+	data, errno := f.read(ctx, off, len(dest))
+	if errno != 0 {
+		return nil, errno
+	}
+	return fuse.ReadResultData(data), 0
+}
+
+func (f *fileHandle) read(ctx context.Context, off int64, size int) ([]byte, syscall.Errno) {
+	var reply *fspb.ReadReply
+	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Read(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Size: uint32(size)})
+		return err
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	if reply.Errno != 0 {
+		return nil, handleErrno(reply.Errno)
+	}
+	f.n.p.m.stats.bytesRead.Add(uint64(len(reply.Data)))
+	return reply.Data, 0
+}
+
+func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	defer changing(f.n)()
+	f.n.dropAttr()
+	defer f.n.dropAttr()
+	caller := f.n.caller(ctx)
+	if len(data) > ioChunk && f.chunked() {
+		n, errno := pieces(len(data), func(start, end int) (int, syscall.Errno) {
+			return f.write(ctx, caller, data[start:end], off+int64(start))
+		})
+		return uint32(n), errno
+	}
+	n, errno := f.write(ctx, caller, data, off)
+	return uint32(n), errno
+}
+
+func (f *fileHandle) write(ctx context.Context, caller *fspb.Caller, data []byte, off int64) (int, syscall.Errno) {
+	var reply *fspb.WriteReply
+	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Write(rpc, &fspb.WriteRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Data: data, Caller: caller})
+		return err
+	})
+	if errno != 0 {
+		return 0, errno
+	}
+	if reply.Errno != 0 {
+		return 0, handleErrno(reply.Errno)
+	}
+	f.n.p.m.stats.bytesWritten.Add(uint64(reply.Written))
+	return int(reply.Written), 0
+}
+
+// Flush has nothing to do: writes went through to the owner when they were made. The POSIX
+// locks that close(2) drops are released by lockReleasingFS.
+func (f *fileHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+// Release closes the file on the owner. The kernel does not wait for it, so closes are
+// gathered and sent together, a round trip saved per small file. Not when others may be
+// waiting for the close: an flock taken through the handle, or an executable open for
+// writing (the owner refuses to run it, ETXTBSY, while a writer has it open).
+func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	f.mu.Lock()
+	flocked := f.flocked
+	f.mu.Unlock()
+	f.n.mu.Lock()
+	executable := f.n.mode&0o111 != 0
+	f.n.mu.Unlock()
+	if flocked || executable && f.flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		f.n.p.releaseNow([]uint64{f.h})
+		return 0
+	}
+	f.n.p.releaseLater(f.h)
+	return 0
+}
+
+func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	var reply *fspb.ErrnoReply
+	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Fsync(rpc, &fspb.FsyncRequest{Session: f.n.p.m.session, Handle: f.h, Datasync: flags&1 != 0})
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	return handleErrno(reply.Errno)
+}
+
+func (f *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
+	defer changing(f.n)()
+	f.n.dropAttr()
+	defer f.n.dropAttr()
+	var reply *fspb.ErrnoReply
+	caller := f.n.caller(ctx)
+	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Allocate(rpc, &fspb.AllocateRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Length: size, Mode: mode, Caller: caller})
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	return handleErrno(reply.Errno)
+}
+
+func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	var reply *fspb.LseekReply
+	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Lseek(rpc, &fspb.LseekRequest{Session: f.n.p.m.session, Handle: f.h, Offset: int64(off), Whence: whence})
+		return err
+	})
+	if errno != 0 {
+		return 0, errno
+	}
+	return uint64(reply.Offset), handleErrno(reply.Errno)
+}
+
+func (f *fileHandle) lock(ctx context.Context, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
+	req.Session, req.Handle = f.n.p.m.session, f.h
+	var reply *fspb.LockReply
+	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Lock(rpc, req)
+		return err
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return reply, handleErrno(reply.Errno)
+}
+
+func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	reply, errno := f.lock(ctx, &fspb.LockRequest{Op: fspb.LockRequest_GET, Owner: owner, Type: lk.Typ,
+		Start: lk.Start, End: lk.End, Flock: flags&fuse.FUSE_LK_FLOCK != 0})
+	if errno != 0 {
+		return errno
+	}
+	*out = fuse.FileLock{Typ: reply.Type, Start: reply.Start, End: reply.End}
+	return 0
+}
+
+func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	req := &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: lk.Typ, Start: lk.Start, End: lk.End,
+		Flock: flags&fuse.FUSE_LK_FLOCK != 0}
+	if !req.Flock && lk.Typ == syscall.F_UNLCK && lk.Start == 0 && lk.End == math.MaxInt64 {
+		// Unlocking the whole file drops all of the owner's locks on it: close their holder.
+		req.Op = fspb.LockRequest_RELEASE_OWNER
+	}
+	_, errno := f.lock(ctx, req)
+	if errno == 0 && req.Flock && lk.Typ != syscall.F_UNLCK {
+		f.mu.Lock()
+		f.flocked = true
+		f.mu.Unlock()
+	}
+	return errno
+}
+
+// Setlkw waits for a lock by retrying on the owner: a blocked request would pin a thread
+// there and could not notice that this node went away. Waits are not bounded by the timeout.
+func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	wait := time.Millisecond
+	for {
+		errno := f.Setlk(ctx, owner, lk, flags)
+		if errno != syscall.EAGAIN && errno != syscall.EWOULDBLOCK {
+			return errno
+		}
+		select {
+		case <-ctx.Done():
+			return syscall.EINTR
+		case <-f.n.p.m.ctx.Done():
+			return syscall.EIO
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// dirHandle lists a directory on its owner, a batch at a time, with each entry's attributes so
+// that `ls -l` needs no further request (READDIRPLUS).
+type dirHandle struct {
+	n *node
+
+	mu      sync.Mutex
+	entries []*fspb.DirEntry
+	pos     int
+	cookie  int64
+	eof     bool
+	last    *fspb.DirEntry
+	snap    snapshot
+	// names collects a listing read from the start while the owner said each batch would be
+	// invalidated on change; complete at the end, it lets lookups of other names skip the owner.
+	names    map[string]struct{}
+	complete bool
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileLookuper     = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+)
+
+const readdirBatch = 256 << 10
+
+func (d *dirHandle) fetch(ctx context.Context) syscall.Errno {
+	ref, errno := d.n.ref(nil)
+	if errno != 0 {
+		return errno
+	}
+	snap := d.n.snapshot()
+	if d.cookie == 0 {
+		d.names, d.complete = map[string]struct{}{}, true
+		d.snap = snap
+	} else if snap.epoch != d.snap.epoch || snap.gen != d.snap.gen {
+		d.complete = false
+	}
+	var reply *fspb.ReaddirReply
+	errno = d.n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Readdir(rpc, &fspb.ReaddirRequest{Session: d.n.p.m.session, Caller: d.n.caller(ctx), Dir: ref,
+			Cookie: d.cookie, MaxBytes: readdirBatch, Plus: true})
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	if reply.Errno != 0 {
+		d.n.staleCheck(reply.Errno)
+		return syscall.Errno(reply.Errno)
+	}
+	d.entries, d.pos, d.eof = reply.Entries, 0, reply.Eof || len(reply.Entries) == 0
+	if len(reply.Entries) > 0 {
+		d.cookie = reply.Entries[len(reply.Entries)-1].Cookie
+	}
+	d.n.mu.Lock()
+	d.n.listWatched = reply.Watched
+	d.n.mu.Unlock()
+	d.complete = d.complete && reply.Watched && len(d.names)+len(reply.Entries) <= maxListing+2
+	if d.complete {
+		for _, e := range reply.Entries {
+			if len(e.Name) > 0 && string(e.Name) != "." && string(e.Name) != ".." {
+				d.names[string(e.Name)] = struct{}{}
+			}
+		}
+		if d.eof {
+			d.n.setListing(d.names, d.snap)
+		}
+	}
+	if !d.complete {
+		d.names = nil
+	}
+	return 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		if d.pos < len(d.entries) {
+			e := d.entries[d.pos]
+			d.pos++
+			if len(e.Name) == 0 {
+				continue // hidden by the owner's exports
+			}
+			d.last = e
+			return &fuse.DirEntry{Name: string(e.Name), Mode: clientType(e.Type), Ino: d.ino(e), Off: uint64(e.Cookie)}, 0
+		}
+		if d.eof {
+			return nil, 0
+		}
+		if errno := d.fetch(ctx); errno != 0 {
+			return nil, errno
+		}
+	}
+}
+
+func (d *dirHandle) ino(e *fspb.DirEntry) uint64 {
+	switch {
+	case e.Attr != nil:
+		return inoOf(d.n.p.name, idFromPB(e.Attr.Id))
+	case string(e.Name) == ".":
+		return d.n.StableAttr().Ino
+	case string(e.Name) == "..":
+		if _, parent := d.n.Parent(); parent != nil {
+			return parent.StableAttr().Ino
+		}
+		return d.n.StableAttr().Ino
+	}
+	return inoOf(d.n.p.name, fileID{ino: e.Ino})
+}
+
+// Lookup answers READDIRPLUS for the entry just listed from what the listing said.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	d.mu.Lock()
+	last, snap := d.last, d.snap
+	d.mu.Unlock()
+	if last == nil || last.Attr == nil || string(last.Name) != name {
+		return d.n.Lookup(ctx, name, out)
+	}
+	return d.n.child(ctx, last.Attr, out, snap), 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.entries, d.pos, d.eof, d.last = nil, 0, false, nil
+	d.cookie = int64(off)
+	return 0
+}
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno { return 0 }
+
+// lockReleasingFS adds to go-fuse what a FUSE server owes on close(2) and on negative lookups:
+//
+//   - close drops the closing process's POSIX locks on the file (the kernel only sends FLUSH
+//     with the lock owner; libfuse does the same unlock);
+//   - a failed lookup whose node set an entry timeout becomes a cacheable negative entry.
+type lockReleasingFS struct {
+	fuse.RawFileSystem
+
+	mu      sync.Mutex
+	lockers map[lockUse]struct{}
+}
+
+type lockUse struct{ node, owner uint64 }
+
+func (w *lockReleasingFS) Lookup(cancel <-chan struct{}, header *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	st := w.RawFileSystem.Lookup(cancel, header, name, out)
+	if st == fuse.ENOENT && out.EntryTimeout() > 0 {
+		out.NodeId, out.Generation = 0, 0
+		return fuse.OK
+	}
+	return st
+}
+
+func (w *lockReleasingFS) noteLock(in *fuse.LkIn) {
+	if in.LkFlags&fuse.FUSE_LK_FLOCK != 0 || in.Lk.Typ == syscall.F_UNLCK {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lockers == nil {
+		w.lockers = make(map[lockUse]struct{})
+	}
+	w.lockers[lockUse{in.NodeId, in.Owner}] = struct{}{}
+}
+
+func (w *lockReleasingFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
+	w.noteLock(in)
+	return w.RawFileSystem.SetLk(cancel, in)
+}
+
+func (w *lockReleasingFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
+	w.noteLock(in)
+	return w.RawFileSystem.SetLkw(cancel, in)
+}
+
+func (w *lockReleasingFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	st := w.RawFileSystem.Flush(cancel, in)
+	key := lockUse{in.NodeId, in.LockOwner}
+	w.mu.Lock()
+	_, held := w.lockers[key]
+	delete(w.lockers, key)
+	w.mu.Unlock()
+	if held {
+		w.RawFileSystem.SetLk(cancel, &fuse.LkIn{InHeader: in.InHeader, Fh: in.Fh, Owner: in.LockOwner,
+			Lk: fuse.FileLock{Start: 0, End: math.MaxInt64, Typ: syscall.F_UNLCK}})
+	}
+	return st
+}
+
+// releaseDelay is how long closed handles wait to be sent together.
+const releaseDelay = 10 * time.Millisecond
+
+// releaseLater queues a handle to close on the owner with others.
+func (p *peer) releaseLater(h uint64) {
+	p.releaseMu.Lock()
+	defer p.releaseMu.Unlock()
+	p.releases = append(p.releases, h)
+	if len(p.releases) >= 256 {
+		batch := p.releases
+		p.releases = nil
+		go p.releaseNow(batch)
+		return
+	}
+	if len(p.releases) == 1 {
+		time.AfterFunc(releaseDelay, func() {
+			p.releaseMu.Lock()
+			batch := p.releases
+			p.releases = nil
+			p.releaseMu.Unlock()
+			if len(batch) > 0 {
+				p.releaseNow(batch)
+			}
+		})
+	}
+}
+
+// releaseNow closes handles on the owner. Failures are not reported: the kernel does not wait,
+// and the owner closes a session's files when it does not come back.
+func (p *peer) releaseNow(handles []uint64) {
+	p.call(context.Background(), true, func(rpc context.Context, api filesAPI) error {
+		_, err := api.Release(rpc, &fspb.HandleRequest{Session: p.m.session, Handles: handles})
+		return err
+	})
+}

@@ -1,0 +1,969 @@
+package fs
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// rootNode is the top of the mount: one directory per node of the cluster.
+type rootNode struct {
+	fs.Inode
+	m *Mounted
+}
+
+var (
+	_ fs.NodeLookuper  = (*rootNode)(nil)
+	_ fs.NodeReaddirer = (*rootNode)(nil)
+	_ fs.NodeGetattrer = (*rootNode)(nil)
+	_ fs.NodeStatfser  = (*rootNode)(nil)
+)
+
+func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if validName([]byte(name)) != 0 || !r.m.knownNode(name) {
+		// Nodes join: do not remember an absence for long.
+		out.SetEntryTimeout(time.Second)
+		return nil, syscall.ENOENT
+	}
+	p := r.m.peer(name)
+	in := p.root(ctx, r)
+	// The owner's real attributes come with the first getattr; these only make the entry.
+	out.Attr = fuse.Attr{Mode: syscall.S_IFDIR | 0o555, Nlink: 2, Ino: in.StableAttr().Ino}
+	out.SetEntryTimeout(cacheTTL)
+	return in, 0
+}
+
+func (r *rootNode) nodeNames() []string {
+	names := slices.Clone(r.m.cfg.Nodes.Names())
+	if r.m.cfg.LocalNode != "" && !slices.Contains(names, r.m.cfg.LocalNode) {
+		names = append(names, r.m.cfg.LocalNode)
+	}
+	sort.Strings(names)
+	return slices.Compact(names)
+}
+
+func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	var entries []fuse.DirEntry
+	for _, name := range r.nodeNames() {
+		if validName([]byte(name)) == 0 {
+			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFDIR, Ino: nodeRootIno(name)})
+		}
+	}
+	return fs.NewListDirStream(entries), 0
+}
+
+func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.SetTimeout(time.Second)
+	return 0
+}
+
+func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	*out = fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: maxNameLen}
+	return 0
+}
+
+func nodeRootIno(name string) uint64 { return inoOf(name, fileID{}) }
+
+// root returns the directory /<mount>/<node>, made once.
+func (p *peer) root(ctx context.Context, parent *rootNode) *fs.Inode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rootInode == nil {
+		n := &node{p: p, isRoot: true}
+		p.rootInode = parent.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: nodeRootIno(p.name)})
+	}
+	return p.rootInode
+}
+
+// node is a file, directory or other object on an owner.
+type node struct {
+	fs.Inode
+	p      *peer
+	isRoot bool // the owner's root directory
+
+	mu     sync.Mutex
+	id     fileID // on the owner; learned on first getattr for a node root
+	direct bool   // device or pseudo file: never cached
+	device bool
+	// listWatched: the owner said its last listing of this directory would be invalidated on
+	// change, so the kernel may cache listings.
+	listWatched bool
+	mode        uint32
+	size        int64
+	mtime       [2]int64
+
+	// attr is the owner's last answer, given again to the kernel while nothing changed: the
+	// kernel drops its own copy after every change made through it (a directory's after each
+	// create in it), and the next path walk would otherwise ask the owner again.
+	attr      *fspb.Attr
+	attrEpoch uint64
+	attrGen   uint64
+	attrUntil time.Time
+
+	// listing is the directory's every name while the client knows it whole (nil when not): a
+	// lookup of any other name fails here without asking the owner.
+	listing      map[string]struct{}
+	listingEpoch uint64
+	listingGen   uint64
+
+	// gen changes on every invalidation: an answer requested before it must not be cached.
+	gen atomic.Uint64
+	// lookups counts lookups in flight in this directory (see notifyEntry).
+	lookups atomic.Int32
+	// busy counts changes of this node from here in flight (see peer.apply).
+	busy atomic.Int32
+}
+
+var (
+	_ fs.NodeOnAdder        = (*node)(nil)
+	_ fs.NodeOnForgetter    = (*node)(nil)
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeSetattrer      = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeCreater        = (*node)(nil)
+	_ fs.NodeMkdirer        = (*node)(nil)
+	_ fs.NodeMknoder        = (*node)(nil)
+	_ fs.NodeSymlinker      = (*node)(nil)
+	_ fs.NodeLinker         = (*node)(nil)
+	_ fs.NodeUnlinker       = (*node)(nil)
+	_ fs.NodeRmdirer        = (*node)(nil)
+	_ fs.NodeRenamer        = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeSetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeRemovexattrer  = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeFsyncer        = (*node)(nil)
+)
+
+func (n *node) identity() fileID {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.id
+}
+
+func (n *node) OnAdd(ctx context.Context) { n.p.m.register(n) }
+
+func (n *node) OnForget() { n.p.m.unregister(n) }
+
+// changed is called before the kernel is told to drop what it caches about n. Whether its
+// listing is watched is learned again too: after a flush the owner may be a new process.
+func (n *node) changed() {
+	n.gen.Add(1)
+	n.mu.Lock()
+	n.listWatched = false
+	n.mu.Unlock()
+}
+
+// notifyEntry drops the kernel's entry for name in this directory. A lookup that was in flight
+// may still install the old answer after this: tell the kernel once more a little later.
+func (n *node) notifyEntry(name string) {
+	n.NotifyEntry(name)
+	if n.lookups.Load() > 0 {
+		time.AfterFunc(20*time.Millisecond, func() { n.NotifyEntry(name) })
+	}
+}
+
+// remember keeps what the client needs from the owner's attributes.
+func (n *node) remember(a *fspb.Attr) {
+	n.mu.Lock()
+	learned := n.isRoot && n.id == (fileID{}) && a.Id != nil
+	if learned {
+		n.id = idFromPB(a.Id)
+	}
+	n.direct = a.Direct
+	n.device = isDevice(a.Mode)
+	n.mode = a.Mode
+	if a.ListingWatched {
+		n.listWatched = true
+	}
+	n.size = a.Size
+	n.mtime = [2]int64{a.MtimeSec, int64(a.MtimeNsec)}
+	n.mu.Unlock()
+	if learned {
+		n.p.m.register(n)
+	}
+}
+
+// snapshot is what a request started from: its answer may be cached only if none of it
+// changed before the answer arrived.
+type snapshot struct {
+	epoch uint64 // the owner connection's
+	gen   uint64 // the node's invalidations
+	seq   uint64 // the owner's invalidations, for objects the client has no node for yet
+}
+
+func (n *node) snapshot() snapshot {
+	return snapshot{epoch: n.p.epoch.Load(), gen: n.gen.Load(), seq: n.p.invalSeq.Load()}
+}
+
+// cacheAttr keeps a for Getattr if the owner keeps it coherent and nothing changed since s.
+func (n *node) cacheAttr(a *fspb.Attr, s snapshot) {
+	if a == nil {
+		return
+	}
+	n.remember(a)
+	ok := n.ttl(a, s) > 0
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !ok {
+		n.attr = nil
+		return
+	}
+	n.attr, n.attrEpoch, n.attrGen, n.attrUntil = a, s.epoch, s.gen, time.Now().Add(cacheTTL)
+}
+
+func (n *node) cachedAttr() *fspb.Attr {
+	n.mu.Lock()
+	a, epoch, gen, until := n.attr, n.attrEpoch, n.attrGen, n.attrUntil
+	n.mu.Unlock()
+	if a == nil || n.gen.Load() != gen || !n.p.cacheable(epoch) || time.Now().After(until) {
+		return nil
+	}
+	return a
+}
+
+// dropAttr forgets the cached attributes after a change made from here.
+func (n *node) dropAttr() {
+	n.mu.Lock()
+	n.attr = nil
+	n.mu.Unlock()
+}
+
+// dropChildAttr forgets the cached attributes of the child name, if known.
+func (n *node) dropChildAttr(name string) {
+	if ch := n.GetChild(name); ch != nil {
+		if c, ok := ch.Operations().(*node); ok {
+			c.dropAttr()
+		}
+	}
+}
+
+// path is the object's path on its owner, or false if it is no longer in the tree (removed
+// while open).
+func (n *node) path() ([]byte, bool) {
+	var names []string
+	in := n.EmbeddedInode()
+	for {
+		cur, ok := in.Operations().(*node)
+		if !ok {
+			return nil, false
+		}
+		if cur.isRoot {
+			break
+		}
+		name, parent := in.Parent()
+		if parent == nil {
+			return nil, false
+		}
+		names = append(names, name)
+		in = parent
+	}
+	slices.Reverse(names)
+	return []byte(strings.Join(names, "/")), true
+}
+
+// ref names n to its owner: by path, checked against its identity, or by an open handle.
+func (n *node) ref(f fs.FileHandle) (*fspb.NodeRef, syscall.Errno) {
+	n.p.m.claim(n)
+	r := &fspb.NodeRef{}
+	if fh, ok := f.(*fileHandle); ok {
+		r.Handle = fh.h
+	}
+	path, ok := n.path()
+	if !ok && r.Handle == 0 {
+		return nil, syscall.ESTALE
+	}
+	r.Path = path
+	if id := n.identity(); id != (fileID{}) {
+		r.Id = id.pb()
+	}
+	return r, 0
+}
+
+// call makes one bounded request to n's owner.
+func (n *node) call(ctx context.Context, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
+	return n.p.call(ctx, true, fn)
+}
+
+// changing marks the nodes as being changed from here until the returned function is called.
+func changing(nodes ...*node) func() {
+	for _, n := range nodes {
+		n.busy.Add(1)
+	}
+	return func() {
+		for _, n := range nodes {
+			n.busy.Add(-1)
+		}
+	}
+}
+
+func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
+	p.m.stats.ops.Add(1)
+	api, err := p.api()
+	if err != nil {
+		p.m.stats.failures.Add(1)
+		return syscall.ENOTCONN
+	}
+	cctx, cancel := p.callCtx(ctx, bounded)
+	defer cancel()
+	if err := fn(cctx, api); err != nil {
+		return p.failure(ctx, bounded, err)
+	}
+	return 0
+}
+
+func (n *node) caller(ctx context.Context) *fspb.Caller { return n.p.m.groups.caller(ctx) }
+
+// clientType is how an owner's file type shows in the mount. Devices show as regular files, so
+// that the kernel sends their I/O here (and so to the owner) instead of opening a local device.
+func clientType(mode uint32) uint32 {
+	if isDevice(mode) {
+		return syscall.S_IFREG
+	}
+	return mode & syscall.S_IFMT
+}
+
+func fillAttr(out *fuse.Attr, a *fspb.Attr, ino uint64) {
+	*out = fuse.Attr{
+		Ino:       ino,
+		Size:      uint64(max(a.Size, 0)),
+		Blocks:    uint64(max(a.Blocks, 0)),
+		Atime:     uint64(max(a.AtimeSec, 0)),
+		Atimensec: a.AtimeNsec,
+		Mtime:     uint64(max(a.MtimeSec, 0)),
+		Mtimensec: a.MtimeNsec,
+		Ctime:     uint64(max(a.CtimeSec, 0)),
+		Ctimensec: a.CtimeNsec,
+		Mode:      clientType(a.Mode) | a.Mode&07777,
+		Nlink:     a.Nlink,
+		Owner:     fuse.Owner{Uid: a.Uid, Gid: a.Gid},
+		Blksize:   a.Blksize,
+	}
+	if isDevice(a.Mode) {
+		out.Size, out.Blocks = 0, 0
+	} else {
+		out.Rdev = uint32(a.Rdev)
+	}
+}
+
+// ttl is how long the kernel may cache an answer: long if the owner keeps it coherent and
+// nothing changed while it was computed, not at all otherwise.
+func (n *node) ttl(a *fspb.Attr, s snapshot) time.Duration {
+	if a != nil && !a.Watched {
+		return 0
+	}
+	if !n.p.cacheable(s.epoch) || n.gen.Load() != s.gen {
+		return 0
+	}
+	return cacheTTL
+}
+
+// child makes (or finds) the inode for an object the owner described in answer to a request
+// that started from s.
+func (n *node) child(ctx context.Context, a *fspb.Attr, out *fuse.EntryOut, s snapshot) *fs.Inode {
+	id := idFromPB(a.Id)
+	ino := inoOf(n.p.name, id)
+	ttl := n.ttl(a, s)
+	ch := &node{p: n.p, id: id}
+	ch.remember(a)
+	in := n.NewInode(ctx, ch, fs.StableAttr{Mode: clientType(a.Mode), Ino: ino})
+	if n.p.invalidatedSince(id, s.seq) {
+		// Changed before the client had a node to tell.
+		if c, ok := in.Operations().(*node); ok {
+			c.changed()
+		}
+		ttl = 0
+	}
+	fillAttr(&out.Attr, a, ino)
+	out.SetEntryTimeout(ttl)
+	out.SetAttrTimeout(ttl)
+	return in
+}
+
+// maxListing bounds the directories whose whole listing a client keeps to answer lookups.
+const maxListing = 10000
+
+// setListing records the directory's complete listing as of s.
+func (n *node) setListing(names map[string]struct{}, s snapshot) {
+	if len(names) > maxListing {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.listing, n.listingEpoch, n.listingGen = names, s.epoch, s.gen
+}
+
+// knownAbsent reports whether the client knows, without asking, that name is not in n.
+func (n *node) knownAbsent(name string) bool {
+	n.mu.Lock()
+	listing, epoch, gen := n.listing, n.listingEpoch, n.listingGen
+	_, present := listing[name]
+	n.mu.Unlock()
+	return listing != nil && !present && n.gen.Load() == gen && n.p.cacheable(epoch)
+}
+
+// listed updates the known listing after a change made from here; with errno set, after one
+// that failed, whose effect may be unknown.
+func (n *node) listed(name string, present bool, errno syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.listing == nil {
+		return
+	}
+	switch {
+	case errno == 0 && present:
+		if len(n.listing) >= maxListing {
+			n.listing = nil
+			return
+		}
+		n.listing[name] = struct{}{}
+	case errno == 0:
+		delete(n.listing, name)
+	case errno == syscall.EEXIST && !present, errno == syscall.ENOENT && present:
+		// The failure agrees with what was known.
+	default:
+		n.listing = nil
+	}
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.knownAbsent(name) {
+		out.SetEntryTimeout(cacheTTL)
+		return nil, syscall.ENOENT
+	}
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	snap := n.snapshot()
+	n.lookups.Add(1)
+	defer n.lookups.Add(-1)
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Lookup(rpc, &fspb.LookupRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir, Name: []byte(name)})
+		return err
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	if reply.Errno != 0 {
+		if reply.Errno == int32(syscall.ENOENT) && reply.Cacheable {
+			// Passed on to the kernel as a negative entry by lockReleasingFS.Lookup.
+			out.SetEntryTimeout(n.ttl(nil, snap))
+		}
+		n.staleCheck(reply.Errno)
+		return nil, syscall.Errno(reply.Errno)
+	}
+	return n.child(ctx, reply.Attr, out, snap), 0
+}
+
+// staleCheck reacts to ESTALE: the owner's object at n's path is no longer n, so the kernel's
+// entry for n is dropped (asynchronously: the kernel may hold the directory's lock now).
+func (n *node) staleCheck(errno int32) {
+	if errno != int32(syscall.ESTALE) {
+		return
+	}
+	name, parent := n.Parent()
+	if parent != nil {
+		go parent.NotifyEntry(name)
+	}
+}
+
+func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if a := n.cachedAttr(); a != nil {
+		fillAttr(&out.Attr, a, n.StableAttr().Ino)
+		out.SetTimeout(cacheTTL)
+		return 0
+	}
+	ref, errno := n.ref(f)
+	if errno != 0 {
+		return errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Getattr(rpc, &fspb.NodeRequest{Session: n.p.m.session, Caller: n.caller(ctx), Node: ref})
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	if reply.Errno != 0 {
+		n.staleCheck(reply.Errno)
+		return syscall.Errno(reply.Errno)
+	}
+	n.cacheAttr(reply.Attr, snap)
+	fillAttr(&out.Attr, reply.Attr, n.StableAttr().Ino)
+	out.SetTimeout(n.ttl(reply.Attr, snap))
+	return 0
+}
+
+func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	defer changing(n)()
+	ref, errno := n.ref(f)
+	if errno != 0 {
+		return errno
+	}
+	req := &fspb.SetattrRequest{
+		Session: n.p.m.session, Caller: n.caller(ctx), Node: ref,
+		Valid: in.Valid & (setMode | setUID | setGID | setSize | setAtime | setMtime | setAtimeNow | setMtimeNow),
+		Mode:  in.Mode, Uid: in.Uid, Gid: in.Gid, Size: int64(min(in.Size, 1<<63-1)),
+		AtimeSec: int64(in.Atime), AtimeNsec: in.Atimensec, MtimeSec: int64(in.Mtime), MtimeNsec: in.Mtimensec,
+	}
+	n.mu.Lock()
+	if n.device {
+		// Truncating a device (O_TRUNC on /dev/null) means nothing, as locally.
+		req.Valid &^= setSize
+	}
+	n.mu.Unlock()
+	n.dropAttr()
+	snap := n.snapshot()
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Setattr(rpc, req)
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	if reply.Errno != 0 {
+		n.staleCheck(reply.Errno)
+		return syscall.Errno(reply.Errno)
+	}
+	n.cacheAttr(reply.Attr, snap)
+	fillAttr(&out.Attr, reply.Attr, n.StableAttr().Ino)
+	out.SetTimeout(n.ttl(reply.Attr, snap))
+	return 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	ref, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	var reply *fspb.ReadlinkReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Readlink(rpc, &fspb.NodeRequest{Session: n.p.m.session, Caller: n.caller(ctx), Node: ref})
+		return err
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	if reply.Errno != 0 {
+		n.staleCheck(reply.Errno)
+		return nil, syscall.Errno(reply.Errno)
+	}
+	return rewriteLink(reply.Target, ref.Path, n.p.m.cfg.Path, n.p.name), 0
+}
+
+// rewriteLink makes a symlink mean on the client what it means on its owner. The kernel
+// resolves symlinks on the client, where "/etc" would be the client's own: absolute targets
+// are moved under /<mount>/<node>, and so are relative ones that climb above the owner's root
+// (where ".." stops on the owner).
+func rewriteLink(target, linkPath []byte, mount, node string) []byte {
+	prefix := strings.TrimSuffix(mount, "/") + "/" + node
+	if len(target) > 0 && target[0] == '/' {
+		return []byte(prefix + string(target))
+	}
+	depth := strings.Count(string(linkPath), "/") // directories between the owner's root and the link
+	for _, part := range strings.Split(string(target), "/") {
+		switch part {
+		case "", ".":
+		case "..":
+			depth--
+			if depth < 0 {
+				return []byte(prefix + "/" + cleanBelowRoot(string(linkPath), string(target)))
+			}
+		default:
+			depth++
+		}
+	}
+	return target
+}
+
+// cleanBelowRoot resolves target lexically against the link's directory, stopping ".." at the
+// root, and returns the result without its leading slash.
+func cleanBelowRoot(linkPath, target string) string {
+	var stack []string
+	if i := strings.LastIndexByte(linkPath, '/'); i >= 0 {
+		stack = strings.Split(linkPath[:i], "/")
+	}
+	for _, part := range strings.Split(target, "/") {
+		switch part {
+		case "", ".":
+		case "..":
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		default:
+			stack = append(stack, part)
+		}
+	}
+	return strings.Join(stack, "/")
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ref, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	n.mu.Lock()
+	oldSize, oldMtime := n.size, n.mtime
+	n.mu.Unlock()
+	snap := n.snapshot()
+	var reply *fspb.OpenReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Open(rpc, &fspb.OpenRequest{Session: n.p.m.session, Caller: n.caller(ctx), Node: ref, Flags: flags})
+		return err
+	})
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	if reply.Errno != 0 {
+		n.staleCheck(reply.Errno)
+		return nil, 0, syscall.Errno(reply.Errno)
+	}
+	n.remember(reply.Attr)
+	fh := n.newHandle(reply.Handle, flags)
+	unchanged := reply.Attr.Size == oldSize && [2]int64{reply.Attr.MtimeSec, int64(reply.Attr.MtimeNsec)} == oldMtime
+	return fh, n.openFlags(reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
+}
+
+// openFlags tells the kernel how to cache an open file: keep its pages if the owner keeps
+// them coherent and the file did not change since they were read (close-to-open); never for
+// devices, pseudo files and appends (an append's offset is only known on the owner).
+func (n *node) openFlags(a *fspb.Attr, flags uint32, keep bool) uint32 {
+	switch {
+	case a.Direct || isDevice(a.Mode) || flags&syscall.O_APPEND != 0:
+		return fuse.FOPEN_DIRECT_IO
+	case keep:
+		return fuse.FOPEN_KEEP_CACHE
+	}
+	return 0
+}
+
+func (n *node) newHandle(h uint64, flags uint32) *fileHandle {
+	return &fileHandle{n: n, h: h, flags: flags}
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	defer changing(n)()
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.OpenReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Create(rpc, &fspb.CreateRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
+			Name: []byte(name), Flags: flags, Mode: mode})
+		return err
+	})
+	if errno != 0 {
+		n.listed(name, true, errno)
+		return nil, nil, 0, errno
+	}
+	n.listed(name, true, syscall.Errno(reply.Errno))
+	if reply.Errno != 0 {
+		n.staleCheck(reply.Errno)
+		return nil, nil, 0, syscall.Errno(reply.Errno)
+	}
+	n.cacheAttr(reply.Dir, snap)
+	in := n.child(ctx, reply.Attr, out, snap)
+	ch := in.Operations().(*node)
+	return in, ch.newHandle(reply.Handle, flags), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
+}
+
+// entry finishes the calls that make a directory entry.
+func (n *node) entry(ctx context.Context, name string, reply *fspb.EntryReply, errno syscall.Errno, s snapshot, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno == 0 {
+		errno = syscall.Errno(reply.Errno)
+	}
+	n.listed(name, true, errno)
+	if errno != 0 {
+		if reply != nil {
+			n.staleCheck(reply.Errno)
+		}
+		return nil, errno
+	}
+	n.cacheAttr(reply.Dir, s)
+	in := n.child(ctx, reply.Attr, out, s)
+	if reply.EmptyDir && out.EntryTimeout() > 0 {
+		if ch, ok := in.Operations().(*node); ok {
+			ch.setListing(map[string]struct{}{}, ch.snapshotAt(s.epoch))
+		}
+	}
+	return in, 0
+}
+
+// snapshotAt is the node's snapshot now, in a connection epoch read earlier.
+func (n *node) snapshotAt(epoch uint64) snapshot {
+	return snapshot{epoch: epoch, gen: n.gen.Load(), seq: n.p.invalSeq.Load()}
+}
+
+func (n *node) mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer changing(n)()
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
+			Name: []byte(name), Mode: mode, Rdev: uint64(rdev)})
+		return err
+	})
+	return n.entry(ctx, name, reply, errno, snap, out)
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.mknod(ctx, name, syscall.S_IFDIR|mode&07777, 0, out)
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return n.mknod(ctx, name, mode, rdev, out)
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer changing(n)()
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Symlink(rpc, &fspb.SymlinkRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
+			Name: []byte(name), Target: []byte(target)})
+		return err
+	})
+	return n.entry(ctx, name, reply, errno, snap, out)
+}
+
+// sameOwner returns other as a node of the same owner as n: links and renames cannot cross
+// nodes (EXDEV, as between file systems).
+func (n *node) sameOwner(other fs.InodeEmbedder) (*node, syscall.Errno) {
+	o, ok := other.(*node)
+	if !ok || o.p != n.p {
+		return nil, syscall.EXDEV
+	}
+	return o, 0
+}
+
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if t, ok := target.(*node); ok {
+		defer changing(n, t)()
+	}
+	t, errno := n.sameOwner(target)
+	if errno != 0 {
+		return nil, errno
+	}
+	tref, errno := t.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Link(rpc, &fspb.LinkRequest{Session: n.p.m.session, Caller: n.caller(ctx), Target: tref, Dir: dir, Name: []byte(name)})
+		return err
+	})
+	t.dropAttr()
+	return n.entry(ctx, name, reply, errno, snap, out)
+}
+
+func (n *node) remove(ctx context.Context, name string, isDir bool) syscall.Errno {
+	defer changing(n)()
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return errno
+	}
+	snap := n.snapshot()
+	var reply *fspb.ChangeReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Remove(rpc, &fspb.RemoveRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir, Name: []byte(name), DirEntry: isDir})
+		return err
+	})
+	n.dropAttr()
+	n.dropChildAttr(name)
+	if errno == 0 {
+		errno = syscall.Errno(reply.Errno)
+		n.staleCheck(reply.Errno)
+	}
+	n.listed(name, false, errno)
+	if errno == 0 {
+		n.cacheAttr(reply.Dir, snap)
+	}
+	return errno
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	return n.remove(ctx, name, false)
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	return n.remove(ctx, name, true)
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if np, ok := newParent.(*node); ok {
+		defer changing(n, np)()
+	}
+	np, errno := n.sameOwner(newParent)
+	if errno != 0 {
+		return errno
+	}
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return errno
+	}
+	newDir, errno := np.ref(nil)
+	if errno != 0 {
+		return errno
+	}
+	snap, newSnap := n.snapshot(), np.snapshot()
+	var reply *fspb.ChangeReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Rename(rpc, &fspb.RenameRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir, Name: []byte(name),
+			NewDir: newDir, NewName: []byte(newName), Flags: flags})
+		return err
+	})
+	n.dropAttr()
+	np.dropAttr()
+	n.dropChildAttr(name)
+	np.dropChildAttr(newName)
+	if errno == 0 {
+		errno = syscall.Errno(reply.Errno)
+		n.staleCheck(reply.Errno)
+	}
+	if flags&unix.RENAME_EXCHANGE == 0 || errno != 0 {
+		n.listed(name, false, errno)
+		np.listed(newName, true, errno)
+	}
+	if errno == 0 {
+		n.cacheAttr(reply.Dir, snap)
+		np.cacheAttr(reply.NewDir, newSnap)
+	}
+	return errno
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	ref, errno := n.ref(nil)
+	if errno != 0 {
+		return errno
+	}
+	var reply *fspb.StatfsReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Statfs(rpc, &fspb.NodeRequest{Session: n.p.m.session, Caller: n.caller(ctx), Node: ref})
+		return err
+	})
+	if errno != 0 {
+		return errno
+	}
+	if reply.Errno != 0 {
+		return syscall.Errno(reply.Errno)
+	}
+	*out = fuse.StatfsOut{Blocks: reply.Blocks, Bfree: reply.Bfree, Bavail: reply.Bavail, Files: reply.Files,
+		Ffree: reply.Ffree, Bsize: reply.Bsize, NameLen: reply.Namelen, Frsize: reply.Frsize}
+	return 0
+}
+
+func (n *node) xattr(ctx context.Context, req *fspb.XattrRequest) (*fspb.XattrReply, syscall.Errno) {
+	ref, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	req.Session, req.Caller, req.Node = n.p.m.session, n.caller(ctx), ref
+	var reply *fspb.XattrReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Xattr(rpc, req)
+		return err
+	})
+	if errno != 0 {
+		return nil, errno
+	}
+	return reply, syscall.Errno(reply.Errno)
+}
+
+// xattrRead serves getxattr and listxattr: with a buffer too small, ERANGE and the size needed.
+func (n *node) xattrRead(ctx context.Context, op fspb.XattrRequest_Op, name string, dest []byte) (uint32, syscall.Errno) {
+	reply, errno := n.xattr(ctx, &fspb.XattrRequest{Op: op, Name: []byte(name), Size: uint32(len(dest))})
+	if errno == syscall.ERANGE {
+		sized, errno := n.xattr(ctx, &fspb.XattrRequest{Op: op, Name: []byte(name)})
+		if errno != 0 {
+			return 0, errno
+		}
+		return sized.Size, syscall.ERANGE
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	if len(dest) == 0 {
+		return reply.Size, 0
+	}
+	return uint32(copy(dest, reply.Value)), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return n.xattrRead(ctx, fspb.XattrRequest_GET, attr, dest)
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	return n.xattrRead(ctx, fspb.XattrRequest_LIST, "", dest)
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	defer changing(n)()
+	defer n.dropAttr()
+	_, errno := n.xattr(ctx, &fspb.XattrRequest{Op: fspb.XattrRequest_SET, Name: []byte(attr), Value: data, Flags: flags})
+	return errno
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	defer changing(n)()
+	defer n.dropAttr()
+	_, errno := n.xattr(ctx, &fspb.XattrRequest{Op: fspb.XattrRequest_REMOVE, Name: []byte(attr)})
+	return errno
+}
+
+func (n *node) Fsync(ctx context.Context, f fs.FileHandle, flags uint32) syscall.Errno {
+	if fh, ok := f.(*fileHandle); ok {
+		return fh.Fsync(ctx, flags)
+	}
+	return 0
+}
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	d := &dirHandle{n: n}
+	var fuseFlags uint32
+	n.mu.Lock()
+	cache := n.listWatched && !n.direct
+	n.mu.Unlock()
+	if cache && n.p.isConnected() {
+		// The owner invalidates the listing when the directory changes.
+		fuseFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	}
+	return d, fuseFlags, 0
+}

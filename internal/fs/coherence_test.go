@@ -1,0 +1,282 @@
+package fs
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Coherence across three nodes: n2 owns the files; n1 and n3 mount the tree, and n2's own
+// mount reaches them without gRPC. A change through one mount must be seen by the others' next
+// call, with no waiting: each reader first caches the old state.
+
+func listNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	must(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestChangesThroughOneMountAreSeenByTheOthersAtOnce(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	writer := func(p ...string) string { return n1.path("n2", p...) }
+	readers := map[string]func(p ...string) string{
+		"other node": func(p ...string) string { return n3.path("n2", p...) },
+		"owner":      func(p ...string) string { return n2.path("n2", p...) },
+	}
+
+	for round := range 3 {
+		for who, reader := range readers {
+			dir := fmt.Sprintf("round%d-%s", round, who[:5])
+			must(t, os.Mkdir(writer(dir), 0o755))
+			f := filepath.Join(dir, "f")
+
+			// Content.
+			must(t, os.WriteFile(writer(f), []byte("old content"), 0o644))
+			if got := readFile(t, reader(f)); got != "old content" {
+				t.Fatalf("%s read %q", who, got)
+			}
+			must(t, os.WriteFile(writer(f), []byte("new"), 0o644))
+			if got := readFile(t, reader(f)); got != "new" {
+				t.Fatalf("%s read %q after the write, want %q", who, got, "new")
+			}
+			// A write in the middle of a page the reader holds.
+			fw, err := os.OpenFile(writer(f), os.O_WRONLY, 0)
+			must(t, err)
+			_, err = fw.WriteAt([]byte("X"), 1)
+			must(t, err)
+			fw.Close()
+			if got := readFile(t, reader(f)); got != "nXw" {
+				t.Fatalf("%s read %q after an overwrite", who, got)
+			}
+
+			// Attributes.
+			st, err := os.Stat(reader(f))
+			must(t, err)
+			must(t, os.Chmod(writer(f), 0o600))
+			app, err := os.OpenFile(writer(f), os.O_WRONLY|os.O_APPEND, 0)
+			must(t, err)
+			_, err = app.WriteString(" and more")
+			must(t, err)
+			app.Close()
+			st2, err := os.Stat(reader(f))
+			must(t, err)
+			if st2.Mode().Perm() != 0o600 || st2.Size() != st.Size()+9 {
+				t.Fatalf("%s sees mode %v size %d, want 0600 and %d", who, st2.Mode(), st2.Size(), st.Size()+9)
+			}
+
+			// Entries: created, listed, removed, renamed, including names the reader was told
+			// did not exist.
+			_, err = os.Stat(reader(dir, "later"))
+			wantErrno(t, err, syscall.ENOENT)
+			names := listNames(t, reader(dir))
+			must(t, os.WriteFile(writer(dir, "later"), []byte("l"), 0o644))
+			if _, err := os.Stat(reader(dir, "later")); err != nil {
+				t.Fatalf("%s: new file: %v", who, err)
+			}
+			if got := listNames(t, reader(dir)); len(got) != len(names)+1 || !slices.Contains(got, "later") {
+				t.Fatalf("%s lists %q after a create", who, got)
+			}
+			must(t, os.Rename(writer(dir, "later"), writer(dir, "renamed")))
+			if _, err := os.Stat(reader(dir, "later")); !os.IsNotExist(err) {
+				t.Fatalf("%s still sees the old name: %v", who, err)
+			}
+			if got := readFile(t, reader(dir, "renamed")); got != "l" {
+				t.Fatalf("%s read %q under the new name", who, got)
+			}
+			must(t, os.Remove(writer(dir, "renamed")))
+			if _, err := os.Stat(reader(dir, "renamed")); !os.IsNotExist(err) {
+				t.Fatalf("%s still sees a removed file: %v", who, err)
+			}
+			if got := listNames(t, reader(dir)); slices.Contains(got, "renamed") {
+				t.Fatalf("%s lists %q after the remove", who, got)
+			}
+		}
+	}
+}
+
+func TestSharedMappingSeesAnotherNodesWrite(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n3 := c.node("n1"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	content := bytes.Repeat([]byte("a"), 8192)
+	must(t, os.WriteFile(n1.path("n2", "mapped"), content, 0o644))
+	// The mapping is made by another process on n3 (see helper_test.go).
+	m := startMapper(t, n3.path("n2", "mapped"))
+	if m.byteAt(t, 5000) != 'a' {
+		t.Fatalf("mapping does not show the file (%s)", m.Sum)
+	}
+	w, err := os.OpenFile(n1.path("n2", "mapped"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = w.WriteAt([]byte("b"), 5000)
+	must(t, err)
+	w.Close()
+	if got := m.byteAt(t, 5000); got != 'b' {
+		t.Fatalf("the mapping on n3 shows %q after n1's write returned, want 'b'", got)
+	}
+}
+
+func TestDirectChangesOnTheOwnersDiskAreSeen(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(5 * time.Second)
+	must(t, os.Mkdir(n2.disk("d"), 0o755))
+	must(t, os.WriteFile(n2.disk("d", "f"), []byte("v1"), 0o644))
+	p := n1.path("n2", "d", "f")
+	if got := readFile(t, p); got != "v1" {
+		t.Fatalf("read %q", got)
+	}
+	names := listNames(t, n1.path("n2", "d"))
+	_, err := os.Stat(n1.path("n2", "d", "new"))
+	wantErrno(t, err, syscall.ENOENT)
+
+	// Changes made on the owner's disk arrive by the disk watcher, shortly after.
+	must(t, os.WriteFile(n2.disk("d", "f"), []byte("version 2"), 0o644))
+	eventually(t, 2*time.Second, "content written on the owner's disk", func() error {
+		if got, err := os.ReadFile(p); err != nil || string(got) != "version 2" {
+			return fmt.Errorf("read %q, %v", got, err)
+		}
+		return nil
+	})
+	must(t, os.WriteFile(n2.disk("d", "new"), nil, 0o644))
+	eventually(t, 2*time.Second, "file created on the owner's disk", func() error {
+		if _, err := os.Stat(n1.path("n2", "d", "new")); err != nil {
+			return err
+		}
+		if got := listNames(t, n1.path("n2", "d")); len(got) != len(names)+1 {
+			return fmt.Errorf("listing %q", got)
+		}
+		return nil
+	})
+	must(t, os.Chmod(n2.disk("d", "f"), 0o600))
+	eventually(t, 2*time.Second, "mode changed on the owner's disk", func() error {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			return fmt.Errorf("stat %v %v", st, err)
+		}
+		return nil
+	})
+	must(t, os.Rename(n2.disk("d", "f"), n2.disk("d", "g")))
+	eventually(t, 2*time.Second, "file renamed on the owner's disk", func() error {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			return fmt.Errorf("old name: %v", err)
+		}
+		if got := readFile(t, n1.path("n2", "d", "g")); got != "version 2" {
+			return fmt.Errorf("new name reads %q", got)
+		}
+		return nil
+	})
+}
+
+func TestPOSIXLocksHoldAcrossNodes(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n3 := c.node("n1"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	must(t, os.WriteFile(n1.path("n2", "lockme"), nil, 0o644))
+
+	// This process takes a write lock through n1's mount.
+	f, err := os.OpenFile(n1.path("n2", "lockme"), os.O_RDWR, 0)
+	must(t, err)
+	lk := unix.Flock_t{Type: unix.F_WRLCK}
+	must(t, unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk))
+
+	// Another process through n3's mount is refused, and sees who holds it.
+	if got := startLockHolder(t, false, n3.path("n2", "lockme")).result(); got != "EAGAIN" {
+		t.Fatalf("second lock through another node: %s, want EAGAIN", got)
+	}
+	// A waiter gets it once this process closes the file (which drops its POSIX locks).
+	waiter := startLockHolder(t, true, n3.path("n2", "lockme"))
+	got := make(chan string, 1)
+	go func() { got <- waiter.result() }()
+	select {
+	case r := <-got:
+		t.Fatalf("waiter got %q while the lock is held", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	f.Close()
+	select {
+	case r := <-got:
+		if r != "ok" {
+			t.Fatalf("waiter: %s", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter did not get the lock after the holder closed the file")
+	}
+	// And the owner's local processes are bound by it too.
+	local, err := os.OpenFile(c.node("n2").disk("lockme"), os.O_RDWR, 0)
+	must(t, err)
+	defer local.Close()
+	var probe = unix.Flock_t{Type: unix.F_WRLCK}
+	must(t, unix.FcntlFlock(local.Fd(), unix.F_OFD_GETLK, &probe))
+	if probe.Type != unix.F_WRLCK {
+		t.Fatalf("a process on the owner sees lock type %d, want a write lock", probe.Type)
+	}
+}
+
+// Two nodes write one file at once: both finish promptly (neither waits on the other's
+// kernel), and afterwards every node reads what each wrote in its own blocks.
+func TestConcurrentWritersFromTwoNodes(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n3 := c.node("n1"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	const blocks, size = 200, 4096
+	must(t, os.WriteFile(n1.path("n2", "shared"), make([]byte, blocks*size), 0o644))
+	// Both read it first, so both hold its pages.
+	readFile(t, n1.path("n2", "shared"))
+	readFile(t, n3.path("n2", "shared"))
+
+	start := time.Now()
+	errs := make(chan error, 2)
+	for i, n := range []*testNode{n1, n3} {
+		go func() {
+			f, err := os.OpenFile(n.path("n2", "shared"), os.O_RDWR, 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			block := bytes.Repeat([]byte{byte('A' + i)}, size)
+			for b := i; b < blocks; b += 2 {
+				if _, err := f.WriteAt(block, int64(b*size)); err != nil {
+					errs <- err
+					return
+				}
+				// Read a block the other node writes, to keep both caches busy.
+				f.ReadAt(make([]byte, size), int64((b^1)*size))
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		must(t, <-errs)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("concurrent writers took %v: they waited on each other", took)
+	}
+	for _, p := range []string{n1.path("n2", "shared"), n3.path("n2", "shared"), c.node("n2").disk("shared")} {
+		got := readFile(t, p)
+		for b := range blocks {
+			if want := byte('A' + b%2); got[b*size] != want || got[b*size+size-1] != want {
+				t.Fatalf("%s: block %d holds %q, want %q", p, b, got[b*size], want)
+			}
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package fs
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// identity is the user an operation runs as on the owner.
+type identity struct {
+	uid, gid uint32
+	groups   []uint32
+	// privileged keeps the agent's capabilities (a root caller without root squash).
+	privileged bool
+}
+
+func (a identity) equal(b identity) bool {
+	return a.uid == b.uid && a.gid == b.gid && a.privileged == b.privileged && slices.Equal(a.groups, b.groups)
+}
+
+const nobodyID = 65534
+
+// creds switches the calling thread to a caller's file system credentials (fsuid, fsgid,
+// supplementary groups, and no capabilities unless the caller is root) for the length of one
+// operation. Only the thread changes, never the process: the goroutine is locked to its thread
+// meanwhile, and the thread gets the agent's credentials back before it returns to the Go
+// scheduler. A thread whose credentials cannot be restored stays locked and dies with its
+// goroutine.
+type creds struct {
+	// switchable is false when the process lacks CAP_SETUID/CAP_SETGID: every call then runs as
+	// the agent itself (tests as an ordinary user).
+	switchable bool
+	caps       [2]unix.CapUserData
+	// process is the agent's own file system identity, which threads return to.
+	process identity
+	// umask is the agent's; new files get the mode the client's kernel computed by setting
+	// back what it removed.
+	umask uint32
+}
+
+func newCreds() (*creds, error) {
+	c := &creds{}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	if err := unix.Capget(&hdr, &c.caps[0]); err != nil {
+		return nil, fmt.Errorf("read the agent's capabilities: %w", err)
+	}
+	const setuid, setgid = 7, 6 // CAP_SETUID, CAP_SETGID
+	c.switchable = c.caps[0].Permitted&(1<<setuid) != 0 && c.caps[0].Permitted&(1<<setgid) != 0
+	groups, err := unix.Getgroups()
+	if err != nil {
+		return nil, fmt.Errorf("read the agent's groups: %w", err)
+	}
+	c.process = identity{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), privileged: true}
+	for _, g := range groups {
+		c.process.groups = append(c.process.groups, uint32(g))
+	}
+	c.umask = processUmask()
+	return c, nil
+}
+
+// processUmask reads the umask without changing it (umask(2) can only set it).
+func processUmask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o022
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := bytes.CutPrefix(sc.Bytes(), []byte("Umask:")); ok {
+			if v, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 8, 32); err == nil {
+				return uint32(v)
+			}
+		}
+	}
+	return 0o022
+}
+
+// asAgent reports whether who is the agent itself: nothing to switch.
+func (c *creds) asAgent(who identity) bool {
+	return !c.switchable || who.privileged && who.uid == c.process.uid && who.gid == c.process.gid
+}
+
+// run calls fn on the calling goroutine's thread with who's credentials. With lock, the
+// goroutine stays on one thread even when no switch is needed (the disk watcher tells its
+// changes by thread id).
+func (c *creds) run(who identity, lock bool, fn func()) error {
+	if c.asAgent(who) {
+		if lock {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+		}
+		fn()
+		return nil
+	}
+	runtime.LockOSThread()
+	current := c.process
+	if err := c.become(&current, who); err != nil {
+		if c.become(&current, c.process) == nil {
+			runtime.UnlockOSThread()
+		}
+		return err
+	}
+	fn()
+	if err := c.become(&current, c.process); err != nil {
+		return err
+	}
+	runtime.UnlockOSThread()
+	return nil
+}
+
+// become switches the calling (locked) thread from current to want.
+func (c *creds) become(current *identity, want identity) error {
+	if current.equal(want) {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	full := c.caps
+	full[0].Effective, full[1].Effective = full[0].Permitted, full[1].Permitted
+	if err := unix.Capset(&hdr, &full[0]); err != nil {
+		return fmt.Errorf("raise thread capabilities: %w", err)
+	}
+	if err := setThreadGroups(want.groups); err != nil {
+		return err
+	}
+	unix.Setfsgid(int(want.gid))
+	unix.Setfsuid(int(want.uid))
+	// setfs*id report failure only through the previous value: read the ids back.
+	if got, _ := unix.SetfsuidRetUid(-1); got != int(want.uid) {
+		return fmt.Errorf("set thread fsuid to %d: still %d", want.uid, got)
+	}
+	if got, _ := unix.SetfsgidRetGid(-1); got != int(want.gid) {
+		return fmt.Errorf("set thread fsgid to %d: still %d", want.gid, got)
+	}
+	if !want.privileged {
+		none := c.caps
+		none[0].Effective, none[1].Effective = 0, 0
+		if err := unix.Capset(&hdr, &none[0]); err != nil {
+			return fmt.Errorf("drop thread capabilities: %w", err)
+		}
+	}
+	*current = identity{uid: want.uid, gid: want.gid, groups: slices.Clone(want.groups), privileged: want.privileged}
+	return nil
+}
+
+// setThreadGroups sets the supplementary groups of the calling thread only. syscall.Setgroups
+// would change every thread of the process.
+func setThreadGroups(groups []uint32) error {
+	var ptr unsafe.Pointer
+	if len(groups) > 0 {
+		ptr = unsafe.Pointer(&groups[0])
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr), 0); errno != 0 {
+		return fmt.Errorf("set thread supplementary groups: %w", syscall.Errno(errno))
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// isDownErr reports whether err is how a call fails for want of its node.
+func isDownErr(err error) bool {
+	return errors.Is(err, syscall.EIO) || errors.Is(err, syscall.ENOTCONN)
+}
+
+func TestOwnerStoppedAndRestarted(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = time.Second
+	n1.mountTree(timeout)
+	must(t, os.WriteFile(n1.path("n2", "f"), []byte("before"), 0o644))
+	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+
+	n2.stop()
+	start := time.Now()
+	_, err = os.Stat(n1.path("n2", "never-seen"))
+	if !isDownErr(err) {
+		t.Fatalf("stat on a stopped node: %v, want EIO or ENOTCONN", err)
+	}
+	if took := time.Since(start); took > timeout+time.Second {
+		t.Fatalf("stat on a stopped node took %v, want under %v", took, timeout+time.Second)
+	}
+	eventually(t, 3*time.Second, "reading an open file of a stopped node fails", func() error {
+		_, err := f.ReadAt(make([]byte, 6), 0)
+		if !isDownErr(err) {
+			return fmt.Errorf("read: %v", err)
+		}
+		return nil
+	})
+	if _, err := f.WriteAt([]byte("x"), 0); !isDownErr(err) {
+		t.Fatalf("write on a stopped node: %v", err)
+	}
+	if _, err := os.ReadDir(n1.path("n2")); !isDownErr(err) {
+		t.Fatalf("listing a stopped node: %v", err)
+	}
+	if st := n1.mount.Stats(); st.Failures == 0 || len(st.Nodes) == 0 || st.Nodes[0].Connected {
+		t.Fatalf("stats do not show the node down: %+v", st)
+	}
+
+	n2.start(ServerConfig{})
+	eventually(t, 5*time.Second, "the restarted node answers", func() error {
+		b, err := os.ReadFile(n1.path("n2", "f"))
+		if err != nil || string(b) != "before" {
+			return fmt.Errorf("read %q: %v", b, err)
+		}
+		return nil
+	})
+	must(t, os.WriteFile(n1.path("n2", "after"), []byte("ok"), 0o644))
+	// Files opened before the restart are gone with the old server (their cached pages may
+	// still be read: they are coherent).
+	if _, err := f.WriteAt([]byte("x"), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write to a file opened before the restart: %v, want EIO", err)
+	}
+}
+
+func TestOwnerThatStopsAnsweringFailsCallsWithinTheTimeout(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = time.Second
+	n1.mountTree(timeout)
+	must(t, os.WriteFile(n1.path("n2", "f"), []byte("data"), 0o644))
+
+	n2.hang.Store(true)
+	for _, name := range []string{"a", "b"} {
+		start := time.Now()
+		_, err := os.Stat(n1.path("n2", name))
+		if !isDownErr(err) {
+			t.Fatalf("stat on a silent node: %v", err)
+		}
+		if took := time.Since(start); took > timeout+time.Second {
+			t.Fatalf("stat on a silent node took %v", took)
+		}
+	}
+	n2.hang.Store(false)
+	eventually(t, 10*time.Second, "the node answers again", func() error {
+		_, err := os.ReadFile(n1.path("n2", "f"))
+		return err
+	})
+}

@@ -1,0 +1,342 @@
+package fs
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// The test harness runs several "nodes" in this process: each has a Server on a loopback gRPC
+// port serving its own directory, and may have a real FUSE mount of the cluster tree. The
+// calling node's name travels in gRPC metadata, standing in for the mTLS certificate.
+
+const testNodeHeader = "ssi-test-node"
+
+func testIdentify(ctx context.Context) (string, error) {
+	if node, ok := ctx.Value(localNode{}).(string); ok {
+		return node, nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(testNodeHeader); len(v) == 1 {
+		return v[0], nil
+	}
+	return "", errors.New("test caller did not name its node")
+}
+
+type testCluster struct {
+	t     testing.TB
+	mu    sync.Mutex
+	nodes map[string]*testNode
+	order []string
+	// tls, when set, secures the loopback connections as the agents' mTLS would (benchmarks).
+	tls *testTLS
+}
+
+type testNode struct {
+	c      *testCluster
+	name   string
+	root   string // the directory this node serves
+	addr   string
+	server *Server
+	grpc   *grpc.Server
+	mnt    string
+	mount  *Mounted
+	cfg    ServerConfig
+	// hang makes the node's server stop answering, as if the network dropped its packets.
+	hang atomic.Bool
+
+	connsMu sync.Mutex
+	conns   map[string]*grpc.ClientConn // to other nodes, dialled as this node
+}
+
+// needRoot skips a test that needs root and /dev/fuse when they are missing; CI runs as root,
+// where these tests run.
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (FUSE mounts, other users' credentials)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+}
+
+func newTestCluster(t testing.TB, names ...string) *testCluster {
+	return newCluster(t, nil, names...)
+}
+
+// newTLSCluster is newTestCluster with TLS between the nodes, to measure what agents pay.
+func newTLSCluster(t testing.TB, names ...string) *testCluster {
+	return newCluster(t, newTestTLS(t), names...)
+}
+
+func newCluster(t testing.TB, tls *testTLS, names ...string) *testCluster {
+	needRoot(t)
+	c := &testCluster{t: t, nodes: map[string]*testNode{}, order: names, tls: tls}
+	base := t.TempDir()
+	for _, name := range names {
+		n := &testNode{c: c, name: name, root: filepath.Join(base, name+"-disk"), mnt: filepath.Join(base, name+"-mnt"),
+			conns: map[string]*grpc.ClientConn{}}
+		for _, dir := range []string{n.root, n.mnt} {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.nodes[name] = n
+		n.start(ServerConfig{})
+	}
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			if n.mount != nil {
+				n.mount.Close()
+			}
+		}
+		for _, n := range c.nodes {
+			n.stop()
+			n.connsMu.Lock()
+			for _, cc := range n.conns {
+				cc.Close()
+			}
+			n.connsMu.Unlock()
+		}
+	})
+	return c
+}
+
+func (c *testCluster) node(name string) *testNode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[name]
+}
+
+// start runs the node's file server (again, after stop) on its address.
+func (n *testNode) start(cfg ServerConfig) {
+	t := n.c.t
+	if cfg.Root == "" {
+		cfg.Root = n.root
+	}
+	cfg.identify = testIdentify
+	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := n.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var lis net.Listener
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lis, err = net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20)}
+	if n.c.tls != nil {
+		opts = append(opts, grpc.Creds(n.c.tls.server))
+	}
+	g := grpc.NewServer(append(opts,
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if n.hang.Load() {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return handler(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			return handler(srv, hangingStream{ServerStream: ss, hang: &n.hang})
+		}))...)
+	srv.Register(g)
+	go g.Serve(lis)
+	n.c.mu.Lock()
+	n.addr, n.server, n.grpc, n.cfg = lis.Addr().String(), srv, g, cfg
+	n.c.mu.Unlock()
+}
+
+func (n *testNode) stop() {
+	n.c.mu.Lock()
+	g, srv := n.grpc, n.server
+	n.grpc, n.server = nil, nil
+	n.c.mu.Unlock()
+	if g != nil {
+		g.Stop()
+	}
+	if srv != nil {
+		srv.Close()
+	}
+}
+
+// restart replaces the node's file server with a new one with cfg (Root defaults to the
+// node's directory).
+func (n *testNode) restart(cfg ServerConfig) {
+	n.stop()
+	n.start(cfg)
+}
+
+// hangingStream stops sending while its node hangs.
+type hangingStream struct {
+	grpc.ServerStream
+	hang *atomic.Bool
+}
+
+func (s hangingStream) SendMsg(m any) error {
+	for s.hang.Load() {
+		select {
+		case <-s.Context().Done():
+			return s.Context().Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return s.ServerStream.SendMsg(m)
+}
+
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(b))
+	return len(b), nil
+}
+
+// testNodes is the cluster as node from sees it.
+type testNodes struct{ from *testNode }
+
+func (v testNodes) Names() []string { return v.from.c.order }
+
+func (v testNodes) Conn(node string) (grpc.ClientConnInterface, error) {
+	to := v.from.c.node(node)
+	if to == nil {
+		return nil, fmt.Errorf("no node %q", node)
+	}
+	v.from.connsMu.Lock()
+	defer v.from.connsMu.Unlock()
+	if cc := v.from.conns[node]; cc != nil {
+		return cc, nil
+	}
+	self := v.from.name
+	creds := insecure.NewCredentials()
+	if tls := v.from.c.tls; tls != nil {
+		creds = tls.client
+	}
+	cc, err := grpc.NewClient(to.addr,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, MaxDelay: 500 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), method, req, reply, cc, opts...)
+		}),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), desc, cc, method, opts...)
+		}),
+	)
+	if err != nil {
+		return nil, err
+	}
+	v.from.conns[node] = cc
+	return cc, nil
+}
+
+// mountTree mounts the cluster tree on node n, with its own server as the local shortcut.
+func (n *testNode) mountTree(timeout time.Duration) *Mounted {
+	t := n.c.t
+	m, err := Mount(context.Background(), MountConfig{
+		Path: n.mnt, LocalNode: n.name, Nodes: testNodes{n}, Local: n.server, Timeout: timeout,
+		Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mount = m
+	return m
+}
+
+// path returns where node other's path p appears in n's mount.
+func (n *testNode) path(other string, p ...string) string {
+	return filepath.Join(append([]string{n.mnt, other}, p...)...)
+}
+
+// disk returns p on n's own disk, bypassing the file server.
+func (n *testNode) disk(p ...string) string {
+	return filepath.Join(append([]string{n.root}, p...)...)
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %v: %v", what, within, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type testTLS struct {
+	server, client credentials.TransportCredentials
+}
+
+// newTestTLS makes a throw-away certificate for 127.0.0.1.
+func newTestTLS(t testing.TB) *testTLS {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "ssi-fs-test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	pair := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return &testTLS{
+		server: credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}),
+		client: credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}),
+	}
+}

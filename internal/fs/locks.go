@@ -1,0 +1,170 @@
+package fs
+
+import (
+	"math"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// Locks live on the owner, so they hold against every node and against local processes there.
+//
+// POSIX byte-range locks belong to a lock owner (a process on the client) and a file, across all
+// of that process's descriptors, and go away when the process closes any descriptor of the
+// file. The owner keeps one open file description per (client session, lock owner, file) and
+// takes open-file-description locks (F_OFD_SETLK) on it: locks of different lock owners then
+// conflict with each other, those of one lock owner merge, and closing that description drops
+// them all. flock(2) locks belong to an open file, which is exactly one client handle: they are
+// taken on the handle's own descriptor.
+
+type lockKey struct {
+	owner uint64
+	id    fileID
+}
+
+type lockFile struct {
+	fd int
+}
+
+// toFlock converts a FUSE lock range (inclusive end, MaxInt64 for "to the end") to struct flock.
+func toFlock(typ uint32, start, end uint64) (unix.Flock_t, syscall.Errno) {
+	if start > math.MaxInt64 || end < start {
+		return unix.Flock_t{}, syscall.EINVAL
+	}
+	lk := unix.Flock_t{Type: int16(typ), Whence: 0, Start: int64(start)}
+	if end < math.MaxInt64 {
+		lk.Len = int64(end - start + 1)
+	}
+	return lk, 0
+}
+
+// fromFlock converts a struct flock result back to a FUSE lock range.
+func fromFlock(lk unix.Flock_t) (typ uint32, start, end uint64) {
+	typ, start = uint32(lk.Type), uint64(lk.Start)
+	if lk.Len == 0 {
+		return typ, start, math.MaxInt64
+	}
+	return typ, start, uint64(lk.Start + lk.Len - 1)
+}
+
+// withLockFD calls fn with the description that holds owner's POSIX locks on f's file, opening
+// it if create (else fn gets -1 if there is none). The session's lock is held meanwhile, so
+// that the descriptor cannot be closed, and its number reused, under fn.
+func (sess *session) withLockFD(owner uint64, f *openFile, create bool, fn func(fd int) syscall.Errno) syscall.Errno {
+	key := lockKey{owner: owner, id: f.id}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if lf := sess.locks[key]; lf != nil {
+		return fn(lf.fd)
+	}
+	if !create {
+		return fn(-1)
+	}
+	if sess.gone {
+		return syscall.ESTALE
+	}
+	// Reopened through /proc as the agent itself: the client's kernel already checked that the
+	// user's descriptor is open for the lock's type, and the user may have lost the permission
+	// to open the file since.
+	var fd int
+	var err error
+	for _, mode := range []int{unix.O_RDWR, unix.O_RDONLY, unix.O_WRONLY} {
+		fd, err = unix.Open(procFD(f.fd), mode|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return syscall.ENOLCK
+	}
+	sess.locks[key] = &lockFile{fd: fd}
+	return fn(fd)
+}
+
+// releaseOwner drops every POSIX lock owner holds on f's file.
+func (sess *session) releaseOwner(owner uint64, f *openFile) {
+	key := lockKey{owner: owner, id: f.id}
+	sess.mu.Lock()
+	lf := sess.locks[key]
+	delete(sess.locks, key)
+	sess.mu.Unlock()
+	if lf != nil {
+		unix.Close(lf.fd)
+	}
+}
+
+func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
+	f, errno := sess.handle(req.Handle)
+	if errno != 0 {
+		return nil, errno
+	}
+	defer f.release()
+
+	switch req.Op {
+	case fspb.LockRequest_RELEASE_OWNER:
+		sess.releaseOwner(req.Owner, f)
+		return &fspb.LockReply{}, 0
+
+	case fspb.LockRequest_GET:
+		lk, errno := toFlock(req.Type, req.Start, req.End)
+		if errno != 0 {
+			return nil, errno
+		}
+		if req.Flock {
+			// flock has no query; FUSE never asks.
+			return nil, syscall.EINVAL
+		}
+		errno = sess.withLockFD(req.Owner, f, false, func(fd int) syscall.Errno {
+			if fd < 0 {
+				// This owner holds no lock on the file: any description reports others' locks.
+				fd = f.fd
+			}
+			return errnoOf(unix.FcntlFlock(uintptr(fd), unix.F_OFD_GETLK, &lk))
+		})
+		if errno != 0 {
+			return nil, errno
+		}
+		typ, start, end := fromFlock(lk)
+		return &fspb.LockReply{Type: typ, Start: start, End: end}, 0
+
+	case fspb.LockRequest_SET:
+		if req.Flock {
+			how := unix.LOCK_NB
+			switch req.Type {
+			case unix.F_RDLCK:
+				how |= unix.LOCK_SH
+			case unix.F_WRLCK:
+				how |= unix.LOCK_EX
+			case unix.F_UNLCK:
+				how |= unix.LOCK_UN
+			default:
+				return nil, syscall.EINVAL
+			}
+			if err := unix.Flock(f.fd, how); err != nil {
+				return nil, errnoOf(err)
+			}
+			return &fspb.LockReply{}, 0
+		}
+		lk, errno := toFlock(req.Type, req.Start, req.End)
+		if errno != 0 {
+			return nil, errno
+		}
+		errno = sess.withLockFD(req.Owner, f, req.Type != unix.F_UNLCK, func(fd int) syscall.Errno {
+			if fd < 0 {
+				return 0 // unlocking what was never locked
+			}
+			err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+			if err == syscall.EACCES {
+				err = syscall.EAGAIN
+			}
+			return errnoOf(err)
+		})
+		if errno != 0 {
+			return nil, errno
+		}
+		return &fspb.LockReply{}, 0
+	}
+	return nil, syscall.EINVAL
+}

@@ -1,0 +1,364 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// How the owner keeps client caches coherent (see docs/fs.md):
+//
+//   - Every reply that lets a client cache something (attributes, a directory entry, a page of
+//     data) first records the client session as a cacher of that object.
+//   - A change made through the file server takes the object's cachers and sends each of them an
+//     invalidation over its Watch stream, and waits for the acknowledgement (sent once the
+//     client's kernel dropped the entry) before answering the writer. A client that does not
+//     acknowledge in time loses its stream, which makes it drop everything it cached here.
+//   - A reply computed while the object changed concurrently is marked not cacheable, so the
+//     race between reading an object and recording the reader as a cacher cannot leave a stale
+//     entry behind.
+//   - Changes made directly on the owner's disk arrive from the disk watcher and are sent to every
+//     session without waiting.
+
+// ackTimeout bounds how long a change waits for one client to drop its cached copy.
+const ackTimeout = 2 * time.Second
+
+// cacheTable records which sessions may cache which objects, and when each object last changed.
+type cacheTable struct {
+	mu      sync.Mutex
+	holders map[fileID][]uint32 // session indexes
+	clock   uint64
+	stamps  [4096]uint64 // per hash bucket of fileID: clock of the last change
+	seed    maphash.Seed
+}
+
+func newCacheTable() *cacheTable {
+	return &cacheTable{holders: make(map[fileID][]uint32), seed: maphash.MakeSeed()}
+}
+
+func (c *cacheTable) bucket(id fileID) int {
+	var h maphash.Hash
+	h.SetSeed(c.seed)
+	var b [24]byte
+	putUint64(b[0:], id.dev)
+	putUint64(b[8:], id.ino)
+	putUint64(b[16:], uint64(id.btime))
+	h.Write(b[:])
+	return int(h.Sum64() % uint64(len(c.stamps)))
+}
+
+func putUint64(b []byte, v uint64) {
+	for i := range 8 {
+		b[i] = byte(v >> (8 * i))
+	}
+}
+
+// now is read before an object's state is read; see hold.
+func (c *cacheTable) now() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clock
+}
+
+// hold records session idx as a cacher of ids and reports whether none of them changed since
+// the clock read start: only then may the client cache what it was told.
+func (c *cacheTable) hold(idx uint32, start uint64, ids ...fileID) (stable bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stable = true
+	for _, id := range ids {
+		if id == (fileID{}) {
+			continue
+		}
+		h := c.holders[id]
+		found := false
+		for _, x := range h {
+			if x == idx {
+				found = true
+				break
+			}
+		}
+		if !found {
+			c.holders[id] = append(h, idx)
+		}
+		if c.stamps[c.bucket(id)] > start {
+			stable = false
+		}
+	}
+	return stable
+}
+
+// take stamps id as changed and removes and returns its cachers other than except.
+func (c *cacheTable) take(id fileID, except uint32) []uint32 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	c.stamps[c.bucket(id)] = c.clock
+	h := c.holders[id]
+	if len(h) == 0 {
+		return nil
+	}
+	var out, keep []uint32
+	for _, x := range h {
+		if x == except {
+			keep = append(keep, x)
+		} else {
+			out = append(out, x)
+		}
+	}
+	if len(keep) == 0 {
+		delete(c.holders, id)
+	} else {
+		c.holders[id] = keep
+	}
+	return out
+}
+
+// watchStream is the downward half of one session's attached Watch stream.
+type watchStream struct {
+	out  chan *fspb.WatchDown
+	done chan struct{}
+	once sync.Once
+
+	mu     sync.Mutex
+	seq    uint64
+	acked  uint64
+	ackSig chan struct{} // closed and replaced on every acknowledgement
+}
+
+func newWatchStream() *watchStream {
+	return &watchStream{out: make(chan *fspb.WatchDown, 1024), done: make(chan struct{}), ackSig: make(chan struct{})}
+}
+
+func (w *watchStream) stop() { w.once.Do(func() { close(w.done) }) }
+
+// send queues a message without blocking. A client that cannot keep up loses its stream.
+func (w *watchStream) send(m *fspb.WatchDown) (uint64, bool) {
+	w.mu.Lock()
+	w.seq++
+	m.Seq = w.seq
+	seq := w.seq
+	w.mu.Unlock()
+	select {
+	case w.out <- m:
+		return seq, true
+	default:
+		w.stop()
+		return seq, false
+	}
+}
+
+func (w *watchStream) ack(seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if seq > w.acked && seq <= w.seq {
+		w.acked = seq
+		close(w.ackSig)
+		w.ackSig = make(chan struct{})
+	}
+}
+
+// wait reports whether seq was acknowledged within the timeout.
+func (w *watchStream) wait(seq uint64, timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		if w.acked >= seq {
+			w.mu.Unlock()
+			return true
+		}
+		sig := w.ackSig
+		w.mu.Unlock()
+		select {
+		case <-sig:
+		case <-w.done:
+			return false
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+// change is one invalidation and the object whose cachers receive it.
+type change struct {
+	holder fileID
+	item   *fspb.Invalidation
+}
+
+func entryChange(dir fileID, name string) change {
+	return change{holder: dir, item: &fspb.Invalidation{Id: dir.pb(), Name: []byte(name), Data: true}}
+}
+
+func attrChange(id fileID, data bool) change {
+	return change{holder: id, item: &fspb.Invalidation{Id: id.pb(), Data: data}}
+}
+
+// publish sends changes made by session from to every other session caching the objects, and
+// waits until they have dropped them. A session that is itself in the middle of changing one of
+// the objects is not waited for: its kernel may hold the very lock its invalidation needs.
+func (s *Server) publish(from *session, changes ...change) {
+	type batch struct {
+		items   []*fspb.Invalidation
+		holders []fileID
+	}
+	targets := map[*session]*batch{}
+	for _, ch := range changes {
+		if ch.holder == (fileID{}) {
+			continue
+		}
+		for _, idx := range s.cache.take(ch.holder, from.idx) {
+			t := s.sessionByIndex(idx)
+			if t == nil {
+				continue
+			}
+			b := targets[t]
+			if b == nil {
+				b = &batch{}
+				targets[t] = b
+			}
+			b.items = append(b.items, ch.item)
+			b.holders = append(b.holders, ch.holder)
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for t, b := range targets {
+		stream := t.currentStream()
+		if stream == nil {
+			// Not connected: the client drops everything when it reconnects.
+			continue
+		}
+		seq, ok := stream.send(&fspb.WatchDown{Items: b.items})
+		s.stats.invalidations.Add(uint64(len(b.items)))
+		if !ok || t.busyWith(b.holders) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !stream.wait(seq, ackTimeout) {
+				select {
+				case <-stream.done:
+				default:
+					s.log.Warn("client did not acknowledge a cache invalidation in time; dropping its watch so that it discards its cache",
+						"client", t.node, "timeout", ackTimeout)
+					stream.stop()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// diskChanged turns changes seen on the owner's disk into invalidations for every session.
+func (s *Server) diskChanged(events []diskEvent, overflow bool) {
+	s.stats.diskEvents.Add(uint64(len(events)))
+	var items []*fspb.Invalidation
+	seen := map[diskEvent]bool{}
+	for _, e := range events {
+		key := diskEvent{dir: e.dir, name: e.name}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		s.cache.take(e.dir, ^uint32(0))
+		item := &fspb.Invalidation{Id: e.dir.pb(), Data: true}
+		if e.name != "" {
+			item.Name = []byte(e.name)
+			item.Child = true
+		}
+		items = append(items, item)
+	}
+	msg := func() *fspb.WatchDown {
+		if overflow {
+			return &fspb.WatchDown{FlushAll: true}
+		}
+		return &fspb.WatchDown{Items: items}
+	}
+	for _, t := range s.allSessions() {
+		if stream := t.currentStream(); stream != nil {
+			stream.send(msg())
+		}
+	}
+}
+
+// watchConn is the server side of a Watch stream: gRPC's, or the in-process one of the local
+// mount.
+type watchConn interface {
+	Send(*fspb.WatchDown) error
+	Recv() (*fspb.WatchUp, error)
+	Context() context.Context
+}
+
+// Watch attaches a client session's invalidation stream.
+func (s *Server) Watch(stream fspb.Files_WatchServer) error {
+	return s.serveWatch(stream)
+}
+
+func (s *Server) serveWatch(conn watchConn) error {
+	first, err := conn.Recv()
+	if err != nil {
+		return err
+	}
+	sess, err := s.session(conn.Context(), first.Session)
+	if err != nil {
+		return err
+	}
+	ws := newWatchStream()
+	sess.attach(ws)
+	defer s.detach(sess, ws)
+
+	if err := conn.Send(&fspb.WatchDown{Instance: s.instance}); err != nil {
+		return err
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			up, err := conn.Recv()
+			if err != nil {
+				recvErr <- err
+				ws.stop()
+				return
+			}
+			ws.ack(up.Ack)
+		}
+	}()
+	beat := time.NewTicker(heartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-beat.C:
+			if err := conn.Send(&fspb.WatchDown{}); err != nil {
+				ws.stop()
+				return err
+			}
+		case m := <-ws.out:
+			if err := conn.Send(m); err != nil {
+				ws.stop()
+				return err
+			}
+		case <-ws.done:
+			select {
+			case err := <-recvErr:
+				return err
+			default:
+				return errors.New("watch stream dropped: the client fell behind or did not acknowledge invalidations")
+			}
+		case <-s.closed:
+			ws.stop()
+			return errors.New("file server is shutting down")
+		}
+	}
+}
+
+type serverStats struct {
+	ops, bytesRead, bytesWritten, invalidations, diskEvents atomic.Uint64
+}

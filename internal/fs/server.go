@@ -1,0 +1,439 @@
+package fs
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api"
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// ServerConfig says what a node exports to the rest of the cluster.
+type ServerConfig struct {
+	// Root is the directory clients see as /ssi/<node>; "/" normally.
+	Root string
+	// ReadOnly refuses every change with EROFS.
+	ReadOnly bool
+	// RootSquash runs requests from uid 0 (and gid 0) as nobody (65534).
+	RootSquash bool
+	// Exports, if not empty, limits what is visible to these absolute paths (as seen on this
+	// node) and what lies below them; the directories leading to them can be looked at but not
+	// changed.
+	Exports []string
+	Logger  *slog.Logger
+
+	// identify names the calling node; nil means from its mTLS certificate. Tests replace it.
+	identify func(context.Context) (string, error)
+}
+
+// Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
+// local one). Each request runs on a thread that has the calling user's file system
+// credentials, with every path resolved inside the exported tree.
+type Server struct {
+	fspb.UnimplementedFilesServer
+
+	cfg      ServerConfig
+	log      *slog.Logger
+	rootFD   int
+	exports  []export
+	creds    *creds
+	watcher  *diskWatcher
+	cache    *cacheTable
+	kinds    devKinds
+	instance []byte
+	identify func(context.Context) (string, error)
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	byIdx    map[uint32]*session
+	nextIdx  uint32
+
+	stats     serverStats
+	closed    chan struct{}
+	closeOnce sync.Once
+	// life is held (read) by every request while it uses the server's descriptors, so that
+	// Close does not close them, and let their numbers be reused, under a request.
+	life sync.RWMutex
+}
+
+// NewServer opens the exported tree and starts watching it for direct changes.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Root == "" {
+		cfg.Root = "/"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	rootFD, exports, err := openExports(cfg.Root, cfg.Exports)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := newCreds()
+	if err != nil {
+		closeExports(rootFD, exports)
+		return nil, err
+	}
+	instance := make([]byte, 16)
+	rand.Read(instance)
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		rootFD:   rootFD,
+		exports:  exports,
+		creds:    creds,
+		cache:    newCacheTable(),
+		instance: instance,
+		identify: cfg.identify,
+		sessions: make(map[string]*session),
+		byIdx:    make(map[uint32]*session),
+		closed:   make(chan struct{}),
+	}
+	if s.identify == nil {
+		s.identify = nodeFromCert
+	}
+	if !creds.switchable {
+		s.log.Warn("file server lacks CAP_SETUID/CAP_SETGID: every request runs as the agent's own user; run the agent as root")
+	}
+	s.watcher, err = newDiskWatcher(s.log, s.diskChanged)
+	if err != nil {
+		s.log.Warn("cannot watch this node's disk for direct changes; clients will not cache its files for long (run the agent as root on Linux 5.9 or later)",
+			"err", err)
+		s.watcher = nil
+	}
+	return s, nil
+}
+
+// Register adds the Files service to an agent's peer gRPC server, which must authenticate
+// callers with node certificates.
+func (s *Server) Register(g *grpc.Server) { fspb.RegisterFilesServer(g, s) }
+
+// Close stops serving: watch streams end, every client's files close and locks go.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.life.Lock()
+		defer s.life.Unlock()
+		if s.watcher != nil {
+			s.watcher.close()
+		}
+		for _, sess := range s.allSessions() {
+			sess.mu.Lock()
+			sess.gone = true
+			handles, locks := sess.handles, sess.locks
+			sess.handles, sess.locks = map[uint64]*openFile{}, map[lockKey]*lockFile{}
+			sess.mu.Unlock()
+			for _, lf := range locks {
+				unix.Close(lf.fd)
+			}
+			for _, f := range handles {
+				f.close()
+			}
+		}
+		closeExports(s.rootFD, s.exports)
+	})
+	return nil
+}
+
+// ServerStats is what `ssi fs` shows about a node's exports.
+type ServerStats struct {
+	Root              string
+	Exports           []string
+	ReadOnly          bool
+	RootSquash        bool
+	Sessions          int
+	OpenFiles         int
+	WatchedDirs       int
+	Ops               uint64
+	BytesRead         uint64
+	BytesWritten      uint64
+	InvalidationsSent uint64
+	DiskEvents        uint64
+}
+
+// Stats reports the server's configuration and counters.
+func (s *Server) Stats() ServerStats {
+	st := ServerStats{
+		Root:              s.cfg.Root,
+		Exports:           append([]string(nil), s.cfg.Exports...),
+		ReadOnly:          s.cfg.ReadOnly,
+		RootSquash:        s.cfg.RootSquash,
+		Ops:               s.stats.ops.Load(),
+		BytesRead:         s.stats.bytesRead.Load(),
+		BytesWritten:      s.stats.bytesWritten.Load(),
+		InvalidationsSent: s.stats.invalidations.Load(),
+		DiskEvents:        s.stats.diskEvents.Load(),
+	}
+	for _, sess := range s.allSessions() {
+		st.Sessions++
+		sess.mu.Lock()
+		st.OpenFiles += len(sess.handles)
+		sess.mu.Unlock()
+	}
+	if s.watcher != nil {
+		st.WatchedDirs = s.watcher.count()
+	}
+	return st
+}
+
+// Status serves Stats to other agents.
+func (s *Server) Status(ctx context.Context, _ *fspb.StatusRequest) (*fspb.StatusReply, error) {
+	if _, err := s.identify(ctx); err != nil {
+		return nil, err
+	}
+	st := s.Stats()
+	return &fspb.StatusReply{
+		Root: st.Root, Exports: st.Exports, ReadOnly: st.ReadOnly, RootSquash: st.RootSquash,
+		Sessions: uint64(st.Sessions), OpenHandles: uint64(st.OpenFiles), WatchedDirs: uint64(st.WatchedDirs),
+		Ops: st.Ops, BytesRead: st.BytesRead, BytesWritten: st.BytesWritten,
+		InvalidationsSent: st.InvalidationsSent, DiskEvents: st.DiskEvents,
+	}, nil
+}
+
+// RemoteStats asks the file server of the node behind conn for its Stats.
+func RemoteStats(ctx context.Context, conn grpc.ClientConnInterface) (ServerStats, error) {
+	r, err := fspb.NewFilesClient(conn).Status(ctx, &fspb.StatusRequest{})
+	if err != nil {
+		return ServerStats{}, fmt.Errorf("ask a node's file server for its status: %w", err)
+	}
+	return ServerStats{
+		Root: r.Root, Exports: r.Exports, ReadOnly: r.ReadOnly, RootSquash: r.RootSquash,
+		Sessions: int(r.Sessions), OpenFiles: int(r.OpenHandles), WatchedDirs: int(r.WatchedDirs),
+		Ops: r.Ops, BytesRead: r.BytesRead, BytesWritten: r.BytesWritten,
+		InvalidationsSent: r.InvalidationsSent, DiskEvents: r.DiskEvents,
+	}, nil
+}
+
+// localNode marks contexts of calls from this node's own mount, which bypass gRPC.
+type localNode struct{}
+
+func withLocalNode(ctx context.Context, node string) context.Context {
+	return context.WithValue(ctx, localNode{}, node)
+}
+
+func nodeFromCert(ctx context.Context) (string, error) {
+	if node, ok := ctx.Value(localNode{}).(string); ok {
+		return node, nil
+	}
+	n, err := api.NodeFrom(ctx)
+	if err != nil {
+		return "", err
+	}
+	return n.Name, nil
+}
+
+// call is one request being served: its session and the user it runs as.
+type call struct {
+	s    *Server
+	sess *session
+	who  identity
+}
+
+// begin starts serving a request; the caller must call end when done with it.
+func (s *Server) begin(ctx context.Context, sessionID []byte, caller *fspb.Caller) (*call, error) {
+	s.stats.ops.Add(1)
+	s.life.RLock()
+	select {
+	case <-s.closed:
+		s.life.RUnlock()
+		return nil, status.Error(codes.Unavailable, "file server is shutting down")
+	default:
+	}
+	sess, err := s.session(ctx, sessionID)
+	if err != nil {
+		s.life.RUnlock()
+		return nil, err
+	}
+	c := &call{s: s, sess: sess}
+	if caller != nil {
+		c.who, err = s.identityOf(caller)
+		if err != nil {
+			s.life.RUnlock()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *call) end() { c.s.life.RUnlock() }
+
+// identityOf maps the caller to who the owner acts as: root keeps its privileges unless
+// squashed, everyone else has exactly their uid, gid and groups.
+func (s *Server) identityOf(c *fspb.Caller) (identity, error) {
+	if len(c.Groups) > 65536 {
+		return identity{}, status.Errorf(codes.InvalidArgument, "caller has %d supplementary groups, more than Linux allows (65536)", len(c.Groups))
+	}
+	who := identity{uid: c.Uid, gid: c.Gid, groups: c.Groups}
+	if s.cfg.RootSquash {
+		if who.uid == 0 {
+			who.uid = nobodyID
+		}
+		if who.gid == 0 {
+			who.gid = nobodyID
+		}
+		kept := make([]uint32, 0, len(who.groups))
+		for _, g := range who.groups {
+			if g != 0 {
+				kept = append(kept, g)
+			}
+		}
+		who.groups = kept
+	}
+	who.privileged = who.uid == 0
+	return who, nil
+}
+
+// look runs fn, which changes nothing on disk, with the caller's credentials.
+func (c *call) look(fn func() syscall.Errno) syscall.Errno {
+	var errno syscall.Errno
+	if err := c.s.creds.run(c.who, false, func() { errno = fn() }); err != nil {
+		c.s.log.Error("file server could not take on a caller's credentials", "err", err)
+		return syscall.EIO
+	}
+	return errno
+}
+
+// change runs fn, which changes the disk, with the caller's credentials, telling the disk
+// watcher that what this thread does meanwhile is published already.
+func (c *call) change(fn func() syscall.Errno) syscall.Errno {
+	var errno syscall.Errno
+	err := c.s.creds.run(c.who, true, func() {
+		if w := c.s.watcher; w != nil {
+			tid := int32(unix.Gettid())
+			w.enter(tid)
+			defer w.leave(tid)
+		}
+		errno = fn()
+	})
+	if err != nil {
+		c.s.log.Error("file server could not take on a caller's credentials", "err", err)
+		return syscall.EIO
+	}
+	return errno
+}
+
+// watchDir starts watching the directory fd (identity id) for direct changes, as the agent.
+func (s *Server) watchDir(fd int, id fileID) bool {
+	if s.watcher == nil {
+		return false
+	}
+	if watched, known := s.watcher.known(id); known {
+		return watched
+	}
+	done := make(chan bool)
+	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
+	go func() { done <- s.watcher.watch(fd, id) }()
+	return <-done
+}
+
+// describe fills the attributes of an object from its statx, learning its file system's kind
+// through fd (the object itself or, if it is not a mount point, its directory) when needed.
+func (s *Server) describe(st *unix.Statx_t, objectFD func() (int, bool)) (*fspb.Attr, bool) {
+	a := attrFromStatx(st)
+	info, ok := s.kinds.get(a.Id.Dev)
+	if !ok {
+		fd, closeIt := objectFD()
+		if fd >= 0 {
+			info = s.kinds.learn(a.Id.Dev, fd)
+			if closeIt {
+				unix.Close(fd)
+			}
+		}
+	}
+	a.Direct = isDevice(a.Mode) || pseudoFS[info.ftype]
+	return a, info.cluster
+}
+
+// devInfo is what the server knows about one mounted file system.
+type devInfo struct {
+	ftype int64
+	// cluster: it is an ssi mount; the server does not look into it, or a request could loop
+	// back through the cluster to itself.
+	cluster bool
+}
+
+// devKinds remembers, per device number, what kind of file system is mounted there.
+type devKinds struct {
+	mu    sync.Mutex
+	kinds map[uint64]devInfo
+}
+
+func (d *devKinds) get(dev uint64) (devInfo, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	info, ok := d.kinds[dev]
+	return info, ok
+}
+
+func (d *devKinds) learn(dev uint64, fd int) devInfo {
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return devInfo{}
+	}
+	info := devInfo{ftype: sfs.Type}
+	if sfs.Type == unix.FUSE_SUPER_MAGIC {
+		// FUSE mounts come and go on reused device numbers: look each time.
+		info.cluster = isClusterMount(dev)
+		return info
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.kinds == nil {
+		d.kinds = make(map[uint64]devInfo)
+	}
+	d.kinds[dev] = info
+	return info
+}
+
+// fuseType is the file system type of the cluster tree's mounts in /proc/self/mountinfo.
+const fuseType = "fuse.ssi"
+
+// isClusterMount reports whether dev is one of the cluster tree's own FUSE mounts.
+func isClusterMount(dev uint64) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		// Unknown: refusing is the safe side, a loop through the cluster would hang requests.
+		return true
+	}
+	defer f.Close()
+	want := fmt.Sprintf("%d:%d", unix.Major(dev), unix.Minor(dev))
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 || fields[2] != want {
+			continue
+		}
+		for i, field := range fields {
+			if field == "-" && i+1 < len(fields) {
+				if fields[i+1] == fuseType {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// newHandleID returns an unguessable, non-zero handle number.
+func newHandleID() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if h := binary.LittleEndian.Uint64(b[:]); h != 0 {
+			return h
+		}
+	}
+}

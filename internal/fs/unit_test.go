@@ -1,0 +1,171 @@
+package fs
+
+import (
+	"encoding/binary"
+	"math"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestValidPath(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want syscall.Errno
+	}{
+		{"", 0},
+		{"a", 0},
+		{"a/b/c", 0},
+		{"with space/new\nline/\xff", 0},
+		{"...", 0},
+		{"/a", syscall.EINVAL},
+		{"a/", syscall.EINVAL},
+		{"a//b", syscall.EINVAL},
+		{".", syscall.EINVAL},
+		{"..", syscall.EINVAL},
+		{"a/../b", syscall.EINVAL},
+		{"a/./b", syscall.EINVAL},
+		{"nul\x00", syscall.EINVAL},
+		{strings.Repeat("n", 255), 0},
+		{strings.Repeat("n", 256), syscall.ENAMETOOLONG},
+		{strings.Repeat("abc/", 1023) + "abc", 0},
+		{strings.Repeat("abc/", 1024), syscall.ENAMETOOLONG},
+	} {
+		if got := validPath([]byte(tc.path)); got != tc.want {
+			t.Errorf("validPath(%.40q) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestLocate(t *testing.T) {
+	exports := []export{{rel: "home/shared"}, {rel: "data"}}
+	for _, tc := range []struct {
+		path  string
+		where placement
+		sub   string
+	}{
+		{"", ancestor, ""},
+		{"home", ancestor, ""},
+		{"home/shared", inside, ""},
+		{"home/shared/x/y", inside, "x/y"},
+		{"home/sharedness", outside, ""},
+		{"home/other", outside, ""},
+		{"data", inside, ""},
+		{"data/f", inside, "f"},
+		{"etc", outside, ""},
+	} {
+		where, _, sub := locate(exports, tc.path)
+		if where != tc.where || sub != tc.sub {
+			t.Errorf("locate(%q) = %v %q, want %v %q", tc.path, where, sub, tc.where, tc.sub)
+		}
+	}
+	if where, _, sub := locate([]export{{rel: ""}}, "any/thing"); where != inside || sub != "any/thing" {
+		t.Errorf("whole tree: %v %q", where, sub)
+	}
+}
+
+func TestRewriteLink(t *testing.T) {
+	for _, tc := range []struct {
+		target, link, want string
+	}{
+		{"/etc/passwd", "l", "/ssi/n2/etc/passwd"},
+		{"/", "a/b/l", "/ssi/n2/"},
+		{"target", "l", "target"},
+		{"../x", "a/l", "../x"},
+		{"../../x", "a/b/l", "../../x"},
+		{"../x", "l", "/ssi/n2/x"},
+		{"../../../etc/passwd", "a/l", "/ssi/n2/etc/passwd"},
+		{"a/../../b", "d/l", "a/../../b"},
+		{"a/../../../b", "d/l", "/ssi/n2/b"},
+		{"./x", "l", "./x"},
+	} {
+		if got := string(rewriteLink([]byte(tc.target), []byte(tc.link), "/ssi/", "n2")); got != tc.want {
+			t.Errorf("rewriteLink(%q at %q) = %q, want %q", tc.target, tc.link, got, tc.want)
+		}
+	}
+}
+
+func TestLockRanges(t *testing.T) {
+	for _, tc := range []struct {
+		start, end uint64
+		len        int64
+	}{
+		{0, math.MaxInt64, 0},
+		{10, 19, 10},
+		{5, 5, 1},
+	} {
+		lk, errno := toFlock(unix.F_WRLCK, tc.start, tc.end)
+		if errno != 0 || lk.Start != int64(tc.start) || lk.Len != tc.len {
+			t.Errorf("toFlock(%d, %d) = %+v %v", tc.start, tc.end, lk, errno)
+		}
+		if typ, start, end := fromFlock(lk); typ != unix.F_WRLCK || start != tc.start || end != tc.end {
+			t.Errorf("fromFlock(%+v) = %d %d %d", lk, typ, start, end)
+		}
+	}
+	if _, errno := toFlock(unix.F_RDLCK, 10, 5); errno != syscall.EINVAL {
+		t.Errorf("inverted range: %v", errno)
+	}
+}
+
+func TestParseGroups(t *testing.T) {
+	if got := parseGroups([]byte("\t4 24 27 1000 \n")); !slices.Equal(got, []uint32{4, 24, 27, 1000}) {
+		t.Errorf("parseGroups = %v", got)
+	}
+	if got := parseGroups([]byte(" ")); got != nil {
+		t.Errorf("no groups: %v", got)
+	}
+}
+
+func TestCacheTable(t *testing.T) {
+	c := newCacheTable()
+	a, b := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}
+	start := c.now()
+	if !c.hold(1, start, a) || !c.hold(2, start, a, b) {
+		t.Fatal("nothing changed, yet not stable")
+	}
+	if got := c.take(a, 1); !slices.Equal(got, []uint32{2}) {
+		t.Fatalf("take(a) except 1 = %v, want [2]", got)
+	}
+	if got := c.take(a, 1); got != nil {
+		t.Fatalf("second take(a) = %v: the cacher was not removed", got)
+	}
+	// A reader that started before the change must not cache what it read.
+	if c.hold(3, start, a) {
+		t.Fatal("stable although a changed after the reader started")
+	}
+	if !c.hold(3, c.now(), b) {
+		t.Fatal("b did not change")
+	}
+}
+
+func dirent(ino uint64, off int64, typ uint8, name string) []byte {
+	reclen := (19 + len(name) + 1 + 7) &^ 7
+	b := make([]byte, reclen)
+	binary.LittleEndian.PutUint64(b[0:], ino)
+	binary.LittleEndian.PutUint64(b[8:], uint64(off))
+	binary.LittleEndian.PutUint16(b[16:], uint16(reclen))
+	b[18] = typ
+	copy(b[19:], name)
+	return b
+}
+
+func TestParseDirents(t *testing.T) {
+	buf := append(dirent(5, 1, unix.DT_DIR, "."), dirent(7, 2, unix.DT_REG, "file")...)
+	buf = append(buf, dirent(9, 3, unix.DT_LNK, "a-much-longer-name")...)
+	var names []string
+	parseDirents(buf, func(ino uint64, off int64, typ uint8, name []byte) bool {
+		names = append(names, string(name))
+		return true
+	})
+	if !slices.Equal(names, []string{".", "file", "a-much-longer-name"}) {
+		t.Fatalf("names %q", names)
+	}
+	// Truncated and corrupt buffers stop the walk without reading past the end.
+	parseDirents(buf[:30], func(uint64, int64, uint8, []byte) bool { return true })
+	bad := dirent(1, 1, 0, "x")
+	binary.LittleEndian.PutUint16(bad[16:], 1000)
+	parseDirents(bad, func(uint64, int64, uint8, []byte) bool { t.Fatal("corrupt record accepted"); return true })
+}

@@ -1,0 +1,276 @@
+package jobs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// identity is whom a job runs as.
+type identity struct {
+	uid, gid uint32
+	groups   []uint32
+	umask    int
+}
+
+// openAsUser opens each path for appending, creating it if needed, with the permissions of
+// the job's user: the kernel checks every directory and the file as that user, and a new file
+// is owned by the user and gets the user's umask. Nothing is ever opened as root on a user's
+// behalf, so a job cannot write where its user may not (through a symlink to /etc, say).
+// With mkdir set, that directory is first created (mode 0700) as the user too.
+//
+// The work is done by a thread that has taken the user's filesystem identity (see
+// userThread); one such thread serves every task of the same identity, so an array of ten
+// thousand tasks costs one thread, not ten thousand.
+func (p *userThreads) openAsUser(paths []string, mkdir string, who identity) ([]*os.File, error) {
+	if os.Geteuid() != 0 {
+		// An unprivileged agent runs jobs only as itself (proc.Start refuses others).
+		return openAsThread(paths, mkdir)
+	}
+	req := userReq{paths: paths, mkdir: mkdir, reply: make(chan userResp, 1)}
+	for {
+		t, err := p.thread(who)
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case t.reqs <- req:
+			r := <-req.reply
+			return r.files, r.err
+		case <-t.done:
+			// It retired while idle; take a fresh one.
+		}
+	}
+}
+
+// emptyAsUser removes everything in a directory of the user's, as the user, so root never
+// walks a tree the user controls.
+func (p *userThreads) emptyAsUser(dir string, who identity) error {
+	if os.Geteuid() != 0 {
+		return emptyDir(dir)
+	}
+	req := userReq{empty: dir, reply: make(chan userResp, 1)}
+	for {
+		t, err := p.thread(who)
+		if err != nil {
+			return err
+		}
+		select {
+		case t.reqs <- req:
+			return (<-req.reply).err
+		case <-t.done:
+		}
+	}
+}
+
+// emptyDir removes what dir holds, which is normally nothing.
+func emptyDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openAsThread does the work of a request on the calling thread, as whoever that is.
+func openAsThread(paths []string, mkdir string) ([]*os.File, error) {
+	if mkdir != "" {
+		err := os.Mkdir(mkdir, 0o700)
+		if errors.Is(err, os.ErrExist) {
+			err = emptyDir(mkdir) // left by an earlier agent
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create the checkpoint directory: %w", err)
+		}
+	}
+	return openAll(paths, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC)
+}
+
+// userThreads keeps one file-opening thread per job identity while it is in use.
+type userThreads struct {
+	mu      sync.Mutex
+	threads map[string]*userThread
+	idle    time.Duration
+}
+
+type userThread struct {
+	reqs chan userReq
+	done chan struct{} // closed when the thread retires
+}
+
+type userReq struct {
+	paths []string
+	mkdir string
+	empty string // a directory of the user's to empty
+	reply chan userResp
+}
+
+type userResp struct {
+	files []*os.File
+	err   error
+}
+
+func newUserThreads() *userThreads {
+	return &userThreads{threads: map[string]*userThread{}, idle: 10 * time.Second}
+}
+
+func (who identity) key() string {
+	return fmt.Sprintf("%d:%d:%v:%o", who.uid, who.gid, who.groups, who.umask)
+}
+
+// thread returns the running thread of who's identity, starting one if needed.
+//
+// The thread is a goroutine locked to a fresh OS thread that gave itself a private fs_struct
+// (unshare CLONE_FS) for the umask and switched its filesystem uid, gid and groups with raw
+// system calls, which affect only the calling thread (Go's own wrappers would change every
+// thread of the agent). When it retires it ends without unlocking, so the runtime discards the
+// altered thread instead of reusing it.
+func (p *userThreads) thread(who identity) (*userThread, error) {
+	key := who.key()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t := p.threads[key]; t != nil {
+		return t, nil
+	}
+	t := &userThread{reqs: make(chan userReq), done: make(chan struct{})}
+	ready := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := becomeForFiles(who); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		idle := time.NewTimer(p.idle)
+		for {
+			select {
+			case req := <-t.reqs:
+				var r userResp
+				if req.empty != "" {
+					r.err = emptyDir(req.empty)
+				} else {
+					r.files, r.err = openAsThread(req.paths, req.mkdir)
+				}
+				req.reply <- r
+				idle.Reset(p.idle)
+			case <-idle.C:
+				p.mu.Lock()
+				if p.threads[key] == t {
+					delete(p.threads, key)
+				}
+				close(t.done)
+				p.mu.Unlock()
+				return
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	p.threads[key] = t
+	return t, nil
+}
+
+func openAll(paths []string, flags int) ([]*os.File, error) {
+	files := make([]*os.File, 0, len(paths))
+	for _, p := range paths {
+		f, err := os.OpenFile(p, flags, 0o666)
+		if err != nil {
+			for _, g := range files {
+				g.Close()
+			}
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// becomeForFiles switches the calling (locked) thread's umask, groups, fsgid and fsuid.
+func becomeForFiles(who identity) error {
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("give the opening thread its own umask: %w", err)
+	}
+	unix.Umask(who.umask)
+	groups := who.groups
+	var ptr unsafe.Pointer
+	if len(groups) > 0 {
+		ptr = unsafe.Pointer(&groups[0])
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr), 0); errno != 0 {
+		return fmt.Errorf("take the groups of uid %d: %w", who.uid, errno)
+	}
+	// setfsgid and setfsuid report no errors; asking again with an invalid id (-1) returns
+	// the value in force, which must be the one just set.
+	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(who.gid), 0, 0)
+	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(cur) != who.gid {
+		return fmt.Errorf("take the filesystem gid %d: the kernel kept %d", who.gid, uint32(cur))
+	}
+	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(who.uid), 0, 0)
+	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != who.uid {
+		return fmt.Errorf("take the filesystem uid %d: the kernel kept %d", who.uid, uint32(cur))
+	}
+	return nil
+}
+
+// ensureUserDir makes dir (whose parent is root's) owned by the user with mode 0700, keeping
+// it if it exists. It refuses anything but a real directory, so a user cannot redirect it.
+func ensureUserDir(dir string, who identity) error {
+	err := os.Mkdir(dir, 0o700)
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory: remove it", dir)
+	}
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	if err := os.Lchown(dir, int(who.uid), int(who.gid)); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o700)
+}
+
+// writeUserFile writes data to path (in a directory of root's) as a file owned by the user
+// with mode 0500, replacing what was there.
+func writeUserFile(path string, data []byte, who identity) error {
+	_ = os.Remove(path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o500)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil && os.Geteuid() == 0 {
+		err = f.Chown(int(who.uid), int(who.gid))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}

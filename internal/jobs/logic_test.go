@@ -1,0 +1,171 @@
+package jobs
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ssi-cluster/ssi/internal/sched"
+)
+
+func TestExpandPattern(t *testing.T) {
+	v := patternVars{task: "42_7", job: "42", index: 7, rank: 3, node: "n2", user: "alice", name: "/x/run.sh"}
+	tests := map[string]string{
+		"ssi-%j.out":        "ssi-42_7.out",
+		"/o/%A-%a.%t.%n.%u": "/o/42-7.3.n2.alice",
+		"%x.log":            "run.sh.log",
+		"100%%-%q-%":        "100%-%q-%",
+		"no-pattern":        "no-pattern",
+		"%j%j":              "42_742_7",
+	}
+	for in, want := range tests {
+		if got := expandPattern(in, v); got != want {
+			t.Errorf("expandPattern(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := expandPattern("%a", patternVars{index: -1}); got != "0" {
+		t.Errorf("%%a of a plain job = %q, want 0", got)
+	}
+}
+
+func TestCombineParts(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	part := func(node string, st sched.JobState, code int) *partRecord {
+		return &partRecord{Node: node, result: result{State: st, ExitCode: code, HasExit: st != sched.StateNodeFail,
+			Start: t0, End: t0.Add(time.Second), CPUTime: time.Second, MaxRSS: 10}}
+	}
+	tests := []struct {
+		name        string
+		parts       []*partRecord
+		state       sched.JobState
+		code        int
+		wantRequeue bool
+	}{
+		{"all completed", []*partRecord{part("n1", sched.StateCompleted, 0), part("n2", sched.StateCompleted, 0)}, sched.StateCompleted, 0, false},
+		{"one failed, the other ended for it", []*partRecord{part("n1", sched.StateCancelled, 143), part("n2", sched.StateFailed, 7)}, sched.StateFailed, 7, false},
+		{"timeout beats failure", []*partRecord{part("n1", sched.StateFailed, 1), part("n2", sched.StateTimeout, 143)}, sched.StateTimeout, 143, false},
+		{"exit 85 requeues", []*partRecord{part("n1", sched.StateFailed, 85), part("n2", sched.StateCancelled, 143)}, "requeued", 85, true},
+		{"a lost node wins", []*partRecord{part("n1", sched.StateFailed, 85), part("n2", sched.StateNodeFail, 0)}, sched.StateNodeFail, 0, true},
+		{"cancelled", []*partRecord{part("n1", sched.StateCancelled, 143), part("n2", sched.StateCancelled, 143)}, sched.StateCancelled, 143, false},
+	}
+	for _, tt := range tests {
+		res, requeue := combineParts(tt.parts, &allocRecord{Start: t0})
+		if res.State != tt.state || res.ExitCode != tt.code || requeue != tt.wantRequeue {
+			t.Errorf("%s: %s exit %d requeue %t; want %s exit %d requeue %t", tt.name, res.State, res.ExitCode, requeue, tt.state, tt.code, tt.wantRequeue)
+		}
+		if res.CPUTime != time.Duration(len(tt.parts))*time.Second || res.MaxRSS != 10 || !res.End.Equal(t0.Add(time.Second)) {
+			t.Errorf("%s: usage %v %d %v", tt.name, res.CPUTime, res.MaxRSS, res.End)
+		}
+	}
+}
+
+func TestFormatIndices(t *testing.T) {
+	tests := []struct {
+		in   []int
+		want string
+	}{
+		{nil, ""},
+		{[]int{5}, "5"},
+		{[]int{3, 1, 2, 7, 9, 8, 20}, "1-3,7-9,20"},
+	}
+	for _, tt := range tests {
+		got := formatIndices(tt.in)
+		if got != tt.want {
+			t.Errorf("formatIndices(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+		if got != "" {
+			if _, err := sched.ParseArray(got); err != nil {
+				t.Errorf("%q does not parse back: %v", got, err)
+			}
+		}
+	}
+}
+
+func TestWithEnvAndLocalTasks(t *testing.T) {
+	got := withEnv([]string{"PATH=/bin", "SSI_JOB_ID=forged", "HOME=/h"}, [][2]string{{"SSI_JOB_ID", "42"}, {"SSI_NTASKS", "2"}})
+	if want := []string{"PATH=/bin", "HOME=/h", "SSI_JOB_ID=42", "SSI_NTASKS=2"}; !slices.Equal(got, want) {
+		t.Errorf("withEnv = %v, want %v", got, want)
+	}
+	nodes := []nodeTasks{{"n1", 3}, {"n2", 2}, {"n3", 2}}
+	for node, want := range map[string][2]int{"n1": {0, 3}, "n2": {3, 2}, "n3": {5, 2}, "n9": {0, 0}} {
+		if first, count := localTasks(nodes, node); first != want[0] || count != want[1] {
+			t.Errorf("localTasks(%s) = %d, %d; want %v", node, first, count, want)
+		}
+	}
+}
+
+func TestTxnPacking(t *testing.T) {
+	w := &txnWriter{guard: &check{key: "g", create: true, rev: 1}}
+	put := func(keys ...string) unit {
+		var u unit
+		for _, k := range keys {
+			u.put(k, "v")
+		}
+		return u
+	}
+	many := make([]unit, 200)
+	for i := range many {
+		many[i] = put("k" + itoa(i))
+	}
+	if n, err := w.pack(many); err != nil || n != maxTxnOps {
+		t.Errorf("pack of 200 one-op units = %d, %v; want %d", n, err, maxTxnOps)
+	}
+	if n, _ := w.pack([]unit{put("a"), put("b"), put("a")}); n != 2 {
+		t.Errorf("a key written twice must start a new transaction: packed %d", n)
+	}
+	checked := make([]unit, 200)
+	for i := range checked {
+		checked[i] = unit{checks: []check{{key: "c" + itoa(i)}}, ops: []clientv3.Op{clientv3.OpDelete("d" + itoa(i))}}
+	}
+	if n, _ := w.pack(checked); n != maxTxnOps-2 {
+		t.Errorf("units with one check each: packed %d, want %d (one compare is the guard, one read slot stays free)", n, maxTxnOps-2)
+	}
+	huge := unit{ops: make([]clientv3.Op, maxTxnOps+1)}
+	if _, err := w.pack([]unit{huge}); err == nil {
+		t.Error("a unit over etcd's limit was accepted")
+	}
+}
+
+// TestScanNewestPagesThroughSharedRevisions writes keys in transactions (so many share a
+// revision) and reads them back in pages that end inside such groups.
+func TestScanNewestPagesThroughSharedRevisions(t *testing.T) {
+	cli := newClient(t, startTestEtcd(t))
+	defer cli.Close()
+	s := &Service{d: Deps{Etcd: cli}}
+	const groups, per = 7, 30
+	for g := range groups {
+		var ops []clientv3.Op
+		for i := range per {
+			ops = append(ops, clientv3.OpPut(doneKey(itoa(g*per+i)), "x"))
+		}
+		if _, err := cli.Txn(ctxT(t)).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, page := range []int{7, 30, 45, 1000} {
+		seen := map[string]int{}
+		var last int64 = 1 << 62
+		err := s.scanNewest(ctxT(t), prefixDone, page, func(kv *mvccpb.KeyValue) (bool, error) {
+			seen[string(kv.Key)]++
+			if kv.ModRevision > last {
+				t.Errorf("page %d: revisions not descending", page)
+			}
+			last = kv.ModRevision
+			return true, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(seen) != groups*per {
+			t.Errorf("page %d: saw %d keys, want %d", page, len(seen), groups*per)
+		}
+		for k, n := range seen {
+			if n != 1 {
+				t.Errorf("page %d: %s seen %d times", page, k, n)
+			}
+		}
+	}
+}
