@@ -23,7 +23,8 @@ type statusJSON struct {
 		Healthy bool   `json:"healthy"`
 		Leader  bool   `json:"leader"`
 	} `json:"servers"`
-	ThisNode nodeJSON `json:"this_node"`
+	ThisNode        nodeJSON `json:"this_node"`
+	SchedulerLeader string   `json:"scheduler_leader"`
 }
 
 // TestFormationJoinAndFaults forms a cluster of three servers and a client, joins nodes with
