@@ -43,7 +43,7 @@ func timeCLI(b *testing.B, c *devcluster.Cluster, node string, args ...string) {
 	times := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for range b.N {
-		cmd := c.CLI(ctx, node, args...)
+		cmd := cliCmd(ctx, c, node, args...)
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", args, err, out)
@@ -82,7 +82,7 @@ func BenchmarkRunStdoutThroughput(b *testing.B) {
 	b.SetBytes(size)
 	b.ResetTimer()
 	for range b.N {
-		cmd := c.CLI(context.Background(), "n1", "run", "-n", "n2", "--", "head", "-c", strconv.Itoa(size), "/dev/zero")
+		cmd := cliCmd(context.Background(), c, "n1", "run", "-n", "n2", "--", "head", "-c", strconv.Itoa(size), "/dev/zero")
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			b.Fatal(err)

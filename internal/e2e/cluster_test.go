@@ -154,7 +154,7 @@ func TestServerKilledMidWriteAndPartition(t *testing.T) {
 				return
 			default:
 			}
-			out, err := c.CLI(ctx, "n2", "token", "create", "--ttl", "1h").Output()
+			out, err := cliCmd(ctx, c, "n2", "token", "create", "--ttl", "1h").Output()
 			if err == nil && strings.HasPrefix(string(out), "SSI1.") {
 				created++
 			}

@@ -117,7 +117,7 @@ func ssi(t *testing.T, c *devcluster.Cluster, node string, args ...string) resul
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return runCmd(t, c.CLI(ctx, node, args...), "")
+	return runCmd(t, cliCmd(ctx, c, node, args...), "")
 }
 
 // inside runs a command inside node's namespaces (its ssi is on PATH there).
@@ -166,7 +166,7 @@ func waitState(t *testing.T, c *devcluster.Cluster, from, node, state string, ti
 	var last string
 	for time.Since(start) < timeout {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := c.CLI(ctx, from, "nodes", "-o", "json").Output()
+		out, err := cliCmd(ctx, c, from, "nodes", "-o", "json").Output()
 		cancel()
 		if err == nil {
 			var list []nodeJSON
@@ -198,4 +198,12 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
+
+// cliCmd is the CLI from the machine, run in "/": the test's own directory may be under /tmp,
+// which each simulated host hides, and ssi runs commands in the caller's directory.
+func cliCmd(ctx context.Context, c *devcluster.Cluster, node string, args ...string) *exec.Cmd {
+	cmd := c.CLI(ctx, node, args...)
+	cmd.Dir = "/"
+	return cmd
 }

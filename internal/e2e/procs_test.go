@@ -92,7 +92,7 @@ func TestProcessSpace(t *testing.T) {
 		rand.Read(data)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "cat")
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "cat")
 		cmd.Stdin = bytes.NewReader(data)
 		out, err := cmd.Output()
 		if err != nil || sha256.Sum256(out) != sha256.Sum256(data) {
@@ -103,8 +103,8 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("pipeline across two nodes", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		producer := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "seq", "1", "200000")
-		consumer := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "wc -l; hostname")
+		producer := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "seq", "1", "200000")
+		consumer := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "sh", "-c", "wc -l; hostname")
 		pipe, err := producer.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -129,7 +129,7 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("signals reach the remote process", func(t *testing.T) {
 		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGUSR1, syscall.SIGTERM} {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			cmd := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "sh", "-c",
+			cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c",
 				fmt.Sprintf(`trap 'echo got; exit 42' %d; echo ready; while :; do sleep 0.05; done`, sig))
 			var out bytes.Buffer
 			cmd.Stdout = &out
@@ -211,7 +211,7 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("client killed: no orphans", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "sleep 1001 & setsid sleep 1002 & sleep 1003")
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "sh", "-c", "sleep 1001 & setsid sleep 1002 & sleep 1003")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +275,7 @@ func TestProcessSpace(t *testing.T) {
 			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 				defer cancel()
-				out, err := c.CLI(ctx, "n1", "run", "-n", "n2", "--", "echo", strconv.Itoa(i)).Output()
+				out, err := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "echo", strconv.Itoa(i)).Output()
 				if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(i) {
 					mu.Lock()
 					failures = append(failures, fmt.Sprintf("%d: %q %v", i, out, err))
@@ -293,7 +293,7 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("node lost mid-run", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cmd := c.CLI(ctx, "n1", "run", "-n", "n3", "--", "sh", "-c", "echo started; sleep 1000")
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "sh", "-c", "echo started; sleep 1000")
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		if err := cmd.Start(); err != nil {
