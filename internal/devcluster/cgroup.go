@@ -1,11 +1,9 @@
 package devcluster
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,68 +12,6 @@ import (
 	"syscall"
 	"time"
 )
-
-// cgroup2Mount returns where the cgroup v2 hierarchy is mounted on this
-// machine: /sys/fs/cgroup on pure v2 systems, /sys/fs/cgroup/unified on hybrid
-// ones.
-func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", fmt.Errorf("find the cgroup2 mount: %w", err)
-	}
-	defer f.Close()
-	return parseCgroup2Mount(f)
-}
-
-// parseCgroup2Mount reads mountinfo lines (proc(5)) and returns the mount
-// point of the first cgroup2 file system mounted from its root.
-func parseCgroup2Mount(r io.Reader) (string, error) {
-	scanner := bufio.NewScanner(r)
-	scanner.Buffer(make([]byte, 64*1024), 1024*1024)
-	for scanner.Scan() {
-		line := scanner.Text()
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok {
-			continue
-		}
-		postFields := strings.Fields(post)
-		preFields := strings.Fields(pre)
-		if len(postFields) < 1 || len(preFields) < 5 || postFields[0] != "cgroup2" {
-			continue
-		}
-		// A cgroup2 mount whose root is a sub-group (as inside a cgroup
-		// namespace or a container bind) would put our groups somewhere else
-		// than the path we hand to the agent.
-		if preFields[3] != "/" {
-			continue
-		}
-		return unescapeMountinfo(preFields[4]), nil
-	}
-	if err := scanner.Err(); err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
-	}
-	return "", errors.New("no cgroup2 file system is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup) or boot with cgroup v2 enabled")
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space, …) that the
-// kernel writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // killCgroupTree kills every process in the group and its descendants.
 // cgroup.kill (Linux 5.14+) does it atomically; on older kernels each process

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net"
@@ -277,7 +278,7 @@ func newCluster(opts Options) (*Cluster, error) {
 		cgroupPath: "/ssi-dev-" + id,
 	}
 	var err error
-	if c.cgroupMount, err = cgroup2Mount(); err != nil {
+	if c.cgroupMount, err = cgroup.Mount(); err != nil {
 		return c, err
 	}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {

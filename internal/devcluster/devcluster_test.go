@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -404,7 +405,7 @@ func leftovers(t *testing.T) []string {
 			found = append(found, i.Name)
 		}
 	}
-	mount, err := cgroup2Mount()
+	mount, err := cgroup.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,49 +486,6 @@ func TestOptionsDefaults(t *testing.T) {
 			t.Errorf("Nodes %d Servers %d: got Servers %d, ReadyTimeout %v; want Servers %d, %v",
 				tc.nodes, tc.servers, o.Servers, o.ReadyTimeout, tc.wantServers, defaultReadyTimeout)
 		}
-	}
-}
-
-func TestParseCgroup2Mount(t *testing.T) {
-	for _, tc := range []struct {
-		name, mountinfo, want, wantErr string
-	}{
-		{
-			name: "hybrid",
-			mountinfo: "31 1 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n" +
-				"41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n" +
-				"42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
-			want: "/sys/fs/cgroup/unified",
-		},
-		{
-			name:      "pure v2 with optional fields",
-			mountinfo: "30 23 0:27 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n",
-			want:      "/sys/fs/cgroup",
-		},
-		{
-			name: "sub-group bind first, escaped space",
-			mountinfo: "50 23 0:27 /user.slice /mnt/cg rw - cgroup2 cgroup2 rw\n" +
-				"51 23 0:27 / /mnt/my\\040cgroup rw - cgroup2 cgroup2 rw\n",
-			want: "/mnt/my cgroup",
-		},
-		{
-			name:      "v1 only",
-			mountinfo: "42 31 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
-			wantErr:   "no cgroup2",
-		},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseCgroup2Mount(strings.NewReader(tc.mountinfo))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Errorf("err = %v, want %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Errorf("got %q, %v; want %q", got, err, tc.want)
-			}
-		})
 	}
 }
 

@@ -61,7 +61,9 @@ func parseMountinfo(r io.Reader) (string, error) {
 		if sep < 5 || sep+1 >= len(fields) {
 			continue
 		}
-		if fields[sep+1] == "cgroup2" {
+		// A cgroup2 mount of a sub-group (inside a cgroup namespace or a bind) would put
+		// groups somewhere else than the paths handed to agents.
+		if fields[sep+1] == "cgroup2" && fields[3] == "/" {
 			return unescapeMountinfo(fields[4]), nil
 		}
 	}

@@ -34,6 +34,12 @@ func TestParseMountinfo(t *testing.T) {
 			want: "/mnt/my cg",
 		},
 		{
+			name: "sub-group bind first",
+			in: "50 23 0:27 /user.slice /mnt/cg rw - cgroup2 cgroup2 rw\n" +
+				"51 23 0:27 / /mnt/root rw - cgroup2 cgroup2 rw\n",
+			want: "/mnt/root",
+		},
+		{
 			name:    "v1 only",
 			in:      "40 31 0:37 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
 			wantErr: true,
