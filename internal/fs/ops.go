@@ -733,14 +733,20 @@ func (s *Server) Read(ctx context.Context, req *fspb.ReadRequest) (*fspb.ReadRep
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
 }
 
-// readAt fills buf from offset: a short read of a regular file means its end. Other files
-// (devices) answer what one read(2) gives.
+// readAt fills buf from offset.
 func readAt(f *openFile, buf []byte, off int64) (int, syscall.Errno) {
+	return transfer(f, buf, off, unix.Pread, unix.Read)
+}
+
+// transfer repeats a positioned read or write until buf is done: a short transfer of a
+// regular file means its end; other files (devices, pipes) answer what one call gives, and
+// those that cannot seek are used without an offset.
+func transfer(f *openFile, buf []byte, off int64, positioned func(int, []byte, int64) (int, error), stream func(int, []byte) (int, error)) (int, syscall.Errno) {
 	total := 0
 	for total < len(buf) {
-		n, err := unix.Pread(f.fd, buf[total:], off+int64(total))
+		n, err := positioned(f.fd, buf[total:], off+int64(total))
 		if err == syscall.ESPIPE {
-			n, err = unix.Read(f.fd, buf[total:])
+			n, err = stream(f.fd, buf[total:])
 		}
 		if err == syscall.EINTR {
 			continue
@@ -791,27 +797,7 @@ func (s *Server) Write(ctx context.Context, req *fspb.WriteRequest) (*fspb.Write
 }
 
 func writeAt(f *openFile, data []byte, off int64) (int, syscall.Errno) {
-	total := 0
-	for total < len(data) {
-		n, err := unix.Pwrite(f.fd, data[total:], off+int64(total))
-		if err == syscall.ESPIPE {
-			n, err = unix.Write(f.fd, data[total:])
-		}
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			if total > 0 {
-				return total, 0
-			}
-			return 0, errnoOf(err)
-		}
-		total += n
-		if n == 0 || !f.regular {
-			break
-		}
-	}
-	return total, 0
+	return transfer(f, data, off, unix.Pwrite, unix.Write)
 }
 
 func (s *Server) Release(ctx context.Context, req *fspb.HandleRequest) (*fspb.ErrnoReply, error) {
