@@ -124,7 +124,9 @@ func (a *Agent) promoteSelf(ctx context.Context) error {
 	id := a.member.ID()
 	for {
 		_, err := cli.MemberPromote(ctx, id)
-		if err == nil || strings.Contains(err.Error(), "not a learner") {
+		// The promotion is done once this member has applied it too: until then it still
+		// refuses client requests as a learner.
+		if (err == nil || strings.Contains(err.Error(), "not a learner") || strings.Contains(err.Error(), "can only promote a learner")) && !a.member.IsLearner() {
 			return nil
 		}
 		select {

@@ -127,6 +127,10 @@ func (m *Member) Err() <-chan error { return m.etcd.Err() }
 // ID is the member's etcd id.
 func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
 
+// IsLearner reports whether this member is still a non-voting learner; a learner serves no
+// client requests.
+func (m *Member) IsLearner() bool { return m.etcd.Server.IsLearner() }
+
 // IsLeader reports whether this member currently leads the etcd cluster.
 func (m *Member) IsLeader() bool { return m.etcd.Server.Leader() == m.etcd.Server.MemberID() }
 
