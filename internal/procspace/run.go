@@ -105,6 +105,9 @@ func (s *Service) alive(name string) bool {
 	return false
 }
 
+// lostAfter is how long gossip must show a node dead before its sessions are given up.
+const lostAfter = 2 * time.Second
+
 // relay carries a session between the local client and the node that runs the command. If
 // that node is lost, the client gets exit status 255 and a message naming it.
 func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssipb.RunStart, explanation string) error {
@@ -121,17 +124,25 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 	if err := remote.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
 		return s.lost(client, node, err)
 	}
-	// Gossip notices a dead node within seconds, long before TCP would.
+	// Gossip notices a dead node within seconds, long before TCP would. A node must stay
+	// dead for a while: on a saturated machine gossip can briefly misjudge a live one, and
+	// ending a healthy session would be worse than noticing a lost node a little later.
 	nodeDied := make(chan struct{})
 	go func() {
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
+		var deadSince time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				if !s.alive(node) {
+			case now := <-t.C:
+				switch {
+				case s.alive(node):
+					deadSince = time.Time{}
+				case deadSince.IsZero():
+					deadSince = now
+				case now.Sub(deadSince) >= lostAfter:
 					close(nodeDied)
 					cancel()
 					return
