@@ -275,10 +275,13 @@ func TestProcessSpace(t *testing.T) {
 			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 				defer cancel()
-				out, err := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "echo", strconv.Itoa(i)).Output()
+				cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "echo", strconv.Itoa(i))
+				var errb bytes.Buffer
+				cmd.Stderr = &errb
+				out, err := cmd.Output()
 				if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(i) {
 					mu.Lock()
-					failures = append(failures, fmt.Sprintf("%d: %q %v", i, out, err))
+					failures = append(failures, fmt.Sprintf("%d: %q %v %q", i, out, err, errb.String()))
 					mu.Unlock()
 				}
 			})
