@@ -92,6 +92,24 @@ func TestChangesThroughOneMountAreSeenByTheOthersAtOnce(t *testing.T) {
 			if got := listNames(t, reader(dir)); len(got) != len(names)+1 || !slices.Contains(got, "later") {
 				t.Fatalf("%s lists %q after a create", who, got)
 			}
+			// A change of one name leaves the reader caching the other names of the directory,
+			// found and not found: later changes of those must reach it too.
+			must(t, os.WriteFile(writer(dir, "other"), []byte("o"), 0o644))
+			_, err = os.Stat(reader(dir, "other"))
+			must(t, err)
+			_, err = os.Stat(reader(dir, "ghost"))
+			wantErrno(t, err, syscall.ENOENT)
+			must(t, os.WriteFile(writer(dir, "third"), nil, 0o644))
+			must(t, os.Remove(writer(dir, "other")))
+			must(t, os.WriteFile(writer(dir, "ghost"), nil, 0o644))
+			if _, err := os.Stat(reader(dir, "other")); !os.IsNotExist(err) {
+				t.Fatalf("%s still sees a file removed after another name changed: %v", who, err)
+			}
+			if _, err := os.Stat(reader(dir, "ghost")); err != nil {
+				t.Fatalf("%s does not see a file created after another name changed: %v", who, err)
+			}
+			must(t, os.Remove(writer(dir, "third")))
+			must(t, os.Remove(writer(dir, "ghost")))
 			must(t, os.Rename(writer(dir, "later"), writer(dir, "renamed")))
 			if _, err := os.Stat(reader(dir, "later")); !os.IsNotExist(err) {
 				t.Fatalf("%s still sees the old name: %v", who, err)

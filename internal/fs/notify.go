@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,15 +31,21 @@ const ackTimeout = 2 * time.Second
 
 // cacheTable records which sessions may cache which objects, and when each object last changed.
 type cacheTable struct {
-	mu      sync.Mutex
-	holders map[fileID][]uint32 // session indexes
+	mu sync.Mutex
+	// holders are the sessions that may cache an object's attributes or data. An invalidation
+	// makes the client drop all of that, so a change takes them off the list.
+	holders map[fileID][]uint32
+	// entries are the sessions that may cache names (found or not found) in a directory, or
+	// its listing. An invalidation drops one name only and the client keeps the others, so a
+	// change leaves them on the list.
+	entries map[fileID][]uint32
 	clock   uint64
 	stamps  [4096]uint64 // per hash bucket of fileID: clock of the last change
 	seed    maphash.Seed
 }
 
 func newCacheTable() *cacheTable {
-	return &cacheTable{holders: make(map[fileID][]uint32), seed: maphash.MakeSeed()}
+	return &cacheTable{holders: make(map[fileID][]uint32), entries: make(map[fileID][]uint32), seed: maphash.MakeSeed()}
 }
 
 func (c *cacheTable) bucket(id fileID) int {
@@ -65,56 +72,62 @@ func (c *cacheTable) now() uint64 {
 	return c.clock
 }
 
-// hold records session idx as a cacher of ids and reports whether none of them changed since
-// the clock read start: only then may the client cache what it was told.
-func (c *cacheTable) hold(idx uint32, start uint64, ids ...fileID) (stable bool) {
+// hold records session idx as a cacher of the objects ids and of the names in the directories
+// dirs, and reports whether none of them changed since the clock read start: only then may the
+// client cache what it was told.
+func (c *cacheTable) hold(idx uint32, start uint64, ids, dirs []fileID) (stable bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	stable = true
-	for _, id := range ids {
-		if id == (fileID{}) {
-			continue
-		}
-		h := c.holders[id]
-		found := false
-		for _, x := range h {
-			if x == idx {
-				found = true
-				break
+	for _, set := range []struct {
+		table map[fileID][]uint32
+		ids   []fileID
+	}{{c.holders, ids}, {c.entries, dirs}} {
+		for _, id := range set.ids {
+			if id == (fileID{}) {
+				continue
 			}
-		}
-		if !found {
-			c.holders[id] = append(h, idx)
-		}
-		if c.stamps[c.bucket(id)] > start {
-			stable = false
+			if h := set.table[id]; !slices.Contains(h, idx) {
+				set.table[id] = append(h, idx)
+			}
+			if c.stamps[c.bucket(id)] > start {
+				stable = false
+			}
 		}
 	}
 	return stable
 }
 
-// take stamps id as changed and removes and returns its cachers other than except.
-func (c *cacheTable) take(id fileID, except uint32) []uint32 {
+// take stamps id as changed and returns its cachers other than except: those of its
+// attributes and data, which it removes, and, for a change of a name in directory id (entry),
+// those of its names, which it keeps.
+func (c *cacheTable) take(id fileID, entry bool, except uint32) []uint32 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clock++
 	c.stamps[c.bucket(id)] = c.clock
-	h := c.holders[id]
-	if len(h) == 0 {
-		return nil
-	}
-	var out, keep []uint32
-	for _, x := range h {
-		if x == except {
-			keep = append(keep, x)
+	var out []uint32
+	if h := c.holders[id]; len(h) > 0 {
+		var keep []uint32
+		for _, x := range h {
+			if x == except {
+				keep = append(keep, x)
+			} else {
+				out = append(out, x)
+			}
+		}
+		if len(keep) == 0 {
+			delete(c.holders, id)
 		} else {
-			out = append(out, x)
+			c.holders[id] = keep
 		}
 	}
-	if len(keep) == 0 {
-		delete(c.holders, id)
-	} else {
-		c.holders[id] = keep
+	if entry {
+		for _, x := range c.entries[id] {
+			if x != except && !slices.Contains(out, x) {
+				out = append(out, x)
+			}
+		}
 	}
 	return out
 }
@@ -188,11 +201,12 @@ func (w *watchStream) wait(seq uint64, timeout time.Duration) bool {
 // change is one invalidation and the object whose cachers receive it.
 type change struct {
 	holder fileID
+	entry  bool // a name in directory holder changed
 	item   *fspb.Invalidation
 }
 
 func entryChange(dir fileID, name string) change {
-	return change{holder: dir, item: &fspb.Invalidation{Id: dir.pb(), Name: []byte(name), Data: true}}
+	return change{holder: dir, entry: true, item: &fspb.Invalidation{Id: dir.pb(), Name: []byte(name), Data: true}}
 }
 
 func attrChange(id fileID, data bool) change {
@@ -212,7 +226,7 @@ func (s *Server) publish(from *session, changes ...change) {
 		if ch.holder == (fileID{}) {
 			continue
 		}
-		for _, idx := range s.cache.take(ch.holder, from.idx) {
+		for _, idx := range s.cache.take(ch.holder, ch.entry, from.idx) {
 			t := s.sessionByIndex(idx)
 			if t == nil {
 				continue
@@ -269,7 +283,7 @@ func (s *Server) diskChanged(events []diskEvent, overflow bool) {
 			continue
 		}
 		seen[key] = true
-		s.cache.take(e.dir, ^uint32(0))
+		s.cache.take(e.dir, e.name != "", ^uint32(0))
 		item := &fspb.Invalidation{Id: e.dir.pb(), Data: true}
 		if e.name != "" {
 			item.Name = []byte(e.name)

@@ -69,13 +69,14 @@ func (s *Server) dirAttr(fd int) *fspb.Attr {
 }
 
 // finish records the session as a cacher of what it was told and says whether it may cache it.
-func (c *call) finish(start uint64, watched bool, attrs []*fspb.Attr, ids ...fileID) bool {
+func (c *call) finish(start uint64, watched bool, attrs []*fspb.Attr, dirs ...fileID) bool {
+	var ids []fileID
 	for _, a := range attrs {
 		if a != nil {
 			ids = append(ids, idFromPB(a.Id))
 		}
 	}
-	stable := c.s.cache.hold(c.sess.idx, start, ids...) && watched
+	stable := c.s.cache.hold(c.sess.idx, start, ids, dirs) && watched
 	for _, a := range attrs {
 		if a != nil {
 			a.Watched = stable && !a.Direct
@@ -384,7 +385,7 @@ func (s *Server) Readlink(ctx context.Context, req *fspb.NodeRequest) (*fspb.Rea
 	})
 	reply.Errno = int32(errno)
 	if errno == 0 {
-		c.finish(start, true, nil, id)
+		c.s.cache.hold(c.sess.idx, start, []fileID{id}, nil)
 	}
 	return reply, nil
 }
@@ -726,7 +727,7 @@ func (s *Server) Read(ctx context.Context, req *fspb.ReadRequest) (*fspb.ReadRep
 		return &fspb.ReadReply{Errno: int32(syscall.EINVAL)}, nil
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
-	s.cache.hold(c.sess.idx, 0, f.id)
+	s.cache.hold(c.sess.idx, 0, []fileID{f.id}, nil)
 	buf := make([]byte, min(int(req.Size), maxIO))
 	n, errno := readAt(f, buf, req.Offset)
 	s.stats.bytesRead.Add(uint64(n))

@@ -121,23 +121,38 @@ func TestParseGroups(t *testing.T) {
 
 func TestCacheTable(t *testing.T) {
 	c := newCacheTable()
-	a, b := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}
+	a, b, dir := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}, fileID{dev: 1, ino: 4}
 	start := c.now()
-	if !c.hold(1, start, a) || !c.hold(2, start, a, b) {
+	if !c.hold(1, start, []fileID{a}, nil) || !c.hold(2, start, []fileID{a, b}, nil) {
 		t.Fatal("nothing changed, yet not stable")
 	}
-	if got := c.take(a, 1); !slices.Equal(got, []uint32{2}) {
+	if got := c.take(a, false, 1); !slices.Equal(got, []uint32{2}) {
 		t.Fatalf("take(a) except 1 = %v, want [2]", got)
 	}
-	if got := c.take(a, 1); got != nil {
+	if got := c.take(a, false, 1); got != nil {
 		t.Fatalf("second take(a) = %v: the cacher was not removed", got)
 	}
 	// A reader that started before the change must not cache what it read.
-	if c.hold(3, start, a) {
+	if c.hold(3, start, []fileID{a}, nil) {
 		t.Fatal("stable although a changed after the reader started")
 	}
-	if !c.hold(3, c.now(), b) {
+	if !c.hold(3, c.now(), []fileID{b}, nil) {
 		t.Fatal("b did not change")
+	}
+
+	// Names in a directory: a change of one name leaves the session caching the others, so
+	// it stays a cacher; a holder of the directory's attributes only is told once.
+	if !c.hold(4, c.now(), nil, []fileID{dir}) || !c.hold(5, c.now(), []fileID{dir}, nil) {
+		t.Fatal("dir did not change")
+	}
+	if got := c.take(dir, true, 0); !slices.Equal(got, []uint32{5, 4}) {
+		t.Fatalf("first change of a name in dir told %v, want [5 4]", got)
+	}
+	if got := c.take(dir, true, 0); !slices.Equal(got, []uint32{4}) {
+		t.Fatalf("second change of a name in dir told %v, want [4]", got)
+	}
+	if got := c.take(dir, false, 0); got != nil {
+		t.Fatalf("a change of dir's attributes told %v, want none", got)
 	}
 }
 
