@@ -79,6 +79,7 @@ type Agent struct {
 
 	procs *procspace.Service
 	jobs  *jobs.Service
+	files files
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -425,6 +426,9 @@ func (a *Agent) serve(ctx context.Context) error {
 	if err := store.PutNode(rctx, a.etcd, rec); err != nil {
 		return fmt.Errorf("%w: is a quorum of the servers up?", err)
 	}
+	if err := a.startFileServer(); err != nil {
+		return err
+	}
 	if err := a.startPeerServer(); err != nil {
 		return err
 	}
@@ -447,9 +451,10 @@ func (a *Agent) serve(ctx context.Context) error {
 		a.log.Warn("reading the node registry", "err", err)
 	}
 	a.joinGossip()
+	a.mountTree(ctx)
 	if a.procs, err = procspace.New(ctx, procspace.Config{
 		Cluster: clusterView{a}, Socket: a.cfg.Socket, CgroupParent: a.procCgroupParent(),
-		ProcRoot: a.cfg.ProcRoot, Logger: a.log,
+		ProcRoot: a.cfg.ProcRoot, Tree: a.treePath, Logger: a.log,
 	}); err != nil {
 		return err
 	}
@@ -672,6 +677,7 @@ func (a *Agent) stop(graceful bool) {
 			}
 		}
 		a.cancel()
+		a.closeFiles()
 		if a.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = a.httpSrv.Shutdown(ctx)
@@ -751,6 +757,7 @@ func (a *Agent) startPeerServer() error {
 		grpc.ChainStreamInterceptor(a.metrics.stream("peer"), streamAuth),
 	)...)
 	ssipb.RegisterPeerServer(a.peerSrv, &peerService{a: a})
+	a.files.server.Register(a.peerSrv)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

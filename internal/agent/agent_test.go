@@ -45,6 +45,7 @@ func testConfig(t *testing.T, name, bind string) Config {
 		DataDir: filepath.Join(dir, "data"),
 		Bind:    bind,
 		Socket:  filepath.Join(dir, "ssi.sock"),
+		NoMount: true, // several agents share this process and machine; the tree has its own test
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -33,7 +34,12 @@ type Config struct {
 	EtcdEndpoints []string `json:"etcd-endpoints"` // external etcd; empty: embedded on servers
 	Socket        string   `json:"socket"`
 	HTTP          string   `json:"http"`
-	NodeCgroup    string   `json:"node-cgroup"` // cgroup v2 path (relative to the cgroup2 mount) whose processes are this node's
+	NodeCgroup    string   `json:"node-cgroup"`      // cgroup v2 path (relative to the cgroup2 mount) whose processes are this node's
+	Mount         string   `json:"mount"`            // where the cluster file tree is mounted; default /ssi
+	NoMount       bool     `json:"no-mount"`         // do not mount the tree (this node still exports its files)
+	Exports       []string `json:"export"`           // export only these directories (default: the whole tree)
+	ExportRO      bool     `json:"export-read-only"` // refuse changes to this node's files from the tree
+	RootSquash    bool     `json:"root-squash"`      // requests from root act as nobody on this node's files
 	ProcRoot      string   `json:"-"`
 
 	Logger  *slog.Logger `json:"-"`
@@ -84,6 +90,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Socket == "" {
 		c.Socket = DefaultSocket
+	}
+	if c.Mount == "" {
+		c.Mount = DefaultMount
+	}
+	if !filepath.IsAbs(c.Mount) {
+		return c, fmt.Errorf("--mount %q: give an absolute path, e.g. /ssi", c.Mount)
+	}
+	c.Mount = filepath.Clean(c.Mount)
+	for _, e := range c.Exports {
+		if !filepath.IsAbs(e) {
+			return c, fmt.Errorf("--export %q: give an absolute path on this node, e.g. /home", e)
+		}
 	}
 	if c.ProcRoot == "" {
 		c.ProcRoot = "/proc"

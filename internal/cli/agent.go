@@ -29,6 +29,10 @@ The first server bootstraps a new cluster; every other node joins it with a toke
 "ssi token create". A node restarted with the same --data-dir is the same node again (same
 name, index and certificates); SIGTERM makes it leave gracefully.
 
+Every agent mounts the cluster file tree at /ssi (--mount, --no-mount): /ssi/<node>/<path> is
+<path> on that node, for every node. By default a node exports its whole tree, under Unix
+permissions; --export, --export-read-only and --root-squash restrict that.
+
 Ports (from --bind, default 7700): 7700 gRPC between agents (mTLS), 7701 TCP+UDP gossip
 (encrypted), 7702 etcd clients and 7703 etcd peers (mTLS, servers only).
 
@@ -77,6 +81,11 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 	f.StringVar(&cfg.Socket, "socket", "", "Unix socket for local clients (default "+agent.DefaultSocket+")")
 	f.StringVar(&cfg.HTTP, "http", "", "address for /healthz and /metrics (e.g. 127.0.0.1:7780; empty: off)")
 	f.StringVar(&cfg.NodeCgroup, "node-cgroup", "", "cgroup v2 path whose processes are this node's, for load measurement when several nodes share a kernel")
+	f.StringVar(&cfg.Mount, "mount", agent.DefaultMount, "where to mount the cluster file tree (/ssi/<node>/<path>)")
+	f.BoolVar(&cfg.NoMount, "no-mount", false, "do not mount the cluster file tree here (this node still exports its files)")
+	f.StringSliceVar(&cfg.Exports, "export", nil, "export only these directories of this node to the tree (repeatable; default: all, under Unix permissions)")
+	f.BoolVar(&cfg.ExportRO, "export-read-only", false, "refuse changes to this node's files made through the tree")
+	f.BoolVar(&cfg.RootSquash, "root-squash", false, "requests from root on other nodes act as nobody on this node's files")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
 }
@@ -100,6 +109,11 @@ func mergeConfig(file, flags agent.Config, cmd *cobra.Command) agent.Config {
 	set("socket", func() { out.Socket = flags.Socket })
 	set("http", func() { out.HTTP = flags.HTTP })
 	set("node-cgroup", func() { out.NodeCgroup = flags.NodeCgroup })
+	set("mount", func() { out.Mount = flags.Mount })
+	set("no-mount", func() { out.NoMount = flags.NoMount })
+	set("export", func() { out.Exports = flags.Exports })
+	set("export-read-only", func() { out.ExportRO = flags.ExportRO })
+	set("root-squash", func() { out.RootSquash = flags.RootSquash })
 	if out.DataDir == "" {
 		out.DataDir = agent.DefaultDataDir
 	}

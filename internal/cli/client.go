@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -48,6 +49,27 @@ func (g *globals) control() (ssipb.ControlClient, func(), error) {
 		return nil, nil, err
 	}
 	return ssipb.NewControlClient(cc), func() { cc.Close() }, nil
+}
+
+// callControl checks the output format, then makes one call to the local agent, bounded by
+// callTimeout, and turns a failure into the line users see.
+func callControl[T any](g *globals, cmd *cobra.Command, format string, call func(context.Context, ssipb.ControlClient) (T, error)) (T, error) {
+	var zero T
+	if err := checkFormat(format); err != nil {
+		return zero, err
+	}
+	ctl, closeConn, err := g.control()
+	if err != nil {
+		return zero, err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+	defer cancel()
+	resp, err := call(ctx, ctl)
+	if err != nil {
+		return zero, g.rpcError(err)
+	}
+	return resp, nil
 }
 
 // rpcError turns a gRPC failure into the one-line message users see.

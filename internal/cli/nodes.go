@@ -49,19 +49,11 @@ node's agent sees them through gossip.`,
   ssi nodes -o json | jq '.[] | select(.state == "alive") | .name'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			ctl, closeConn, err := g.control()
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssipb.ControlClient) (*ssipb.NodesResponse, error) {
+				return ctl.Nodes(ctx, &ssipb.NodesRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer closeConn()
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			resp, err := ctl.Nodes(ctx, &ssipb.NodesRequest{})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			if resp.Warning != "" {
 				fmt.Fprintln(os.Stderr, "warning: "+resp.Warning)

@@ -42,19 +42,11 @@ func newStatusCommand(g *globals) *cobra.Command {
   ssi status -o json | jq .etcd_leader`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
-				return err
-			}
-			ctl, closeConn, err := g.control()
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssipb.ControlClient) (*ssipb.StatusResponse, error) {
+				return ctl.Status(ctx, &ssipb.StatusRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer closeConn()
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			resp, err := ctl.Status(ctx, &ssipb.StatusRequest{})
-			if err != nil {
-				return g.rpcError(err)
 			}
 			out := statusJSON{
 				ClusterID: resp.ClusterId, EtcdLeader: resp.EtcdLeader, EtcdHealthy: resp.EtcdHealthy,

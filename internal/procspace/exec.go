@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,9 +81,11 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		}
 	}
 	if spec.Dir != "" {
-		if _, err := os.Stat(spec.Dir); errors.Is(err, os.ErrNotExist) {
-			return exit(ExitStartFailed, fmt.Sprintf("working directory %s does not exist on node %s: give one that does with --cwd", spec.Dir, nodeName))
+		dir, err := s.workingDir(spec.Dir, start.HomeNode, nodeName)
+		if err != nil {
+			return exit(ExitStartFailed, err.Error())
 		}
+		spec.Dir = dir
 	}
 	var outPath string
 	if start.Detach {
@@ -319,4 +322,25 @@ func loginShell(name string) string {
 		}
 	}
 	return "/bin/sh"
+}
+
+// workingDir is where a command asked to run in dir starts on this node: dir itself if it
+// exists here, else the same directory on the caller's home node through the cluster tree,
+// so that relative paths keep meaning the caller's files.
+func (s *Service) workingDir(dir, home, self string) (string, error) {
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		return dir, nil
+	}
+	tree := ""
+	if s.cfg.Tree != nil {
+		tree = s.cfg.Tree()
+	}
+	if tree == "" || home == "" || home == self {
+		return "", fmt.Errorf("working directory %s does not exist on node %s: give one that does with --cwd", dir, self)
+	}
+	through := filepath.Join(tree, home, dir)
+	if _, err := os.Stat(through); err != nil {
+		return "", fmt.Errorf("working directory %s exists neither on node %s nor as %s (%v): give one that does with --cwd", dir, self, through, errors.Unwrap(err))
+	}
+	return through, nil
 }

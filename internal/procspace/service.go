@@ -45,6 +45,10 @@ type Config struct {
 	Grace time.Duration
 	// Policy decides where unplaced commands run.
 	Policy place.Policy
+	// Tree says where the cluster file tree is mounted on this node ("" when it is not), so
+	// that a command whose working directory exists only on its caller's node can start in
+	// that directory through the tree. Nil: never.
+	Tree func() string
 }
 
 // Service serves the process space of one node.

@@ -2051,6 +2051,413 @@ func (x *WaitResponse) GetMessage() string {
 	return ""
 }
 
+type FilesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilesRequest) Reset() {
+	*x = FilesRequest{}
+	mi := &file_ssi_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilesRequest) ProtoMessage() {}
+
+func (x *FilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
+func (*FilesRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{27}
+}
+
+type FilesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeFiles           `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilesResponse) Reset() {
+	*x = FilesResponse{}
+	mi := &file_ssi_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilesResponse) ProtoMessage() {}
+
+func (x *FilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
+func (*FilesResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *FilesResponse) GetNodes() []*NodeFiles {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// NodeFiles is one node's side of the cluster file tree.
+type NodeFiles struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"` // set when the node did not answer; the rest is then empty
+	Export        *FileExport            `protobuf:"bytes,3,opt,name=export,proto3" json:"export,omitempty"`
+	Mount         *FileMount             `protobuf:"bytes,4,opt,name=mount,proto3" json:"mount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeFiles) Reset() {
+	*x = NodeFiles{}
+	mi := &file_ssi_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeFiles) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeFiles) ProtoMessage() {}
+
+func (x *NodeFiles) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeFiles.ProtoReflect.Descriptor instead.
+func (*NodeFiles) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *NodeFiles) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeFiles) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *NodeFiles) GetExport() *FileExport {
+	if x != nil {
+		return x.Export
+	}
+	return nil
+}
+
+func (x *NodeFiles) GetMount() *FileMount {
+	if x != nil {
+		return x.Mount
+	}
+	return nil
+}
+
+// FileExport is what a node serves to the others, and its counters.
+type FileExport struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Root              string                 `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	Exports           []string               `protobuf:"bytes,2,rep,name=exports,proto3" json:"exports,omitempty"` // empty: everything under root
+	ReadOnly          bool                   `protobuf:"varint,3,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	RootSquash        bool                   `protobuf:"varint,4,opt,name=root_squash,json=rootSquash,proto3" json:"root_squash,omitempty"`
+	Sessions          uint64                 `protobuf:"varint,5,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	OpenFiles         uint64                 `protobuf:"varint,6,opt,name=open_files,json=openFiles,proto3" json:"open_files,omitempty"`
+	WatchedDirs       uint64                 `protobuf:"varint,7,opt,name=watched_dirs,json=watchedDirs,proto3" json:"watched_dirs,omitempty"`
+	Ops               uint64                 `protobuf:"varint,8,opt,name=ops,proto3" json:"ops,omitempty"`
+	BytesRead         uint64                 `protobuf:"varint,9,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	BytesWritten      uint64                 `protobuf:"varint,10,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	InvalidationsSent uint64                 `protobuf:"varint,11,opt,name=invalidations_sent,json=invalidationsSent,proto3" json:"invalidations_sent,omitempty"`
+	DiskEvents        uint64                 `protobuf:"varint,12,opt,name=disk_events,json=diskEvents,proto3" json:"disk_events,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *FileExport) Reset() {
+	*x = FileExport{}
+	mi := &file_ssi_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileExport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileExport) ProtoMessage() {}
+
+func (x *FileExport) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileExport.ProtoReflect.Descriptor instead.
+func (*FileExport) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *FileExport) GetRoot() string {
+	if x != nil {
+		return x.Root
+	}
+	return ""
+}
+
+func (x *FileExport) GetExports() []string {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
+func (x *FileExport) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *FileExport) GetRootSquash() bool {
+	if x != nil {
+		return x.RootSquash
+	}
+	return false
+}
+
+func (x *FileExport) GetSessions() uint64 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *FileExport) GetOpenFiles() uint64 {
+	if x != nil {
+		return x.OpenFiles
+	}
+	return 0
+}
+
+func (x *FileExport) GetWatchedDirs() uint64 {
+	if x != nil {
+		return x.WatchedDirs
+	}
+	return 0
+}
+
+func (x *FileExport) GetOps() uint64 {
+	if x != nil {
+		return x.Ops
+	}
+	return 0
+}
+
+func (x *FileExport) GetBytesRead() uint64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *FileExport) GetBytesWritten() uint64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *FileExport) GetInvalidationsSent() uint64 {
+	if x != nil {
+		return x.InvalidationsSent
+	}
+	return 0
+}
+
+func (x *FileExport) GetDiskEvents() uint64 {
+	if x != nil {
+		return x.DiskEvents
+	}
+	return 0
+}
+
+// FileMount is a node's mount of the cluster tree.
+type FileMount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Mounted       bool                   `protobuf:"varint,2,opt,name=mounted,proto3" json:"mounted,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"` // why it is not mounted (empty when turned off with --no-mount)
+	Ops           uint64                 `protobuf:"varint,4,opt,name=ops,proto3" json:"ops,omitempty"`
+	BytesRead     uint64                 `protobuf:"varint,5,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	BytesWritten  uint64                 `protobuf:"varint,6,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	Invalidations uint64                 `protobuf:"varint,7,opt,name=invalidations,proto3" json:"invalidations,omitempty"`
+	Flushes       uint64                 `protobuf:"varint,8,opt,name=flushes,proto3" json:"flushes,omitempty"`
+	Failures      uint64                 `protobuf:"varint,9,opt,name=failures,proto3" json:"failures,omitempty"`
+	CachedInodes  uint64                 `protobuf:"varint,10,opt,name=cached_inodes,json=cachedInodes,proto3" json:"cached_inodes,omitempty"`
+	Connected     []string               `protobuf:"bytes,11,rep,name=connected,proto3" json:"connected,omitempty"` // owners whose invalidation stream is up
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileMount) Reset() {
+	*x = FileMount{}
+	mi := &file_ssi_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileMount) ProtoMessage() {}
+
+func (x *FileMount) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileMount.ProtoReflect.Descriptor instead.
+func (*FileMount) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *FileMount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileMount) GetMounted() bool {
+	if x != nil {
+		return x.Mounted
+	}
+	return false
+}
+
+func (x *FileMount) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *FileMount) GetOps() uint64 {
+	if x != nil {
+		return x.Ops
+	}
+	return 0
+}
+
+func (x *FileMount) GetBytesRead() uint64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *FileMount) GetBytesWritten() uint64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *FileMount) GetInvalidations() uint64 {
+	if x != nil {
+		return x.Invalidations
+	}
+	return 0
+}
+
+func (x *FileMount) GetFlushes() uint64 {
+	if x != nil {
+		return x.Flushes
+	}
+	return 0
+}
+
+func (x *FileMount) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *FileMount) GetCachedInodes() uint64 {
+	if x != nil {
+		return x.CachedInodes
+	}
+	return 0
+}
+
+func (x *FileMount) GetConnected() []string {
+	if x != nil {
+		return x.Connected
+	}
+	return nil
+}
+
 var File_ssi_proto protoreflect.FileDescriptor
 
 const file_ssi_proto_rawDesc = "" +
@@ -2224,7 +2631,48 @@ const file_ssi_proto_rawDesc = "" +
 	"\x06caller\x18\x02 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\"<\n" +
 	"\fWaitResponse\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage2\x83\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x0e\n" +
+	"\fFilesRequest\"8\n" +
+	"\rFilesResponse\x12'\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x11.ssi.v1.NodeFilesR\x05nodes\"\x8a\x01\n" +
+	"\tNodeFiles\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
+	"\x06export\x18\x03 \x01(\v2\x12.ssi.v1.FileExportR\x06export\x12'\n" +
+	"\x05mount\x18\x04 \x01(\v2\x11.ssi.v1.FileMountR\x05mount\"\xfc\x02\n" +
+	"\n" +
+	"FileExport\x12\x12\n" +
+	"\x04root\x18\x01 \x01(\tR\x04root\x12\x18\n" +
+	"\aexports\x18\x02 \x03(\tR\aexports\x12\x1b\n" +
+	"\tread_only\x18\x03 \x01(\bR\breadOnly\x12\x1f\n" +
+	"\vroot_squash\x18\x04 \x01(\bR\n" +
+	"rootSquash\x12\x1a\n" +
+	"\bsessions\x18\x05 \x01(\x04R\bsessions\x12\x1d\n" +
+	"\n" +
+	"open_files\x18\x06 \x01(\x04R\topenFiles\x12!\n" +
+	"\fwatched_dirs\x18\a \x01(\x04R\vwatchedDirs\x12\x10\n" +
+	"\x03ops\x18\b \x01(\x04R\x03ops\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\t \x01(\x04R\tbytesRead\x12#\n" +
+	"\rbytes_written\x18\n" +
+	" \x01(\x04R\fbytesWritten\x12-\n" +
+	"\x12invalidations_sent\x18\v \x01(\x04R\x11invalidationsSent\x12\x1f\n" +
+	"\vdisk_events\x18\f \x01(\x04R\n" +
+	"diskEvents\"\xc4\x02\n" +
+	"\tFileMount\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
+	"\amounted\x18\x02 \x01(\bR\amounted\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x10\n" +
+	"\x03ops\x18\x04 \x01(\x04R\x03ops\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\x05 \x01(\x04R\tbytesRead\x12#\n" +
+	"\rbytes_written\x18\x06 \x01(\x04R\fbytesWritten\x12$\n" +
+	"\rinvalidations\x18\a \x01(\x04R\rinvalidations\x12\x18\n" +
+	"\aflushes\x18\b \x01(\x04R\aflushes\x12\x1a\n" +
+	"\bfailures\x18\t \x01(\x04R\bfailures\x12#\n" +
+	"\rcached_inodes\x18\n" +
+	" \x01(\x04R\fcachedInodes\x12\x1c\n" +
+	"\tconnected\x18\v \x03(\tR\tconnected2\xb9\x03\n" +
 	"\aControl\x124\n" +
 	"\x05Nodes\x12\x14.ssi.v1.NodesRequest\x1a\x15.ssi.v1.NodesResponse\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x12F\n" +
@@ -2232,14 +2680,17 @@ const file_ssi_proto_rawDesc = "" +
 	"\x03Run\x12\x10.ssi.v1.RunInput\x1a\x11.ssi.v1.RunOutput(\x010\x01\x12+\n" +
 	"\x02Ps\x12\x11.ssi.v1.PsRequest\x1a\x12.ssi.v1.PsResponse\x121\n" +
 	"\x04Kill\x12\x13.ssi.v1.KillRequest\x1a\x14.ssi.v1.KillResponse\x121\n" +
-	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse2\xb2\x02\n" +
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x124\n" +
+	"\x05Files\x12\x14.ssi.v1.FilesRequest\x1a\x15.ssi.v1.FilesResponse2\xe9\x02\n" +
 	"\x04Peer\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x121\n" +
 	"\x04Ping\x12\x13.ssi.v1.PingRequest\x1a\x14.ssi.v1.PingResponse\x12/\n" +
 	"\x04Exec\x12\x10.ssi.v1.RunInput\x1a\x11.ssi.v1.RunOutput(\x010\x01\x12+\n" +
 	"\x02Ps\x12\x11.ssi.v1.PsRequest\x1a\x12.ssi.v1.PsResponse\x123\n" +
 	"\x06Signal\x12\x13.ssi.v1.KillRequest\x1a\x14.ssi.v1.KillResponse\x121\n" +
-	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponseB/Z-github.com/ssi-cluster/ssi/internal/api/ssipbb\x06proto3"
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x125\n" +
+	"\n" +
+	"FileStatus\x12\x14.ssi.v1.FilesRequest\x1a\x11.ssi.v1.NodeFilesB/Z-github.com/ssi-cluster/ssi/internal/api/ssipbb\x06proto3"
 
 var (
 	file_ssi_proto_rawDescOnce sync.Once
@@ -2253,7 +2704,7 @@ func file_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_proto_rawDescData
 }
 
-var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ssi_proto_goTypes = []any{
 	(*NodesRequest)(nil),        // 0: ssi.v1.NodesRequest
 	(*NodesResponse)(nil),       // 1: ssi.v1.NodesResponse
@@ -2282,13 +2733,18 @@ var file_ssi_proto_goTypes = []any{
 	(*KillResponse)(nil),        // 24: ssi.v1.KillResponse
 	(*WaitRequest)(nil),         // 25: ssi.v1.WaitRequest
 	(*WaitResponse)(nil),        // 26: ssi.v1.WaitResponse
-	nil,                         // 27: ssi.v1.StatusResponse.MembersEntry
+	(*FilesRequest)(nil),        // 27: ssi.v1.FilesRequest
+	(*FilesResponse)(nil),       // 28: ssi.v1.FilesResponse
+	(*NodeFiles)(nil),           // 29: ssi.v1.NodeFiles
+	(*FileExport)(nil),          // 30: ssi.v1.FileExport
+	(*FileMount)(nil),           // 31: ssi.v1.FileMount
+	nil,                         // 32: ssi.v1.StatusResponse.MembersEntry
 }
 var file_ssi_proto_depIdxs = []int32{
 	2,  // 0: ssi.v1.NodesResponse.nodes:type_name -> ssi.v1.NodeInfo
 	2,  // 1: ssi.v1.StatusResponse.this_node:type_name -> ssi.v1.NodeInfo
 	5,  // 2: ssi.v1.StatusResponse.servers:type_name -> ssi.v1.ServerStatus
-	27, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
+	32, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
 	12, // 4: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
 	13, // 5: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
 	14, // 6: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
@@ -2298,37 +2754,44 @@ var file_ssi_proto_depIdxs = []int32{
 	12, // 10: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
 	23, // 11: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
 	12, // 12: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
-	0,  // 13: ssi.v1.Control.Nodes:input_type -> ssi.v1.NodesRequest
-	3,  // 14: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	6,  // 15: ssi.v1.Control.CreateToken:input_type -> ssi.v1.CreateTokenRequest
-	15, // 16: ssi.v1.Control.Run:input_type -> ssi.v1.RunInput
-	20, // 17: ssi.v1.Control.Ps:input_type -> ssi.v1.PsRequest
-	22, // 18: ssi.v1.Control.Kill:input_type -> ssi.v1.KillRequest
-	25, // 19: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	8,  // 20: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
-	10, // 21: ssi.v1.Peer.Ping:input_type -> ssi.v1.PingRequest
-	15, // 22: ssi.v1.Peer.Exec:input_type -> ssi.v1.RunInput
-	20, // 23: ssi.v1.Peer.Ps:input_type -> ssi.v1.PsRequest
-	22, // 24: ssi.v1.Peer.Signal:input_type -> ssi.v1.KillRequest
-	25, // 25: ssi.v1.Peer.Wait:input_type -> ssi.v1.WaitRequest
-	1,  // 26: ssi.v1.Control.Nodes:output_type -> ssi.v1.NodesResponse
-	4,  // 27: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	7,  // 28: ssi.v1.Control.CreateToken:output_type -> ssi.v1.CreateTokenResponse
-	18, // 29: ssi.v1.Control.Run:output_type -> ssi.v1.RunOutput
-	21, // 30: ssi.v1.Control.Ps:output_type -> ssi.v1.PsResponse
-	24, // 31: ssi.v1.Control.Kill:output_type -> ssi.v1.KillResponse
-	26, // 32: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	9,  // 33: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
-	11, // 34: ssi.v1.Peer.Ping:output_type -> ssi.v1.PingResponse
-	18, // 35: ssi.v1.Peer.Exec:output_type -> ssi.v1.RunOutput
-	21, // 36: ssi.v1.Peer.Ps:output_type -> ssi.v1.PsResponse
-	24, // 37: ssi.v1.Peer.Signal:output_type -> ssi.v1.KillResponse
-	26, // 38: ssi.v1.Peer.Wait:output_type -> ssi.v1.WaitResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	29, // 13: ssi.v1.FilesResponse.nodes:type_name -> ssi.v1.NodeFiles
+	30, // 14: ssi.v1.NodeFiles.export:type_name -> ssi.v1.FileExport
+	31, // 15: ssi.v1.NodeFiles.mount:type_name -> ssi.v1.FileMount
+	0,  // 16: ssi.v1.Control.Nodes:input_type -> ssi.v1.NodesRequest
+	3,  // 17: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	6,  // 18: ssi.v1.Control.CreateToken:input_type -> ssi.v1.CreateTokenRequest
+	15, // 19: ssi.v1.Control.Run:input_type -> ssi.v1.RunInput
+	20, // 20: ssi.v1.Control.Ps:input_type -> ssi.v1.PsRequest
+	22, // 21: ssi.v1.Control.Kill:input_type -> ssi.v1.KillRequest
+	25, // 22: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	27, // 23: ssi.v1.Control.Files:input_type -> ssi.v1.FilesRequest
+	8,  // 24: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
+	10, // 25: ssi.v1.Peer.Ping:input_type -> ssi.v1.PingRequest
+	15, // 26: ssi.v1.Peer.Exec:input_type -> ssi.v1.RunInput
+	20, // 27: ssi.v1.Peer.Ps:input_type -> ssi.v1.PsRequest
+	22, // 28: ssi.v1.Peer.Signal:input_type -> ssi.v1.KillRequest
+	25, // 29: ssi.v1.Peer.Wait:input_type -> ssi.v1.WaitRequest
+	27, // 30: ssi.v1.Peer.FileStatus:input_type -> ssi.v1.FilesRequest
+	1,  // 31: ssi.v1.Control.Nodes:output_type -> ssi.v1.NodesResponse
+	4,  // 32: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	7,  // 33: ssi.v1.Control.CreateToken:output_type -> ssi.v1.CreateTokenResponse
+	18, // 34: ssi.v1.Control.Run:output_type -> ssi.v1.RunOutput
+	21, // 35: ssi.v1.Control.Ps:output_type -> ssi.v1.PsResponse
+	24, // 36: ssi.v1.Control.Kill:output_type -> ssi.v1.KillResponse
+	26, // 37: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	28, // 38: ssi.v1.Control.Files:output_type -> ssi.v1.FilesResponse
+	9,  // 39: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
+	11, // 40: ssi.v1.Peer.Ping:output_type -> ssi.v1.PingResponse
+	18, // 41: ssi.v1.Peer.Exec:output_type -> ssi.v1.RunOutput
+	21, // 42: ssi.v1.Peer.Ps:output_type -> ssi.v1.PsResponse
+	24, // 43: ssi.v1.Peer.Signal:output_type -> ssi.v1.KillResponse
+	26, // 44: ssi.v1.Peer.Wait:output_type -> ssi.v1.WaitResponse
+	29, // 45: ssi.v1.Peer.FileStatus:output_type -> ssi.v1.NodeFiles
+	31, // [31:46] is the sub-list for method output_type
+	16, // [16:31] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_ssi_proto_init() }
@@ -2355,7 +2818,7 @@ func file_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_proto_rawDesc), len(file_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -29,6 +29,7 @@ const (
 	Control_Ps_FullMethodName          = "/ssi.v1.Control/Ps"
 	Control_Kill_FullMethodName        = "/ssi.v1.Control/Kill"
 	Control_Wait_FullMethodName        = "/ssi.v1.Control/Wait"
+	Control_Files_FullMethodName       = "/ssi.v1.Control/Files"
 )
 
 // ControlClient is the client API for Control service.
@@ -47,6 +48,8 @@ type ControlClient interface {
 	Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error)
 	Kill(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error)
 	Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error)
+	// Files reports, per node, what it exports and the state of its mount of the cluster tree.
+	Files(ctx context.Context, in *FilesRequest, opts ...grpc.CallOption) (*FilesResponse, error)
 }
 
 type controlClient struct {
@@ -130,6 +133,16 @@ func (c *controlClient) Wait(ctx context.Context, in *WaitRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *controlClient) Files(ctx context.Context, in *FilesRequest, opts ...grpc.CallOption) (*FilesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FilesResponse)
+	err := c.cc.Invoke(ctx, Control_Files_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -146,6 +159,8 @@ type ControlServer interface {
 	Ps(context.Context, *PsRequest) (*PsResponse, error)
 	Kill(context.Context, *KillRequest) (*KillResponse, error)
 	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
+	// Files reports, per node, what it exports and the state of its mount of the cluster tree.
+	Files(context.Context, *FilesRequest) (*FilesResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -176,6 +191,9 @@ func (UnimplementedControlServer) Kill(context.Context, *KillRequest) (*KillResp
 }
 func (UnimplementedControlServer) Wait(context.Context, *WaitRequest) (*WaitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Wait not implemented")
+}
+func (UnimplementedControlServer) Files(context.Context, *FilesRequest) (*FilesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Files not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -313,6 +331,24 @@ func _Control_Wait_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_Files_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FilesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Files(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Files_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Files(ctx, req.(*FilesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -344,6 +380,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Wait",
 			Handler:    _Control_Wait_Handler,
 		},
+		{
+			MethodName: "Files",
+			Handler:    _Control_Files_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -357,12 +397,13 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Peer_Join_FullMethodName   = "/ssi.v1.Peer/Join"
-	Peer_Ping_FullMethodName   = "/ssi.v1.Peer/Ping"
-	Peer_Exec_FullMethodName   = "/ssi.v1.Peer/Exec"
-	Peer_Ps_FullMethodName     = "/ssi.v1.Peer/Ps"
-	Peer_Signal_FullMethodName = "/ssi.v1.Peer/Signal"
-	Peer_Wait_FullMethodName   = "/ssi.v1.Peer/Wait"
+	Peer_Join_FullMethodName       = "/ssi.v1.Peer/Join"
+	Peer_Ping_FullMethodName       = "/ssi.v1.Peer/Ping"
+	Peer_Exec_FullMethodName       = "/ssi.v1.Peer/Exec"
+	Peer_Ps_FullMethodName         = "/ssi.v1.Peer/Ps"
+	Peer_Signal_FullMethodName     = "/ssi.v1.Peer/Signal"
+	Peer_Wait_FullMethodName       = "/ssi.v1.Peer/Wait"
+	Peer_FileStatus_FullMethodName = "/ssi.v1.Peer/FileStatus"
 )
 
 // PeerClient is the client API for Peer service.
@@ -380,6 +421,7 @@ type PeerClient interface {
 	Ps(ctx context.Context, in *PsRequest, opts ...grpc.CallOption) (*PsResponse, error)
 	Signal(ctx context.Context, in *KillRequest, opts ...grpc.CallOption) (*KillResponse, error)
 	Wait(ctx context.Context, in *WaitRequest, opts ...grpc.CallOption) (*WaitResponse, error)
+	FileStatus(ctx context.Context, in *FilesRequest, opts ...grpc.CallOption) (*NodeFiles, error)
 }
 
 type peerClient struct {
@@ -453,6 +495,16 @@ func (c *peerClient) Wait(ctx context.Context, in *WaitRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *peerClient) FileStatus(ctx context.Context, in *FilesRequest, opts ...grpc.CallOption) (*NodeFiles, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeFiles)
+	err := c.cc.Invoke(ctx, Peer_FileStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServer is the server API for Peer service.
 // All implementations must embed UnimplementedPeerServer
 // for forward compatibility.
@@ -468,6 +520,7 @@ type PeerServer interface {
 	Ps(context.Context, *PsRequest) (*PsResponse, error)
 	Signal(context.Context, *KillRequest) (*KillResponse, error)
 	Wait(context.Context, *WaitRequest) (*WaitResponse, error)
+	FileStatus(context.Context, *FilesRequest) (*NodeFiles, error)
 	mustEmbedUnimplementedPeerServer()
 }
 
@@ -495,6 +548,9 @@ func (UnimplementedPeerServer) Signal(context.Context, *KillRequest) (*KillRespo
 }
 func (UnimplementedPeerServer) Wait(context.Context, *WaitRequest) (*WaitResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Wait not implemented")
+}
+func (UnimplementedPeerServer) FileStatus(context.Context, *FilesRequest) (*NodeFiles, error) {
+	return nil, status.Error(codes.Unimplemented, "method FileStatus not implemented")
 }
 func (UnimplementedPeerServer) mustEmbedUnimplementedPeerServer() {}
 func (UnimplementedPeerServer) testEmbeddedByValue()              {}
@@ -614,6 +670,24 @@ func _Peer_Wait_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Peer_FileStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FilesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServer).FileStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Peer_FileStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServer).FileStatus(ctx, req.(*FilesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Peer_ServiceDesc is the grpc.ServiceDesc for Peer service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -640,6 +714,10 @@ var Peer_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Wait",
 			Handler:    _Peer_Wait_Handler,
+		},
+		{
+			MethodName: "FileStatus",
+			Handler:    _Peer_FileStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
