@@ -355,6 +355,11 @@ type peer struct {
 	strayMu  sync.Mutex
 	stray    map[fileID]strayInvalidation
 
+	// calls is the Calls stream to the owner, if open; while callsRetry is ahead, the owner is
+	// known not to serve it.
+	calls      *callStream
+	callsRetry time.Time
+
 	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
 	releaseMu sync.Mutex
 	releases  []uint64
@@ -404,8 +409,9 @@ func (p *peer) isConnected() bool {
 	return p.up
 }
 
-// api returns the way to call the owner.
-func (p *peer) api() (filesAPI, error) {
+// api returns the way to call the owner. Bounded calls go on the Calls stream; the others
+// (lock waits, device I/O) may take long and are unary calls of their own.
+func (p *peer) api(bounded bool) (filesAPI, error) {
 	if p.local {
 		return p.m.cfg.Local, nil
 	}
@@ -413,7 +419,11 @@ func (p *peer) api() (filesAPI, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newRemoteFiles(conn), nil
+	var calls *callStream
+	if bounded {
+		calls = p.callStreamFor(conn)
+	}
+	return newRemoteFiles(conn, calls), nil
 }
 
 // callCtx bounds one request to the owner. Bounded calls run to their end or the timeout even
@@ -582,6 +592,7 @@ func (p *peer) onDisconnect() {
 	}
 	p.mu.Unlock()
 	if was {
+		p.dropCalls()
 		p.flush()
 	}
 }

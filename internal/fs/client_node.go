@@ -316,7 +316,7 @@ func changing(nodes ...*node) func() {
 
 func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
 	p.m.stats.ops.Add(1)
-	api, err := p.api()
+	api, err := p.api(bounded)
 	if err != nil {
 		p.m.stats.failures.Add(1)
 		return syscall.ENOTCONN

@@ -25,6 +25,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // The test harness runs several "nodes" in this process: each has a Server on a loopback gRPC
@@ -65,6 +67,8 @@ type testNode struct {
 	cfg    ServerConfig
 	// hang makes the node's server stop answering, as if the network dropped its packets.
 	hang atomic.Bool
+	// noCalls makes the node's server one that does not know the Calls stream (an older agent).
+	noCalls bool
 
 	connsMu sync.Mutex
 	conns   map[string]*grpc.ClientConn // to other nodes, dialled as this node
@@ -173,7 +177,11 @@ func (n *testNode) start(cfg ServerConfig) {
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			return handler(srv, hangingStream{ServerStream: ss, hang: &n.hang})
 		}))...)
-	srv.Register(g)
+	if n.noCalls {
+		fspb.RegisterFilesServer(g, serverWithoutCalls{srv})
+	} else {
+		srv.Register(g)
+	}
 	go g.Serve(lis)
 	n.c.mu.Lock()
 	n.addr, n.server, n.grpc, n.cfg = lis.Addr().String(), srv, g, cfg

@@ -38,75 +38,86 @@ type filesAPI interface {
 var _ filesAPI = (*Server)(nil)
 var _ filesAPI = remoteFiles{}
 
-// remoteFiles calls another node's Files service.
-type remoteFiles struct{ c fspb.FilesClient }
+// remoteFiles calls another node's Files service: on its Calls stream when there is one, else
+// as unary calls.
+type remoteFiles struct {
+	c     fspb.FilesClient
+	calls *callStream
+}
 
-func newRemoteFiles(conn grpc.ClientConnInterface) remoteFiles {
-	return remoteFiles{c: fspb.NewFilesClient(conn)}
+func newRemoteFiles(conn grpc.ClientConnInterface, calls *callStream) remoteFiles {
+	return remoteFiles{c: fspb.NewFilesClient(conn), calls: calls}
 }
 
 func (r remoteFiles) Lookup(ctx context.Context, in *fspb.LookupRequest) (*fspb.EntryReply, error) {
-	return r.c.Lookup(ctx, in)
+	return viaCalls(ctx, r, "Lookup", in, r.c.Lookup)
 }
 func (r remoteFiles) Getattr(ctx context.Context, in *fspb.NodeRequest) (*fspb.EntryReply, error) {
-	return r.c.Getattr(ctx, in)
+	return viaCalls(ctx, r, "Getattr", in, r.c.Getattr)
 }
 func (r remoteFiles) Setattr(ctx context.Context, in *fspb.SetattrRequest) (*fspb.EntryReply, error) {
-	return r.c.Setattr(ctx, in)
+	return viaCalls(ctx, r, "Setattr", in, r.c.Setattr)
 }
 func (r remoteFiles) Readlink(ctx context.Context, in *fspb.NodeRequest) (*fspb.ReadlinkReply, error) {
-	return r.c.Readlink(ctx, in)
+	return viaCalls(ctx, r, "Readlink", in, r.c.Readlink)
 }
 func (r remoteFiles) Readdir(ctx context.Context, in *fspb.ReaddirRequest) (*fspb.ReaddirReply, error) {
+	// A listing batch is large: on the stream it would hold up the requests behind it.
 	return r.c.Readdir(ctx, in)
 }
 func (r remoteFiles) Open(ctx context.Context, in *fspb.OpenRequest) (*fspb.OpenReply, error) {
-	return r.c.Open(ctx, in)
+	return viaCalls(ctx, r, "Open", in, r.c.Open)
 }
 func (r remoteFiles) Create(ctx context.Context, in *fspb.CreateRequest) (*fspb.OpenReply, error) {
-	return r.c.Create(ctx, in)
+	return viaCalls(ctx, r, "Create", in, r.c.Create)
 }
 func (r remoteFiles) Read(ctx context.Context, in *fspb.ReadRequest) (*fspb.ReadReply, error) {
-	return r.c.Read(ctx, in)
+	if in.Size > maxStreamedData {
+		return r.c.Read(ctx, in)
+	}
+	return viaCalls(ctx, r, "Read", in, r.c.Read)
 }
 func (r remoteFiles) Write(ctx context.Context, in *fspb.WriteRequest) (*fspb.WriteReply, error) {
-	return r.c.Write(ctx, in)
+	if len(in.Data) > maxStreamedData {
+		return r.c.Write(ctx, in)
+	}
+	return viaCalls(ctx, r, "Write", in, r.c.Write)
 }
 func (r remoteFiles) Release(ctx context.Context, in *fspb.HandleRequest) (*fspb.ErrnoReply, error) {
-	return r.c.Release(ctx, in)
+	return viaCalls(ctx, r, "Release", in, r.c.Release)
 }
 func (r remoteFiles) Fsync(ctx context.Context, in *fspb.FsyncRequest) (*fspb.ErrnoReply, error) {
-	return r.c.Fsync(ctx, in)
+	return viaCalls(ctx, r, "Fsync", in, r.c.Fsync)
 }
 func (r remoteFiles) Allocate(ctx context.Context, in *fspb.AllocateRequest) (*fspb.ErrnoReply, error) {
-	return r.c.Allocate(ctx, in)
+	return viaCalls(ctx, r, "Allocate", in, r.c.Allocate)
 }
 func (r remoteFiles) Lseek(ctx context.Context, in *fspb.LseekRequest) (*fspb.LseekReply, error) {
-	return r.c.Lseek(ctx, in)
+	return viaCalls(ctx, r, "Lseek", in, r.c.Lseek)
 }
 func (r remoteFiles) Mknod(ctx context.Context, in *fspb.MknodRequest) (*fspb.EntryReply, error) {
-	return r.c.Mknod(ctx, in)
+	return viaCalls(ctx, r, "Mknod", in, r.c.Mknod)
 }
 func (r remoteFiles) Symlink(ctx context.Context, in *fspb.SymlinkRequest) (*fspb.EntryReply, error) {
-	return r.c.Symlink(ctx, in)
+	return viaCalls(ctx, r, "Symlink", in, r.c.Symlink)
 }
 func (r remoteFiles) Link(ctx context.Context, in *fspb.LinkRequest) (*fspb.EntryReply, error) {
-	return r.c.Link(ctx, in)
+	return viaCalls(ctx, r, "Link", in, r.c.Link)
 }
 func (r remoteFiles) Remove(ctx context.Context, in *fspb.RemoveRequest) (*fspb.ChangeReply, error) {
-	return r.c.Remove(ctx, in)
+	return viaCalls(ctx, r, "Remove", in, r.c.Remove)
 }
 func (r remoteFiles) Rename(ctx context.Context, in *fspb.RenameRequest) (*fspb.ChangeReply, error) {
-	return r.c.Rename(ctx, in)
+	return viaCalls(ctx, r, "Rename", in, r.c.Rename)
 }
 func (r remoteFiles) Statfs(ctx context.Context, in *fspb.NodeRequest) (*fspb.StatfsReply, error) {
-	return r.c.Statfs(ctx, in)
+	return viaCalls(ctx, r, "Statfs", in, r.c.Statfs)
 }
 func (r remoteFiles) Xattr(ctx context.Context, in *fspb.XattrRequest) (*fspb.XattrReply, error) {
-	return r.c.Xattr(ctx, in)
+	return viaCalls(ctx, r, "Xattr", in, r.c.Xattr)
 }
 func (r remoteFiles) Lock(ctx context.Context, in *fspb.LockRequest) (*fspb.LockReply, error) {
-	return r.c.Lock(ctx, in)
+	return viaCalls(ctx, r, "Lock", in, r.c.Lock)
 }
 
 // clientWatch is the client side of a Watch stream.

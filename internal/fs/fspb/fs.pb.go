@@ -3235,6 +3235,138 @@ func (x *StatusReply) GetRoot() string {
 	return ""
 }
 
+type Call struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// method is the unary method's name, such as "Lookup".
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// request is that method's request message, encoded.
+	Request       []byte `protobuf:"bytes,3,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Call) Reset() {
+	*x = Call{}
+	mi := &file_fs_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Call) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Call) ProtoMessage() {}
+
+func (x *Call) ProtoReflect() protoreflect.Message {
+	mi := &file_fs_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Call.ProtoReflect.Descriptor instead.
+func (*Call) Descriptor() ([]byte, []int) {
+	return file_fs_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *Call) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Call) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Call) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+type Result struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// reply is the method's reply message, encoded, unless it failed with a gRPC status instead:
+	// then code (not OK) and message are that status.
+	Reply         []byte `protobuf:"bytes,2,opt,name=reply,proto3" json:"reply,omitempty"`
+	Code          uint32 `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Result) Reset() {
+	*x = Result{}
+	mi := &file_fs_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Result) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Result) ProtoMessage() {}
+
+func (x *Result) ProtoReflect() protoreflect.Message {
+	mi := &file_fs_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Result.ProtoReflect.Descriptor instead.
+func (*Result) Descriptor() ([]byte, []int) {
+	return file_fs_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *Result) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Result) GetReply() []byte {
+	if x != nil {
+		return x.Reply
+	}
+	return nil
+}
+
+func (x *Result) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Result) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_fs_proto protoreflect.FileDescriptor
 
 const file_fs_proto_rawDesc = "" +
@@ -3506,7 +3638,16 @@ const file_fs_proto_rawDesc = "" +
 	" \x01(\x04R\x11invalidationsSent\x12\x1f\n" +
 	"\vdisk_events\x18\v \x01(\x04R\n" +
 	"diskEvents\x12\x12\n" +
-	"\x04root\x18\f \x01(\tR\x04root2\xc3\n" +
+	"\x04root\x18\f \x01(\tR\x04root\"H\n" +
+	"\x04Call\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
+	"\arequest\x18\x03 \x01(\fR\arequest\"\\\n" +
+	"\x06Result\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05reply\x18\x02 \x01(\fR\x05reply\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage2\xf4\n" +
 	"\n" +
 	"\x05Files\x129\n" +
 	"\x06Lookup\x12\x18.ssi.fs.v1.LookupRequest\x1a\x15.ssi.fs.v1.EntryReply\x128\n" +
@@ -3531,7 +3672,8 @@ const file_fs_proto_rawDesc = "" +
 	"\x05Xattr\x12\x17.ssi.fs.v1.XattrRequest\x1a\x15.ssi.fs.v1.XattrReply\x124\n" +
 	"\x04Lock\x12\x16.ssi.fs.v1.LockRequest\x1a\x14.ssi.fs.v1.LockReply\x125\n" +
 	"\x05Watch\x12\x12.ssi.fs.v1.WatchUp\x1a\x14.ssi.fs.v1.WatchDown(\x010\x01\x12:\n" +
-	"\x06Status\x12\x18.ssi.fs.v1.StatusRequest\x1a\x16.ssi.fs.v1.StatusReplyB-Z+github.com/ssi-cluster/ssi/internal/fs/fspbb\x06proto3"
+	"\x06Status\x12\x18.ssi.fs.v1.StatusRequest\x1a\x16.ssi.fs.v1.StatusReply\x12/\n" +
+	"\x05Calls\x12\x0f.ssi.fs.v1.Call\x1a\x11.ssi.fs.v1.Result(\x010\x01B-Z+github.com/ssi-cluster/ssi/internal/fs/fspbb\x06proto3"
 
 var (
 	file_fs_proto_rawDescOnce sync.Once
@@ -3546,7 +3688,7 @@ func file_fs_proto_rawDescGZIP() []byte {
 }
 
 var file_fs_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fs_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_fs_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_fs_proto_goTypes = []any{
 	(XattrRequest_Op)(0),    // 0: ssi.fs.v1.XattrRequest.Op
 	(LockRequest_Op)(0),     // 1: ssi.fs.v1.LockRequest.Op
@@ -3591,6 +3733,8 @@ var file_fs_proto_goTypes = []any{
 	(*WatchDown)(nil),       // 40: ssi.fs.v1.WatchDown
 	(*StatusRequest)(nil),   // 41: ssi.fs.v1.StatusRequest
 	(*StatusReply)(nil),     // 42: ssi.fs.v1.StatusReply
+	(*Call)(nil),            // 43: ssi.fs.v1.Call
+	(*Result)(nil),          // 44: ssi.fs.v1.Result
 }
 var file_fs_proto_depIdxs = []int32{
 	3,  // 0: ssi.fs.v1.NodeRef.id:type_name -> ssi.fs.v1.FileID
@@ -3658,31 +3802,33 @@ var file_fs_proto_depIdxs = []int32{
 	36, // 62: ssi.fs.v1.Files.Lock:input_type -> ssi.fs.v1.LockRequest
 	38, // 63: ssi.fs.v1.Files.Watch:input_type -> ssi.fs.v1.WatchUp
 	41, // 64: ssi.fs.v1.Files.Status:input_type -> ssi.fs.v1.StatusRequest
-	8,  // 65: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
-	8,  // 66: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
-	8,  // 67: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
-	12, // 68: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
-	15, // 69: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
-	18, // 70: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
-	18, // 71: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
-	21, // 72: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
-	23, // 73: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
-	10, // 74: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 75: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 76: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
-	27, // 77: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
-	8,  // 78: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
-	8,  // 79: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
-	8,  // 80: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
-	9,  // 81: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
-	9,  // 82: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
-	33, // 83: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
-	35, // 84: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
-	37, // 85: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
-	40, // 86: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
-	42, // 87: ssi.fs.v1.Files.Status:output_type -> ssi.fs.v1.StatusReply
-	65, // [65:88] is the sub-list for method output_type
-	42, // [42:65] is the sub-list for method input_type
+	43, // 65: ssi.fs.v1.Files.Calls:input_type -> ssi.fs.v1.Call
+	8,  // 66: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
+	8,  // 67: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
+	8,  // 68: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
+	12, // 69: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
+	15, // 70: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
+	18, // 71: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
+	18, // 72: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
+	21, // 73: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
+	23, // 74: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
+	10, // 75: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 76: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 77: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
+	27, // 78: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
+	8,  // 79: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
+	8,  // 80: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
+	8,  // 81: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
+	9,  // 82: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
+	9,  // 83: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
+	33, // 84: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
+	35, // 85: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
+	37, // 86: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
+	40, // 87: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
+	42, // 88: ssi.fs.v1.Files.Status:output_type -> ssi.fs.v1.StatusReply
+	44, // 89: ssi.fs.v1.Files.Calls:output_type -> ssi.fs.v1.Result
+	66, // [66:90] is the sub-list for method output_type
+	42, // [42:66] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
 	42, // [42:42] is the sub-list for extension extendee
 	0,  // [0:42] is the sub-list for field type_name
@@ -3699,7 +3845,7 @@ func file_fs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fs_proto_rawDesc), len(file_fs_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

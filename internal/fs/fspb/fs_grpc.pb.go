@@ -46,6 +46,7 @@ const (
 	Files_Lock_FullMethodName     = "/ssi.fs.v1.Files/Lock"
 	Files_Watch_FullMethodName    = "/ssi.fs.v1.Files/Watch"
 	Files_Status_FullMethodName   = "/ssi.fs.v1.Files/Status"
+	Files_Calls_FullMethodName    = "/ssi.fs.v1.Files/Calls"
 )
 
 // FilesClient is the client API for Files service.
@@ -80,6 +81,12 @@ type FilesClient interface {
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchUp, WatchDown], error)
 	// Status describes what this node exports and its counters, for `ssi fs`.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error)
+	// Calls carries requests of the unary methods above and their answers on one long-lived
+	// stream per client: a request on it costs about half the latency of a unary call (no
+	// per-call stream set-up, fewer hand-offs). Each Call names a method and carries its request;
+	// each Result answers the Call with the same id, in any order. Not for calls that may block
+	// for long (device I/O) or carry much data, which stay unary.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Call, Result], error)
 }
 
 type filesClient struct {
@@ -323,6 +330,19 @@ func (c *filesClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *filesClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Call, Result], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Files_ServiceDesc.Streams[1], Files_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[Call, Result]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Files_CallsClient = grpc.BidiStreamingClient[Call, Result]
+
 // FilesServer is the server API for Files service.
 // All implementations must embed UnimplementedFilesServer
 // for forward compatibility.
@@ -355,6 +375,12 @@ type FilesServer interface {
 	Watch(grpc.BidiStreamingServer[WatchUp, WatchDown]) error
 	// Status describes what this node exports and its counters, for `ssi fs`.
 	Status(context.Context, *StatusRequest) (*StatusReply, error)
+	// Calls carries requests of the unary methods above and their answers on one long-lived
+	// stream per client: a request on it costs about half the latency of a unary call (no
+	// per-call stream set-up, fewer hand-offs). Each Call names a method and carries its request;
+	// each Result answers the Call with the same id, in any order. Not for calls that may block
+	// for long (device I/O) or carry much data, which stay unary.
+	Calls(grpc.BidiStreamingServer[Call, Result]) error
 	mustEmbedUnimplementedFilesServer()
 }
 
@@ -433,6 +459,9 @@ func (UnimplementedFilesServer) Watch(grpc.BidiStreamingServer[WatchUp, WatchDow
 }
 func (UnimplementedFilesServer) Status(context.Context, *StatusRequest) (*StatusReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedFilesServer) Calls(grpc.BidiStreamingServer[Call, Result]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedFilesServer) mustEmbedUnimplementedFilesServer() {}
 func (UnimplementedFilesServer) testEmbeddedByValue()               {}
@@ -858,6 +887,13 @@ func _Files_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Files_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(FilesServer).Calls(&grpc.GenericServerStream[Call, Result]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Files_CallsServer = grpc.BidiStreamingServer[Call, Result]
+
 // Files_ServiceDesc is the grpc.ServiceDesc for Files service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -958,6 +994,12 @@ var Files_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _Files_Watch_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Calls",
+			Handler:       _Files_Calls_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,112 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+)
+
+// serverWithoutCalls is a file server of an agent from before the Calls stream.
+type serverWithoutCalls struct{ *Server }
+
+func (serverWithoutCalls) Calls(fspb.Files_CallsServer) error {
+	return status.Error(codes.Unimplemented, "unknown method Calls")
+}
+
+// smallFileRoundTrip creates, reads, stats and removes a few files through the mount.
+func smallFileRoundTrip(t *testing.T, n *testNode, owner, prefix string) {
+	t.Helper()
+	for i := range 5 {
+		p := n.path(owner, fmt.Sprint(prefix, i))
+		data := []byte(fmt.Sprint("file ", i))
+		must(t, os.WriteFile(p, data, 0o644))
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read %s: %q, %v; want %q", p, got, err, data)
+		}
+		if st, err := os.Stat(p); err != nil || st.Size() != int64(len(data)) {
+			t.Fatalf("stat %s: %v", p, err)
+		}
+		must(t, os.Remove(p))
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stat of removed %s: %v", p, err)
+		}
+	}
+}
+
+func TestRequestsGoOnTheCallsStream(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1 := c.node("n1")
+	n1.mountTree(5 * time.Second)
+	smallFileRoundTrip(t, n1, "n2", "f")
+	p := n1.mount.peer("n2")
+	p.mu.Lock()
+	cs := p.calls
+	p.mu.Unlock()
+	if cs == nil || cs.failed() != nil {
+		t.Fatalf("no working Calls stream to the owner after requests: %v", cs)
+	}
+}
+
+func TestOwnerWithoutCallsStreamIsCalledUnary(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n2.noCalls = true
+	n2.restart(ServerConfig{})
+	n1.mountTree(5 * time.Second)
+	smallFileRoundTrip(t, n1, "n2", "f")
+	p := n1.mount.peer("n2")
+	p.mu.Lock()
+	cs, retry := p.calls, p.callsRetry
+	p.mu.Unlock()
+	if cs != nil && !errors.Is(cs.failed(), errNoCalls) || time.Until(retry) <= 0 {
+		t.Fatalf("client did not settle on unary calls: stream %v, retry at %v", cs, retry)
+	}
+}
+
+// TestConcurrentRequestsOnOneStream runs many requests at once on the one stream: each must
+// get its own answer.
+func TestConcurrentRequestsOnOneStream(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1 := c.node("n1")
+	n1.mountTree(5 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				p := n1.path("n2", fmt.Sprintf("g%d-%d", g, i))
+				data := bytes.Repeat([]byte{byte(g)}, 100+i)
+				if err := os.WriteFile(p, data, 0o644); err != nil {
+					errs <- err
+					return
+				}
+				got, err := os.ReadFile(p)
+				if err != nil || !bytes.Equal(got, data) {
+					errs <- fmt.Errorf("read %s: %d bytes, %v", p, len(got), err)
+					return
+				}
+				if err := os.Remove(p); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
