@@ -33,5 +33,7 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(ioBuffer),
 		grpc.MaxRecvMsgSize(MaxMessage),
 		grpc.MaxSendMsgSize(MaxMessage),
+		// Lets handlers send and receive frames of process output as they are (see Frame).
+		grpc.ForceServerCodecV2(Codec{}),
 	}
 }

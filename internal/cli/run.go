@@ -13,7 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
@@ -131,7 +133,8 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	defer cc.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := ssipb.NewControlClient(cc).Run(ctx)
+	// Output arrives as frames, written out without being decoded (see api.Frame).
+	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
 	if err != nil {
 		return g.rpcError(err)
 	}
@@ -194,23 +197,29 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	go pumpStdin(send)
 
 	for {
-		out, err := stream.Recv()
-		if err != nil {
+		var frame api.Frame
+		if err := stream.RecvMsg(&frame); err != nil {
 			if errors.Is(err, io.EOF) {
 				return exitError{code: 255, msg: "the agent ended the session without an exit status"}
 			}
 			return exitError{code: 255, msg: g.rpcError(err).Error()}
 		}
-		switch m := out.Msg.(type) {
-		case *ssipb.RunOutput_Stdout:
-			if _, err := os.Stdout.Write(m.Stdout); err != nil {
+		switch frame.Field() {
+		case api.RunOutputStdout:
+			if _, err := frame.WriteBytesField(os.Stdout); err != nil {
 				// The reader went away (a closed pipe): end the command as a local one would be.
 				return exitError{code: 141}
 			}
-		case *ssipb.RunOutput_Stderr:
-			_, _ = os.Stderr.Write(m.Stderr)
-		case *ssipb.RunOutput_Exit:
-			return exitError{code: int(m.Exit.Code), msg: m.Exit.Message}
+		case api.RunOutputStderr:
+			_, _ = frame.WriteBytesField(os.Stderr)
+		default:
+			var out ssipb.RunOutput
+			if err := frame.Decode(&out); err != nil {
+				return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
+			}
+			if ex := out.GetExit(); ex != nil {
+				return exitError{code: int(ex.Code), msg: ex.Message}
+			}
 		}
 	}
 }

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/gpid"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -40,6 +42,7 @@ const outputDrain = time.Second
 // runStream is the server side of Control.Run and Peer.Exec.
 type runStream interface {
 	Send(*ssipb.RunOutput) error
+	SendMsg(any) error // for frames (api.Frame)
 	Recv() (*ssipb.RunInput, error)
 	Context() context.Context
 }
@@ -152,9 +155,10 @@ func (s *Service) attach(stream runStream, r *record) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 
-	out := make(chan *ssipb.RunOutput, 4)
+	// Output is read straight into the buffers gRPC sends from (see api.Frame).
+	out := make(chan *api.Frame, 4)
 	var pumps sync.WaitGroup
-	pump := func(f *os.File, wrap func([]byte) *ssipb.RunOutput) {
+	pump := func(f *os.File, field protowire.Number) {
 		if f == nil {
 			return
 		}
@@ -163,12 +167,12 @@ func (s *Service) attach(stream runStream, r *record) error {
 		go func() {
 			defer pumps.Done()
 			for {
-				buf := make([]byte, chunkSize)
-				n, err := f.Read(buf)
-				if n > 0 {
+				frame, err := s.framer.Read(f, field)
+				if frame != nil {
 					select {
-					case out <- wrap(buf[:n]):
+					case out <- frame:
 					case <-ctx.Done():
+						frame.Free()
 						return
 					}
 				}
@@ -178,13 +182,11 @@ func (s *Service) attach(stream runStream, r *record) error {
 			}
 		}()
 	}
-	stdoutMsg := func(b []byte) *ssipb.RunOutput { return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Stdout{Stdout: b}} }
-	stderrMsg := func(b []byte) *ssipb.RunOutput { return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Stderr{Stderr: b}} }
 	if tty := p.TTY(); tty != nil {
-		pump(tty, stdoutMsg)
+		pump(tty, api.RunOutputStdout)
 	} else {
-		pump(p.Stdout(), stdoutMsg)
-		pump(p.Stderr(), stderrMsg)
+		pump(p.Stdout(), api.RunOutputStdout)
+		pump(p.Stderr(), api.RunOutputStderr)
 	}
 	pumpsDone := make(chan struct{})
 	go func() { pumps.Wait(); close(pumpsDone) }()
@@ -237,8 +239,8 @@ func (s *Service) attach(stream runStream, r *record) error {
 	var drainTimer <-chan time.Time
 	for pumpsDone != nil || exited != nil {
 		select {
-		case m := <-out:
-			if err := stream.Send(m); err != nil {
+		case frame := <-out:
+			if err := stream.SendMsg(frame); err != nil {
 				s.endTree(r, "send failed")
 				return err
 			}
@@ -258,7 +260,7 @@ func (s *Service) attach(stream runStream, r *record) error {
 	}
 	// The pumps have stopped: what they queued is all there is.
 	for len(out) > 0 {
-		if err := stream.Send(<-out); err != nil {
+		if err := stream.SendMsg(<-out); err != nil {
 			s.endTree(r, "send failed")
 			return err
 		}
@@ -340,7 +342,7 @@ func (s *Service) workingDir(dir, home, self string) (string, error) {
 	}
 	through := filepath.Join(tree, home, dir)
 	if _, err := os.Stat(through); err != nil {
-		return "", fmt.Errorf("working directory %s exists neither on node %s nor as %s (%v): give one that does with --cwd", dir, self, through, errors.Unwrap(err))
+		return "", fmt.Errorf("working directory %s does not exist on node %s, nor on %s as %s (%v): give one that does with --cwd", dir, self, home, through, errors.Unwrap(err))
 	}
 	return through, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -116,7 +117,8 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 	}
 	ctx, cancel := context.WithCancel(client.Context())
 	defer cancel()
-	remote, err := peer.Exec(ctx)
+	// Output frames pass through without being decoded (see api.Frame).
+	remote, err := peer.Exec(ctx, grpc.ForceCodecV2(api.Codec{}))
 	if err != nil {
 		return s.lost(client, node, err)
 	}
@@ -164,7 +166,8 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 		}
 	}()
 	for {
-		out, err := remote.Recv()
+		var frame api.Frame
+		err := remote.RecvMsg(&frame)
 		if err != nil {
 			if client.Context().Err() != nil {
 				return client.Context().Err()
@@ -179,10 +182,20 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 			}
 			return s.lost(client, node, err)
 		}
+		if f := frame.Field(); f == api.RunOutputStdout || f == api.RunOutputStderr {
+			if err := client.SendMsg(&frame); err != nil {
+				return err
+			}
+			continue
+		}
+		var out ssipb.RunOutput
+		if err := frame.Decode(&out); err != nil {
+			return s.lost(client, node, fmt.Errorf("unreadable message: %w", err))
+		}
 		if st := out.GetStarted(); st != nil && explanation != "" {
 			st.Explanation = explanation
 		}
-		if err := client.Send(out); err != nil {
+		if err := client.Send(&out); err != nil {
 			return err
 		}
 		if out.GetExit() != nil {

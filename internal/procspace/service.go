@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/place"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -53,8 +54,9 @@ type Config struct {
 
 // Service serves the process space of one node.
 type Service struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	framer *api.BytesFramer // buffers of process output on its way to clients
 
 	mu      sync.Mutex
 	started map[int]*record // by local pid: processes this agent started and still tracks
@@ -94,7 +96,8 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Policy == (place.Policy{}) {
 		cfg.Policy = place.DefaultPolicy
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, started: map[int]*record{}, recent: map[string][]time.Time{}}
+	s := &Service{cfg: cfg, log: cfg.Logger, framer: api.NewBytesFramer(chunkSize),
+		started: map[int]*record{}, recent: map[string][]time.Time{}}
 	n, err := proc.TerminateLeftovers(ctx, "", cfg.CgroupParent+"/"+attachedGroup, cfg.Grace)
 	if err != nil {
 		s.log.Warn("ending process trees of a previous agent", "err", err)

@@ -1,0 +1,110 @@
+package api
+
+import (
+	"bytes"
+	"testing"
+
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+)
+
+func TestRunOutputFieldNumbers(t *testing.T) {
+	fields := (&ssipb.RunOutput{}).ProtoReflect().Descriptor().Fields()
+	for name, want := range map[string]protowire.Number{"stdout": RunOutputStdout, "stderr": RunOutputStderr} {
+		if got := fields.ByName(protoreflect.Name(name)).Number(); got != want {
+			t.Errorf("RunOutput.%s is field %d, frames use %d", name, got, want)
+		}
+	}
+}
+
+// split cuts b into buffers at the given points, as gRPC may hand a message over.
+func split(b []byte, cuts ...int) mem.BufferSlice {
+	var out mem.BufferSlice
+	prev := 0
+	for _, c := range append(cuts, len(b)) {
+		c = min(max(c, prev), len(b))
+		out = append(out, mem.SliceBuffer(b[prev:c]))
+		prev = c
+	}
+	return out
+}
+
+func TestFramesPassOutputThrough(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789"), 30000)
+	framer := NewBytesFramer(1 << 20)
+	frame, err := framer.Read(bytes.NewReader(payload), RunOutputStderr)
+	if err != nil || frame == nil {
+		t.Fatalf("Read: %v %v", frame, err)
+	}
+	if frame.Field() != RunOutputStderr {
+		t.Fatalf("field %d", frame.Field())
+	}
+	// What the producer sends is an ordinary RunOutput on the wire.
+	wire, err := Codec{}.Marshal(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encoded := wire.Materialize()
+	wire.Free()
+	var msg ssipb.RunOutput
+	if err := proto.Unmarshal(encoded, &msg); err != nil || !bytes.Equal(msg.GetStderr(), payload) {
+		t.Fatalf("decoded as RunOutput: %v, %d bytes of stderr", err, len(msg.GetStderr()))
+	}
+	// A receiver writes the payload out however the message was cut into buffers.
+	for _, cuts := range [][]int{nil, {1}, {2}, {3, 4}, {100, 1000, 200000}} {
+		var got Frame
+		if err := (Codec{}).Unmarshal(split(encoded, cuts...), &got); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if n, err := got.WriteBytesField(&out); err != nil || n != int64(len(payload)) || !bytes.Equal(out.Bytes(), payload) {
+			t.Fatalf("cuts %v: wrote %d, %v", cuts, n, err)
+		}
+	}
+	// Other messages are decoded as usual.
+	exit, _ := proto.Marshal(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: 3, Message: "m"}}})
+	var f Frame
+	if err := (Codec{}).Unmarshal(split(exit, 1), &f); err != nil {
+		t.Fatal(err)
+	}
+	var back ssipb.RunOutput
+	if err := f.Decode(&back); err != nil || back.GetExit().GetCode() != 3 {
+		t.Fatalf("Decode: %v %v", err, &back)
+	}
+}
+
+func TestFrameRejectsWhatIsNotOneBytesField(t *testing.T) {
+	two, _ := proto.Marshal(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Stdout{Stdout: []byte("ab")}})
+	two = append(two, two...)
+	for name, b := range map[string][]byte{
+		"empty": nil, "varint field": {0x08, 0x01}, "two fields": two, "short": {0x12, 0x05, 'a'},
+	} {
+		f := Frame{data: split(b)}
+		if _, err := f.WriteBytesField(&bytes.Buffer{}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// FuzzFrame feeds arbitrary messages, cut anywhere, to what a receiver does with frames.
+func FuzzFrame(f *testing.F) {
+	good, _ := proto.Marshal(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Stdout{Stdout: []byte("hello")}})
+	f.Add(good, 1)
+	f.Add([]byte{0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, 3)
+	f.Fuzz(func(t *testing.T, b []byte, cut int) {
+		fr := Frame{data: split(b, cut)}
+		fr.Field()
+		var out bytes.Buffer
+		n, err := fr.WriteBytesField(&out)
+		if err == nil {
+			var msg ssipb.RunOutput
+			if perr := proto.Unmarshal(b, &msg); perr == nil && msg.GetStdout() != nil && !bytes.Equal(msg.GetStdout(), out.Bytes()) {
+				t.Fatalf("wrote %q (%d), the message holds %q", out.Bytes(), n, msg.GetStdout())
+			}
+		}
+	})
+}
