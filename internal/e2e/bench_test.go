@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -144,4 +145,87 @@ func BenchmarkIdleAgents(b *testing.B) {
 	b.ReportMetric(serverRSS, "MiB-server-rss")
 	b.ReportMetric(clientRSS, "MiB-client-rss")
 	b.ReportMetric(maxCPU, "%cpu-max")
+}
+
+// jobsWorkDir is a submit directory the simulated hosts see: they have private tmpfs on /tmp,
+// /run and /dev/shm, so a job submitted from under /tmp would find no working directory and
+// fail (quickly), which would measure the wrong thing.
+func jobsWorkDir(b *testing.B) string {
+	b.Helper()
+	dir, err := os.MkdirTemp("/var/tmp", "ssi-bench-jobs-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// cliIn runs the CLI on node from dir and returns its stdout.
+func cliIn(b *testing.B, c *devcluster.Cluster, node, dir string, args ...string) string {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := c.CLI(ctx, node, args...)
+	cmd.Dir = dir
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("ssi %v: %v: %s", args, err, stderr.String())
+	}
+	return string(out)
+}
+
+// BenchmarkJobsArray10kTrue is the job system's end-to-end goal (issue 4): on a 3-node
+// ssi dev cluster (2 cpus per node), ssi submit --array 0-9999 -- true, then ssi jobs polled
+// every 250 ms until the array is gone; every element must have completed. Run it with
+//
+//	go test -run XXX -bench JobsArray10k -benchtime 1x ./internal/e2e
+func BenchmarkJobsArray10kTrue(b *testing.B) {
+	const tasks = 10000
+	c := benchCluster(b, 3)
+	dir := jobsWorkDir(b)
+	// The scheduler must be elected before the clock starts.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(cliIn(b, c, "n1", dir, "status", "-o", "json"), `"scheduler_leader": "n`) {
+		if time.Now().After(deadline) {
+			b.Fatal("no scheduler leader after 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	total := 0
+	var elapsed time.Duration
+	for b.Loop() {
+		start := time.Now()
+		id := strings.TrimSpace(cliIn(b, c, "n1", dir, "submit", "--array", "0-"+strconv.Itoa(tasks-1), "--", "true"))
+		for strings.TrimSpace(cliIn(b, c, "n1", dir, "jobs", "-o", "json", id)) != "[]" {
+			time.Sleep(250 * time.Millisecond)
+		}
+		elapsed += time.Since(start)
+		total += tasks
+		var hist []jobJSON
+		if err := json.Unmarshal([]byte(cliIn(b, c, "n1", dir, "history", "-n", strconv.Itoa(tasks+10), "-o", "json")), &hist); err != nil {
+			b.Fatal(err)
+		}
+		completed := 0
+		for _, j := range hist {
+			if strings.HasPrefix(j.ID, id+"_") && j.State == "completed" {
+				completed++
+			}
+		}
+		if completed != tasks {
+			b.Fatalf("%d of %d elements completed", completed, tasks)
+		}
+	}
+	b.ReportMetric(float64(total)/elapsed.Seconds(), "jobs/s")
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		b.Logf("load average after: %s", strings.TrimSpace(string(load)))
+	}
+}
+
+// BenchmarkJobsSubmit is ssi submit as a user runs it: the whole CLI process, a held job (so
+// nothing runs), median wall time.
+func BenchmarkJobsSubmit(b *testing.B) {
+	c := benchCluster(b, 3)
+	timeCLI(b, c, "n1", "submit", "--hold", "--output", "/dev/null", "--", "true")
 }
