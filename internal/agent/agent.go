@@ -101,7 +101,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		dir:       dataDir(cfg.DataDir),
-		metrics:   newMetrics(),
+		metrics:   newMetrics(cfg.Logger),
 		registry:  map[string]store.NodeRecord{},
 		peerConns: map[string]*grpc.ClientConn{},
 		ready:     make(chan struct{}),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/cluster"
+	"github.com/ssi-cluster/ssi/internal/promdefer"
 )
 
 // metrics is the agent's own Prometheus registry; etcd's metrics (on the default registry)
@@ -25,7 +27,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 }
 
-func newMetrics() *metrics {
+func newMetrics(log *slog.Logger) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -36,8 +38,12 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}, []string{"api", "method"}),
 	}
-	// Go runtime and process metrics come with the default registry, served beside this one.
+	// Go runtime and process metrics come with the default registry, served beside this one,
+	// and so do etcd's, once registered for real.
 	m.reg.MustRegister(m.rpcs, m.duration)
+	if err := promdefer.Flush(); err != nil {
+		log.Warn("registering the etcd metrics", "err", err)
+	}
 	return m
 }
 

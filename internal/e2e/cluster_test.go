@@ -54,7 +54,7 @@ func TestFormationJoinAndFaults(t *testing.T) {
 
 	// /healthz and /metrics over --http, from the machine.
 	ip := c.Node("n2").IP.String()
-	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "ssi_cluster_members"} {
+	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "ssi_cluster_members", "/metrics#etcd": "etcd_server_has_leader"} {
 		resp, err := http.Get("http://" + ip + ":7780" + path)
 		if err != nil {
 			t.Fatal(err)
