@@ -179,12 +179,14 @@ func printDevUsage(w io.Writer, cluster *devcluster.Cluster, dir string, took ti
 	}
 	fmt.Fprintf(w, `
 Use it:
-  export SSI_SOCKET=%s
+  export SSI_SOCKET=%[1]s
   ssi nodes
-  ssi dev exec%s n2 -- sh        # a shell inside node n2
-Node K's socket, log and pids: %s/nK/{ssi.sock,agent.log,agent.pid,init.pid}
+  ssi dev exec%[2]s n2 -- sh        # a shell inside node n2 (every node's files are under /ssi)
+  ssi run -n %[4]s -- hostname      # a command on node %[4]s, as if local
+  ssi fs                         # the cluster file tree: exports and mounts
+Node K's socket, log and pids: %[3]s/nK/{ssi.sock,agent.log,agent.pid,init.pid}
 Ctrl-C stops the cluster and removes everything it made.
-`, nodes[0].Socket(), dirFlag, dir)
+`, nodes[0].Socket(), dirFlag, dir, nodes[len(nodes)-1].Name)
 }
 
 // watchNodes waits for ctx to end, telling the user when a host stops on its

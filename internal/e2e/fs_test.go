@@ -95,6 +95,9 @@ func TestClusterFileTree(t *testing.T) {
 		if got := must("n3", "cat /ssi/n2/tmp/shared"); got != "one\n" {
 			t.Fatalf("n3 reads through the tree: %q", got)
 		}
+		if got := must("n2", "cat /ssi/n2/tmp/shared"); got != "one\n" {
+			t.Fatalf("n2 reads its own file through its own mount: %q", got)
+		}
 		must("n3", "echo two-longer > /ssi/n2/tmp/shared")
 		if got := must("n1", "cat /ssi/n2/tmp/shared; stat -c %s /ssi/n2/tmp/shared"); got != "two-longer\n11\n" {
 			t.Fatalf("n1 after n3's change: %q", got)
