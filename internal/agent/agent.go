@@ -461,7 +461,7 @@ func (a *Agent) serve(ctx context.Context) error {
 	if a.jobs, err = jobs.Start(ctx, jobs.Deps{
 		Etcd: a.etcd, Node: a.state.Name, Server: a.state.Role == RoleServer, Members: a.jobMembers,
 		CgroupParent: filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
-		NodeIndex: a.state.Index, Logger: a.log,
+		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath,
 	}); err != nil {
 		return err
 	}

@@ -168,6 +168,21 @@ func TestClusterFileTree(t *testing.T) {
 		}
 	})
 
+	t.Run("jobs start in the submit directory and write their output there", func(t *testing.T) {
+		if r := ssi(t, c, "n1", "queue", "create", "on-n2", "--nodes", "n2"); r.code != 0 {
+			t.Fatalf("queue create: %v", r)
+		}
+		must("n1", "mkdir -p /tmp/jobdir && echo job-input > /tmp/jobdir/in")
+		id := strings.TrimSpace(must("n1", "cd /tmp/jobdir && ssi submit --queue on-n2 --output out-%j.txt -- sh -c 'hostname; pwd; cat in'"))
+		want := "n2\n/ssi/n1/tmp/jobdir\njob-input\n"
+		eventually(t, 30*time.Second, "job "+id+"'s output on n1", func() bool {
+			return sh("n1", "cat /tmp/jobdir/out-"+id+".txt").stdout == want
+		})
+		if st := jobState(t, c, "n1", id); st.State != "completed" {
+			t.Fatalf("job %s: %+v", id, st)
+		}
+	})
+
 	t.Run("an owner that dies fails calls promptly and comes back", func(t *testing.T) {
 		// A directory on the machine's disk outlives n2's host (its /tmp does not).
 		dir, err := os.MkdirTemp("/var/tmp", "ssi-e2e-fs")

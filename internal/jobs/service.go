@@ -39,6 +39,9 @@ type Deps struct {
 	Socket    string
 	NodeIndex uint32
 	Logger    *slog.Logger
+	// Tree says where this node mounts the cluster file tree ("" when it does not), so that
+	// jobs find their submit directory and output files on the submit node. Nil: never.
+	Tree func() string
 }
 
 // tuning holds the timings and places the package uses; tests shorten them.

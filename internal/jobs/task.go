@@ -110,7 +110,7 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 			break
 		}
 		p, err := proc.Start(context.Background(), proc.Spec{
-			Args: argv, Env: jobEnv(r, rank, ckpt), Dir: sp.Cwd,
+			Args: argv, Env: jobEnv(r, rank, ckpt), Dir: fromSubmitNode(sp.Cwd, true, e.tree(), sp.SubmitNode, e.node),
 			UID: sp.UID, GID: sp.GID, Groups: sp.Groups, Umask: sp.Umask,
 			Stdin: devNull, Stdout: outs[0], Stderr: outs[1],
 			CgroupParent: cgParent, CgroupMount: e.mount, Name: "task" + strconv.Itoa(rank),
@@ -290,6 +290,9 @@ func (e *executor) openOutputs(r *run, rank int, who identity, mkdir string) ([]
 		if errPath := expandPattern(sp.Error, v); errPath != paths[0] {
 			paths = append(paths, errPath)
 		}
+	}
+	for i, p := range paths {
+		paths[i] = fromSubmitNode(p, false, e.tree(), sp.SubmitNode, e.node)
 	}
 	files, err := e.users.openAsUser(paths, mkdir, who)
 	if err != nil {
