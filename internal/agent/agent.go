@@ -461,7 +461,7 @@ func (a *Agent) serve(ctx context.Context) error {
 	if a.jobs, err = jobs.Start(ctx, jobs.Deps{
 		Etcd: a.etcd, Node: a.state.Name, Server: a.state.Role == RoleServer, Members: a.jobMembers,
 		CgroupParent: filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
-		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath,
+		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath, LeadsEtcd: a.leadsEtcd(),
 	}); err != nil {
 		return err
 	}
@@ -487,6 +487,15 @@ func (a *Agent) nodeCgroupDir() string {
 		return ""
 	}
 	return filepath.Join(mount, filepath.Clean("/"+a.cfg.NodeCgroup))
+}
+
+// leadsEtcd tells the job service whether this server's embedded member leads etcd; nil
+// when the node has no member of its own.
+func (a *Agent) leadsEtcd() func() bool {
+	if a.member == nil {
+		return nil
+	}
+	return a.member.IsLeader
 }
 
 // jobMembers is the gossip view in the terms the job service needs.

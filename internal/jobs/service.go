@@ -39,6 +39,9 @@ type Deps struct {
 	Socket    string
 	NodeIndex uint32
 	Logger    *slog.Logger
+	// LeadsEtcd, when set, says without a network call whether this node's embedded etcd
+	// member is the etcd leader. Nil: ask the endpoints (external etcd).
+	LeadsEtcd func() bool
 	// Tree says where this node mounts the cluster file tree ("" when it does not), so that
 	// jobs find their submit directory and output files on the submit node. Nil: never.
 	Tree func() string
@@ -259,6 +262,11 @@ func (s *Service) stepAside(myKey string) bool {
 	if !others {
 		return false
 	}
+	if s.d.LeadsEtcd != nil {
+		return s.d.LeadsEtcd()
+	}
+	// Status opens a connection of its own to the endpoint: fine for an external etcd, where
+	// there is no member of ours to ask.
 	members, err := cli.MemberList(ctx)
 	if err != nil {
 		return false
