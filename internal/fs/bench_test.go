@@ -113,11 +113,17 @@ func BenchmarkSmallFiles(b *testing.B) {
 			}
 		}
 		create += time.Since(start)
-		// Stat files the client has not seen: made on the owner's disk.
+		// Stat files the client has not seen: made on the owner's disk. Such changes reach the
+		// client shortly after, not at once: wait for the last one (they come in order).
 		diskDir := n2.disk(fmt.Sprint("small", i))
 		for j := range files {
 			os.WriteFile(filepath.Join(diskDir, fmt.Sprint("g", j)), data, 0o644)
 		}
+		os.WriteFile(filepath.Join(diskDir, "last"), data, 0o644)
+		eventually(b, 5*time.Second, "the owner's own files show in the mount", func() error {
+			_, err := os.Stat(filepath.Join(dir, "last"))
+			return err
+		})
 		start = time.Now()
 		for j := range files {
 			if _, err := os.Stat(filepath.Join(dir, fmt.Sprint("g", j))); err != nil {
