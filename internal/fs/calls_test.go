@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
@@ -109,4 +111,42 @@ func TestConcurrentRequestsOnOneStream(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+// FuzzCalls feeds random requests of the Calls stream to a read-only server: none may crash it,
+// and each gets an answer of its own id that is either a status or a reply of its method.
+func FuzzCalls(f *testing.F) {
+	if os.Geteuid() != 0 {
+		f.Skip("needs root (the server takes on callers' credentials)")
+	}
+	root := f.TempDir()
+	if err := os.WriteFile(root+"/f", []byte("x"), 0o644); err != nil {
+		f.Fatal(err)
+	}
+	s, err := NewServer(ServerConfig{Root: root, ReadOnly: true, identify: testIdentify})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { s.Close() })
+	ctx := withLocalNode(context.Background(), "fuzzer")
+	lookup, _ := proto.Marshal(&fspb.LookupRequest{Session: []byte("s"), Caller: &fspb.Caller{}, Dir: &fspb.NodeRef{}, Name: []byte("f")})
+	f.Add(uint64(1), "Lookup", lookup)
+	f.Add(uint64(2), "Create", lookup)
+	f.Add(uint64(3), "Watch", []byte{0xff})
+	f.Add(uint64(4), "Status", []byte(nil))
+	f.Fuzz(func(t *testing.T, id uint64, method string, request []byte) {
+		res := s.serveCall(ctx, &fspb.Call{Id: id, Method: method, Request: request})
+		if res.Id != id {
+			t.Fatalf("answer to call %d has id %d", id, res.Id)
+		}
+		if res.Code != uint32(codes.OK) {
+			if len(res.Reply) > 0 {
+				t.Fatalf("failed call %q (%d) carries a reply too", method, res.Code)
+			}
+			return
+		}
+		if streamedMethods[method] == nil {
+			t.Fatalf("unknown method %q answered", method)
+		}
+	})
 }
