@@ -140,6 +140,9 @@ func (n fileNodes) Names() []string {
 	return names
 }
 
+// Gone makes requests to a node gossip has seen fail end at once (fs.Liveness).
+func (n fileNodes) Gone(node string) bool { return n.a.gossip.Gone(node) }
+
 func (n fileNodes) Conn(node string) (grpc.ClientConnInterface, error) {
 	addr, ok := n.a.addrOf(node)
 	if !ok {

@@ -171,6 +171,15 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// Gone reports whether gossip has seen the node die or leave, and not come back since. It is
+// cheap enough to ask on every request to the node.
+func (m *Membership) Gone(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, gone := m.gone[name]
+	return gone
+}
+
 // eventDelegate records departures, which memberlist's member list no longer shows.
 type eventDelegate Membership
 

@@ -34,6 +34,12 @@ type Nodes interface {
 	Conn(node string) (grpc.ClientConnInterface, error)
 }
 
+// Liveness is implemented by a Nodes that learns of failed nodes (from gossip): requests to a
+// node it reports gone fail at once with ENOTCONN instead of waiting for the timeout.
+type Liveness interface {
+	Gone(node string) bool
+}
+
 // MountConfig describes the FUSE mount of the cluster tree.
 type MountConfig struct {
 	// Path is the mount point, /ssi normally. It must exist.

@@ -90,3 +90,35 @@ func TestOwnerThatStopsAnsweringFailsCallsWithinTheTimeout(t *testing.T) {
 		return err
 	})
 }
+
+// TestOwnerKnownGoneFailsCallsAtOnce: once membership reports an owner failed, calls to it
+// end with ENOTCONN without waiting for the timeout, and work again when it is back.
+func TestOwnerKnownGoneFailsCallsAtOnce(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = 30 * time.Second
+	n1.mountTree(timeout)
+	must(t, os.WriteFile(n1.path("n2", "f"), []byte("data"), 0o644))
+
+	n2.hang.Store(true)
+	c.gone.Store("n2", true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(n1.path("n2", "not-cached"))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.ENOTCONN) {
+			t.Fatalf("stat on a node known to be gone: %v, want ENOTCONN", err)
+		}
+	case <-time.After(timeout / 2):
+		t.Fatal("stat on a node known to be gone waited for the request timeout")
+	}
+	n2.hang.Store(false)
+	c.gone.Delete("n2")
+	eventually(t, 10*time.Second, "the node answers again", func() error {
+		_, err := os.ReadFile(n1.path("n2", "f"))
+		return err
+	})
+}

@@ -53,6 +53,8 @@ type testCluster struct {
 	order []string
 	// tls, when set, secures the loopback connections as the agents' mTLS would (benchmarks).
 	tls *testTLS
+	// gone are the nodes the mounts are told have failed, as gossip would (Liveness).
+	gone sync.Map
 }
 
 type testNode struct {
@@ -236,6 +238,11 @@ func (w testLogWriter) Write(b []byte) (int, error) {
 type testNodes struct{ from *testNode }
 
 func (v testNodes) Names() []string { return v.from.c.order }
+
+func (v testNodes) Gone(node string) bool {
+	_, gone := v.from.c.gone.Load(node)
+	return gone
+}
 
 func (v testNodes) Conn(node string) (grpc.ClientConnInterface, error) {
 	to := v.from.c.node(node)
