@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 
@@ -231,35 +230,6 @@ func credentialFor(spec Spec) (*syscall.Credential, caller, error) {
 		who.gids = append(who.gids, uint32(g))
 	}
 	return nil, who, nil
-}
-
-// startWithUmask starts the process with the given umask without touching the agent's.
-//
-// The umask lives in the fs_struct, which all threads share, so setting it in the agent
-// would race with every file the agent creates meanwhile. Instead a goroutine locks itself
-// to an OS thread, gives that thread a private fs_struct (unshare CLONE_FS), sets the umask
-// there and forks from that thread, so only the child inherits it. The goroutine ends
-// without unlocking, which makes the Go runtime discard the altered thread rather than
-// reuse it. This costs one thread creation per start, far less than re-executing a helper
-// or a shell, and keeps the child's argv[0] and exec errors exactly as the caller gave them.
-func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int) (*os.Process, error) {
-	type result struct {
-		p   *os.Process
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_FS); err != nil {
-			done <- result{err: fmt.Errorf("give the starting thread its own umask: %w", err)}
-			return
-		}
-		unix.Umask(umask)
-		p, err := os.StartProcess(path, args, attr)
-		done <- result{p, err}
-	}()
-	r := <-done
-	return r.p, r.err
 }
 
 // stdio holds both ends of the child's standard files while starting.

@@ -1,0 +1,124 @@
+package proc
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// The umask lives in the fs_struct (with the working and root directories), which all
+// threads of the agent share, so setting it in the agent would race with every file the
+// agent creates meanwhile, and with other starts. Every process is therefore forked from
+// a spawner: a goroutine locked for good to its own OS thread, which gave that thread a
+// private fs_struct (unshare CLONE_FS) once. A spawner serves one start at a time: it sets
+// its thread's umask, forks and execs (Go's forkExec from a locked thread), and sets the
+// umask back, so only the child sees the caller's umask. A few spawners share the
+// requests; each start costs two thread wake-ups instead of creating and destroying a
+// thread, and keeps the child's argv[0] and exec errors exactly as the caller gave them.
+//
+// Nothing else about the spawner threads changes: credentials are switched in the child
+// only (SysProcAttr.Credential), no namespace but the fs_struct is unshared, and the
+// goroutines never unlock their threads, so the Go runtime never runs other goroutines
+// on them.
+//
+// A private fs_struct no longer follows the agent's working directory. Starts that depend
+// on it (no Dir, a relative Dir or a relative command path) pass the caller's working
+// directory to the spawner, which moves there first.
+
+// maxSpawners bounds the spawner threads: a fork blocks its spawner only until the child
+// has exec'd, so more than a few would sit idle.
+const maxSpawners = 4
+
+type spawnRequest struct {
+	path  string
+	args  []string
+	attr  *os.ProcAttr
+	umask int
+	// cwd, when >= 0, is an O_PATH descriptor of the caller's working directory.
+	cwd  int
+	done chan spawnResult
+}
+
+type spawnResult struct {
+	p   *os.Process
+	err error
+}
+
+var (
+	spawnersOnce sync.Once
+	spawnQueue   chan *spawnRequest
+)
+
+// startWithUmask starts the process with the given umask without touching the agent's
+// (see the spawners above).
+func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int) (*os.Process, error) {
+	spawnersOnce.Do(startSpawners)
+	req := &spawnRequest{path: path, args: args, attr: attr, umask: umask, cwd: -1, done: make(chan spawnResult, 1)}
+	if !filepath.IsAbs(attr.Dir) || !filepath.IsAbs(path) {
+		fd, err := unix.Open(".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open the agent's working directory: %w", err)
+		}
+		defer unix.Close(fd)
+		req.cwd = fd
+	}
+	spawnQueue <- req
+	r := <-req.done
+	return r.p, r.err
+}
+
+func startSpawners() {
+	spawnQueue = make(chan *spawnRequest)
+	for range max(1, min(runtime.GOMAXPROCS(0), maxSpawners)) {
+		go spawner(nil)
+	}
+}
+
+// spawner serves start requests for the life of the agent on its own locked thread. It
+// closes locked, if not nil, once it holds a thread other than the main one.
+func spawner(locked chan<- struct{}) {
+	// Never unlocked: the thread's fs_struct is not the agent's any more, so no other
+	// goroutine may run on it.
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		// The main thread must keep the shared fs_struct: /proc/<pid> reports the agent's
+		// umask and directories from it, and the runtime never discards it. Keep holding
+		// it until a new spawner has locked another thread, then give it back.
+		moved := make(chan struct{})
+		go spawner(moved)
+		<-moved
+		runtime.UnlockOSThread()
+		return
+	}
+	if locked != nil {
+		close(locked)
+	}
+	setupErr := unix.Unshare(unix.CLONE_FS)
+	if setupErr != nil {
+		setupErr = fmt.Errorf("give the starting thread its own umask: %w", setupErr)
+	}
+	for req := range spawnQueue {
+		if setupErr != nil {
+			req.done <- spawnResult{err: setupErr}
+			continue
+		}
+		req.done <- spawnOne(req)
+	}
+}
+
+// spawnOne forks and execs one request on the spawner's thread.
+func spawnOne(req *spawnRequest) spawnResult {
+	if req.cwd >= 0 {
+		if err := unix.Fchdir(req.cwd); err != nil {
+			return spawnResult{err: fmt.Errorf("enter the agent's working directory: %w", err)}
+		}
+	}
+	old := unix.Umask(req.umask)
+	p, err := os.StartProcess(req.path, req.args, req.attr)
+	unix.Umask(old)
+	return spawnResult{p, err}
+}
