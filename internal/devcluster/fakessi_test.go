@@ -75,7 +75,8 @@ func runFakeSSI(args []string) int {
 
 // request sends one line and returns the one-line reply.
 func request(network, addr, line string) (string, error) {
-	conn, err := net.DialTimeout(network, addr, 300*time.Millisecond)
+	// Generous: on a busy machine a fresh veth can take a while to pass its first packets.
+	conn, err := net.DialTimeout(network, addr, 3*time.Second)
 	if err != nil {
 		return "", err
 	}
