@@ -214,6 +214,12 @@ func (p *Process) Result() Result {
 	return r
 }
 
+func (p *Process) groupGone() bool {
+	p.groupMu.Lock()
+	defer p.groupMu.Unlock()
+	return p.groupRemoved
+}
+
 // removeGroupIfEmpty removes the cgroup once no process is left in it, recording the tree's
 // final CPU usage first.
 func (p *Process) removeGroupIfEmpty() (bool, error) {
@@ -243,8 +249,11 @@ func (p *Process) removeGroupIfEmpty() (bool, error) {
 func (p *Process) Close() error {
 	p.closeOnce.Do(func() {
 		var errs []error
-		if err := p.KillTree(); err != nil {
-			errs = append(errs, err)
+		// A removed group holds no process and can never gain one again.
+		if !p.groupGone() {
+			if err := p.KillTree(); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if _, err := p.Wait(); err != nil {
 			errs = append(errs, err)

@@ -8,6 +8,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/creack/pty"
@@ -111,17 +112,11 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 		return nil, err
 	}
 
-	mount := spec.CgroupMount
-	if mount == "" {
-		if mount, err = cgroup.Mount(); err != nil {
-			return nil, fmt.Errorf("start %s: %w", name, err)
-		}
-	}
 	cgName := spec.Name
 	if cgName == "" {
 		cgName = filepath.Base(name)
 	}
-	group, err := cgroup.Create(mount, spec.CgroupParent, cgName)
+	group, err := createGroup(spec.CgroupMount, spec.CgroupParent, cgName)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -197,6 +192,30 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 		tty:        files.master,
 		waited:     make(chan struct{}),
 	}, nil
+}
+
+// cachedMount is the cgroup2 mount found by the last createGroup without a given mount:
+// parsing /proc/self/mountinfo on every start cost more than creating the group.
+var cachedMount atomic.Pointer[string]
+
+// createGroup creates the tree's cgroup under parent of mount (empty: the cgroup2 mount of
+// the agent's mount namespace, detected once and again whenever creating a group there
+// fails).
+func createGroup(mount, parent, name string) (*cgroup.Group, error) {
+	if mount != "" {
+		return cgroup.Create(mount, parent, name)
+	}
+	if m := cachedMount.Load(); m != nil {
+		if g, err := cgroup.Create(*m, parent, name); err == nil {
+			return g, nil
+		}
+	}
+	m, err := cgroup.Mount()
+	if err != nil {
+		return nil, err
+	}
+	cachedMount.Store(&m)
+	return cgroup.Create(m, parent, name)
 }
 
 func ssiEnv(spec Spec) []string {

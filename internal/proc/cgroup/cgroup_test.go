@@ -2,6 +2,7 @@ package cgroup
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,5 +222,50 @@ func TestSignalReachesNestedGroups(t *testing.T) {
 	}
 	if err := g.Remove(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRemoveRefusesPopulatedGroup(t *testing.T) {
+	g := newTestGroup(t)
+	cmd := startIn(t, g, "sleep", "1000")
+	if err := g.Remove(); err == nil {
+		t.Fatal("Remove of a group with a running process succeeded")
+	}
+	if _, err := os.Stat(g.Path()); err != nil {
+		t.Fatalf("the populated group is gone after a refused Remove: %v", err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+}
+
+func TestCreateRecreatesMissingParent(t *testing.T) {
+	g := newTestGroup(t)
+	// A parent two levels deep that does not exist yet.
+	parent := filepath.Join(g.Rel(), "a", "b")
+	child, err := Create(g.mount, parent, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(child.Rel()) != parent {
+		t.Errorf("created %s, want a group under %s", child.Rel(), parent)
+	}
+	if populated, err := child.Populated(); err != nil || populated {
+		t.Errorf("new group populated = %v, %v", populated, err)
+	}
+	// newTestGroup's cleanup removes g with everything below it.
+}
+
+func TestReadControlReadsLargeFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big")
+	want := strings.Repeat("1234567\n", 1000)
+	if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readControl(path)
+	if err != nil || string(got) != want {
+		t.Errorf("readControl = %d bytes, %v; want %d bytes", len(got), err, len(want))
+	}
+	if _, err := readControl(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("readControl(missing) = %v, want an os.ErrNotExist", err)
 	}
 }
