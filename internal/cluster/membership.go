@@ -62,9 +62,10 @@ type Membership struct {
 	ml     *memberlist.Memberlist
 	logger *slog.Logger
 
-	mu   sync.Mutex
-	meta Meta
-	gone map[string]memberlist.Node // nodes memberlist has reported dead or departed
+	mu     sync.Mutex
+	meta   Meta
+	gone   map[string]memberlist.Node // nodes memberlist has reported dead or departed
+	goneAt map[string]time.Time       // and since when
 }
 
 // Failure-detection timing. With these values a node killed with SIGKILL is suspected within
@@ -79,7 +80,7 @@ const (
 
 // Start begins gossiping. It does not contact anyone; call Join with seeds.
 func Start(cfg Config) (*Membership, error) {
-	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}}
+	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}, goneAt: map[string]time.Time{}}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.BindAddr
@@ -171,13 +172,17 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
-// Gone reports whether gossip has seen the node die or leave, and not come back since. It is
-// cheap enough to ask on every request to the node.
+// goneSettle is how long a node must have been reported gone before Gone says so: on a
+// saturated machine gossip can briefly misjudge a live node, which then refutes it.
+const goneSettle = time.Second
+
+// Gone reports whether gossip has seen the node die or leave, at least goneSettle ago, and
+// not come back since. It is cheap enough to ask on every request to the node.
 func (m *Membership) Gone(name string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	_, gone := m.gone[name]
-	return gone
+	at, gone := m.goneAt[name]
+	return gone && time.Since(at) >= goneSettle
 }
 
 // eventDelegate records departures, which memberlist's member list no longer shows.
@@ -186,6 +191,7 @@ type eventDelegate Membership
 func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	d.mu.Lock()
 	delete(d.gone, n.Name)
+	delete(d.goneAt, n.Name)
 	d.mu.Unlock()
 	d.logger.Info("node joined", "node", n.Name, "addr", n.Address())
 }
@@ -193,6 +199,7 @@ func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	d.mu.Lock()
 	d.gone[n.Name] = *n
+	d.goneAt[n.Name] = time.Now()
 	d.mu.Unlock()
 	d.logger.Info("node gone", "node", n.Name)
 }
