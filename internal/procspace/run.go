@@ -105,8 +105,20 @@ func (s *Service) alive(name string) bool {
 	return false
 }
 
-// lostAfter is how long gossip must show a node dead before its sessions are given up.
-const lostAfter = 2 * time.Second
+// lostAfter is how long gossip must show a node dead before its sessions are given up,
+// unless the node still answers a ping within pingTimeout.
+const (
+	lostAfter   = 2 * time.Second
+	pingTimeout = 2 * time.Second
+)
+
+// answers reports whether the node behind peer answers a ping.
+func (s *Service) answers(ctx context.Context, peer ssipb.PeerClient) bool {
+	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	defer cancel()
+	_, err := peer.Ping(ctx, &ssipb.PingRequest{})
+	return err == nil
+}
 
 // relay carries a session between the local client and the node that runs the command. If
 // that node is lost, the client gets exit status 255 and a message naming it.
@@ -144,6 +156,12 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 				case deadSince.IsZero():
 					deadSince = now
 				case now.Sub(deadSince) >= lostAfter:
+					// Gossip can misjudge a node on a saturated machine: ask the node itself,
+					// over the connection the session uses, before giving up on it.
+					if s.answers(ctx, peer) {
+						deadSince = time.Time{}
+						continue
+					}
 					close(nodeDied)
 					cancel()
 					return
