@@ -666,3 +666,30 @@ func BenchmarkStdoutThroughput(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCloseWithLeftover times Close of a tree whose command has exited but left a
+// background process behind: Close kills it and waits for the cgroup to empty.
+func BenchmarkCloseWithLeftover(b *testing.B) {
+	requireRoot(b)
+	spec := rootSpec("sh", "-c", "sleep 1000 &")
+	spec.Stdin, spec.Stdout, spec.Stderr = devNull(b), devNull(b), devNull(b)
+	var closing time.Duration
+	for b.Loop() {
+		p, err := Start(context.Background(), spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if err := p.Close(); err != nil {
+			b.Fatal(err)
+		}
+		closing += time.Since(t0)
+		if !p.Result().TreeGone {
+			b.Fatal("the tree is not gone after Close")
+		}
+	}
+	b.ReportMetric(float64(closing.Microseconds())/float64(b.N), "close-µs/op")
+}

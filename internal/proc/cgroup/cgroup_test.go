@@ -269,3 +269,43 @@ func TestReadControlReadsLargeFiles(t *testing.T) {
 		t.Errorf("readControl(missing) = %v, want an os.ErrNotExist", err)
 	}
 }
+
+// TestWaitEmptyWakesWhenTheLastProcessLeaves checks that WaitEmpty learns of the group
+// emptying from the kernel's notification, well before its next read of its own: by then
+// it reads only every waitEmptyMaxDelay.
+func TestWaitEmptyWakesWhenTheLastProcessLeaves(t *testing.T) {
+	g := newTestGroup(t)
+	cmd := startIn(t, g, "sh", "-c", "sleep 1.5 & wait")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	exited := make(chan time.Time, 1)
+	go func() { _ = cmd.Wait(); exited <- time.Now() }()
+	if err := g.WaitEmpty(ctx); err != nil {
+		t.Fatal(err)
+	}
+	woke := time.Now()
+	if populated, err := g.Populated(); err != nil || populated {
+		t.Fatalf("WaitEmpty returned while populated = %v, %v", populated, err)
+	}
+	if late := woke.Sub(<-exited); late > waitEmptyMaxDelay/4 {
+		t.Errorf("WaitEmpty returned %v after the group emptied: the notification was missed", late)
+	}
+}
+
+func TestWaitEmptyHonoursContext(t *testing.T) {
+	g := newTestGroup(t)
+	startIn(t, g, "sleep", "1000")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := g.WaitEmpty(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitEmpty on a busy group = %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > waitEmptyMaxDelay/4 {
+		t.Errorf("WaitEmpty took %v to notice its context ended", took)
+	}
+	// An empty group is empty whatever the context says.
+	if err := newTestGroup(t).WaitEmpty(ctx); err != nil {
+		t.Errorf("WaitEmpty on an empty group with an ended context = %v, want nil", err)
+	}
+}
