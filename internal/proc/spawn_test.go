@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -136,6 +137,52 @@ func TestStartFollowsAgentWorkingDirectory(t *testing.T) {
 			if got := strings.TrimSpace(out.stdout); out.code != 0 || got != tc.want {
 				t.Errorf("agent in %s, Dir %q, Args %q: exit %d, stdout %q, stderr %q; want %q",
 					dir, spec.Dir, spec.Args, out.code, got, out.stderr, tc.want)
+			}
+		}
+	}
+}
+
+// TestSpawnerThreadsKeepTheAgentsState checks, after starts as other users with other
+// umasks, that every thread of the agent (the spawners included) still has the agent's
+// credentials, groups, umask and namespaces.
+func TestSpawnerThreadsKeepTheAgentsState(t *testing.T) {
+	requireRoot(t)
+	for _, umask := range []int{0o077, 0o002} {
+		spec := rootSpec("true")
+		spec.UID, spec.GID, spec.Groups, spec.Umask = 65534, 65534, []uint32{100}, umask
+		run(t, spec)
+	}
+	want, err := IdentityOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	namespaces, err := os.ReadDir("/proc/self/ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		dir := filepath.Join("/proc/self/task", task.Name())
+		f, err := os.Open(filepath.Join(dir, "status"))
+		if err != nil {
+			continue // the thread exited
+		}
+		got, err := parseStatusIdentity(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.UID != want.UID || got.GID != want.GID || got.Umask != want.Umask || !slices.Equal(got.Groups, want.Groups) {
+			t.Errorf("thread %s has identity %+v, want the agent's %+v", task.Name(), got, want)
+		}
+		for _, ns := range namespaces {
+			mine, err1 := os.Readlink(filepath.Join(dir, "ns", ns.Name()))
+			agent, err2 := os.Readlink(filepath.Join("/proc/self/ns", ns.Name()))
+			if err1 == nil && err2 == nil && mine != agent {
+				t.Errorf("thread %s is in %s, the agent in %s", task.Name(), mine, agent)
 			}
 		}
 	}
