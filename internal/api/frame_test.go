@@ -108,3 +108,65 @@ func FuzzFrame(f *testing.F) {
 		}
 	})
 }
+
+func TestMessageFrameSendsPayloadAsItIs(t *testing.T) {
+	payload := bytes.Repeat([]byte("csr"), 50000)
+	frame, err := NewMessageFrame(&ssipb.JoinRequest{Name: "n2", Protocol: 7}, 6, mem.SliceBuffer(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if frame.data[1].ReadOnlyData()[0] != payload[0] || &frame.data[1].ReadOnlyData()[0] != &payload[0] {
+		t.Fatal("the payload was copied")
+	}
+	wire, err := Codec{}.Marshal(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encoded := wire.Materialize()
+	var msg ssipb.JoinRequest
+	if err := proto.Unmarshal(encoded, &msg); err != nil || msg.Name != "n2" || msg.Protocol != 7 || !bytes.Equal(msg.CsrPem, payload) {
+		t.Fatalf("decoded as JoinRequest: %v %q %d, %d bytes", err, msg.Name, msg.Protocol, len(msg.CsrPem))
+	}
+	for _, cuts := range [][]int{nil, {1}, {4, 5, 6}, {100, 1000, 70000}} {
+		var got Frame
+		if err := (Codec{}).Unmarshal(split(encoded, cuts...), &got); err != nil {
+			t.Fatal(err)
+		}
+		var back ssipb.JoinRequest
+		parts, err := got.DecodeSplit(&back, 6)
+		if err != nil || back.Name != "n2" || back.Protocol != 7 || back.CsrPem != nil || !bytes.Equal(bytes.Join(parts, nil), payload) {
+			t.Fatalf("cuts %v: %v %v", cuts, err, &back)
+		}
+		got.Free()
+	}
+}
+
+// FuzzDecodeSplit checks that a frame decoded with its payload left in place says what
+// protobuf says of the same message, however it was cut.
+func FuzzDecodeSplit(f *testing.F) {
+	good, _ := proto.Marshal(&ssipb.JoinRequest{Name: "n", CsrPem: []byte("pem"), Advertise: "a:1"})
+	f.Add(good, 3, 7)
+	f.Add(append(good, 0x32, 0x01, 'x', 0x33, 0x34), 0, 1)
+	f.Add([]byte{0x0b, 0x13, 0x14, 0x0c}, 1, 2)
+	f.Fuzz(func(t *testing.T, b []byte, cut1, cut2 int) {
+		var want ssipb.JoinRequest
+		werr := proto.Unmarshal(b, &want)
+		fr := Frame{data: split(b, cut1, cut2)}
+		var got ssipb.JoinRequest
+		parts, err := fr.DecodeSplit(&got, 6)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("DecodeSplit: %v, protobuf: %v", err, werr)
+		}
+		if err != nil {
+			return
+		}
+		payload := bytes.Join(parts, nil)
+		if !bytes.Equal(payload, want.CsrPem) || (parts == nil) != (want.CsrPem == nil) {
+			t.Fatalf("payload %q, protobuf %q", payload, want.CsrPem)
+		}
+		want.CsrPem = nil
+		if !proto.Equal(&got, &want) {
+			t.Fatalf("decoded %v, protobuf %v", &got, &want)
+		}
+	})
+}
