@@ -106,35 +106,35 @@ func pieces(size int, fn func(start, end int) (int, syscall.Errno)) (int, syscal
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if len(dest) > ioChunk && f.chunked() {
 		n, errno := pieces(len(dest), func(start, end int) (int, syscall.Errno) {
-			data, errno := f.read(ctx, off+int64(start), end-start)
-			return copy(dest[start:end], data), errno
+			return f.read(ctx, dest[start:end], off+int64(start))
 		})
 		if errno != 0 {
 			return nil, errno
 		}
 		return fuse.ReadResultData(dest[:n]), 0
 	}
-	data, errno := f.read(ctx, off, len(dest))
+	n, errno := f.read(ctx, dest, off)
 	if errno != 0 {
 		return nil, errno
 	}
-	return fuse.ReadResultData(data), 0
+	return fuse.ReadResultData(dest[:n]), 0
 }
 
-func (f *fileHandle) read(ctx context.Context, off int64, size int) ([]byte, syscall.Errno) {
+// read reads into dest from off and returns how much it read.
+func (f *fileHandle) read(ctx context.Context, dest []byte, off int64) (int, syscall.Errno) {
 	var reply *fspb.ReadReply
 	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Read(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Size: uint32(size)})
+		reply, err = api.ReadInto(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Size: uint32(len(dest))}, dest)
 		return err
 	})
 	if errno != 0 {
-		return nil, errno
+		return 0, errno
 	}
 	if reply.Errno != 0 {
-		return nil, handleErrno(reply.Errno)
+		return 0, handleErrno(reply.Errno)
 	}
 	f.n.p.m.stats.bytesRead.Add(uint64(len(reply.Data)))
-	return reply.Data, 0
+	return len(reply.Data), 0
 }
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
@@ -164,7 +165,7 @@ func (n *testNode) start(cfg ServerConfig) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20)}
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(8 << 20), grpc.ForceServerCodecV2(api.Codec{})}
 	if n.c.tls != nil {
 		opts = append(opts, grpc.Creds(n.c.tls.server))
 	}

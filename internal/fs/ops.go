@@ -1,8 +1,10 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -713,6 +715,16 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 }
 
 func (s *Server) Read(ctx context.Context, req *fspb.ReadRequest) (*fspb.ReadReply, error) {
+	return s.read(ctx, req, make([]byte, min(int(req.Size), maxIO)))
+}
+
+// ReadInto serves this node's own mount, reading straight into the kernel's buffer.
+func (s *Server) ReadInto(ctx context.Context, req *fspb.ReadRequest, dest []byte) (*fspb.ReadReply, error) {
+	return s.read(ctx, req, dest[:min(int(req.Size), maxIO, len(dest))])
+}
+
+// read reads into buf; the reply's Data is the part of it read.
+func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*fspb.ReadReply, error) {
 	c, err := s.begin(ctx, req.Session, nil)
 	if err != nil {
 		return nil, err
@@ -728,7 +740,6 @@ func (s *Server) Read(ctx context.Context, req *fspb.ReadRequest) (*fspb.ReadRep
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.cache.hold(c.sess.idx, 0, []fileID{f.id}, nil)
-	buf := make([]byte, min(int(req.Size), maxIO))
 	n, errno := readAt(f, buf, req.Offset)
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
@@ -743,12 +754,21 @@ func readAt(f *openFile, buf []byte, off int64) (int, syscall.Errno) {
 // regular file means its end; other files (devices, pipes) answer what one call gives, and
 // those that cannot seek are used without an offset.
 func transfer(f *openFile, buf []byte, off int64, positioned func(int, []byte, int64) (int, error), stream func(int, []byte) (int, error)) (int, syscall.Errno) {
-	total := 0
-	for total < len(buf) {
+	return repeatIO(len(buf), !f.regular, func(total int) (int, error) {
 		n, err := positioned(f.fd, buf[total:], off+int64(total))
 		if err == syscall.ESPIPE {
 			n, err = stream(f.fd, buf[total:])
 		}
+		return n, err
+	})
+}
+
+// repeatIO calls step, which moves data from done bytes on, until size bytes are done, a step
+// moves none, or after the first when once; an error after some were done ends it quietly.
+func repeatIO(size int, once bool, step func(done int) (int, error)) (int, syscall.Errno) {
+	total := 0
+	for total < size {
+		n, err := step(total)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -759,7 +779,7 @@ func transfer(f *openFile, buf []byte, off int64, positioned func(int, []byte, i
 			return 0, errnoOf(err)
 		}
 		total += n
-		if n == 0 || !f.regular {
+		if n == 0 || once {
 			break
 		}
 	}
@@ -767,6 +787,11 @@ func transfer(f *openFile, buf []byte, off int64, positioned func(int, []byte, i
 }
 
 func (s *Server) Write(ctx context.Context, req *fspb.WriteRequest) (*fspb.WriteReply, error) {
+	return s.write(ctx, req, [][]byte{req.Data})
+}
+
+// write writes data, the pieces of the request's data in order (its Data is not used).
+func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byte) (*fspb.WriteReply, error) {
 	c, err := s.begin(ctx, req.Session, req.Caller)
 	if err != nil {
 		return nil, err
@@ -780,14 +805,18 @@ func (s *Server) Write(ctx context.Context, req *fspb.WriteRequest) (*fspb.Write
 		return &fspb.WriteReply{Errno: int32(errno)}, nil
 	}
 	defer f.release()
-	if req.Offset < 0 || len(req.Data) > maxIO {
+	size := 0
+	for _, d := range data {
+		size += len(d)
+	}
+	if req.Offset < 0 || size > maxIO {
 		return &fspb.WriteReply{Errno: int32(syscall.EINVAL)}, nil
 	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
 	var n int
 	errno = c.change(func() (errno syscall.Errno) {
-		n, errno = writeAt(f, req.Data, req.Offset)
+		n, errno = writevAt(f, data, req.Offset)
 		return errno
 	})
 	s.stats.bytesWritten.Add(uint64(n))
@@ -800,6 +829,37 @@ func (s *Server) Write(ctx context.Context, req *fspb.WriteRequest) (*fspb.Write
 func writeAt(f *openFile, data []byte, off int64) (int, syscall.Errno) {
 	return transfer(f, data, off, unix.Pwrite, unix.Write)
 }
+
+// writevAt writes the pieces of data in order from off, as writeAt would write them joined:
+// with one pwritev per (up to) maxIovecs pieces for regular files.
+func writevAt(f *openFile, data [][]byte, off int64) (int, syscall.Errno) {
+	switch {
+	case len(data) == 0:
+		return 0, 0
+	case len(data) == 1:
+		return writeAt(f, data[0], off)
+	case !f.regular:
+		return writeAt(f, bytes.Join(data, nil), off)
+	}
+	size := 0
+	for _, d := range data {
+		size += len(d)
+	}
+	data = slices.Clone(data)
+	skipped := 0 // bytes of the pieces dropped from data
+	return repeatIO(size, false, func(done int) (int, error) {
+		for len(data) > 0 && skipped+len(data[0]) <= done {
+			skipped += len(data[0])
+			data = data[1:]
+		}
+		data[0] = data[0][done-skipped:]
+		skipped = done
+		return unix.Pwritev(f.fd, data[:min(len(data), maxIovecs)], off+int64(done))
+	})
+}
+
+// maxIovecs is the most pieces one pwritev takes (IOV_MAX).
+const maxIovecs = 1024
 
 func (s *Server) Release(ctx context.Context, req *fspb.HandleRequest) (*fspb.ErrnoReply, error) {
 	c, err := s.begin(ctx, req.Session, nil)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api"
@@ -117,8 +119,84 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 }
 
 // Register adds the Files service to an agent's peer gRPC server, which must authenticate
-// callers with node certificates.
-func (s *Server) Register(g *grpc.Server) { fspb.RegisterFilesServer(g, s) }
+// callers with node certificates and use api.Codec (api.ServerOptions do): large reads and
+// writes are served as frames.
+func (s *Server) Register(g *grpc.Server) { g.RegisterService(&filesService, s) }
+
+// filesService is the Files service with the file data of Read and Write passed as frames
+// (api.Frame): a read's data is sent from the buffer it was read into, a write's written from
+// the buffers gRPC received it in (see writeRequestData).
+var filesService = func() grpc.ServiceDesc {
+	d := fspb.Files_ServiceDesc
+	d.Methods = slices.Clone(d.Methods)
+	for i, m := range d.Methods {
+		switch m.MethodName {
+		case "Read":
+			d.Methods[i].Handler = framedHandler(fspb.Files_Read_FullMethodName, func(dec func(any) error) (*fspb.ReadRequest, error) {
+				in := new(fspb.ReadRequest)
+				return in, dec(in)
+			}, (*Server).readFrame)
+		case "Write":
+			d.Methods[i].Handler = framedHandler(fspb.Files_Write_FullMethodName, func(dec func(any) error) (*api.Frame, error) {
+				in := new(api.Frame)
+				return in, dec(in)
+			}, (*Server).writeFrame)
+		}
+	}
+	return d
+}()
+
+// framedHandler is a unary handler as generated, but decoding its request with decode and
+// serving it with serve.
+func framedHandler[Req any](method string, decode func(dec func(any) error) (Req, error), serve func(*Server, context.Context, Req) (any, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		in, err := decode(dec)
+		if err != nil {
+			return nil, err
+		}
+		handler := func(ctx context.Context, req any) (any, error) {
+			return serve(srv.(*Server), ctx, req.(Req))
+		}
+		if interceptor == nil {
+			return handler(ctx, in)
+		}
+		return interceptor(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, handler)
+	}
+}
+
+// readBuffers hold the data of reads until gRPC has sent it.
+var readBuffers = api.NewBuffers(maxIO)
+
+// readFrame serves a Read, its data as a frame.
+func (s *Server) readFrame(ctx context.Context, req *fspb.ReadRequest) (any, error) {
+	bp := readBuffers.Get(min(int(req.Size), maxIO))
+	reply, err := s.read(ctx, req, *bp)
+	if err != nil || len(reply.Data) == 0 {
+		readBuffers.Put(bp)
+		if reply != nil {
+			reply.Data = nil
+		}
+		return reply, err
+	}
+	*bp = (*bp)[:len(reply.Data)]
+	reply.Data = nil
+	frame, err := api.NewMessageFrame(reply, readReplyData, mem.NewBuffer(bp, readBuffers))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode a Read reply: %v", err)
+	}
+	return frame, nil
+}
+
+// writeFrame serves a Write whose data is left where gRPC received it.
+func (s *Server) writeFrame(ctx context.Context, frame *api.Frame) (any, error) {
+	defer frame.Free()
+	req := new(fspb.WriteRequest)
+	data, err := frame.DecodeSplit(req, writeRequestData)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "decode a Write request: %v", err)
+	}
+	return s.write(ctx, req, data)
+}
 
 // Close stops serving: watch streams end, every client's files close and locks go.
 func (s *Server) Close() error {

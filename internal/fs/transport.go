@@ -5,7 +5,12 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
@@ -19,7 +24,9 @@ type filesAPI interface {
 	Readdir(context.Context, *fspb.ReaddirRequest) (*fspb.ReaddirReply, error)
 	Open(context.Context, *fspb.OpenRequest) (*fspb.OpenReply, error)
 	Create(context.Context, *fspb.CreateRequest) (*fspb.OpenReply, error)
-	Read(context.Context, *fspb.ReadRequest) (*fspb.ReadReply, error)
+	// ReadInto is Read with the data put into dest (at least in.Size bytes): the reply's
+	// Data is the part of dest read.
+	ReadInto(ctx context.Context, in *fspb.ReadRequest, dest []byte) (*fspb.ReadReply, error)
 	Write(context.Context, *fspb.WriteRequest) (*fspb.WriteReply, error)
 	Release(context.Context, *fspb.HandleRequest) (*fspb.ErrnoReply, error)
 	Fsync(context.Context, *fspb.FsyncRequest) (*fspb.ErrnoReply, error)
@@ -41,13 +48,23 @@ var _ filesAPI = remoteFiles{}
 // remoteFiles calls another node's Files service: on its Calls stream when there is one, else
 // as unary calls.
 type remoteFiles struct {
+	conn  grpc.ClientConnInterface
 	c     fspb.FilesClient
 	calls *callStream
 }
 
 func newRemoteFiles(conn grpc.ClientConnInterface, calls *callStream) remoteFiles {
-	return remoteFiles{c: fspb.NewFilesClient(conn), calls: calls}
+	return remoteFiles{conn: conn, c: fspb.NewFilesClient(conn), calls: calls}
 }
+
+// The file data of large reads and writes travels as frames (api.Frame): sent from where it
+// lies and received into the buffers gRPC read it into, instead of being copied into and out
+// of encoded messages on each side (two or three copies of every byte, each dear on this kind
+// of machine). On the wire they are the ordinary messages, so either side may be older.
+const (
+	writeRequestData protowire.Number = 4 // fspb.WriteRequest.data
+	readReplyData    protowire.Number = 2 // fspb.ReadReply.data
+)
 
 func (r remoteFiles) Lookup(ctx context.Context, in *fspb.LookupRequest) (*fspb.EntryReply, error) {
 	return viaCalls(ctx, r, "Lookup", in, r.c.Lookup)
@@ -71,17 +88,50 @@ func (r remoteFiles) Open(ctx context.Context, in *fspb.OpenRequest) (*fspb.Open
 func (r remoteFiles) Create(ctx context.Context, in *fspb.CreateRequest) (*fspb.OpenReply, error) {
 	return viaCalls(ctx, r, "Create", in, r.c.Create)
 }
-func (r remoteFiles) Read(ctx context.Context, in *fspb.ReadRequest) (*fspb.ReadReply, error) {
-	if in.Size > maxStreamedData {
-		return r.c.Read(ctx, in)
+func (r remoteFiles) ReadInto(ctx context.Context, in *fspb.ReadRequest, dest []byte) (*fspb.ReadReply, error) {
+	if in.Size <= maxStreamedData {
+		reply, err := viaCalls(ctx, r, "Read", in, r.c.Read)
+		if err == nil {
+			reply.Data = dest[:copy(dest, reply.Data)]
+		}
+		return reply, err
 	}
-	return viaCalls(ctx, r, "Read", in, r.c.Read)
+	var frame api.Frame
+	if err := r.conn.Invoke(ctx, fspb.Files_Read_FullMethodName, in, &frame, grpc.ForceCodecV2(api.Codec{})); err != nil {
+		return nil, err
+	}
+	defer frame.Free()
+	reply := new(fspb.ReadReply)
+	parts, err := frame.DecodeSplit(reply, readReplyData)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "decode the owner's Read reply: %v", err)
+	}
+	n := 0
+	for _, p := range parts {
+		n += copy(dest[n:], p)
+	}
+	reply.Data = dest[:n]
+	return reply, nil
 }
+
 func (r remoteFiles) Write(ctx context.Context, in *fspb.WriteRequest) (*fspb.WriteReply, error) {
-	if len(in.Data) > maxStreamedData {
-		return r.c.Write(ctx, in)
+	if len(in.Data) <= maxStreamedData {
+		return viaCalls(ctx, r, "Write", in, r.c.Write)
 	}
-	return viaCalls(ctx, r, "Write", in, r.c.Write)
+	// The data is sent from the kernel's buffer, which stays the caller's until the owner
+	// answered: the owner answers once it has read the whole request.
+	data := in.Data
+	in.Data = nil
+	frame, err := api.NewMessageFrame(in, writeRequestData, mem.SliceBuffer(data))
+	in.Data = data
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode a Write request: %v", err)
+	}
+	reply := new(fspb.WriteReply)
+	if err := r.conn.Invoke(ctx, fspb.Files_Write_FullMethodName, frame, reply, grpc.ForceCodecV2(api.Codec{})); err != nil {
+		return nil, err
+	}
+	return reply, nil
 }
 func (r remoteFiles) Release(ctx context.Context, in *fspb.HandleRequest) (*fspb.ErrnoReply, error) {
 	return viaCalls(ctx, r, "Release", in, r.c.Release)
