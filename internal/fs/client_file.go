@@ -57,103 +57,33 @@ func (f *fileHandle) bounded() bool {
 	return !f.n.device
 }
 
-// ioChunk is the size of the pieces a large read or write is cut into: the pieces travel and
-// reach the disk concurrently, where one request would go through each stage in turn.
-const ioChunk = 256 << 10
-
-// chunked reports whether large I/O on this handle may be split into concurrent pieces: not
-// for devices (each read or write is one operation there) nor appends (whose place only the
-// owner knows, in arrival order).
-func (f *fileHandle) chunked() bool {
-	f.n.mu.Lock()
-	defer f.n.mu.Unlock()
-	return !f.n.device && !f.n.direct && f.flags&syscall.O_APPEND == 0
-}
-
-// pieces runs fn for each ioChunk-sized piece of [0, size) concurrently and returns how far
-// from the start the pieces succeeded, and the error of the first that did not.
-func pieces(size int, fn func(start, end int) (int, syscall.Errno)) (int, syscall.Errno) {
-	n := (size + ioChunk - 1) / ioChunk
-	done := make([]int, n)
-	errs := make([]syscall.Errno, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			start := i * ioChunk
-			end := min(start+ioChunk, size)
-			done[i], errs[i] = fn(start, end)
-		}()
-	}
-	wg.Wait()
-	total := 0
-	for i := range n {
-		if errs[i] != 0 {
-			if total == 0 {
-				return 0, errs[i]
-			}
-			return total, 0
-		}
-		total += done[i]
-		if done[i] < min(ioChunk, size-i*ioChunk) {
-			break // a short piece: what follows is past the end of the file
-		}
-	}
-	return total, 0
-}
+// Read and Write send what the kernel asks for (up to 1 MiB: its read-ahead, the largest
+// write) in one request. Cutting it into pieces sent at once gained nothing once the data was
+// no longer copied into and out of encoded messages: the pieces share one connection, their
+// frames interleaved on it, and each piece is one more call.
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if len(dest) > ioChunk && f.chunked() {
-		n, errno := pieces(len(dest), func(start, end int) (int, syscall.Errno) {
-			return f.read(ctx, dest[start:end], off+int64(start))
-		})
-		if errno != 0 {
-			return nil, errno
-		}
-		return fuse.ReadResultData(dest[:n]), 0
-	}
-	n, errno := f.read(ctx, dest, off)
-	if errno != 0 {
-		return nil, errno
-	}
-	return fuse.ReadResultData(dest[:n]), 0
-}
-
-// read reads into dest from off and returns how much it read.
-func (f *fileHandle) read(ctx context.Context, dest []byte, off int64) (int, syscall.Errno) {
 	var reply *fspb.ReadReply
 	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.ReadInto(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Size: uint32(len(dest))}, dest)
 		return err
 	})
 	if errno != 0 {
-		return 0, errno
+		return nil, errno
 	}
 	if reply.Errno != 0 {
-		return 0, handleErrno(reply.Errno)
+		return nil, handleErrno(reply.Errno)
 	}
 	f.n.p.m.stats.bytesRead.Add(uint64(len(reply.Data)))
-	return len(reply.Data), 0
+	return fuse.ReadResultData(reply.Data), 0
 }
 
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	defer changing(f.n)()
 	f.n.dropAttr()
 	defer f.n.dropAttr()
-	caller := f.n.caller(ctx)
-	if len(data) > ioChunk && f.chunked() {
-		n, errno := pieces(len(data), func(start, end int) (int, syscall.Errno) {
-			return f.write(ctx, caller, data[start:end], off+int64(start))
-		})
-		return uint32(n), errno
-	}
-	n, errno := f.write(ctx, caller, data, off)
-	return uint32(n), errno
-}
-
-func (f *fileHandle) write(ctx context.Context, caller *fspb.Caller, data []byte, off int64) (int, syscall.Errno) {
 	var reply *fspb.WriteReply
+	caller := f.n.caller(ctx)
 	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Write(rpc, &fspb.WriteRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Data: data, Caller: caller})
 		return err
@@ -165,7 +95,7 @@ func (f *fileHandle) write(ctx context.Context, caller *fspb.Caller, data []byte
 		return 0, handleErrno(reply.Errno)
 	}
 	f.n.p.m.stats.bytesWritten.Add(uint64(reply.Written))
-	return int(reply.Written), 0
+	return reply.Written, 0
 }
 
 // Flush has nothing to do: writes went through to the owner when they were made. The POSIX
