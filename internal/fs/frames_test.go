@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -87,4 +88,18 @@ func TestLargeIOThroughTheTree(t *testing.T) {
 			t.Fatalf("%s: read back %d bytes (%v), not what the owner holds", owner, len(got), err)
 		}
 	}
+}
+
+func TestStartWritebackOfAClosedFileDoesNothing(t *testing.T) {
+	fd, err := unix.Open(filepath.Join(t.TempDir(), "f"), unix.O_RDWR|unix.O_CREAT, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &openFile{fd: fd, regular: true}
+	if n, errno := writevAt(f, [][]byte{make([]byte, 1<<20), {1}}, 0); n != 1<<20+1 || errno != 0 {
+		t.Fatalf("wrote %d: %v", n, errno)
+	}
+	f.startWriteback(0, 1<<20+1)
+	f.close()
+	f.startWriteback(0, 1<<20+1) // its descriptor may be another file's by now
 }

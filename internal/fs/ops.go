@@ -823,6 +823,9 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	if n > 0 {
 		s.publish(c.sess, attrChange(f.id, true))
 	}
+	if n >= startWritebackAt && f.regular && f.flags&syscall.O_APPEND == 0 {
+		go f.startWriteback(req.Offset, n)
+	}
 	return &fspb.WriteReply{Errno: int32(errno), Written: uint32(n)}, nil
 }
 
@@ -856,6 +859,21 @@ func writevAt(f *openFile, data [][]byte, off int64) (int, syscall.Errno) {
 		skipped = done
 		return unix.Pwritev(f.fd, data[:min(len(data), maxIovecs)], off+int64(done))
 	})
+}
+
+// startWritebackAt is the size from which a write starts its way to the disk at once. A large
+// file is written through the tree in writes of 1 MiB, each waiting for the last: its pages
+// then go to the disk while the next ones arrive, rather than all at the writer's fsync (or
+// when the kernel's dirty limits are reached). Smaller writes are left to the kernel.
+const startWritebackAt = 1 << 20
+
+// startWriteback starts writing a range of the file's pages to the disk, without waiting.
+func (f *openFile) startWriteback(off int64, n int) {
+	f.use.RLock()
+	defer f.use.RUnlock()
+	if !f.closed {
+		unix.SyncFileRange(f.fd, off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+	}
 }
 
 // maxIovecs is the most pieces one pwritev takes (IOV_MAX).
