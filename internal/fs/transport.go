@@ -114,15 +114,22 @@ func (r remoteFiles) ReadInto(ctx context.Context, in *fspb.ReadRequest, dest []
 	return reply, nil
 }
 
+// writeBuffers hold the data of writes until gRPC has sent it.
+var writeBuffers = api.NewBuffers(maxIO)
+
 func (r remoteFiles) Write(ctx context.Context, in *fspb.WriteRequest) (*fspb.WriteReply, error) {
 	if len(in.Data) <= maxStreamedData {
 		return viaCalls(ctx, r, "Write", in, r.c.Write)
 	}
-	// The data is sent from the kernel's buffer, which stays the caller's until the owner
-	// answered: the owner answers once it has read the whole request.
+	// The data is copied once, into a pooled buffer that gRPC frees once written, not sent from
+	// the kernel's buffer: that goes back to the FUSE server when the call returns, and a call
+	// that timed out returns while gRPC may still be reading it (another write's bytes could go
+	// out in its place).
 	data := in.Data
+	bp := writeBuffers.Get(len(data))
+	copy(*bp, data)
 	in.Data = nil
-	frame, err := api.NewMessageFrame(in, writeRequestData, mem.SliceBuffer(data))
+	frame, err := api.NewMessageFrame(in, writeRequestData, mem.NewBuffer(bp, writeBuffers))
 	in.Data = data
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode a Write request: %v", err)
