@@ -125,6 +125,11 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	// Caught, not ignored: processes the agent starts inherit an ignored SIGHUP (an agent
+	// started under nohup), and ending a tree begins with SIGHUP.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 	startCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -317,6 +318,9 @@ func TestTerminateEndsWholeTree(t *testing.T) {
 	// The subshell double-forks a sleep into a new session that ignores SIGHUP: it is no
 	// longer the shell's child nor in its group, and only the cgroup still finds it.
 	script := `sleep 1000 & (trap "" HUP; setsid sleep 1000 &); sleep 1000`
+	// Children inherit an ignored SIGHUP (a test run under nohup); a caught one they do not.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
 	p, err := Start(context.Background(), rootSpec("sh", "-c", script))
 	if err != nil {
 		t.Fatal(err)
