@@ -75,8 +75,7 @@ func runFakeSSI(args []string) int {
 
 // request sends one line and returns the one-line reply.
 func request(network, addr, line string) (string, error) {
-	// Generous: on a busy machine a fresh veth can take a while to pass its first packets.
-	conn, err := net.DialTimeout(network, addr, 3*time.Second)
+	conn, err := net.DialTimeout(network, addr, 300*time.Millisecond)
 	if err != nil {
 		return "", err
 	}
@@ -184,7 +183,15 @@ func fakeAgent(args []string) int {
 	}
 	go s.serve(tcp)
 	if !bootstrap {
-		if _, err := request("tcp", s.state.Join, fmt.Sprintf("JOIN %s %s %s", *name, *bind, s.state.Token)); err != nil {
+		// Tried for a while: on a busy machine a fresh veth can take a moment to pass packets.
+		var err error
+		for try := 0; try < 10; try++ {
+			if _, err = request("tcp", s.state.Join, fmt.Sprintf("JOIN %s %s %s", *name, *bind, s.state.Token)); err == nil {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "fake agent %s: join %s refused: %v\n", *name, s.state.Join, err)
 			return 1
 		}
