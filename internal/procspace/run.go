@@ -109,7 +109,7 @@ func (s *Service) alive(name string) bool {
 // unless the node still answers a ping within pingTimeout.
 const (
 	lostAfter   = 2 * time.Second
-	pingTimeout = 2 * time.Second
+	pingTimeout = 5 * time.Second // long: a saturated node (1,000 sessions starting at once) answers late
 )
 
 // answers reports whether the node behind peer answers a ping.
