@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"slices"
 	"syscall"
 
@@ -1339,17 +1340,25 @@ func (s *Server) Xattr(ctx context.Context, req *fspb.XattrRequest) (*fspb.Xattr
 		p := procFD(fd)
 		switch req.Op {
 		case fspb.XattrRequest_GET, fspb.XattrRequest_LIST:
+			if req.Op == fspb.XattrRequest_LIST {
+				names, errno := listShownXattrs(p)
+				if errno != 0 {
+					return errno
+				}
+				reply.Size = uint32(len(names))
+				if size > 0 {
+					if len(names) > size {
+						return syscall.ERANGE
+					}
+					reply.Value = names
+				}
+				return 0
+			}
 			var buf []byte
 			if size > 0 {
 				buf = make([]byte, size)
 			}
-			var n int
-			var err error
-			if req.Op == fspb.XattrRequest_GET {
-				n, err = unix.Getxattr(p, string(req.Name), buf)
-			} else {
-				n, err = unix.Listxattr(p, buf)
-			}
+			n, err := unix.Getxattr(p, string(req.Name), buf)
 			if err != nil {
 				return errnoOf(err)
 			}
@@ -1383,4 +1392,36 @@ func (s *Server) Lock(ctx context.Context, req *fspb.LockRequest) (*fspb.LockRep
 		return &fspb.LockReply{Errno: int32(errno)}, nil
 	}
 	return reply, nil
+}
+
+// listShownXattrs lists the extended attributes of path that the tree shows: all but
+// security.*, which clients answer themselves (see docs/fs.md).
+func listShownXattrs(path string) ([]byte, syscall.Errno) {
+	for {
+		size, err := unix.Listxattr(path, nil)
+		if err != nil {
+			return nil, errnoOf(err)
+		}
+		buf := make([]byte, size)
+		n, err := unix.Listxattr(path, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue // the list grew in between
+		}
+		if err != nil {
+			return nil, errnoOf(err)
+		}
+		return filterXattrNames(buf[:n]), 0
+	}
+}
+
+// filterXattrNames drops security.* from a NUL-separated list of names.
+func filterXattrNames(list []byte) []byte {
+	out := list[:0:0]
+	for name := range bytes.SplitSeq(list, []byte{0}) {
+		if len(name) == 0 || bytes.HasPrefix(name, []byte("security.")) {
+			continue
+		}
+		out = append(append(out, name...), 0)
+	}
+	return out
 }

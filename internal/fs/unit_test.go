@@ -184,3 +184,16 @@ func TestParseDirents(t *testing.T) {
 	binary.LittleEndian.PutUint16(bad[16:], 1000)
 	parseDirents(bad, func(uint64, int64, uint8, []byte) bool { t.Fatal("corrupt record accepted"); return true })
 }
+
+func TestFilterXattrNames(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", ""},
+		{"user.a\x00security.selinux\x00trusted.b\x00", "user.a\x00trusted.b\x00"},
+		{"security.capability\x00", ""},
+		{"user.security.x\x00", "user.security.x\x00"},
+	} {
+		if got := string(filterXattrNames([]byte(c.in))); got != c.want {
+			t.Errorf("filterXattrNames(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
