@@ -46,6 +46,7 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
   sudo ssi agent --name n4 --bind 10.0.0.4:7700 --join 10.0.0.1:7700 --token SSI1.…`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			asDaemon()
 			if os.Geteuid() != 0 {
 				return errors.New("ssi agent must run as root: it starts processes as other users and manages cgroups; run it with sudo (or as a systemd service)")
 			}

@@ -57,6 +57,7 @@ made. Logs are kept in DIR.`,
   sudo ssi dev exec n2 -- sh`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			asDaemon()
 			return runDev(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), devcluster.Options{
 				Nodes: nodes, Servers: servers, Dir: dir,
 			})
@@ -294,6 +295,7 @@ every process of the host, forwards SIGTERM and SIGINT to the agent and exits wi
 		// The agent's command line follows; its flags are not ours.
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			asDaemon()
 			if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 				return cmd.Help()
 			}

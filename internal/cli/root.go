@@ -74,6 +74,7 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 
 // Execute runs the command tree and returns the process exit code.
 func Execute(build BuildInfo, args []string) int {
+	asShortLivedClient()
 	root := NewRoot(build)
 	root.SetArgs(args)
 	err := root.Execute()
