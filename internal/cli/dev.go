@@ -183,7 +183,7 @@ Use it:
   export SSI_SOCKET=%[1]s
   ssi nodes
   ssi dev exec%[2]s n2 -- sh        # a shell inside node n2 (every node's files are under /ssi)
-  ssi run -n %[4]s -- hostname      # a command on node %[4]s, as if local
+  ssi run -n %[4]s --cwd / -- hostname   # a command on node %[4]s, as if local
   ssi fs                         # the cluster file tree: exports and mounts
 Node K's socket, log and pids: %[3]s/nK/{ssi.sock,agent.log,agent.pid,init.pid}
 Ctrl-C stops the cluster and removes everything it made.

@@ -27,9 +27,11 @@ const (
 	pollInterval = 25 * time.Millisecond
 
 	defaultReadyTimeout = 30 * time.Second
-	// stopGrace is how long Close lets agents shut down after SIGTERM; a
-	// graceful leave waits up to 2s for gossip acknowledgements.
-	stopGrace = 3 * time.Second
+	// stopGrace is how long Close lets agents shut down after SIGTERM. A
+	// graceful leave waits up to 2s for gossip acknowledgements, and when
+	// every server stops at once the last ones also wait for etcd writes
+	// that can no longer reach a quorum (2s).
+	stopGrace = 6 * time.Second
 	// reapTimeout bounds the wait for a host that was sent SIGKILL: the
 	// kernel ends the whole PID namespace, which is quick unless a process
 	// is stuck in uninterruptible sleep.
