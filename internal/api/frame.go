@@ -362,15 +362,3 @@ func (r *frameReader) value(raw *[]byte, num protowire.Number, typ protowire.Typ
 	}
 	return errFrameInvalid
 }
-
-// Get and Put make BytesFramer the pool its frames' buffers return to once gRPC wrote them.
-func (b *BytesFramer) Get(length int) *[]byte {
-	buf := make([]byte, length)
-	return &buf
-}
-
-func (b *BytesFramer) Put(bp *[]byte) {
-	if cap(*bp) >= b.size {
-		b.pool.Put(bp)
-	}
-}
