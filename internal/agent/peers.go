@@ -120,18 +120,8 @@ func (v clusterView) NameOf(index uint32) (string, bool) {
 }
 
 func (v clusterView) Peer(name string) (ssipb.PeerClient, error) {
-	addr := ""
-	for _, m := range v.a.gossip.Members() {
-		if m.Name == name {
-			addr = m.Meta.Addr
-		}
-	}
-	if addr == "" {
-		v.a.mu.Lock()
-		addr = v.a.registry[name].Addr
-		v.a.mu.Unlock()
-	}
-	if addr == "" {
+	addr, ok := v.a.addrOf(name)
+	if !ok {
 		return nil, fmt.Errorf("no address known for node %s", name)
 	}
 	cc, err := v.a.peerConn(addr)

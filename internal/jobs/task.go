@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	clusterfs "github.com/ssi-cluster/ssi/internal/fs"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
@@ -110,7 +111,7 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 			break
 		}
 		p, err := proc.Start(context.Background(), proc.Spec{
-			Args: argv, Env: jobEnv(r, rank, ckpt), Dir: fromSubmitNode(sp.Cwd, true, e.tree(), sp.SubmitNode, e.node),
+			Args: argv, Env: jobEnv(r, rank, ckpt), Dir: e.fromSubmitNode(sp, sp.Cwd, true),
 			UID: sp.UID, GID: sp.GID, Groups: sp.Groups, Umask: sp.Umask,
 			Stdin: devNull, Stdout: outs[0], Stderr: outs[1],
 			CgroupParent: cgParent, CgroupMount: e.mount, Name: "task" + strconv.Itoa(rank),
@@ -292,7 +293,7 @@ func (e *executor) openOutputs(r *run, rank int, who identity, mkdir string) ([]
 		}
 	}
 	for i, p := range paths {
-		paths[i] = fromSubmitNode(p, false, e.tree(), sp.SubmitNode, e.node)
+		paths[i] = e.fromSubmitNode(sp, p, false)
 	}
 	files, err := e.users.openAsUser(paths, mkdir, who)
 	if err != nil {
@@ -411,4 +412,21 @@ func expandPattern(p string, v patternVars) string {
 		}
 	}
 	return b.String()
+}
+
+// fromSubmitNode is where a path of the job's submit node (its directory, an output file) is
+// found on this node: here if it exists here, else on the submit node through the cluster file
+// tree. When neither, the path is used as it is and fails with the usual error.
+func (e *executor) fromSubmitNode(sp *jobSpec, path string, isDir bool) string {
+	tree, from := "", sp.SubmitNode
+	if e.s.d.Tree != nil {
+		tree = e.s.d.Tree()
+	}
+	if from == e.node {
+		from = ""
+	}
+	if found := clusterfs.FromNode(path, isDir, tree, from); found != "" {
+		return found
+	}
+	return path
 }

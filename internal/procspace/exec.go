@@ -18,6 +18,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	clusterfs "github.com/ssi-cluster/ssi/internal/fs"
 	"github.com/ssi-cluster/ssi/internal/gpid"
 	"github.com/ssi-cluster/ssi/internal/proc"
 )
@@ -330,19 +331,19 @@ func loginShell(name string) string {
 // exists here, else the same directory on the caller's home node through the cluster tree,
 // so that relative paths keep meaning the caller's files.
 func (s *Service) workingDir(dir, home, self string) (string, error) {
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		return dir, nil
-	}
 	tree := ""
 	if s.cfg.Tree != nil {
 		tree = s.cfg.Tree()
 	}
-	if tree == "" || home == "" || home == self {
+	if home == self {
+		home = ""
+	}
+	if found := clusterfs.FromNode(dir, true, tree, home); found != "" {
+		return found, nil
+	}
+	if tree == "" || home == "" {
 		return "", fmt.Errorf("working directory %s does not exist on node %s: give one that does with --cwd", dir, self)
 	}
-	through := filepath.Join(tree, home, dir)
-	if _, err := os.Stat(through); err != nil {
-		return "", fmt.Errorf("working directory %s does not exist on node %s, nor on %s as %s (%v): give one that does with --cwd", dir, self, home, through, errors.Unwrap(err))
-	}
-	return through, nil
+	return "", fmt.Errorf("working directory %s does not exist on node %s, nor on %s (as %s): give one that does with --cwd",
+		dir, self, home, filepath.Join(tree, home, dir))
 }
