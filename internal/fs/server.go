@@ -280,20 +280,6 @@ func (s *Server) Status(ctx context.Context, _ *fspb.StatusRequest) (*fspb.Statu
 	}, nil
 }
 
-// RemoteStats asks the file server of the node behind conn for its Stats.
-func RemoteStats(ctx context.Context, conn grpc.ClientConnInterface) (ServerStats, error) {
-	r, err := fspb.NewFilesClient(conn).Status(ctx, &fspb.StatusRequest{})
-	if err != nil {
-		return ServerStats{}, fmt.Errorf("ask a node's file server for its status: %w", err)
-	}
-	return ServerStats{
-		Root: r.Root, Exports: r.Exports, ReadOnly: r.ReadOnly, RootSquash: r.RootSquash,
-		Sessions: int(r.Sessions), OpenFiles: int(r.OpenHandles), WatchedDirs: int(r.WatchedDirs),
-		Ops: r.Ops, BytesRead: r.BytesRead, BytesWritten: r.BytesWritten,
-		InvalidationsSent: r.InvalidationsSent, DiskEvents: r.DiskEvents,
-	}, nil
-}
-
 // localNode marks contexts of calls from this node's own mount, which bypass gRPC.
 type localNode struct{}
 
