@@ -98,6 +98,39 @@ func BenchmarkRunStdoutThroughput(b *testing.B) {
 	}
 }
 
+// BenchmarkKillDetect measures how long after a kill -9 of a whole host (all its processes at
+// once, as a crash would) the others show it dead, polled through the CLI every 20 ms: each
+// round restarts n3, waits until n1 sees it alive, kills it and times n1's view.
+func BenchmarkKillDetect(b *testing.B) {
+	c := benchCluster(b, 3)
+	ctx := context.Background()
+	times := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		if err := c.Restart(ctx, "n3"); err != nil {
+			b.Fatal(err)
+		}
+		if _, last := pollState(c, "n1", "n3", "alive", 20*time.Second); last != "alive" {
+			b.Fatal("n3 not alive again after its restart")
+		}
+		time.Sleep(time.Second) // let every node probe it at least once
+		b.StartTimer()
+		if err := c.Kill("n3"); err != nil {
+			b.Fatal(err)
+		}
+		took, last := pollState(c, "n1", "n3", "dead", 10*time.Second)
+		if last != "dead" {
+			b.Fatal("n3 not shown dead 10 s after kill -9")
+		}
+		times = append(times, took)
+	}
+	b.StopTimer()
+	slices.Sort(times)
+	b.ReportMetric(float64(times[len(times)/2].Milliseconds()), "ms-median")
+	b.ReportMetric(float64(times[len(times)-1].Milliseconds()), "ms-max")
+}
+
 // BenchmarkIdleAgents reports the agents' resident memory and CPU use while idle.
 func BenchmarkIdleAgents(b *testing.B) {
 	c := benchCluster(b, 4)

@@ -162,6 +162,16 @@ func nodes(t *testing.T, c *devcluster.Cluster, from string) map[string]nodeJSON
 // waitState polls from's view until node has state, and returns how long that took.
 func waitState(t *testing.T, c *devcluster.Cluster, from, node, state string, timeout time.Duration) time.Duration {
 	t.Helper()
+	took, last := pollState(c, from, node, state, timeout)
+	if last != state {
+		t.Fatalf("%s still sees %s as %q after %v, want %q", from, node, last, timeout, state)
+	}
+	return took
+}
+
+// pollState asks from's agent every 20 ms how it sees node until it has state or the timeout
+// passes; it returns the time taken and the last state seen.
+func pollState(c *devcluster.Cluster, from, node, state string, timeout time.Duration) (time.Duration, string) {
 	start := time.Now()
 	var last string
 	for time.Since(start) < timeout {
@@ -175,7 +185,7 @@ func waitState(t *testing.T, c *devcluster.Cluster, from, node, state string, ti
 					if n.Name == node {
 						last = n.State
 						if n.State == state {
-							return time.Since(start)
+							return time.Since(start), last
 						}
 					}
 				}
@@ -183,8 +193,7 @@ func waitState(t *testing.T, c *devcluster.Cluster, from, node, state string, ti
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("%s still sees %s as %q after %v, want %q", from, node, last, timeout, state)
-	return 0
+	return timeout, last
 }
 
 // eventually polls cond until it holds or the timeout passes.

@@ -246,6 +246,12 @@ func (s *Service) watchStepAside(ctx context.Context, stop context.CancelFunc, m
 // stepAside reports whether this server leads etcd while another server is a candidate for
 // scheduler leader. Errors count as no: a server that cannot tell keeps competing.
 func (s *Service) stepAside(myKey string) bool {
+	// Asking the embedded member is free, and most servers do not lead etcd: only the one that
+	// does reads the candidates (a linearizable read, which costs the etcd leader a round of
+	// messages to its followers).
+	if s.d.LeadsEtcd != nil && !s.d.LeadsEtcd() {
+		return false
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, time.Second)
 	defer cancel()
 	cli := s.d.Etcd
@@ -263,7 +269,7 @@ func (s *Service) stepAside(myKey string) bool {
 		return false
 	}
 	if s.d.LeadsEtcd != nil {
-		return s.d.LeadsEtcd()
+		return true // checked above
 	}
 	// Status opens a connection of its own to the endpoint: fine for an external etcd, where
 	// there is no member of ours to ask.
