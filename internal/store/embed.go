@@ -42,6 +42,9 @@ func HasMemberData(dir string) bool {
 	return err == nil
 }
 
+// maxSocketPath is the longest Unix socket path the kernel takes (sun_path less its NUL).
+const maxSocketPath = 107
+
 // StartMember starts the embedded etcd member and waits until it serves.
 func StartMember(ctx context.Context, mc MemberConfig) (*Member, error) {
 	cfg := embed.NewConfig()
@@ -55,6 +58,15 @@ func StartMember(ctx context.Context, mc MemberConfig) (*Member, error) {
 	}
 	cfg.ListenClientUrls = []url.URL{listenClient}
 	cfg.AdvertiseClientUrls = []url.URL{mc.ClientURL}
+	// etcd's HTTP endpoints (health, version, its own metrics) go to a socket only root can
+	// reach, so that the client port serves gRPC alone, on gRPC's own transport: otherwise
+	// every request is served through net/http's HTTP/2 server, which costs each request and
+	// each idle keepalive more CPU. Nothing in ssi uses those endpoints (the agent's --http
+	// has health and metrics), nor the JSON gateway.
+	if sock := filepath.Join(mc.Dir, "http.sock"); len(sock) < maxSocketPath {
+		cfg.ListenClientHttpUrls = []url.URL{{Scheme: "unix", Path: sock}}
+	}
+	cfg.EnableGRPCGateway = false
 	cfg.ListenPeerUrls = []url.URL{listenPeer}
 	cfg.AdvertisePeerUrls = []url.URL{mc.PeerURL}
 	tls := transport.TLSInfo{
@@ -97,6 +109,10 @@ func StartMember(ctx context.Context, mc MemberConfig) (*Member, error) {
 	cfg.TickMs = 250
 	cfg.ElectionMs = 1500
 
+	// The HTTP socket lives in the data directory, which must exist before etcd listens.
+	if err := os.MkdirAll(mc.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating etcd's data directory: %w", err)
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded etcd in %s: %w", mc.Dir, err)
