@@ -108,6 +108,10 @@ func StartMember(ctx context.Context, mc MemberConfig) (*Member, error) {
 	// about two seconds.
 	cfg.TickMs = 250
 	cfg.ElectionMs = 1500
+	// The WAL makes each write durable when it is acknowledged; the bolt backend only
+	// batches the applied state. Committing it every 500 ms rather than 100 ms spares an idle
+	// server eight wake-ups a second and a busy one most of its bolt commits.
+	cfg.BackendBatchInterval = 500 * time.Millisecond
 
 	// The HTTP socket lives in the data directory, which must exist before etcd listens.
 	if err := os.MkdirAll(mc.Dir, 0o700); err != nil {
