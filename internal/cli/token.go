@@ -14,6 +14,8 @@ func newTokenCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Manage join tokens",
+		Example: `  sudo ssi token create --ttl 1h     # then, on the new node:
+  sudo ssi agent --join 10.0.0.1:7700 --token <token>`,
 	}
 	var ttl time.Duration
 	var format string
