@@ -726,7 +726,7 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 		if t.EndUnixMs != 0 && t.StartUnixMs != 0 {
 			cpu = sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond)
 		}
-		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), elapsed(t, now), exit, cpu, humanBytes(t.MaxRssBytes), t.Reason})
+		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), elapsed(t, now), exit, cpu, peakCell(t.MaxRssBytes), t.Reason})
 	}
 	if err := p.table([]string{"TASK", "STATE", "NODES", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
 		return err
@@ -924,7 +924,7 @@ they survive restarts): node, exit code, start and end, elapsed and CPU time, an
 					end = time.UnixMilli(t.EndUnixMs).Format("2006-01-02 15:04:05")
 				}
 				rows = append(rows, []string{t.Id, t.Name, t.User, t.State, exit, nodesCell(t.Nodes), start, end, elapsed(t, now),
-					sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond), humanBytes(t.MaxRssBytes)})
+					sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond), peakCell(t.MaxRssBytes)})
 			}
 			return p.table([]string{"ID", "NAME", "USER", "STATE", "EXIT", "NODES", "START", "END", "ELAPSED", "CPU", "MAXRSS"}, rows)
 		},
@@ -1178,4 +1178,13 @@ func drainCall(cmd *cobra.Command, g *globals, req *jobspb.DrainRequest, drain b
 		return printer{w: cmd.OutOrStdout(), format: format}.json(map[string]any{"node": resp.Node, "draining": resp.Draining})
 	}
 	return nil
+}
+
+// peakCell shows a task's peak memory; 0 means the node could not measure it (see
+// docs/jobs.md, "Peak memory").
+func peakCell(n uint64) string {
+	if n == 0 {
+		return "-"
+	}
+	return humanBytes(n)
 }

@@ -233,7 +233,11 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 		} else {
 			res.CPUTime += pr.UserCPU + pr.SystemCPU
 		}
-		res.MaxRSS = max(res.MaxRSS, pr.MaxRSSBytes)
+		if pr.TreeMemPeak > 0 {
+			res.MaxRSS = max(res.MaxRSS, pr.TreeMemPeak)
+		} else {
+			res.MaxRSS = max(res.MaxRSS, pr.MaxRSSBytes)
+		}
 	}
 	if revoked {
 		return res, false, true

@@ -43,6 +43,7 @@ type Process struct {
 	group        *cgroup.Group
 	groupRemoved bool
 	treeCPU      time.Duration
+	treeMemPeak  uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -56,9 +57,15 @@ type Result struct {
 	Signal     syscall.Signal
 	CoreDumped bool
 	// UserCPU, SystemCPU and MaxRSSBytes come from wait4: the command plus those of its
-	// descendants it waited for.
+	// descendants it waited for. MaxRSSBytes is 0 when it may be the agent's own size rather
+	// than the command's: the kernel gives a child started with vfork, as every command is
+	// started, at least the high-water mark of the parent's memory as it stood at exec.
 	UserCPU, SystemCPU time.Duration
 	MaxRSSBytes        uint64
+	// TreeMemPeak is the most memory the whole tree used at once (its cgroup's memory.peak,
+	// page cache included), 0 where the kernel does not keep it for the group; final once
+	// TreeGone is true.
+	TreeMemPeak uint64
 	// TreeCPU is the CPU time of the whole tree from its cgroup, orphans included. It is
 	// final once TreeGone is true; while descendants outlive the command it is read at
 	// Close.
@@ -193,7 +200,9 @@ func (p *Process) wait() {
 	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
 		r.UserCPU = time.Duration(ru.Utime.Nano())
 		r.SystemCPU = time.Duration(ru.Stime.Nano())
-		r.MaxRSSBytes = uint64(ru.Maxrss) * 1024
+		if maxRSS := uint64(ru.Maxrss) * 1024; maxRSS > ownHighWater() {
+			r.MaxRSSBytes = maxRSS
+		}
 	}
 	p.result = r
 	// Best effort: descendants may still run; Close removes the group then.
@@ -209,7 +218,7 @@ func (p *Process) Result() Result {
 	}
 	r := p.result
 	p.groupMu.Lock()
-	r.TreeCPU, r.TreeGone = p.treeCPU, p.groupRemoved
+	r.TreeCPU, r.TreeMemPeak, r.TreeGone = p.treeCPU, p.treeMemPeak, p.groupRemoved
 	p.groupMu.Unlock()
 	return r
 }
@@ -234,6 +243,9 @@ func (p *Process) removeGroupIfEmpty() (bool, error) {
 	}
 	if cpu, err := p.group.CPUUsage(); err == nil {
 		p.treeCPU = cpu
+	}
+	if peak, ok := p.group.MemoryPeak(); ok {
+		p.treeMemPeak = peak
 	}
 	if err := p.group.Remove(); err != nil {
 		return false, err
@@ -317,4 +329,14 @@ func TerminateLeftovers(ctx context.Context, mount, parent string, grace time.Du
 		return len(children), fmt.Errorf("terminate leftover trees under %s: %w", parent, err)
 	}
 	return len(children), nil
+}
+
+// ownHighWater is the most memory this process (the agent) has had resident: a child's
+// wait4 maxrss at or below it may be the agent's, inherited through vfork and exec.
+func ownHighWater() uint64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return uint64(ru.Maxrss) * 1024
 }

@@ -697,3 +697,28 @@ func BenchmarkCloseWithLeftover(b *testing.B) {
 	}
 	b.ReportMetric(float64(closing.Microseconds())/float64(b.N), "close-µs/op")
 }
+
+// TestPeakMemoryIsTheCommands checks that the peak memory reported for a command is its own,
+// never memory of the starting process that wait4 counts for the child (here `true` was
+// reported at 6 MiB, the agent's `true` at ~50 MiB): a small command reports a small figure
+// (or none where only wait4 knows, as it cannot tell the two apart), and one that touches
+// 64 MiB more than the test binary ever held reports at least that much.
+func TestPeakMemoryIsTheCommands(t *testing.T) {
+	requireRoot(t)
+	peak := func(r Result) uint64 {
+		if r.TreeMemPeak > 0 {
+			return r.TreeMemPeak
+		}
+		return r.MaxRSSBytes
+	}
+	own := ownHighWater()
+	if small := peak(run(t, rootSpec("true")).result); small >= 4<<20 {
+		t.Errorf("true reported a peak of %d bytes", small)
+	}
+	want := own + 64<<20
+	// dd reads one block of that size into a buffer of that size.
+	block := "bs=" + strconv.FormatUint(want, 10)
+	if big := peak(run(t, rootSpec("dd", "if=/dev/zero", "of=/dev/null", block, "count=1")).result); big < want {
+		t.Errorf("a command holding %d bytes reported a peak of %d", want, big)
+	}
+}

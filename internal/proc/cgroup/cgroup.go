@@ -560,3 +560,19 @@ func parseProcCgroup(data string) (string, error) {
 	}
 	return "", errors.New("no cgroup v2 entry (0::) in the process's cgroup file; is a cgroup2 hierarchy mounted?")
 }
+
+// MemoryPeak is the most memory the group and its descendants have used at once since the
+// group was made (memory.peak: page cache included, as the kernel charges it). ok is false
+// where the memory controller is not enabled for the group, as on hosts that keep it in a
+// cgroup v1 hierarchy.
+func (g *Group) MemoryPeak() (peak uint64, ok bool) {
+	data, err := readControl(filepath.Join(g.Path(), "memory.peak"))
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return v, true
+}
