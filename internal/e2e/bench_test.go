@@ -135,20 +135,23 @@ func BenchmarkKillDetect(b *testing.B) {
 func BenchmarkIdleAgents(b *testing.B) {
 	c := benchCluster(b, 4)
 	time.Sleep(3 * time.Second) // let start-up settle
-	type sample struct{ ticks, rssKB int }
+	type sample struct{ ticks, rssKB, anonKB int }
 	read := func(pid int) sample {
 		stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
 		ut, _ := strconv.Atoi(f[11])
 		st, _ := strconv.Atoi(f[12])
 		status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-		rss := 0
+		rss, anon := 0, 0
 		for _, line := range strings.Split(string(status), "\n") {
 			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 				rss, _ = strconv.Atoi(strings.Fields(v)[0])
 			}
+			if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+				anon, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
 		}
-		return sample{ut + st, rss}
+		return sample{ut + st, rss, anon}
 	}
 	const window = 10 * time.Second
 	pids := map[string]int{}
@@ -167,7 +170,8 @@ func BenchmarkIdleAgents(b *testing.B) {
 	for _, n := range c.Nodes() {
 		after := read(pids[n.Name])
 		cpu := float64(after.ticks-before[n.Name].ticks) / 100 / window.Seconds() * 100
-		b.Logf("%s (server=%v): RSS %d KiB, CPU %.2f%% of a core", n.Name, n.Server, after.rssKB, cpu)
+		b.Logf("%s (server=%v): RSS %d KiB (anonymous %d KiB, the rest pages of the executable and other files), CPU %.2f%% of a core",
+			n.Name, n.Server, after.rssKB, after.anonKB, cpu)
 		if n.Server {
 			serverRSS = max(serverRSS, float64(after.rssKB)/1024)
 		} else {
