@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -12,11 +13,14 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/procspace"
 )
 
 // forwardedSignals are those a shell would pass on to a foreground job.
@@ -126,7 +130,14 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 		}
 	}
 
-	cc, err := g.dialAgent()
+	// Output the agent can write straight into saves this process copying it. Not with a
+	// terminal (its output is small, and raw mode is ours), nor with --explain, whose line
+	// must come before the command's output.
+	var passOut, passErr *os.File
+	if !useTTY && !o.detach && !o.explain {
+		passOut, passErr = passable(os.Stdout), passable(os.Stderr)
+	}
+	cc, err := g.dialAgentPassing(passOut, passErr)
 	if err != nil {
 		return err
 	}
@@ -218,10 +229,82 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
 			}
 			if ex := out.GetExit(); ex != nil {
+				if ex.Code == int32(procspace.ExitOutputFailed) && ex.Message == "" && passOut != nil {
+					dieIfOutputBroken()
+				}
 				return exitError{code: int(ex.Code), msg: ex.Message}
 			}
 		}
 	}
+}
+
+// passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
+// regular file or /dev/null and the like, open for writing. The agent checks again.
+func passable(f *os.File) *os.File {
+	var st unix.Stat_t
+	var fl int
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var serr, ferr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.Fstat(int(fd), &st)
+		fl, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0)
+	}); err != nil || serr != nil || ferr != nil {
+		return nil
+	}
+	if acc := fl & unix.O_ACCMODE; acc != unix.O_WRONLY && acc != unix.O_RDWR {
+		return nil
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFIFO, unix.S_IFREG:
+		return f
+	case unix.S_IFCHR:
+		if unix.Major(st.Rdev) == 1 {
+			return f
+		}
+	}
+	return nil
+}
+
+// dialAgentPassing connects to the local agent like dialAgent, handing it stdout and stderr
+// (either may be nil) at the start of the connection, before gRPC's preface.
+func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, error) {
+	if stdout == nil && stderr == nil {
+		return g.dialAgent()
+	}
+	path := g.socketPath()
+	if _, err := os.Stat(path); err != nil {
+		return g.dialAgent() // for its message
+	}
+	return grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				return nil, err
+			}
+			if err := api.PassOutput(conn.(*net.UnixConn), stdout, stderr); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		}),
+	)...)
+}
+
+// dieIfOutputBroken ends this process as a local command whose stdout reader went away
+// ends: the agent found our stdout pipe without a reader. A write now fails with EPIPE, and
+// the runtime turns that on stdout into death by SIGPIPE. Nothing is written unless the pipe
+// has no reader (poll reports an error), so no byte can reach anyone.
+func dieIfOutputBroken() {
+	fds := []unix.PollFd{{Fd: int32(unix.Stdout), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(fds, 0); err != nil || n != 1 || fds[0].Revents&unix.POLLERR == 0 {
+		return
+	}
+	_, _ = os.Stdout.Write([]byte{0})
 }
 
 // pumpStdin sends stdin in chunks until EOF. Send blocks while the remote side is not
