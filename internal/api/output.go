@@ -39,8 +39,9 @@ const (
 )
 
 // PassOutput writes the preamble that hands stdout and stderr (either may be nil) to the
-// agent on conn, which must not have carried anything yet. It does nothing if both are nil.
-func PassOutput(conn *net.UnixConn, stdout, stderr *os.File) error {
+// agent on conn, which must not have carried anything yet, and waits for the agent's
+// acknowledgement until ctx ends. It does nothing if both are nil.
+func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File) error {
 	var mask byte
 	var fds []int
 	for i, f := range []*os.File{stdout, stderr} {
@@ -71,8 +72,28 @@ func PassOutput(conn *net.UnixConn, stdout, stderr *os.File) error {
 	if err != nil {
 		return fmt.Errorf("passing output files to the agent: %w", err)
 	}
+	// The agent acknowledges before gRPC speaks; an agent older than output passing starts
+	// with its HTTP/2 settings instead, whose first byte (of a small length) is never 's'.
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(d)
+		defer conn.SetReadDeadline(time.Time{})
+	}
+	var ack [len(outputAck)]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+		return fmt.Errorf("passing output files to the agent: %w", err)
+	}
+	if string(ack[:]) != outputAck {
+		return ErrOutputNotPassed
+	}
 	return nil
 }
+
+// outputAck is what the agent answers a preamble it accepted with.
+const outputAck = "ssi-ok\n"
+
+// ErrOutputNotPassed means the agent does not take output files: the connection is spent,
+// and the client must make another that passes none.
+var ErrOutputNotPassed = errors.New("the agent does not take output files (it is older than this client)")
 
 // ClientOutput is the stdout and stderr a client passed; either may be nil (not passed). Its
 // holder must Close it on every path: the client's reader sees end of file only once every
@@ -213,6 +234,10 @@ func receiveOutput(conn *net.UnixConn) (*ClientOutput, error) {
 		} else {
 			out.Stderr = f
 		}
+	}
+	if _, err := conn.Write([]byte(outputAck)); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("acknowledging the output preamble: %w", err)
 	}
 	return out, nil
 }

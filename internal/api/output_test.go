@@ -2,6 +2,8 @@ package api
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -42,6 +44,32 @@ func unixPair(t *testing.T) (client, server *net.UnixConn) {
 	return client, server
 }
 
+// pass runs PassOutput (and then, if not nil, more) as a client does, while the test plays
+// the agent.
+func pass(client *net.UnixConn, stdout, stderr *os.File, more func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		err := PassOutput(context.Background(), client, stdout, stderr)
+		if err == nil && more != nil {
+			err = more()
+		}
+		done <- err
+	}()
+	return done
+}
+
+func TestPassOutputToAnOlderAgent(t *testing.T) {
+	client, server := unixPair(t)
+	passed := pass(client, os.Stdout, nil, nil)
+	// An older agent answers with gRPC's settings frame, whatever came first.
+	if _, err := server.Write([]byte{0, 0, 12, 4, 0, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-passed; !errors.Is(err, ErrOutputNotPassed) {
+		t.Fatalf("got %v, want ErrOutputNotPassed", err)
+	}
+}
+
 // outputFrame is a frame of RunOutput's field, received in buffers cut as given.
 func outputFrame(t *testing.T, field protowire.Number, payload []byte, cuts ...int) *Frame {
 	t.Helper()
@@ -68,18 +96,18 @@ func TestPassOutputWritesIntoTheClientsFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := PassOutput(client, pw, file); err != nil {
-			t.Fatal(err)
-		}
-		// What gRPC sends next must reach it untouched.
-		if _, err := client.Write([]byte("PRI * HTTP/2.0")); err != nil {
+		passed := pass(client, pw, file, func() error {
+			// What gRPC sends next must reach it untouched.
+			_, err := client.Write([]byte("PRI * HTTP/2.0"))
+			return err
+		})
+		out, err := receiveOutput(server)
+		if err := <-passed; err != nil {
 			t.Fatal(err)
 		}
 		// The client's own copies go, as when it exits: only the agent's remain.
 		pw.Close()
 		file.Close()
-
-		out, err := receiveOutput(server)
 		if err != nil || out == nil || out.Stdout == nil || out.Stderr == nil {
 			t.Fatalf("receiveOutput: %+v, %v", out, err)
 		}
@@ -202,14 +230,15 @@ func TestUntakenOutputClosesWithTheConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	if err := PassOutput(client, pw, nil); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
+	passed := pass(client, pw, nil, nil)
 	creds, info, err := PeerCredentials().ServerHandshake(server)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
 	if info.(callerAuthInfo).passed == nil {
 		t.Fatal("no files recorded with the connection")
 	}
@@ -227,14 +256,15 @@ func TestOutputFileInterrupt(t *testing.T) {
 	}
 	defer pr.Close()
 	client, server := unixPair(t)
-	if err := PassOutput(client, pw, nil); err != nil {
-		t.Fatal(err)
-	}
-	pw.Close()
+	passed := pass(client, pw, nil, nil)
 	out, err := receiveOutput(server)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
 	defer out.Close()
 	// Nobody reads: the write blocks on a full pipe until interrupted, as when a session ends.
 	done := make(chan error)

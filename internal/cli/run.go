@@ -16,7 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
@@ -137,18 +139,19 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	if !useTTY && !o.detach && !o.explain {
 		passOut, passErr = passable(os.Stdout), passable(os.Stderr)
 	}
-	cc, err := g.dialAgentPassing(passOut, passErr)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Output arrives as frames, written out without being decoded (see api.Frame).
-	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	cc, stream, err := g.openRun(ctx, passOut, passErr)
+	if err != nil && (passOut != nil || passErr != nil) && status.Code(err) == codes.Unavailable {
+		// An agent older than output passing drops the connection at the preamble, before
+		// gRPC's handshake completes, so no call reached it: start again without.
+		passOut, passErr = nil, nil
+		cc, stream, err = g.openRun(ctx, nil, nil)
+	}
 	if err != nil {
 		return g.rpcError(err)
 	}
+	defer cc.Close()
 	var sendMu sync.Mutex
 	send := func(in *ssipb.RunInput) error {
 		sendMu.Lock()
@@ -268,6 +271,21 @@ func passable(f *os.File) *os.File {
 	return nil
 }
 
+// openRun connects to the agent, passing stdout and stderr if not nil, and opens a Run call.
+func (g *globals) openRun(ctx context.Context, stdout, stderr *os.File) (*grpc.ClientConn, ssipb.Control_RunClient, error) {
+	cc, err := g.dialAgentPassing(stdout, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Output arrives as frames, written out without being decoded (see api.Frame).
+	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	if err != nil {
+		cc.Close()
+		return nil, nil, err
+	}
+	return cc, stream, nil
+}
+
 // dialAgentPassing connects to the local agent like dialAgent, handing it stdout and stderr
 // (either may be nil) at the start of the connection, before gRPC's preface.
 func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, error) {
@@ -286,7 +304,7 @@ func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, e
 			if err != nil {
 				return nil, err
 			}
-			if err := api.PassOutput(conn.(*net.UnixConn), stdout, stderr); err != nil {
+			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
 				conn.Close()
 				return nil, err
 			}

@@ -123,7 +123,7 @@ func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, s
 			if err != nil {
 				return nil, err
 			}
-			if err := api.PassOutput(conn.(*net.UnixConn), stdout, stderr); err != nil {
+			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
 				conn.Close()
 				return nil, err
 			}
