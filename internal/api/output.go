@@ -269,8 +269,9 @@ type OutputFile struct {
 
 // newOutputFile checks a received descriptor and takes it over (closing it on error). Only
 // files whose writes cannot block for ever on something other than their reader are
-// accepted: pipes (written without blocking the agent, see below), regular files and the
-// memory devices such as /dev/null. Terminals and sockets stay with the client.
+// accepted: pipes (written without blocking the agent, see below), regular files, and
+// /dev/null, /dev/zero and /dev/full. Terminals, sockets and other devices stay with the
+// client.
 func newOutputFile(fd int, name string) (*OutputFile, error) {
 	fail := func(err error) (*OutputFile, error) {
 		unix.Close(fd)
@@ -290,8 +291,8 @@ func newOutputFile(fd int, name string) (*OutputFile, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 	case unix.S_IFCHR:
-		if unix.Major(st.Rdev) != 1 { // /dev/null, /dev/zero, /dev/full
-			return fail(errors.New("a character device other than /dev/null and the like"))
+		if !IsNullDevice(st.Rdev) {
+			return fail(errors.New("a character device other than /dev/null, /dev/zero or /dev/full"))
 		}
 	case unix.S_IFIFO:
 		// A pipe is reopened with a file description of our own that does not block: a
@@ -315,6 +316,19 @@ func newOutputFile(fd int, name string) (*OutputFile, error) {
 		return nil, err
 	}
 	return &OutputFile{f: f, rc: rc}, nil
+}
+
+// IsNullDevice reports whether a character device is /dev/null, /dev/zero or /dev/full:
+// the devices whose writes never block, and the only ones a client may pass.
+func IsNullDevice(rdev uint64) bool {
+	if unix.Major(rdev) != 1 {
+		return false
+	}
+	switch unix.Minor(rdev) {
+	case 3, 5, 7:
+		return true
+	}
+	return false
 }
 
 // Close closes the file; nil and closed files are fine.

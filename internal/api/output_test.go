@@ -161,6 +161,11 @@ func TestPassOutputRefusesBadFiles(t *testing.T) {
 	socket := os.NewFile(uintptr(sp[0]), "socket")
 	defer socket.Close()
 	defer unix.Close(sp[1])
+	random, err := os.OpenFile("/dev/random", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer random.Close()
 	devNull, err := os.OpenFile("/dev/null", os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +187,7 @@ func TestPassOutputRefusesBadFiles(t *testing.T) {
 	}{
 		{"read-only stdout", preamble(outputVersion, maskStdout), rights(readOnly)},
 		{"socket", preamble(outputVersion, maskStdout), rights(socket)},
+		{"another device", preamble(outputVersion, maskStdout), rights(random)},
 		{"more files than the mask says", preamble(outputVersion, maskStdout), rights(devNull, devNull)},
 		{"fewer files than the mask says", preamble(outputVersion, maskStdout|maskStderr), rights(devNull)},
 		{"too many files", preamble(outputVersion, maskStdout|maskStderr), rights(devNull, devNull, devNull, devNull)},

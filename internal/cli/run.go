@@ -242,7 +242,7 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 }
 
 // passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
-// regular file or /dev/null and the like, open for writing. The agent checks again.
+// regular file, /dev/null, /dev/zero or /dev/full, open for writing. The agent checks again.
 func passable(f *os.File) *os.File {
 	var st unix.Stat_t
 	var fl int
@@ -264,7 +264,7 @@ func passable(f *os.File) *os.File {
 	case unix.S_IFIFO, unix.S_IFREG:
 		return f
 	case unix.S_IFCHR:
-		if unix.Major(st.Rdev) == 1 {
+		if api.IsNullDevice(st.Rdev) {
 			return f
 		}
 	}
