@@ -143,8 +143,8 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	defer cancel()
 	cc, stream, err := g.openRun(ctx, passOut, passErr)
 	if err != nil && (passOut != nil || passErr != nil) && status.Code(err) == codes.Unavailable {
-		// An agent older than output passing drops the connection at the preamble, before
-		// gRPC's handshake completes, so no call reached it: start again without.
+		// An agent older than output passing does not acknowledge the preamble, so the dialer
+		// failed before any call was made (api.ErrOutputNotPassed): start again without.
 		passOut, passErr = nil, nil
 		cc, stream, err = g.openRun(ctx, nil, nil)
 	}
@@ -313,9 +313,9 @@ func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, e
 	)...)
 }
 
-// dieIfOutputBroken ends this process as a local command whose stdout reader went away
-// ends: the agent found our stdout pipe without a reader. A write now fails with EPIPE, and
-// the runtime turns that on stdout into death by SIGPIPE. Nothing is written unless the pipe
+// dieIfOutputBroken ends this process the way a local command ends when its stdout reader
+// goes away, after the agent found our stdout pipe without a reader: a write now fails with
+// EPIPE, and the runtime turns that on stdout into death by SIGPIPE. Nothing is written unless the pipe
 // has no reader (poll reports an error), so no byte can reach anyone.
 func dieIfOutputBroken() {
 	fds := []unix.PollFd{{Fd: int32(unix.Stdout), Events: unix.POLLOUT}}
