@@ -87,30 +87,45 @@ func (f *Frame) Decode(m protov2.Message) error {
 // to w, and releases the frame.
 func (f *Frame) WriteBytesField(w io.Writer) (int64, error) {
 	defer f.Free()
+	views, err := f.bytesPayload()
+	if err != nil {
+		return 0, err
+	}
+	written := int64(0)
+	for _, d := range views {
+		k, err := w.Write(d)
+		written += int64(k)
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// bytesPayload returns the payload of the frame's only field, which must be a bytes field, as
+// views of the frame's buffers (valid until it is freed).
+func (f *Frame) bytesPayload() ([][]byte, error) {
 	head := f.head(2 * binaryVarintMax)
 	_, typ, n := protowire.ConsumeTag(head)
 	if n < 0 || typ != protowire.BytesType {
-		return 0, fmt.Errorf("frame does not start with a bytes field")
+		return nil, fmt.Errorf("frame does not start with a bytes field")
 	}
 	size, m := protowire.ConsumeVarint(head[n:])
 	if m < 0 || int(size) != f.data.Len()-n-m {
-		return 0, fmt.Errorf("frame holds more than one bytes field")
+		return nil, fmt.Errorf("frame holds more than one bytes field")
 	}
-	skip, written := n+m, int64(0)
+	skip := n + m
+	views := make([][]byte, 0, len(f.data))
 	for _, b := range f.data {
 		d := b.ReadOnlyData()
 		if skip >= len(d) {
 			skip -= len(d)
 			continue
 		}
-		k, err := w.Write(d[skip:])
-		written += int64(k)
-		if err != nil {
-			return written, err
-		}
+		views = append(views, d[skip:])
 		skip = 0
 	}
-	return written, nil
+	return views, nil
 }
 
 // Free releases the frame's buffers (a frame that was sent needs no Free).

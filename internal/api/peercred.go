@@ -26,6 +26,7 @@ func (c Caller) IsRoot() bool { return c.UID == 0 }
 type callerAuthInfo struct {
 	credentials.CommonAuthInfo
 	caller Caller
+	passed *passedOutput // the client's stdout and stderr, if it passed them (see PassOutput)
 }
 
 func (callerAuthInfo) AuthType() string { return "peercred" }
@@ -63,7 +64,19 @@ func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo,
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		caller:         Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid},
 	}
-	return conn, info, nil
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return conn, info, nil
+	}
+	out, err := receiveOutput(uc)
+	if err != nil {
+		return nil, nil, err
+	}
+	if out == nil {
+		return conn, info, nil
+	}
+	info.passed = &passedOutput{out: out}
+	return &outputConn{UnixConn: uc, passed: info.passed}, info, nil
 }
 
 func (peerCreds) Info() credentials.ProtocolInfo {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -12,11 +13,16 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/procspace"
 )
 
 // forwardedSignals are those a shell would pass on to a foreground job.
@@ -126,18 +132,26 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 		}
 	}
 
-	cc, err := g.dialAgent()
-	if err != nil {
-		return err
+	// Output the agent can write straight into saves this process copying it. Not with a
+	// terminal (its output is small, and raw mode is ours), nor with --explain, whose line
+	// must come before the command's output.
+	var passOut, passErr *os.File
+	if !useTTY && !o.detach && !o.explain {
+		passOut, passErr = passable(os.Stdout), passable(os.Stderr)
 	}
-	defer cc.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Output arrives as frames, written out without being decoded (see api.Frame).
-	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	cc, stream, err := g.openRun(ctx, passOut, passErr)
+	if err != nil && (passOut != nil || passErr != nil) && status.Code(err) == codes.Unavailable {
+		// An agent older than output passing does not acknowledge the preamble, so the dialer
+		// failed before any call was made (api.ErrOutputNotPassed): start again without.
+		passOut, passErr = nil, nil
+		cc, stream, err = g.openRun(ctx, nil, nil)
+	}
 	if err != nil {
 		return g.rpcError(err)
 	}
+	defer cc.Close()
 	var sendMu sync.Mutex
 	send := func(in *ssipb.RunInput) error {
 		sendMu.Lock()
@@ -218,10 +232,97 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
 			}
 			if ex := out.GetExit(); ex != nil {
+				if ex.Code == int32(procspace.ExitOutputFailed) && ex.Message == "" && passOut != nil {
+					dieIfOutputBroken()
+				}
 				return exitError{code: int(ex.Code), msg: ex.Message}
 			}
 		}
 	}
+}
+
+// passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
+// regular file, /dev/null, /dev/zero or /dev/full, open for writing. The agent checks again.
+func passable(f *os.File) *os.File {
+	var st unix.Stat_t
+	var fl int
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var serr, ferr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.Fstat(int(fd), &st)
+		fl, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0)
+	}); err != nil || serr != nil || ferr != nil {
+		return nil
+	}
+	if acc := fl & unix.O_ACCMODE; acc != unix.O_WRONLY && acc != unix.O_RDWR {
+		return nil
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFIFO, unix.S_IFREG:
+		return f
+	case unix.S_IFCHR:
+		if api.IsNullDevice(st.Rdev) {
+			return f
+		}
+	}
+	return nil
+}
+
+// openRun connects to the agent, passing stdout and stderr if not nil, and opens a Run call.
+func (g *globals) openRun(ctx context.Context, stdout, stderr *os.File) (*grpc.ClientConn, ssipb.Control_RunClient, error) {
+	cc, err := g.dialAgentPassing(stdout, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Output arrives as frames, written out without being decoded (see api.Frame).
+	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	if err != nil {
+		cc.Close()
+		return nil, nil, err
+	}
+	return cc, stream, nil
+}
+
+// dialAgentPassing connects to the local agent like dialAgent, handing it stdout and stderr
+// (either may be nil) at the start of the connection, before gRPC's preface.
+func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, error) {
+	if stdout == nil && stderr == nil {
+		return g.dialAgent()
+	}
+	path := g.socketPath()
+	if _, err := os.Stat(path); err != nil {
+		return g.dialAgent() // for its message
+	}
+	return grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", path)
+			if err != nil {
+				return nil, err
+			}
+			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		}),
+	)...)
+}
+
+// dieIfOutputBroken ends this process the way a local command ends when its stdout reader
+// goes away, after the agent found our stdout pipe without a reader: a write now fails with
+// EPIPE, and the runtime turns that on stdout into death by SIGPIPE. Nothing is written unless the pipe
+// has no reader (poll reports an error), so no byte can reach anyone.
+func dieIfOutputBroken() {
+	fds := []unix.PollFd{{Fd: int32(unix.Stdout), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(fds, 0); err != nil || n != 1 || fds[0].Revents&unix.POLLERR == 0 {
+		return
+	}
+	_, _ = os.Stdout.Write([]byte{0})
 }
 
 // pumpStdin sends stdin in chunks until EOF. Send blocks while the remote side is not

@@ -242,8 +242,7 @@ func (s *Service) attach(stream runStream, r *record) error {
 		select {
 		case frame := <-out:
 			if err := stream.SendMsg(frame); err != nil {
-				s.endTree(r, "send failed")
-				return err
+				return s.sendFailed(stream, r, err)
 			}
 		case <-clientGone:
 			s.endTree(r, "client gone")
@@ -262,12 +261,24 @@ func (s *Service) attach(stream runStream, r *record) error {
 	// The pumps have stopped: what they queued is all there is.
 	for len(out) > 0 {
 		if err := stream.SendMsg(<-out); err != nil {
-			s.endTree(r, "send failed")
-			return err
+			return s.sendFailed(stream, r, err)
 		}
 	}
 	s.reap(r)
 	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: r.message}}})
+}
+
+// sendFailed ends a session whose output could not be delivered: the tree ends, as a local
+// one would when its reader goes away, and a client whose stdout failed is told so.
+func (s *Service) sendFailed(stream runStream, r *record, err error) error {
+	if errors.Is(err, errOutputFailed) {
+		// The client learns first: ending the tree may take the grace period.
+		sendErr := stream.Send(outputFailedExit)
+		s.endTree(r, "the client's stdout failed")
+		return sendErr
+	}
+	s.endTree(r, "send failed")
+	return err
 }
 
 // endTree ends a session's whole tree after its client was lost: no orphans.

@@ -51,11 +51,20 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 // command, and runs it here or relays the session to the chosen node.
 func (s *Service) Run(stream ssipb.Control_RunServer) error {
 	ctx := stream.Context()
+	// Taken first, so that every way out of this call closes them.
+	out := api.TakeOutput(ctx)
+	defer out.Close()
+	var client runStream = stream
+	if out != nil {
+		client = &outputStream{runStream: stream, out: out}
+		stop := context.AfterFunc(ctx, out.Interrupt)
+		defer stop()
+	}
 	caller, pid, err := s.CallerOf(ctx)
 	if err != nil {
 		return err
 	}
-	in, err := stream.Recv()
+	in, err := client.Recv()
 	if err != nil {
 		return err
 	}
@@ -91,9 +100,9 @@ func (s *Service) Run(stream ssipb.Control_RunServer) error {
 		explanation = ""
 	}
 	if target == self {
-		return s.execute(stream, start, explanation)
+		return s.execute(client, start, explanation)
 	}
-	return s.relay(stream, target, start, explanation)
+	return s.relay(client, target, start, explanation)
 }
 
 func (s *Service) alive(name string) bool {
@@ -122,7 +131,7 @@ func (s *Service) answers(ctx context.Context, peer ssipb.PeerClient) bool {
 
 // relay carries a session between the local client and the node that runs the command. If
 // that node is lost, the client gets exit status 255 and a message naming it.
-func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssipb.RunStart, explanation string) error {
+func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, explanation string) error {
 	peer, err := s.cfg.Cluster.Peer(node)
 	if err != nil {
 		return s.lost(client, node, err)
@@ -202,6 +211,11 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 		}
 		if f := frame.Field(); f == api.RunOutputStdout || f == api.RunOutputStderr {
 			if err := client.SendMsg(&frame); err != nil {
+				if errors.Is(err, errOutputFailed) {
+					// As a local writer would die of SIGPIPE: the remote tree ends with this
+					// session (the deferred cancel), and the client learns why.
+					return client.Send(outputFailedExit)
+				}
 				return err
 			}
 			continue
@@ -222,7 +236,7 @@ func (s *Service) relay(client ssipb.Control_RunServer, node string, start *ssip
 	}
 }
 
-func (s *Service) lost(client ssipb.Control_RunServer, node string, err error) error {
+func (s *Service) lost(client runStream, node string, err error) error {
 	msg := err.Error()
 	if st, ok := status.FromError(err); ok {
 		msg = st.Message()

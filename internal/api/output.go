@@ -1,0 +1,394 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/peer"
+)
+
+// Output passing. A local client (ssi run) may hand the agent its stdout and stderr over the
+// Unix socket (SCM_RIGHTS), so that the agent writes a command's output straight into them
+// instead of streaming it to the client, which would copy it once more. The files travel in a
+// preamble the client writes on a fresh connection before gRPC's own preface; the server side
+// of PeerCredentials reads it, checks the files, and keeps them with the connection until a
+// call takes them (TakeOutput) or the connection closes. Identity still comes from
+// SO_PEERCRED only: the preamble carries files, nothing else.
+
+// outputPreamble is magic, version, and a mask of the files that follow (bit 0 stdout, bit 1
+// stderr). It starts with a zero byte, which no HTTP/2 client sends first (its preface starts
+// with "PRI"), so clients that pass nothing need not change.
+var outputMagic = [6]byte{0, 's', 's', 'i', 'f', 'd'}
+
+const (
+	outputVersion  = 1
+	preambleLen    = len(outputMagic) + 2
+	maskStdout     = 1
+	maskStderr     = 2
+	maxPassedFiles = 2
+)
+
+// PassOutput writes the preamble that hands stdout and stderr (either may be nil) to the
+// agent on conn, which must not have carried anything yet, and waits for the agent's
+// acknowledgement until ctx ends. It does nothing if both are nil.
+func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File) error {
+	var mask byte
+	var fds []int
+	for i, f := range []*os.File{stdout, stderr} {
+		if f == nil {
+			continue
+		}
+		// Through SyscallConn, not Fd: Fd would switch a non-blocking descriptor to blocking
+		// mode, which other holders of the same file would then see.
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("passing %s: %w", f.Name(), err)
+		}
+		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
+			return fmt.Errorf("passing %s: %w", f.Name(), err)
+		}
+		mask |= 1 << i
+	}
+	if mask == 0 {
+		return nil
+	}
+	pre := append(outputMagic[:], outputVersion, mask)
+	// The descriptors are only read by the kernel during the call; the files stay open
+	// because the caller holds them.
+	n, _, err := conn.WriteMsgUnix(pre, unix.UnixRights(fds...), nil)
+	if err == nil && n != len(pre) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return fmt.Errorf("passing output files to the agent: %w", err)
+	}
+	// The agent acknowledges before gRPC speaks; an agent older than output passing starts
+	// with its HTTP/2 settings instead, whose first byte (of a small length) is never 's'.
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(d)
+		defer conn.SetReadDeadline(time.Time{})
+	}
+	var ack [len(outputAck)]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+		return fmt.Errorf("passing output files to the agent: %w", err)
+	}
+	if string(ack[:]) != outputAck {
+		return ErrOutputNotPassed
+	}
+	return nil
+}
+
+// outputAck is what the agent answers a preamble it accepted with.
+const outputAck = "ssi-ok\n"
+
+// ErrOutputNotPassed means the agent does not take output files: the connection is spent,
+// and the client must make another that passes none.
+var ErrOutputNotPassed = errors.New("the agent does not take output files (it is older than this client)")
+
+// ClientOutput is the stdout and stderr a client passed; either may be nil (not passed). Its
+// holder must Close it on every path: the client's reader sees end of file only once every
+// copy of its pipe is closed.
+type ClientOutput struct {
+	Stdout, Stderr *OutputFile
+}
+
+// Close closes the files. It may be called more than once, and on nil.
+func (o *ClientOutput) Close() {
+	if o == nil {
+		return
+	}
+	o.Stdout.Close()
+	o.Stderr.Close()
+}
+
+// Interrupt makes writes blocked on a slow reader return, so that a session whose client is
+// gone can end.
+func (o *ClientOutput) Interrupt() {
+	if o == nil {
+		return
+	}
+	o.Stdout.interrupt()
+	o.Stderr.interrupt()
+}
+
+// TakeOutput returns the files the client passed on the connection of ctx; the first caller
+// gets them and must Close them, later callers and clients that passed nothing get nil.
+func TakeOutput(ctx context.Context) *ClientOutput {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(callerAuthInfo)
+	if !ok || info.passed == nil {
+		return nil
+	}
+	return info.passed.take()
+}
+
+// passedOutput keeps the files passed on a connection until a call takes them.
+type passedOutput struct {
+	mu  sync.Mutex
+	out *ClientOutput
+}
+
+func (p *passedOutput) take() *ClientOutput {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.out
+	p.out = nil
+	return out
+}
+
+// outputConn closes files no call took when the connection closes.
+type outputConn struct {
+	*net.UnixConn
+	passed *passedOutput
+}
+
+func (c *outputConn) Close() error {
+	c.passed.take().Close()
+	return c.UnixConn.Close()
+}
+
+// receiveOutput reads the preamble, if the client sent one, at the start of conn. It returns
+// nil when the client passed nothing; any descriptor received is closed unless returned.
+func receiveOutput(conn *net.UnixConn) (*ClientOutput, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	// Peek without room for control messages: files, if any, stay queued (the kernel installs
+	// none) until the real read below.
+	var first [1]byte
+	var n int
+	var perr error
+	if err := raw.Read(func(fd uintptr) bool {
+		n, _, perr = unix.Recvfrom(int(fd), first[:], unix.MSG_PEEK)
+		return perr != unix.EAGAIN
+	}); err != nil {
+		return nil, err
+	}
+	if perr != nil {
+		return nil, perr
+	}
+	if n == 0 || first[0] != 0 {
+		return nil, nil // a client that passes nothing (or hung up): gRPC reads the rest
+	}
+
+	var pre [preambleLen]byte
+	// Room for one descriptor more than allowed, to notice a client sending too many.
+	oob := make([]byte, unix.CmsgSpace((maxPassedFiles+1)*4))
+	n, oobn, flags, _, err := conn.ReadMsgUnix(pre[:], oob)
+	fds, perr := parseRights(oob[:oobn])
+	closeFds := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		closeFds()
+		return nil, fmt.Errorf("reading the output preamble: %w", err)
+	}
+	if perr != nil || flags&unix.MSG_CTRUNC != 0 {
+		closeFds()
+		return nil, errors.New("output preamble: malformed or too many descriptors")
+	}
+	if n < len(pre) {
+		// The client wrote the preamble in one call; a short read is all there is so far.
+		if _, err := io.ReadFull(conn, pre[n:]); err != nil {
+			closeFds()
+			return nil, fmt.Errorf("reading the output preamble: %w", err)
+		}
+	}
+	mask := pre[len(pre)-1]
+	if [6]byte(pre[:6]) != outputMagic || pre[6] != outputVersion || mask&^(maskStdout|maskStderr) != 0 ||
+		bits.OnesCount8(mask) != len(fds) {
+		closeFds()
+		return nil, fmt.Errorf("output preamble: unknown version or %d descriptors for mask %#x", len(fds), mask)
+	}
+	out := &ClientOutput{}
+	for i, name := range []string{"stdout", "stderr"} {
+		if mask&(1<<i) == 0 {
+			continue
+		}
+		fd := fds[0]
+		fds = fds[1:]
+		f, err := newOutputFile(fd, "client "+name)
+		if err != nil {
+			closeFds()
+			out.Close()
+			return nil, fmt.Errorf("client %s: %w", name, err)
+		}
+		if i == 0 {
+			out.Stdout = f
+		} else {
+			out.Stderr = f
+		}
+	}
+	if _, err := conn.Write([]byte(outputAck)); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("acknowledging the output preamble: %w", err)
+	}
+	return out, nil
+}
+
+// parseRights returns the descriptors in SCM_RIGHTS messages.
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	var bad error
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			bad = err
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, bad
+}
+
+// OutputFile is a client's stdout or stderr that the agent writes into.
+type OutputFile struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+// newOutputFile checks a received descriptor and takes it over (closing it on error). Only
+// files whose writes cannot block for ever on something other than their reader are
+// accepted: pipes (written without blocking the agent, see below), regular files, and
+// /dev/null, /dev/zero and /dev/full. Terminals, sockets and other devices stay with the
+// client.
+func newOutputFile(fd int, name string) (*OutputFile, error) {
+	fail := func(err error) (*OutputFile, error) {
+		unix.Close(fd)
+		return nil, err
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fail(err)
+	}
+	if acc := fl & unix.O_ACCMODE; acc != unix.O_WRONLY && acc != unix.O_RDWR {
+		return fail(errors.New("not open for writing"))
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail(err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFCHR:
+		if !IsNullDevice(st.Rdev) {
+			return fail(errors.New("a character device other than /dev/null, /dev/zero or /dev/full"))
+		}
+	case unix.S_IFIFO:
+		// A pipe is reopened with a file description of our own that does not block: a
+		// reader that stops reading must not hold an agent thread, and a session that ends
+		// must be able to abandon a write. Setting O_NONBLOCK on the client's description
+		// instead would change it for the shell and every other process sharing it.
+		nfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err == nil {
+			unix.Close(fd)
+			fd = nfd
+		}
+		// Else (no reader left: ENXIO) the client's description is kept: its writes fail
+		// with EPIPE at once.
+	default:
+		return fail(fmt.Errorf("unsupported file type %#o", st.Mode&unix.S_IFMT))
+	}
+	f := os.NewFile(uintptr(fd), name)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &OutputFile{f: f, rc: rc}, nil
+}
+
+// IsNullDevice reports whether a character device is /dev/null, /dev/zero or /dev/full:
+// the devices whose writes never block, and the only ones a client may pass.
+func IsNullDevice(rdev uint64) bool {
+	if unix.Major(rdev) != 1 {
+		return false
+	}
+	switch unix.Minor(rdev) {
+	case 3, 5, 7:
+		return true
+	}
+	return false
+}
+
+// Close closes the file; nil and closed files are fine.
+func (o *OutputFile) Close() {
+	if o != nil {
+		o.f.Close()
+	}
+}
+
+func (o *OutputFile) interrupt() {
+	if o != nil {
+		_ = o.f.SetWriteDeadline(time.Unix(1, 0)) // only pipes can block, and only they take deadlines
+	}
+}
+
+// WriteFrame writes the payload of a frame of one bytes field (stdout or stderr of
+// RunOutput) and releases the frame.
+func (o *OutputFile) WriteFrame(f *Frame) error {
+	defer f.Free()
+	views, err := f.bytesPayload()
+	if err != nil {
+		return err
+	}
+	return o.Writev(views)
+}
+
+// Writev writes all of bufs, blocking (in the runtime's poller, for pipes) while the reader
+// is slower: that is the back-pressure on the command.
+func (o *OutputFile) Writev(bufs [][]byte) error {
+	const iovMax = 1024
+	for len(bufs) > 0 {
+		var n int
+		var err error
+		if rerr := o.rc.Write(func(fd uintptr) bool {
+			n, err = unix.Writev(int(fd), bufs[:min(len(bufs), iovMax)])
+			return err != unix.EAGAIN
+		}); rerr != nil {
+			return rerr
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "write", Path: o.f.Name(), Err: err}
+		}
+		if n == 0 {
+			return &os.PathError{Op: "write", Path: o.f.Name(), Err: io.ErrShortWrite}
+		}
+		for n > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+				continue
+			}
+			bufs[0] = bufs[0][n:]
+			n = 0
+		}
+		for len(bufs) > 0 && len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package procspace
+
+import (
+	"errors"
+	"syscall"
+
+	"github.com/ssi-cluster/ssi/internal/api"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+)
+
+// ExitOutputFailed is the status a session ends with when the client's stdout can no longer
+// be written (its reader went away): that of a local command killed by SIGPIPE.
+const ExitOutputFailed = 128 + int(syscall.SIGPIPE)
+
+// errOutputFailed means that writing the client's stdout failed: the session must end.
+var errOutputFailed = errors.New("the client's stdout cannot be written")
+
+// outputFailedExit tells the client its stdout failed; it has no message, as a local command
+// dying of SIGPIPE prints none.
+var outputFailedExit = &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(ExitOutputFailed)}}}
+
+// outputStream is the client side of a session whose client passed its stdout or stderr
+// (api.PassOutput): output frames for those are written into them here, in the order they
+// come, instead of being sent; the rest goes over the stream as before.
+type outputStream struct {
+	runStream
+	out *api.ClientOutput
+}
+
+// SendMsg writes an output frame into the client's file, if it passed that one. A failed
+// stdout gives errOutputFailed; a failed stderr loses the chunk, as the client itself ignores
+// failed writes to its stderr.
+func (o *outputStream) SendMsg(m any) error {
+	frame, ok := m.(*api.Frame)
+	if !ok {
+		return o.runStream.SendMsg(m)
+	}
+	switch frame.Field() {
+	case api.RunOutputStdout:
+		if o.out.Stdout != nil {
+			if err := o.out.Stdout.WriteFrame(frame); err != nil {
+				return errors.Join(errOutputFailed, err)
+			}
+			return nil
+		}
+	case api.RunOutputStderr:
+		if o.out.Stderr != nil {
+			_ = o.out.Stderr.WriteFrame(frame)
+			return nil
+		}
+	}
+	return o.runStream.SendMsg(m)
+}
+
+// Send closes the files before the exit status goes out: once the client has it, it exits,
+// and its reader must then see end of file (no copy left open here).
+func (o *outputStream) Send(m *ssipb.RunOutput) error {
+	if m.GetExit() != nil {
+		o.out.Close()
+	}
+	return o.runStream.Send(m)
+}

@@ -1,0 +1,307 @@
+package procspace
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/ssi-cluster/ssi/internal/api"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/place"
+)
+
+// The tests below run the agent's side of `ssi run` in this process: a Control server whose
+// client passes its stdout and stderr (as the CLI does), relaying to a fake remote node.
+
+type fakeCluster struct {
+	peer    ssipb.PeerClient
+	peerErr error
+}
+
+func (fakeCluster) Self() (string, uint32) { return "n1", 1 }
+func (fakeCluster) Candidates() []place.Candidate {
+	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: true}}
+}
+func (fakeCluster) Resolve(n string) (string, bool) { return n, n == "n1" || n == "n2" }
+func (fakeCluster) NameOf(i uint32) (string, bool)  { return fmt.Sprintf("n%d", i), i == 1 || i == 2 }
+func (c fakeCluster) Peer(string) (ssipb.PeerClient, error) {
+	return c.peer, c.peerErr
+}
+
+// fakePeer answers Exec with script, after the start message.
+type fakePeer struct {
+	ssipb.UnimplementedPeerServer
+	script func(ssipb.Peer_ExecServer) error
+}
+
+func (p *fakePeer) Exec(stream ssipb.Peer_ExecServer) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	return p.script(stream)
+}
+
+func (p *fakePeer) Ping(context.Context, *ssipb.PingRequest) (*ssipb.PingResponse, error) {
+	return &ssipb.PingResponse{}, nil
+}
+
+// control serves Run and reports each call's end on done.
+type control struct {
+	ssipb.UnimplementedControlServer
+	s    *Service
+	done chan error
+}
+
+func (c *control) Run(stream ssipb.Control_RunServer) error {
+	err := c.s.Run(stream)
+	c.done <- err
+	return err
+}
+
+func serve(t *testing.T, srv *grpc.Server) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return path
+}
+
+// session is one test's agent, fake remote node and client.
+type session struct {
+	ctl    *control
+	socket string
+}
+
+func newSession(t *testing.T, script func(ssipb.Peer_ExecServer) error, peerErr error) *session {
+	t.Helper()
+	peerSrv := grpc.NewServer(api.ServerOptions()...)
+	ssipb.RegisterPeerServer(peerSrv, &fakePeer{script: script})
+	peerSock := serve(t, peerSrv)
+	cc, err := grpc.NewClient("unix://"+peerSock, append(api.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	s := &Service{
+		cfg:     Config{Cluster: fakeCluster{peer: ssipb.NewPeerClient(cc), peerErr: peerErr}, Grace: 1},
+		log:     slog.New(slog.DiscardHandler),
+		framer:  api.NewBytesFramer(chunkSize),
+		started: map[int]*record{}, recent: map[string][]time.Time{},
+	}
+	ctl := &control{s: s, done: make(chan error, 1)}
+	ctlSrv := grpc.NewServer(append(api.ServerOptions(), grpc.Creds(api.PeerCredentials()))...)
+	ssipb.RegisterControlServer(ctlSrv, ctl)
+	return &session{ctl: ctl, socket: serve(t, ctlSrv)}
+}
+
+// run starts `ssi run -n node`, passing stdout and stderr as the CLI does.
+func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, stderr *os.File) ssipb.Control_RunClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", ss.socket)
+			if err != nil {
+				return nil, err
+			}
+			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return conn, nil
+		}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	stream, err := ssipb.NewControlClient(cc).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: &ssipb.RunStart{Args: []string{"x"}, Node: node}}}); err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+func identity(t *testing.T, f *os.File) syscall.Stat_t {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// copies counts this process's descriptors open on the pipe or file want identifies.
+func copies(t *testing.T, want syscall.Stat_t) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/self/fd/"+e.Name(), &st) == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			n++
+		}
+	}
+	return n
+}
+
+func exitOf(t *testing.T, stream ssipb.Control_RunClient) *ssipb.RunExit {
+	t.Helper()
+	for {
+		out, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("no exit status: %v", err)
+		}
+		switch m := out.Msg.(type) {
+		case *ssipb.RunOutput_Exit:
+			return m.Exit
+		case *ssipb.RunOutput_Stdout, *ssipb.RunOutput_Stderr:
+			t.Fatalf("output came over the stream although the files were passed: %v", out)
+		}
+	}
+}
+
+func TestRelayWritesIntoPassedFiles(t *testing.T) {
+	big := bytes.Repeat([]byte("ssi\x00\xff"), 600000) // 3 MB: several chunks, more than a pipe holds
+	ss := newSession(t, func(stream ssipb.Peer_ExecServer) error {
+		for _, m := range []*ssipb.RunOutput{
+			{Msg: &ssipb.RunOutput_Started{Started: &ssipb.RunStarted{Gpid: 20000001, Node: "n2"}}},
+			{Msg: &ssipb.RunOutput_Stdout{Stdout: []byte("out 1\n")}},
+			{Msg: &ssipb.RunOutput_Stderr{Stderr: []byte("err 1\n")}},
+			{Msg: &ssipb.RunOutput_Stdout{Stdout: big}},
+			{Msg: &ssipb.RunOutput_Stderr{Stderr: []byte("err 2\n")}},
+			{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: 3}}},
+		} {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil)
+	// stdout and stderr are one pipe, as with 2>&1: what is read shows the order of writes.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(pr)
+		got <- b
+	}()
+	stream := ss.run(t, context.Background(), "n2", pw, pw)
+	if ex := exitOf(t, stream); ex.Code != 3 {
+		t.Fatalf("exit %v, want 3", ex)
+	}
+	// The agent closed its copies before sending the status: the client's own closing is
+	// all the reader waits for.
+	pw.Close()
+	want := append(append([]byte("out 1\nerr 1\n"), big...), "err 2\n"...)
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("read %d bytes, not the %d written in order", len(b), len(want))
+	}
+	if err := <-ss.ctl.done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every way a session ends early closes the files it was passed.
+func TestPassedFilesClosedOnEveryPath(t *testing.T) {
+	endless := func(stream ssipb.Peer_ExecServer) error {
+		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: &ssipb.RunStarted{Gpid: 20000001}}}); err != nil {
+			return err
+		}
+		chunk := make([]byte, 256<<10)
+		for {
+			if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Stdout{Stdout: chunk}}); err != nil {
+				return nil
+			}
+		}
+	}
+	tests := []struct {
+		name    string
+		node    string
+		script  func(ssipb.Peer_ExecServer) error
+		peerErr error
+		// what happens on the client side once the session runs
+		act func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func())
+	}{
+		{"unknown node", "n9", endless, nil, func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+			if _, err := stream.Recv(); status.Code(err) != codes.NotFound {
+				t.Errorf("got %v, want NotFound", err)
+			}
+		}},
+		{"node unreachable", "n2", endless, errors.New("no route"), func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+			if ex := exitOf(t, stream); ex.Code != ExitLostNode {
+				t.Errorf("exit %v, want %d", ex, ExitLostNode)
+			}
+		}},
+		{"session ends without a status", "n2", func(ssipb.Peer_ExecServer) error { return nil }, nil,
+			func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+				if ex := exitOf(t, stream); ex.Code != ExitLostNode {
+					t.Errorf("exit %v, want %d", ex, ExitLostNode)
+				}
+			}},
+		{"reader gone", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, _ func()) {
+			pr.Close()
+			if ex := exitOf(t, stream); ex.Code != int32(ExitOutputFailed) || ex.Message != "" {
+				t.Errorf("exit %v, want %d without a message", ex, ExitOutputFailed)
+			}
+		}},
+		{"client gone while the reader stalls", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func()) {
+			// Nobody reads: the agent blocks writing into the full pipe until the client goes.
+			if _, err := stream.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ss := newSession(t, tt.script, tt.peerErr)
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pr.Close()
+			pipe := identity(t, pr)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stream := ss.run(t, ctx, tt.node, pw, pw)
+			pw.Close()
+			tt.act(t, pr, stream, cancel)
+			<-ss.ctl.done
+			readers := 1
+			if tt.name == "reader gone" {
+				readers = 0
+			}
+			if n := copies(t, pipe); n != readers {
+				t.Fatalf("%d descriptors open on the client's pipe after the session; want %d (the reader's)", n, readers)
+			}
+		})
+	}
+}
