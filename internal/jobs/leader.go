@@ -231,6 +231,7 @@ func (l *leader) pass(ctx context.Context, now time.Time) (int64, error) {
 	touched := map[string]bool{}
 	var units []unit
 	units = append(units, l.ends(plan, now, known, touched)...)
+	units = append(units, l.lostQueued(st, now, known, touched)...)
 	units = append(units, l.starts(plan, now)...)
 	units = append(units, l.reasonUnits(plan, st)...)
 	units = append(units, l.backstops(now, touched)...)
@@ -385,7 +386,9 @@ func (l *leader) schedJob(j *jobEntry, pos int, state sched.JobState) *sched.Job
 
 func (l *leader) runningJob(j *jobEntry, pos int) *sched.Job {
 	a := j.tasks[pos].alloc
-	if a == nil {
+	if a == nil || j.tasks[pos].queued() {
+		// A claimed-ahead element holds nothing: its slot is charged to the element running
+		// in it.
 		return nil
 	}
 	sj := l.schedJob(j, pos, sched.StateRunning)
@@ -566,6 +569,39 @@ func (l *leader) ends(plan sched.Plan, now time.Time, known, touched map[string]
 	return units
 }
 
+// lostQueued ends the claimed-ahead (queued) elements of lost nodes as node_fail, requeued
+// where allowed, as the scheduler core does for running tasks (it never sees queued ones).
+// The node may have started such an element without having recorded it yet, so it cannot
+// simply go back to pending.
+func (l *leader) lostQueued(st *passState, now time.Time, known, touched map[string]bool) []unit {
+	alive := make(map[string]bool, len(st.nodes))
+	for _, n := range st.nodes {
+		alive[n.Name] = n.Alive
+	}
+	var units []unit
+	for id, ref := range l.m.active {
+		t := &ref.job.tasks[ref.pos]
+		if touched[id] || !t.queued() {
+			continue
+		}
+		lost := ""
+		for _, a := range t.allocs {
+			// As in ends: right after a failover, only a node gossip reports dead is lost.
+			if (known[a.node] && !alive[a.node]) || (!known[a.node] && now.Sub(l.since) >= l.s.t.nodeGrace) {
+				lost = a.node
+			}
+		}
+		if lost == "" {
+			continue
+		}
+		touched[id] = true
+		sp := &ref.job.rec.Spec
+		units = append(units, l.endUnit(ref.job, ref.pos, sched.StateNodeFail,
+			fmt.Sprintf("node %s is down or gone", lost), sp.Requeue && !sp.Interactive, now))
+	}
+	return units
+}
+
 // endUnit ends a running task from the leader's side: its allocations and parts go, and it is
 // either requeued (an attempt is recorded) or finished with a done record.
 func (l *leader) endUnit(j *jobEntry, pos int, state sched.JobState, reason string, requeue bool, now time.Time) unit {
@@ -580,7 +616,7 @@ func (l *leader) endUnit(j *jobEntry, pos int, state sched.JobState, reason stri
 		u.del(signalKey(s.node, id))
 	}
 	res := result{State: state, Reason: reason, End: now}
-	if t.alloc != nil {
+	if t.alloc != nil && !t.queued() {
 		res.Start = t.alloc.Start
 	}
 	for _, p := range t.parts {
@@ -634,7 +670,13 @@ func (l *leader) backstops(now time.Time, touched map[string]bool) []unit {
 		if t.alloc == nil || touched[id] {
 			continue
 		}
-		deadline := t.alloc.Start.Add(time.Duration(t.alloc.TimeLimit)*time.Second + l.s.t.killGrace + l.s.t.backstop)
+		limit := time.Duration(t.alloc.TimeLimit) * time.Second
+		if t.queued() {
+			// Claimed while the elements ahead of it in its slot ran: each of them may take
+			// its whole limit before this one starts.
+			limit *= claimAhead + 1
+		}
+		deadline := t.alloc.Start.Add(limit + l.s.t.killGrace + l.s.t.backstop)
 		if now.After(deadline) {
 			touched[id] = true
 			units = append(units, l.endUnit(ref.job, ref.pos, sched.StateTimeout,
@@ -713,7 +755,10 @@ func (l *leader) controls(touched map[string]bool) []unit {
 			continue
 		}
 		cancelled := j.cancelled(ref.pos)
+		// A chain is cut when other work waits; a claimed-ahead element is also given back
+		// when it is held.
 		truncate := j.indices != nil && l.othersWaiting(j.id)
+		giveBack := truncate || (j.indices != nil && j.isHeld(ref.pos))
 		var req *signalRequest
 		for i := range j.rec.Signals {
 			r := &j.rec.Signals[i]
@@ -721,7 +766,7 @@ func (l *leader) controls(touched map[string]bool) []unit {
 				req = r
 			}
 		}
-		if !cancelled && req == nil && !truncate {
+		if !cancelled && req == nil && !giveBack {
 			continue
 		}
 		for _, a := range t.allocs {
@@ -730,7 +775,7 @@ func (l *leader) controls(touched map[string]bool) []unit {
 			if cur != nil {
 				want = *cur
 			}
-			if truncate && len(a.rec.Chain) > 0 {
+			if (truncate && len(a.rec.Chain) > 0) || (giveBack && a.rec.Queued) {
 				want.Truncate = true
 			}
 			if cancelled && want.End == "" {

@@ -440,13 +440,30 @@ func (j *jobEntry) state(pos int) sched.JobState {
 	switch {
 	case t.done != nil:
 		return t.done.State
-	case len(t.allocs) > 0 || len(t.parts) > 0:
+	case t.running():
 		return sched.StateRunning
 	case j.cancelled(pos):
 		return sched.StateCancelled
 	}
 	return sched.StatePending
 }
+
+// running reports whether the task runs: it has a part, or an allocation that is not merely
+// claimed ahead (queued) by a node. A queued task is neither running nor pending.
+func (t *taskState) running() bool {
+	if len(t.parts) > 0 {
+		return true
+	}
+	for _, a := range t.allocs {
+		if !a.rec.Queued {
+			return true
+		}
+	}
+	return false
+}
+
+// queued reports whether the task's only allocations are claims ahead of a chain.
+func (t *taskState) queued() bool { return len(t.allocs) > 0 && !t.running() }
 
 func (j *jobEntry) pending(pos int) bool {
 	t := &j.tasks[pos]

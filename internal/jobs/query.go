@@ -384,6 +384,8 @@ func activeTaskInfo(j *jobEntry, pos int) *jobspb.TaskInfo {
 	case sched.StatePending:
 		ti.Reason, ti.NeverRunnable = j.reason.Reason, j.reason.Never
 		switch {
+		case t.queued():
+			ti.Reason, ti.NeverRunnable = "next in line: claimed by node "+strings.Join(allocNodes(t), ",")+", starts there as soon as the element before it ends", false
 		case t.reserved > 0:
 			ti.Reason, ti.NeverRunnable = "next in line: runs in the slot of an earlier element of its array as soon as that ends", false
 		case j.isHeld(pos) && ti.Reason != "held by user":
@@ -548,4 +550,13 @@ func lookupUID(user string) (uint32, error) {
 		return 0, invalid("user %q has uid %q, which is not a number", user, u.Uid)
 	}
 	return uint32(n), nil
+}
+
+// allocNodes lists the nodes a task has allocations on.
+func allocNodes(t *taskState) []string {
+	out := make([]string, 0, len(t.allocs))
+	for _, a := range t.allocs {
+		out = append(out, a.node)
+	}
+	return out
 }
