@@ -41,7 +41,11 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 	if err != nil {
 		return nil, err
 	}
-	m, err := loadModel(ctx, s.d.Etcd, s.log)
+	load := loadActiveModel
+	if req.All {
+		load = loadModel
+	}
+	m, err := load(ctx, s.d.Etcd, s.log)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -51,6 +55,9 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 			continue
 		}
 		for pos := range j.tasks {
+			if !req.All && j.tasks[pos].done != nil {
+				continue // finished, and unread in an active model
+			}
 			ti := activeTaskInfo(j, pos)
 			if f.wants(ti) && (req.All || !sched.JobState(ti.State).Terminal()) {
 				out.Tasks = append(out.Tasks, ti)
