@@ -74,6 +74,14 @@ func (e *executor) newSlot(head *run) *slot {
 	s.cond = sync.NewCond(&s.mu)
 	head.slot = s
 	go s.flush()
+	// The runner may wait for a claim that etcd will not answer while the agent stops.
+	go func() {
+		select {
+		case <-e.stopping:
+			s.kick()
+		case <-s.exited:
+		}
+	}()
 	return s
 }
 
@@ -110,9 +118,10 @@ func (s *slot) checkLocked() {
 		sig := n.latest()
 		switch {
 		case isClosed(n.revoked):
-			// The leader withdrew it (a lost node, say): nothing to report.
+			// Withdrawn: by the leader (a lost node, say), or by a resync that ran while its
+			// claim was in flight. Give it back, which does nothing if it is already gone.
 			n.ended.Store(true)
-			s.e.forget(n)
+			s.giveBack = append(s.giveBack, n)
 		case sig != nil && sig.End != "":
 			n.ended.Store(true)
 			s.ends = append(s.ends, slotEnd{r: n, res: result{State: sig.End, Reason: sig.Reason, End: time.Now()}})
@@ -362,6 +371,7 @@ func (s *slot) claimUnit() (unit, bool) {
 	}
 	if len(runs) == 0 {
 		s.stopped = true
+		s.cond.Broadcast() // the runner may wait for this claim
 		return unit{}, false
 	}
 	if len(runs) < n {
