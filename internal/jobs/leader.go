@@ -40,10 +40,14 @@ type leader struct {
 	// waiting holds the jobs with a runnable task waiting in the last pass: chains (claim
 	// reuse) are granted only while no other job waits, and cut short once one does.
 	waiting map[string]bool
+	// capacity is the cpus (millicores) of the usable nodes in the last pass, with the
+	// largest oversubscription: it sizes chains.
+	capacity int64
 }
 
-// maxChain bounds how many array elements one allocation may run in turn.
-const maxChain = 16
+// maxChain bounds how many array elements one allocation may run in turn. Chains are also
+// kept short enough to end together (see chains), so long ones cost no tail.
+const maxChain = 256
 
 // lead runs the scheduler until leadership is lost or the service closes.
 func (s *Service) lead(parent context.Context, sess *concurrency.Session, e *concurrency.Election) error {
@@ -270,6 +274,7 @@ func (l *leader) buildState(ctx context.Context) (*passState, map[string]bool, e
 		over = max(over, q.Oversubscribe)
 	}
 	capacity = int64(float64(capacity) * over)
+	l.capacity = capacity
 
 	for _, ref := range m.active {
 		if sj := l.runningJob(ref.job, ref.pos); sj != nil {
@@ -359,7 +364,12 @@ func (l *leader) chains(plan sched.Plan) map[string][]int {
 				free = append(free, j.indices[pos])
 			}
 		}
-		per := min(len(free)/len(tasks), maxChain)
+		// Share what remains so that every slot of the cluster could take part: a chain is at
+		// most half of a slot's share, so the array's last chains end close together.
+		// (Remaining counts reserved elements too, so it errs on the long side.)
+		slots := max(l.capacity/max(j.rec.Spec.CPUs*int64(j.rec.Spec.Tasks), 1), 1)
+		remaining := int64(len(j.tasks) - j.doneCount - j.activeCount)
+		per := min(len(free)/len(tasks), maxChain, int(max(remaining/(2*slots), 1)))
 		for i, id := range tasks {
 			if per > 0 {
 				out[id] = free[i*per : (i+1)*per]
