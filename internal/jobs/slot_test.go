@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -184,5 +185,57 @@ func TestClaimedElementsAreGivenBack(t *testing.T) {
 			// A requeued attempt may or may not have run (a claim lost with its node had not).
 			t.Errorf("element %s ran %d times with %d requeued attempts", id, counts[id], ti.Attempts)
 		}
+	}
+}
+
+// TestLeaderFailoverMidChainsExactlyOnce kills the scheduler leader while few slots run long
+// chains with elements claimed ahead: the new leader must neither start a claimed element
+// again nor lose one, and no element is requeued.
+func TestLeaderFailoverMidChainsExactlyOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	s1 := c.start("s1", true, 0)
+	s2 := c.start("s2", true, 0)
+	c.start("w1", false, 2)
+	first := c.leader()
+	other := s2
+	if first == s2 {
+		other = s1
+	}
+	dir := t.TempDir()
+	const n = 400
+	req := cmd(dir, `echo $SSI_ARRAY_TASK_ID >> ran.log`)
+	req.Array = "0-" + strconv.Itoa(n-1)
+	id := other.submit(t, req)
+	waitFor(t, 30*time.Second, "elements claimed ahead", func() bool { return len(queuedAllocs(t, other, "w1")) > 0 })
+	waitFor(t, 60*time.Second, "a third of the array to finish", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "ran.log"))
+		return strings.Count(string(b), "\n") >= n/3
+	})
+	first.crash()
+	if c.leader() != other {
+		t.Fatal("the other server did not take over")
+	}
+	waitFor(t, 120*time.Second, "the array to finish", func() bool {
+		resp, err := other.cli.Get(ctxT(t), histKey(id))
+		return err == nil && len(resp.Kvs) == 1
+	})
+	counts := map[string]int{}
+	for _, line := range strings.Fields(readFile(t, filepath.Join(dir, "ran.log"))) {
+		counts[line]++
+	}
+	for i := range n {
+		if c := counts[strconv.Itoa(i)]; c != 1 {
+			t.Errorf("element %d ran %d times", i, c)
+		}
+	}
+	tasks := other.tasks(t, id)
+	for _, ti := range tasks {
+		if ti.State != "completed" || ti.Attempts != 0 {
+			t.Errorf("%s: %s, %d attempts", ti.Id, describe(ti), ti.Attempts)
+		}
+	}
+	if len(tasks) != n {
+		t.Errorf("%d tasks listed, want %d", len(tasks), n)
 	}
 }
