@@ -7,8 +7,14 @@ import (
 
 // claimAhead is how many elements of a chain a slot keeps claimed (queued allocations) ahead
 // of the element it runs. Claims are written while earlier elements run, so they must cover
-// an etcd transaction under load (several ms) with elements that may take ~2 ms each.
-const claimAhead = 8
+// a flush interval plus an etcd transaction under load with elements that may take ~2 ms each.
+const claimAhead = 16
+
+// flushEvery is how long a slot lets the ends of short elements gather before writing them,
+// unless something cannot wait (claims running low, the runner waiting, a give-back, the chain
+// stopping): one transaction then records several ends, which saves etcd, the leader and the
+// watchers work per job. Nothing waits for those ends: the slot runs on from its claims.
+const flushEvery = 20 * time.Millisecond
 
 // maxEndsPerUnit keeps a slot's combined report within etcd's operations per transaction
 // (an end is three operations).
@@ -63,6 +69,8 @@ type slot struct {
 	stopped  bool   // no more claims, no more starts
 	waiting  bool   // the runner waits for a claim to start
 	over     bool   // the runner is done
+	lastSent time.Time
+	timerSet bool // a wake-up at the end of the flush interval is pending
 	exited   chan struct{}
 }
 
@@ -214,6 +222,21 @@ func (s *slot) flush() {
 			s.cond.Wait()
 			continue
 		}
+		if s.pendingLocked() && !s.urgentLocked(stopping) {
+			if wait := flushEvery - time.Since(s.lastSent); wait > 0 {
+				if !s.timerSet {
+					s.timerSet = true
+					time.AfterFunc(wait, func() {
+						s.mu.Lock()
+						s.timerSet = false
+						s.cond.Broadcast()
+						s.mu.Unlock()
+					})
+				}
+				s.cond.Wait()
+				continue
+			}
+		}
 		units := s.unitsLocked()
 		if len(units) == 0 {
 			if s.over && (s.inflight == 0 || stopping) {
@@ -223,12 +246,30 @@ func (s *slot) flush() {
 			continue
 		}
 		s.inflight += len(units)
+		s.lastSent = time.Now()
 		s.mu.Unlock()
 		for _, u := range units {
 			s.e.reports <- u
 		}
 		s.mu.Lock()
 	}
+}
+
+// pendingLocked reports whether the slot has something to write.
+func (s *slot) pendingLocked() bool {
+	return len(s.ends) > 0 || s.mark != nil || len(s.giveBack) > 0 || s.canClaimLocked()
+}
+
+// urgentLocked reports whether the slot's writes cannot wait for the flush interval.
+func (s *slot) urgentLocked(stopping bool) bool {
+	return stopping || s.stopped || s.over || s.waiting || s.split || len(s.giveBack) > 0 ||
+		(s.canClaimLocked() && len(s.claimed) < claimAhead/2)
+}
+
+// canClaimLocked reports whether the slot may claim more elements now.
+func (s *slot) canClaimLocked() bool {
+	return !s.stopped && !s.over && !s.claiming && len(s.chain) > 0 && len(s.claimed) < claimAhead &&
+		s.holder != nil && !s.e.closed.Load()
 }
 
 // unitsLocked takes the slot's pending writes as units.
@@ -347,8 +388,7 @@ func (s *slot) giveBackUnit(n *run) unit {
 
 // claimUnit claims the next elements of the chain, if the slot may.
 func (s *slot) claimUnit() (unit, bool) {
-	if s.stopped || s.over || s.claiming || len(s.chain) == 0 || len(s.claimed) >= claimAhead ||
-		s.holder == nil || s.e.closed.Load() {
+	if !s.canClaimLocked() {
 		return unit{}, false
 	}
 	n := min(claimAhead-len(s.claimed), len(s.chain))
