@@ -107,9 +107,8 @@ func loadModel(ctx context.Context, cli *clientv3.Client, log *slog.Logger) (*mo
 // loadActiveModel is loadModel for a view of pending and running tasks only: done and attempt
 // records are read as keys, which is all that says a task has ended or how often it was
 // requeued. A large array being listed while it runs would otherwise read and decode every
-// finished element's record on each call (ssi jobs polled during a 10,000-element array spent
-// more CPU on that than on running the elements). A finished task of such a model is marked
-// done with an unknown state: never show or use it.
+// finished element's record on each call, and ssi jobs is polled while arrays run. A finished
+// task of such a model is marked done with an unknown state: never show or use it.
 func loadActiveModel(ctx context.Context, cli *clientv3.Client, log *slog.Logger) (*model, error) {
 	return load(ctx, cli, log, true)
 }
