@@ -3,6 +3,7 @@ package jobs
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,5 +238,53 @@ func TestLeaderFailoverMidChainsExactlyOnce(t *testing.T) {
 	}
 	if len(tasks) != n {
 		t.Errorf("%d tasks listed, want %d", len(tasks), n)
+	}
+}
+
+// TestExit85InChainRestartsInPlace has array elements in a slot's chain ask for a requeue
+// (exit 85) on their first run: each restarts in place with its checkpoint directory, once,
+// and every other element runs once.
+func TestExit85InChainRestartsInPlace(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 0)
+	c.start("w1", false, 1)
+	dir := t.TempDir()
+	const n = 60
+	req := cmd(dir, `
+echo "$SSI_ARRAY_TASK_ID $SSI_RESTART_COUNT $(cat "$SSI_CHECKPOINT_DIR/mark" 2>/dev/null)" >> ran.log
+if [ $((SSI_ARRAY_TASK_ID % 7)) = 3 ] && [ "$SSI_RESTART_COUNT" = 0 ]; then
+	echo kept > "$SSI_CHECKPOINT_DIR/mark"
+	exit 85
+fi`)
+	req.Array = "0-" + strconv.Itoa(n-1)
+	arr := n1.submit(t, req)
+	waitFor(t, 30*time.Second, "elements claimed ahead", func() bool { return len(queuedAllocs(t, n1, "w1")) > 0 })
+	var final map[string]*jobspb.TaskInfo
+	waitFor(t, 60*time.Second, "the array to end", func() bool {
+		final = n1.tasks(t, arr)
+		for _, ti := range final {
+			if ti.State == "pending" || ti.State == "running" {
+				return false
+			}
+		}
+		return len(final) == n
+	})
+	runs := map[int][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(readFile(t, filepath.Join(dir, "ran.log"))), "\n") {
+		f := strings.Fields(line)
+		i, _ := strconv.Atoi(f[0])
+		runs[i] = append(runs[i], strings.Join(f[1:], " "))
+	}
+	for i := range n {
+		ti := final[arr+"_"+strconv.Itoa(i)]
+		want := []string{"0"}
+		attempts := uint32(0)
+		if i%7 == 3 {
+			want, attempts = []string{"0", "1 kept"}, 1
+		}
+		if ti.State != "completed" || ti.Attempts != attempts || !slices.Equal(runs[i], want) {
+			t.Errorf("element %d: %s, %d attempts, runs %q (want %q)", i, describe(ti), ti.Attempts, runs[i], want)
+		}
 	}
 }
