@@ -9,6 +9,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 )
 
 // benchArray runs arrays of `true` on three nodes (all servers, as ssi dev makes them) of
@@ -97,4 +99,22 @@ func etcdRev(b *testing.B, n *testNode) int64 {
 		b.Fatal(err)
 	}
 	return resp.Header.Revision
+}
+
+// BenchmarkListArray10k is the agent's share of ssi jobs ID on a held 10,000-element array:
+// every element is pending and listed. ssi jobs is polled while arrays run, so its cost
+// counts against their throughput.
+func BenchmarkListArray10k(b *testing.B) {
+	c := newCluster(b)
+	n1 := c.start("n1", true, 2)
+	req := cmd(b.TempDir(), "true")
+	req.Array = "0-9999"
+	req.Hold = true
+	id := n1.submit(b, req)
+	for b.Loop() {
+		resp, err := n1.client.List(ctxT(b), &jobspb.ListRequest{Ids: []string{id}})
+		if err != nil || len(resp.Tasks) != 10000 {
+			b.Fatalf("%d tasks, %v", len(resp.GetTasks()), err)
+		}
+	}
 }

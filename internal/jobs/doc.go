@@ -25,10 +25,15 @@
 //
 // Arrays are stored as one record and expanded lazily: a pass sees only as many pending
 // elements as could start now, plus one. While nothing else waits, each array start carries a
-// chain of the next elements (claim reuse, as HTCondor does): the node hands the allocation
-// on to the next element in the transaction that records the previous one's end, so a stream
-// of short elements does not wait for the leader between elements. The leader cuts the chains
-// (signal record Truncate) as soon as another job waits.
+// chain of the next elements (claim reuse, as HTCondor does), up to 256 and at most half of
+// each slot's share of what remains. The node runs a chain in a slot (see slot) without
+// waiting for etcd or the leader between elements: while one element runs it claims the next
+// ones as queued allocations (allocRecord.Queued: not charged, not running, shown pending),
+// starts the next the moment one exits, and marks it running in the transaction that records
+// the previous end, so the slot is charged to one element at every revision. The leader cuts
+// the chains (signal record Truncate) as soon as another job waits, and the node then gives
+// back the claimed elements that have not started; held ones are given back too, cancelled
+// ones end without running, and queued allocations of a lost node end as node_fail.
 //
 // The server that leads etcd's raft group stays out of the scheduler election while another
 // server is a candidate, so a single kill -9 never takes both leaders (etcd extends all leases
@@ -42,7 +47,8 @@
 //	/ssi/jobs/job/<id>                     active job: spec, hold, cancel and signal requests, user changes
 //	/ssi/jobs/hist/<id>                    finished job: the same record plus its final state
 //	/ssi/jobs/node/<node>/alloc/<task>     allocation of a task (or its share) to a node; written by
-//	                                       the leader, deleted by whoever records the end
+//	                                       the leader (or claimed ahead, queued, by the node running
+//	                                       its chain), deleted by whoever records the end
 //	/ssi/jobs/node/<node>/signal/<task>    cancel or signal request for that node's share (leader)
 //	/ssi/jobs/node/<node>/boot             the node's boot id, to tell agent restarts from reboots
 //	/ssi/jobs/part/<task>/<node>           one node's end of a multi-node task, until combined

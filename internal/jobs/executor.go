@@ -46,9 +46,9 @@ type executor struct {
 	ckptFree  map[uint32][]string // emptied checkpoint directories to reuse, per user
 	ckptNext  int                 // names new checkpoint directories
 	users     *userThreads
-	// handedOn holds the allocations this executor created itself by handing a chain on (task
-	// → create revision), until the watch shows their deletion: their creation event may come
-	// after the run has already ended, and must not start them again.
+	// handedOn holds the allocations this executor created itself by claiming elements of a
+	// chain (task → create revision), until the watch shows their deletion: their creation
+	// event may come after the run has already ended, and must not start them again.
 	handedOn map[string]int64
 
 	reports      chan unit
@@ -83,6 +83,7 @@ type run struct {
 	revoked chan struct{}
 	revOnce sync.Once
 	ended   atomic.Bool // the result is in, later deletions of the allocation are ours
+	slot    *slot       // the chain it runs in, if any
 }
 
 func (r *run) control(sig *signalRecord) {
@@ -92,6 +93,9 @@ func (r *run) control(sig *signalRecord) {
 	select {
 	case r.notify <- struct{}{}:
 	default:
+	}
+	if r.slot != nil {
+		r.slot.kick()
 	}
 }
 
@@ -158,6 +162,11 @@ func newExecutor(ctx context.Context, s *Service) (*executor, error) {
 			continue
 		}
 		if !rebooted && !e.markerExists(a.Task, kv.CreateRevision) {
+			if a.Queued {
+				// Claimed ahead by the previous agent and never started: pending again.
+				lost = append(lost, e.giveBackUnit(a.Task, kv.CreateRevision))
+				continue
+			}
 			fresh = append(fresh, kv)
 			continue
 		}
@@ -460,6 +469,12 @@ func (e *executor) startBatch(ctx context.Context, kvs []*mvccpb.KeyValue, signa
 		if a.Interactive || e.lookup(a.Task) != nil {
 			continue // interactive sessions are run by their client through ssi run
 		}
+		if a.Queued {
+			// A claim of a slot that no longer exists here (it was handed back or ended
+			// while this event was on its way): give it back unless it is already gone.
+			e.queueReports(e.giveBackUnit(a.Task, kv.CreateRevision))
+			continue
+		}
 		cands = append(cands, &candidate{a: a, createRev: kv.CreateRevision})
 	}
 	for {
@@ -569,116 +584,105 @@ func containsString(list []string, s string) bool {
 
 // runTask runs one task's share here until it ends for good, restarting it in place when it
 // asks for a requeue (exit 85) and runs on this node alone, and then runs the elements its
-// allocation is chained to, one after the other.
+// allocation is chained to, one after the other (see slot).
 func (e *executor) runTask(r *run) {
 	defer e.runsWG.Done()
+	var s *slot
+	if len(r.alloc.Chain) > 0 && len(r.alloc.Nodes) == 1 && !r.alloc.Queued {
+		s = e.newSlot(r)
+		defer s.finish()
+	}
 	for r != nil {
-		r = e.runOne(r)
+		r = e.runOne(r, s)
 	}
 }
 
-// runOne runs r until it ends and returns the next element of its chain, if it handed on.
-func (e *executor) runOne(r *run) *run {
-	defer func() {
-		e.mu.Lock()
-		if e.runs[r.task] == r {
-			delete(e.runs, r.task)
+// runOne runs r until it ends and returns the next element of its slot, if any.
+func (e *executor) runOne(r *run, s *slot) *run {
+	if s == nil {
+		defer e.forget(r)
+	}
+	next := func(res *result, requeue bool) *run {
+		if s == nil {
+			return nil
 		}
-		e.mu.Unlock()
-	}()
+		return s.endAndNext(r, res, requeue)
+	}
 	for {
 		res, requeue, revoked := e.execute(r)
 		if revoked {
 			r.ended.Store(true)
 			e.removeMarker(r.task, r.createRev)
-			return nil
+			e.forget(r)
+			return next(nil, false)
 		}
 		if requeue && len(r.alloc.Nodes) == 1 {
+			if s != nil {
+				s.sync(r) // its start must be written before its allocation is rewritten
+			}
 			if e.restartInPlace(r, res) {
 				continue
 			}
 			r.ended.Store(true)
 			e.removeMarker(r.task, r.createRev)
-			return nil
+			e.forget(r)
+			return next(nil, false)
 		}
 		r.ended.Store(true)
 		if r.ckpt != "" && !(res.HasExit && res.ExitCode == exitRequeue && res.State == sched.StateFailed) {
 			sp := &r.rec.Spec
 			e.releaseCheckpoint(r.ckpt, identity{uid: sp.UID, gid: sp.GID, groups: sp.Groups, umask: sp.Umask})
 		}
-		if next := e.handOn(r, res); next != nil {
-			return next
-		}
 		requeue = res.State == sched.StateNodeFail && r.rec.Spec.Requeue
+		if s != nil {
+			return s.endAndNext(r, &res, requeue)
+		}
 		e.queueReports(e.endUnit(r, res, requeue))
 		return nil
 	}
 }
 
-// handOn ends r and gives its allocation to the first element of its chain, in one
-// transaction: the end is recorded, r's allocation deleted and the next one created, provided
-// the allocation is still r's, the job record has not changed since it was read (a cancel, a
-// hold) and the next element has neither ended nor been allocated. It returns the next run,
-// already registered, or nil when the chain stops here.
-func (e *executor) handOn(r *run, res result) *run {
-	a := r.alloc
-	if len(a.Chain) == 0 || e.closed.Load() || (res.State != sched.StateCompleted && res.State != sched.StateFailed) {
-		return nil
-	}
-	if sig := r.latest(); sig != nil && (sig.Truncate || sig.End != "") {
-		return nil
-	}
-	idx := a.Chain[0]
-	nextTask := taskID(a.Job, idx)
-	na := &allocRecord{Task: nextTask, Job: a.Job, Index: idx, Nodes: a.Nodes, Start: time.Now(), TimeLimit: a.TimeLimit, Chain: a.Chain[1:]}
-	next := &run{task: nextTask, alloc: na, rec: r.rec, jobModRev: r.jobModRev, notify: make(chan struct{}, 1), revoked: make(chan struct{})}
-	// Registered before the allocation exists, so its watch event does not start it again.
+// register adds r to the runs unless its task is already known here.
+func (e *executor) register(r *run) bool {
 	e.mu.Lock()
-	if e.runs[nextTask] != nil {
-		e.mu.Unlock()
-		return nil
+	defer e.mu.Unlock()
+	if e.runs[r.task] != nil {
+		return false
 	}
-	e.runs[nextTask] = next
-	e.mu.Unlock()
+	e.runs[r.task] = r
+	return true
+}
 
-	var u unit
-	u.checks = []check{
-		{key: allocKey(e.node, r.task), create: true, rev: r.createRev},
-		{key: jobKey(a.Job), rev: r.jobModRev},
-		{key: doneKey(nextTask), create: true},
-		{key: allocKey(e.node, nextTask), create: true},
-	}
-	u.del(allocKey(e.node, r.task))
-	u.del(signalKey(e.node, r.task))
-	u.put(doneKey(r.task), encode(doneFromRecord(r.rec, a, res)))
-	u.put(allocKey(e.node, nextTask), encode(na))
-	// Through the reporter, so the hand-ons of a node's slots share transactions.
-	var ok bool
-	var rev int64
-	written := make(chan struct{})
-	u.done = func(w bool, at int64) { ok, rev = w, at; close(written) }
-	e.reports <- u
-	select {
-	case <-written:
-	case <-e.stopping:
-		// Shutting down, perhaps with etcd unreachable: end the chain here. Whichever of
-		// this hand-on and the plain report commits first wins; the other's checks fail.
-		return nil
-	}
-	if !ok {
-		e.mu.Lock()
-		delete(e.runs, nextTask)
-		// The record may have changed: read it afresh next time.
-		delete(e.specs, a.Job)
-		e.mu.Unlock()
-		return nil
-	}
+// forget drops r from the runs, once nothing more about it will be written.
+func (e *executor) forget(r *run) {
 	e.mu.Lock()
-	e.handedOn[nextTask] = rev
+	if e.runs[r.task] == r {
+		delete(e.runs, r.task)
+	}
 	e.mu.Unlock()
-	e.removeMarker(r.task, r.createRev)
-	next.createRev = rev
-	return next
+}
+
+func (e *executor) noteHandedOn(task string, rev int64) {
+	e.mu.Lock()
+	e.handedOn[task] = rev
+	e.mu.Unlock()
+}
+
+// dropSpec forgets a cached job record, which may have changed.
+func (e *executor) dropSpec(job string) {
+	e.mu.Lock()
+	delete(e.specs, job)
+	e.mu.Unlock()
+}
+
+// giveBackUnit deletes a claimed (queued) allocation that never started: the element is
+// pending again.
+func (e *executor) giveBackUnit(task string, createRev int64) unit {
+	var u unit
+	u.checks = []check{{key: allocKey(e.node, task), create: true, rev: createRev}}
+	u.del(allocKey(e.node, task))
+	u.del(signalKey(e.node, task))
+	return u
 }
 
 // restartInPlace records the run that asked for a requeue as an attempt and starts the task

@@ -40,10 +40,14 @@ type leader struct {
 	// waiting holds the jobs with a runnable task waiting in the last pass: chains (claim
 	// reuse) are granted only while no other job waits, and cut short once one does.
 	waiting map[string]bool
+	// capacity is the cpus (millicores) of the usable nodes in the last pass, with the
+	// largest oversubscription: it sizes chains.
+	capacity int64
 }
 
-// maxChain bounds how many array elements one allocation may run in turn.
-const maxChain = 16
+// maxChain bounds how many array elements one allocation may run in turn. Chains are also
+// kept short enough to end together (see chains), so long ones cost no tail.
+const maxChain = 256
 
 // lead runs the scheduler until leadership is lost or the service closes.
 func (s *Service) lead(parent context.Context, sess *concurrency.Session, e *concurrency.Election) error {
@@ -231,6 +235,7 @@ func (l *leader) pass(ctx context.Context, now time.Time) (int64, error) {
 	touched := map[string]bool{}
 	var units []unit
 	units = append(units, l.ends(plan, now, known, touched)...)
+	units = append(units, l.lostQueued(st, now, known, touched)...)
 	units = append(units, l.starts(plan, now)...)
 	units = append(units, l.reasonUnits(plan, st)...)
 	units = append(units, l.backstops(now, touched)...)
@@ -269,6 +274,7 @@ func (l *leader) buildState(ctx context.Context) (*passState, map[string]bool, e
 		over = max(over, q.Oversubscribe)
 	}
 	capacity = int64(float64(capacity) * over)
+	l.capacity = capacity
 
 	for _, ref := range m.active {
 		if sj := l.runningJob(ref.job, ref.pos); sj != nil {
@@ -358,7 +364,12 @@ func (l *leader) chains(plan sched.Plan) map[string][]int {
 				free = append(free, j.indices[pos])
 			}
 		}
-		per := min(len(free)/len(tasks), maxChain)
+		// Share what remains so that every slot of the cluster could take part: a chain is at
+		// most half of a slot's share, so the array's last chains end close together.
+		// (Remaining counts reserved elements too, so it errs on the long side.)
+		slots := max(l.capacity/max(j.rec.Spec.CPUs*int64(j.rec.Spec.Tasks), 1), 1)
+		remaining := int64(len(j.tasks) - j.doneCount - j.activeCount)
+		per := min(len(free)/len(tasks), maxChain, int(max(remaining/(2*slots), 1)))
 		for i, id := range tasks {
 			if per > 0 {
 				out[id] = free[i*per : (i+1)*per]
@@ -385,7 +396,9 @@ func (l *leader) schedJob(j *jobEntry, pos int, state sched.JobState) *sched.Job
 
 func (l *leader) runningJob(j *jobEntry, pos int) *sched.Job {
 	a := j.tasks[pos].alloc
-	if a == nil {
+	if a == nil || j.tasks[pos].queued() {
+		// A claimed-ahead element holds nothing: its slot is charged to the element running
+		// in it.
 		return nil
 	}
 	sj := l.schedJob(j, pos, sched.StateRunning)
@@ -566,6 +579,39 @@ func (l *leader) ends(plan sched.Plan, now time.Time, known, touched map[string]
 	return units
 }
 
+// lostQueued ends the claimed-ahead (queued) elements of lost nodes as node_fail, requeued
+// where allowed, as the scheduler core does for running tasks (it never sees queued ones).
+// The node may have started such an element without having recorded it yet, so it cannot
+// simply go back to pending.
+func (l *leader) lostQueued(st *passState, now time.Time, known, touched map[string]bool) []unit {
+	alive := make(map[string]bool, len(st.nodes))
+	for _, n := range st.nodes {
+		alive[n.Name] = n.Alive
+	}
+	var units []unit
+	for id, ref := range l.m.active {
+		t := &ref.job.tasks[ref.pos]
+		if touched[id] || !t.queued() {
+			continue
+		}
+		lost := ""
+		for _, a := range t.allocs {
+			// As in ends: right after a failover, only a node gossip reports dead is lost.
+			if (known[a.node] && !alive[a.node]) || (!known[a.node] && now.Sub(l.since) >= l.s.t.nodeGrace) {
+				lost = a.node
+			}
+		}
+		if lost == "" {
+			continue
+		}
+		touched[id] = true
+		sp := &ref.job.rec.Spec
+		units = append(units, l.endUnit(ref.job, ref.pos, sched.StateNodeFail,
+			fmt.Sprintf("node %s is down or gone", lost), sp.Requeue && !sp.Interactive, now))
+	}
+	return units
+}
+
 // endUnit ends a running task from the leader's side: its allocations and parts go, and it is
 // either requeued (an attempt is recorded) or finished with a done record.
 func (l *leader) endUnit(j *jobEntry, pos int, state sched.JobState, reason string, requeue bool, now time.Time) unit {
@@ -580,7 +626,7 @@ func (l *leader) endUnit(j *jobEntry, pos int, state sched.JobState, reason stri
 		u.del(signalKey(s.node, id))
 	}
 	res := result{State: state, Reason: reason, End: now}
-	if t.alloc != nil {
+	if t.alloc != nil && !t.queued() {
 		res.Start = t.alloc.Start
 	}
 	for _, p := range t.parts {
@@ -634,7 +680,13 @@ func (l *leader) backstops(now time.Time, touched map[string]bool) []unit {
 		if t.alloc == nil || touched[id] {
 			continue
 		}
-		deadline := t.alloc.Start.Add(time.Duration(t.alloc.TimeLimit)*time.Second + l.s.t.killGrace + l.s.t.backstop)
+		limit := time.Duration(t.alloc.TimeLimit) * time.Second
+		if t.queued() {
+			// Claimed while the elements ahead of it in its slot ran: each of them may take
+			// its whole limit before this one starts.
+			limit *= claimAhead + 1
+		}
+		deadline := t.alloc.Start.Add(limit + l.s.t.killGrace + l.s.t.backstop)
 		if now.After(deadline) {
 			touched[id] = true
 			units = append(units, l.endUnit(ref.job, ref.pos, sched.StateTimeout,
@@ -713,7 +765,10 @@ func (l *leader) controls(touched map[string]bool) []unit {
 			continue
 		}
 		cancelled := j.cancelled(ref.pos)
+		// A chain is cut when other work waits; a claimed-ahead element is also given back
+		// when it is held.
 		truncate := j.indices != nil && l.othersWaiting(j.id)
+		giveBack := truncate || (j.indices != nil && j.isHeld(ref.pos))
 		var req *signalRequest
 		for i := range j.rec.Signals {
 			r := &j.rec.Signals[i]
@@ -721,7 +776,7 @@ func (l *leader) controls(touched map[string]bool) []unit {
 				req = r
 			}
 		}
-		if !cancelled && req == nil && !truncate {
+		if !cancelled && req == nil && !giveBack {
 			continue
 		}
 		for _, a := range t.allocs {
@@ -730,7 +785,7 @@ func (l *leader) controls(touched map[string]bool) []unit {
 			if cur != nil {
 				want = *cur
 			}
-			if truncate && len(a.rec.Chain) > 0 {
+			if (truncate && len(a.rec.Chain) > 0) || (giveBack && a.rec.Queued) {
 				want.Truncate = true
 			}
 			if cancelled && want.End == "" {

@@ -35,6 +35,8 @@ type model struct {
 	charge func(user string, cpuSeconds float64, at time.Time, rev int64)
 	// changed is set by every applied event that can change a scheduling decision.
 	changed bool
+	// light: done and attempt records were read without their values (see loadActiveModel).
+	light bool
 }
 
 type taskRef struct {
@@ -99,7 +101,21 @@ func newModel(log *slog.Logger) *model {
 // to them. Done and attempt records are read job by job (history of finished jobs is never
 // scanned), many reads to a transaction.
 func loadModel(ctx context.Context, cli *clientv3.Client, log *slog.Logger) (*model, error) {
+	return load(ctx, cli, log, false)
+}
+
+// loadActiveModel is loadModel for a view of pending and running tasks only: done and attempt
+// records are read as keys, which is all that says a task has ended or how often it was
+// requeued. A large array being listed while it runs would otherwise read and decode every
+// finished element's record on each call, and ssi jobs is polled while arrays run. A finished
+// task of such a model is marked done with an unknown state: never show or use it.
+func loadActiveModel(ctx context.Context, cli *clientv3.Client, log *slog.Logger) (*model, error) {
+	return load(ctx, cli, log, true)
+}
+
+func load(ctx context.Context, cli *clientv3.Client, log *slog.Logger, light bool) (*model, error) {
 	m := newModel(log)
+	m.light = light
 	resp, err := cli.Get(ctx, prefixJob, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("reading the job queue from etcd: %w", err)
@@ -119,12 +135,16 @@ func loadModel(ctx context.Context, cli *clientv3.Client, log *slog.Logger) (*mo
 		clientv3.OpGet(prefixDrain, clientv3.WithPrefix(), at),
 		clientv3.OpGet(keyUsage, at),
 	}
+	keys := at
+	if light {
+		keys = func(op *clientv3.Op) { at(op); clientv3.WithKeysOnly()(op) }
+	}
 	for id, j := range m.jobs {
 		if j.indices != nil {
-			ops = append(ops, clientv3.OpGet(prefixDone+id+"_", clientv3.WithPrefix(), at),
-				clientv3.OpGet(prefixAttempt+id+"_", clientv3.WithPrefix(), at))
+			ops = append(ops, clientv3.OpGet(prefixDone+id+"_", clientv3.WithPrefix(), keys),
+				clientv3.OpGet(prefixAttempt+id+"_", clientv3.WithPrefix(), keys))
 		} else {
-			ops = append(ops, clientv3.OpGet(doneKey(id), at), clientv3.OpGet(attemptPrefix(id), clientv3.WithPrefix(), at))
+			ops = append(ops, clientv3.OpGet(doneKey(id), keys), clientv3.OpGet(attemptPrefix(id), clientv3.WithPrefix(), keys))
 		}
 	}
 	for len(ops) > 0 {
@@ -299,7 +319,10 @@ func (m *model) applyTask(k parsedKey, kv *mvccpb.KeyValue, deleted bool) error 
 			j.doneCount--
 		}
 		t.done = nil
-		if !deleted {
+		if !deleted && m.light && len(kv.Value) == 0 {
+			t.done = &doneRecord{result: result{State: stateUnknownDone}}
+			j.doneCount++
+		} else if !deleted {
 			rec, err := decode[doneRecord](kv.Value)
 			if err != nil {
 				return err
@@ -339,6 +362,9 @@ func (m *model) applyTask(k parsedKey, kv *mvccpb.KeyValue, deleted bool) error 
 	m.checkSettled(j)
 	return nil
 }
+
+// stateUnknownDone is the state of a finished task in a model loaded without done records.
+const stateUnknownDone sched.JobState = "done"
 
 // chargeRecord reports a newly created done or attempt record to the fair-share accounting.
 func (m *model) chargeRecord(kind keyKind, kv *mvccpb.KeyValue, deleted bool) {
@@ -440,13 +466,30 @@ func (j *jobEntry) state(pos int) sched.JobState {
 	switch {
 	case t.done != nil:
 		return t.done.State
-	case len(t.allocs) > 0 || len(t.parts) > 0:
+	case t.running():
 		return sched.StateRunning
 	case j.cancelled(pos):
 		return sched.StateCancelled
 	}
 	return sched.StatePending
 }
+
+// running reports whether the task runs: it has a part, or an allocation that is not merely
+// claimed ahead (queued) by a node. A queued task is neither running nor pending.
+func (t *taskState) running() bool {
+	if len(t.parts) > 0 {
+		return true
+	}
+	for _, a := range t.allocs {
+		if !a.rec.Queued {
+			return true
+		}
+	}
+	return false
+}
+
+// queued reports whether the task's only allocations are claims ahead of a chain.
+func (t *taskState) queued() bool { return len(t.allocs) > 0 && !t.running() }
 
 func (j *jobEntry) pending(pos int) bool {
 	t := &j.tasks[pos]

@@ -41,7 +41,11 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 	if err != nil {
 		return nil, err
 	}
-	m, err := loadModel(ctx, s.d.Etcd, s.log)
+	load := loadActiveModel
+	if req.All {
+		load = loadModel
+	}
+	m, err := load(ctx, s.d.Etcd, s.log)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -51,6 +55,9 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 			continue
 		}
 		for pos := range j.tasks {
+			if !req.All && j.tasks[pos].done != nil {
+				continue // finished, and unread in an active model
+			}
 			ti := activeTaskInfo(j, pos)
 			if f.wants(ti) && (req.All || !sched.JobState(ti.State).Terminal()) {
 				out.Tasks = append(out.Tasks, ti)
@@ -384,6 +391,8 @@ func activeTaskInfo(j *jobEntry, pos int) *jobspb.TaskInfo {
 	case sched.StatePending:
 		ti.Reason, ti.NeverRunnable = j.reason.Reason, j.reason.Never
 		switch {
+		case t.queued():
+			ti.Reason, ti.NeverRunnable = "next in line: claimed by node "+strings.Join(allocNodes(t), ",")+", starts there as soon as the element before it ends", false
 		case t.reserved > 0:
 			ti.Reason, ti.NeverRunnable = "next in line: runs in the slot of an earlier element of its array as soon as that ends", false
 		case j.isHeld(pos) && ti.Reason != "held by user":
@@ -548,4 +557,13 @@ func lookupUID(user string) (uint32, error) {
 		return 0, invalid("user %q has uid %q, which is not a number", user, u.Uid)
 	}
 	return uint32(n), nil
+}
+
+// allocNodes lists the nodes a task has allocations on.
+func allocNodes(t *taskState) []string {
+	out := make([]string, 0, len(t.allocs))
+	for _, a := range t.allocs {
+		out = append(out, a.node)
+	}
+	return out
 }

@@ -102,6 +102,13 @@ type allocRecord struct {
 	// order (HTCondor's claim reuse): the node hands the allocation to the next one itself, in
 	// the transaction that records this one's end. It is empty unless nothing else waited.
 	Chain []int `json:"chain,omitempty"`
+	// Queued marks an element its node claimed ahead from a chain, to start the moment the
+	// element before it in the slot exits: it holds no resources (the slot's running element
+	// does) and is not running yet. The node clears it in the transaction that records the
+	// end of the element before it, so the slot is charged to exactly one element at a time.
+	// A queued allocation is given back (deleted) when the chain is cut, the element held or
+	// the agent restarts before starting it, and ends as node_fail with its node.
+	Queued bool `json:"queued,omitempty"`
 }
 
 // signalRecord asks a node to signal or end its share of a task. Only the leader writes it.
