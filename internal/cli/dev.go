@@ -44,8 +44,6 @@ func newDevCommand() *cobra.Command {
 tests. Each host n1..nN has its own network namespace on a private bridge, hostname, mount
 namespace (private /tmp and /run), PID namespace with its own /proc, and cgroup, and runs a
 real "ssi agent". Nodes n1..n3 (or --servers) are servers; n1 bootstraps, the others join.
-The hosts share the machine's CPUs: each host's programs run with GOMAXPROCS set to its share
-(the CPUs divided among the nodes, at least 1) unless GOMAXPROCS is already set.
 
 Node K's socket, log and pid files are in DIR/nK (inside the host: /run/ssi). Each run starts a
 fresh cluster: node state left in DIR by an earlier run is wiped. ssi dev stays in the

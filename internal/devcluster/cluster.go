@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,14 +66,6 @@ type Options struct {
 	// ReadyTimeout bounds Start, and each Restart, AddNode, Stop and
 	// WaitAlive; default 30s.
 	ReadyTimeout time.Duration
-	// HostCPUs is how many CPUs each host's programs schedule on at once
-	// (GOMAXPROCS in the hosts' environment): by default the machine's CPUs
-	// shared out among the nodes, at least 1, as on separate machines of that
-	// size; a GOMAXPROCS already in the environment is kept. Agents that each
-	// believe they have every CPU of a shared machine wake each other's
-	// threads for nothing: with three agents on two cores a third of an idle
-	// agent's context switches, and 25 % of the CPU of a stream between two.
-	HostCPUs int
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -113,21 +104,7 @@ func (o Options) withDefaults() (Options, error) {
 		o.ReadyTimeout = defaultReadyTimeout
 	}
 	o.AgentArgs = slices.Clone(o.AgentArgs)
-	if o.HostCPUs == 0 {
-		if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-			o.HostCPUs = max(1, runtime.NumCPU()/o.Nodes)
-		}
-	}
 	return o, nil
-}
-
-// hostEnv is the environment of a host's init, which its agent inherits.
-func (o Options) hostEnv() []string {
-	env := os.Environ()
-	if o.HostCPUs > 0 {
-		env = append(env, "GOMAXPROCS="+strconv.Itoa(o.HostCPUs))
-	}
-	return env
 }
 
 // Cluster is a running set of simulated hosts. Its methods are safe for

@@ -1,7 +1,6 @@
 package devcluster
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -488,54 +486,6 @@ func TestOptionsDefaults(t *testing.T) {
 			t.Errorf("Nodes %d Servers %d: got Servers %d, ReadyTimeout %v; want Servers %d, %v",
 				tc.nodes, tc.servers, o.Servers, o.ReadyTimeout, tc.wantServers, defaultReadyTimeout)
 		}
-	}
-}
-
-func TestHostCPUsShareTheMachine(t *testing.T) {
-	bin, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpus := runtime.NumCPU()
-	for _, tc := range []struct {
-		name      string
-		nodes     int
-		given     int
-		env       string // GOMAXPROCS in the harness's environment, "" for none
-		wantCPUs  int
-		wantInEnv string // GOMAXPROCS the hosts get, "" for inherited only
-	}{
-		{"one node has the machine", 1, 0, "", cpus, strconv.Itoa(cpus)},
-		{"shared out", 2 * cpus, 0, "", 1, "1"},
-		{"never below one", 10 * cpus, 0, "", 1, "1"},
-		{"given", 3, 5, "", 5, "5"},
-		{"the environment's is kept", 3, 0, "7", 0, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.env != "" {
-				t.Setenv("GOMAXPROCS", tc.env)
-			} else if old, ok := os.LookupEnv("GOMAXPROCS"); ok {
-				os.Unsetenv("GOMAXPROCS")
-				t.Cleanup(func() { os.Setenv("GOMAXPROCS", old) })
-			}
-			o, err := Options{Binary: bin, Nodes: tc.nodes, HostCPUs: tc.given, Dir: t.TempDir()}.withDefaults()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if o.HostCPUs != tc.wantCPUs {
-				t.Errorf("HostCPUs = %d, want %d", o.HostCPUs, tc.wantCPUs)
-			}
-			env := o.hostEnv()
-			last := ""
-			for _, kv := range env {
-				if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
-					last = v
-				}
-			}
-			if want := cmp.Or(tc.wantInEnv, tc.env); last != want {
-				t.Errorf("hosts get GOMAXPROCS=%q, want %q", last, want)
-			}
-		})
 	}
 }
 

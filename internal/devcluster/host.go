@@ -99,7 +99,6 @@ func (c *Cluster) startHost(ctx context.Context, n *Node, agentArgs []string) (e
 	cmd := &exec.Cmd{
 		Path:       c.opts.Binary,
 		Args:       append([]string{c.opts.Binary, "dev-init"}, cfg.args()...),
-		Env:        c.opts.hostEnv(),
 		Stdout:     logFile,
 		Stderr:     logFile,
 		ExtraFiles: []*os.File{goAheadR, statusW}, // fds 3 and 4
