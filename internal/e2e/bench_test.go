@@ -215,7 +215,9 @@ func cliIn(b *testing.B, c *devcluster.Cluster, node, dir string, args ...string
 
 // BenchmarkJobsArray10kTrue is the job system's end-to-end goal (issue 4): on a 3-node
 // ssi dev cluster (2 cpus per node), ssi submit --array 0-9999 -- true, then ssi jobs polled
-// every 250 ms until the array is gone; every element must have completed. Run it with
+// every second until the array is gone; every element must have completed. jobs/s runs from
+// just before the submit to the last element's recorded end, jobs/s-noticed to when the
+// poll saw the array gone. Run it with
 //
 //	go test -run XXX -bench JobsArray10k -benchtime 1x ./internal/e2e
 func BenchmarkJobsArray10kTrue(b *testing.B) {
@@ -231,30 +233,47 @@ func BenchmarkJobsArray10kTrue(b *testing.B) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	total := 0
-	var elapsed time.Duration
+	var elapsed, noticed time.Duration
 	for b.Loop() {
 		start := time.Now()
 		id := strings.TrimSpace(cliIn(b, c, "n1", dir, "submit", "--array", "0-"+strconv.Itoa(tasks-1), "--", "true"))
+		// Listing a large array costs the agents and this CLI more than its jobs do: the
+		// watcher polls once a second, and the time is taken from the elements' own end
+		// records, so how often it looks changes neither the work nor the figure.
 		for strings.TrimSpace(cliIn(b, c, "n1", dir, "jobs", "-o", "json", id)) != "[]" {
-			time.Sleep(250 * time.Millisecond)
+			time.Sleep(time.Second)
 		}
-		elapsed += time.Since(start)
+		noticed += time.Since(start)
 		total += tasks
-		var hist []jobJSON
+		var hist []struct {
+			jobJSON
+			End string `json:"end_time"`
+		}
 		if err := json.Unmarshal([]byte(cliIn(b, c, "n1", dir, "history", "-n", strconv.Itoa(tasks+10), "-o", "json")), &hist); err != nil {
 			b.Fatal(err)
 		}
 		completed := 0
+		var last time.Time
 		for _, j := range hist {
-			if strings.HasPrefix(j.ID, id+"_") && j.State == "completed" {
-				completed++
+			if !strings.HasPrefix(j.ID, id+"_") || j.State != "completed" {
+				continue
+			}
+			completed++
+			end, err := time.Parse(time.RFC3339Nano, j.End)
+			if err != nil {
+				b.Fatalf("element %s: end time %q: %v", j.ID, j.End, err)
+			}
+			if end.After(last) {
+				last = end
 			}
 		}
 		if completed != tasks {
 			b.Fatalf("%d of %d elements completed", completed, tasks)
 		}
+		elapsed += last.Sub(start)
 	}
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "jobs/s")
+	b.ReportMetric(float64(total)/noticed.Seconds(), "jobs/s-noticed")
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		b.Logf("load average after: %s", strings.TrimSpace(string(load)))
 	}
