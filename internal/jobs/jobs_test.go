@@ -499,11 +499,19 @@ func TestLeaderFailoverExactlyOnce(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(dir, "ran.log"))
 		return strings.Count(string(b), "\n") >= n/3
 	})
+	crashLeaderMidArray(t, c, first, other, id, dir, n, 60*time.Second)
+}
+
+// crashLeaderMidArray kills the scheduler leader first while the n-element array id runs
+// (each element appends its index to dir/ran.log), and checks that other takes over and that
+// every element ran exactly once and completed without a retry.
+func crashLeaderMidArray(t *testing.T, c *cluster, first, other *testNode, id, dir string, n int, finishWithin time.Duration) {
+	t.Helper()
 	first.crash()
 	if c.leader() != other {
 		t.Fatal("the other server did not take over")
 	}
-	waitFor(t, 60*time.Second, "the array to finish", func() bool {
+	waitFor(t, finishWithin, "the array to finish", func() bool {
 		resp, err := other.cli.Get(ctxT(t), histKey(id))
 		return err == nil && len(resp.Kvs) == 1
 	})

@@ -213,32 +213,7 @@ func TestLeaderFailoverMidChainsExactlyOnce(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(dir, "ran.log"))
 		return strings.Count(string(b), "\n") >= n/3
 	})
-	first.crash()
-	if c.leader() != other {
-		t.Fatal("the other server did not take over")
-	}
-	waitFor(t, 120*time.Second, "the array to finish", func() bool {
-		resp, err := other.cli.Get(ctxT(t), histKey(id))
-		return err == nil && len(resp.Kvs) == 1
-	})
-	counts := map[string]int{}
-	for _, line := range strings.Fields(readFile(t, filepath.Join(dir, "ran.log"))) {
-		counts[line]++
-	}
-	for i := range n {
-		if c := counts[strconv.Itoa(i)]; c != 1 {
-			t.Errorf("element %d ran %d times", i, c)
-		}
-	}
-	tasks := other.tasks(t, id)
-	for _, ti := range tasks {
-		if ti.State != "completed" || ti.Attempts != 0 {
-			t.Errorf("%s: %s, %d attempts", ti.Id, describe(ti), ti.Attempts)
-		}
-	}
-	if len(tasks) != n {
-		t.Errorf("%d tasks listed, want %d", len(tasks), n)
-	}
+	crashLeaderMidArray(t, c, first, other, id, dir, n, 120*time.Second)
 }
 
 // TestExit85InChainRestartsInPlace has array elements in a slot's chain ask for a requeue
