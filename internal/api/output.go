@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 )
 
@@ -86,6 +87,23 @@ func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File
 		return ErrOutputNotPassed
 	}
 	return nil
+}
+
+// DialPassingOutput is the dialer of a connection to the agent's Unix socket at path that
+// hands it stdout and stderr (either may be nil) before gRPC speaks.
+func DialPassingOutput(path string, stdout, stderr *os.File) grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			return nil, err
+		}
+		if err := PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	})
 }
 
 // outputAck is what the agent answers a preamble it accepted with.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -298,18 +297,7 @@ func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, e
 	}
 	return grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, "unix", path)
-			if err != nil {
-				return nil, err
-			}
-			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			return conn, nil
-		}),
+		api.DialPassingOutput(path, stdout, stderr),
 	)...)
 }
 

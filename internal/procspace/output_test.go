@@ -117,18 +117,7 @@ func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, s
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, "unix", ss.socket)
-			if err != nil {
-				return nil, err
-			}
-			if err := api.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			return conn, nil
-		}))...)
+		api.DialPassingOutput(ss.socket, stdout, stderr))...)
 	if err != nil {
 		t.Fatal(err)
 	}
