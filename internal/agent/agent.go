@@ -33,6 +33,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/cluster"
+	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/jobs"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
@@ -137,9 +138,34 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	close(a.ready)
+	a.wg.Add(1)
+	go a.trimStartupCode()
 	a.log.Info("agent ready", "node", a.state.Name, "index", a.state.Index, "role", a.state.Role,
 		"cluster", a.state.ClusterID, "addr", cfg.Advertise, "socket", cfg.Socket)
 	return a, nil
+}
+
+// trimAfter is how long after it starts serving the agent drops the pages of code that only
+// its start-up ran: by then joining, elections and the first registry writes are done.
+const trimAfter = 10 * time.Second
+
+// trimStartupCode unmaps the executable's pages once the agent has settled (see
+// internal/exetrim), so that an idle agent's resident memory is the code it runs.
+func (a *Agent) trimStartupCode() {
+	defer a.wg.Done()
+	t := time.NewTimer(trimAfter)
+	defer t.Stop()
+	select {
+	case <-a.ctx.Done():
+		return
+	case <-t.C:
+	}
+	n, err := exetrim.Trim()
+	if err != nil {
+		a.log.Warn("could not drop the start-up code's pages", "err", err)
+		return
+	}
+	a.log.Debug("dropped the mappings of the executable; the code in use faults back in", "bytes", n)
 }
 
 // Ready is closed once the agent serves.
