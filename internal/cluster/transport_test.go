@@ -1,0 +1,110 @@
+package cluster
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+)
+
+// TestGossipOverOwnTransport forms a three-member gossip group on loopback through the
+// transport (UDP probes, TCP joins, encryption and the cluster label on top) and checks that
+// every member sees the others alive and then one leave.
+func TestGossipOverOwnTransport(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	var ms []*Membership
+	for _, name := range []string{"a", "b", "c"} {
+		m, err := Start(Config{
+			Name: name, BindAddr: "127.0.0.1", AdvertiseAddr: "127.0.0.1",
+			SecretKey: key, ClusterID: "test", Logger: slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Shutdown() })
+		ms = append(ms, m)
+	}
+	seed := ms[0].ml.LocalNode().Address()
+	for _, m := range ms[1:] {
+		if n, err := m.Join([]string{seed}); err != nil || n != 1 {
+			t.Fatalf("join through %s: %d answered, %v", seed, n, err)
+		}
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	alive := func(m *Membership, want int) func() bool {
+		return func() bool {
+			n := 0
+			for _, mem := range m.Members() {
+				if mem.State == "alive" {
+					n++
+				}
+			}
+			return n == want
+		}
+	}
+	for _, m := range ms {
+		waitFor(m.ml.LocalNode().Name+" sees three alive", alive(m, 3))
+	}
+	if err := ms[2].Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a sees two alive", alive(ms[0], 2))
+}
+
+// TestTransportPassesPacketsAtTheirSize checks that a received packet reaches memberlist as a
+// copy of its own length (not the read buffer), with its sender, and that shutting down stops
+// the readers.
+func TestTransportPassesPacketsAtTheirSize(t *testing.T) {
+	tr, err := newTransport("127.0.0.1", 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := tr.udp.LocalAddr().String()
+	sender, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	for _, msg := range []string{"first", "the second, longer packet"} {
+		if _, err := sender.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case p := <-tr.PacketCh():
+			if string(p.Buf) != msg || cap(p.Buf) != len(msg) {
+				t.Errorf("packet %q (cap %d), want %q at its own size", p.Buf, cap(p.Buf), msg)
+			}
+			if p.From.String() != sender.LocalAddr().String() {
+				t.Errorf("packet from %s, want %s", p.From, sender.LocalAddr())
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("packet %q never arrived", msg)
+		}
+	}
+	if ip, port, err := tr.FinalAdvertiseAddr("", 0); err != nil || !ip.Equal(net.IPv4(127, 0, 0, 1)) || port == 0 {
+		t.Errorf("FinalAdvertiseAddr = %v, %d, %v", ip, port, err)
+	}
+	if _, _, err := tr.FinalAdvertiseAddr("not-an-ip", 0); err == nil {
+		t.Error("a name as advertise address was accepted")
+	}
+	if _, err := tr.WriteTo([]byte("x"), "host.example:7701"); err == nil {
+		t.Error("WriteTo a host name: want an error, not a DNS lookup")
+	}
+	done := make(chan struct{})
+	go func() { tr.Shutdown(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+}
