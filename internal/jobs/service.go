@@ -247,15 +247,16 @@ func (s *Service) watchStepAside(ctx context.Context, stop context.CancelFunc, m
 // scheduler leader. Errors count as no: a server that cannot tell keeps competing.
 func (s *Service) stepAside(myKey string) bool {
 	// Asking the embedded member is free, and most servers do not lead etcd: only the one that
-	// does reads the candidates (a linearizable read, which costs the etcd leader a round of
-	// messages to its followers).
+	// does reads the candidates. The read is serializable: a linearizable one costs the raft
+	// leader a round of messages to its followers, twice a second for as long as it leads,
+	// and a candidate list a few milliseconds old decides this as well.
 	if s.d.LeadsEtcd != nil && !s.d.LeadsEtcd() {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, time.Second)
 	defer cancel()
 	cli := s.d.Etcd
-	resp, err := cli.Get(ctx, prefixElection, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := cli.Get(ctx, prefixElection, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSerializable())
 	if err != nil {
 		return false
 	}
