@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -28,8 +29,8 @@ type identity struct {
 // to /etc, say). What needs root's filesystem identity f does through t.asRoot, which may fork
 // the user's task right there (proc.Spec.ForkHere): the thread's umask is the user's.
 //
-// One such thread serves every task of the same identity, so an array of ten thousand tasks
-// costs one thread, not ten thousand, and each task one hand-off to it for its files and its
+// A few such threads serve every task of the same identity, so an array of ten thousand tasks
+// costs a few threads, not ten thousand, and each task one hand-off for its files and its
 // start together. When the agent is not root, f runs on the calling goroutine (jobs then run as
 // the agent; proc.Start refuses others).
 func (p *userThreads) do(who identity, f func(t *onThread)) error {
@@ -42,7 +43,20 @@ func (p *userThreads) do(who identity, f func(t *onThread)) error {
 		defer close(done)
 		f(t)
 	}
+	key := who.key()
 	for {
+		// A thread waiting for work takes the request at once.
+		p.mu.Lock()
+		list := slices.Clone(p.threads[key])
+		p.mu.Unlock()
+		for _, t := range list {
+			select {
+			case t.reqs <- req:
+				<-done
+				return nil
+			default:
+			}
+		}
 		t, err := p.thread(who)
 		if err != nil {
 			return err
@@ -52,7 +66,7 @@ func (p *userThreads) do(who identity, f func(t *onThread)) error {
 			<-done
 			return nil
 		case <-t.done:
-			// It retired while idle; take a fresh one.
+			// It retired while idle; take another.
 		}
 	}
 }
@@ -151,10 +165,12 @@ func openAsThread(paths []string, mkdir string) ([]*os.File, error) {
 	return openAll(paths, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC)
 }
 
-// userThreads keeps one file-opening thread per job identity while it is in use.
+// userThreads keeps a few threads per job identity while it is in use.
 type userThreads struct {
 	mu      sync.Mutex
-	threads map[string]*userThread
+	threads map[string][]*userThread
+	next    int // spreads requests that find every thread busy
+	max     int // threads per identity
 	idle    time.Duration
 }
 
@@ -163,15 +179,21 @@ type userThread struct {
 	done chan struct{} // closed when the thread retires
 }
 
+// maxUserThreads bounds the threads of one identity: each one forks its tasks and waits for
+// them to exec, so one alone would make a node's slots take turns starting; more than the
+// agent's processors would mostly wait.
+func maxUserThreads() int { return max(1, min(runtime.GOMAXPROCS(0), 4)) }
+
 func newUserThreads() *userThreads {
-	return &userThreads{threads: map[string]*userThread{}, idle: 10 * time.Second}
+	return &userThreads{threads: map[string][]*userThread{}, max: maxUserThreads(), idle: 10 * time.Second}
 }
 
 func (who identity) key() string {
 	return fmt.Sprintf("%d:%d:%v:%o", who.uid, who.gid, who.groups, who.umask)
 }
 
-// thread returns the running thread of who's identity, starting one if needed.
+// thread returns a thread of who's identity for a request that found them all busy: a new one
+// while there are fewer than max, otherwise one of them in turn.
 //
 // The thread is a goroutine locked to a fresh OS thread that gave itself a private fs_struct
 // (unshare CLONE_FS) for the umask and switched its filesystem uid, gid and groups with raw
@@ -182,8 +204,9 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 	key := who.key()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if t := p.threads[key]; t != nil {
-		return t, nil
+	if list := p.threads[key]; len(list) >= p.max {
+		p.next++
+		return list[p.next%len(list)], nil
 	}
 	t := &userThread{reqs: make(chan func(*onThread)), done: make(chan struct{})}
 	ready := make(chan error, 1)
@@ -197,7 +220,8 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 		idle := time.NewTimer(p.idle)
 		retire := func() {
 			p.mu.Lock()
-			if p.threads[key] == t {
+			p.threads[key] = slices.DeleteFunc(p.threads[key], func(x *userThread) bool { return x == t })
+			if len(p.threads[key]) == 0 {
 				delete(p.threads, key)
 			}
 			close(t.done)
@@ -222,7 +246,7 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 	if err := <-ready; err != nil {
 		return nil, err
 	}
-	p.threads[key] = t
+	p.threads[key] = append(p.threads[key], t)
 	return t, nil
 }
 
