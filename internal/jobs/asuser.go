@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -21,52 +22,111 @@ type identity struct {
 	umask    int
 }
 
-// openAsUser opens each path for appending, creating it if needed, with the permissions of
-// the job's user: the kernel checks every directory and the file as that user, and a new file
-// is owned by the user and gets the user's umask. Nothing is ever opened as root on a user's
-// behalf, so a job cannot write where its user may not (through a symlink to /etc, say).
-// With mkdir set, that directory is first created (mode 0700) as the user too.
+// do runs f on the thread of who's identity (see thread) and returns once f has. f works as
+// the user: opening files (openAsThread) the kernel checks every directory and the file as that
+// user, and a new file is owned by the user and gets the user's umask, so nothing is ever opened
+// as root on a user's behalf and a job cannot write where its user may not (through a symlink
+// to /etc, say). What needs root's filesystem identity f does through t.asRoot, which may fork
+// the user's task right there (proc.Spec.ForkHere): the thread's umask is the user's.
 //
-// The work is done by a thread that has taken the user's filesystem identity (see
-// userThread); one such thread serves every task of the same identity, so an array of ten
-// thousand tasks costs one thread, not ten thousand.
-func (p *userThreads) openAsUser(paths []string, mkdir string, who identity) ([]*os.File, error) {
+// A few such threads serve every task of the same identity, so an array of ten thousand tasks
+// costs a few threads, not ten thousand, and each task one hand-off for its files and its
+// start together. When the agent is not root, f runs on the calling goroutine (jobs then run as
+// the agent; proc.Start refuses others).
+func (p *userThreads) do(who identity, f func(t *onThread)) error {
 	if os.Geteuid() != 0 {
-		// An unprivileged agent runs jobs only as itself (proc.Start refuses others).
-		return openAsThread(paths, mkdir)
+		f(&onThread{})
+		return nil
 	}
-	req := userReq{paths: paths, mkdir: mkdir, reply: make(chan userResp, 1)}
+	done := make(chan struct{})
+	req := func(t *onThread) {
+		defer close(done)
+		f(t)
+	}
+	key := who.key()
 	for {
-		t, err := p.thread(who)
-		if err != nil {
-			return nil, err
+		// A thread waiting for work takes the request at once.
+		p.mu.Lock()
+		list := slices.Clone(p.threads[key])
+		p.mu.Unlock()
+		for _, t := range list {
+			select {
+			case t.reqs <- req:
+				<-done
+				return nil
+			default:
+			}
 		}
-		select {
-		case t.reqs <- req:
-			r := <-req.reply
-			return r.files, r.err
-		case <-t.done:
-			// It retired while idle; take a fresh one.
-		}
-	}
-}
-
-// emptyAsUser removes everything in a directory of the user's, as the user, so root never
-// walks a tree the user controls.
-func (p *userThreads) emptyAsUser(dir string, who identity) error {
-	if os.Geteuid() != 0 {
-		return emptyDir(dir)
-	}
-	req := userReq{empty: dir, reply: make(chan userResp, 1)}
-	for {
 		t, err := p.thread(who)
 		if err != nil {
 			return err
 		}
 		select {
 		case t.reqs <- req:
-			return (<-req.reply).err
+			<-done
+			return nil
 		case <-t.done:
+			// It retired while idle; take another.
+		}
+	}
+}
+
+// onThread is where a function given to userThreads.do runs.
+type onThread struct {
+	locked bool // on a user thread with the user's filesystem identity
+	who    identity
+	broken bool // it could not take the user's identity back: it must retire
+}
+
+// asRoot runs f with root's filesystem identity (fsuid and fsgid 0) and then takes the
+// user's back. Off a user thread it just runs f.
+func (t *onThread) asRoot(f func()) error {
+	if !t.locked {
+		f()
+		return nil
+	}
+	if err := setFSIDs(0, 0); err != nil {
+		t.broken = true
+		return err
+	}
+	f()
+	if err := setFSIDs(t.who.uid, t.who.gid); err != nil {
+		t.broken = true
+	}
+	return nil
+}
+
+// emptyAsUser removes everything in a directory of the user's, as the user, so root never
+// walks a tree the user controls.
+func (p *userThreads) emptyAsUser(dir string, who identity) error {
+	var err error
+	if doErr := p.do(who, func(*onThread) { err = emptyDir(dir) }); doErr != nil {
+		return doErr
+	}
+	return err
+}
+
+// dirIsEmpty reports whether dir is a directory that holds nothing. It only lists dir itself
+// (never following a symbolic link put in its place), so root may call it on a user's
+// directory; anything unexpected counts as not empty.
+func dirIsEmpty(dir string) bool {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var buf [1024]byte
+	for {
+		n, err := unix.Getdents(fd, buf[:])
+		if err != nil {
+			return false
+		}
+		if n == 0 {
+			return true
+		}
+		// ParseDirent skips "." and "..".
+		if _, _, names := unix.ParseDirent(buf[:n], 1, nil); len(names) > 0 {
+			return false
 		}
 	}
 }
@@ -90,7 +150,8 @@ func emptyDir(dir string) error {
 	return nil
 }
 
-// openAsThread does the work of a request on the calling thread, as whoever that is.
+// openAsThread opens each path for appending, creating it if needed, as whoever the calling
+// thread is, after creating mkdir (mode 0700), if set.
 func openAsThread(paths []string, mkdir string) ([]*os.File, error) {
 	if mkdir != "" {
 		err := os.Mkdir(mkdir, 0o700)
@@ -104,39 +165,35 @@ func openAsThread(paths []string, mkdir string) ([]*os.File, error) {
 	return openAll(paths, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC)
 }
 
-// userThreads keeps one file-opening thread per job identity while it is in use.
+// userThreads keeps a few threads per job identity while it is in use.
 type userThreads struct {
 	mu      sync.Mutex
-	threads map[string]*userThread
+	threads map[string][]*userThread
+	next    int // spreads requests that find every thread busy
+	max     int // threads per identity
 	idle    time.Duration
 }
 
 type userThread struct {
-	reqs chan userReq
+	reqs chan func(*onThread)
 	done chan struct{} // closed when the thread retires
 }
 
-type userReq struct {
-	paths []string
-	mkdir string
-	empty string // a directory of the user's to empty
-	reply chan userResp
-}
-
-type userResp struct {
-	files []*os.File
-	err   error
-}
+// maxUserThreads bounds the threads of one identity: each one forks its tasks and waits for
+// them to exec, so one alone would make a node's slots take turns starting; more than the
+// agent's processors would mostly wait.
+func maxUserThreads() int { return max(1, min(runtime.GOMAXPROCS(0), 4)) }
 
 func newUserThreads() *userThreads {
-	return &userThreads{threads: map[string]*userThread{}, idle: 10 * time.Second}
+	return &userThreads{threads: map[string][]*userThread{}, max: maxUserThreads(), idle: 10 * time.Second}
 }
 
 func (who identity) key() string {
 	return fmt.Sprintf("%d:%d:%v:%o", who.uid, who.gid, who.groups, who.umask)
 }
 
-// thread returns the running thread of who's identity, starting one if needed.
+// thread returns a thread of who's identity for a request that found them all busy: a new one
+// while there are fewer than max, otherwise one of them in turn.
 //
 // The thread is a goroutine locked to a fresh OS thread that gave itself a private fs_struct
 // (unshare CLONE_FS) for the umask and switched its filesystem uid, gid and groups with raw
@@ -147,10 +204,11 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 	key := who.key()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if t := p.threads[key]; t != nil {
-		return t, nil
+	if list := p.threads[key]; len(list) >= p.max {
+		p.next++
+		return list[p.next%len(list)], nil
 	}
-	t := &userThread{reqs: make(chan userReq), done: make(chan struct{})}
+	t := &userThread{reqs: make(chan func(*onThread)), done: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -160,24 +218,27 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 		}
 		ready <- nil
 		idle := time.NewTimer(p.idle)
+		retire := func() {
+			p.mu.Lock()
+			p.threads[key] = slices.DeleteFunc(p.threads[key], func(x *userThread) bool { return x == t })
+			if len(p.threads[key]) == 0 {
+				delete(p.threads, key)
+			}
+			close(t.done)
+			p.mu.Unlock()
+		}
 		for {
 			select {
 			case req := <-t.reqs:
-				var r userResp
-				if req.empty != "" {
-					r.err = emptyDir(req.empty)
-				} else {
-					r.files, r.err = openAsThread(req.paths, req.mkdir)
+				on := &onThread{locked: true, who: who}
+				req(on)
+				if on.broken {
+					retire()
+					return
 				}
-				req.reply <- r
 				idle.Reset(p.idle)
 			case <-idle.C:
-				p.mu.Lock()
-				if p.threads[key] == t {
-					delete(p.threads, key)
-				}
-				close(t.done)
-				p.mu.Unlock()
+				retire()
 				return
 			}
 		}
@@ -185,7 +246,7 @@ func (p *userThreads) thread(who identity) (*userThread, error) {
 	if err := <-ready; err != nil {
 		return nil, err
 	}
-	p.threads[key] = t
+	p.threads[key] = append(p.threads[key], t)
 	return t, nil
 }
 
@@ -218,15 +279,28 @@ func becomeForFiles(who identity) error {
 	if _, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr), 0); errno != 0 {
 		return fmt.Errorf("take the groups of uid %d: %w", who.uid, errno)
 	}
-	// setfsgid and setfsuid report no errors; asking again with an invalid id (-1) returns
-	// the value in force, which must be the one just set.
-	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(who.gid), 0, 0)
-	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(cur) != who.gid {
-		return fmt.Errorf("take the filesystem gid %d: the kernel kept %d", who.gid, uint32(cur))
+	return setFSIDs(who.uid, who.gid)
+}
+
+// setFSIDs switches the calling (locked) thread's filesystem uid and gid. Leaving uid 0 drops
+// the thread's filesystem capabilities; coming back to it restores them. setfsgid and setfsuid
+// report no errors; asking again with an invalid id (-1) returns the value in force, which
+// must be the one just set.
+func setFSIDs(uid, gid uint32) error {
+	if uid == 0 {
+		// Root's identity first, so that nothing runs with the user's uid and root's gid.
+		unix.RawSyscall(unix.SYS_SETFSUID, 0, 0, 0)
+		if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != 0 {
+			return fmt.Errorf("take the filesystem uid 0: the kernel kept %d", uint32(cur))
+		}
 	}
-	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(who.uid), 0, 0)
-	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != who.uid {
-		return fmt.Errorf("take the filesystem uid %d: the kernel kept %d", who.uid, uint32(cur))
+	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
+	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, ^uintptr(0), 0, 0); uint32(cur) != gid {
+		return fmt.Errorf("take the filesystem gid %d: the kernel kept %d", gid, uint32(cur))
+	}
+	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+	if cur, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, ^uintptr(0), 0, 0); uint32(cur) != uid {
+		return fmt.Errorf("take the filesystem uid %d: the kernel kept %d", uid, uint32(cur))
 	}
 	return nil
 }

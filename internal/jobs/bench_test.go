@@ -23,6 +23,7 @@ func benchArray(b *testing.B, tasks int, cpusMilli int64) {
 	c.start("n3", true, 2)
 	dir := b.TempDir()
 	total := 0
+	var ids []string
 	cpu0, self0 := cpuTime(), selfCPU()
 	rev0 := etcdRev(b, n1)
 	start := time.Now()
@@ -37,6 +38,7 @@ func benchArray(b *testing.B, tasks int, cpusMilli int64) {
 			return err == nil && resp.Count == 1
 		})
 		total += tasks
+		ids = append(ids, id)
 	}
 	b.ReportMetric(float64(total)/time.Since(start).Seconds(), "jobs/s")
 	// CPU per job (the agents, etcd and the jobs themselves) is steadier than wall time on a
@@ -45,6 +47,18 @@ func benchArray(b *testing.B, tasks int, cpusMilli int64) {
 	b.ReportMetric(float64((selfCPU()-self0).Microseconds())/1000/float64(total), "agent-cpu-ms/job")
 	// Every etcd write (transaction) adds one revision.
 	b.ReportMetric(float64(etcdRev(b, n1)-rev0)/float64(total), "writes/job")
+	// A change that made elements fail fast would look like a gain.
+	for _, id := range ids {
+		completed := 0
+		for _, ti := range n1.tasks(b, id) {
+			if ti.State == "completed" {
+				completed++
+			}
+		}
+		if completed != tasks {
+			b.Fatalf("array %s: %d of %d elements completed", id, completed, tasks)
+		}
+	}
 }
 
 // BenchmarkArray10kTrue is the end-to-end goal: a 10,000-task array of true on a 3-node

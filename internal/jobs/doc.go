@@ -66,7 +66,7 @@
 //
 // # Files on each node
 //
-//	<spool>/<node>/ckpt/<uid>/<task>/      $SSI_CHECKPOINT_DIR, kept across exit-85 restarts
+//	<spool>/<node>/ckpt/<uid>/<n>/         $SSI_CHECKPOINT_DIR, kept across exit-85 restarts
 //	<spool>/<node>/script/<task>           a batch script while it runs
 //
 // The spool is /var/spool/ssi. Each task's processes live in the cgroup

@@ -538,6 +538,47 @@ func crashLeaderMidArray(t *testing.T, c *cluster, first, other *testNode, id, d
 // TestPermissionsBetweenUsers submits as uid 65534 (through a client process of that user,
 // so the kernel reports its uid), checks the job runs as that user with output it owns, and
 // that each user may control only their own jobs.
+// TestTasksGetTheUsersUmask runs two elements one after the other as nobody with umask 027:
+// the files each one creates and its output file get that umask and belong to nobody, so the
+// thread that opens the outputs as the user and forks the task (as root's file identity) has
+// switched back for the second.
+func TestTasksGetTheUsersUmask(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 2)
+	const nobody = 65534
+	dir := t.TempDir()
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	req := cmd(dir, `touch made.$SSI_ARRAY_TASK_ID`)
+	req.Array = "0-1%1"
+	b, _ := protojson.Marshal(req)
+	out, err := runAsWithUmask(t, nobody, nobody, "027", n1.socket, "submit", string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub struct {
+		JobID string `json:"job_id"`
+	}
+	if err := json.Unmarshal([]byte(out), &sub); err != nil || sub.JobID == "" {
+		t.Fatalf("submit as nobody: %q %v", out, err)
+	}
+	for i := range 2 {
+		id := fmt.Sprintf("%s_%d", sub.JobID, i)
+		n1.waitState(t, id, 20*time.Second, "completed")
+		for _, name := range []string{fmt.Sprintf("made.%d", i), "ssi-" + id + ".out"} {
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(dir, name), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Uid != nobody || st.Mode&0o777 != 0o640 {
+				t.Errorf("%s: uid %d mode %#o, want uid %d mode 0640", name, st.Uid, st.Mode&0o777, nobody)
+			}
+		}
+	}
+}
+
 func TestPermissionsBetweenUsers(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,12 +32,16 @@ const (
 	envClientOp     = "JOBS_TEST_CLIENT_OP"
 	envClientSocket = "JOBS_TEST_CLIENT_SOCKET"
 	envClientArg    = "JOBS_TEST_CLIENT_ARG"
+	envClientUmask  = "JOBS_TEST_CLIENT_UMASK" // octal; the client's umask is the job's
 )
 
 var helperDir string
 
 func TestMain(m *testing.M) {
 	if op := os.Getenv(envClientOp); op != "" {
+		if u, err := strconv.ParseUint(os.Getenv(envClientUmask), 8, 32); err == nil {
+			syscall.Umask(int(u))
+		}
 		os.Exit(clientMain(op, os.Getenv(envClientSocket), os.Getenv(envClientArg)))
 	}
 	code := m.Run()
@@ -96,6 +101,12 @@ var helperOnce sync.Once
 // runAs performs op as uid/gid through a copy of the test binary that user may execute.
 func runAs(t *testing.T, uid, gid uint32, socket, op, arg string) (string, error) {
 	t.Helper()
+	return runAsWithUmask(t, uid, gid, "", socket, op, arg)
+}
+
+// runAsWithUmask is runAs with the client's umask (octal) set, when not empty.
+func runAsWithUmask(t *testing.T, uid, gid uint32, umask, socket, op, arg string) (string, error) {
+	t.Helper()
 	helperOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "jobs-helper-")
 		if err != nil {
@@ -123,7 +134,7 @@ func runAs(t *testing.T, uid, gid uint32, socket, op, arg string) (string, error
 	})
 	for try := 0; ; try++ {
 		c := exec.Command(filepath.Join(helperDir, "client"))
-		c.Env = []string{envClientOp + "=" + op, envClientSocket + "=" + socket, envClientArg + "=" + arg}
+		c.Env = []string{envClientOp + "=" + op, envClientSocket + "=" + socket, envClientArg + "=" + arg, envClientUmask + "=" + umask}
 		c.Dir = "/"
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 		b, err := c.Output()

@@ -53,15 +53,17 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 		res.State, res.Reason, res.End = sched.StateFailed, reason, time.Now()
 		return res, false, false
 	}
-	createCkpt := false
+	mkdir := "" // the checkpoint directory, created as the user with the first output files
 	if r.ckpt == "" {
 		dir, create, err := e.acquireCheckpoint(who)
 		if err != nil {
 			return fail(fmt.Sprintf("cannot create a checkpoint directory on %s: %v", e.node, err))
 		}
-		r.ckpt, createCkpt = dir, create
+		r.ckpt = dir
+		if create {
+			mkdir = dir
+		}
 	}
-	ckpt := r.ckpt
 	argv := sp.Args
 	if len(sp.Script) > 0 {
 		script := e.spool("script", r.task)
@@ -100,23 +102,13 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 	startFailed := false
 	for i := range count {
 		rank := first + i
-		mkdir := ""
-		if i == 0 && createCkpt {
-			mkdir = ckpt // created as the user, with the first output files
-		}
-		outs, err := e.openOutputs(r, rank, who, mkdir)
-		if err != nil {
+		outs, p, err := e.startTask(r, rank, who, mkdir, argv, devNull, cgParent)
+		mkdir = ""
+		if outs == nil {
 			codes[i], startFailed = 1, true
 			res.Reason = err.Error()
 			break
 		}
-		p, err := proc.Start(context.Background(), proc.Spec{
-			Args: argv, Env: jobEnv(r, rank, ckpt), Dir: e.fromSubmitNode(sp, sp.Cwd, true),
-			UID: sp.UID, GID: sp.GID, Groups: sp.Groups, Umask: sp.Umask,
-			Stdin: devNull, Stdout: outs[0], Stderr: outs[1],
-			CgroupParent: cgParent, CgroupMount: e.mount, Name: "task" + strconv.Itoa(rank),
-			NodeIndex: int(e.s.d.NodeIndex), SocketPath: e.s.d.Socket,
-		})
 		if err != nil {
 			// Like a shell, say why the command did not run where its errors would go.
 			msg := err.Error()
@@ -285,9 +277,12 @@ func closeFiles(fs []*os.File) {
 	}
 }
 
-// openOutputs opens the task's stdout and stderr files as the job's user. Without --error both
-// go to one file.
-func (e *executor) openOutputs(r *run, rank int, who identity, mkdir string) ([]*os.File, error) {
+// startTask opens the stdout and stderr files of one of the task's processes as the job's
+// user (after creating mkdir, if set, as the user) and starts the process with them: both in
+// one request to the user's thread, which forks the process itself. Without --error both go
+// to one file. With outs nil, nothing was opened and err says why; with outs set and err, the
+// process could not start.
+func (e *executor) startTask(r *run, rank int, who identity, mkdir string, argv []string, stdin *os.File, cgParent string) (outs []*os.File, p *proc.Process, err error) {
 	sp := &r.rec.Spec
 	v := patternVars{task: r.task, job: r.alloc.Job, index: r.alloc.Index, rank: rank, node: e.node, user: sp.User, name: sp.Name}
 	paths := []string{expandPattern(sp.Output, v)}
@@ -299,14 +294,34 @@ func (e *executor) openOutputs(r *run, rank int, who identity, mkdir string) ([]
 	for i, p := range paths {
 		paths[i] = e.fromSubmitNode(sp, p, false)
 	}
-	files, err := e.users.openAsUser(paths, mkdir, who)
-	if err != nil {
-		return nil, fmt.Errorf("cannot open the output file on %s as %s: %v; pick a writable --output", e.node, sp.User, err)
+	spec := proc.Spec{
+		Args: argv, Env: jobEnv(r, rank, r.ckpt), Dir: e.fromSubmitNode(sp, sp.Cwd, true),
+		UID: sp.UID, GID: sp.GID, Groups: sp.Groups, Umask: sp.Umask, Stdin: stdin,
+		CgroupParent: cgParent, CgroupMount: e.mount, Name: "task" + strconv.Itoa(rank),
+		NodeIndex: int(e.s.d.NodeIndex), SocketPath: e.s.d.Socket,
 	}
-	if len(files) == 1 {
-		files = append(files, files[0])
+	var openErr error
+	doErr := e.users.do(who, func(t *onThread) {
+		outs, openErr = openAsThread(paths, mkdir)
+		if openErr != nil {
+			return
+		}
+		if len(outs) == 1 {
+			outs = append(outs, outs[0])
+		}
+		spec.Stdout, spec.Stderr, spec.ForkHere = outs[0], outs[1], t.locked
+		if rootErr := t.asRoot(func() { p, err = proc.Start(context.Background(), spec) }); rootErr != nil {
+			err = fmt.Errorf("taking back root's file identity: %w", rootErr)
+		}
+	})
+	if doErr != nil {
+		openErr = doErr
 	}
-	return files, nil
+	if openErr != nil {
+		closeFiles(outs)
+		return nil, nil, fmt.Errorf("cannot open the output file on %s as %s: %v; pick a writable --output", e.node, sp.User, openErr)
+	}
+	return outs, p, err
 }
 
 // localTasks is the rank of this node's first task and how many tasks it runs.

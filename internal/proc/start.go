@@ -63,6 +63,14 @@ type Spec struct {
 	// Name begins the cgroup's name; empty means the command's base name.
 	Name string
 
+	// ForkHere forks from the calling goroutine's thread instead of handing the start to one
+	// of proc's spawner threads (see spawn.go), which saves two thread hand-offs per process.
+	// The caller must be locked to a thread with its own fs_struct (unshare CLONE_FS) whose
+	// umask is already Umask, with root's filesystem identity. It applies only when Dir and the
+	// command are absolute paths (that thread's working directory may not be the agent's);
+	// otherwise a spawner starts the process.
+	ForkHere bool
+
 	// NodeIndex and ParentGPID are recorded in the environment and the Process.
 	NodeIndex  int
 	ParentGPID int64
@@ -161,7 +169,12 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 			PidFD:       &pidfd,
 		},
 	}
-	osProc, err := startWithUmask(resolved, args, attr, spec.Umask)
+	var osProc *os.Process
+	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) {
+		osProc, err = os.StartProcess(resolved, args, attr)
+	} else {
+		osProc, err = startWithUmask(resolved, args, attr, spec.Umask)
+	}
 	if err != nil {
 		var errno syscall.Errno
 		if errors.As(err, &errno) {

@@ -10,12 +10,15 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 )
@@ -253,6 +256,72 @@ func TestRunsAsCaller(t *testing.T) {
 	}
 	if agentUmaskAfter != agentUmaskBefore {
 		t.Errorf("the agent's umask changed from %#o to %#o", agentUmaskBefore, agentUmaskAfter)
+	}
+}
+
+// TestForkHereUsesTheThreadsUmask starts a process from a caller's locked thread whose own
+// fs_struct has umask 077: the child gets it, and the agent's stays. (Spec.Umask says 022 here,
+// against ForkHere's contract, to show that the fork happened on that thread.)
+func TestForkHereUsesTheThreadsUmask(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	before, err := UmaskOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := rootSpec("/bin/sh", "-c", "touch f; stat -c %a f")
+	spec.Dir, spec.Umask, spec.ForkHere = dir, 0o022, true
+	var p *Process
+	var startErr error
+	var forkOnOwnThread func()
+	forkOnOwnThread = func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread must keep the shared fs_struct (/proc reports the agent's umask
+			// from it): hold it while another thread does the work.
+			inner := make(chan struct{})
+			go func() {
+				defer close(inner)
+				forkOnOwnThread()
+			}()
+			<-inner
+			runtime.UnlockOSThread()
+			return
+		}
+		// Never unlocked: once its fs_struct is its own, the runtime must discard the thread.
+		if startErr = unix.Unshare(unix.CLONE_FS); startErr != nil {
+			return
+		}
+		unix.Umask(0o077)
+		p, startErr = Start(context.Background(), spec)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		forkOnOwnThread()
+	}()
+	<-done
+	if startErr != nil {
+		t.Fatal(startErr)
+	}
+	p.Stdin().Close()
+	var stderr bytes.Buffer
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = io.Copy(&stderr, p.Stderr()) })
+	stdout, _ := io.ReadAll(p.Stdout())
+	wg.Wait()
+	code, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code != 0 || string(stdout) != "600\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q; want the file made with mode 600", code, stdout, stderr.String())
+	}
+	if after, err := UmaskOf(os.Getpid()); err != nil || after != before {
+		t.Errorf("the agent's umask changed from %#o to %#o (%v)", before, after, err)
 	}
 }
 
