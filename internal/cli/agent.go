@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/agent"
+	"github.com/ssi-cluster/ssi/internal/idleprocs"
 )
 
 func newAgentCommand(g *globals) *cobra.Command {
@@ -145,6 +146,11 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 		return err
 	}
 	cancel()
+	// The scheduler's width is the process's to govern, not one agent's (tests run several
+	// agents in one process).
+	govCtx, stopGov := context.WithCancel(ctx)
+	defer stopGov()
+	go idleprocs.Run(govCtx)
 	select {
 	case sig := <-sigs:
 		cfg.Logger.Info("leaving the cluster", "signal", sig.String())

@@ -181,8 +181,9 @@ type userThread struct {
 
 // maxUserThreads bounds the threads of one identity: each one forks its tasks and waits for
 // them to exec, so one alone would make a node's slots take turns starting; more than the
-// agent's processors would mostly wait.
-func maxUserThreads() int { return max(1, min(runtime.GOMAXPROCS(0), 4)) }
+// machine's processors would mostly wait. (Not GOMAXPROCS: internal/idleprocs narrows that
+// to one while the agent is idle.)
+func maxUserThreads() int { return max(1, min(runtime.NumCPU(), 4)) }
 
 func newUserThreads() *userThreads {
 	return &userThreads{threads: map[string][]*userThread{}, max: maxUserThreads(), idle: 10 * time.Second}
