@@ -64,10 +64,10 @@ func openCallStream(parent context.Context, conn grpc.ClientConnInterface) *call
 }
 
 // openWireStream starts dialling the file wire to node; calls wait for it. If the owner cannot
-// be reached on it, the calls waiting fail with errNoCalls (they were not made).
-func openWireStream(parent context.Context, conn grpc.ClientConnInterface, d WireDialer, node string) *callStream {
+// be reached on it within timeout, the calls waiting fail with errNoCalls (they were not made).
+func openWireStream(parent context.Context, conn grpc.ClientConnInterface, d WireDialer, node string, timeout time.Duration) *callStream {
 	return openStream(parent, conn, true, func(ctx context.Context) (callCarrier, error) {
-		w, err := dialWire(ctx, d, node)
+		w, err := dialWire(ctx, d, node, timeout)
 		if err != nil {
 			return nil, fmt.Errorf("%w: file wire: %w", errNoCalls, err)
 		}
@@ -237,7 +237,7 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 	}
 	now := time.Now()
 	if d, ok := p.m.cfg.Nodes.(WireDialer); ok && !now.Before(p.wireRetry) {
-		p.calls = openWireStream(p.m.ctx, conn, d, p.name)
+		p.calls = openWireStream(p.m.ctx, conn, d, p.name, p.m.cfg.Timeout)
 		return p.calls
 	}
 	if now.Before(p.callsRetry) {

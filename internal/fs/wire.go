@@ -137,8 +137,12 @@ type wireClient struct {
 	rbuf []byte
 }
 
-func dialWire(ctx context.Context, d WireDialer, node string) (*wireClient, error) {
-	conn, err := d.DialFiles(ctx, node)
+// dialWire opens the file wire to node; it ends with ctx. A dial that takes longer than
+// timeout (an owner's host that drops packets) fails, and the calls waiting for it go on gRPC.
+func dialWire(ctx context.Context, d WireDialer, node string, timeout time.Duration) (*wireClient, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	conn, err := d.DialFiles(dctx, node)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
