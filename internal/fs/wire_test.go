@@ -3,6 +3,7 @@ package fs
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -174,6 +175,44 @@ func TestWireAnswersAndRefusesGarbage(t *testing.T) {
 		}
 		if res.Id != id || codes.Code(res.Code) != codes.Unimplemented {
 			t.Fatalf("answer %v to request %d; want its id and Unimplemented", res, id)
+		}
+	}
+}
+
+// TestWireSlowRequestDoesNotHoldUpOthers: a request that takes long hands the reading of its
+// connection on, so the requests behind it are answered meanwhile.
+func TestWireSlowRequestDoesNotHoldUpOthers(t *testing.T) {
+	release := make(chan struct{})
+	streamedMethods["testSlow"] = func(*Server, context.Context, []byte) (proto.Message, error) {
+		<-release
+		return &fspb.ErrnoReply{}, nil
+	}
+	t.Cleanup(func() { delete(streamedMethods, "testSlow") })
+	addr := wireTestServer(t)
+	conn, r := dialTestWire(t, addr)
+	for _, c := range []*fspb.Call{{Id: 1, Method: "testSlow"}, {Id: 2, Method: "NoSuchMethod"}} {
+		frame, err := appendFrame(nil, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []uint64{2, 1} {
+		body, err := readFrame(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := new(fspb.Result)
+		if err := proto.Unmarshal(body, res); err != nil {
+			t.Fatal(err)
+		}
+		if res.Id != want {
+			t.Fatalf("answer to request %d, want %d first", res.Id, want)
+		}
+		if want == 2 {
+			close(release)
 		}
 	}
 }
