@@ -26,11 +26,12 @@ import (
 const maxStreamedData = 64 << 10
 
 // retryCallsAfter is how long a client keeps using unary calls with an owner that did not know
-// the Calls stream (an older agent) before it tries the stream again.
+// the Calls stream (an older agent), or the Calls stream with one that did not serve the file
+// wire, before it tries again.
 const retryCallsAfter = time.Minute
 
-// errNoCalls reports that the owner does not serve the Calls stream: the request was not made,
-// and goes unary.
+// errNoCalls reports that the owner does not serve the stream asked for (the Calls stream, or
+// the file wire, wrapped): the request was not made, and goes unary.
 var errNoCalls = errors.New("owner does not serve the Calls stream")
 
 // callCarrier carries a callStream's requests and replies: a gRPC Calls stream or a file wire
