@@ -799,6 +799,7 @@ func (a *Agent) startPeerServer() error {
 	)...)
 	ssipb.RegisterPeerServer(a.peerSrv, &peerService{a: a})
 	a.files.server.Register(a.peerSrv)
+	a.serveFileWire(lis.Addr())
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

@@ -18,7 +18,7 @@ import (
 const (
 	DefaultDataDir = "/var/lib/ssi"
 	DefaultSocket  = "/run/ssi/ssi.sock"
-	DefaultPort    = 7700 // gRPC; gossip, etcd client and etcd peer use the next three ports
+	DefaultPort    = 7700 // gRPC; gossip, etcd client and etcd peer use the next three ports, the file wire the fourth (fs.WirePortOffset)
 )
 
 // Config is everything an agent needs to start. The same keys are accepted in the config file

@@ -16,6 +16,10 @@ import (
 // shell builtins and single commands inside n1, so process start-up does not dominate:
 //
 //	go test -run XXX -bench Tree -benchtime 3x ./internal/e2e
+//
+// The small-file operations are also measured with n2's directory on its tmpfs /tmp
+// (tree-tmpfs): the cost of creating a file on this disk swings with the deletions made lately
+// by anyone (docs/fs.md, "Where the time goes"), which hides the cost of the tree itself.
 func BenchmarkTree(b *testing.B) {
 	c := benchCluster(b, 3)
 	disk, err := os.MkdirTemp("/var/tmp", "ssi-bench-tree")
@@ -23,8 +27,17 @@ func BenchmarkTree(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(disk) })
-	for _, where := range []struct{ name, dir string }{{"tree", "/ssi/n2" + disk}, {"local", disk}} {
+	const tmpfs = "/ssi/n2/tmp/ssi-bench-tree"
+	shell(b, c, "mkdir -p "+tmpfs)
+	for _, where := range []struct {
+		name, dir string
+		smallOnly bool
+	}{{"tree", "/ssi/n2" + disk, false}, {"tree-tmpfs", tmpfs, true}, {"local", disk, false}} {
 		dir := where.dir
+		if where.smallOnly {
+			benchSmallFiles(b, c, where.name, dir)
+			continue
+		}
 		const mib = 256
 		b.Run(where.name+"/seq-write", func(b *testing.B) {
 			took := timeShell(b, c, false, fmt.Sprintf("dd if=/dev/zero of=%s/big bs=1M count=%d conv=fsync 2>/dev/null", dir, mib))
@@ -39,24 +52,7 @@ func BenchmarkTree(b *testing.B) {
 			took := timeShell(b, c, false, fmt.Sprintf("dd if=%s/big of=/dev/null bs=1M 2>/dev/null", dir))
 			b.ReportMetric(mib*1.048576*float64(b.N)/took.Seconds(), "MB/s")
 		})
-		const files = 2000
-		b.Run(where.name+"/create-small", func(b *testing.B) {
-			// The previous round's files are moved aside (one rename) and removed untimed, so
-			// that only creates are timed; the last round's files stay for the stat test.
-			took := timeShell(b, c, false, fmt.Sprintf(
-				"cd %[1]s && { [ ! -e small ] || mv small small.old; } && mkdir small && cd small && i=0; while [ $i -lt %[2]d ]; do echo 'hello, world' > f$i; i=$((i+1)); done", dir, files),
-				fmt.Sprintf("rm -rf %s/small.old", dir))
-			b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
-		})
-		b.Run(where.name+"/stat-uncached", func(b *testing.B) {
-			took := timeShell(b, c, true, fmt.Sprintf("ls -l %s/small >/dev/null", dir))
-			b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
-		})
-		b.Run(where.name+"/unlink", func(b *testing.B) {
-			took := timeShell(b, c, false, fmt.Sprintf("cd %s/small && rm f*", dir),
-				fmt.Sprintf("cd %[1]s/small && i=0; while [ $i -lt %[2]d ]; do : > f$i; i=$((i+1)); done", dir, files))
-			b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
-		})
+		benchSmallFiles(b, c, where.name, dir)
 		const entries = 10000
 		b.Run(where.name+"/ls-l-10000", func(b *testing.B) {
 			shell(b, c, fmt.Sprintf("rm -rf %[1]s/wide; mkdir %[1]s/wide && cd %[1]s/wide && i=0; while [ $i -lt %[2]d ]; do : > f$i; i=$((i+1)); done", dir, entries))
@@ -75,6 +71,28 @@ func BenchmarkTree(b *testing.B) {
 			b.ReportMetric(2000*float64(b.N)/took.Seconds(), "files/s")
 		})
 	}
+}
+
+// benchSmallFiles creates, stats and unlinks 2,000 small files in dir, from n1.
+func benchSmallFiles(b *testing.B, c *devcluster.Cluster, name, dir string) {
+	const files = 2000
+	b.Run(name+"/create-small", func(b *testing.B) {
+		// The previous round's files are moved aside (one rename) and removed untimed, so
+		// that only creates are timed; the last round's files stay for the stat test.
+		took := timeShell(b, c, false, fmt.Sprintf(
+			"cd %[1]s && { [ ! -e small ] || mv small small.old; } && mkdir small && cd small && i=0; while [ $i -lt %[2]d ]; do echo 'hello, world' > f$i; i=$((i+1)); done", dir, files),
+			fmt.Sprintf("rm -rf %s/small.old", dir))
+		b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
+	})
+	b.Run(name+"/stat-uncached", func(b *testing.B) {
+		took := timeShell(b, c, true, fmt.Sprintf("ls -l %s/small >/dev/null", dir))
+		b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
+	})
+	b.Run(name+"/unlink", func(b *testing.B) {
+		took := timeShell(b, c, false, fmt.Sprintf("cd %s/small && rm f*", dir),
+			fmt.Sprintf("cd %[1]s/small && i=0; while [ $i -lt %[2]d ]; do : > f$i; i=$((i+1)); done", dir, files))
+		b.ReportMetric(files*float64(b.N)/took.Seconds(), "files/s")
+	})
 }
 
 // shell runs script inside n1 and fails the benchmark if it fails.

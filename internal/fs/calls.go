@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -25,19 +26,28 @@ import (
 const maxStreamedData = 64 << 10
 
 // retryCallsAfter is how long a client keeps using unary calls with an owner that did not know
-// the Calls stream (an older agent) before it tries the stream again.
+// the Calls stream (an older agent), or the Calls stream with one that did not serve the file
+// wire, before it tries again.
 const retryCallsAfter = time.Minute
 
-// errNoCalls reports that the owner does not serve the Calls stream: the request was not made,
-// and goes unary.
+// errNoCalls reports that the owner does not serve the stream asked for (the Calls stream, or
+// the file wire, wrapped): the request was not made, and goes unary.
 var errNoCalls = errors.New("owner does not serve the Calls stream")
 
-// callStream is the client side of one Calls stream.
+// callCarrier carries a callStream's requests and replies: a gRPC Calls stream or a file wire
+// connection. Send is never called concurrently, nor Recv.
+type callCarrier interface {
+	Send(*fspb.Call) error
+	Recv() (*fspb.Result, error)
+}
+
+// callStream is the client side of one Calls stream or file wire connection.
 type callStream struct {
 	conn   grpc.ClientConnInterface
+	wire   bool // on the file wire, not gRPC
 	cancel context.CancelFunc
 	ready  chan struct{} // closed once the stream is open or failed to open
-	stream fspb.Files_CallsClient
+	stream callCarrier
 	send   chan struct{} // held (one token) while sending: Send is not safe concurrently
 	done   chan struct{} // closed when the stream failed; err says why
 
@@ -49,11 +59,29 @@ type callStream struct {
 
 // openCallStream starts opening a Calls stream on conn; calls wait for it.
 func openCallStream(parent context.Context, conn grpc.ClientConnInterface) *callStream {
+	return openStream(parent, conn, false, func(ctx context.Context) (callCarrier, error) {
+		return fspb.NewFilesClient(conn).Calls(ctx)
+	})
+}
+
+// openWireStream starts dialling the file wire to node; calls wait for it. If the owner cannot
+// be reached on it within timeout, the calls waiting fail with errNoCalls (they were not made).
+func openWireStream(parent context.Context, conn grpc.ClientConnInterface, d WireDialer, node string, timeout time.Duration) *callStream {
+	return openStream(parent, conn, true, func(ctx context.Context) (callCarrier, error) {
+		w, err := dialWire(ctx, d, node, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("%w: file wire: %w", errNoCalls, err)
+		}
+		return w, nil
+	})
+}
+
+func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool, open func(context.Context) (callCarrier, error)) *callStream {
 	ctx, cancel := context.WithCancel(parent)
-	cs := &callStream{conn: conn, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
+	cs := &callStream{conn: conn, wire: wire, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
 		done: make(chan struct{}), pending: make(map[uint64]chan *fspb.Result)}
 	go func() {
-		stream, err := fspb.NewFilesClient(conn).Calls(ctx)
+		stream, err := open(ctx)
 		if err != nil {
 			cs.fail(err)
 			close(cs.ready)
@@ -188,8 +216,9 @@ func (cs *callStream) sendCall(ctx context.Context, c *fspb.Call) error {
 	return nil
 }
 
-// callStreamFor returns the Calls stream to use on conn, opening one if needed, or nil if the
-// owner does not serve it.
+// callStreamFor returns the stream to use with the owner reached on conn, opening one if
+// needed: the file wire if the mount can dial it and the owner serves it, else the Calls stream,
+// or nil if the owner serves neither.
 func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -198,6 +227,8 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 		switch {
 		case err == nil && cs.conn == conn:
 			return cs
+		case errors.Is(err, errNoCalls) && cs.wire:
+			p.wireRetry = time.Now().Add(retryCallsAfter)
 		case errors.Is(err, errNoCalls):
 			p.callsRetry = time.Now().Add(retryCallsAfter)
 		case err == nil:
@@ -205,7 +236,12 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 		}
 		p.calls = nil
 	}
-	if time.Now().Before(p.callsRetry) {
+	now := time.Now()
+	if d, ok := p.m.cfg.Nodes.(WireDialer); ok && !now.Before(p.wireRetry) {
+		p.calls = openWireStream(p.m.ctx, conn, d, p.name, p.m.cfg.Timeout)
+		return p.calls
+	}
+	if now.Before(p.callsRetry) {
 		return nil
 	}
 	p.calls = openCallStream(p.m.ctx, conn)

@@ -128,7 +128,7 @@ func FuzzCalls(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
-	ctx := withLocalNode(context.Background(), "fuzzer")
+	ctx := withCallerNode(context.Background(), "fuzzer")
 	lookup, _ := proto.Marshal(&fspb.LookupRequest{Session: []byte("s"), Caller: &fspb.Caller{}, Dir: &fspb.NodeRef{}, Name: []byte("f")})
 	f.Add(uint64(1), "Lookup", lookup)
 	f.Add(uint64(2), "Create", lookup)

@@ -361,9 +361,10 @@ type peer struct {
 	strayMu  sync.Mutex
 	stray    map[fileID]strayInvalidation
 
-	// calls is the Calls stream to the owner, if open; while callsRetry is ahead, the owner is
-	// known not to serve it.
+	// calls is the file wire or Calls stream to the owner, if open; while wireRetry
+	// (callsRetry) is ahead, the owner is known not to serve the wire (the Calls stream).
 	calls      *callStream
+	wireRetry  time.Time
 	callsRetry time.Time
 
 	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
@@ -461,7 +462,7 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 		cancel = func() { stop(); inner() }
 	}
 	if p.local {
-		ctx = withLocalNode(ctx, p.m.cfg.LocalNode)
+		ctx = withCallerNode(ctx, p.m.cfg.LocalNode)
 	}
 	return ctx, cancel
 }

@@ -136,7 +136,7 @@ func FuzzRequests(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Close() })
-	ctx := withLocalNode(context.Background(), "fuzzer")
+	ctx := withCallerNode(context.Background(), "fuzzer")
 
 	seed := func(m proto.Message) []byte {
 		b, _ := proto.Marshal(m)

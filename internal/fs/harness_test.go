@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -31,13 +32,14 @@ import (
 )
 
 // The test harness runs several "nodes" in this process: each has a Server on a loopback gRPC
-// port serving its own directory, and may have a real FUSE mount of the cluster tree. The
-// calling node's name travels in gRPC metadata, standing in for the mTLS certificate.
+// port and on a loopback file wire port serving its own directory, and may have a real FUSE
+// mount of the cluster tree. The calling node's name travels in gRPC metadata, and as the
+// first line on a wire connection, standing in for the mTLS certificate.
 
 const testNodeHeader = "ssi-test-node"
 
 func testIdentify(ctx context.Context) (string, error) {
-	if node, ok := ctx.Value(localNode{}).(string); ok {
+	if node, ok := ctx.Value(callerNode{}).(string); ok {
 		return node, nil
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -45,6 +47,23 @@ func testIdentify(ctx context.Context) (string, error) {
 		return v[0], nil
 	}
 	return "", errors.New("test caller did not name its node")
+}
+
+// testIdentifyConn reads the node name a test client sends first on a wire connection.
+func testIdentifyConn(conn net.Conn) (string, error) {
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer conn.SetReadDeadline(time.Time{})
+	var name []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := io.ReadFull(conn, b); err != nil {
+			return "", err
+		}
+		if b[0] == '\n' {
+			return string(name), nil
+		}
+		name = append(name, b[0])
+	}
 }
 
 type testCluster struct {
@@ -65,13 +84,18 @@ type testNode struct {
 	addr   string
 	server *Server
 	grpc   *grpc.Server
-	mnt    string
-	mount  *Mounted
-	cfg    ServerConfig
+	// wireAddr is where the node serves the file wire, "" when it does not.
+	wireAddr string
+	wireLn   net.Listener
+	mnt      string
+	mount    *Mounted
+	cfg      ServerConfig
 	// hang makes the node's server stop answering, as if the network dropped its packets.
 	hang atomic.Bool
 	// noCalls makes the node's server one that does not know the Calls stream (an older agent).
 	noCalls bool
+	// noWire makes the node serve no file wire (an agent from before it).
+	noWire bool
 
 	connsMu sync.Mutex
 	conns   map[string]*grpc.ClientConn // to other nodes, dialled as this node
@@ -144,6 +168,7 @@ func (n *testNode) start(cfg ServerConfig) {
 		cfg.Root = n.root
 	}
 	cfg.identify = testIdentify
+	cfg.identifyConn = testIdentifyConn
 	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := NewServer(cfg)
 	if err != nil {
@@ -186,18 +211,35 @@ func (n *testNode) start(cfg ServerConfig) {
 		srv.Register(g)
 	}
 	go g.Serve(lis)
+	var wireLn net.Listener
+	wireAddr := ""
+	if !n.noCalls && !n.noWire {
+		if wireLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		wireAddr = wireLn.Addr().String()
+		ln := net.Listener(hangingListener{Listener: wireLn, hang: &n.hang})
+		if n.c.tls != nil {
+			ln = tls.NewListener(ln, n.c.tls.serverConfig)
+		}
+		go srv.ServeWire(ln)
+	}
 	n.c.mu.Lock()
 	n.addr, n.server, n.grpc, n.cfg = lis.Addr().String(), srv, g, cfg
+	n.wireAddr, n.wireLn = wireAddr, wireLn
 	n.c.mu.Unlock()
 }
 
 func (n *testNode) stop() {
 	n.c.mu.Lock()
-	g, srv := n.grpc, n.server
-	n.grpc, n.server = nil, nil
+	g, srv, wireLn := n.grpc, n.server, n.wireLn
+	n.grpc, n.server, n.wireLn, n.wireAddr = nil, nil, nil, ""
 	n.c.mu.Unlock()
 	if g != nil {
 		g.Stop()
+	}
+	if wireLn != nil {
+		wireLn.Close()
 	}
 	if srv != nil {
 		srv.Close()
@@ -226,6 +268,32 @@ func (s hangingStream) SendMsg(m any) error {
 		}
 	}
 	return s.ServerStream.SendMsg(m)
+}
+
+// hangingListener's connections stop sending while their node hangs.
+type hangingListener struct {
+	net.Listener
+	hang *atomic.Bool
+}
+
+func (l hangingListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return hangingConn{Conn: conn, hang: l.hang}, nil
+}
+
+type hangingConn struct {
+	net.Conn
+	hang *atomic.Bool
+}
+
+func (c hangingConn) Write(b []byte) (int, error) {
+	for c.hang.Load() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c.Conn.Write(b)
 }
 
 type testLogWriter struct{ t testing.TB }
@@ -281,6 +349,33 @@ func (v testNodes) Conn(node string) (grpc.ClientConnInterface, error) {
 	return cc, nil
 }
 
+// DialFiles opens the file wire to node, naming the caller on its first line.
+func (v testNodes) DialFiles(ctx context.Context, node string) (net.Conn, error) {
+	to := v.from.c.node(node)
+	if to == nil {
+		return nil, fmt.Errorf("no node %q", node)
+	}
+	v.from.c.mu.Lock()
+	addr := to.wireAddr
+	v.from.c.mu.Unlock()
+	if addr == "" {
+		return nil, fmt.Errorf("node %q serves no file wire", node)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc := v.from.c.tls; tc != nil {
+		conn = tls.Client(conn, tc.clientConfig)
+	}
+	if _, err := conn.Write([]byte(v.from.name + "\n")); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
 // mountTree mounts the cluster tree on node n, with its own server as the local shortcut.
 func (n *testNode) mountTree(timeout time.Duration) *Mounted {
 	t := n.c.t
@@ -322,7 +417,8 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() err
 }
 
 type testTLS struct {
-	server, client credentials.TransportCredentials
+	server, client             credentials.TransportCredentials
+	serverConfig, clientConfig *tls.Config
 }
 
 // newTestTLS makes a throw-away certificate for 127.0.0.1.
@@ -351,8 +447,10 @@ func newTestTLS(t testing.TB) *testTLS {
 	pool := x509.NewCertPool()
 	pool.AddCert(cert)
 	pair := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	server := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}
+	client := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13, ServerName: "127.0.0.1"}
 	return &testTLS{
-		server: credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13}),
-		client: credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}),
+		server: credentials.NewTLS(server), client: credentials.NewTLS(client),
+		serverConfig: server, clientConfig: client,
 	}
 }

@@ -174,7 +174,7 @@ func TestNothingEscapesTheOwnersRoot(t *testing.T) {
 
 	t.Run("in requests a client could forge", func(t *testing.T) {
 		s := owner.server
-		ctx := withLocalNode(context.Background(), "n1")
+		ctx := withCallerNode(context.Background(), "n1")
 		lookup := func(dir, name string) int32 {
 			r, err := s.Lookup(ctx, &fspb.LookupRequest{Session: []byte("forger"), Caller: &fspb.Caller{}, Dir: &fspb.NodeRef{Path: []byte(dir)}, Name: []byte(name)})
 			must(t, err)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -39,6 +40,9 @@ type ServerConfig struct {
 
 	// identify names the calling node; nil means from its mTLS certificate. Tests replace it.
 	identify func(context.Context) (string, error)
+	// identifyConn names the node at the other end of a file wire connection; nil means from
+	// its mTLS certificate. Tests replace it.
+	identifyConn func(net.Conn) (string, error)
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
@@ -57,6 +61,11 @@ type Server struct {
 	kinds    devKinds
 	instance []byte
 	identify func(context.Context) (string, error)
+
+	identifyConn  func(net.Conn) (string, error)
+	wireMu        sync.Mutex
+	wireListeners map[net.Listener]struct{}
+	wireConns     map[net.Conn]struct{}
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -91,20 +100,26 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	instance := make([]byte, 16)
 	rand.Read(instance)
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		rootFD:   rootFD,
-		exports:  exports,
-		creds:    creds,
-		cache:    newCacheTable(),
-		instance: instance,
-		identify: cfg.identify,
-		sessions: make(map[string]*session),
-		byIdx:    make(map[uint32]*session),
-		closed:   make(chan struct{}),
+		cfg:           cfg,
+		log:           cfg.Logger,
+		rootFD:        rootFD,
+		exports:       exports,
+		creds:         creds,
+		cache:         newCacheTable(),
+		instance:      instance,
+		identify:      cfg.identify,
+		identifyConn:  cfg.identifyConn,
+		wireListeners: make(map[net.Listener]struct{}),
+		wireConns:     make(map[net.Conn]struct{}),
+		sessions:      make(map[string]*session),
+		byIdx:         make(map[uint32]*session),
+		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {
 		s.identify = nodeFromCert
+	}
+	if s.identifyConn == nil {
+		s.identifyConn = wireNode
 	}
 	if !creds.switchable {
 		s.log.Warn("file server lacks CAP_SETUID/CAP_SETGID: every request runs as the agent's own user; run the agent as root")
@@ -202,6 +217,7 @@ func (s *Server) writeFrame(ctx context.Context, frame *api.Frame) (any, error) 
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		s.closeWire()
 		s.life.Lock()
 		defer s.life.Unlock()
 		if s.watcher != nil {
@@ -280,15 +296,16 @@ func (s *Server) Status(ctx context.Context, _ *fspb.StatusRequest) (*fspb.Statu
 	}, nil
 }
 
-// localNode marks contexts of calls from this node's own mount, which bypass gRPC.
-type localNode struct{}
+// callerNode marks contexts of calls whose node is known without gRPC: this node's own mount,
+// and file wire connections, named by their certificate when they were accepted.
+type callerNode struct{}
 
-func withLocalNode(ctx context.Context, node string) context.Context {
-	return context.WithValue(ctx, localNode{}, node)
+func withCallerNode(ctx context.Context, node string) context.Context {
+	return context.WithValue(ctx, callerNode{}, node)
 }
 
 func nodeFromCert(ctx context.Context) (string, error) {
-	if node, ok := ctx.Value(localNode{}).(string); ok {
+	if node, ok := ctx.Value(callerNode{}).(string); ok {
 		return node, nil
 	}
 	n, err := api.NodeFrom(ctx)

@@ -192,7 +192,7 @@ type localWatch struct {
 
 // openLocalWatch starts serving a Watch stream for this node's own mount; it ends with ctx.
 func (s *Server) openLocalWatch(ctx context.Context, node string) clientWatch {
-	w := &localWatch{ctx: withLocalNode(ctx, node), up: make(chan *fspb.WatchUp, 64), down: make(chan *fspb.WatchDown, 64)}
+	w := &localWatch{ctx: withCallerNode(ctx, node), up: make(chan *fspb.WatchUp, 64), down: make(chan *fspb.WatchDown, 64)}
 	go s.serveWatch(localWatchServer{w})
 	return w
 }
