@@ -238,6 +238,8 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		if bulk != nil && frame.Field() == api.RunOutputStdout && (bulkDone != nil || isBulkMarker(&frame)) {
 			frame.Free()
 			if bulkDone != nil {
+				cancel()
+				_ = bulkEnd() // no more writes into the client's stdout once it has the status
 				return s.lost(client, node, errors.New("stdout came on the stream after it had moved to the data link"))
 			}
 			bulkDone = make(chan error, 1)
