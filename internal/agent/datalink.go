@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -32,9 +31,7 @@ func (a *Agent) startDataLink() error {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.link.Serve(lis); err != nil && !errors.Is(err, net.ErrClosed) {
-			a.fail(fmt.Errorf("data link listener stopped: %w", err))
-		}
+		a.link.Serve(lis)
 	}()
 	return nil
 }

@@ -93,19 +93,18 @@ func New(cfg Config) *Link {
 }
 
 // Serve accepts connections on lis until it is closed.
-func (l *Link) Serve(lis net.Listener) error {
+func (l *Link) Serve(lis net.Listener) {
 	for {
 		conn, err := lis.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				return nil
+				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("accepting data links: %w", err)
+			// Out of descriptors, say: sessions keep their frames meanwhile, and the
+			// agent goes on.
+			l.cfg.Logger.Warn("accepting data links", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		go l.accept(conn)
 	}
