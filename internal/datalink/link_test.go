@@ -340,3 +340,35 @@ func TestDialRemembersUnreachableNodes(t *testing.T) {
 		t.Fatalf("second dial: %v, want it refused at once", err)
 	}
 }
+
+// BenchmarkLinkSetup measures a link's whole set-up and clean end, both sides in this process:
+// what a session pays for moving its stdout to a link.
+func BenchmarkLinkSetup(b *testing.B) {
+	c := newTestCluster(b, "c1")
+	var addrs sync.Map
+	home := startNode(b, c, "n1", &addrs)
+	remote := startNode(b, c, "n2", &addrs)
+	ctx := context.Background()
+	for b.Loop() {
+		p, err := home.Expect("n2")
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := remote.Dial(ctx, "n1", p.Token)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r, err := p.Receiver(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.Next(); !errors.Is(err, io.EOF) {
+			b.Fatal(err)
+		}
+		r.Close()
+		p.Close()
+	}
+}

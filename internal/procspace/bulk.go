@@ -27,9 +27,10 @@ import (
 const bulkTokenKey = "ssi-bulk-token"
 
 // defaultBulkAfter is how much stdout goes as frames before the remote agent switches to the
-// link, so that the many short outputs pay no connection and TLS handshake (a millisecond or
-// so of CPU); the link saves roughly 0.5-1 ms of agent CPU per MiB.
-const defaultBulkAfter = 1 << 20
+// link. Setting a link up costs 1.2-1.8 ms of CPU over both agents (BenchmarkLinkSetup in
+// datalink), and the link saves 0.5-1 ms of agent CPU per MiB: it pays from about here on,
+// and the many short outputs pay no connection at all.
+const defaultBulkAfter = 2 << 20
 
 // bulkOffer is the link a session's client side offered, as the remote agent sees it.
 type bulkOffer struct {
