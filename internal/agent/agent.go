@@ -33,6 +33,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/cluster"
+	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/jobs"
 	"github.com/ssi-cluster/ssi/internal/pki"
@@ -78,9 +79,11 @@ type Agent struct {
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
 
-	procs *procspace.Service
-	jobs  *jobs.Service
-	files files
+	procs   *procspace.Service
+	link    *datalink.Link // bulk output of remote sessions
+	dataLis net.Listener
+	jobs    *jobs.Service
+	files   files
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -478,9 +481,12 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	a.joinGossip()
 	a.mountTree(ctx)
+	if err := a.startDataLink(); err != nil {
+		return err
+	}
 	if a.procs, err = procspace.New(ctx, procspace.Config{
 		Cluster: clusterView{a}, Socket: a.cfg.Socket, CgroupParent: a.procCgroupParent(),
-		ProcRoot: a.cfg.ProcRoot, Tree: a.treePath, Logger: a.log,
+		ProcRoot: a.cfg.ProcRoot, Tree: a.treePath, Logger: a.log, Link: a.link,
 	}); err != nil {
 		return err
 	}
@@ -718,6 +724,9 @@ func (a *Agent) stop(graceful bool) {
 			}
 		}
 		a.cancel()
+		if a.dataLis != nil {
+			a.dataLis.Close()
+		}
 		a.closeFiles()
 		if a.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

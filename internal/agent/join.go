@@ -191,9 +191,9 @@ func portRange(addr string) string {
 	_, p, err := net.SplitHostPort(addr)
 	n, _ := strconv.Atoi(p)
 	if err != nil || n == 0 {
-		return "7700-7703"
+		return "7700-7704"
 	}
-	return fmt.Sprintf("%d-%d", n, n+3)
+	return fmt.Sprintf("%d-%d", n, n+dataLinkPortOffset)
 }
 
 // peerService serves other agents.

@@ -59,6 +59,9 @@ func (f *Frame) Field() protowire.Number {
 	return num
 }
 
+// Len is the size of the encoded message.
+func (f *Frame) Len() int { return f.data.Len() }
+
 // head returns up to n bytes from the start of the frame.
 func (f *Frame) head(n int) []byte {
 	var out []byte
@@ -164,6 +167,16 @@ func (b *BytesFramer) Read(r io.Reader, num protowire.Number) (*Frame, error) {
 	}
 	*bp = (*bp)[:n]
 	return &Frame{data: mem.BufferSlice{mem.SliceBuffer(appendBytesHead(nil, num, n)), mem.NewBuffer(bp, b)}}, err
+}
+
+// NewBytesFrame makes a frame of payload as field num; the frame refers to payload, which must
+// stay unchanged until the frame is sent or freed.
+func NewBytesFrame(num protowire.Number, payload []byte) *Frame {
+	data := mem.BufferSlice{mem.SliceBuffer(appendBytesHead(nil, num, len(payload)))}
+	if len(payload) > 0 {
+		data = append(data, mem.SliceBuffer(payload))
+	}
+	return &Frame{data: data}
 }
 
 // Buffers is a pool of buffers of one size for payloads of frames (mem.NewBuffer), which

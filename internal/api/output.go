@@ -362,6 +362,16 @@ func (o *OutputFile) interrupt() {
 	}
 }
 
+// GrowPipe makes the file's pipe hold size bytes, if it is a pipe and smaller (best effort):
+// fewer, larger writes when a bulk writer outpaces its reader.
+func (o *OutputFile) GrowPipe(size int) {
+	_ = o.rc.Control(func(fd uintptr) {
+		if cur, err := unix.FcntlInt(fd, unix.F_GETPIPE_SZ, 0); err == nil && cur < size {
+			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size)
+		}
+	})
+}
+
 // WriteFrame writes the payload of a frame of one bytes field (stdout or stderr of
 // RunOutput) and releases the frame.
 func (o *OutputFile) WriteFrame(f *Frame) error {

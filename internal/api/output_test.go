@@ -282,3 +282,47 @@ func TestOutputFileInterrupt(t *testing.T) {
 		t.Fatal("a write into a full pipe nobody reads succeeded")
 	}
 }
+
+// GrowPipe enlarges a passed pipe and leaves other files, and larger pipes, alone.
+func TestOutputFileGrowPipe(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := unixPair(t)
+	passed := pass(client, pw, null, nil)
+	out, err := receiveOutput(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	null.Close()
+	defer out.Close()
+	size := func() int {
+		n, err := unix.FcntlInt(pr.Fd(), unix.F_GETPIPE_SZ, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	out.Stdout.GrowPipe(256 << 10)
+	if got := size(); got != 256<<10 {
+		t.Fatalf("pipe of %d bytes, want %d", got, 256<<10)
+	}
+	out.Stdout.GrowPipe(64 << 10) // never shrinks: the reader may rely on what it set
+	if got := size(); got != 256<<10 {
+		t.Fatalf("pipe shrank to %d bytes", got)
+	}
+	out.Stderr.GrowPipe(256 << 10) // not a pipe: nothing happens
+	if err := out.Stdout.Writev([][]byte{make([]byte, 200<<10)}); err != nil {
+		t.Fatal(err)
+	}
+}

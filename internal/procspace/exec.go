@@ -58,11 +58,12 @@ func (s *Service) Exec(stream ssipb.Peer_ExecServer) error {
 	if start == nil || start.Caller == nil {
 		return errors.New("exec: the first message must be a start with the caller")
 	}
-	return s.execute(stream, start, "")
+	return s.execute(stream, start, "", s.offeredBulk(stream.Context()))
 }
 
-// execute runs start on this node and serves its session on stream until it ends.
-func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation string) error {
+// execute runs start on this node and serves its session on stream until it ends; bulk, if
+// not nil, is the data link offered for its stdout.
+func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation string, bulk *bulkOffer) error {
 	ctx := stream.Context()
 	nodeName, nodeIndex := s.self()
 	exit := func(code int, msg string) error {
@@ -133,7 +134,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		}()
 		return nil
 	}
-	return s.attach(stream, r)
+	return s.attach(stream, r, bulk)
 }
 
 // reap waits for a started process, records its status and frees what it held.
@@ -151,15 +152,17 @@ func (s *Service) reap(r *record) {
 
 // attach pumps stdio, signals and terminal size between the client and the process until the
 // process exits (then sends its status) or the client goes away (then ends the whole tree).
-func (s *Service) attach(stream runStream, r *record) error {
+// With bulk, stdout moves to the data link once it passed s.bulkAfter bytes.
+func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 	p := r.proc
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 
 	// Output is read straight into the buffers gRPC sends from (see api.Frame).
 	out := make(chan *api.Frame, 4)
+	bulkFailed := make(chan error, 1)
 	var pumps sync.WaitGroup
-	pump := func(f *os.File, field protowire.Number) {
+	pump := func(f *os.File, field protowire.Number, bulk *bulkOffer) {
 		if f == nil {
 			return
 		}
@@ -167,9 +170,22 @@ func (s *Service) attach(stream runStream, r *record) error {
 		pumps.Add(1)
 		go func() {
 			defer pumps.Done()
+			sent := 0
 			for {
+				if bulk != nil && sent >= s.bulkAfter {
+					used, err := s.sendBulk(ctx, bulk, f, out)
+					if err != nil {
+						bulkFailed <- err
+						return
+					}
+					if used {
+						return
+					}
+					bulk = nil
+				}
 				frame, err := s.framer.Read(f, field)
 				if frame != nil {
+					sent += frame.Len()
 					select {
 					case out <- frame:
 					case <-ctx.Done():
@@ -184,10 +200,10 @@ func (s *Service) attach(stream runStream, r *record) error {
 		}()
 	}
 	if tty := p.TTY(); tty != nil {
-		pump(tty, api.RunOutputStdout)
+		pump(tty, api.RunOutputStdout, nil)
 	} else {
-		pump(p.Stdout(), api.RunOutputStdout)
-		pump(p.Stderr(), api.RunOutputStderr)
+		pump(p.Stdout(), api.RunOutputStdout, bulk)
+		pump(p.Stderr(), api.RunOutputStderr, nil)
 	}
 	pumpsDone := make(chan struct{})
 	go func() { pumps.Wait(); close(pumpsDone) }()
@@ -244,6 +260,8 @@ func (s *Service) attach(stream runStream, r *record) error {
 			if err := stream.SendMsg(frame); err != nil {
 				return s.sendFailed(stream, r, err)
 			}
+		case err := <-bulkFailed:
+			return s.sendFailed(stream, r, fmt.Errorf("stdout's data link: %w", err))
 		case <-clientGone:
 			s.endTree(r, "client gone")
 			return stream.Context().Err()

@@ -2,6 +2,7 @@ package procspace
 
 import (
 	"errors"
+	"sync"
 	"syscall"
 
 	"github.com/ssi-cluster/ssi/internal/api"
@@ -25,6 +26,19 @@ var outputFailedExit = &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.
 type outputStream struct {
 	runStream
 	out *api.ClientOutput
+	// mu keeps each chunk's write whole: stdout from a data link (bulk.go) is written by
+	// another goroutine than stderr, and both may be the same pipe (2>&1).
+	mu sync.Mutex
+}
+
+// writeStdout writes a chunk of stdout that came on a data link into the client's stdout.
+func (o *outputStream) writeStdout(b []byte) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.out.Stdout.Writev([][]byte{b}); err != nil {
+		return errors.Join(errOutputFailed, err)
+	}
+	return nil
 }
 
 // SendMsg writes an output frame into the client's file, if it passed that one. A failed
@@ -38,6 +52,8 @@ func (o *outputStream) SendMsg(m any) error {
 	switch frame.Field() {
 	case api.RunOutputStdout:
 		if o.out.Stdout != nil {
+			o.mu.Lock()
+			defer o.mu.Unlock()
 			if err := o.out.Stdout.WriteFrame(frame); err != nil {
 				return errors.Join(errOutputFailed, err)
 			}
@@ -45,6 +61,8 @@ func (o *outputStream) SendMsg(m any) error {
 		}
 	case api.RunOutputStderr:
 		if o.out.Stderr != nil {
+			o.mu.Lock()
+			defer o.mu.Unlock()
 			_ = o.out.Stderr.WriteFrame(frame)
 			return nil
 		}

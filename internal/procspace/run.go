@@ -100,7 +100,7 @@ func (s *Service) Run(stream ssipb.Control_RunServer) error {
 		explanation = ""
 	}
 	if target == self {
-		return s.execute(client, start, explanation)
+		return s.execute(client, start, explanation, nil)
 	}
 	return s.relay(client, target, start, explanation)
 }
@@ -137,9 +137,28 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		return s.lost(client, node, err)
 	}
 	ctx, cancel := context.WithCancel(client.Context())
-	defer cancel()
+	callCtx, bulk := s.expectBulk(ctx, client, node)
+	if bulk != nil {
+		defer bulk.Close()
+	}
+	// bulkDone, once stdout moved to the link, gives how its copy into the client's stdout
+	// ended; it must have ended before the exit status goes out.
+	var bulkDone chan error
+	bulkEnd := func() error {
+		if bulkDone == nil {
+			return nil
+		}
+		err := <-bulkDone
+		bulkDone = nil
+		return err
+	}
+	// On every path the copy ends before Run closes the client's stdout.
+	defer func() {
+		cancel()
+		_ = bulkEnd()
+	}()
 	// Output frames pass through without being decoded (see api.Frame).
-	remote, err := peer.Exec(ctx, grpc.ForceCodecV2(api.Codec{}))
+	remote, err := peer.Exec(callCtx, grpc.ForceCodecV2(api.Codec{}))
 	if err != nil {
 		return s.lost(client, node, err)
 	}
@@ -196,6 +215,13 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		var frame api.Frame
 		err := remote.RecvMsg(&frame)
 		if err != nil {
+			cancel()
+			switch berr := bulkEnd(); {
+			case errors.Is(berr, errOutputFailed):
+				return client.Send(outputFailedExit)
+			case berr != nil && !errors.Is(berr, context.Canceled):
+				err = berr // the link failed first, and ended the session
+			}
 			if client.Context().Err() != nil {
 				return client.Context().Err()
 			}
@@ -208,6 +234,23 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 				return s.lost(client, node, errors.New("the session ended without an exit status"))
 			}
 			return s.lost(client, node, err)
+		}
+		if bulk != nil && frame.Field() == api.RunOutputStdout && (bulkDone != nil || isBulkMarker(&frame)) {
+			frame.Free()
+			if bulkDone != nil {
+				cancel()
+				_ = bulkEnd() // no more writes into the client's stdout once it has the status
+				return s.lost(client, node, errors.New("stdout came on the stream after it had moved to the data link"))
+			}
+			bulkDone = make(chan error, 1)
+			go func() {
+				err := receiveBulk(ctx, bulk, client.(*outputStream))
+				if err != nil {
+					cancel() // wakes the receive below, and ends the remote session
+				}
+				bulkDone <- err
+			}()
+			continue
 		}
 		if f := frame.Field(); f == api.RunOutputStdout || f == api.RunOutputStderr {
 			if err := client.SendMsg(&frame); err != nil {
@@ -226,6 +269,14 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		}
 		if st := out.GetStarted(); st != nil && explanation != "" {
 			st.Explanation = explanation
+		}
+		if out.GetExit() != nil {
+			// All of stdout is written before the client learns the status.
+			if err := bulkEnd(); errors.Is(err, errOutputFailed) {
+				return client.Send(outputFailedExit)
+			} else if err != nil {
+				return s.lost(client, node, err)
+			}
 		}
 		if err := client.Send(&out); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/place"
 	"github.com/ssi-cluster/ssi/internal/proc"
 )
@@ -50,6 +51,8 @@ type Config struct {
 	// that a command whose working directory exists only on its caller's node can start in
 	// that directory through the tree. Nil: never.
 	Tree func() string
+	// Link carries bulk stdout between agents (see bulk.go); nil: always over gRPC.
+	Link *datalink.Link
 }
 
 // Service serves the process space of one node.
@@ -57,6 +60,9 @@ type Service struct {
 	cfg    Config
 	log    *slog.Logger
 	framer *api.BytesFramer // buffers of process output on its way to clients
+	// bulkAfter is how many bytes of stdout go as frames before a session moves it to a
+	// data link offered by its client's agent.
+	bulkAfter int
 
 	mu      sync.Mutex
 	started map[int]*record // by local pid: processes this agent started and still tracks
@@ -97,7 +103,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		cfg.Policy = place.DefaultPolicy
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, framer: api.NewBytesFramer(chunkSize),
-		started: map[int]*record{}, recent: map[string][]time.Time{}}
+		bulkAfter: defaultBulkAfter, started: map[int]*record{}, recent: map[string][]time.Time{}}
 	n, err := proc.TerminateLeftovers(ctx, "", cfg.CgroupParent+"/"+attachedGroup, cfg.Grace)
 	if err != nil {
 		s.log.Warn("ending process trees of a previous agent", "err", err)
