@@ -36,6 +36,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/jobs"
+	"github.com/ssi-cluster/ssi/internal/peermux"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 	"github.com/ssi-cluster/ssi/internal/procspace"
@@ -79,11 +80,11 @@ type Agent struct {
 	peerMu    sync.Mutex
 	peerConns map[string]*grpc.ClientConn
 
-	procs   *procspace.Service
-	link    *datalink.Link // bulk output of remote sessions
-	dataLis net.Listener
-	jobs    *jobs.Service
-	files   files
+	procs *procspace.Service
+	link  *datalink.Link // bulk output of remote sessions
+	links *peermux.Mux   // the link port: file wire and data links
+	jobs  *jobs.Service
+	files files
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -461,6 +462,9 @@ func (a *Agent) serve(ctx context.Context) error {
 	if err := a.startPeerServer(); err != nil {
 		return err
 	}
+	if err := a.startLinks(); err != nil {
+		return err
+	}
 	a.gossip, err = cluster.Start(cluster.Config{
 		Name:          a.state.Name,
 		BindAddr:      a.cfg.bindHost(),
@@ -481,9 +485,6 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	a.joinGossip()
 	a.mountTree(ctx)
-	if err := a.startDataLink(); err != nil {
-		return err
-	}
 	if a.procs, err = procspace.New(ctx, procspace.Config{
 		Cluster: clusterView{a}, Socket: a.cfg.Socket, CgroupParent: a.procCgroupParent(),
 		ProcRoot: a.cfg.ProcRoot, Tree: a.treePath, Logger: a.log, Link: a.link,
@@ -724,8 +725,8 @@ func (a *Agent) stop(graceful bool) {
 			}
 		}
 		a.cancel()
-		if a.dataLis != nil {
-			a.dataLis.Close()
+		if a.links != nil {
+			a.links.Close()
 		}
 		a.closeFiles()
 		if a.httpSrv != nil {
@@ -808,7 +809,6 @@ func (a *Agent) startPeerServer() error {
 	)...)
 	ssipb.RegisterPeerServer(a.peerSrv, &peerService{a: a})
 	a.files.server.Register(a.peerSrv)
-	a.serveFileWire(lis.Addr())
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

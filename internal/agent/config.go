@@ -18,7 +18,7 @@ import (
 const (
 	DefaultDataDir = "/var/lib/ssi"
 	DefaultSocket  = "/run/ssi/ssi.sock"
-	DefaultPort    = 7700 // gRPC; gossip, etcd client and etcd peer use the next three ports, the file wire the fourth (fs.WirePortOffset)
+	DefaultPort    = 7700 // gRPC; gossip, etcd client, etcd peer and the node links (links.go) use the next four ports
 )
 
 // Config is everything an agent needs to start. The same keys are accepted in the config file

@@ -18,6 +18,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/fs"
+	"github.com/ssi-cluster/ssi/internal/peermux"
 	"github.com/ssi-cluster/ssi/internal/pki"
 )
 
@@ -49,28 +50,6 @@ func (a *Agent) startFileServer() error {
 	}
 	a.files.server = srv
 	return nil
-}
-
-// serveFileWire serves this node's files on the file wire too (fs.WirePortOffset above the peer
-// port), with the peer listener's certificates and a node certificate required of every client.
-// A node that cannot listen there still serves them over gRPC, which clients then use.
-func (a *Agent) serveFileWire(peer net.Addr) {
-	addr, err := fs.WireAddr(peer.String())
-	if err == nil {
-		var lis net.Listener
-		if lis, err = net.Listen("tcp", addr); err == nil {
-			a.wg.Add(1)
-			go func() {
-				defer a.wg.Done()
-				err := a.files.server.ServeWire(tls.NewListener(lis, pki.StrictServerTLS(a.caCert, a.keyPair)))
-				if !errors.Is(err, net.ErrClosed) {
-					a.log.Warn("the file wire stopped; other nodes' requests for this node's files go over gRPC", "err", err)
-				}
-			}()
-			return
-		}
-	}
-	a.log.Warn("not serving the file wire; other nodes' requests for this node's files go over gRPC (slower)", "err", err)
 }
 
 // mountTree mounts the cluster tree. A node that cannot mount it (no FUSE, a busy mount
@@ -170,15 +149,11 @@ func (n fileNodes) Gone(node string) bool { return n.a.gossip.Gone(node) }
 
 // DialFiles opens the file wire to a node, with this node's certificate (fs.WireDialer).
 func (n fileNodes) DialFiles(ctx context.Context, node string) (net.Conn, error) {
-	peer, ok := n.a.addrOf(node)
+	addr, ok := n.a.linkAddrOf(node)
 	if !ok {
 		return nil, fmt.Errorf("node %s is not in the cluster registry", node)
 	}
-	addr, err := fs.WireAddr(peer)
-	if err != nil {
-		return nil, err
-	}
-	d := tls.Dialer{Config: pki.ClientTLS(n.a.caCert, n.a.keyPair)}
+	d := tls.Dialer{Config: peermux.ClientConfig(pki.ClientTLS(n.a.caCert, n.a.keyPair), protoFiles)}
 	return d.DialContext(ctx, "tcp", addr)
 }
 

@@ -193,7 +193,7 @@ func portRange(addr string) string {
 	if err != nil || n == 0 {
 		return "7700-7704"
 	}
-	return fmt.Sprintf("%d-%d", n, n+dataLinkPortOffset)
+	return fmt.Sprintf("%d-%d", n, n+linkPortOffset)
 }
 
 // peerService serves other agents.

@@ -35,8 +35,8 @@ Every agent mounts the cluster file tree at /ssi (--mount, --no-mount): /ssi/<no
 permissions; --export, --export-read-only and --root-squash restrict that.
 
 Ports (from --bind, default 7700): 7700 gRPC between agents (mTLS), 7701 TCP+UDP gossip
-(encrypted), 7702 etcd clients and 7703 etcd peers (mTLS, servers only), 7704 bulk output
-of ssi run between agents (mTLS).
+(encrypted), 7702 etcd clients and 7703 etcd peers (mTLS, servers only), 7704 node links
+between agents: file-tree requests and bulk ssi run output (mTLS).
 
 Flags can also come from --config FILE (YAML or JSON, the same keys as the flags, e.g.
 "data-dir: /var/lib/ssi"); flags given on the command line win.`,

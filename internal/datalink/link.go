@@ -66,9 +66,8 @@ const (
 
 // Config configures a Link.
 type Config struct {
-	// ServerTLS must require and verify a node certificate (pki.StrictServerTLS); ClientTLS
-	// verifies the server's (pki.ClientTLS).
-	ServerTLS, ClientTLS *tls.Config
+	// ClientTLS verifies the server's node certificate (pki.ClientTLS).
+	ClientTLS *tls.Config
 	// AddrOf returns the data link address (host:port) of a node.
 	AddrOf func(node string) (string, bool)
 	Logger *slog.Logger
@@ -92,7 +91,9 @@ func New(cfg Config) *Link {
 	return &Link{cfg: cfg, client: client, pending: map[Token]*Pending{}, unreachable: map[string]time.Time{}}
 }
 
-// Serve accepts connections on lis until it is closed.
+// Serve accepts connections on lis until it is closed. Its connections must be TLS requiring
+// and verifying a node certificate (pki.StrictServerTLS), as tls.NewListener or the agent's
+// link port (internal/peermux) gives them.
 func (l *Link) Serve(lis net.Listener) {
 	for {
 		conn, err := lis.Accept()
@@ -113,7 +114,12 @@ func (l *Link) Serve(lis net.Listener) {
 // accept authenticates a connection and hands it to the session whose token it presents; it
 // closes any connection it cannot hand over.
 func (l *Link) accept(raw net.Conn) {
-	conn := tls.Server(raw, l.cfg.ServerTLS)
+	conn, ok := raw.(*tls.Conn)
+	if !ok {
+		l.cfg.Logger.Warn("refusing a data link that is not TLS", "remote", raw.RemoteAddr())
+		raw.Close()
+		return
+	}
 	if err := l.admit(conn); err != nil {
 		l.cfg.Logger.Debug("refusing a data link", "remote", raw.RemoteAddr(), "err", err)
 		raw.Close()

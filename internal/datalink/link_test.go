@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
 )
 
 // testCluster is a CA and a node certificate per name, for links between nodes of one cluster.
@@ -23,33 +24,11 @@ type testCluster struct {
 }
 
 func newTestCluster(t testing.TB, id string) *testCluster {
-	t.Helper()
-	ca, err := pki.NewCA(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCluster{ca: ca}
+	return &testCluster{ca: pkitest.CA(t, id)}
 }
 
 func (c *testCluster) keyPair(t testing.TB, name string) tls.Certificate {
-	t.Helper()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, err := c.ca.SignNode(csr, name, "server", []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := pki.NodeKeyPair(certPEM, keyPEM, c.ca.CertPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kp
+	return pkitest.Node(t, c.ca, name)
 }
 
 // testNode is a Link serving on loopback; addrs maps node names to link addresses.
@@ -62,7 +41,6 @@ func startNode(t testing.TB, c *testCluster, name string, addrs *sync.Map) *test
 	t.Helper()
 	kp := c.keyPair(t, name)
 	l := New(Config{
-		ServerTLS: pki.StrictServerTLS(c.ca.Cert, kp),
 		ClientTLS: pki.ClientTLS(c.ca.Cert, kp),
 		AddrOf: func(node string) (string, bool) {
 			a, ok := addrs.Load(node)
@@ -78,7 +56,7 @@ func startNode(t testing.TB, c *testCluster, name string, addrs *sync.Map) *test
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lis.Close() })
-	go l.Serve(lis)
+	go l.Serve(tls.NewListener(lis, pki.StrictServerTLS(c.ca.Cert, kp)))
 	addrs.Store(name, lis.Addr().String())
 	return &testNode{Link: l, addr: lis.Addr().String()}
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,30 +29,14 @@ import (
 // writes its request itself, the owner's one reader answers it inline and the client's one
 // reader hands the reply to the caller. A small-file create makes two such round trips.
 //
-// The connection: TCP to the owner's peer port plus WirePortOffset, TLS 1.3 with the node
-// certificates both ways, exactly as gRPC's (the owner requires and verifies the client's
+// The connection: TCP to the owner agent's link port (shared with the data links, told apart
+// by ALPN: internal/peermux), TLS 1.3 with the node certificates both ways, exactly as gRPC's (the owner requires and verifies the client's
 // certificate and takes the calling node's name from it, once per connection). Then frames in
 // both directions, each a 4-byte big-endian length and that many bytes of one encoded message:
 // fspb.Call from the client, fspb.Result from the owner, matched by their ids; the same
 // messages, methods and errors as the Calls stream, so the two serve the same requests the
 // same way. There is no other handshake. A client that cannot reach the port (an agent from
 // before the wire, or one that could not listen on it) uses the Calls stream.
-
-// WirePortOffset is where an agent serves the file wire: its peer (gRPC) port plus this.
-const WirePortOffset = 4
-
-// WireAddr is the address of the file wire of the agent whose peer address is peerAddr.
-func WireAddr(peerAddr string) (string, error) {
-	host, port, err := net.SplitHostPort(peerAddr)
-	if err != nil {
-		return "", fmt.Errorf("file wire address of %q: %w", peerAddr, err)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p <= 0 || p+WirePortOffset > 65535 {
-		return "", fmt.Errorf("file wire address of %q: no port %s+%d", peerAddr, port, WirePortOffset)
-	}
-	return net.JoinHostPort(host, strconv.Itoa(p+WirePortOffset)), nil
-}
 
 // WireDialer is implemented by a Nodes that can open the file wire to a node: bounded requests
 // then go on it instead of on the gRPC Calls stream.

@@ -217,21 +217,6 @@ func TestWireSlowRequestDoesNotHoldUpOthers(t *testing.T) {
 	}
 }
 
-func TestWireAddr(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"10.0.0.1:7700", "10.0.0.1:7704"},
-		{"[fd00::1]:8800", "[fd00::1]:8804"},
-		{"10.0.0.1:65535", ""},
-		{"10.0.0.1", ""},
-	}
-	for _, tt := range tests {
-		got, err := WireAddr(tt.in)
-		if got != tt.want || (err != nil) != (tt.want == "") {
-			t.Errorf("WireAddr(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
-		}
-	}
-}
-
 func TestRequestsGoOnTheWire(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	n1 := c.node("n1")

@@ -11,46 +11,16 @@ import (
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
 )
-
-// node makes a node certificate of ca.
-func node(t *testing.T, ca *pki.CA, name string) tls.Certificate {
-	t.Helper()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, err := ca.SignNode(csr, name, pki.RoleServer, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := pki.NodeKeyPair(certPEM, keyPEM, ca.CertPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kp
-}
-
-func newCA(t *testing.T, id string) *pki.CA {
-	t.Helper()
-	ca, err := pki.NewCA(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca
-}
 
 // TestMuxDispatchesByProtocol serves two protocols on one port and dials each: every
 // connection must reach its own protocol's listener, handshaken, with the client's node
 // identity; a client naming no protocol or another one, a client without a certificate and a
 // client of another cluster must reach neither.
 func TestMuxDispatchesByProtocol(t *testing.T) {
-	ca := newCA(t, "c1")
-	server, client := node(t, ca, "n1"), node(t, ca, "n2")
+	ca := pkitest.CA(t, "c1")
+	server, client := pkitest.Node(t, ca, "n1"), pkitest.Node(t, ca, "n2")
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -88,12 +58,12 @@ func TestMuxDispatchesByProtocol(t *testing.T) {
 		sc.Close()
 	}
 
-	other := newCA(t, "c2")
+	other := pkitest.CA(t, "c2")
 	refused := map[string]*tls.Config{
 		"no protocol":       base,
 		"unknown protocol":  ClientConfig(base, "c/1"),
 		"no certificate":    ClientConfig(pki.ClientTLS(ca.Cert, tls.Certificate{}), "a/1"),
-		"another cluster's": ClientConfig(pki.ClientTLS(other.Cert, node(t, other, "n9")), "a/1"),
+		"another cluster's": ClientConfig(pki.ClientTLS(other.Cert, pkitest.Node(t, other, "n9")), "a/1"),
 	}
 	for what, conf := range refused {
 		c, err := tls.Dial("tcp", lis.Addr().String(), conf)
@@ -141,19 +111,19 @@ func TestMuxDispatchesByProtocol(t *testing.T) {
 // TestClosingOneProtocolLeavesTheOther closes one protocol's listener: its connections are
 // refused, the other protocol is still served.
 func TestClosingOneProtocolLeavesTheOther(t *testing.T) {
-	ca := newCA(t, "c1")
+	ca := pkitest.CA(t, "c1")
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := New(lis, pki.StrictServerTLS(ca.Cert, node(t, ca, "n1")), slog.New(slog.DiscardHandler), "a/1", "b/1")
+	m := New(lis, pki.StrictServerTLS(ca.Cert, pkitest.Node(t, ca, "n1")), slog.New(slog.DiscardHandler), "a/1", "b/1")
 	go m.Serve()
 	defer m.Close()
 	m.Listener("a/1").Close()
 	if _, err := m.Listener("a/1").Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept on a closed protocol: %v", err)
 	}
-	base := pki.ClientTLS(ca.Cert, node(t, ca, "n2"))
+	base := pki.ClientTLS(ca.Cert, pkitest.Node(t, ca, "n2"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	d := tls.Dialer{Config: ClientConfig(base, "b/1")}

@@ -17,32 +17,12 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
 )
 
 // The tests below give the agent of newSession a data link, and the fake remote node the other
 // end of it: they check the local side of bulk stdout (bulk.go) against a remote that
 // behaves, or fails, in the ways a real one could.
-
-func nodeKeyPair(t *testing.T, ca *pki.CA, name string) tls.Certificate {
-	t.Helper()
-	key, keyPEM, err := pki.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := pki.NewCSR(key, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, err := ca.SignNode(csr, name, "server", nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := pki.NodeKeyPair(certPEM, keyPEM, ca.CertPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kp
-}
 
 // links returns the data links of n1 (serving on loopback) and of n2 (which dials n1).
 func links(t *testing.T) (home, remote *datalink.Link) {
@@ -57,15 +37,14 @@ func links(t *testing.T) (home, remote *datalink.Link) {
 	}
 	t.Cleanup(func() { lis.Close() })
 	addrOf := func(node string) (string, bool) { return lis.Addr().String(), node == "n1" }
-	mk := func(name string) *datalink.Link {
-		kp := nodeKeyPair(t, ca, name)
+	mk := func(kp tls.Certificate) *datalink.Link {
 		return datalink.New(datalink.Config{
-			ServerTLS: pki.StrictServerTLS(ca.Cert, kp), ClientTLS: pki.ClientTLS(ca.Cert, kp),
-			AddrOf: addrOf, Logger: slog.New(slog.DiscardHandler),
+			ClientTLS: pki.ClientTLS(ca.Cert, kp), AddrOf: addrOf, Logger: slog.New(slog.DiscardHandler),
 		})
 	}
-	home, remote = mk("n1"), mk("n2")
-	go home.Serve(lis)
+	homeKP := pkitest.Node(t, ca, "n1")
+	home, remote = mk(homeKP), mk(pkitest.Node(t, ca, "n2"))
+	go home.Serve(tls.NewListener(lis, pki.StrictServerTLS(ca.Cert, homeKP)))
 	return home, remote
 }
 
