@@ -45,18 +45,16 @@ func smallFileRoundTrip(t *testing.T, n *testNode, owner, prefix string) {
 	}
 }
 
-func TestRequestsGoOnTheCallsStream(t *testing.T) {
-	c := newTestCluster(t, "n1", "n2")
-	n1 := c.node("n1")
-	n1.mountTree(5 * time.Second)
-	smallFileRoundTrip(t, n1, "n2", "f")
-	p := n1.mount.peer("n2")
+// pathTo makes a small-file round trip from n to owner and returns n's way to the owner
+// afterwards: its open stream (the file wire or the Calls stream, nil if none) and until when
+// it leaves the wire and the Calls stream alone.
+func pathTo(t *testing.T, n *testNode, owner string) (cs *callStream, wireRetry, callsRetry time.Time) {
+	t.Helper()
+	smallFileRoundTrip(t, n, owner, "f")
+	p := n.mount.peer(owner)
 	p.mu.Lock()
-	cs := p.calls
-	p.mu.Unlock()
-	if cs == nil || cs.failed() != nil {
-		t.Fatalf("no working Calls stream to the owner after requests: %v", cs)
-	}
+	defer p.mu.Unlock()
+	return p.calls, p.wireRetry, p.callsRetry
 }
 
 func TestOwnerWithoutCallsStreamIsCalledUnary(t *testing.T) {
@@ -65,11 +63,7 @@ func TestOwnerWithoutCallsStreamIsCalledUnary(t *testing.T) {
 	n2.noCalls = true
 	n2.restart(ServerConfig{})
 	n1.mountTree(5 * time.Second)
-	smallFileRoundTrip(t, n1, "n2", "f")
-	p := n1.mount.peer("n2")
-	p.mu.Lock()
-	cs, retry := p.calls, p.callsRetry
-	p.mu.Unlock()
+	cs, _, retry := pathTo(t, n1, "n2")
 	if cs != nil && !errors.Is(cs.failed(), errNoCalls) || time.Until(retry) <= 0 {
 		t.Fatalf("client did not settle on unary calls: stream %v, retry at %v", cs, retry)
 	}

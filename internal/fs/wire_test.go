@@ -221,11 +221,7 @@ func TestRequestsGoOnTheWire(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	n1 := c.node("n1")
 	n1.mountTree(5 * time.Second)
-	smallFileRoundTrip(t, n1, "n2", "f")
-	p := n1.mount.peer("n2")
-	p.mu.Lock()
-	cs := p.calls
-	p.mu.Unlock()
+	cs, _, _ := pathTo(t, n1, "n2")
 	if cs == nil || !cs.wire || cs.failed() != nil {
 		t.Fatalf("no working file wire to the owner after requests: %+v", cs)
 	}
@@ -237,11 +233,7 @@ func TestOwnerWithoutWireIsCalledOnTheCallsStream(t *testing.T) {
 	n2.noWire = true
 	n2.restart(ServerConfig{})
 	n1.mountTree(5 * time.Second)
-	smallFileRoundTrip(t, n1, "n2", "f")
-	p := n1.mount.peer("n2")
-	p.mu.Lock()
-	cs, retry := p.calls, p.wireRetry
-	p.mu.Unlock()
+	cs, retry, _ := pathTo(t, n1, "n2")
 	if cs == nil || cs.wire || cs.failed() != nil || time.Until(retry) <= 0 {
 		t.Fatalf("client did not settle on the Calls stream: %+v, wire retried at %v", cs, retry)
 	}
