@@ -58,6 +58,22 @@ func pass(client *net.UnixConn, stdout, stderr *os.File, more func() error) <-ch
 	return done
 }
 
+// received passes stdout and stderr as a client does and returns them as the agent receives
+// them.
+func received(t *testing.T, stdout, stderr *os.File) *ClientOutput {
+	t.Helper()
+	client, server := unixPair(t)
+	passed := pass(client, stdout, stderr, nil)
+	out, err := receiveOutput(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func TestPassOutputToAnOlderAgent(t *testing.T) {
 	client, server := unixPair(t)
 	passed := pass(client, os.Stdout, nil, nil)
@@ -261,15 +277,7 @@ func TestOutputFileInterrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pr.Close()
-	client, server := unixPair(t)
-	passed := pass(client, pw, nil, nil)
-	out, err := receiveOutput(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-passed; err != nil {
-		t.Fatal(err)
-	}
+	out := received(t, pw, nil)
 	pw.Close()
 	defer out.Close()
 	// Nobody reads: the write blocks on a full pipe until interrupted, as when a session ends.
@@ -294,15 +302,7 @@ func TestOutputFileGrowPipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, server := unixPair(t)
-	passed := pass(client, pw, null, nil)
-	out, err := receiveOutput(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-passed; err != nil {
-		t.Fatal(err)
-	}
+	out := received(t, pw, null)
 	pw.Close()
 	null.Close()
 	defer out.Close()
