@@ -36,7 +36,7 @@ import (
 // fspb.Call from the client, fspb.Result from the owner, matched by their ids; the same
 // messages, methods and errors as the Calls stream, so the two serve the same requests the
 // same way. There is no other handshake. A client that cannot reach the port (an agent from
-// before the wire, or one that could not listen on it) uses the Calls stream.
+// before the wire, or a firewall in between) uses the Calls stream.
 
 // WireDialer is implemented by a Nodes that can open the file wire to a node: bounded requests
 // then go on it instead of on the gRPC Calls stream.
