@@ -19,7 +19,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"sort"
 	"strconv"
@@ -167,8 +166,7 @@ func (a *Agent) trimStartupCode() {
 		return
 	case <-t.C:
 	}
-	debug.FreeOSMemory()
-	n, err := exetrim.Trim()
+	n, err := exetrim.Release()
 	if err != nil {
 		a.log.Warn("could not drop the start-up code's pages", "err", err)
 		return

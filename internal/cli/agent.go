@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/agent"
+	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/idleprocs"
 )
 
@@ -147,11 +148,16 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 		return err
 	}
 	cancel()
-	// The scheduler's width is the process's to govern, not one agent's (tests run several
-	// agents in one process).
+	// The scheduler's width and the memory are the process's to govern, not one agent's (tests
+	// run several agents in one process). While idle, the agent gives back its garbage and the
+	// code pages it stopped running, so it stays small however long it idles.
 	govCtx, stopGov := context.WithCancel(ctx)
 	defer stopGov()
-	go idleprocs.Run(govCtx)
+	go idleprocs.Run(govCtx, func() {
+		if _, err := exetrim.Release(); err != nil {
+			cfg.Logger.Debug("releasing memory while idle", "err", err)
+		}
+	})
 	select {
 	case sig := <-sigs:
 		cfg.Logger.Info("leaving the cluster", "signal", sig.String())

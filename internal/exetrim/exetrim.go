@@ -15,12 +15,21 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
+
+// Release returns what an idle process holds without using: the heap's garbage (a collection,
+// with the freed memory given back to the system) and the executable's pages (Trim). It
+// returns how many bytes of the executable's address space it advised.
+func Release() (int64, error) {
+	debug.FreeOSMemory()
+	return Trim()
+}
 
 // Trim unmaps the calling process's read-only mappings of its own executable
 // (madvise MADV_DONTNEED) and returns how many bytes of address space it advised. Writable

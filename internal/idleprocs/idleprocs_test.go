@@ -36,6 +36,26 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+func TestUpkeepDue(t *testing.T) {
+	tests := []struct {
+		idleRuns int
+		want     bool
+	}{
+		{0, false},
+		{1, false},
+		{idleIntervals, false},
+		{upkeepIntervals - 1, false},
+		{upkeepIntervals, true},
+		{upkeepIntervals + 1, false},
+		{2 * upkeepIntervals, true},
+	}
+	for _, tt := range tests {
+		if got := upkeepDue(tt.idleRuns); got != tt.want {
+			t.Errorf("upkeepDue(%d) = %v, want %v", tt.idleRuns, got, tt.want)
+		}
+	}
+}
+
 // TestRunNarrowsWhenIdleAndRestores runs the governor in this (idle) test process: after the
 // idle intervals it must have narrowed the scheduler to one processor, and it must restore
 // the full count when it stops.
@@ -52,7 +72,7 @@ func TestRunNarrowsWhenIdleAndRestores(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Run(ctx); close(done) }()
+	go func() { Run(ctx, nil); close(done) }()
 	deadline := time.Now().Add(time.Duration(idleIntervals+3) * interval)
 	for runtime.GOMAXPROCS(0) != 1 {
 		if time.Now().After(deadline) {
