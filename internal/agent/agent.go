@@ -497,6 +497,7 @@ func (a *Agent) serve(ctx context.Context) error {
 		Etcd: a.etcd, Node: a.state.Name, Server: a.state.Role == RoleServer, Members: a.jobMembers,
 		CgroupParent: filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
 		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath, LeadsEtcd: a.leadsEtcd(),
+		EtcdLeaderChanged: a.etcdLeaderChanged(),
 	}); err != nil {
 		return err
 	}
@@ -531,6 +532,14 @@ func (a *Agent) leadsEtcd() func() bool {
 		return nil
 	}
 	return a.member.IsLeader
+}
+
+// etcdLeaderChanged is the embedded member's signal of a new etcd leader, nil without one.
+func (a *Agent) etcdLeaderChanged() func() <-chan struct{} {
+	if a.member == nil {
+		return nil
+	}
+	return a.member.LeaderChanged
 }
 
 // jobMembers is the gossip view in the terms the job service needs.

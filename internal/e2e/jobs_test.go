@@ -49,6 +49,13 @@ func TestJobsOnSimulatedHosts(t *testing.T) {
 		leader = getStatus(t, c, "n3").SchedulerLeader
 		return leader != ""
 	})
+	// The server that leads etcd hands the scheduler to another (jobs.Service.campaign), told
+	// by etcd's leadership signal and the election's watch rather than by polling.
+	eventually(t, 10*time.Second, "the scheduler and etcd led by different servers", func() bool {
+		st := getStatus(t, c, "n3")
+		leader = st.SchedulerLeader
+		return leader != "" && st.EtcdLeader != "" && leader != st.EtcdLeader
+	})
 
 	ok := submit("n1", "--", "true")
 	bad := submit("n1", "--", "sh", "-c", "exit 3")

@@ -42,6 +42,9 @@ type Deps struct {
 	// LeadsEtcd, when set, says without a network call whether this node's embedded etcd
 	// member is the etcd leader. Nil: ask the endpoints (external etcd).
 	LeadsEtcd func() bool
+	// EtcdLeaderChanged, when set with LeadsEtcd, returns a channel that is closed when the
+	// embedded member's etcd leader next changes.
+	EtcdLeaderChanged func() <-chan struct{}
 	// Tree says where this node mounts the cluster file tree ("" when it does not), so that
 	// jobs find their submit directory and output files on the submit node. Nil: never.
 	Tree func() string
@@ -61,21 +64,25 @@ type tuning struct {
 	tick           time.Duration // the leader's pass interval without events
 	memberPoll     time.Duration // how often the leader looks for membership changes
 	stepAsideCheck time.Duration // how often a server checks whether it leads etcd (see campaign)
+	// stepAsideFallback is how often a server with an embedded etcd member checks anyway;
+	// leadership changes and candidates tell it sooner (stepAsideSignals).
+	stepAsideFallback time.Duration
 }
 
 func defaultTuning() tuning {
 	return tuning{
-		spoolDir:       "/var/spool/ssi",
-		killGrace:      10 * time.Second,
-		sessionTTL:     2,
-		interactiveTTL: 10,
-		nodeGrace:      10 * time.Second,
-		backstop:       30 * time.Second,
-		usageHalfLife:  7 * 24 * time.Hour,
-		usageSave:      5 * time.Second,
-		tick:           time.Second,
-		memberPoll:     250 * time.Millisecond,
-		stepAsideCheck: 500 * time.Millisecond,
+		spoolDir:          "/var/spool/ssi",
+		killGrace:         10 * time.Second,
+		sessionTTL:        2,
+		interactiveTTL:    10,
+		nodeGrace:         10 * time.Second,
+		backstop:          30 * time.Second,
+		usageHalfLife:     7 * 24 * time.Hour,
+		usageSave:         5 * time.Second,
+		tick:              time.Second,
+		memberPoll:        250 * time.Millisecond,
+		stepAsideCheck:    500 * time.Millisecond,
+		stepAsideFallback: 5 * time.Second,
 	}
 }
 
@@ -191,12 +198,16 @@ func (s *Service) campaign() {
 		}
 		backoff = 100 * time.Millisecond
 		myKey := fmt.Sprintf("%s%x", prefixElection, sess.Lease())
-		for s.ctx.Err() == nil && s.stepAside(myKey) {
-			sleep(s.ctx, s.t.stepAsideCheck)
+		cctx, stop := context.WithCancel(s.ctx)
+		signals := s.stepAsideSignals(cctx)
+		for {
+			changed := signals.arm()
+			if !s.stepAside(myKey) || !signals.wait(cctx, changed) {
+				break
+			}
 		}
 		e := concurrency.NewElection(sess, prefixElection)
-		cctx, stop := context.WithCancel(s.ctx)
-		go s.watchStepAside(cctx, stop, myKey)
+		go s.watchStepAside(cctx, stop, signals, myKey)
 		err = e.Campaign(cctx, s.d.Node)
 		if err != nil {
 			stop()
@@ -226,19 +237,16 @@ func (s *Service) campaign() {
 
 // watchStepAside cancels a campaign or a leadership (through stop) once this server should
 // step aside.
-func (s *Service) watchStepAside(ctx context.Context, stop context.CancelFunc, myKey string) {
-	t := time.NewTicker(s.t.stepAsideCheck)
-	defer t.Stop()
+func (s *Service) watchStepAside(ctx context.Context, stop context.CancelFunc, signals *stepAsideSignals, myKey string) {
 	for {
-		select {
-		case <-ctx.Done():
+		changed := signals.arm()
+		if !signals.wait(ctx, changed) {
 			return
-		case <-t.C:
-			if s.stepAside(myKey) {
-				s.log.Info("this server leads etcd: handing the scheduler to another server")
-				stop()
-				return
-			}
+		}
+		if s.stepAside(myKey) {
+			s.log.Info("this server leads etcd: handing the scheduler to another server")
+			stop()
+			return
 		}
 	}
 }

@@ -154,6 +154,9 @@ func (m *Member) IsLearner() bool { return m.etcd.Server.IsLearner() }
 // IsLeader reports whether this member currently leads the etcd cluster.
 func (m *Member) IsLeader() bool { return m.etcd.Server.Leader() == m.etcd.Server.MemberID() }
 
+// LeaderChanged returns a channel that is closed when the member's etcd leader next changes.
+func (m *Member) LeaderChanged() <-chan struct{} { return m.etcd.Server.LeaderChangedNotify() }
+
 // Close stops the member; its data stays for a restart.
 func (m *Member) Close() { m.etcd.Close() }
 

@@ -1,0 +1,71 @@
+package jobs
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func TestStepAsideSignalsWait(t *testing.T) {
+	tests := []struct {
+		name string
+		// act makes something happen once the wait has started.
+		act func(leader chan struct{}, candidates chan clientv3.WatchResponse, cancel context.CancelFunc)
+		// every is the fallback interval: long, but where the test is that it ends the wait.
+		every time.Duration
+		want  bool
+		// wantCandidates is whether the watch is still followed afterwards.
+		wantCandidates bool
+	}{
+		{"the etcd leader changed", func(l chan struct{}, _ chan clientv3.WatchResponse, _ context.CancelFunc) { close(l) }, time.Hour, true, true},
+		{"a candidate came or went", func(_ chan struct{}, c chan clientv3.WatchResponse, _ context.CancelFunc) {
+			c <- clientv3.WatchResponse{}
+		}, time.Hour, true, true},
+		{"the watch ended", func(_ chan struct{}, c chan clientv3.WatchResponse, _ context.CancelFunc) { close(c) }, time.Hour, true, false},
+		{"nothing happened", func(chan struct{}, chan clientv3.WatchResponse, context.CancelFunc) {}, 10 * time.Millisecond, true, true},
+		{"the campaign ended", func(_ chan struct{}, _ chan clientv3.WatchResponse, cancel context.CancelFunc) { cancel() }, time.Hour, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			leader := make(chan struct{})
+			candidates := make(chan clientv3.WatchResponse)
+			g := &stepAsideSignals{
+				leaderChanged: func() <-chan struct{} { return leader },
+				candidates:    candidates,
+				every:         tt.every,
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			armed := g.arm()
+			go tt.act(leader, candidates, cancel)
+			if got := g.wait(ctx, armed); got != tt.want {
+				t.Errorf("wait = %v, want %v", got, tt.want)
+			}
+			if (g.candidates != nil) != tt.wantCandidates {
+				t.Errorf("still following the watch: %v, want %v", g.candidates != nil, tt.wantCandidates)
+			}
+		})
+	}
+}
+
+// TestStepAsideSignalsPollWithoutMember: with an external etcd there is nothing to arm, and
+// the wait is the poll interval.
+func TestStepAsideSignalsPollWithoutMember(t *testing.T) {
+	s := &Service{t: tuning{stepAsideCheck: 10 * time.Millisecond, stepAsideFallback: time.Hour}}
+	g := s.stepAsideSignals(context.Background())
+	if g.arm() != nil || g.candidates != nil {
+		t.Fatal("signals without an embedded member")
+	}
+	done := make(chan bool)
+	go func() { done <- g.wait(context.Background(), nil) }()
+	select {
+	case got := <-done:
+		if !got {
+			t.Error("wait = false without cancellation")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the poll interval never ended the wait")
+	}
+}
