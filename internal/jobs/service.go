@@ -188,7 +188,16 @@ func (s *Service) Close() error {
 // leader costs one lease TTL, and losing the etcd leader does not stop the scheduler.
 func (s *Service) campaign() {
 	backoff := 100 * time.Millisecond
+	signals := s.stepAsideSignals(s.ctx)
 	for s.ctx.Err() == nil {
+		// Sit out without a session: its keep-alives, three every two seconds, would be work
+		// for the etcd leader, which is this server, for nothing.
+		for {
+			changed := signals.arm()
+			if !s.stepAside("") || !signals.wait(s.ctx, changed) {
+				break
+			}
+		}
 		sess, err := concurrency.NewSession(s.d.Etcd, concurrency.WithTTL(s.t.sessionTTL), concurrency.WithContext(s.ctx))
 		if err != nil {
 			s.log.Debug("scheduler election: no etcd session yet", "err", err)
@@ -198,19 +207,17 @@ func (s *Service) campaign() {
 		}
 		backoff = 100 * time.Millisecond
 		myKey := fmt.Sprintf("%s%x", prefixElection, sess.Lease())
-		cctx, stop := context.WithCancel(s.ctx)
-		signals := s.stepAsideSignals(cctx)
-		for {
-			changed := signals.arm()
-			if !s.stepAside(myKey) || !signals.wait(cctx, changed) {
-				break
-			}
-		}
 		e := concurrency.NewElection(sess, prefixElection)
-		go s.watchStepAside(cctx, stop, signals, myKey)
+		cctx, stop := context.WithCancel(s.ctx)
+		watching := make(chan struct{})
+		go func() {
+			defer close(watching)
+			s.watchStepAside(cctx, stop, signals, myKey)
+		}()
 		err = e.Campaign(cctx, s.d.Node)
 		if err != nil {
 			stop()
+			<-watching
 			sess.Close()
 			if s.ctx.Err() == nil {
 				s.log.Debug("scheduler election", "err", err)
@@ -222,6 +229,7 @@ func (s *Service) campaign() {
 		s.log.Info("this server is now the scheduler leader")
 		err = s.lead(cctx, sess, e)
 		stop()
+		<-watching
 		s.leading.Store(false)
 		if err != nil && s.ctx.Err() == nil {
 			s.log.Warn("scheduler leadership ended", "err", err)
