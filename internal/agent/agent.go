@@ -495,7 +495,8 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	if a.jobs, err = jobs.Start(ctx, jobs.Deps{
 		Etcd: a.etcd, Node: a.state.Name, Server: a.state.Role == RoleServer, Members: a.jobMembers,
-		CgroupParent: filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
+		MembersChanged: a.gossip.Changed,
+		CgroupParent:   filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
 		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath, LeadsEtcd: a.leadsEtcd(),
 		EtcdLeaderChanged: a.etcdLeaderChanged(),
 	}); err != nil {

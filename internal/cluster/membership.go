@@ -70,6 +70,8 @@ type Membership struct {
 	// decoded keeps each node's last metadata decoded: Members is called several times a
 	// second (placement, the scheduler's membership poll) and the metadata rarely changes.
 	decoded map[string]decodedMeta
+	// changed is closed, and replaced, whenever a node joins, departs or updates its metadata.
+	changed chan struct{}
 }
 
 type decodedMeta struct {
@@ -91,7 +93,7 @@ const (
 
 // Start begins gossiping. It does not contact anyone; call Join with seeds.
 func Start(cfg Config) (*Membership, error) {
-	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}, goneAt: map[string]time.Time{}, decoded: map[string]decodedMeta{}}
+	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}, goneAt: map[string]time.Time{}, decoded: map[string]decodedMeta{}, changed: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.BindAddr
@@ -217,13 +219,30 @@ func (m *Membership) Gone(name string) bool {
 	return gone && time.Since(at) >= goneSettle
 }
 
-// eventDelegate records departures, which memberlist's member list no longer shows.
+// Changed returns a channel that is closed at the next change of the membership: a node
+// joins, departs or updates its metadata. Take it before reading Members, so a change in
+// between still closes it.
+func (m *Membership) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+// announce closes the channel of Changed. The caller holds m.mu.
+func (m *Membership) announce() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// eventDelegate records departures, which memberlist's member list no longer shows, and
+// announces every change.
 type eventDelegate Membership
 
 func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	d.mu.Lock()
 	delete(d.gone, n.Name)
 	delete(d.goneAt, n.Name)
+	(*Membership)(d).announce()
 	d.mu.Unlock()
 	d.logger.Info("node joined", "node", n.Name, "addr", n.Address())
 }
@@ -232,11 +251,16 @@ func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	d.mu.Lock()
 	d.gone[n.Name] = *n
 	d.goneAt[n.Name] = time.Now()
+	(*Membership)(d).announce()
 	d.mu.Unlock()
 	d.logger.Info("node gone", "node", n.Name)
 }
 
-func (d *eventDelegate) NotifyUpdate(*memberlist.Node) {}
+func (d *eventDelegate) NotifyUpdate(*memberlist.Node) {
+	d.mu.Lock()
+	(*Membership)(d).announce()
+	d.mu.Unlock()
+}
 
 // Leave tells the cluster this node is departing on purpose, then stops gossiping.
 func (m *Membership) Leave(timeout time.Duration) error {

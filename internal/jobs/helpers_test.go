@@ -80,6 +80,7 @@ type cluster struct {
 
 	mu      sync.Mutex
 	members map[string]Member
+	changed chan struct{} // closed and replaced at every change of members
 	nodes   map[string]*testNode
 }
 
@@ -109,10 +110,9 @@ func newCluster(t testing.TB) *cluster {
 	tune.nodeGrace = time.Second
 	tune.backstop = 5 * time.Second
 	tune.tick = 200 * time.Millisecond
-	tune.memberPoll = 50 * time.Millisecond
 	tune.usageSave = 100 * time.Millisecond
 	tune.interactiveTTL = 2
-	c := &cluster{t: t, endpoint: startTestEtcd(t), dir: dir, tune: tune, members: map[string]Member{}, nodes: map[string]*testNode{},
+	c := &cluster{t: t, endpoint: startTestEtcd(t), dir: dir, tune: tune, members: map[string]Member{}, changed: make(chan struct{}), nodes: map[string]*testNode{},
 		cgroup: fmt.Sprintf("%s/c%d", testCgroupParent, clusterSeq.Add(1))}
 	t.Cleanup(c.close)
 	return c
@@ -128,12 +128,26 @@ func (c *cluster) membersView() []Member {
 	return out
 }
 
+// membersChanged is the gossip layer's change notice (cluster.Membership.Changed).
+func (c *cluster) membersChanged() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// announce tells the job services the view changed. The caller holds c.mu.
+func (c *cluster) announce() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
 func (c *cluster) setAlive(name string, alive bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.members[name]
 	m.Alive = alive
 	c.members[name] = m
+	c.announce()
 }
 
 // start runs a node's job service with cpus job slots (0: a server that runs no jobs).
@@ -146,13 +160,14 @@ func (c *cluster) start(name string, server bool, cpus uint32) *testNode {
 		idx = m.Index
 	}
 	c.members[name] = Member{Name: name, Index: idx, Alive: true, CPUs: cpus, MemTotal: 8 << 30}
+	c.announce()
 	c.mu.Unlock()
 	cli := newClient(t, c.endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
 	svc, err := start(ctx, Deps{
-		Etcd: cli, Node: name, Server: server, Members: c.membersView,
+		Etcd: cli, Node: name, Server: server, Members: c.membersView, MembersChanged: c.membersChanged,
 		CgroupParent: c.cgroup + "/" + name, Socket: "/nonexistent/ssi.sock", NodeIndex: idx, Logger: log,
 	}, c.tune)
 	if err != nil {

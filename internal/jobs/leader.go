@@ -101,8 +101,7 @@ func (l *leader) run(ctx context.Context) error {
 	wch := cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(m.rev+1))
 	tick := time.NewTicker(l.s.t.tick)
 	defer tick.Stop()
-	poll := time.NewTicker(l.s.t.memberPoll)
-	defer poll.Stop()
+	moved := l.s.d.MembersChanged()
 	var waitRev int64
 	needPass := true
 	for {
@@ -141,7 +140,8 @@ func (l *leader) run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			needPass = true
-		case <-poll.C:
+		case <-moved:
+			moved = l.s.d.MembersChanged() // before reading the view, so no change slips between
 			if l.membersChanged() {
 				needPass = true
 			}

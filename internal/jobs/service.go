@@ -32,6 +32,9 @@ type Deps struct {
 	Server bool   // servers take part in the scheduler leader election
 	// Members is the gossip view; it must be cheap to call.
 	Members func() []Member
+	// MembersChanged returns a channel that is closed at the view's next change: the
+	// scheduler leader looks at the view only when it moved.
+	MembersChanged func() <-chan struct{}
 	// CgroupParent is the cgroup (relative to the cgroup2 mount) under which each job task
 	// gets its own cgroup.
 	CgroupParent string
@@ -62,7 +65,6 @@ type tuning struct {
 	usageHalfLife  time.Duration // fair-share decay
 	usageSave      time.Duration // how often the leader persists the fair-share table
 	tick           time.Duration // the leader's pass interval without events
-	memberPoll     time.Duration // how often the leader looks for membership changes
 	stepAsideCheck time.Duration // how often a server checks whether it leads etcd (see campaign)
 	// stepAsideFallback is how often a server with an embedded etcd member checks anyway;
 	// leadership changes and candidates tell it sooner (stepAsideSignals).
@@ -80,7 +82,6 @@ func defaultTuning() tuning {
 		usageHalfLife:     7 * 24 * time.Hour,
 		usageSave:         5 * time.Second,
 		tick:              time.Second,
-		memberPoll:        250 * time.Millisecond,
 		stepAsideCheck:    500 * time.Millisecond,
 		stepAsideFallback: 5 * time.Second,
 	}
@@ -124,8 +125,8 @@ func start(ctx context.Context, d Deps, t tuning) (*Service, error) {
 		return nil, errors.New("jobs: no etcd client: the agent must connect to etcd before starting the job system")
 	case d.Node == "":
 		return nil, errors.New("jobs: no node name: pass the node's name in Deps.Node")
-	case d.Members == nil:
-		return nil, errors.New("jobs: no membership view: pass Deps.Members")
+	case d.Members == nil || d.MembersChanged == nil:
+		return nil, errors.New("jobs: no membership view: pass Deps.Members and Deps.MembersChanged")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
