@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -349,4 +351,80 @@ func BenchmarkLinkSetup(b *testing.B) {
 		r.Close()
 		p.Close()
 	}
+}
+
+// BenchmarkLinkThroughput streams data over a loopback link, both sides in this process, read
+// from a pipe as the agent reads a command's stdout.
+func BenchmarkLinkThroughput(b *testing.B) {
+	c := newTestCluster(b, "c1")
+	var addrs sync.Map
+	home := startNode(b, c, "n1", &addrs)
+	remote := startNode(b, c, "n2", &addrs)
+	ctx := context.Background()
+	const size = 64 << 20
+	b.SetBytes(size)
+	before := processCPU(b)
+	for b.Loop() {
+		p, err := home.Expect("n2")
+		if err != nil {
+			b.Fatal(err)
+		}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 128<<10)
+			for sent := 0; sent < size; sent += len(buf) {
+				if _, err := pw.Write(buf); err != nil {
+					break
+				}
+			}
+			pw.Close()
+		}()
+		sendErr := make(chan error, 1)
+		go func() {
+			defer pr.Close()
+			s, err := remote.Dial(ctx, "n1", p.Token)
+			if err != nil {
+				sendErr <- err
+				return
+			}
+			if _, err := s.ReadFrom(pr); err != nil {
+				sendErr <- err
+				return
+			}
+			sendErr <- s.Close()
+		}()
+		r, err := p.Receiver(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := 0
+		for {
+			chunk, err := r.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += len(chunk)
+		}
+		if err := <-sendErr; err != nil || got != size {
+			b.Fatalf("got %d bytes, %v", got, err)
+		}
+		r.Close()
+		p.Close()
+	}
+	b.ReportMetric((processCPU(b)-before).Seconds()/float64(b.N)*(1<<30)/size, "cpu-s/GiB")
+}
+
+// processCPU is the CPU time this process has used, both sides of the link and the writer.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
