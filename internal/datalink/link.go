@@ -201,7 +201,7 @@ func (p *Pending) Receiver(ctx context.Context) (*Receiver, error) {
 		}
 		// The sender writes nothing after its hello until it has the acknowledgement, so
 		// TLS has buffered nothing past the hello: the records start on the socket itself.
-		return &Receiver{conn: conn, dec: newDecoder(conn.NetConn(), secret)}, nil
+		return &Receiver{conn: conn, dec: newDecoder(newRawReader(conn.NetConn()), secret)}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
