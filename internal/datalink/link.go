@@ -2,17 +2,17 @@
 // its own, beside the session's gRPC stream. gRPC costs the agents most of their CPU per byte
 // of output (16 KiB HTTP/2 frames, flow-control updates, a goroutine hand-off per frame); here
 // the sending agent reads the process's pipe straight into the buffer it encrypts and the
-// receiving agent decrypts into the buffer it writes to the client's stdout, one goroutine on
-// each side.
+// receiving agent decrypts in place into the buffer it writes to the client's stdout, one
+// goroutine on each side, one record per chunk (see the record layer in chunk.go).
 //
 // The node holding the client's stdout expects a link (Expect) and hands its random token to
 // the node running the command within the session's own mTLS stream; that node dials back
 // (Dial), presenting its node certificate and the token. A connection is accepted only with a
 // node certificate of this cluster whose node is the one the session runs on, and only for a
 // token still expected: nobody else can inject output into a session or read it. The link is
-// one way; on it, chunks follow each other as a 4-byte big-endian length and that many bytes,
-// and a zero length ends the stream cleanly (anything else that ends it is an error, so the
-// receiver never mistakes a lost node for the end of the output).
+// one way; on it, chunks follow each other as sealed records, and a sealed end marker ends
+// the stream cleanly (anything else that ends it is an error, so the receiver never mistakes
+// a lost node for the end of the output).
 package datalink
 
 import (
@@ -26,7 +26,10 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/pki"
 )
@@ -49,7 +52,8 @@ func ParseToken(s string) (Token, error) {
 }
 
 // hello is what a dialler sends after the TLS handshake: magic and version, then the token.
-var magic = [8]byte{'s', 's', 'i', 'l', 'i', 'n', 'k', 1}
+// Version 2 moved the stream from TLS records to the link's own (chunk.go).
+var magic = [8]byte{'s', 's', 'i', 'l', 'i', 'n', 'k', 2}
 
 const (
 	helloLen = len(magic) + len(Token{})
@@ -190,7 +194,14 @@ func (l *Link) Expect(node string) (*Pending, error) {
 func (p *Pending) Receiver(ctx context.Context) (*Receiver, error) {
 	select {
 	case conn := <-p.conn:
-		return &Receiver{conn: conn, dec: decoder{r: conn}}, nil
+		secret, err := linkSecret(conn, p.Token)
+		if err != nil {
+			conn.NetConn().Close()
+			return nil, err
+		}
+		// The sender writes nothing after its hello until it has the acknowledgement, so
+		// TLS has buffered nothing past the hello: the records start on the socket itself.
+		return &Receiver{conn: conn, dec: newDecoder(newRawReader(conn.NetConn()), secret)}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -210,10 +221,20 @@ func (p *Pending) Close() {
 	}
 }
 
+// linkSecret is the secret the link's keys derive from; both ends of conn get the same.
+func linkSecret(conn *tls.Conn, token Token) ([]byte, error) {
+	cs := conn.ConnectionState()
+	secret, err := cs.ExportKeyingMaterial(exporterLabel, token[:], secretLen)
+	if err != nil {
+		return nil, fmt.Errorf("data link keys: %w", err)
+	}
+	return secret, nil
+}
+
 // Receiver reads the chunks of one link.
 type Receiver struct {
 	conn *tls.Conn
-	dec  decoder
+	dec  *decoder
 }
 
 // Next returns the next chunk, valid until the next call; io.EOF at the clean end of the
@@ -269,24 +290,36 @@ func (l *Link) Dial(ctx context.Context, node string, token Token) (*Sender, err
 	if !stop() {
 		return fail(ctx.Err())
 	}
-	return &Sender{conn: conn, buf: make([]byte, headerLen+MaxChunk)}, nil
+	secret, err := linkSecret(conn, token)
+	if err != nil {
+		return fail(err)
+	}
+	return &Sender{conn: conn.NetConn(), seal: newSealer(secret)}, nil
 }
 
 // Sender writes the chunks of one link.
 type Sender struct {
-	conn *tls.Conn
-	buf  []byte
+	// conn is the TCP connection under TLS: records go on it directly.
+	conn net.Conn
+	seal *sealer
 }
 
 // ReadFrom sends what it reads from r, each read as one chunk, until r ends (nil) or fails.
-// Reads go straight into the buffer that is encrypted, after room for the chunk's header.
+// Reads go straight into the buffer that is sealed in place and written in one call.
 func (s *Sender) ReadFrom(r io.Reader) (int64, error) {
 	var sent int64
+	rc := nonBlocking(r)
 	for {
-		n, err := r.Read(s.buf[headerLen:])
+		n, err := r.Read(s.seal.payload())
+		if n > 0 && n < coalesceBelow && err == nil && rc != nil {
+			n = coalesce(rc, s.seal.payload(), n)
+		}
 		if n > 0 {
-			putHeader(s.buf, n)
-			if _, werr := s.conn.Write(s.buf[:headerLen+n]); werr != nil {
+			record, serr := s.seal.seal(n, false)
+			if serr != nil {
+				return sent, serr
+			}
+			if _, werr := s.conn.Write(record); werr != nil {
 				return sent, fmt.Errorf("sending on the data link: %w", werr)
 			}
 			sent += int64(n)
@@ -302,14 +335,76 @@ func (s *Sender) ReadFrom(r io.Reader) (int64, error) {
 
 // Close ends the stream cleanly and closes the connection.
 func (s *Sender) Close() error {
-	putHeader(s.buf, 0)
-	if _, err := s.conn.Write(s.buf[:headerLen]); err != nil {
+	record, err := s.seal.seal(0, true)
+	if err == nil {
+		_, err = s.conn.Write(record)
+	}
+	if err != nil {
 		s.Abort()
 		return fmt.Errorf("ending the data link: %w", err)
 	}
+	// No TLS close_notify: TLS no longer owns the stream, and the receiver stops reading at
+	// the end marker.
 	return s.conn.Close()
 }
 
 // Abort closes the connection without ending the stream: the receiver sees an error. It may
 // be called while ReadFrom blocks in a write, to end it, and more than once.
-func (s *Sender) Abort() { s.conn.NetConn().Close() }
+func (s *Sender) Abort() { s.conn.Close() }
+
+const (
+	// coalesceBelow is the chunk below which the sender waits for more before sealing it,
+	// coalesceWait how long each wait lasts and coalesceWaits how many it makes at most.
+	coalesceBelow = 256 << 10
+	coalesceWait  = 50 * time.Microsecond
+	coalesceWaits = 4
+)
+
+// nonBlocking returns r's descriptor if it is a non-blocking one (a pipe in the runtime's
+// poller), which coalesce can read without waiting; else nil.
+func nonBlocking(r io.Reader) syscall.RawConn {
+	sc, ok := r.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	nonblock := false
+	if err := rc.Control(func(fd uintptr) {
+		flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nonblock = err == nil && flags&unix.O_NONBLOCK != 0
+	}); err != nil || !nonblock {
+		return nil
+	}
+	return rc
+}
+
+// coalesce tops up buf, holding n bytes read from rc, with what the writer adds within short
+// waits, while it keeps adding. Bulk output comes in its writer's pieces (head -c writes 4 KiB
+// at a time), and when this agent is faster than the writer each read finds only the last
+// piece: a record per piece costs both agents a whole round (system calls, a wake-up of the
+// receiving agent and of the client's reader). The link carries only output past its first
+// 2 MiB, so the wait delays a bulk stream by at most coalesceWaits*coalesceWait per record.
+func coalesce(rc syscall.RawConn, buf []byte, n int) int {
+	for range coalesceWaits {
+		if n >= coalesceBelow {
+			break
+		}
+		// A sleep of the thread, not of the goroutine: the runtime's timers wait at least
+		// a millisecond when the process is otherwise idle.
+		ts := unix.NsecToTimespec(coalesceWait.Nanoseconds())
+		_ = unix.Nanosleep(&ts, nil)
+		var m int
+		var err error
+		if rerr := rc.Read(func(fd uintptr) bool {
+			m, err = unix.Read(int(fd), buf[n:])
+			return true // never wait here: nothing new means send what there is
+		}); rerr != nil || err != nil || m <= 0 {
+			break
+		}
+		n += m
+	}
+	return n
+}

@@ -9,10 +9,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
@@ -66,51 +70,163 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 	var addrs sync.Map
 	home := startNode(t, c, "n1", &addrs)
 	remote := startNode(t, c, "n2", &addrs)
-
-	p, err := home.Expect("n2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
 	data := make([]byte, 5<<20+12345) // several full chunks and a partial one
 	rand.Read(data)
-	sendErr := make(chan error, 1)
-	go func() {
-		s, err := remote.Dial(context.Background(), "n1", p.Token)
-		if err != nil {
-			sendErr <- err
-			return
-		}
-		// A reader that returns odd sizes, as a pipe does.
-		if _, err := s.ReadFrom(&oddReader{r: bytes.NewReader(data)}); err != nil {
-			sendErr <- err
-			return
-		}
-		sendErr <- s.Close()
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	r, err := p.Receiver(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	var got []byte
-	for {
-		chunk, err := r.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
+
+	// pipe is a pipe its writer fills in pieces of the given size, as a command's stdout:
+	// the sender tops small reads up from it (coalesce).
+	pipe := func(t *testing.T, piece int) io.Reader {
+		pr, pw, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, chunk...)
+		t.Cleanup(func() { pr.Close() })
+		go func() {
+			defer pw.Close()
+			for rest := data; len(rest) > 0; rest = rest[min(piece, len(rest)):] {
+				if _, err := pw.Write(rest[:min(piece, len(rest))]); err != nil {
+					return
+				}
+			}
+		}()
+		return pr
 	}
-	if err := <-sendErr; err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name   string
+		source func(t *testing.T) io.Reader
+	}{
+		// A reader that returns odd sizes, as a pipe does.
+		{"odd reads", func(*testing.T) io.Reader { return &oddReader{r: bytes.NewReader(data)} }},
+		{"pipe written 4 KiB at a time", func(t *testing.T) io.Reader { return pipe(t, 4<<10) }},
+		{"pipe written 1 byte then 1 MiB at a time", func(t *testing.T) io.Reader {
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pr.Close() })
+			go func() {
+				defer pw.Close()
+				if _, err := pw.Write(data[:1]); err != nil {
+					return
+				}
+				for rest := data[1:]; len(rest) > 0; rest = rest[min(MaxChunk, len(rest)):] {
+					if _, err := pw.Write(rest[:min(MaxChunk, len(rest))]); err != nil {
+						return
+					}
+				}
+			}()
+			return pr
+		}},
 	}
-	if !bytes.Equal(got, data) {
-		t.Fatalf("received %d bytes, not the %d sent", len(got), len(data))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := home.Expect("n2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			src := tt.source(t)
+			sendErr := make(chan error, 1)
+			go func() {
+				s, err := remote.Dial(context.Background(), "n1", p.Token)
+				if err != nil {
+					sendErr <- err
+					return
+				}
+				if _, err := s.ReadFrom(src); err != nil {
+					sendErr <- err
+					return
+				}
+				sendErr <- s.Close()
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r, err := p.Receiver(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			var got []byte
+			for {
+				chunk, err := r.Next()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, chunk...)
+			}
+			if err := <-sendErr; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("received %d bytes, not the %d sent", len(got), len(data))
+			}
+		})
+	}
+}
+
+// Output that stops coming is sent without waiting for more, whether the sender's pipe is in
+// the runtime's poller (it tops small reads up, coalesce) or a blocking one (it must not).
+func TestLinkSendsWhatCameWithoutWaitingForMore(t *testing.T) {
+	c := newTestCluster(t, "c1")
+	var addrs sync.Map
+	home := startNode(t, c, "n1", &addrs)
+	remote := startNode(t, c, "n2", &addrs)
+	tests := []struct {
+		name     string
+		blocking bool
+	}{
+		{"pipe in the poller", false},
+		{"blocking pipe", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var pr, pw *os.File
+			if tt.blocking {
+				var fds [2]int
+				if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+					t.Fatal(err)
+				}
+				pr, pw = os.NewFile(uintptr(fds[0]), "r"), os.NewFile(uintptr(fds[1]), "w")
+			} else {
+				var err error
+				if pr, pw, err = os.Pipe(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer pr.Close()
+			defer pw.Close()
+			p, err := home.Expect("n2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := remote.Dial(ctx, "n1", p.Token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Abort()
+			go func() { _, _ = s.ReadFrom(pr) }()
+			r, err := p.Receiver(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			// Closing the receiver when ctx ends turns a hang into a failure.
+			stop := context.AfterFunc(ctx, r.Close)
+			defer stop()
+			// The writer stays open and writes nothing more until the chunk came.
+			if _, err := pw.Write([]byte("line\n")); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := r.Next(); err != nil || string(got) != "line\n" {
+				t.Fatalf("got %q, %v", got, err)
+			}
+		})
 	}
 }
 
@@ -349,4 +465,80 @@ func BenchmarkLinkSetup(b *testing.B) {
 		r.Close()
 		p.Close()
 	}
+}
+
+// BenchmarkLinkThroughput streams data over a loopback link, both sides in this process, read
+// from a pipe as the agent reads a command's stdout.
+func BenchmarkLinkThroughput(b *testing.B) {
+	c := newTestCluster(b, "c1")
+	var addrs sync.Map
+	home := startNode(b, c, "n1", &addrs)
+	remote := startNode(b, c, "n2", &addrs)
+	ctx := context.Background()
+	const size = 64 << 20
+	b.SetBytes(size)
+	before := processCPU(b)
+	for b.Loop() {
+		p, err := home.Expect("n2")
+		if err != nil {
+			b.Fatal(err)
+		}
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 128<<10)
+			for sent := 0; sent < size; sent += len(buf) {
+				if _, err := pw.Write(buf); err != nil {
+					break
+				}
+			}
+			pw.Close()
+		}()
+		sendErr := make(chan error, 1)
+		go func() {
+			defer pr.Close()
+			s, err := remote.Dial(ctx, "n1", p.Token)
+			if err != nil {
+				sendErr <- err
+				return
+			}
+			if _, err := s.ReadFrom(pr); err != nil {
+				sendErr <- err
+				return
+			}
+			sendErr <- s.Close()
+		}()
+		r, err := p.Receiver(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := 0
+		for {
+			chunk, err := r.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += len(chunk)
+		}
+		if err := <-sendErr; err != nil || got != size {
+			b.Fatalf("got %d bytes, %v", got, err)
+		}
+		r.Close()
+		p.Close()
+	}
+	b.ReportMetric((processCPU(b)-before).Seconds()/float64(b.N)*(1<<30)/size, "cpu-s/GiB")
+}
+
+// processCPU is the CPU time this process has used, both sides of the link and the writer.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
