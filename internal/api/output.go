@@ -12,7 +12,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -284,9 +283,6 @@ func parseRights(oob []byte) ([]int, error) {
 type OutputFile struct {
 	f  *os.File
 	rc syscall.RawConn
-	// pipe: a pipe of our own non-blocking description, whose writes never sleep in the
-	// kernel (see Writev).
-	pipe bool
 }
 
 // newOutputFile checks a received descriptor and takes it over (closing it on error). Only
@@ -331,18 +327,13 @@ func newOutputFile(fd int, name string) (*OutputFile, error) {
 	default:
 		return fail(fmt.Errorf("unsupported file type %#o", st.Mode&unix.S_IFMT))
 	}
-	pipe := false
-	if st.Mode&unix.S_IFMT == unix.S_IFIFO {
-		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-		pipe = err == nil && fl&unix.O_NONBLOCK != 0
-	}
 	f := os.NewFile(uintptr(fd), name)
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	return &OutputFile{f: f, rc: rc, pipe: pipe}, nil
+	return &OutputFile{f: f, rc: rc}, nil
 }
 
 // IsNullDevice reports whether a character device is /dev/null, /dev/zero or /dev/full:
@@ -392,24 +383,6 @@ func (o *OutputFile) WriteFrame(f *Frame) error {
 	return o.Writev(views)
 }
 
-// writev writes bufs once. A write of one buffer into a non-blocking pipe, the bulk of a
-// session's output, does not tell the runtime it is in a system call, which it need not: it
-// never sleeps in the kernel. When a goroutine of a process whose goroutines were all parked
-// enters a system call, the runtime wakes its monitor thread (sysmon), which then polls every
-// 20 µs for a millisecond or more: for the agent receiving a bulk stream that was once per
-// chunk (see datalink's rawReader, its other half). Regular files can sleep on the disk and
-// keep the ordinary call.
-func (o *OutputFile) writev(fd uintptr, bufs [][]byte) (int, error) {
-	if !o.pipe || len(bufs) != 1 || len(bufs[0]) == 0 {
-		return unix.Writev(int(fd), bufs)
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&bufs[0][0])), uintptr(len(bufs[0])))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
-
 // Writev writes all of bufs, blocking (in the runtime's poller, for pipes) while the reader
 // is slower: that is the back-pressure on the command.
 func (o *OutputFile) Writev(bufs [][]byte) error {
@@ -418,7 +391,7 @@ func (o *OutputFile) Writev(bufs [][]byte) error {
 		var n int
 		var err error
 		if rerr := o.rc.Write(func(fd uintptr) bool {
-			n, err = o.writev(fd, bufs[:min(len(bufs), iovMax)])
+			n, err = unix.Writev(int(fd), bufs[:min(len(bufs), iovMax)])
 			return err != unix.EAGAIN
 		}); rerr != nil {
 			return rerr

@@ -26,10 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/pki"
 )
@@ -308,12 +305,8 @@ type Sender struct {
 // Reads go straight into the buffer that is sealed in place and written in one call.
 func (s *Sender) ReadFrom(r io.Reader) (int64, error) {
 	var sent int64
-	rc := nonBlocking(r)
 	for {
 		n, err := r.Read(s.seal.payload())
-		if n > 0 && n < coalesceBelow && err == nil && rc != nil {
-			n = coalesce(rc, s.seal.payload(), n)
-		}
 		if n > 0 {
 			record, serr := s.seal.seal(n, false)
 			if serr != nil {
@@ -351,60 +344,3 @@ func (s *Sender) Close() error {
 // Abort closes the connection without ending the stream: the receiver sees an error. It may
 // be called while ReadFrom blocks in a write, to end it, and more than once.
 func (s *Sender) Abort() { s.conn.Close() }
-
-const (
-	// coalesceBelow is the chunk below which the sender waits for more before sealing it,
-	// coalesceWait how long each wait lasts and coalesceWaits how many it makes at most.
-	coalesceBelow = 256 << 10
-	coalesceWait  = 50 * time.Microsecond
-	coalesceWaits = 4
-)
-
-// nonBlocking returns r's descriptor if it is a non-blocking one (a pipe in the runtime's
-// poller), which coalesce can read without waiting; else nil.
-func nonBlocking(r io.Reader) syscall.RawConn {
-	sc, ok := r.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	nonblock := false
-	if err := rc.Control(func(fd uintptr) {
-		flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
-		nonblock = err == nil && flags&unix.O_NONBLOCK != 0
-	}); err != nil || !nonblock {
-		return nil
-	}
-	return rc
-}
-
-// coalesce tops up buf, holding n bytes read from rc, with what the writer adds within short
-// waits, while it keeps adding. Bulk output comes in its writer's pieces (head -c writes 4 KiB
-// at a time), and when this agent is faster than the writer each read finds only the last
-// piece: a record per piece costs both agents a whole round (system calls, a wake-up of the
-// receiving agent and of the client's reader). The link carries only output past its first
-// 2 MiB, so the wait delays a bulk stream by at most coalesceWaits*coalesceWait per record.
-func coalesce(rc syscall.RawConn, buf []byte, n int) int {
-	for range coalesceWaits {
-		if n >= coalesceBelow {
-			break
-		}
-		// A sleep of the thread, not of the goroutine: the runtime's timers wait at least
-		// a millisecond when the process is otherwise idle.
-		ts := unix.NsecToTimespec(coalesceWait.Nanoseconds())
-		_ = unix.Nanosleep(&ts, nil)
-		var m int
-		var err error
-		if rerr := rc.Read(func(fd uintptr) bool {
-			m, err = unix.Read(int(fd), buf[n:])
-			return true // never wait here: nothing new means send what there is
-		}); rerr != nil || err != nil || m <= 0 {
-			break
-		}
-		n += m
-	}
-	return n
-}

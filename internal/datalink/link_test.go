@@ -73,8 +73,7 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 	data := make([]byte, 5<<20+12345) // several full chunks and a partial one
 	rand.Read(data)
 
-	// pipe is a pipe its writer fills in pieces of the given size, as a command's stdout:
-	// the sender tops small reads up from it (coalesce).
+	// pipe is a pipe its writer fills in pieces of the given size, as a command's stdout.
 	pipe := func(t *testing.T, piece int) io.Reader {
 		pr, pw, err := os.Pipe()
 		if err != nil {
@@ -168,7 +167,7 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 }
 
 // Output that stops coming is sent without waiting for more, whether the sender's pipe is in
-// the runtime's poller (it tops small reads up, coalesce) or a blocking one (it must not).
+// the runtime's poller or a blocking one: a line a command prints must reach the user at once.
 func TestLinkSendsWhatCameWithoutWaitingForMore(t *testing.T) {
 	c := newTestCluster(t, "c1")
 	var addrs sync.Map

@@ -13,9 +13,11 @@ import (
 // runtime it is in a system call, which such a read need not: it never sleeps in the kernel.
 // When a goroutine of a process whose goroutines were all parked enters a system call, the
 // runtime wakes its monitor thread (sysmon), which then polls every 20 µs for a millisecond or
-// more; the receiving agent parks for almost every record, and with the socket's reads and
-// the client's pipe's writes (api.OutputFile) made this way it spends about a sixth less CPU
-// per GiB (docs/PERFORMANCE.md, session 5).
+// more, and the receiving agent parks for almost every record. This is safe only on a
+// descriptor whose flags no one else controls: the link's socket is this agent's own. (The
+// client's stdout pipe keeps ordinary writes: the client shares that file description and
+// could make it blocking, and a raw write that blocks would hold one of the agent's
+// processors for as long as the client's reader pleases.)
 type rawReader struct{ rc syscall.RawConn }
 
 // newRawReader returns a rawReader for conn, or conn itself if it has no descriptor.
