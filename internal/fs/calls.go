@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -42,13 +43,22 @@ type callCarrier interface {
 }
 
 // callStream is the client side of one Calls stream or file wire connection.
+//
+// A Calls stream has a goroutine of its own that receives the replies and hands each to its
+// caller. A file wire has none: a caller waiting for its reply takes the read token and reads
+// the connection itself until its reply comes, handing the others' to their callers, then
+// passes the token on to one of those still waiting. With one request at a time (a shell's
+// creates) the caller reads its own reply, and no other goroutine has to be woken to hand it
+// over: on this kind of VM each wake-up of a sleeping thread is dear.
 type callStream struct {
 	conn   grpc.ClientConnInterface
-	wire   bool // on the file wire, not gRPC
+	wire   *wireClient // set on the file wire, once open
+	isWire bool        // on the file wire, not gRPC
 	cancel context.CancelFunc
 	ready  chan struct{} // closed once the stream is open or failed to open
 	stream callCarrier
 	send   chan struct{} // held (one token) while sending: Send is not safe concurrently
+	read   chan struct{} // on the file wire, held (one token) by the caller reading replies
 	done   chan struct{} // closed when the stream failed; err says why
 
 	mu      sync.Mutex
@@ -78,8 +88,8 @@ func openWireStream(parent context.Context, conn grpc.ClientConnInterface, d Wir
 
 func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool, open func(context.Context) (callCarrier, error)) *callStream {
 	ctx, cancel := context.WithCancel(parent)
-	cs := &callStream{conn: conn, wire: wire, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
-		done: make(chan struct{}), pending: make(map[uint64]chan *fspb.Result)}
+	cs := &callStream{conn: conn, isWire: wire, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
+		read: make(chan struct{}, 1), done: make(chan struct{}), pending: make(map[uint64]chan *fspb.Result)}
 	go func() {
 		stream, err := open(ctx)
 		if err != nil {
@@ -88,6 +98,11 @@ func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool
 			return
 		}
 		cs.stream = stream
+		if w, ok := stream.(*wireClient); ok {
+			cs.wire = w
+			close(cs.ready)
+			return // its callers read it
+		}
 		close(cs.ready)
 		for {
 			res, err := stream.Recv()
@@ -95,16 +110,21 @@ func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool
 				cs.fail(err)
 				return
 			}
-			cs.mu.Lock()
-			ch := cs.pending[res.Id]
-			delete(cs.pending, res.Id)
-			cs.mu.Unlock()
-			if ch != nil {
-				ch <- res
-			}
+			cs.deliver(res)
 		}
 	}()
 	return cs
+}
+
+// deliver hands a reply to the caller waiting for it, if it still is.
+func (cs *callStream) deliver(res *fspb.Result) {
+	cs.mu.Lock()
+	ch := cs.pending[res.Id]
+	delete(cs.pending, res.Id)
+	cs.mu.Unlock()
+	if ch != nil {
+		ch <- res
+	}
 }
 
 // fail ends the stream: calls waiting on it fail with err, or go unary if the owner does not
@@ -169,8 +189,18 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 		return err
 	}
 	var res *fspb.Result
+	var lead chan struct{} // nil (never ready) but on the file wire
+	if cs.wire != nil {
+		lead = cs.read
+	}
 	select {
 	case res = <-ch:
+	case lead <- struct{}{}:
+		res, err = cs.readReplies(ctx, id, ch)
+		<-cs.read
+		if err != nil {
+			return err
+		}
 	case <-cs.done:
 		select {
 		case res = <-ch: // answered just before the stream ended
@@ -191,6 +221,67 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 		return status.Errorf(codes.Internal, "decode the owner's %s reply: %v", method, err)
 	}
 	return nil
+}
+
+// readReplies reads the file wire, holding its read token, until the reply to request id
+// comes; the others' it hands to their callers. It ends early when ctx does.
+func (cs *callStream) readReplies(ctx context.Context, id uint64, ch chan *fspb.Result) (*fspb.Result, error) {
+	// The previous reader may have handed this reply over just before it let go.
+	select {
+	case res := <-ch:
+		return res, nil
+	default:
+	}
+	w := cs.wire
+	stop := context.AfterFunc(ctx, w.interrupt)
+	defer stop()
+	for {
+		// Cleared before ctx is looked at: an interrupt for ctx from now on stays set.
+		w.clearInterrupt()
+		if err := ctx.Err(); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+		res, err := w.Recv()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue // ctx ended, or a late interrupt of an earlier reader's
+			}
+			cs.fail(err)
+			select {
+			case res := <-ch: // answered just before the stream ended
+				return res, nil
+			default:
+			}
+			return nil, cs.failed()
+		}
+		if res.Id == id {
+			cs.mu.Lock()
+			delete(cs.pending, id)
+			cs.mu.Unlock()
+			return res, nil
+		}
+		cs.deliver(res)
+	}
+}
+
+// idleAndClosed reports whether the file wire was closed by the owner while no caller read it.
+func (cs *callStream) idleAndClosed() bool {
+	select {
+	case <-cs.ready:
+	default:
+		return false
+	}
+	if cs.wire == nil {
+		return false
+	}
+	select {
+	case cs.read <- struct{}{}:
+		defer func() { <-cs.read }()
+		return cs.wire.closedWhileIdle()
+	default:
+		return false // a caller reads it and would see that
+	}
 }
 
 // sendCall sends one request. A stream that cannot take it within the caller's time is stuck
@@ -224,10 +315,14 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 	defer p.mu.Unlock()
 	if cs := p.calls; cs != nil {
 		err := cs.failed()
+		if err == nil && cs.idleAndClosed() {
+			cs.close()
+			err = cs.failed()
+		}
 		switch {
 		case err == nil && cs.conn == conn:
 			return cs
-		case errors.Is(err, errNoCalls) && cs.wire:
+		case errors.Is(err, errNoCalls) && cs.isWire:
 			p.wireRetry = time.Now().Add(retryCallsAfter)
 		case errors.Is(err, errNoCalls):
 			p.callsRetry = time.Now().Add(retryCallsAfter)
