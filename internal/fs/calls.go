@@ -31,6 +31,9 @@ const maxStreamedData = 64 << 10
 // wire, before it tries again.
 const retryCallsAfter = time.Minute
 
+// wireIdle is how long after its last reply a file wire counts as idle (idleAndClosed).
+const wireIdle = 100 * time.Millisecond
+
 // errNoCalls reports that the owner does not serve the stream asked for (the Calls stream, or
 // the file wire, wrapped): the request was not made, and goes unary.
 var errNoCalls = errors.New("owner does not serve the Calls stream")
@@ -236,8 +239,6 @@ func (cs *callStream) readReplies(ctx context.Context, id uint64, ch chan *fspb.
 	stop := context.AfterFunc(ctx, w.interrupt)
 	defer stop()
 	for {
-		// Cleared before ctx is looked at: an interrupt for ctx from now on stays set.
-		w.clearInterrupt()
 		if err := ctx.Err(); err != nil {
 			return nil, status.FromContextError(err).Err()
 		}
@@ -245,7 +246,10 @@ func (cs *callStream) readReplies(ctx context.Context, id uint64, ch chan *fspb.
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				continue // ctx ended, or a late interrupt of an earlier reader's
+				// ctx ended, or an earlier reader's ended late. Cleared before ctx is looked at:
+				// ctx ends before its interrupt is set, so one for ctx is never lost.
+				w.clearInterrupt()
+				continue
 			}
 			cs.fail(err)
 			select {
@@ -266,13 +270,16 @@ func (cs *callStream) readReplies(ctx context.Context, id uint64, ch chan *fspb.
 }
 
 // idleAndClosed reports whether the file wire was closed by the owner while no caller read it.
+// A reply read within the last wireIdle needs no look: an owner that went away since then
+// cannot be back yet (an agent takes longer than that to start), so no request made meanwhile
+// could succeed on another connection either.
 func (cs *callStream) idleAndClosed() bool {
 	select {
 	case <-cs.ready:
 	default:
 		return false
 	}
-	if cs.wire == nil {
+	if cs.wire == nil || time.Since(cs.wire.lastReply()) < wireIdle {
 		return false
 	}
 	select {

@@ -28,8 +28,8 @@ import (
 // (the caller, gRPC's writer and reader on each side, the stream's handler, the reply's
 // sender), and on this kind of VM every wake-up of a sleeping thread is dear: a round trip after
 // a moment of idleness took ~100-150 µs, against ~40-60 µs on a connection where the caller
-// writes its request itself, the owner's one reader answers it inline and the client's one
-// reader hands the reply to the caller. A small-file create makes two such round trips.
+// writes its request itself, the owner's one reader answers it inline and the caller reads the
+// reply itself (callStream). A small-file create makes two such round trips.
 //
 // The connection: TCP to the owner agent's link port (shared with the data links, told apart
 // by ALPN: internal/peermux), TLS 1.3 with the node certificates both ways, exactly as gRPC's (the owner requires and verifies the client's
@@ -129,6 +129,9 @@ type wireClient struct {
 	hdrN, bodyN int
 	body        []byte
 	haveBody    bool
+
+	// replied is when the last reply was read, in Unix nanoseconds.
+	replied atomic.Int64
 }
 
 // dialWire opens the file wire to node; it ends with ctx. A dial that takes longer than
@@ -182,11 +185,20 @@ func (w *wireClient) Recv() (*fspb.Result, error) {
 		}
 		return nil, status.Errorf(codes.Unavailable, "file wire: %v", err)
 	}
+	w.replied.Store(time.Now().UnixNano())
 	res := new(fspb.Result)
 	if err := proto.Unmarshal(body, res); err != nil {
 		return nil, status.Errorf(codes.Internal, "file wire: decode the owner's reply: %v", err)
 	}
 	return res, nil
+}
+
+// lastReply is when the last reply was read (the zero time if none was).
+func (w *wireClient) lastReply() time.Time {
+	if ns := w.replied.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // readFrame reads one frame's body (valid until the next call) as readFrame does, but can be
@@ -228,7 +240,7 @@ func (w *wireClient) readFrame() ([]byte, error) {
 // interrupt makes a Recv in progress (or the next one) return a timeout error.
 func (w *wireClient) interrupt() { w.conn.SetReadDeadline(time.Unix(1, 0)) }
 
-// clearInterrupt undoes interrupt before a Recv.
+// clearInterrupt undoes interrupt once a Recv returned its timeout.
 func (w *wireClient) clearInterrupt() { w.conn.SetReadDeadline(time.Time{}) }
 
 // closedWhileIdle reports whether the owner ended the connection (or it broke) while no one was
