@@ -307,7 +307,16 @@ func (cs *callStream) sendCall(ctx context.Context, c *fspb.Call) error {
 	err := cs.stream.Send(c)
 	stop()
 	if err != nil {
-		// Send only says io.EOF; the reason, if known yet, is what Recv saw.
+		if cs.wire == nil {
+			// gRPC's Send only says io.EOF; the reason is what Recv sees, and the stream's reader
+			// records it. An owner that does not know the Calls stream refuses it with
+			// Unimplemented, and then the request goes unary: failing it here instead (as
+			// Unavailable, ENOTCONN to the process) lost that race about one time in ten.
+			select {
+			case <-cs.done:
+			case <-ctx.Done():
+			}
+		}
 		cs.fail(status.Error(codes.Unavailable, "file request stream broke"))
 		return cs.failed()
 	}
