@@ -285,7 +285,12 @@ func TestWireCallerGivesUpWhileReading(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		<-started
-		cancel() // the caller is reading or about to: it must stop either way
+		// Once the caller holds the read token it has sent its request (a context that ends
+		// during a send closes the whole stream, as for an owner that stopped reading).
+		for len(cs.read) == 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		cancel()
 	}()
 	err := cs.call(ctx, "testSlow", &fspb.ErrnoReply{}, &fspb.ErrnoReply{})
 	if status.Code(err) != codes.Canceled {
