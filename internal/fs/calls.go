@@ -285,9 +285,31 @@ func (cs *callStream) idleAndClosed() bool {
 	select {
 	case cs.read <- struct{}{}:
 		defer func() { <-cs.read }()
-		return cs.wire.closedWhileIdle()
 	default:
 		return false // a caller reads it and would see that
+	}
+	w := cs.wire
+	for {
+		switch w.peek() {
+		case peekEmpty:
+			return false
+		case peekClosed:
+			return true
+		}
+		// Bytes are there: replies to calls that gave up, or the owner's TLS closing alert,
+		// which only a read tells apart. They are there already, so the read does not wait
+		// (but for the rest of a record cut in two: then the wire counts as open).
+		w.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+		res, err := w.Recv()
+		w.clearInterrupt()
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return false
+		case err != nil:
+			return true
+		}
+		cs.deliver(res)
 	}
 }
 

@@ -243,21 +243,38 @@ func (w *wireClient) interrupt() { w.conn.SetReadDeadline(time.Unix(1, 0)) }
 // clearInterrupt undoes interrupt once a Recv returned its timeout.
 func (w *wireClient) clearInterrupt() { w.conn.SetReadDeadline(time.Time{}) }
 
-// closedWhileIdle reports whether the owner ended the connection (or it broke) while no one was
-// reading it: a reader would have seen that at once, and then requests went on a new one.
-func (w *wireClient) closedWhileIdle() bool {
-	if w.raw == nil || w.r.Buffered() > 0 {
-		return false
+// peekState is what a look at the socket under the wire found.
+type peekState int
+
+const (
+	peekEmpty  peekState = iota // nothing to read
+	peekData                    // bytes to read (a late reply, or TLS's closing alert)
+	peekClosed                  // the end of the stream, or an error
+)
+
+// peek looks at the socket without reading it; a connection without one looks empty.
+func (w *wireClient) peek() peekState {
+	if w.r.Buffered() > 0 {
+		return peekData
 	}
-	closed := false
+	if w.raw == nil {
+		return peekEmpty
+	}
+	state := peekEmpty
 	var b [1]byte
 	w.raw.Read(func(fd uintptr) bool {
 		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		closed = errno == 0 && n == 0 || errno != 0 && errno != syscall.EAGAIN && errno != syscall.EINTR
+		switch {
+		case errno == syscall.EAGAIN || errno == syscall.EINTR:
+		case errno != 0 || n == 0:
+			state = peekClosed
+		default:
+			state = peekData
+		}
 		return true
 	})
-	return closed
+	return state
 }
 
 // ServeWire serves the file wire on ln, whose connections must be TLS with verified node

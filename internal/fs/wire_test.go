@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -338,46 +339,96 @@ func TestWireRepliesReachTheirCallers(t *testing.T) {
 }
 
 // TestWireClosedWhileIdle: with no caller reading the connection, the owner's closing it is
-// still noticed before the next request is sent on it.
+// still noticed before the next request is sent on it, behind replies to calls that gave up
+// and behind TLS's closing alert; an open connection is not taken for closed.
 func TestWireClosedWhileIdle(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name             string
+		tls              bool
+		lateReply, close bool
+	}{
+		{name: "open"},
+		{name: "closed", close: true},
+		{name: "late reply, open", lateReply: true},
+		{name: "late reply, closed", lateReply: true, close: true},
+		{name: "TLS, open", tls: true},
+		{name: "TLS, closed", tls: true, close: true},
+		{name: "TLS, late reply, closed", tls: true, lateReply: true, close: true},
 	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			accepted <- c
-		}
-	}()
-	cs := testWireStreamTo(t, ln.Addr().String())
-	owner := <-accepted
-	<-cs.ready
-	if cs.idleAndClosed() {
-		t.Fatal("an open connection counts as closed")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			var conf *testTLS
+			if tt.tls {
+				conf = newTestTLS(t)
+			}
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				if conf != nil {
+					c = tls.Server(c, conf.serverConfig)
+				}
+				accepted <- c
+			}()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			owner := <-accepted
+			defer owner.Close()
+			if conf != nil {
+				tc := tls.Client(conn, conf.clientConfig)
+				handshake := make(chan error, 1)
+				go func() { handshake <- owner.(*tls.Conn).Handshake() }()
+				if err := tc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				if err := <-handshake; err != nil {
+					t.Fatal(err)
+				}
+				conn = tc
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cs := openStream(ctx, nil, true, func(context.Context) (callCarrier, error) { return newWireClient(conn), nil })
+			<-cs.ready
+			if cs.idleAndClosed() {
+				t.Fatal("a new open connection counts as closed")
+			}
+			if tt.lateReply {
+				frame, err := appendFrame(nil, &fspb.Result{Id: 99})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := owner.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.close {
+				owner.Close()
+			}
+			eventually(t, 10*time.Second, "the owner's bytes are seen", func() error {
+				closed := cs.idleAndClosed()
+				switch {
+				case closed && !tt.close:
+					t.Fatal("an open connection counts as closed")
+				case !closed && tt.close:
+					return errors.New("still taken for open")
+				case tt.lateReply && !tt.close && cs.wire.lastReply().IsZero():
+					return errors.New("the late reply is not read yet")
+				}
+				return nil
+			})
+		})
 	}
-	owner.Close()
-	eventually(t, 10*time.Second, "the closed connection is noticed", func() error {
-		if !cs.idleAndClosed() {
-			return errors.New("still taken for open")
-		}
-		return nil
-	})
-}
-
-// testWireStreamTo opens a callStream on a plain connection to addr.
-func testWireStreamTo(t *testing.T, addr string) *callStream {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	return openStream(ctx, nil, true, func(context.Context) (callCarrier, error) { return newWireClient(conn), nil })
 }
 
 // FuzzWireClientFrames reads the owner's bytes as the client does, interrupted once at a given
