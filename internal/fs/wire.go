@@ -119,7 +119,7 @@ type wireClient struct {
 	conn net.Conn
 	r    *bufio.Reader
 	wbuf []byte
-	// raw is the socket under TLS, to look at without reading it (closedWhileIdle); nil when
+	// raw is the socket under TLS, to look at without reading it (peek); nil when
 	// the connection has none.
 	raw syscall.RawConn
 
