@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -30,6 +31,9 @@ const maxStreamedData = 64 << 10
 // wire, before it tries again.
 const retryCallsAfter = time.Minute
 
+// wireIdle is how long after its last reply a file wire counts as idle (idleAndClosed).
+const wireIdle = 100 * time.Millisecond
+
 // errNoCalls reports that the owner does not serve the stream asked for (the Calls stream, or
 // the file wire, wrapped): the request was not made, and goes unary.
 var errNoCalls = errors.New("owner does not serve the Calls stream")
@@ -42,13 +46,22 @@ type callCarrier interface {
 }
 
 // callStream is the client side of one Calls stream or file wire connection.
+//
+// A Calls stream has a goroutine of its own that receives the replies and hands each to its
+// caller. A file wire has none: a caller waiting for its reply takes the read token and reads
+// the connection itself until its reply comes, handing the others' to their callers, then
+// passes the token on to one of those still waiting. With one request at a time (a shell's
+// creates) the caller reads its own reply, and no other goroutine has to be woken to hand it
+// over: on this kind of VM each wake-up of a sleeping thread is dear.
 type callStream struct {
 	conn   grpc.ClientConnInterface
-	wire   bool // on the file wire, not gRPC
+	wire   *wireClient // set on the file wire, once open
+	isWire bool        // on the file wire, not gRPC
 	cancel context.CancelFunc
 	ready  chan struct{} // closed once the stream is open or failed to open
 	stream callCarrier
 	send   chan struct{} // held (one token) while sending: Send is not safe concurrently
+	read   chan struct{} // on the file wire, held (one token) by the caller reading replies
 	done   chan struct{} // closed when the stream failed; err says why
 
 	mu      sync.Mutex
@@ -78,8 +91,8 @@ func openWireStream(parent context.Context, conn grpc.ClientConnInterface, d Wir
 
 func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool, open func(context.Context) (callCarrier, error)) *callStream {
 	ctx, cancel := context.WithCancel(parent)
-	cs := &callStream{conn: conn, wire: wire, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
-		done: make(chan struct{}), pending: make(map[uint64]chan *fspb.Result)}
+	cs := &callStream{conn: conn, isWire: wire, cancel: cancel, ready: make(chan struct{}), send: make(chan struct{}, 1),
+		read: make(chan struct{}, 1), done: make(chan struct{}), pending: make(map[uint64]chan *fspb.Result)}
 	go func() {
 		stream, err := open(ctx)
 		if err != nil {
@@ -88,6 +101,11 @@ func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool
 			return
 		}
 		cs.stream = stream
+		if w, ok := stream.(*wireClient); ok {
+			cs.wire = w
+			close(cs.ready)
+			return // its callers read it
+		}
 		close(cs.ready)
 		for {
 			res, err := stream.Recv()
@@ -95,16 +113,21 @@ func openStream(parent context.Context, conn grpc.ClientConnInterface, wire bool
 				cs.fail(err)
 				return
 			}
-			cs.mu.Lock()
-			ch := cs.pending[res.Id]
-			delete(cs.pending, res.Id)
-			cs.mu.Unlock()
-			if ch != nil {
-				ch <- res
-			}
+			cs.deliver(res)
 		}
 	}()
 	return cs
+}
+
+// deliver hands a reply to the caller waiting for it, if it still is.
+func (cs *callStream) deliver(res *fspb.Result) {
+	cs.mu.Lock()
+	ch := cs.pending[res.Id]
+	delete(cs.pending, res.Id)
+	cs.mu.Unlock()
+	if ch != nil {
+		ch <- res
+	}
 }
 
 // fail ends the stream: calls waiting on it fail with err, or go unary if the owner does not
@@ -169,8 +192,18 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 		return err
 	}
 	var res *fspb.Result
+	var lead chan struct{} // nil (never ready) but on the file wire
+	if cs.wire != nil {
+		lead = cs.read
+	}
 	select {
 	case res = <-ch:
+	case lead <- struct{}{}:
+		res, err = cs.readReplies(ctx, id, ch)
+		<-cs.read
+		if err != nil {
+			return err
+		}
 	case <-cs.done:
 		select {
 		case res = <-ch: // answered just before the stream ended
@@ -193,6 +226,93 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 	return nil
 }
 
+// readReplies reads the file wire, holding its read token, until the reply to request id
+// comes; the others' it hands to their callers. It ends early when ctx does.
+func (cs *callStream) readReplies(ctx context.Context, id uint64, ch chan *fspb.Result) (*fspb.Result, error) {
+	// The previous reader may have handed this reply over just before it let go.
+	select {
+	case res := <-ch:
+		return res, nil
+	default:
+	}
+	w := cs.wire
+	stop := context.AfterFunc(ctx, w.interrupt)
+	defer stop()
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, status.FromContextError(err).Err()
+		}
+		res, err := w.Recv()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// ctx ended, or an earlier reader's ended late. Cleared before ctx is looked at:
+				// ctx ends before its interrupt is set, so one for ctx is never lost.
+				w.clearInterrupt()
+				continue
+			}
+			cs.fail(err)
+			select {
+			case res := <-ch: // answered just before the stream ended
+				return res, nil
+			default:
+			}
+			return nil, cs.failed()
+		}
+		if res.Id == id {
+			cs.mu.Lock()
+			delete(cs.pending, id)
+			cs.mu.Unlock()
+			return res, nil
+		}
+		cs.deliver(res)
+	}
+}
+
+// idleAndClosed reports whether the file wire was closed by the owner while no caller read it.
+// A reply read within the last wireIdle needs no look: an owner that went away since then
+// cannot be back yet (an agent takes longer than that to start), so no request made meanwhile
+// could succeed on another connection either.
+func (cs *callStream) idleAndClosed() bool {
+	select {
+	case <-cs.ready:
+	default:
+		return false
+	}
+	if cs.wire == nil || time.Since(cs.wire.lastReply()) < wireIdle {
+		return false
+	}
+	select {
+	case cs.read <- struct{}{}:
+		defer func() { <-cs.read }()
+	default:
+		return false // a caller reads it and would see that
+	}
+	w := cs.wire
+	for {
+		switch w.peek() {
+		case peekEmpty:
+			return false
+		case peekClosed:
+			return true
+		}
+		// Bytes are there: replies to calls that gave up, or the owner's TLS closing alert,
+		// which only a read tells apart. They are there already, so the read does not wait
+		// (but for the rest of a record cut in two: then the wire counts as open).
+		w.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+		res, err := w.Recv()
+		w.clearInterrupt()
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return false
+		case err != nil:
+			return true
+		}
+		cs.deliver(res)
+	}
+}
+
 // sendCall sends one request. A stream that cannot take it within the caller's time is stuck
 // (an owner gone without a word): it is ended, so that every call on it fails and the next one
 // opens a new stream.
@@ -209,7 +329,16 @@ func (cs *callStream) sendCall(ctx context.Context, c *fspb.Call) error {
 	err := cs.stream.Send(c)
 	stop()
 	if err != nil {
-		// Send only says io.EOF; the reason, if known yet, is what Recv saw.
+		if cs.wire == nil {
+			// gRPC's Send only says io.EOF; the reason is what Recv sees, and the stream's reader
+			// records it. An owner that does not know the Calls stream refuses it with
+			// Unimplemented, and then the request goes unary: failing it here instead (as
+			// Unavailable, ENOTCONN to the process) lost that race about one time in ten.
+			select {
+			case <-cs.done:
+			case <-ctx.Done():
+			}
+		}
 		cs.fail(status.Error(codes.Unavailable, "file request stream broke"))
 		return cs.failed()
 	}
@@ -224,10 +353,14 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 	defer p.mu.Unlock()
 	if cs := p.calls; cs != nil {
 		err := cs.failed()
+		if err == nil && cs.idleAndClosed() {
+			cs.close()
+			err = cs.failed()
+		}
 		switch {
 		case err == nil && cs.conn == conn:
 			return cs
-		case errors.Is(err, errNoCalls) && cs.wire:
+		case errors.Is(err, errNoCalls) && cs.isWire:
 			p.wireRetry = time.Now().Add(retryCallsAfter)
 		case errors.Is(err, errNoCalls):
 			p.callsRetry = time.Now().Add(retryCallsAfter)

@@ -11,7 +11,9 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,8 +28,8 @@ import (
 // (the caller, gRPC's writer and reader on each side, the stream's handler, the reply's
 // sender), and on this kind of VM every wake-up of a sleeping thread is dear: a round trip after
 // a moment of idleness took ~100-150 µs, against ~40-60 µs on a connection where the caller
-// writes its request itself, the owner's one reader answers it inline and the client's one
-// reader hands the reply to the caller. A small-file create makes two such round trips.
+// writes its request itself, the owner's one reader answers it inline and the caller reads the
+// reply itself (callStream). A small-file create makes two such round trips.
 //
 // The connection: TCP to the owner agent's link port (shared with the data links, told apart
 // by ALPN: internal/peermux), TLS 1.3 with the node certificates both ways, exactly as gRPC's (the owner requires and verifies the client's
@@ -112,12 +114,24 @@ func keep(buf []byte) []byte {
 }
 
 // wireClient is the client's end of a file wire, as a callStream uses it: Send is never called
-// concurrently (the stream's send token), nor Recv (its one reader).
+// concurrently (the stream's send token), nor Recv (the stream's read token).
 type wireClient struct {
 	conn net.Conn
 	r    *bufio.Reader
 	wbuf []byte
-	rbuf []byte
+	// raw is the socket under TLS, to look at without reading it (peek); nil when
+	// the connection has none.
+	raw syscall.RawConn
+
+	// The frame being read, kept across reads that a deadline interrupted: hdr[:hdrN] of its
+	// length, then body[:bodyN] of its body.
+	hdr         [4]byte
+	hdrN, bodyN int
+	body        []byte
+	haveBody    bool
+
+	// replied is when the last reply was read, in Unix nanoseconds.
+	replied atomic.Int64
 }
 
 // dialWire opens the file wire to node; it ends with ctx. A dial that takes longer than
@@ -131,7 +145,21 @@ func dialWire(ctx context.Context, d WireDialer, node string, timeout time.Durat
 	}
 	// Ending the stream (its context) closes the connection, which ends a blocked Send or Recv.
 	context.AfterFunc(ctx, func() { conn.Close() })
-	return &wireClient{conn: conn, r: bufio.NewReaderSize(conn, 32<<10)}, nil
+	return newWireClient(conn), nil
+}
+
+func newWireClient(conn net.Conn) *wireClient {
+	w := &wireClient{conn: conn, r: bufio.NewReaderSize(conn, 32<<10)}
+	under := conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		under = tc.NetConn()
+	}
+	if sc, ok := under.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			w.raw = raw
+		}
+	}
+	return w
 }
 
 func (w *wireClient) Send(c *fspb.Call) error {
@@ -146,17 +174,107 @@ func (w *wireClient) Send(c *fspb.Call) error {
 	return nil
 }
 
+// Recv reads the next reply. An error that is a timeout (interrupt) leaves the connection
+// usable: the next Recv goes on with the frame where this one stopped.
 func (w *wireClient) Recv() (*fspb.Result, error) {
-	body, err := readFrame(w.r, w.rbuf)
+	body, err := w.readFrame()
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, err
+		}
 		return nil, status.Errorf(codes.Unavailable, "file wire: %v", err)
 	}
-	w.rbuf = keep(body)
+	w.replied.Store(time.Now().UnixNano())
 	res := new(fspb.Result)
 	if err := proto.Unmarshal(body, res); err != nil {
 		return nil, status.Errorf(codes.Internal, "file wire: decode the owner's reply: %v", err)
 	}
 	return res, nil
+}
+
+// lastReply is when the last reply was read (the zero time if none was).
+func (w *wireClient) lastReply() time.Time {
+	if ns := w.replied.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// readFrame reads one frame's body (valid until the next call) as readFrame does, but can be
+// resumed after an error.
+func (w *wireClient) readFrame() ([]byte, error) {
+	for w.hdrN < len(w.hdr) {
+		n, err := w.r.Read(w.hdr[w.hdrN:])
+		w.hdrN += n
+		if err != nil {
+			return nil, err
+		}
+	}
+	if !w.haveBody {
+		n := binary.BigEndian.Uint32(w.hdr[:])
+		if n > maxWireFrame {
+			return nil, fmt.Errorf("a frame of %d bytes is over the limit of %d", n, maxWireFrame)
+		}
+		if cap(w.body) < int(n) {
+			w.body = make([]byte, n)
+		}
+		w.body, w.bodyN, w.haveBody = w.body[:n], 0, true
+	}
+	for w.bodyN < len(w.body) {
+		n, err := w.r.Read(w.body[w.bodyN:])
+		w.bodyN += n
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	body := w.body
+	w.body = keep(w.body)
+	w.hdrN, w.haveBody = 0, false
+	return body, nil
+}
+
+// interrupt makes a Recv in progress (or the next one) return a timeout error.
+func (w *wireClient) interrupt() { w.conn.SetReadDeadline(time.Unix(1, 0)) }
+
+// clearInterrupt undoes interrupt once a Recv returned its timeout.
+func (w *wireClient) clearInterrupt() { w.conn.SetReadDeadline(time.Time{}) }
+
+// peekState is what a look at the socket under the wire found.
+type peekState int
+
+const (
+	peekEmpty  peekState = iota // nothing to read
+	peekData                    // bytes to read (a late reply, or TLS's closing alert)
+	peekClosed                  // the end of the stream, or an error
+)
+
+// peek looks at the socket without reading it; a connection without one looks empty.
+func (w *wireClient) peek() peekState {
+	if w.r.Buffered() > 0 {
+		return peekData
+	}
+	if w.raw == nil {
+		return peekEmpty
+	}
+	state := peekEmpty
+	var b [1]byte
+	w.raw.Read(func(fd uintptr) bool {
+		n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == syscall.EAGAIN || errno == syscall.EINTR:
+		case errno != 0 || n == 0:
+			state = peekClosed
+		default:
+			state = peekData
+		}
+		return true
+	})
+	return state
 }
 
 // ServeWire serves the file wire on ln, whose connections must be TLS with verified node
