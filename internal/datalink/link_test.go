@@ -65,6 +65,28 @@ func startNode(t testing.TB, c *testCluster, name string, addrs *sync.Map) *test
 	return &testNode{Link: l, addr: lis.Addr().String()}
 }
 
+// sendAll dials node's link from n with token, sends everything src has and ends the stream,
+// in a goroutine; the channel gets the outcome. src is closed at the end if it is a Closer.
+func sendAll(ctx context.Context, n *testNode, node string, token Token, src io.Reader) <-chan error {
+	sendErr := make(chan error, 1)
+	go func() {
+		if c, ok := src.(io.Closer); ok {
+			defer c.Close()
+		}
+		s, err := n.Dial(ctx, node, token)
+		if err != nil {
+			sendErr <- err
+			return
+		}
+		if _, err := s.ReadFrom(src); err != nil {
+			sendErr <- err
+			return
+		}
+		sendErr <- s.Close()
+	}()
+	return sendErr
+}
+
 func TestLinkCarriesChunksInOrder(t *testing.T) {
 	c := newTestCluster(t, "c1")
 	var addrs sync.Map
@@ -73,8 +95,9 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 	data := make([]byte, 5<<20+12345) // several full chunks and a partial one
 	rand.Read(data)
 
-	// pipe is a pipe its writer fills in pieces of the given size, as a command's stdout.
-	pipe := func(t *testing.T, piece int) io.Reader {
+	// pipe is a pipe its writer fills as a command's stdout would: first bytes, then the rest
+	// in pieces of the given size.
+	pipe := func(t *testing.T, first, piece int) io.Reader {
 		pr, pw, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
@@ -82,7 +105,10 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 		t.Cleanup(func() { pr.Close() })
 		go func() {
 			defer pw.Close()
-			for rest := data; len(rest) > 0; rest = rest[min(piece, len(rest)):] {
+			if _, err := pw.Write(data[:first]); err != nil {
+				return
+			}
+			for rest := data[first:]; len(rest) > 0; rest = rest[min(piece, len(rest)):] {
 				if _, err := pw.Write(rest[:min(piece, len(rest))]); err != nil {
 					return
 				}
@@ -96,26 +122,8 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 	}{
 		// A reader that returns odd sizes, as a pipe does.
 		{"odd reads", func(*testing.T) io.Reader { return &oddReader{r: bytes.NewReader(data)} }},
-		{"pipe written 4 KiB at a time", func(t *testing.T) io.Reader { return pipe(t, 4<<10) }},
-		{"pipe written 1 byte then 1 MiB at a time", func(t *testing.T) io.Reader {
-			pr, pw, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { pr.Close() })
-			go func() {
-				defer pw.Close()
-				if _, err := pw.Write(data[:1]); err != nil {
-					return
-				}
-				for rest := data[1:]; len(rest) > 0; rest = rest[min(MaxChunk, len(rest)):] {
-					if _, err := pw.Write(rest[:min(MaxChunk, len(rest))]); err != nil {
-						return
-					}
-				}
-			}()
-			return pr
-		}},
+		{"pipe written 4 KiB at a time", func(t *testing.T) io.Reader { return pipe(t, 4<<10, 4<<10) }},
+		{"pipe written 1 byte then 1 MiB at a time", func(t *testing.T) io.Reader { return pipe(t, 1, MaxChunk) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,19 +133,7 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 			}
 			defer p.Close()
 			src := tt.source(t)
-			sendErr := make(chan error, 1)
-			go func() {
-				s, err := remote.Dial(context.Background(), "n1", p.Token)
-				if err != nil {
-					sendErr <- err
-					return
-				}
-				if _, err := s.ReadFrom(src); err != nil {
-					sendErr <- err
-					return
-				}
-				sendErr <- s.Close()
-			}()
+			sendErr := sendAll(context.Background(), remote, "n1", p.Token, src)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			r, err := p.Receiver(ctx)
@@ -495,20 +491,7 @@ func BenchmarkLinkThroughput(b *testing.B) {
 			}
 			pw.Close()
 		}()
-		sendErr := make(chan error, 1)
-		go func() {
-			defer pr.Close()
-			s, err := remote.Dial(ctx, "n1", p.Token)
-			if err != nil {
-				sendErr <- err
-				return
-			}
-			if _, err := s.ReadFrom(pr); err != nil {
-				sendErr <- err
-				return
-			}
-			sendErr <- s.Close()
-		}()
+		sendErr := sendAll(ctx, remote, "n1", p.Token, pr)
 		r, err := p.Receiver(ctx)
 		if err != nil {
 			b.Fatal(err)
