@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,8 +64,12 @@ type Membership struct {
 	ml     *memberlist.Memberlist
 	logger *slog.Logger
 
-	mu     sync.Mutex
-	meta   Meta
+	mu   sync.Mutex
+	meta Meta
+	// live holds copies of the nodes memberlist has reported joined or updated, taken in its
+	// event hooks: the nodes its Members returns are its own, which it changes under a lock
+	// of its own (a node's metadata, its address), so reading them would race.
+	live   map[string]memberlist.Node
 	gone   map[string]memberlist.Node // nodes memberlist has reported dead or departed
 	goneAt map[string]time.Time       // and since when
 	// decoded keeps each node's last metadata decoded: Members is called several times a
@@ -91,9 +96,14 @@ const (
 	gossipInterval = 200 * time.Millisecond
 )
 
+func newMembership(logger *slog.Logger, meta Meta) *Membership {
+	return &Membership{logger: logger, meta: meta, live: map[string]memberlist.Node{}, gone: map[string]memberlist.Node{},
+		goneAt: map[string]time.Time{}, decoded: map[string]decodedMeta{}, changed: make(chan struct{})}
+}
+
 // Start begins gossiping. It does not contact anyone; call Join with seeds.
 func Start(cfg Config) (*Membership, error) {
-	m := &Membership{logger: cfg.Logger, meta: cfg.Meta, gone: map[string]memberlist.Node{}, goneAt: map[string]time.Time{}, decoded: map[string]decodedMeta{}, changed: make(chan struct{})}
+	m := newMembership(cfg.Logger, cfg.Meta)
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.BindAddr
@@ -159,36 +169,28 @@ func (m *Membership) LocalMeta() Meta {
 // Members returns every node this agent knows, including dead and departed ones it still
 // remembers.
 func (m *Membership) Members() []Member {
-	nodes := m.ml.Members()
-	all := make(map[string]*memberlist.Node, len(nodes))
-	for _, n := range nodes {
-		all[n.Name] = n
-	}
-	// Members() hides dead and departed nodes; the event hooks remember them.
-	goneNow := map[string]bool{}
 	m.mu.Lock()
-	for name, n := range m.gone {
-		if _, ok := all[name]; !ok {
-			all[name] = &n
-			goneNow[name] = true
-		}
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.live)+len(m.gone))
+	for _, n := range m.live {
+		out = append(out, m.member(&n, StateAlive))
 	}
-	out := make([]Member, 0, len(all))
-	for _, n := range all {
-		mem := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: StateAlive}
-		mem.Meta = m.decodeMeta(n)
-		if _, gone := goneNow[n.Name]; gone {
-			// memberlist does not expose why a node went; its last metadata says whether it
-			// announced its departure.
-			mem.State = StateDead
-			if mem.Meta.Leaving {
-				mem.State = StateLeft
-			}
+	for _, n := range m.gone {
+		// memberlist does not expose why a node went; its last metadata says whether it
+		// announced its departure.
+		mem := m.member(&n, StateDead)
+		if mem.Meta.Leaving {
+			mem.State = StateLeft
 		}
 		out = append(out, mem)
 	}
-	m.mu.Unlock()
 	return out
+}
+
+// member describes n. The caller holds m.mu.
+func (m *Membership) member(n *memberlist.Node, state string) Member {
+	return Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
+		State: state, Meta: m.decodeMeta(n)}
 }
 
 // decodeMeta returns n's metadata, decoded once per change. The caller holds m.mu.
@@ -234,12 +236,21 @@ func (m *Membership) announce() {
 	m.changed = make(chan struct{})
 }
 
-// eventDelegate records departures, which memberlist's member list no longer shows, and
-// announces every change.
+// eventDelegate keeps the membership's copies of memberlist's nodes and announces every
+// change. memberlist calls it under its own lock, so the node it passes is stable meanwhile.
 type eventDelegate Membership
+
+// copyNode returns a copy of n that shares nothing with memberlist's.
+func copyNode(n *memberlist.Node) memberlist.Node {
+	c := *n
+	c.Addr = slices.Clone(n.Addr)
+	c.Meta = bytes.Clone(n.Meta)
+	return c
+}
 
 func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	d.mu.Lock()
+	d.live[n.Name] = copyNode(n)
 	delete(d.gone, n.Name)
 	delete(d.goneAt, n.Name)
 	(*Membership)(d).announce()
@@ -249,15 +260,17 @@ func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 
 func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	d.mu.Lock()
-	d.gone[n.Name] = *n
+	delete(d.live, n.Name)
+	d.gone[n.Name] = copyNode(n)
 	d.goneAt[n.Name] = time.Now()
 	(*Membership)(d).announce()
 	d.mu.Unlock()
 	d.logger.Info("node gone", "node", n.Name)
 }
 
-func (d *eventDelegate) NotifyUpdate(*memberlist.Node) {
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	d.mu.Lock()
+	d.live[n.Name] = copyNode(n)
 	(*Membership)(d).announce()
 	d.mu.Unlock()
 }
