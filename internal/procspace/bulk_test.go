@@ -159,80 +159,62 @@ func TestBulkFailures(t *testing.T) {
 			}
 		}
 	}
+	// afterMarker is a remote that opens the data link, reports the start and moves stdout
+	// to the link (the marker), then does the rest of its script.
+	afterMarker := func(rest func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error) bulkScript {
+		return func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
+			s, err := dial()
+			if err != nil {
+				return err
+			}
+			defer s.Abort()
+			if err := send(stream, started, marker); err != nil {
+				return err
+			}
+			return rest(stream, s)
+		}
+	}
 	tests := []struct {
 		name   string
 		script bulkScript
 		act    func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func())
+		// readerClosed: act closes the client's end of its pipe.
+		readerClosed bool
 		// want is the exit status, and a word its message must hold; -1: no status
 		want    int32
 		message string
 	}{
-		{"the link breaks", func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
-			s, err := dial()
-			if err != nil {
-				return err
-			}
-			if err := send(stream, started, marker); err != nil {
-				return err
-			}
+		{"the link breaks", afterMarker(func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error {
 			_, _ = s.ReadFrom(bytes.NewReader(chunk))
 			s.Abort()
 			<-stream.Context().Done() // the local agent gives up on the session
 			return nil
-		}, nil, ExitLostNode, "n2"},
-		{"the status comes but the link broke", func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
-			s, err := dial()
-			if err != nil {
-				return err
-			}
-			if err := send(stream, started, marker); err != nil {
-				return err
-			}
+		}), nil, false, ExitLostNode, "n2"},
+		{"the status comes but the link broke", afterMarker(func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error {
 			_, _ = s.ReadFrom(bytes.NewReader(chunk))
 			s.Abort()
 			return send(stream, exitMsg(0))
-		}, nil, ExitLostNode, "n2"},
-		{"stdout frames after the marker", func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
-			s, err := dial()
-			if err != nil {
-				return err
-			}
-			defer s.Abort()
-			if err := send(stream, started, marker, stdoutMsg("x")); err != nil {
+		}), nil, false, ExitLostNode, "n2"},
+		{"stdout frames after the marker", afterMarker(func(stream ssipb.Peer_ExecServer, _ *datalink.Sender) error {
+			if err := send(stream, stdoutMsg("x")); err != nil {
 				return err
 			}
 			<-stream.Context().Done()
 			return nil
-		}, nil, ExitLostNode, "data link"},
-		{"reader gone", func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
-			s, err := dial()
-			if err != nil {
-				return err
-			}
-			defer s.Abort()
-			if err := send(stream, started, marker); err != nil {
-				return err
-			}
+		}), nil, false, ExitLostNode, "data link"},
+		{"reader gone", afterMarker(func(_ ssipb.Peer_ExecServer, s *datalink.Sender) error {
 			return endless(s)
-		}, func(t *testing.T, pr *os.File, _ ssipb.Control_RunClient, _ func()) {
+		}), func(t *testing.T, pr *os.File, _ ssipb.Control_RunClient, _ func()) {
 			pr.Close()
-		}, int32(ExitOutputFailed), ""},
-		{"client gone while the reader stalls", func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
-			s, err := dial()
-			if err != nil {
-				return err
-			}
-			defer s.Abort()
-			if err := send(stream, started, marker); err != nil {
-				return err
-			}
+		}, true, int32(ExitOutputFailed), ""},
+		{"client gone while the reader stalls", afterMarker(func(_ ssipb.Peer_ExecServer, s *datalink.Sender) error {
 			return endless(s)
-		}, func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, cancel func()) {
+		}), func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, cancel func()) {
 			if _, err := stream.Recv(); err != nil {
 				t.Fatal(err)
 			}
 			cancel()
-		}, -1, ""},
+		}, false, -1, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,11 +230,11 @@ func TestBulkFailures(t *testing.T) {
 			stream := ss.run(t, ctx, "n2", pw, pw)
 			pw.Close()
 			readers := 1
+			if tt.readerClosed {
+				readers = 0
+			}
 			if tt.act != nil {
 				tt.act(t, pr, stream, cancel)
-				if tt.name == "reader gone" {
-					readers = 0
-				}
 			} else {
 				go io.Copy(io.Discard, pr)
 			}
