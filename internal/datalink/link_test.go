@@ -65,6 +65,14 @@ func startNode(t testing.TB, c *testCluster, name string, addrs *sync.Map) *test
 	return &testNode{Link: l, addr: lis.Addr().String()}
 }
 
+// startPair starts nodes n1 and n2 of one cluster, each with its link.
+func startPair(t testing.TB) (home, remote *testNode) {
+	t.Helper()
+	c := newTestCluster(t, "c1")
+	var addrs sync.Map
+	return startNode(t, c, "n1", &addrs), startNode(t, c, "n2", &addrs)
+}
+
 // sendAll dials node's link from n with token, sends everything src has and ends the stream,
 // in a goroutine; the channel gets the outcome. src is closed at the end if it is a Closer.
 func sendAll(ctx context.Context, n *testNode, node string, token Token, src io.Reader) <-chan error {
@@ -88,10 +96,7 @@ func sendAll(ctx context.Context, n *testNode, node string, token Token, src io.
 }
 
 func TestLinkCarriesChunksInOrder(t *testing.T) {
-	c := newTestCluster(t, "c1")
-	var addrs sync.Map
-	home := startNode(t, c, "n1", &addrs)
-	remote := startNode(t, c, "n2", &addrs)
+	home, remote := startPair(t)
 	data := make([]byte, 5<<20+12345) // several full chunks and a partial one
 	rand.Read(data)
 
@@ -165,10 +170,7 @@ func TestLinkCarriesChunksInOrder(t *testing.T) {
 // Output that stops coming is sent without waiting for more, whether the sender's pipe is in
 // the runtime's poller or a blocking one: a line a command prints must reach the user at once.
 func TestLinkSendsWhatCameWithoutWaitingForMore(t *testing.T) {
-	c := newTestCluster(t, "c1")
-	var addrs sync.Map
-	home := startNode(t, c, "n1", &addrs)
-	remote := startNode(t, c, "n2", &addrs)
+	home, remote := startPair(t)
 	tests := []struct {
 		name     string
 		blocking bool
@@ -322,10 +324,7 @@ func TestDialChecksTheServersName(t *testing.T) {
 // A link that breaks without its end marker is an error, never a clean end; Close of a pending
 // link closes a connection nobody took.
 func TestLinkEnds(t *testing.T) {
-	c := newTestCluster(t, "c1")
-	var addrs sync.Map
-	home := startNode(t, c, "n1", &addrs)
-	remote := startNode(t, c, "n2", &addrs)
+	home, remote := startPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -433,10 +432,7 @@ func TestDialRemembersUnreachableNodes(t *testing.T) {
 // BenchmarkLinkSetup measures a link's whole set-up and clean end, both sides in this process:
 // what a session pays for moving its stdout to a link.
 func BenchmarkLinkSetup(b *testing.B) {
-	c := newTestCluster(b, "c1")
-	var addrs sync.Map
-	home := startNode(b, c, "n1", &addrs)
-	remote := startNode(b, c, "n2", &addrs)
+	home, remote := startPair(b)
 	ctx := context.Background()
 	for b.Loop() {
 		p, err := home.Expect("n2")
@@ -465,10 +461,7 @@ func BenchmarkLinkSetup(b *testing.B) {
 // BenchmarkLinkThroughput streams data over a loopback link, both sides in this process, read
 // from a pipe as the agent reads a command's stdout.
 func BenchmarkLinkThroughput(b *testing.B) {
-	c := newTestCluster(b, "c1")
-	var addrs sync.Map
-	home := startNode(b, c, "n1", &addrs)
-	remote := startNode(b, c, "n2", &addrs)
+	home, remote := startPair(b)
 	ctx := context.Background()
 	const size = 64 << 20
 	b.SetBytes(size)
