@@ -535,26 +535,19 @@ func crashLeaderMidArray(t *testing.T, c *cluster, first, other *testNode, id, d
 	}
 }
 
-// TestPermissionsBetweenUsers submits as uid 65534 (through a client process of that user,
-// so the kernel reports its uid), checks the job runs as that user with output it owns, and
-// that each user may control only their own jobs.
-// TestTasksGetTheUsersUmask runs two elements one after the other as nobody with umask 027:
-// the files each one creates and its output file get that umask and belong to nobody, so the
-// thread that opens the outputs as the user and forks the task (as root's file identity) has
-// switched back for the second.
-func TestTasksGetTheUsersUmask(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t)
-	n1 := c.start("n1", true, 2)
-	const nobody = 65534
-	dir := t.TempDir()
+// nobody is the unprivileged user the tests submit as.
+const nobody = 65534
+
+// submitAsNobody submits req from a client process of uid and gid nobody with umask (octal;
+// "" keeps the test's), so that the kernel reports that user, into dir, which it gives to
+// nobody first; it returns the job id.
+func submitAsNobody(t *testing.T, n *testNode, dir, umask string, req *jobspb.SubmitRequest) string {
+	t.Helper()
 	if err := os.Chown(dir, nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
-	req := cmd(dir, `touch made.$SSI_ARRAY_TASK_ID`)
-	req.Array = "0-1%1"
 	b, _ := protojson.Marshal(req)
-	out, err := runAsWithUmask(t, nobody, nobody, "027", n1.socket, "submit", string(b))
+	out, err := runAsWithUmask(t, nobody, nobody, umask, n.socket, "submit", string(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -564,8 +557,23 @@ func TestTasksGetTheUsersUmask(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &sub); err != nil || sub.JobID == "" {
 		t.Fatalf("submit as nobody: %q %v", out, err)
 	}
+	return sub.JobID
+}
+
+// TestTasksGetTheUsersUmask runs two elements one after the other as nobody with umask 027:
+// the files each one creates and its output file get that umask and belong to nobody, so the
+// thread that opens the outputs as the user and forks the task (as root's file identity) has
+// switched back for the second.
+func TestTasksGetTheUsersUmask(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 2)
+	dir := t.TempDir()
+	req := cmd(dir, `touch made.$SSI_ARRAY_TASK_ID`)
+	req.Array = "0-1%1"
+	jobID := submitAsNobody(t, n1, dir, "027", req)
 	for i := range 2 {
-		id := fmt.Sprintf("%s_%d", sub.JobID, i)
+		id := fmt.Sprintf("%s_%d", jobID, i)
 		n1.waitState(t, id, 20*time.Second, "completed")
 		for _, name := range []string{fmt.Sprintf("made.%d", i), "ssi-" + id + ".out"} {
 			var st syscall.Stat_t
@@ -579,28 +587,15 @@ func TestTasksGetTheUsersUmask(t *testing.T) {
 	}
 }
 
+// TestPermissionsBetweenUsers submits as uid 65534 (through a client process of that user,
+// so the kernel reports its uid), checks the job runs as that user with output it owns, and
+// that each user may control only their own jobs.
 func TestPermissionsBetweenUsers(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	n1 := c.start("n1", true, 2)
-	const nobody = 65534
 	dir := t.TempDir()
-	if err := os.Chown(dir, nobody, nobody); err != nil {
-		t.Fatal(err)
-	}
-	req := cmd(dir, `id -u; sleep 30`)
-	b, _ := protojson.Marshal(req)
-	out, err := runAs(t, nobody, nobody, n1.socket, "submit", string(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sub struct {
-		JobID string `json:"job_id"`
-	}
-	if err := json.Unmarshal([]byte(out), &sub); err != nil || sub.JobID == "" {
-		t.Fatalf("submit as nobody: %q %v", out, err)
-	}
-	id := sub.JobID
+	id := submitAsNobody(t, n1, dir, "", cmd(dir, `id -u; sleep 30`))
 	ti := n1.waitState(t, id, 10*time.Second, "running")
 	if ti.Uid != nobody {
 		t.Fatalf("job of nobody recorded uid %d", ti.Uid)
@@ -639,15 +634,9 @@ func TestPermissionsBetweenUsers(t *testing.T) {
 	if err := os.Chmod(closed, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	req = cmd(dir, "echo should not be written")
+	req := cmd(dir, "echo should not be written")
 	req.Output = filepath.Join(closed, "out")
-	b, _ = protojson.Marshal(req)
-	out, err = runAs(t, nobody, nobody, n1.socket, "submit", string(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = json.Unmarshal([]byte(out), &sub)
-	ti = n1.waitState(t, sub.JobID, 10*time.Second, "failed")
+	ti = n1.waitState(t, submitAsNobody(t, n1, dir, "", req), 10*time.Second, "failed")
 	if !strings.Contains(ti.Reason, "permission denied") {
 		t.Errorf("reason %q", ti.Reason)
 	}
