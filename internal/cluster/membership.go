@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"log"
 	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,22 +64,13 @@ type Membership struct {
 
 	mu   sync.Mutex
 	meta Meta
-	// live holds copies of the nodes memberlist has reported joined or updated, taken in its
-	// event hooks: the nodes its Members returns are its own, which it changes under a lock
-	// of its own (a node's metadata, its address), so reading them would race.
-	live   map[string]memberlist.Node
-	gone   map[string]memberlist.Node // nodes memberlist has reported dead or departed
-	goneAt map[string]time.Time       // and since when
-	// decoded keeps each node's last metadata decoded: Members is called several times a
-	// second (placement, the scheduler's membership poll) and the metadata rarely changes.
-	decoded map[string]decodedMeta
+	// members is every node memberlist has reported, described (metadata decoded) in its
+	// event hooks, once per change: the nodes its Members returns are its own, which it
+	// changes under a lock of its own, so reading them would race.
+	members map[string]Member
+	goneAt  map[string]time.Time // when memberlist reported a node dead or departed
 	// changed is closed, and replaced, whenever a node joins, departs or updates its metadata.
 	changed chan struct{}
-}
-
-type decodedMeta struct {
-	raw  []byte
-	meta Meta
 }
 
 // Failure-detection timing. With these values a node killed with SIGKILL is suspected within
@@ -97,8 +86,8 @@ const (
 )
 
 func newMembership(logger *slog.Logger, meta Meta) *Membership {
-	return &Membership{logger: logger, meta: meta, live: map[string]memberlist.Node{}, gone: map[string]memberlist.Node{},
-		goneAt: map[string]time.Time{}, decoded: map[string]decodedMeta{}, changed: make(chan struct{})}
+	return &Membership{logger: logger, meta: meta, members: map[string]Member{}, goneAt: map[string]time.Time{},
+		changed: make(chan struct{})}
 }
 
 // Start begins gossiping. It does not contact anyone; call Join with seeds.
@@ -171,41 +160,23 @@ func (m *Membership) LocalMeta() Meta {
 func (m *Membership) Members() []Member {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Member, 0, len(m.live)+len(m.gone))
-	for _, n := range m.live {
-		out = append(out, m.member(&n, StateAlive))
-	}
-	for _, n := range m.gone {
-		// memberlist does not expose why a node went; its last metadata says whether it
-		// announced its departure.
-		mem := m.member(&n, StateDead)
-		if mem.Meta.Leaving {
-			mem.State = StateLeft
-		}
+	out := make([]Member, 0, len(m.members))
+	for _, mem := range m.members {
 		out = append(out, mem)
 	}
 	return out
 }
 
-// member describes n. The caller holds m.mu.
-func (m *Membership) member(n *memberlist.Node, state string) Member {
-	return Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
-		State: state, Meta: m.decodeMeta(n)}
-}
-
-// decodeMeta returns n's metadata, decoded once per change. The caller holds m.mu.
-func (m *Membership) decodeMeta(n *memberlist.Node) Meta {
-	if d, ok := m.decoded[n.Name]; ok && bytes.Equal(d.raw, n.Meta) {
-		return d.meta
-	}
+// describe is n as a Member in state.
+func (m *Membership) describe(n *memberlist.Node, state string) Member {
 	var meta Meta
 	if len(n.Meta) > 0 {
 		if err := json.Unmarshal(n.Meta, &meta); err != nil {
 			m.logger.Debug("undecodable gossip metadata", "node", n.Name, "err", err)
 		}
 	}
-	m.decoded[n.Name] = decodedMeta{raw: bytes.Clone(n.Meta), meta: meta}
-	return meta
+	return Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
+		State: state, Meta: meta}
 }
 
 // goneSettle is how long a node must have been reported gone before Gone says so: on a
@@ -236,22 +207,13 @@ func (m *Membership) announce() {
 	m.changed = make(chan struct{})
 }
 
-// eventDelegate keeps the membership's copies of memberlist's nodes and announces every
-// change. memberlist calls it under its own lock, so the node it passes is stable meanwhile.
+// eventDelegate keeps the membership's description of every node and announces every change.
+// memberlist calls it under its own lock, so the node it passes is stable meanwhile.
 type eventDelegate Membership
-
-// copyNode returns a copy of n that shares nothing with memberlist's.
-func copyNode(n *memberlist.Node) memberlist.Node {
-	c := *n
-	c.Addr = slices.Clone(n.Addr)
-	c.Meta = bytes.Clone(n.Meta)
-	return c
-}
 
 func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	d.mu.Lock()
-	d.live[n.Name] = copyNode(n)
-	delete(d.gone, n.Name)
+	d.members[n.Name] = (*Membership)(d).describe(n, StateAlive)
 	delete(d.goneAt, n.Name)
 	(*Membership)(d).announce()
 	d.mu.Unlock()
@@ -260,8 +222,13 @@ func (d *eventDelegate) NotifyJoin(n *memberlist.Node) {
 
 func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	d.mu.Lock()
-	delete(d.live, n.Name)
-	d.gone[n.Name] = copyNode(n)
+	// memberlist does not say why a node went; its last metadata says whether it announced
+	// its departure.
+	mem := (*Membership)(d).describe(n, StateDead)
+	if mem.Meta.Leaving {
+		mem.State = StateLeft
+	}
+	d.members[n.Name] = mem
 	d.goneAt[n.Name] = time.Now()
 	(*Membership)(d).announce()
 	d.mu.Unlock()
@@ -270,7 +237,7 @@ func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 
 func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	d.mu.Lock()
-	d.live[n.Name] = copyNode(n)
+	d.members[n.Name] = (*Membership)(d).describe(n, StateAlive)
 	(*Membership)(d).announce()
 	d.mu.Unlock()
 }

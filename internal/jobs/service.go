@@ -265,8 +265,8 @@ func (s *Service) watchStepAside(ctx context.Context, stop context.CancelFunc, s
 func (s *Service) stepAside(myKey string) bool {
 	// Asking the embedded member is free, and most servers do not lead etcd: only the one that
 	// does reads the candidates. The read is serializable: a linearizable one costs the raft
-	// leader a round of messages to its followers, twice a second for as long as it leads,
-	// and a candidate list a few milliseconds old decides this as well.
+	// leader a round of messages to its followers at every check, and a candidate list a few
+	// milliseconds old decides this as well.
 	if s.d.LeadsEtcd != nil && !s.d.LeadsEtcd() {
 		return false
 	}
