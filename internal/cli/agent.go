@@ -8,13 +8,20 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/agent"
 	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/idleprocs"
+	"github.com/ssi-cluster/ssi/internal/monitorslack"
 )
+
+// monitorSlack is the timer slack of the agent's runtime monitor thread: it halves an idle
+// agent's context switches (docs/PERFORMANCE.md, session 6) and delays nothing the monitor
+// does by more than half a millisecond.
+const monitorSlack = 500 * time.Microsecond
 
 func newAgentCommand(g *globals) *cobra.Command {
 	var (
@@ -153,6 +160,9 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	// code pages it stopped running, so it stays small however long it idles.
 	govCtx, stopGov := context.WithCancel(ctx)
 	defer stopGov()
+	if err := monitorslack.Set(monitorSlack); err != nil {
+		cfg.Logger.Debug("relaxing the runtime's monitor thread", "err", err)
+	}
 	go idleprocs.Run(govCtx, func() {
 		if _, err := exetrim.Release(); err != nil {
 			cfg.Logger.Debug("releasing memory while idle", "err", err)
