@@ -20,8 +20,9 @@ import (
 
 // monitorSlack is the timer slack of the agent's runtime monitor thread: it halves an idle
 // agent's context switches (docs/PERFORMANCE.md, session 6) and delays nothing the monitor
-// does by more than half a millisecond.
-const monitorSlack = 500 * time.Microsecond
+// does by more than 2 ms. At 20 ms, file-tree calls right after an idle moment waited up to
+// that long for the monitor to hand a processor over.
+const monitorSlack = 2 * time.Millisecond
 
 func newAgentCommand(g *globals) *cobra.Command {
 	var (

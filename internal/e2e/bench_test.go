@@ -89,15 +89,15 @@ func BenchmarkRunStdoutThroughput(b *testing.B) {
 		}
 		agents = append(agents, pid)
 	}
-	ticks := func() int {
-		t := 0
+	cpu := func() time.Duration {
+		var t time.Duration
 		for _, pid := range agents {
-			t += procTicks(pid)
+			t += procCPU(pid)
 		}
 		return t
 	}
 	b.SetBytes(size)
-	before := ticks()
+	before := cpu()
 	b.ResetTimer()
 	for range b.N {
 		cmd := cliCmd(context.Background(), c, "n1", "run", "-n", "n2", "--", "head", "-c", strconv.Itoa(size), "/dev/zero")
@@ -114,16 +114,25 @@ func BenchmarkRunStdoutThroughput(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(ticks()-before)/100/float64(b.N), "agent-s/GiB")
+	b.ReportMetric((cpu()-before).Seconds()/float64(b.N), "agent-s/GiB")
 }
 
-// procTicks is the CPU time (user and system, in clock ticks of 10 ms) process pid has used.
-func procTicks(pid int) int {
-	stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return ut + st
+// procCPU is the CPU time process pid's threads have used, from the scheduler's own
+// accounting (/proc/PID/task/TID/schedstat, in nanoseconds). /proc/PID/stat's utime and stime
+// are sampled at each clock tick, which over-counts a process that wakes briefly and often,
+// as an idle agent does, by half or more. Threads that have exited are not counted; the
+// agents' runtime keeps its threads.
+func procCPU(pid int) time.Duration {
+	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	var total time.Duration
+	for _, t := range tasks {
+		b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "task", t.Name(), "schedstat"))
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
 }
 
 // BenchmarkKillDetect measures how long after a kill -9 of a whole host (all its processes at
@@ -168,7 +177,10 @@ func BenchmarkIdleAgents(b *testing.B) {
 	// its start-up code (internal/exetrim), and after 30 idle seconds it returns its garbage
 	// (internal/idleprocs), which it then does every 30 s.
 	time.Sleep(40 * time.Second)
-	type sample struct{ ticks, rssKB, anonKB int }
+	type sample struct {
+		cpu           time.Duration
+		rssKB, anonKB int
+	}
 	read := func(pid int) sample {
 		status, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 		rss, anon := 0, 0
@@ -180,7 +192,7 @@ func BenchmarkIdleAgents(b *testing.B) {
 				anon, _ = strconv.Atoi(strings.Fields(v)[0])
 			}
 		}
-		return sample{procTicks(pid), rss, anon}
+		return sample{procCPU(pid), rss, anon}
 	}
 	const window, every = 60 * time.Second, 5 * time.Second
 	pids := map[string]int{}
@@ -207,7 +219,7 @@ func BenchmarkIdleAgents(b *testing.B) {
 	var serverRSS, clientRSS, maxCPU float64
 	for _, n := range c.Nodes() {
 		after, top := read(pids[n.Name]), peak[n.Name]
-		cpu := float64(after.ticks-before[n.Name].ticks) / 100 / window.Seconds() * 100
+		cpu := (after.cpu - before[n.Name].cpu).Seconds() / window.Seconds() * 100
 		b.Logf("%s (server=%v): RSS at most %d KiB (then anonymous %d KiB, the rest pages of the executable and other files), CPU %.2f%% of a core",
 			n.Name, n.Server, top.rssKB, top.anonKB, cpu)
 		if n.Server {

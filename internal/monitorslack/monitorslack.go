@@ -4,10 +4,10 @@
 // probes). After each wake-up sysmon polls the processors every 20 µs until all are idle
 // again, and on this kind of machine every such sleep is a context switch: in perf profiles
 // of idle servers sysmon was ~30 % of the agent's CPU. The kernel's timer slack for that one
-// thread (default 50 µs) decides how far those short sleeps may stretch; half a millisecond
-// halves sysmon's wake-ups. What sysmon does on each pass is unchanged: it only takes back a
-// processor from a blocked system call, or preempts a long-running goroutine, up to the slack
-// later, which is small next to the 10 ms it already waits before the latter.
+// thread (default 50 µs) decides how far those short sleeps may stretch; a slack of a
+// millisecond or two halves sysmon's wake-ups. What sysmon does on each pass is unchanged: it
+// only takes back a processor from a blocked system call, or preempts a long-running
+// goroutine, up to the slack later.
 package monitorslack
 
 import (
