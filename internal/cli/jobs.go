@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -168,10 +169,41 @@ Same as "ssi submit -i".`,
 	return cmd
 }
 
+// checkGiven refuses options that were given but say nothing: "--array=" or "--tasks 0"
+// would otherwise fall back to the default silently, hiding the mistake (an unset shell
+// variable, usually) behind a job that runs with options nobody asked for.
+func checkGiven(fs *pflag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		switch f.Name {
+		case "name", "cpus", "mem", "time", "queue", "array", "output", "error":
+			if strings.TrimSpace(f.Value.String()) == "" {
+				err = fmt.Errorf("--%s is empty: give a value or leave the option out", f.Name)
+			}
+		case "after", "after-any":
+			sv, ok := f.Value.(pflag.SliceValue)
+			if ok && (len(sv.GetSlice()) == 0 || slices.Contains(sv.GetSlice(), "")) {
+				err = fmt.Errorf("--%s has an empty job id: give ids like 42 or 42,43_7", f.Name)
+			}
+		case "nodes", "tasks":
+			if f.Value.String() == "0" {
+				err = fmt.Errorf("--%s 0 asks for nothing: give 1 or more, or leave the option out", f.Name)
+			}
+		}
+	})
+	return err
+}
+
 // buildSubmit turns the options and arguments into a submission. Without "--" the first
 // argument is a script, whose #SSI lines give defaults for the options not on the command line.
 func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bool) (*jobspb.SubmitRequest, error) {
 	req := &jobspb.SubmitRequest{}
+	if err := checkGiven(cmd.Flags()); err != nil {
+		return nil, err
+	}
 	if !command {
 		path := args[0]
 		script, err := os.ReadFile(path)
@@ -179,7 +211,10 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 			if errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("no script %s: give a script file, or put the command after --, as in ssi submit -- %s", path, strings.Join(args, " "))
 			}
-			return nil, fmt.Errorf("reading the script %s: %w", path, err)
+			if errors.Is(err, syscall.EISDIR) {
+				return nil, fmt.Errorf("script %s is a directory: give a script file, or put the command after --", path)
+			}
+			return nil, fmt.Errorf("reading the script %s: %w (give a script you can read, or put the command after --)", path, err)
 		}
 		words, err := sched.ParseScriptDirectives(script)
 		if err != nil {
@@ -268,6 +303,17 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))
+	}
+	if err := checkGiven(fs); err != nil {
+		return nil, err
+	}
+	// The command line wins over the script, also for the requeue pair: "--requeue" on the
+	// command line undoes a script's "--no-requeue" instead of contradicting it.
+	if f := cmdline.Lookup("requeue"); f != nil && f.Changed {
+		d.noRequeue = false
+	}
+	if f := cmdline.Lookup("no-requeue"); f != nil && f.Changed {
+		d.requeue = false
 	}
 	var err error
 	cmdline.Visit(func(f *pflag.Flag) {

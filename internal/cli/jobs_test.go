@@ -15,7 +15,7 @@ import (
 func TestSubmitScriptDirectives(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "job.sh")
-	body := "#!/bin/sh\n#SSI --cpus 2 --name fromscript\n#SSI --env A=1 --array 1-4%2\n#SSI --time 10\necho hi\n"
+	body := "#!/bin/sh\n#SSI --cpus 2 --name fromscript\n#SSI --env A=1 --array 1-4%2\n#SSI --time 10 --requeue\necho hi\n"
 	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +36,12 @@ func TestSubmitScriptDirectives(t *testing.T) {
 			}
 		}, ""},
 		{"missing script", []string{filepath.Join(dir, "nope.sh")}, nil, "no script"},
+		{"directory as script", []string{dir}, nil, "is a directory: give a script file"},
+		{"command line --no-requeue wins over the script's --requeue", []string{"--no-requeue", script}, func(t *testing.T, o submitOptions) {
+			if !o.noRequeue || o.requeue {
+				t.Errorf("options %+v", o)
+			}
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +83,13 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--mem", "lots", "--", "true"}, "size"},
 		{[]string{"--env", "NOEQUALS", "--", "true"}, "is not k=v"},
 		{[]string{"--requeue", "--no-requeue", "--", "true"}, "contradict"},
+		{[]string{"--array", "", "--", "true"}, "--array is empty"},
+		{[]string{"--output", "", "--", "true"}, "--output is empty"},
+		{[]string{"--name", " ", "--", "true"}, "--name is empty"},
+		{[]string{"--after", "", "--", "true"}, "--after has an empty job id"},
+		{[]string{"--after-any", "4,", "--", "true"}, "--after-any has an empty job id"},
+		{[]string{"--tasks", "0", "--", "true"}, "--tasks 0 asks for nothing"},
+		{[]string{"--nodes", "0", "--", "true"}, "--nodes 0 asks for nothing"},
 	}
 	for _, tt := range tests {
 		cmd := newSubmitCommand(&globals{})
