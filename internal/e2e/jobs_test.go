@@ -83,3 +83,166 @@ func TestJobsOnSimulatedHosts(t *testing.T) {
 	after := submit(survivor, "--", "true")
 	eventually(t, 20*time.Second, "a job after failover", func() bool { return jobState(t, c, survivor, after).State == "completed" })
 }
+
+// TestJobModesOnSimulatedHosts goes through the job model with the real CLI inside the
+// simulated hosts, as a user would: a script with #SSI lines and the job variables, an array
+// with a step and a running limit, dependencies, a gang of tasks on three hosts (one failing
+// ends the others, unless --no-kill), an interactive job, drain, a second real user, and a
+// host lost under a running job. The submit directory is n1's private /tmp, so the tasks on
+// n2 and n3 find it, and write their output to it, through /ssi/n1.
+func TestJobModesOnSimulatedHosts(t *testing.T) {
+	c := startCluster(t, 3)
+	sh := func(node, script string) result {
+		t.Helper()
+		return inside(t, c, node, "timeout", "30", "sh", "-c", "cd /tmp/jobs && "+script)
+	}
+	must := func(script string) string {
+		t.Helper()
+		r := sh("n1", script)
+		if r.code != 0 {
+			t.Fatalf("on n1: %s: %v", script, r)
+		}
+		return strings.TrimSpace(r.stdout)
+	}
+	waitJob := func(id, want string, timeout time.Duration) jobJSON {
+		t.Helper()
+		var j jobJSON
+		eventually(t, timeout, "job "+id+" "+want, func() bool {
+			j = jobState(t, c, "n2", id)
+			return j.State == want
+		})
+		return j
+	}
+	if r := inside(t, c, "n1", "sh", "-c", "mkdir -p /tmp/jobs && chmod 1777 /tmp/jobs"); r.code != 0 {
+		t.Fatal(r)
+	}
+
+	t.Run("a script with #SSI lines, on three hosts, with the job variables", func(t *testing.T) {
+		must(`cat > job.sh <<'S'
+#!/bin/sh
+#SSI --nodes 3 --tasks 3 --name gang
+#SSI --output vars-%j.txt
+echo "$SSI_TASK_ID $SSI_NTASKS $SSI_NODELIST $SSI_JOB_ID $(pwd) $1"
+S`)
+		id := must("ssi submit job.sh arg1")
+		waitJob(id, "completed", 30*time.Second)
+		lines := strings.Split(must("sort vars-"+id+".txt"), "\n")
+		want := []string{
+			"0 3 n1,n2,n3 " + id + " /tmp/jobs arg1",
+			"1 3 n1,n2,n3 " + id + " /ssi/n1/tmp/jobs arg1",
+			"2 3 n1,n2,n3 " + id + " /ssi/n1/tmp/jobs arg1",
+		}
+		if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("the tasks wrote %q, want %q", lines, want)
+		}
+	})
+
+	t.Run("an array with a step and a running limit", func(t *testing.T) {
+		id := must("ssi submit --array 0-6:3%1 --output arr-%a.out -- sh -c 'echo $SSI_JOB_ID $SSI_ARRAY_TASK_ID'")
+		for _, i := range []string{"0", "3", "6"} {
+			waitJob(id+"_"+i, "completed", 30*time.Second)
+			if got := must("cat arr-" + i + ".out"); got != id+"_"+i+" "+i {
+				t.Errorf("element %s wrote %q", i, got)
+			}
+		}
+		if j := jobState(t, c, "n1", id+"_1"); j.ID != "" {
+			t.Errorf("element 1 is not in 0-6:3 but exists: %+v", j)
+		}
+	})
+
+	t.Run("dependencies", func(t *testing.T) {
+		bad := must("ssi submit --output /dev/null -- false")
+		waitJob(bad, "failed", 30*time.Second)
+		if r := sh("n1", "ssi submit --after "+bad+" -- true"); r.code == 0 || !strings.Contains(r.stderr, "can never be met") {
+			t.Errorf("--after a failed job: %v", r)
+		}
+		anyID := must("ssi submit --output /dev/null --after-any " + bad + " -- true")
+		waitJob(anyID, "completed", 30*time.Second)
+		slow := must("ssi submit --output /dev/null -- sh -c 'sleep 1; exit 2'")
+		never := must("ssi submit --output /dev/null --after " + slow + " -- true")
+		eventually(t, 30*time.Second, "job "+never+" never runnable", func() bool {
+			return strings.Contains(must("ssi jobs -o json"), "dependency "+slow+" failed: never runnable")
+		})
+		must("ssi cancel " + never)
+	})
+
+	t.Run("a failing task ends its gang unless --no-kill", func(t *testing.T) {
+		script := `'if [ $SSI_TASK_ID = 1 ]; then exit 7; fi; sleep 3; echo survived $SSI_TASK_ID'`
+		start := time.Now()
+		killed := must("ssi submit --nodes 2 --tasks 2 --output kill-%j.out -- sh -c " + script)
+		kept := must("ssi submit --no-kill --nodes 2 --tasks 2 --output kept-%j.out -- sh -c " + script)
+		for _, id := range []string{killed, kept} {
+			if j := waitJob(id, "failed", 30*time.Second); j.ExitCode == nil || *j.ExitCode != 7 {
+				t.Errorf("job %s: %+v, want exit code 7", id, j)
+			}
+		}
+		if got := must("cat kill-" + killed + ".out"); got != "" {
+			t.Errorf("the gang's other task went on after the failure: %q (after %v)", got, time.Since(start))
+		}
+		if got := must("cat kept-" + kept + ".out"); got != "survived 0" {
+			t.Errorf("with --no-kill the other task wrote %q", got)
+		}
+	})
+
+	t.Run("interactive", func(t *testing.T) {
+		r := sh("n1", "echo typed | ssi submit -i --nodes 2 --tasks 2 -- sh -c 'read x; echo $x $SSI_NTASKS $SSI_NODELIST; exit 4'")
+		if r.code != 4 || strings.TrimSpace(r.stdout) != "typed 2 n1,n2" && strings.TrimSpace(r.stdout) != "typed 2 n1,n3" && strings.TrimSpace(r.stdout) != "typed 2 n2,n3" {
+			t.Fatalf("ssi submit -i: %v", r)
+		}
+		if r := sh("n1", "ssi alloc -- sh -c 'echo $SSI_JOB_ID'"); r.code != 0 || strings.TrimSpace(r.stdout) == "" {
+			t.Fatalf("ssi alloc: %v", r)
+		}
+	})
+
+	t.Run("drain and resume", func(t *testing.T) {
+		must("ssi node drain n3 --reason 'disk swap'")
+		id := must("ssi submit --output /dev/null --nodes 3 --tasks 3 -- true")
+		eventually(t, 15*time.Second, "the drain in job "+id+"'s reason", func() bool {
+			return strings.Contains(must("ssi jobs -o json"), "n3 could run it but is draining (disk swap)")
+		})
+		must("ssi node resume n3")
+		waitJob(id, "completed", 30*time.Second)
+	})
+
+	t.Run("a second user", func(t *testing.T) {
+		nobody := func(script string) result {
+			return sh("n1", "setpriv --reuid 65534 --regid 65534 --clear-groups sh -c \""+script+"\"")
+		}
+		rootJob := must("ssi submit --hold --output /dev/null -- true")
+		for _, op := range []string{"cancel", "hold", "release"} {
+			if r := nobody("ssi " + op + " " + rootJob); r.code == 0 || !strings.Contains(r.stderr, "belongs to root: only root may "+op) {
+				t.Errorf("ssi %s of root's job as nobody: %v", op, r)
+			}
+		}
+		r := nobody("ssi submit -- sh -c 'id -u; sleep 30'")
+		theirs := strings.TrimSpace(r.stdout)
+		if r.code != 0 {
+			t.Fatalf("nobody's submit: %v", r)
+		}
+		waitJob(theirs, "running", 15*time.Second)
+		if got := must("stat -c %u ssi-" + theirs + ".out"); got != "65534" {
+			t.Errorf("nobody's output file belongs to %s", got)
+		}
+		if r := nobody("ssi jobs"); r.code != 0 || !strings.Contains(r.stdout, rootJob) {
+			t.Errorf("nobody does not see root's job: %v", r)
+		}
+		must("ssi cancel " + theirs + " " + rootJob)
+		waitJob(theirs, "cancelled", 15*time.Second)
+	})
+
+	t.Run("a lost host's jobs are requeued, or end as node_fail", func(t *testing.T) {
+		requeued := must("ssi submit --output /dev/null --nodes 3 --tasks 3 -- sleep 60")
+		failed := must("ssi submit --output /dev/null --no-requeue --nodes 3 --tasks 3 --cpus 0.5 -- sleep 60")
+		waitJob(requeued, "running", 20*time.Second)
+		waitJob(failed, "running", 20*time.Second)
+		if err := c.Kill("n3"); err != nil {
+			t.Fatal(err)
+		}
+		waitJob(failed, "node_fail", 30*time.Second)
+		waitJob(requeued, "pending", 30*time.Second)
+		if got := must("ssi job show " + requeued); !strings.Contains(got, "node_fail on n1,n2,n3") {
+			t.Errorf("the requeued job's earlier run is not shown: %s", got)
+		}
+		must("ssi cancel " + requeued)
+	})
+}
