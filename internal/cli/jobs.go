@@ -1047,6 +1047,10 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
   sudo ssi queue create debug --replace --max-time 1:00:00`,
 		Args: needArgs(1, 1, "the queue's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An empty --nodes (an unset variable, usually) would mean every node.
+			if cmd.Flags().Changed("nodes") && (len(q.nodes) == 0 || slices.Contains(q.nodes, "")) {
+				return errors.New("--nodes has an empty node name: give names like n1,n2 (see ssi nodes), or leave --nodes out for every node")
+			}
 			info := &jobspb.QueueInfo{Name: args[0], Nodes: q.nodes, MaxRunningJobs: q.maxRunning, Oversubscribe: q.oversubscribe}
 			if q.maxCPUs != "" {
 				v, err := sched.ParseCPUs(q.maxCPUs)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,6 +161,22 @@ func TestMissingArgumentsSayWhatToGive(t *testing.T) {
 		err := root.Execute()
 		if err == nil || !strings.Contains(err.Error(), "needs") || !strings.Contains(err.Error(), "--help") {
 			t.Errorf("ssi %v: %v", args, err)
+		}
+	}
+}
+
+func TestQueueCreateRefusesEmptyNodes(t *testing.T) {
+	for _, args := range [][]string{
+		{"create", "q", "--nodes", ""},
+		{"create", "q", "--nodes", "n1,"},
+	} {
+		cmd := newQueueCommand(&globals{})
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), "--nodes has an empty node name") {
+			t.Errorf("%v: %v", args, err)
 		}
 	}
 }
