@@ -231,10 +231,15 @@ S`)
 	})
 
 	t.Run("a lost host's jobs are requeued, or end as node_fail", func(t *testing.T) {
-		requeued := must("ssi submit --output /dev/null --nodes 3 --tasks 3 -- sleep 60")
+		// The tasks on n3 write to n1's /tmp through n3's own mount: when n3 goes, they must
+		// end too, not hang on that mount (they once held its /dev/fuse, keeping it open).
+		requeued := must("ssi submit --output lost-%j-%t.out --nodes 3 --tasks 3 -- sh -c 'echo started; sleep 60'")
 		failed := must("ssi submit --output /dev/null --no-requeue --nodes 3 --tasks 3 --cpus 0.5 -- sleep 60")
 		waitJob(requeued, "running", 20*time.Second)
 		waitJob(failed, "running", 20*time.Second)
+		eventually(t, 10*time.Second, "the task on n3 started", func() bool {
+			return sh("n1", "cat lost-"+requeued+"-2.out").stdout == "started\n"
+		})
 		if err := c.Kill("n3"); err != nil {
 			t.Fatal(err)
 		}
