@@ -197,6 +197,25 @@ func checkGiven(fs *pflag.FlagSet) error {
 	return err
 }
 
+// refuseEmpty fails for a filter given with nothing in it ("-u $WHO" with WHO unset), which
+// would otherwise list everything as if no filter had been asked for.
+func refuseEmpty(fs *pflag.FlagSet, names ...string) error {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if f == nil || !f.Changed {
+			continue
+		}
+		empty := strings.TrimSpace(f.Value.String()) == ""
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			empty = len(sv.GetSlice()) == 0 || slices.Contains(sv.GetSlice(), "")
+		}
+		if empty {
+			return fmt.Errorf("--%s is empty: give a value or leave the option out", name)
+		}
+	}
+	return nil
+}
+
 // buildSubmit turns the options and arguments into a submission. Without "--" the first
 // argument is a script, whose #SSI lines give defaults for the options not on the command line.
 func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bool) (*jobspb.SubmitRequest, error) {
@@ -606,6 +625,9 @@ listed too. States: pending, running, completed, failed, cancelled, timeout, nod
 			if err := checkFormat(format); err != nil {
 				return err
 			}
+			if err := refuseEmpty(cmd.Flags(), "user", "state"); err != nil {
+				return err
+			}
 			client, closeConn, err := g.jobsClient()
 			if err != nil {
 				return err
@@ -930,6 +952,9 @@ they survive restarts): node, exit code, start and end, elapsed and CPU time, an
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
+				return err
+			}
+			if err := refuseEmpty(cmd.Flags(), "user", "since"); err != nil {
 				return err
 			}
 			req := &jobspb.HistoryRequest{User: user, Limit: limit}

@@ -180,3 +180,25 @@ func TestQueueCreateRefusesEmptyNodes(t *testing.T) {
 		}
 	}
 }
+
+func TestListFiltersRefuseEmptyValues(t *testing.T) {
+	tests := []struct {
+		cmd  *cobra.Command
+		args []string
+		want string
+	}{
+		{newJobsListCommand(&globals{}), []string{"-u", ""}, "--user is empty"},
+		{newJobsListCommand(&globals{}), []string{"--state", ""}, "--state is empty"},
+		{newJobsListCommand(&globals{}), []string{"--state", "pending,"}, "--state is empty"},
+		{newHistoryCommand(&globals{}), []string{"--user", " "}, "--user is empty"},
+		{newHistoryCommand(&globals{}), []string{"--since", ""}, "--since is empty"},
+	}
+	for _, tt := range tests {
+		tt.cmd.SetArgs(tt.args)
+		tt.cmd.SetOut(io.Discard)
+		tt.cmd.SetErr(io.Discard)
+		if err := tt.cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s %v: %v, want %q", tt.cmd.Name(), tt.args, err, tt.want)
+		}
+	}
+}
