@@ -755,13 +755,34 @@ func newJobCommand(g *globals) *cobra.Command {
 	return job
 }
 
+// shellWords joins a command line so that it reads as it was typed: words that a shell
+// would split or expand are single-quoted ("sh -c 'echo $X'", not "sh -c echo $X").
+func shellWords(words []string) string {
+	out := make([]string, len(words))
+	for i, w := range words {
+		plain := w != ""
+		for _, c := range w {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./=:,+@%", c)) {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			out[i] = w
+		} else {
+			out[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	kind := "command"
 	if s.Script {
 		kind = "script"
 	}
 	fmt.Fprintf(w, "Job %s\n", s.JobID)
-	fmt.Fprintf(w, "  %-12s %s\n", kind+":", strings.Join(s.Command, " "))
+	fmt.Fprintf(w, "  %-12s %s\n", kind+":", shellWords(s.Command))
 	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", s.Cwd, s.SubmitNode)
 	out := s.Output
 	if s.Error != "" {

@@ -202,3 +202,20 @@ func TestListFiltersRefuseEmptyValues(t *testing.T) {
 		}
 	}
 }
+
+func TestShellWords(t *testing.T) {
+	tests := []struct {
+		in   []string
+		want string
+	}{
+		{[]string{"make", "-j4", "all"}, "make -j4 all"},
+		{[]string{"sh", "-c", "echo $X; exit 3"}, `sh -c 'echo $X; exit 3'`},
+		{[]string{"echo", "it's", ""}, `echo 'it'\''s' ''`},
+		{[]string{"./job.sh", "a=1", "/tmp/x,y"}, "./job.sh a=1 /tmp/x,y"},
+	}
+	for _, tt := range tests {
+		if got := shellWords(tt.in); got != tt.want {
+			t.Errorf("shellWords(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
