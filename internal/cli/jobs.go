@@ -120,6 +120,10 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
   ssi submit -i --cpus 2 -- python3`,
 		Args: needArgs(1, -1, "a command after -- or a script"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.format != formatTable && o.format != formatJSON {
+				// Slurm's -o is the output file; here -o is the format, as in every ssi command.
+				return fmt.Errorf("unknown output format %q: use -o table or -o json (the job's output file is --output FILE)", o.format)
+			}
 			req, err := buildSubmit(cmd, &o, args, cmd.ArgsLenAtDash() >= 0)
 			if err != nil {
 				return err

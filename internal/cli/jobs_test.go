@@ -219,3 +219,13 @@ func TestShellWords(t *testing.T) {
 		}
 	}
 }
+
+func TestSubmitDashOIsTheFormat(t *testing.T) {
+	cmd := newSubmitCommand(&globals{})
+	cmd.SetArgs([]string{"-o", "out.txt", "--", "true"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "the job's output file is --output FILE") {
+		t.Fatalf("ssi submit -o out.txt: %v", err)
+	}
+}
