@@ -291,8 +291,13 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 		}
 		req.Array = spec.String()
 	}
-	if o.nodes < 0 || o.tasks < 0 || o.nodes > sched.MaxTasks || o.tasks > sched.MaxTasks {
-		return nil, fmt.Errorf("--nodes %d --tasks %d: use 0 to %d", o.nodes, o.tasks, sched.MaxTasks)
+	for _, n := range []struct {
+		flag string
+		v    int
+	}{{"nodes", o.nodes}, {"tasks", o.tasks}} {
+		if n.v < 0 || n.v > sched.MaxTasks {
+			return nil, fmt.Errorf("--%s %d is out of range: use 1 to %d", n.flag, n.v, sched.MaxTasks)
+		}
 	}
 	if o.priority < math.MinInt32 || o.priority > math.MaxInt32 {
 		return nil, fmt.Errorf("--priority %d is out of range", o.priority)

@@ -91,6 +91,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--after-any", "4,", "--", "true"}, "--after-any has an empty job id"},
 		{[]string{"--tasks", "0", "--", "true"}, "--tasks 0 asks for nothing"},
 		{[]string{"--nodes", "0", "--", "true"}, "--nodes 0 asks for nothing"},
+		{[]string{"--tasks", "100000", "--", "true"}, "--tasks 100000 is out of range: use 1 to"},
+		{[]string{"--nodes", "-2", "--", "true"}, "--nodes -2 is out of range"},
 	}
 	for _, tt := range tests {
 		cmd := newSubmitCommand(&globals{})
@@ -105,6 +107,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		o.env, _ = cmd.Flags().GetStringArray("env")
 		o.requeue, _ = cmd.Flags().GetBool("requeue")
 		o.noRequeue, _ = cmd.Flags().GetBool("no-requeue")
+		o.nodes, _ = cmd.Flags().GetInt("nodes")
+		o.tasks, _ = cmd.Flags().GetInt("tasks")
 		_, err := buildSubmit(cmd, &o, cmd.Flags().Args(), true)
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %v, want a one-line error about %q", tt.args, err, tt.want)
