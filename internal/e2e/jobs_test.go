@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,10 +12,26 @@ import (
 )
 
 type jobJSON struct {
-	ID       string   `json:"id"`
-	State    string   `json:"state"`
-	Nodes    []string `json:"nodes"`
-	ExitCode *int32   `json:"exit_code"`
+	ID        string     `json:"id"`
+	JobID     string     `json:"job_id"`
+	State     string     `json:"state"`
+	Reason    string     `json:"reason"`
+	Nodes     []string   `json:"nodes"`
+	ExitCode  *int32     `json:"exit_code"`
+	StartTime *time.Time `json:"start_time"`
+	EndTime   *time.Time `json:"end_time"`
+	Attempts  int        `json:"attempts"`
+}
+
+// allJobs is ssi jobs -a -o json, seen from one node.
+func allJobs(t *testing.T, c *devcluster.Cluster, from string) []jobJSON {
+	t.Helper()
+	r := ssi(t, c, from, "jobs", "-a", "-o", "json")
+	var list []jobJSON
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &list) != nil {
+		t.Fatalf("ssi jobs -a -o json on %s: %v", from, r)
+	}
+	return list
 }
 
 func jobState(t *testing.T, c *devcluster.Cluster, from, id string) jobJSON {
@@ -250,4 +268,159 @@ S`)
 		}
 		must("ssi cancel " + requeued)
 	})
+}
+
+// TestSchedulingOnSimulatedHosts checks the scheduler's order through the CLI on a queue of
+// one 2-cpu host: a time limit ends a job as timeout; a short job backfills a free cpu before
+// a waiting wider job, and a long one does not (it would delay that job's reservation); and
+// of two equal jobs waiting for one slot, the user with less recent usage goes first, even
+// though they submitted later.
+func TestSchedulingOnSimulatedHosts(t *testing.T) {
+	c := startCluster(t, 3)
+	if r := ssi(t, c, "n1", "queue", "create", "one", "--nodes", "n1"); r.code != 0 {
+		t.Fatalf("queue create: %v", r)
+	}
+	submitAs := func(uid string, args ...string) string {
+		t.Helper()
+		cmd := []string{"timeout", "30"}
+		if uid != "0" {
+			cmd = append(cmd, "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups")
+		}
+		cmd = append(cmd, "ssi", "submit", "--queue", "one", "--output", "/dev/null")
+		r := inside(t, c, "n1", append(cmd, args...)...)
+		if r.code != 0 {
+			t.Fatalf("ssi submit %v as %s: %v", args, uid, r)
+		}
+		return strings.TrimSpace(r.stdout)
+	}
+	waitJob := func(id, want string, timeout time.Duration) jobJSON {
+		t.Helper()
+		var j jobJSON
+		eventually(t, timeout, "job "+id+" "+want, func() bool {
+			j = jobState(t, c, "n2", id)
+			return j.State == want
+		})
+		return j
+	}
+
+	t.Run("a time limit ends a job as timeout", func(t *testing.T) {
+		id := submitAs("0", "--time", "2s", "--", "sleep", "60")
+		j := waitJob(id, "timeout", 20*time.Second)
+		if j.StartTime == nil || j.EndTime == nil || j.EndTime.Sub(*j.StartTime) > 6*time.Second {
+			t.Fatalf("job %s ran from %v to %v, over its 2 s limit", id, j.StartTime, j.EndTime)
+		}
+	})
+
+	t.Run("backfill without delaying the waiting job", func(t *testing.T) {
+		running := submitAs("0", "--cpus", "1", "--time", "30s", "--", "sleep", "10")
+		waitJob(running, "running", 15*time.Second)
+		wide := submitAs("0", "--cpus", "2", "--time", "1m", "--", "sleep", "1")
+		long := submitAs("0", "--cpus", "1", "--time", "10m", "--", "sleep", "1")
+		short := submitAs("0", "--cpus", "1", "--time", "5s", "--", "sleep", "1")
+		waitJob(short, "completed", 15*time.Second)
+		for _, id := range []string{wide, long} {
+			if j := jobState(t, c, "n1", id); j.State != "pending" || j.Reason == "" {
+				t.Errorf("job %s while the first still runs: %+v, want pending with a reason", id, j)
+			}
+		}
+		w := waitJob(wide, "completed", 40*time.Second)
+		l := waitJob(long, "completed", 40*time.Second)
+		if !l.StartTime.After(*w.StartTime) && !l.StartTime.Equal(*w.StartTime) {
+			t.Errorf("the long job started at %v, before the wide job it would delay (%v)", l.StartTime, w.StartTime)
+		}
+	})
+
+	t.Run("fair-share: less recent usage goes first", func(t *testing.T) {
+		// root has used cpu time above; nobody none.
+		blocker := submitAs("0", "--cpus", "2", "--time", "1m", "--", "sleep", "3")
+		waitJob(blocker, "running", 15*time.Second)
+		roots := submitAs("0", "--cpus", "2", "--time", "1m", "--", "sleep", "1")
+		time.Sleep(100 * time.Millisecond)
+		nobodys := submitAs("65534", "--cpus", "2", "--time", "1m", "--", "sleep", "1")
+		r := waitJob(roots, "completed", 40*time.Second)
+		n := waitJob(nobodys, "completed", 40*time.Second)
+		if !n.StartTime.Before(*r.StartTime) {
+			t.Errorf("nobody's job started at %v, root's (submitted first, more usage) at %v: want nobody's first", n.StartTime, r.StartTime)
+		}
+	})
+}
+
+// TestFailoverMidArrayExactlyOnce kills the scheduler's server while a 1,500-element array
+// runs; every element writes a line to a file on the machine's disk, which all hosts share.
+// Every element must complete, and an element may have run twice only if it was requeued
+// (its node was the one killed).
+func TestFailoverMidArrayExactlyOnce(t *testing.T) {
+	c := startCluster(t, 3)
+	dir, err := os.MkdirTemp("/var/tmp", "ssi-e2e-once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	log := filepath.Join(dir, "log")
+	var leader string
+	eventually(t, 15*time.Second, "the scheduler and etcd led by different servers", func() bool {
+		st := getStatus(t, c, "n3")
+		leader = st.SchedulerLeader
+		return leader != "" && st.EtcdLeader != "" && leader != st.EtcdLeader
+	})
+	from := "n1"
+	if leader == "n1" {
+		from = "n2"
+	}
+	r := inside(t, c, from, "sh", "-c", "cd "+dir+" && ssi submit --array 0-1499 --output /dev/null -- sh -c 'echo $SSI_JOB_ID $SSI_RESTART_COUNT >> "+log+"'")
+	array := strings.TrimSpace(r.stdout)
+	if r.code != 0 {
+		t.Fatalf("submit: %v", r)
+	}
+	eventually(t, 30*time.Second, "some elements done", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Count(string(b), "\n") >= 200
+	})
+	if err := c.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	var list []jobJSON
+	eventually(t, 90*time.Second, "every element completed", func() bool {
+		list = nil
+		for _, j := range allJobs(t, c, from) {
+			if j.JobID == array {
+				list = append(list, j)
+			}
+		}
+		if len(list) != 1500 {
+			return false
+		}
+		for _, j := range list {
+			if j.State != "completed" {
+				return false
+			}
+		}
+		return true
+	})
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		id, _, _ := strings.Cut(line, " ")
+		runs[id]++
+	}
+	requeued := 0
+	for _, j := range list {
+		switch {
+		case runs[j.ID] == 0:
+			t.Errorf("element %s is completed but never ran", j.ID)
+		case runs[j.ID] > 1+j.Attempts:
+			t.Errorf("element %s ran %d times with %d requeue(s)", j.ID, runs[j.ID], j.Attempts)
+		}
+		if j.Attempts > 0 {
+			requeued++
+		}
+	}
+	if len(runs) != 1500 {
+		t.Errorf("%d distinct elements ran, want 1500", len(runs))
+	}
+	t.Logf("killed the scheduler's server %s; %d element(s) requeued from it", leader, requeued)
 }
