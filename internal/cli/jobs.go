@@ -785,6 +785,14 @@ func shellWords(words []string) string {
 	return strings.Join(out, " ")
 }
 
+// showTime is a moment of a job in ssi job show: local time to the second, "-" if not yet.
+func showTime(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return time.UnixMilli(ms).Format("2006-01-02 15:04:05")
+}
+
 func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	kind := "command"
 	if s.Script {
@@ -793,6 +801,9 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	fmt.Fprintf(w, "Job %s\n", s.JobID)
 	fmt.Fprintf(w, "  %-12s %s\n", kind+":", shellWords(s.Command))
 	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", s.Cwd, s.SubmitNode)
+	if len(tasks) > 0 {
+		fmt.Fprintf(w, "  %-12s %s\n", "submitted:", showTime(tasks[0].SubmitUnixMs))
+	}
 	out := s.Output
 	if s.Error != "" {
 		out += ", errors to " + s.Error
@@ -824,9 +835,10 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 		if t.EndUnixMs != 0 && t.StartUnixMs != 0 {
 			cpu = sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond)
 		}
-		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), elapsed(t, now), exit, cpu, peakCell(t.MaxRssBytes), t.Reason})
+		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), showTime(t.StartUnixMs), showTime(t.EndUnixMs),
+			elapsed(t, now), exit, cpu, peakCell(t.MaxRssBytes), t.Reason})
 	}
-	if err := p.table([]string{"TASK", "STATE", "NODES", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
+	if err := p.table([]string{"TASK", "STATE", "NODES", "START", "END", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
 		return err
 	}
 	if len(s.Attempts) > 0 {

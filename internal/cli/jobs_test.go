@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 )
 
 // TestSubmitScriptDirectives checks that #SSI lines give defaults and the command line wins.
@@ -231,5 +233,33 @@ func TestSubmitDashOIsTheFormat(t *testing.T) {
 	cmd.SetErr(io.Discard)
 	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "the job's output file is --output FILE") {
 		t.Fatalf("ssi submit -o out.txt: %v", err)
+	}
+}
+
+func TestPrintShowHasTheTimes(t *testing.T) {
+	submit := time.Date(2026, 3, 1, 10, 0, 0, 0, time.Local)
+	tasks := []*jobspb.TaskInfo{
+		{Id: "42_1", State: "completed", Nodes: []string{"n2"}, SubmitUnixMs: submit.UnixMilli(),
+			StartUnixMs: submit.Add(2 * time.Second).UnixMilli(), EndUnixMs: submit.Add(5 * time.Second).UnixMilli(), HasExitCode: true},
+		{Id: "42_2", State: "pending", SubmitUnixMs: submit.UnixMilli(), Reason: "held by user"},
+	}
+	var b strings.Builder
+	s := showJSON{JobID: "42", Command: []string{"sh", "-c", "exit 0"}, Cwd: "/home/a", SubmitNode: "n1"}
+	if err := printShow(&b, s, tasks); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"submitted:   2026-03-01 10:00:00",
+		"START", "END",
+		"2026-03-01 10:00:02  2026-03-01 10:00:05",
+		"sh -c 'exit 0'",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ssi job show lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(out, "42_2  pending    -") {
+		t.Errorf("a pending task's start should read -:\n%s", out)
 	}
 }
