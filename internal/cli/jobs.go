@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -119,6 +120,10 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
   ssi submit -i --cpus 2 -- python3`,
 		Args: needArgs(1, -1, "a command after -- or a script"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.format != formatTable && o.format != formatJSON {
+				// Slurm's -o is the output file; here -o is the format, as in every ssi command.
+				return fmt.Errorf("unknown output format %q: use -o table or -o json (the job's output file is --output FILE)", o.format)
+			}
 			req, err := buildSubmit(cmd, &o, args, cmd.ArgsLenAtDash() >= 0)
 			if err != nil {
 				return err
@@ -168,10 +173,60 @@ Same as "ssi submit -i".`,
 	return cmd
 }
 
+// checkGiven refuses options that were given but say nothing: "--array=" or "--tasks 0"
+// would otherwise fall back to the default silently, hiding the mistake (an unset shell
+// variable, usually) behind a job that runs with options nobody asked for.
+func checkGiven(fs *pflag.FlagSet) error {
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		switch f.Name {
+		case "name", "cpus", "mem", "time", "queue", "array", "output", "error":
+			if strings.TrimSpace(f.Value.String()) == "" {
+				err = fmt.Errorf("--%s is empty: give a value or leave the option out", f.Name)
+			}
+		case "after", "after-any":
+			sv, ok := f.Value.(pflag.SliceValue)
+			if ok && (len(sv.GetSlice()) == 0 || slices.Contains(sv.GetSlice(), "")) {
+				err = fmt.Errorf("--%s has an empty job id: give ids like 42 or 42,43_7", f.Name)
+			}
+		case "nodes", "tasks":
+			if f.Value.String() == "0" {
+				err = fmt.Errorf("--%s 0 asks for nothing: give 1 or more, or leave the option out", f.Name)
+			}
+		}
+	})
+	return err
+}
+
+// refuseEmpty fails for a filter given with nothing in it ("-u $WHO" with WHO unset), which
+// would otherwise list everything as if no filter had been asked for.
+func refuseEmpty(fs *pflag.FlagSet, names ...string) error {
+	for _, name := range names {
+		f := fs.Lookup(name)
+		if f == nil || !f.Changed {
+			continue
+		}
+		empty := strings.TrimSpace(f.Value.String()) == ""
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			empty = len(sv.GetSlice()) == 0 || slices.Contains(sv.GetSlice(), "")
+		}
+		if empty {
+			return fmt.Errorf("--%s is empty: give a value or leave the option out", name)
+		}
+	}
+	return nil
+}
+
 // buildSubmit turns the options and arguments into a submission. Without "--" the first
 // argument is a script, whose #SSI lines give defaults for the options not on the command line.
 func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bool) (*jobspb.SubmitRequest, error) {
 	req := &jobspb.SubmitRequest{}
+	if err := checkGiven(cmd.Flags()); err != nil {
+		return nil, err
+	}
 	if !command {
 		path := args[0]
 		script, err := os.ReadFile(path)
@@ -179,7 +234,10 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 			if errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("no script %s: give a script file, or put the command after --, as in ssi submit -- %s", path, strings.Join(args, " "))
 			}
-			return nil, fmt.Errorf("reading the script %s: %w", path, err)
+			if errors.Is(err, syscall.EISDIR) {
+				return nil, fmt.Errorf("script %s is a directory: give a script file, or put the command after --", path)
+			}
+			return nil, fmt.Errorf("reading the script %s: %w (give a script you can read, or put the command after --)", path, err)
 		}
 		words, err := sched.ParseScriptDirectives(script)
 		if err != nil {
@@ -233,8 +291,13 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 		}
 		req.Array = spec.String()
 	}
-	if o.nodes < 0 || o.tasks < 0 || o.nodes > sched.MaxTasks || o.tasks > sched.MaxTasks {
-		return nil, fmt.Errorf("--nodes %d --tasks %d: use 0 to %d", o.nodes, o.tasks, sched.MaxTasks)
+	for _, n := range []struct {
+		flag string
+		v    int
+	}{{"nodes", o.nodes}, {"tasks", o.tasks}} {
+		if n.v < 0 || n.v > sched.MaxTasks {
+			return nil, fmt.Errorf("--%s %d is out of range: use 1 to %d", n.flag, n.v, sched.MaxTasks)
+		}
 	}
 	if o.priority < math.MinInt32 || o.priority > math.MaxInt32 {
 		return nil, fmt.Errorf("--priority %d is out of range", o.priority)
@@ -268,6 +331,17 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))
+	}
+	if err := checkGiven(fs); err != nil {
+		return nil, err
+	}
+	// The command line wins over the script, also for the requeue pair: "--requeue" on the
+	// command line undoes a script's "--no-requeue" instead of contradicting it.
+	if f := cmdline.Lookup("requeue"); f != nil && f.Changed {
+		d.noRequeue = false
+	}
+	if f := cmdline.Lookup("no-requeue"); f != nil && f.Changed {
+		d.requeue = false
 	}
 	var err error
 	cmdline.Visit(func(f *pflag.Flag) {
@@ -560,6 +634,9 @@ listed too. States: pending, running, completed, failed, cancelled, timeout, nod
 			if err := checkFormat(format); err != nil {
 				return err
 			}
+			if err := refuseEmpty(cmd.Flags(), "user", "state"); err != nil {
+				return err
+			}
 			client, closeConn, err := g.jobsClient()
 			if err != nil {
 				return err
@@ -687,14 +764,46 @@ func newJobCommand(g *globals) *cobra.Command {
 	return job
 }
 
+// shellWords joins a command line so that it reads as it was typed: words that a shell
+// would split or expand are single-quoted ("sh -c 'echo $X'", not "sh -c echo $X").
+func shellWords(words []string) string {
+	out := make([]string, len(words))
+	for i, w := range words {
+		plain := w != ""
+		for _, c := range w {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./=:,+@%", c)) {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			out[i] = w
+		} else {
+			out[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// showTime is a moment of a job in ssi job show: local time to the second, "-" if not yet.
+func showTime(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return time.UnixMilli(ms).Format("2006-01-02 15:04:05")
+}
+
 func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	kind := "command"
 	if s.Script {
 		kind = "script"
 	}
 	fmt.Fprintf(w, "Job %s\n", s.JobID)
-	fmt.Fprintf(w, "  %-12s %s\n", kind+":", strings.Join(s.Command, " "))
+	fmt.Fprintf(w, "  %-12s %s\n", kind+":", shellWords(s.Command))
 	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", s.Cwd, s.SubmitNode)
+	if len(tasks) > 0 {
+		fmt.Fprintf(w, "  %-12s %s\n", "submitted:", showTime(tasks[0].SubmitUnixMs))
+	}
 	out := s.Output
 	if s.Error != "" {
 		out += ", errors to " + s.Error
@@ -726,9 +835,10 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 		if t.EndUnixMs != 0 && t.StartUnixMs != 0 {
 			cpu = sched.FormatTimeLimit(time.Duration(t.CpuTimeMs) * time.Millisecond)
 		}
-		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), elapsed(t, now), exit, cpu, peakCell(t.MaxRssBytes), t.Reason})
+		rows = append(rows, []string{t.Id, t.State, nodesCell(t.Nodes), showTime(t.StartUnixMs), showTime(t.EndUnixMs),
+			elapsed(t, now), exit, cpu, peakCell(t.MaxRssBytes), t.Reason})
 	}
-	if err := p.table([]string{"TASK", "STATE", "NODES", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
+	if err := p.table([]string{"TASK", "STATE", "NODES", "START", "END", "TIME", "EXIT", "CPU", "MAXRSS", "REASON"}, rows); err != nil {
 		return err
 	}
 	if len(s.Attempts) > 0 {
@@ -886,6 +996,9 @@ they survive restarts): node, exit code, start and end, elapsed and CPU time, an
 			if err := checkFormat(format); err != nil {
 				return err
 			}
+			if err := refuseEmpty(cmd.Flags(), "user", "since"); err != nil {
+				return err
+			}
 			req := &jobspb.HistoryRequest{User: user, Limit: limit}
 			if since != "" {
 				t, err := parseSince(since, time.Now())
@@ -1001,6 +1114,10 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
   sudo ssi queue create debug --replace --max-time 1:00:00`,
 		Args: needArgs(1, 1, "the queue's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// An empty --nodes (an unset variable, usually) would mean every node.
+			if cmd.Flags().Changed("nodes") && (len(q.nodes) == 0 || slices.Contains(q.nodes, "")) {
+				return errors.New("--nodes has an empty node name: give names like n1,n2 (see ssi nodes), or leave --nodes out for every node")
+			}
 			info := &jobspb.QueueInfo{Name: args[0], Nodes: q.nodes, MaxRunningJobs: q.maxRunning, Oversubscribe: q.oversubscribe}
 			if q.maxCPUs != "" {
 				v, err := sched.ParseCPUs(q.maxCPUs)

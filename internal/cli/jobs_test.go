@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,13 +10,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 )
 
 // TestSubmitScriptDirectives checks that #SSI lines give defaults and the command line wins.
 func TestSubmitScriptDirectives(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "job.sh")
-	body := "#!/bin/sh\n#SSI --cpus 2 --name fromscript\n#SSI --env A=1 --array 1-4%2\n#SSI --time 10\necho hi\n"
+	body := "#!/bin/sh\n#SSI --cpus 2 --name fromscript\n#SSI --env A=1 --array 1-4%2\n#SSI --time 10 --requeue\necho hi\n"
 	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +39,12 @@ func TestSubmitScriptDirectives(t *testing.T) {
 			}
 		}, ""},
 		{"missing script", []string{filepath.Join(dir, "nope.sh")}, nil, "no script"},
+		{"directory as script", []string{dir}, nil, "is a directory: give a script file"},
+		{"command line --no-requeue wins over the script's --requeue", []string{"--no-requeue", script}, func(t *testing.T, o submitOptions) {
+			if !o.noRequeue || o.requeue {
+				t.Errorf("options %+v", o)
+			}
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +86,15 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--mem", "lots", "--", "true"}, "size"},
 		{[]string{"--env", "NOEQUALS", "--", "true"}, "is not k=v"},
 		{[]string{"--requeue", "--no-requeue", "--", "true"}, "contradict"},
+		{[]string{"--array", "", "--", "true"}, "--array is empty"},
+		{[]string{"--output", "", "--", "true"}, "--output is empty"},
+		{[]string{"--name", " ", "--", "true"}, "--name is empty"},
+		{[]string{"--after", "", "--", "true"}, "--after has an empty job id"},
+		{[]string{"--after-any", "4,", "--", "true"}, "--after-any has an empty job id"},
+		{[]string{"--tasks", "0", "--", "true"}, "--tasks 0 asks for nothing"},
+		{[]string{"--nodes", "0", "--", "true"}, "--nodes 0 asks for nothing"},
+		{[]string{"--tasks", "100000", "--", "true"}, "--tasks 100000 is out of range: use 1 to"},
+		{[]string{"--nodes", "-2", "--", "true"}, "--nodes -2 is out of range"},
 	}
 	for _, tt := range tests {
 		cmd := newSubmitCommand(&globals{})
@@ -91,6 +109,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		o.env, _ = cmd.Flags().GetStringArray("env")
 		o.requeue, _ = cmd.Flags().GetBool("requeue")
 		o.noRequeue, _ = cmd.Flags().GetBool("no-requeue")
+		o.nodes, _ = cmd.Flags().GetInt("nodes")
+		o.tasks, _ = cmd.Flags().GetInt("tasks")
 		_, err := buildSubmit(cmd, &o, cmd.Flags().Args(), true)
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %v, want a one-line error about %q", tt.args, err, tt.want)
@@ -148,5 +168,98 @@ func TestMissingArgumentsSayWhatToGive(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "needs") || !strings.Contains(err.Error(), "--help") {
 			t.Errorf("ssi %v: %v", args, err)
 		}
+	}
+}
+
+func TestQueueCreateRefusesEmptyNodes(t *testing.T) {
+	for _, args := range [][]string{
+		{"create", "q", "--nodes", ""},
+		{"create", "q", "--nodes", "n1,"},
+	} {
+		cmd := newQueueCommand(&globals{})
+		cmd.SetArgs(args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), "--nodes has an empty node name") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+func TestListFiltersRefuseEmptyValues(t *testing.T) {
+	tests := []struct {
+		cmd  *cobra.Command
+		args []string
+		want string
+	}{
+		{newJobsListCommand(&globals{}), []string{"-u", ""}, "--user is empty"},
+		{newJobsListCommand(&globals{}), []string{"--state", ""}, "--state is empty"},
+		{newJobsListCommand(&globals{}), []string{"--state", "pending,"}, "--state is empty"},
+		{newHistoryCommand(&globals{}), []string{"--user", " "}, "--user is empty"},
+		{newHistoryCommand(&globals{}), []string{"--since", ""}, "--since is empty"},
+	}
+	for _, tt := range tests {
+		tt.cmd.SetArgs(tt.args)
+		tt.cmd.SetOut(io.Discard)
+		tt.cmd.SetErr(io.Discard)
+		if err := tt.cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s %v: %v, want %q", tt.cmd.Name(), tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestShellWords(t *testing.T) {
+	tests := []struct {
+		in   []string
+		want string
+	}{
+		{[]string{"make", "-j4", "all"}, "make -j4 all"},
+		{[]string{"sh", "-c", "echo $X; exit 3"}, `sh -c 'echo $X; exit 3'`},
+		{[]string{"echo", "it's", ""}, `echo 'it'\''s' ''`},
+		{[]string{"./job.sh", "a=1", "/tmp/x,y"}, "./job.sh a=1 /tmp/x,y"},
+	}
+	for _, tt := range tests {
+		if got := shellWords(tt.in); got != tt.want {
+			t.Errorf("shellWords(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestSubmitDashOIsTheFormat(t *testing.T) {
+	cmd := newSubmitCommand(&globals{})
+	cmd.SetArgs([]string{"-o", "out.txt", "--", "true"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "the job's output file is --output FILE") {
+		t.Fatalf("ssi submit -o out.txt: %v", err)
+	}
+}
+
+func TestPrintShowHasTheTimes(t *testing.T) {
+	submit := time.Date(2026, 3, 1, 10, 0, 0, 0, time.Local)
+	tasks := []*jobspb.TaskInfo{
+		{Id: "42_1", State: "completed", Nodes: []string{"n2"}, SubmitUnixMs: submit.UnixMilli(),
+			StartUnixMs: submit.Add(2 * time.Second).UnixMilli(), EndUnixMs: submit.Add(5 * time.Second).UnixMilli(), HasExitCode: true},
+		{Id: "42_2", State: "pending", SubmitUnixMs: submit.UnixMilli(), Reason: "held by user"},
+	}
+	var b strings.Builder
+	s := showJSON{JobID: "42", Command: []string{"sh", "-c", "exit 0"}, Cwd: "/home/a", SubmitNode: "n1"}
+	if err := printShow(&b, s, tasks); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"submitted:   2026-03-01 10:00:00",
+		"START", "END",
+		"2026-03-01 10:00:02  2026-03-01 10:00:05",
+		"sh -c 'exit 0'",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ssi job show lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(out, "42_2  pending    -") {
+		t.Errorf("a pending task's start should read -:\n%s", out)
 	}
 }

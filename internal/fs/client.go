@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -167,7 +168,7 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	}
 	raw := fs.NewNodeFS(m.root, opts)
-	server, err := fuse.NewServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
+	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)
@@ -181,6 +182,48 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 	m.server = server
 	m.raiseReadahead()
 	return m, nil
+}
+
+// newFUSEServer mounts like fuse.NewServer, without leaking the FUSE device into children.
+// go-fuse's direct mount opens /dev/fuse without O_CLOEXEC, so every process the agent
+// started afterwards (ssi run, job tasks) held the mount's device: any user's job could read
+// other users' file requests off it and answer them, and when the agent died the connection
+// was not aborted, leaving those processes stuck for good (in D state) on their own open
+// files in /ssi. The device is marked close-on-exec while syscall.ForkLock keeps every fork
+// out, as the syscall package asks of fds made without O_CLOEXEC. The mount must then not
+// fork itself (fusermount would wait for the lock), so it is tried direct-only first; the
+// fusermount fallback, when the direct mount fails, gets close-on-exec from go-fuse.
+func newFUSEServer(fsys fuse.RawFileSystem, path string, opts *fuse.MountOptions) (*fuse.Server, error) {
+	direct := *opts
+	direct.DirectMountStrict = true
+	syscall.ForkLock.Lock()
+	server, err := fuse.NewServer(fsys, path, &direct)
+	if err == nil {
+		closeOnExecFUSEDevices()
+	}
+	syscall.ForkLock.Unlock()
+	if err == nil {
+		return server, nil
+	}
+	return fuse.NewServer(fsys, path, opts)
+}
+
+// closeOnExecFUSEDevices marks every /dev/fuse descriptor of this process close-on-exec.
+// None of them is ever meant for a child.
+func closeOnExecFUSEDevices() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // raiseReadahead lets the kernel read ahead 1 MiB at a time: each read is a network round

@@ -75,6 +75,62 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	return 0
 }
 
+// The top of the mount is made of the cluster's nodes, not of files: every change to it
+// fails with EROFS, as on a read-only directory. Without these go-fuse answers ENOTSUP for
+// most and, for rmdir and unlink, success without doing anything, so "rmdir /ssi/n1" would
+// seem to have removed a node's tree.
+var (
+	_ fs.NodeMkdirer       = (*rootNode)(nil)
+	_ fs.NodeCreater       = (*rootNode)(nil)
+	_ fs.NodeMknoder       = (*rootNode)(nil)
+	_ fs.NodeSymlinker     = (*rootNode)(nil)
+	_ fs.NodeLinker        = (*rootNode)(nil)
+	_ fs.NodeUnlinker      = (*rootNode)(nil)
+	_ fs.NodeRmdirer       = (*rootNode)(nil)
+	_ fs.NodeRenamer       = (*rootNode)(nil)
+	_ fs.NodeSetattrer     = (*rootNode)(nil)
+	_ fs.NodeSetxattrer    = (*rootNode)(nil)
+	_ fs.NodeRemovexattrer = (*rootNode)(nil)
+)
+
+func (r *rootNode) Mkdir(context.Context, string, uint32, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (r *rootNode) Create(context.Context, string, uint32, uint32, *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EROFS
+}
+
+func (r *rootNode) Mknod(context.Context, string, uint32, uint32, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (r *rootNode) Symlink(context.Context, string, string, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (r *rootNode) Link(context.Context, fs.InodeEmbedder, string, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	return nil, syscall.EROFS
+}
+
+func (r *rootNode) Unlink(context.Context, string) syscall.Errno { return syscall.EROFS }
+
+func (r *rootNode) Rmdir(context.Context, string) syscall.Errno { return syscall.EROFS }
+
+func (r *rootNode) Rename(context.Context, string, fs.InodeEmbedder, string, uint32) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (r *rootNode) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (r *rootNode) Setxattr(context.Context, string, []byte, uint32) syscall.Errno {
+	return syscall.EROFS
+}
+
+func (r *rootNode) Removexattr(context.Context, string) syscall.Errno { return syscall.EROFS }
+
 func nodeRootIno(name string) uint64 { return inoOf(name, fileID{}) }
 
 // root returns the directory /<mount>/<node>, made once.

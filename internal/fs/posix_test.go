@@ -54,6 +54,32 @@ func readFile(t *testing.T, p string) string {
 }
 
 var posixCases = []posixCase{
+	{"the top of the mount refuses changes with EROFS", func(t *testing.T, dir string, env posixEnv) {
+		top := env.local.mnt
+		file := filepath.Join(dir, "f")
+		must(t, os.WriteFile(file, []byte("x"), 0o644))
+		for _, tc := range []struct {
+			what string
+			err  error
+		}{
+			{"rmdir of a node", syscall.Rmdir(filepath.Join(top, "n2"))},
+			{"rename of a node", syscall.Rename(filepath.Join(top, "n2"), filepath.Join(top, "n9"))},
+			{"mkdir", syscall.Mkdir(filepath.Join(top, "n9"), 0o755)},
+			{"create", func() error { _, err := os.Create(filepath.Join(top, "f")); return err }()},
+			{"mkfifo", syscall.Mkfifo(filepath.Join(top, "p"), 0o644)},
+			{"symlink", os.Symlink("n2", filepath.Join(top, "l"))},
+			{"hard link", os.Link(file, filepath.Join(top, "h"))},
+			{"chmod", os.Chmod(top, 0o777)},
+			{"setxattr", unix.Setxattr(top, "user.a", []byte("1"), 0)},
+		} {
+			if !errors.Is(tc.err, syscall.EROFS) {
+				t.Errorf("%s at the top of the mount: %v, want EROFS", tc.what, tc.err)
+			}
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("n2's tree after the refused changes: %v", err)
+		}
+	}},
 	{"create, write, read back", func(t *testing.T, dir string, env posixEnv) {
 		p := filepath.Join(dir, "f")
 		must(t, os.WriteFile(p, []byte("hello world"), 0o640))

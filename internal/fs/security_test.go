@@ -3,8 +3,10 @@ package fs
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -215,4 +217,20 @@ func TestNothingEscapesTheOwnersRoot(t *testing.T) {
 			t.Fatalf("listing slash/slash/sub/deeper: errno %d, %q", r.Errno, names)
 		}
 	})
+}
+
+// TestChildrenDoNotInheritTheFUSEDevice starts a command after mounting, as the agent starts
+// ssi run's and jobs' processes: it must not hold the mount's /dev/fuse, which would let it
+// read and answer other users' file requests, and keep the connection alive (its callers
+// stuck) after the agent died.
+func TestChildrenDoNotInheritTheFUSEDevice(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	c.node("n1").mountTree(5 * time.Second)
+	out, err := exec.Command("sh", "-c", `for f in /proc/$$/fd/*; do readlink "$f" || true; done`).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child of the mounting process holds /dev/fuse; its descriptors:\n%s", out)
+	}
 }

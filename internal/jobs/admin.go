@@ -55,6 +55,14 @@ func (s *Service) CreateQueue(ctx context.Context, req *jobspb.CreateQueueReques
 	if err := sq.Validate(); err != nil {
 		return nil, invalid("%v", err)
 	}
+	// A misspelt node would leave the queue silently smaller (or empty, so every submit to it
+	// is refused later with a less direct reason): refuse names the cluster has never had.
+	members := s.d.Members()
+	for _, n := range q.Nodes {
+		if !slices.ContainsFunc(members, func(m Member) bool { return m.Name == n }) {
+			return nil, invalid("queue %s: unknown node %q: see ssi nodes for the names", q.Name, n)
+		}
+	}
 	var cmps []clientv3.Cmp
 	if !req.Replace {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(queueKey(q.Name)), "=", 0))

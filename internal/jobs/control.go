@@ -169,6 +169,10 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 			return fmt.Errorf("no job %s: see ssi jobs for the ids", base)
 		}
 		if who.uid != 0 && who.uid != rec.Spec.UID {
+			if rec.Spec.UID == 0 {
+				// "only root or root" reads as a typo; root's jobs have one controller.
+				return status.Errorf(codes.PermissionDenied, "job %s belongs to root: only root may %s it", base, verb)
+			}
 			return status.Errorf(codes.PermissionDenied, "job %s belongs to %s: only %s or root may %s it", base, rec.Spec.User, rec.Spec.User, verb)
 		}
 		pos := -1

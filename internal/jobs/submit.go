@@ -297,7 +297,7 @@ func (s *Service) checkDeps(ctx context.Context, after, afterAny []string) error
 			n, _ := strconv.Atoi(idx)
 			spec, err := sched.ParseArray(rec.Spec.Array)
 			if rec.Spec.Array == "" || err != nil || !slices.Contains(spec.Indices(), n) {
-				return invalid("dependency %s does not exist: job %s has no element %s", id, rec.ID, idx)
+				return invalid("dependency %s does not exist: job %s has no element %s (see ssi job show %s)", id, rec.ID, idx, rec.ID)
 			}
 		}
 		if i >= len(after) || len(active) > 0 {
