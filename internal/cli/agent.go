@@ -134,6 +134,9 @@ func mergeConfig(file, flags agent.Config, cmd *cobra.Command) agent.Config {
 
 // runAgent runs until SIGTERM/SIGINT (graceful leave) or a fatal error.
 func runAgent(ctx context.Context, cfg agent.Config) error {
+	if err := closeInheritedOnExec(); err != nil {
+		return fmt.Errorf("marking inherited descriptors close-on-exec: %w", err)
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
