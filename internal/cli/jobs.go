@@ -387,6 +387,9 @@ func runInteractive(ctx context.Context, g *globals, req *jobspb.SubmitRequest) 
 	if req.Array != "" {
 		return errors.New("an interactive job cannot be an array: drop --array or -i")
 	}
+	if req.Output != "" || req.Error != "" {
+		return errors.New("an interactive job writes to this terminal, not to files: drop --output/--error, or -i to queue a batch job")
+	}
 	if len(req.Script) > 0 {
 		req.Args = append([]string{req.ScriptName}, req.Args...)
 		req.Script = nil

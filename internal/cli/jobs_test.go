@@ -263,3 +263,22 @@ func TestPrintShowHasTheTimes(t *testing.T) {
 		t.Errorf("a pending task's start should read -:\n%s", out)
 	}
 }
+
+func TestInteractiveRefusesBatchOnlyOptions(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-i", "--array", "1-3", "--", "true"}, "cannot be an array"},
+		{[]string{"-i", "--output", "out.txt", "--", "true"}, "drop --output/--error"},
+		{[]string{"-i", "--error", "err.txt", "--", "true"}, "drop --output/--error"},
+	} {
+		cmd := newSubmitCommand(&globals{socket: "/nonexistent/ssi.sock"})
+		cmd.SetArgs(tt.args)
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: %v; want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}
