@@ -221,11 +221,11 @@ returned. Inside, SSI_SOCKET points at the node's agent and "ssi" is the cluster
 		Example: `  sudo ssi dev exec n2 -- sh
   sudo ssi dev exec n3 -- ssi ps
   sudo ssi dev exec --dir /var/tmp/ssi-dev n1 -- ip -br addr`,
-		Args: cobra.MinimumNArgs(2),
+		Args: needArgs(1, -1, "a node and a command, e.g. n2 -- sh"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			command := args[1:]
 			// Flag parsing stops at NODE, so a "--" after it is still here.
-			if command[0] == "--" {
+			if len(command) > 0 && command[0] == "--" {
 				command = command[1:]
 			}
 			if len(command) == 0 {

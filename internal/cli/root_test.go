@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"strings"
 	"testing"
 
@@ -57,6 +58,33 @@ func TestParseKillArgs(t *testing.T) {
 		}
 		if err != nil || int(sig) != tt.sig || len(gpids) != tt.gpids || list != tt.list {
 			t.Errorf("%v: got %d %v %v %v", tt.args, sig, gpids, list, err)
+		}
+	}
+}
+
+// cobra's own argument and flag errors name the fix: the command's --help.
+func TestUsageErrorsPointToHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"wait"}, "accepts 1 arg(s), received 0: see ssi wait --help"},
+		{[]string{"ps", "extra"}, `unknown command "extra" for "ssi ps": see ssi ps --help`},
+		{[]string{"nodes", "--nod"}, "unknown flag: --nod: see ssi nodes --help"},
+		{[]string{"token", "create", "--ttl", "soon"}, "see ssi token create --help"},
+		{[]string{"dev", "exec"}, "ssi dev exec needs a node and a command, e.g. n2 -- sh: see ssi dev exec --help"},
+		{[]string{"submit"}, "ssi submit needs a command after -- or a script: see ssi submit --help"},
+	} {
+		root := NewRoot(BuildInfo{Version: "test"})
+		root.SetArgs(tc.args)
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		err := root.Execute()
+		if err == nil || err.Error() != tc.want && !strings.HasSuffix(err.Error(), tc.want) {
+			t.Errorf("ssi %v: %v, want %q", tc.args, err, tc.want)
+		}
+		if err != nil && strings.Count(err.Error(), "--help") != 1 {
+			t.Errorf("ssi %v: %q points to --help more than once", tc.args, err)
 		}
 	}
 }
