@@ -100,8 +100,13 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 			outDir = "."
 		}
 		// The wrapper names the file after its own pid, which the command keeps through exec.
-		script := `exec "$@" >>"$0/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out" 2>&1 </dev/null`
-		spec.Args = append([]string{"/bin/sh", "-c", script, outDir}, spec.Args...)
+		// The file is made private (umask 077), as nohup's is: output often holds what only
+		// its owner may read; the command itself then runs with the caller's umask again.
+		// $0 stays "sh" so that the shell's own messages (e.g. "sh: 1: exec: x: not found")
+		// read as usual in that file.
+		script := `d=$1; shift; umask 077; exec >>"$d/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out" 2>&1 </dev/null; umask ` +
+			fmt.Sprintf("%04o", spec.Umask) + `; exec "$@"`
+		spec.Args = append([]string{"/bin/sh", "-c", script, "sh", outDir}, spec.Args...)
 		spec.Path = ""
 	}
 	p, err := proc.Start(ctx, spec)
