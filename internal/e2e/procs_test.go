@@ -127,22 +127,34 @@ func TestProcessSpace(t *testing.T) {
 	})
 
 	t.Run("signals reach the remote process", func(t *testing.T) {
-		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGUSR1, syscall.SIGTERM} {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c",
-				fmt.Sprintf(`trap 'echo got; exit 42' %d; echo ready; while :; do sleep 0.05; done`, sig))
-			var out bytes.Buffer
-			cmd.Stdout = &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, 10*time.Second, "remote trap ready", func() bool { return strings.Contains(out.String(), "ready") })
+		// Every signal a shell passes on, one session: each trap reports its signal, TERM
+		// last ends the command with the trap's status.
+		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+			syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP, syscall.SIGTERM}
+		script := ""
+		for _, sig := range sigs[:len(sigs)-1] {
+			script += fmt.Sprintf("trap 'echo got %d' %d; ", sig, sig)
+		}
+		script += fmt.Sprintf("trap 'echo got %d; exit 42' %d; echo ready; while :; do sleep 0.05; done", syscall.SIGTERM, syscall.SIGTERM)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", script)
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote traps ready", func() bool { return strings.Contains(out.String(), "ready") })
+		for _, sig := range sigs {
 			cmd.Process.Signal(sig)
-			err := cmd.Wait()
-			cancel()
-			if cmd.ProcessState.ExitCode() != 42 || !strings.Contains(out.String(), "got") {
-				t.Errorf("%v: exit %d (%v), output %q; want 42 and the trap's output", sig, cmd.ProcessState.ExitCode(), err, out.String())
-			}
+			want := fmt.Sprintf("got %d\n", sig)
+			eventually(t, 10*time.Second, fmt.Sprintf("%v reaches the remote process", sig), func() bool {
+				return strings.Contains(out.String(), want)
+			})
+		}
+		err := cmd.Wait()
+		if cmd.ProcessState.ExitCode() != 42 {
+			t.Errorf("exit %d (%v), output %q; want 42 from the TERM trap", cmd.ProcessState.ExitCode(), err, out.String())
 		}
 	})
 
@@ -170,6 +182,10 @@ func TestProcessSpace(t *testing.T) {
 		if out.stdout != "hello\n" {
 			t.Fatalf("detached output: %v", out)
 		}
+		// Only its owner may read a detached command's output, as with nohup.out.
+		if mode := inside(t, c, "n2", "stat", "-c", "%a", fmt.Sprintf("/tmp/ssi-%d.out", g)); mode.stdout != "600\n" {
+			t.Fatalf("detached output file mode: %v; want 600", mode)
+		}
 	})
 
 	t.Run("tree across nodes", func(t *testing.T) {
@@ -190,6 +206,16 @@ func TestProcessSpace(t *testing.T) {
 			}
 			return len(found) == 1 && sleeper.SSIStarted
 		})
+		// The JSON fields the issue names, each present.
+		var raw []map[string]any
+		if r := ssi(t, c, "n3", "ps", "-o", "json", "-n", "n2"); json.Unmarshal([]byte(r.stdout), &raw) != nil || len(raw) == 0 {
+			t.Fatalf("ssi ps -o json -n n2: %v", r)
+		}
+		for _, key := range []string{"gpid", "node", "pid", "ppid_gpid", "user", "uid", "state", "cpu_percent", "rss_bytes", "start_time", "command"} {
+			if _, ok := raw[0][key]; !ok {
+				t.Errorf("ssi ps -o json: no %q in %v", key, raw[0])
+			}
+		}
 		parent := sleeper.PPIDGPID
 		if !sleeper.SSIStarted || parent/10_000_000 != 1 {
 			t.Fatalf("remote child's parent is %d, want a GPID on n1: %+v", parent, sleeper)
@@ -240,6 +266,9 @@ func TestProcessSpace(t *testing.T) {
 		}
 		if r := asNobody("wait", g); r.code == 0 || !strings.Contains(r.stderr, "another user") {
 			t.Fatalf("nobody waiting for root's process: %v", r)
+		}
+		if r := asNobody("ps", "-u", "no-such-user"); r.code == 0 || !strings.Contains(r.stderr, "no such user") {
+			t.Fatalf("ps -u of an unknown user: %v", r)
 		}
 		if r := asNobody("token", "create"); r.code == 0 || !strings.Contains(r.stderr, "only root") {
 			t.Fatalf("nobody creating a token: %v", r)
@@ -314,4 +343,22 @@ func TestProcessSpace(t *testing.T) {
 			t.Fatalf("exit %d, stderr %q; want 255 and a message naming n3", cmd.ProcessState.ExitCode(), errb.String())
 		}
 	})
+}
+
+// syncBuffer is a bytes.Buffer that a command writes while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
