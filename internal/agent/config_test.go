@@ -79,12 +79,19 @@ func TestLoadConfigFile(t *testing.T) {
 	if c.Name != "n7" || c.DataDir != "/srv/ssi" || !c.Server || len(c.EtcdEndpoints) != 2 {
 		t.Fatalf("got %+v", c)
 	}
-	typo := filepath.Join(dir, "typo.yaml")
-	os.WriteFile(typo, []byte("nmae: n7\n"), 0o600)
-	if _, err := LoadConfigFile(typo); err == nil || !strings.Contains(err.Error(), "nmae") {
-		t.Fatalf("unknown key accepted: %v", err)
-	}
-	if _, err := LoadConfigFile(filepath.Join(dir, "missing.yaml")); err == nil {
-		t.Fatal("missing file accepted")
+	// Bad files: one line naming the problem and the fix, without the YAML library's layers.
+	for _, tc := range []struct{ name, content, want string }{
+		{"typo.yaml", "nmae: n7\n", `typo.yaml: unknown field "nmae": use the flags' names as keys`},
+		{"type.yaml", "server: maybe\n", "type.yaml: cannot unmarshal string into Go struct field Config.server of type bool: use the flags' names"},
+		{"missing.yaml", "", "no such file or directory: check the --config path"},
+	} {
+		path := filepath.Join(dir, tc.name)
+		if tc.content != "" {
+			os.WriteFile(path, []byte(tc.content), 0o600)
+		}
+		_, err := LoadConfigFile(path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "unmarshaling JSON") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v, want one line containing %q", tc.name, err, tc.want)
+		}
 	}
 }

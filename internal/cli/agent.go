@@ -60,6 +60,13 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 				}
 				cfg = mergeConfig(fileCfg, cfg, cmd)
 			}
+			// Only a joining node takes the token from the environment, so a stray
+			// $SSI_TOKEN cannot make a bootstrap or restart fail.
+			if cfg.Token == "" && cfg.Join != "" {
+				cfg.Token = os.Getenv(agent.TokenEnv)
+			}
+			// The agent's children must not inherit it.
+			os.Unsetenv(agent.TokenEnv)
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
@@ -79,7 +86,7 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 	f.StringVar(&cfg.Bind, "bind", "0.0.0.0:7700", "cluster address to listen on (gossip and etcd use the next three ports)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes reach this one at (default: the bind address, or this host's primary IP)")
 	f.StringVar(&cfg.Join, "join", "", "address of any node of the cluster to join (host:port)")
-	f.StringVar(&cfg.Token, "token", "", "join token from \"ssi token create\"")
+	f.StringVar(&cfg.Token, "token", "", "join token from \"ssi token create\" (or $"+agent.TokenEnv+", which other users cannot read as they can a command line)")
 	f.BoolVar(&cfg.Server, "server", false, "keep a copy of the control-plane state (an etcd member) on this node")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "use this existing etcd cluster instead of the embedded one (comma-separated URLs)")
 	f.StringVar(&cfg.Socket, "socket", "", "Unix socket for local clients (default "+agent.DefaultSocket+")")

@@ -47,6 +47,10 @@ func TestFormationJoinAndFaults(t *testing.T) {
 			t.Errorf("%s: %+v", name, n)
 		}
 	}
+	// No join token in any command line: every user may read those (ps, ssi ps).
+	if r := ssi(t, c, "n1", "ps", "-o", "json"); r.code != 0 || strings.Contains(r.stdout, "SSI1.") || !strings.Contains(r.stdout, "ssi agent") {
+		t.Errorf("a join token shows in ssi ps: %v", r)
+	}
 	st := getStatus(t, c, "n4")
 	if !st.EtcdHealthy || st.EtcdLeader == "" || len(st.Servers) != 3 || st.Members["alive"] != 4 {
 		t.Fatalf("status: %+v", st)
