@@ -240,7 +240,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 					stdin.Close()
 				}
 			case *ssipb.RunInput_Signal:
-				if err := p.Signal(syscall.Signal(m.Signal)); err != nil {
+				if err := s.forwardSignal(p, syscall.Signal(m.Signal)); err != nil {
 					s.log.Debug("forwarding signal", "sig", m.Signal, "err", err)
 				}
 			case *ssipb.RunInput_Resize:
@@ -302,6 +302,30 @@ func (s *Service) sendFailed(stream runStream, r *record, err error) error {
 	}
 	s.endTree(r, "send failed")
 	return err
+}
+
+// forwardSignal delivers a signal the client received the way a shell's terminal delivers it
+// to a local foreground job.
+func (s *Service) forwardSignal(p *proc.Process, sig syscall.Signal) error {
+	if err := p.Signal(sig); err != nil {
+		return err
+	}
+	switch sig {
+	case syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+		// The command leads a session of its own, so its process group is orphaned, and the
+		// kernel discards a stop signal whose action there is the default (POSIX): stop the
+		// tree as that default would have. A command that catches or ignores it keeps
+		// running, as it would locally.
+		isDefault, err := proc.SignalDisposition(s.cfg.ProcRoot, p.PID(), sig)
+		if err != nil || !isDefault {
+			return err
+		}
+		return p.SignalTree(syscall.SIGSTOP)
+	case syscall.SIGCONT:
+		// fg and bg continue the whole job, not only its first process.
+		return p.SignalTree(syscall.SIGCONT)
+	}
+	return nil
 }
 
 // endTree ends a session's whole tree after its client was lost: no orphans.

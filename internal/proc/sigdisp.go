@@ -1,0 +1,54 @@
+package proc
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// SignalDisposition tells whether sig has its default action in process pid: not caught
+// and not ignored (the SigCgt: and SigIgn: masks of /proc/<procRoot>/<pid>/status).
+func SignalDisposition(procRoot string, pid int, sig syscall.Signal) (isDefault bool, err error) {
+	f, err := os.Open(fmt.Sprintf("%s/%d/status", procRoot, pid))
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	return parseSignalDisposition(f, sig)
+}
+
+// parseSignalDisposition reads the SigCgt: and SigIgn: lines of a proc status file: hex
+// masks where bit N-1 stands for signal N.
+func parseSignalDisposition(r io.Reader, sig syscall.Signal) (bool, error) {
+	if sig < 1 || sig > 64 {
+		return false, fmt.Errorf("signal %d out of range", sig)
+	}
+	bit := uint64(1) << (uint(sig) - 1)
+	seen := 0
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		key, value, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (key != "SigCgt" && key != "SigIgn") {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(value), 16, 64)
+		if err != nil {
+			return false, fmt.Errorf("malformed %s: line %q", key, sc.Text())
+		}
+		if mask&bit != 0 {
+			return false, nil
+		}
+		seen++
+	}
+	if err := sc.Err(); err != nil {
+		return false, err
+	}
+	if seen != 2 {
+		return false, fmt.Errorf("status lacks SigCgt: or SigIgn:")
+	}
+	return true, nil
+}
