@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -61,7 +62,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   ssi run -t -n n3 -- top                    # a terminal program
   ssi run -n n1 -- tar c src | ssi run -n n2 -- tar x -C /tmp
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
-		Args: cobra.MinimumNArgs(1),
+		Args: needArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRemote(cmd.Context(), g, o, args)
 		},
@@ -106,6 +107,9 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	if o.tty && o.noTTY {
 		return errors.New("-t and -T contradict each other: give one")
 	}
+	if o.tty && o.detach {
+		return errors.New("--detach runs without a terminal, its output going to a file: drop -t")
+	}
 	for _, kv := range o.env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return fmt.Errorf("--env %q is not K=V: write it like --env OMP_NUM_THREADS=4", kv)
@@ -114,12 +118,13 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
 	useTTY := o.tty || (!o.noTTY && !o.detach && stdinTTY)
 	cwd := o.cwd
-	if cwd == "" && !o.shell {
+	if (cwd == "" || !filepath.IsAbs(cwd)) && !o.shell {
+		// A relative --cwd is relative to this directory, as cd's argument would be.
 		wd, err := os.Getwd()
 		if err != nil {
-			return fmt.Errorf("finding the working directory: %w (give --cwd)", err)
+			return fmt.Errorf("finding the working directory: %w (give --cwd with an absolute path)", err)
 		}
-		cwd = wd
+		cwd = filepath.Join(wd, cwd)
 	}
 	start := &ssipb.RunStart{
 		Args: args, Env: append(os.Environ(), o.env...), Cwd: cwd, Node: o.node,
@@ -205,6 +210,13 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				continue
 			}
 			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+			if s == syscall.SIGTSTP && !useTTY {
+				// A local child stopped by Ctrl-Z gives the shell its prompt back; so does
+				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
+				// which goes on to the remote process like every other signal. (With a
+				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
+				_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+			}
 		}
 	}()
 	go pumpStdin(send)
