@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ type procJSON struct {
 	PPIDGPID   int64  `json:"ppid_gpid"`
 	User       string `json:"user"`
 	UID        uint32 `json:"uid"`
+	State      string `json:"state"`
 	Command    string `json:"command"`
 	SSIStarted bool   `json:"ssi_started"`
 }
@@ -129,8 +131,9 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("signals reach the remote process", func(t *testing.T) {
 		// Every signal a shell passes on, one session: each trap reports its signal, TERM
 		// last ends the command with the trap's status.
+		// The client stops itself after passing TSTP on (see the next test), so CONT follows it.
 		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
-			syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP, syscall.SIGTERM}
+			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
 		script := ""
 		for _, sig := range sigs[:len(sigs)-1] {
 			script += fmt.Sprintf("trap 'echo got %d' %d; ", sig, sig)
@@ -155,6 +158,41 @@ func TestProcessSpace(t *testing.T) {
 		err := cmd.Wait()
 		if cmd.ProcessState.ExitCode() != 42 {
 			t.Errorf("exit %d (%v), output %q; want 42 from the TERM trap", cmd.ProcessState.ExitCode(), err, out.String())
+		}
+	})
+
+	t.Run("ctrl-z stops the remote job, fg continues it", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 3 | cat; echo done")
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote job ready", func() bool { return strings.Contains(out.String(), "ready") })
+		cmd.Process.Signal(syscall.SIGTSTP)
+		// Every process of the job stops, as with a local Ctrl-Z, and so does the client.
+		eventually(t, 10*time.Second, "the remote job stopped", func() bool {
+			job := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sh -c echo ready")
+			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 3")...)
+			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "cat")...)
+			stopped := 0
+			for _, p := range job {
+				if strings.HasPrefix(p.State, "T") {
+					stopped++
+				}
+			}
+			return stopped == 3
+		})
+		eventually(t, 10*time.Second, "the client stopped", func() bool {
+			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+			_, rest, _ := strings.Cut(string(st), ") ")
+			return strings.HasPrefix(rest, "T")
+		})
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q", err, out.String())
 		}
 	})
 
