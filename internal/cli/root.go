@@ -70,8 +70,31 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		newDevInitCommand(),
 	)
 	root.AddCommand(newJobsCommands(g)...)
+	addCompletionExamples(root)
 	withUsageHints(root)
 	return root
+}
+
+// addCompletionExamples makes cobra's completion command now, rather than at Execute, so
+// that it too can show an example, as every command's --help does.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = `  source <(ssi completion bash)
+  ssi completion zsh > "${fpath[1]}/_ssi"`
+		examples := map[string]string{
+			"bash":       "  source <(ssi completion bash)\n  ssi completion bash > /etc/bash_completion.d/ssi",
+			"zsh":        `  ssi completion zsh > "${fpath[1]}/_ssi"`,
+			"fish":       "  ssi completion fish > ~/.config/fish/completions/ssi.fish",
+			"powershell": "  ssi completion powershell | Out-String | Invoke-Expression",
+		}
+		for _, sh := range c.Commands() {
+			sh.Example = examples[sh.Name()]
+		}
+	}
 }
 
 // withUsageHints makes cobra's own messages for wrong arguments and flags (e.g. "accepts 1
