@@ -62,6 +62,26 @@ func TestParseKillArgs(t *testing.T) {
 	}
 }
 
+func TestTranslateSignals(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{[]string{"9"}, "KILL", ""},
+		{[]string{"137"}, "KILL", ""}, // an exit status, as bash's kill -l takes
+		{[]string{"TERM", "sigusr1", "SIGHUP"}, "15 10 1", ""},
+		{[]string{"0"}, "", "0 is not a signal number"},
+		{[]string{"99"}, "", "99 is not a signal number"},
+		{[]string{"NOPE"}, "", "unknown signal"},
+	} {
+		got, err := translateSignals(tc.args)
+		if strings.Join(got, " ") != tc.want || (tc.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("kill -l %v = %q, %v; want %q, %q", tc.args, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
 // cobra's own argument and flag errors name the fix: the command's --help.
 func TestUsageErrorsPointToHelp(t *testing.T) {
 	for _, tc := range []struct {
