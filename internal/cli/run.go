@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -215,7 +216,7 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
 				// which goes on to the remote process like every other signal. (With a
 				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
-				_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+				stopAfterFlush(ctx, cc)
 			}
 		}
 	}()
@@ -250,6 +251,17 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 			}
 		}
 	}
+}
+
+// stopAfterFlush stops this process once what was sent on cc has left it. Send only queues
+// a message; stopped, this process would hold the signal it just passed on. A call on the
+// same connection, once answered, shows that every frame queued before it was written, as
+// HTTP/2 frames leave a connection in order; a kill of no process answers at once.
+func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, _ = ssipb.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
+	cancel()
+	_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
 }
 
 // passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
