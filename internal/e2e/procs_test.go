@@ -364,6 +364,13 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("node lost mid-run", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		detached := strings.TrimSpace(ssi(t, c, "n1", "run", "--detach", "-n", "n3", "--cwd", "/tmp", "--", "sleep", "1000").stdout)
+		var waitOut, waitErr bytes.Buffer
+		waiter := cliCmd(ctx, c, "n2", "wait", detached)
+		waiter.Stdout, waiter.Stderr = &waitOut, &waitErr
+		if err := waiter.Start(); err != nil {
+			t.Fatal(err)
+		}
 		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "sh", "-c", "echo started; sleep 1000")
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
@@ -379,6 +386,20 @@ func TestProcessSpace(t *testing.T) {
 		t.Logf("client noticed the lost node after %v", time.Since(start).Round(time.Millisecond))
 		if cmd.ProcessState.ExitCode() != 255 || !strings.Contains(errb.String(), "n3") {
 			t.Fatalf("exit %d, stderr %q; want 255 and a message naming n3", cmd.ProcessState.ExitCode(), errb.String())
+		}
+		// ssi wait on a process of the lost node ends as ssi run does.
+		waiter.Wait()
+		if waiter.ProcessState.ExitCode() != 255 || !strings.Contains(waitErr.String(), "node n3") {
+			t.Fatalf("ssi wait %s: exit %d, stderr %q; want 255 and a message naming n3", detached, waiter.ProcessState.ExitCode(), waitErr.String())
+		}
+		waitState(t, c, "n1", "n3", "dead", 10*time.Second)
+		begin := time.Now()
+		r := ssi(t, c, "n1", "kill", detached)
+		if r.code != 1 || !strings.Contains(r.stderr, "node n3 did not answer (it is down") || time.Since(begin) > 5*time.Second {
+			t.Fatalf("ssi kill %s on a dead node: %v after %v; want one line saying n3 is down, in under 5 s", detached, r, time.Since(begin))
+		}
+		if r := ssi(t, c, "n1", "wait", detached); r.code != 255 || !strings.Contains(r.stderr, "node n3 is down") {
+			t.Fatalf("ssi wait %s on a dead node: %v", detached, r)
 		}
 	})
 }
