@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -155,6 +156,20 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("--join %q: %w (want host:port of a cluster node)", c.Join, err)
 		}
 		c.Join = net.JoinHostPort(jh, strconv.Itoa(jp))
+	}
+	// Checked now, not when the listener starts: by then a first server has bootstrapped a
+	// cluster into its data dir.
+	if c.HTTP != "" {
+		host, p, err := net.SplitHostPort(c.HTTP)
+		if n, perr := strconv.Atoi(p); err != nil || perr != nil || n < 0 || n > 65535 || strings.ContainsAny(host, " /") {
+			return c, fmt.Errorf("--http %q is not a listen address: give IP:PORT, e.g. 127.0.0.1:7780 (or :7780 for every address)", c.HTTP)
+		}
+	}
+	for _, e := range c.EtcdEndpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("--etcd-endpoints: %q is not an etcd URL: give http(s)://HOST:PORT, e.g. https://10.0.0.5:2379", e)
+		}
 	}
 	// --join without --token is a restart of a node that joined before; the data dir decides.
 	if c.Token != "" && c.Join == "" {

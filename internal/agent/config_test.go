@@ -39,6 +39,19 @@ func TestConfigDefaults(t *testing.T) {
 		{name: "bad port", in: Config{Name: "n1", Bind: "10.0.0.1:99999"}, wantErr: "out of range"},
 		{name: "unspecified advertise", in: Config{Name: "n1", Advertise: "0.0.0.0"}, wantErr: "not a usable address"},
 		{name: "token without join", in: Config{Name: "n1", Token: "t"}, wantErr: "--token needs --join"},
+		{name: "http without port", in: Config{Name: "n1", HTTP: "nonsense"}, wantErr: `--http "nonsense" is not a listen address`},
+		{name: "http port out of range", in: Config{Name: "n1", HTTP: "10.0.0.1:99999"}, wantErr: "is not a listen address"},
+		{name: "http URL", in: Config{Name: "n1", HTTP: "http://10.0.0.1:7780"}, wantErr: "is not a listen address"},
+		{name: "http forms", in: Config{Name: "n1", HTTP: ":7780"}, check: func(t *testing.T, c Config) {
+			for _, ok := range []string{"127.0.0.1:7780", "localhost:7780", "[::1]:7780"} {
+				if _, err := (Config{Name: "n1", HTTP: ok}).withDefaults(); err != nil {
+					t.Errorf("--http %s: %v", ok, err)
+				}
+			}
+		}},
+		{name: "etcd endpoint without scheme", in: Config{Name: "n1", EtcdEndpoints: []string{"10.0.0.5:2379"}}, wantErr: "is not an etcd URL"},
+		{name: "etcd endpoint word", in: Config{Name: "n1", EtcdEndpoints: []string{"nonsense"}}, wantErr: "is not an etcd URL"},
+		{name: "etcd endpoints", in: Config{Name: "n1", EtcdEndpoints: []string{"http://e1:2379", "https://10.0.0.5:2379"}}, check: func(t *testing.T, c Config) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -75,6 +76,15 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 			cfg.Version = g.build.Version
 			if cfg.Socket == "" && g.socket != "" {
 				cfg.Socket = g.socket
+			}
+			// A first server bootstraps its cluster before it serves --http: an address it
+			// cannot listen on must stop it before that, not after.
+			if cfg.HTTP != "" {
+				l, err := net.Listen("tcp", cfg.HTTP)
+				if err != nil {
+					return fmt.Errorf("--http %s: %w: give a free address of this machine, e.g. 127.0.0.1:7780", cfg.HTTP, err)
+				}
+				l.Close()
 			}
 			return runAgent(cmd.Context(), cfg)
 		},
