@@ -92,7 +92,7 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
   mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...`,
 		Example: `  ssi rsh n2 uname -a
   ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
-		Args: cobra.MinimumNArgs(2),
+		Args: needArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.node, o.shell, o.noTTY = args[0], true, !o.tty
 			return runRemote(cmd.Context(), g, o, args[1:])
