@@ -2,6 +2,7 @@ package proc
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -48,7 +49,7 @@ func parseSignalDisposition(r io.Reader, sig syscall.Signal) (bool, error) {
 		return false, err
 	}
 	if seen != 2 {
-		return false, fmt.Errorf("status lacks SigCgt: or SigIgn:")
+		return false, errors.New("status lacks the SigCgt and SigIgn lines")
 	}
 	return true, nil
 }
