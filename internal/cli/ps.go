@@ -68,6 +68,10 @@ within 2 s are reported, not waited for.`,
 			if err != nil {
 				return g.rpcError(err)
 			}
+			if node != "" && len(resp.Procs) == 0 && len(resp.Unreachable) > 0 {
+				// The one node asked for: an empty list would read as "no processes".
+				return fmt.Errorf("node %s did not answer within 2 s: see ssi nodes for its state", resp.Unreachable[0])
+			}
 			for _, n := range resp.Unreachable {
 				fmt.Fprintf(os.Stderr, "warning: node %s did not answer\n", n)
 			}
