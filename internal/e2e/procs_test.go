@@ -314,6 +314,11 @@ func TestProcessSpace(t *testing.T) {
 		if r := asNobody("agent", "--server", "--data-dir", "/tmp/nobody-agent"); r.code == 0 || !strings.Contains(r.stderr, "must run as root") {
 			t.Fatalf("a non-root agent: %v", r)
 		}
+		// An output file nobody cannot create: ssi wait says so.
+		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/", "--", "echo", "hi")
+		if w := asNobody("wait", strings.TrimSpace(r.stdout)); w.code != 126 || !strings.Contains(w.stderr, "cannot write the output file /ssi-") {
+			t.Fatalf("detached with an unwritable working directory: %v, then wait: %v", r, w)
+		}
 		// nobody's own process: nobody may signal it.
 		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sleep", "300")
 		mine := strings.TrimSpace(r.stdout)

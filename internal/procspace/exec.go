@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -95,17 +96,20 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	var outPath string
 	if start.Detach {
 		spec.CgroupParent = s.cfg.CgroupParent + "/" + detachedGroup
-		outDir := spec.Dir
-		if outDir == "" {
+		outDir := strings.TrimSuffix(spec.Dir, "/") // "/" gives "", and "$d/ssi-..." then /ssi-...
+		if spec.Dir == "" {
 			outDir = "."
 		}
 		// The wrapper names the file after its own pid, which the command keeps through exec.
 		// The file is made private (umask 077), as nohup's is: output often holds what only
 		// its owner may read; the command itself then runs with the caller's umask again.
 		// $0 stays "sh" so that the shell's own messages (e.g. "sh: 1: exec: x: not found")
-		// read as usual in that file.
-		script := `d=$1; shift; umask 077; exec >>"$d/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out" 2>&1 </dev/null; umask ` +
-			fmt.Sprintf("%04o", spec.Umask) + `; exec "$@"`
+		// read as usual in that file. A file the caller cannot create is said on stderr,
+		// which is still the agent's pipe then (see the reaper below), before exec's
+		// redirection, whose failure would end the shell without a word of ours.
+		script := `d=$1; shift; umask 077; f="$d/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out"; ` +
+			`if ! { true >>"$f"; } 2>/dev/null; then echo "cannot write the output file $f: give a --cwd you can write in" >&2; exit 126; fi; ` +
+			`exec >>"$f" 2>&1 </dev/null; umask ` + fmt.Sprintf("%04o", spec.Umask) + `; exec "$@"`
 		spec.Args = append([]string{"/bin/sh", "-c", script, "sh", outDir}, spec.Args...)
 		spec.Path = ""
 	}
@@ -135,6 +139,13 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			// Until the wrapper moves its output to the file, its stderr is this pipe; it
+			// ends there when the redirection is done, or carries why it could not be,
+			// which ssi wait then reports.
+			if f := p.Stderr(); f != nil {
+				msg, _ := io.ReadAll(io.LimitReader(f, 4096))
+				r.message = strings.TrimSpace(string(msg))
+			}
 			s.reap(r)
 		}()
 		return nil
