@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -77,8 +78,16 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 			if cfg.Socket == "" && g.socket != "" {
 				cfg.Socket = g.socket
 			}
-			// A first server bootstraps its cluster before it serves --http: an address it
-			// cannot listen on must stop it before that, not after.
+			// A first server bootstraps its cluster before it serves its socket and --http:
+			// one it cannot take must stop it before that, not after.
+			sock := cfg.Socket
+			if sock == "" {
+				sock = agent.DefaultSocket
+			}
+			if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+				c.Close()
+				return fmt.Errorf("socket %s is in use by another agent: stop it or set --socket", sock)
+			}
 			if cfg.HTTP != "" {
 				l, err := net.Listen("tcp", cfg.HTTP)
 				if err != nil {
