@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // SignalDisposition tells whether sig has its default action in process pid: not caught
@@ -52,4 +54,30 @@ func parseSignalDisposition(r io.Reader, sig syscall.Signal) (bool, error) {
 		return false, errors.New("status lacks the SigCgt and SigIgn lines")
 	}
 	return true, nil
+}
+
+// SignalJob delivers sig as a terminal delivers a job-control key to its foreground job: to
+// every process of the tree in the command's process group (the command leads a session of
+// its own, so the group is the command and those of its descendants that stayed in it).
+// That group is orphaned, so the kernel would discard a stop signal (TSTP, TTIN, TTOU)
+// whose action is the default (POSIX); a process with that default gets SIGSTOP instead,
+// what the default action does, and one that catches the signal gets the signal itself.
+// procRoot is where /proc is mounted.
+func (p *Process) SignalJob(sig syscall.Signal, procRoot string) error {
+	stop := sig == syscall.SIGTSTP || sig == syscall.SIGTTIN || sig == syscall.SIGTTOU
+	err := p.group.SignalEach(func(pid int) (syscall.Signal, bool) {
+		if pgid, err := unix.Getpgid(pid); err != nil || pgid != p.pid {
+			return 0, false
+		}
+		if stop {
+			if isDefault, err := SignalDisposition(procRoot, pid, sig); err == nil && isDefault {
+				return syscall.SIGSTOP, true
+			}
+		}
+		return sig, true
+	})
+	if err != nil {
+		return fmt.Errorf("send %v to the job of pid %d: %w", sig, p.pid, err)
+	}
+	return nil
 }

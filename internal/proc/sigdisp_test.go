@@ -1,11 +1,14 @@
 package proc
 
 import (
+	"context"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseSignalDisposition(t *testing.T) {
@@ -44,5 +47,75 @@ func TestSignalDispositionOfSelf(t *testing.T) {
 	}
 	if def, err := SignalDisposition("/proc", os.Getpid(), syscall.SIGTTIN); err != nil || !def {
 		t.Fatalf("SIGTTIN untouched: default=%v, %v", def, err)
+	}
+}
+
+// procState is the state letter of pid in /proc/<pid>/stat ("S", "T", ...).
+func procState(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "gone"
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return rest[:1]
+}
+
+// SignalJob reaches the command's process group as a terminal's keys reach a foreground
+// job: the shell and the pipeline it waits for, not a process that left the group.
+func TestSignalJob(t *testing.T) {
+	requireRoot(t)
+	// "sleep 1001 | sleep 1002" stays in the shell's group; setsid's sleep 1003 does not.
+	p, err := Start(context.Background(), rootSpec("sh", "-c", "setsid sleep 1003 & sleep 1001 | sleep 1002; echo after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var job, outside []int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		// Until setsid has run, its process is still in the shell's group.
+		job, outside = nil, nil
+		for _, pid := range waitForMembers(t, p, 4) {
+			if pgid, _ := syscall.Getpgid(pid); pgid == p.PID() {
+				job = append(job, pid)
+			} else {
+				outside = append(outside, pid)
+			}
+		}
+		if len(job) == 3 && len(outside) == 1 {
+			break
+		}
+	}
+	if len(job) != 3 || len(outside) != 1 {
+		t.Fatalf("job %v, outside %v; want the shell and two sleeps in the job", job, outside)
+	}
+	// Ctrl-Z: every process of the job stops (none catches TSTP), the other does not.
+	if err := p.SignalJob(syscall.SIGTSTP, "/proc"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range job {
+		for procState(t, pid) != "T" && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if st := procState(t, pid); st != "T" {
+			t.Errorf("pid %d of the job is %s after TSTP, want stopped", pid, st)
+		}
+	}
+	if st := procState(t, outside[0]); st == "T" {
+		t.Errorf("pid %d outside the job stopped too", outside[0])
+	}
+	if err := p.SignalJob(syscall.SIGCONT, "/proc"); err != nil {
+		t.Fatal(err)
+	}
+	// Ctrl-C: the pipeline dies of it, and so does the shell waiting for it, as at a terminal.
+	if err := p.SignalJob(syscall.SIGINT, "/proc"); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := p.Wait(); code != 128+int(syscall.SIGINT) || err != nil {
+		t.Errorf("Wait = %d, %v, want 130", code, err)
+	}
+	if !alive(outside[0]) {
+		t.Errorf("pid %d outside the job was ended by the job's INT", outside[0])
 	}
 }

@@ -315,28 +315,17 @@ func (s *Service) sendFailed(stream runStream, r *record, err error) error {
 	return err
 }
 
-// forwardSignal delivers a signal the client received the way a shell's terminal delivers it
-// to a local foreground job.
+// forwardSignal delivers a signal the client received as it would reach a local child. The
+// keys of a terminal (Ctrl-C INT, Ctrl-\ QUIT, Ctrl-Z TSTP, a resize WINCH) and a shell's
+// fg/bg (CONT) reach a whole foreground job, so these go to the command's process group;
+// the others (TERM, HUP, USR1, USR2) usually come from kill(1) aimed at one process, the
+// command.
 func (s *Service) forwardSignal(p *proc.Process, sig syscall.Signal) error {
-	if err := p.Signal(sig); err != nil {
-		return err
-	}
 	switch sig {
-	case syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
-		// The command leads a session of its own, so its process group is orphaned, and the
-		// kernel discards a stop signal whose action there is the default (POSIX): stop the
-		// tree as that default would have. A command that catches or ignores it keeps
-		// running, as it would locally.
-		isDefault, err := proc.SignalDisposition(s.cfg.ProcRoot, p.PID(), sig)
-		if err != nil || !isDefault {
-			return err
-		}
-		return p.SignalTree(syscall.SIGSTOP)
-	case syscall.SIGCONT:
-		// fg and bg continue the whole job, not only its first process.
-		return p.SignalTree(syscall.SIGCONT)
+	case syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGWINCH, syscall.SIGCONT:
+		return p.SignalJob(sig, s.cfg.ProcRoot)
 	}
-	return nil
+	return p.Signal(sig)
 }
 
 // endTree ends a session's whole tree after its client was lost: no orphans.
