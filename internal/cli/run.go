@@ -216,7 +216,7 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
 				// which goes on to the remote process like every other signal. (With a
 				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
-				stopAfterFlush(ctx, cc)
+				stopAfterFlush(ctx, cc, sigs)
 			}
 		}
 	}()
@@ -257,11 +257,15 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 // a message; stopped, this process would hold the signal it just passed on. A call on the
 // same connection, once answered, shows that every frame queued before it was written, as
 // HTTP/2 frames leave a connection in order; a kill of no process answers at once.
-func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn) {
+// A signal that came meanwhile (a quick fg's CONT) is still queued in pending: then this
+// process must not stop, or nothing would pass that signal on.
+func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn, pending chan os.Signal) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	_, _ = ssipb.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
 	cancel()
-	_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+	if len(pending) == 0 {
+		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+	}
 }
 
 // passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
