@@ -132,6 +132,8 @@ func TestProcessSpace(t *testing.T) {
 		// Every signal a shell passes on, one session: each trap reports its signal, TERM
 		// last ends the command with the trap's status.
 		// The client stops itself after passing TSTP on (see the next test), so CONT follows it.
+		// INT and QUIT, as a terminal's keys, reach the whole job: the trap's sleep is
+		// restarted by the loop.
 		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
 			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
 		script := ""
@@ -150,10 +152,22 @@ func TestProcessSpace(t *testing.T) {
 		eventually(t, 10*time.Second, "remote traps ready", func() bool { return strings.Contains(out.String(), "ready") })
 		for _, sig := range sigs {
 			cmd.Process.Signal(sig)
-			want := fmt.Sprintf("got %d\n", sig)
-			eventually(t, 10*time.Second, fmt.Sprintf("%v reaches the remote process", sig), func() bool {
-				return strings.Contains(out.String(), want)
-			})
+			if sig == syscall.SIGTSTP {
+				// As at a terminal, TSTP also stops the shell's foreground sleep, which does
+				// not catch it, so the shell runs its trap once CONT has let the sleep end.
+				// CONT goes once the client has stopped, as a shell's fg would.
+				eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+				continue
+			}
+			for _, got := range []syscall.Signal{syscall.SIGTSTP, sig} {
+				if got == syscall.SIGTSTP && sig != syscall.SIGCONT {
+					continue
+				}
+				want := fmt.Sprintf("got %d\n", got)
+				eventually(t, 10*time.Second, fmt.Sprintf("%v reaches the remote process", got), func() bool {
+					return strings.Contains(out.String(), want)
+				})
+			}
 		}
 		err := cmd.Wait()
 		if cmd.ProcessState.ExitCode() != 42 {
@@ -185,14 +199,34 @@ func TestProcessSpace(t *testing.T) {
 			}
 			return stopped == 3
 		})
-		eventually(t, 10*time.Second, "the client stopped", func() bool {
-			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
-			_, rest, _ := strings.Cut(string(st), ") ")
-			return strings.HasPrefix(rest, "T")
-		})
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
 		cmd.Process.Signal(syscall.SIGCONT)
 		if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
 			t.Fatalf("after SIGCONT: %v, output %q", err, out.String())
+		}
+	})
+
+	t.Run("ctrl-c ends the whole remote job", func(t *testing.T) {
+		// The shell waits for its pipeline; a terminal's Ctrl-C reaches all three, and the
+		// shell, seeing its job die of it, dies of it too.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 1004 | cat; echo after")
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote job ready", func() bool {
+			return strings.Contains(out.String(), "ready") && len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004")) == 1
+		})
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 130 || strings.Contains(out.String(), "after") {
+			t.Fatalf("exit %d, output %q; want 130 and no \"after\"", code, out.String())
+		}
+		if left := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004"); len(left) != 0 {
+			t.Fatalf("left behind: %+v", left)
 		}
 	})
 
@@ -407,6 +441,13 @@ func TestProcessSpace(t *testing.T) {
 			t.Fatalf("ssi wait %s on a dead node: %v", detached, r)
 		}
 	})
+}
+
+// stopped reports whether local process pid is stopped (state T in /proc/PID/stat).
+func stopped(pid int) bool {
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	_, rest, _ := strings.Cut(string(st), ") ")
+	return strings.HasPrefix(rest, "T")
 }
 
 // syncBuffer is a bytes.Buffer that a command writes while the test reads it.
