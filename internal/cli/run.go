@@ -50,7 +50,9 @@ func newRunCommand(g *globals) *cobra.Command {
 		Short: "Run a command on any node as if it were a local child",
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
 environment and working directory. stdin, stdout and stderr stream both ways; signals the
-shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command;
+shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
+and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
+group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job;
 the exit status is the command's (128+N after death by signal N, 127 for a command that is not
 found, 255 when the node running it is lost). Without -n the agent places the command: it stays
 on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
