@@ -22,6 +22,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -354,6 +355,10 @@ func (a *Agent) bootstrap(ctx context.Context) (err error) {
 	}); err != nil {
 		if errors.Is(err, store.ErrClusterExists) {
 			return fmt.Errorf("etcd at %v already holds ssi cluster %s: join it with --join ADDR --token TOKEN instead of bootstrapping", a.state.EtcdEndpoints, existing)
+		}
+		if a.state.ExternalEtcd && errors.Is(err, context.DeadlineExceeded) {
+			// The usual cause is a wrong URL or an etcd that is down, not a slow write.
+			return fmt.Errorf("no answer from etcd at %s (--etcd-endpoints) in 30s: check the URLs and that etcd runs and is reachable from here", strings.Join(a.state.EtcdEndpoints, ","))
 		}
 		return err
 	}

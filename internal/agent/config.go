@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,6 +20,11 @@ const (
 	DefaultDataDir = "/var/lib/ssi"
 	DefaultSocket  = "/run/ssi/ssi.sock"
 	DefaultPort    = 7700 // gRPC; gossip, etcd client, etcd peer and the node links (links.go) use the next four ports
+
+	// TokenEnv carries a join token when --token is not given: a command line is readable
+	// by every user of the machine (ps, /proc/PID/cmdline, ssi ps), an environment only by
+	// its owner and root, and a token lets whoever holds it join a node to the cluster.
+	TokenEnv = "SSI_TOKEN"
 )
 
 // Config is everything an agent needs to start. The same keys are accepted in the config file
@@ -51,12 +57,24 @@ func LoadConfigFile(path string) (Config, error) {
 	var c Config
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return c, fmt.Errorf("reading config file: %w", err)
+		return c, fmt.Errorf("reading config file: %w: check the --config path", err)
 	}
 	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		return c, fmt.Errorf("config file %s: %w", path, err)
+		return c, fmt.Errorf("config file %s: %s: use the flags' names as keys, e.g. \"data-dir: /var/lib/ssi\" (see ssi agent --help)", path, configErrorDetail(err))
 	}
 	return c, nil
+}
+
+// configErrorDetail strips the layers sigs.k8s.io/yaml puts before the decoder's own words
+// ("error unmarshaling JSON: while decoding JSON: json: unknown field "nmae""), leaving
+// "unknown field "nmae"" or "cannot unmarshal string into Go struct field Config.server of
+// type bool".
+func configErrorDetail(err error) string {
+	msg := err.Error()
+	for _, layer := range []string{"error unmarshaling JSON: ", "while decoding JSON: ", "json: "} {
+		msg = strings.TrimPrefix(msg, layer)
+	}
+	return msg
 }
 
 var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -138,6 +156,20 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("--join %q: %w (want host:port of a cluster node)", c.Join, err)
 		}
 		c.Join = net.JoinHostPort(jh, strconv.Itoa(jp))
+	}
+	// Checked now, not when the listener starts: by then a first server has bootstrapped a
+	// cluster into its data dir.
+	if c.HTTP != "" {
+		host, p, err := net.SplitHostPort(c.HTTP)
+		if n, perr := strconv.Atoi(p); err != nil || perr != nil || n < 0 || n > 65535 || strings.ContainsAny(host, " /") {
+			return c, fmt.Errorf("--http %q is not a listen address: give IP:PORT, e.g. 127.0.0.1:7780 (or :7780 for every address)", c.HTTP)
+		}
+	}
+	for _, e := range c.EtcdEndpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("--etcd-endpoints: %q is not an etcd URL: give http(s)://HOST:PORT, e.g. https://10.0.0.5:2379", e)
+		}
 	}
 	// --join without --token is a restart of a node that joined before; the data dir decides.
 	if c.Token != "" && c.Join == "" {

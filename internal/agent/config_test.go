@@ -39,6 +39,19 @@ func TestConfigDefaults(t *testing.T) {
 		{name: "bad port", in: Config{Name: "n1", Bind: "10.0.0.1:99999"}, wantErr: "out of range"},
 		{name: "unspecified advertise", in: Config{Name: "n1", Advertise: "0.0.0.0"}, wantErr: "not a usable address"},
 		{name: "token without join", in: Config{Name: "n1", Token: "t"}, wantErr: "--token needs --join"},
+		{name: "http without port", in: Config{Name: "n1", HTTP: "nonsense"}, wantErr: `--http "nonsense" is not a listen address`},
+		{name: "http port out of range", in: Config{Name: "n1", HTTP: "10.0.0.1:99999"}, wantErr: "is not a listen address"},
+		{name: "http URL", in: Config{Name: "n1", HTTP: "http://10.0.0.1:7780"}, wantErr: "is not a listen address"},
+		{name: "http forms", in: Config{Name: "n1", HTTP: ":7780"}, check: func(t *testing.T, c Config) {
+			for _, ok := range []string{"127.0.0.1:7780", "localhost:7780", "[::1]:7780"} {
+				if _, err := (Config{Name: "n1", HTTP: ok}).withDefaults(); err != nil {
+					t.Errorf("--http %s: %v", ok, err)
+				}
+			}
+		}},
+		{name: "etcd endpoint without scheme", in: Config{Name: "n1", EtcdEndpoints: []string{"10.0.0.5:2379"}}, wantErr: "is not an etcd URL"},
+		{name: "etcd endpoint word", in: Config{Name: "n1", EtcdEndpoints: []string{"nonsense"}}, wantErr: "is not an etcd URL"},
+		{name: "etcd endpoints", in: Config{Name: "n1", EtcdEndpoints: []string{"http://e1:2379", "https://10.0.0.5:2379"}}, check: func(t *testing.T, c Config) {}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,12 +92,19 @@ func TestLoadConfigFile(t *testing.T) {
 	if c.Name != "n7" || c.DataDir != "/srv/ssi" || !c.Server || len(c.EtcdEndpoints) != 2 {
 		t.Fatalf("got %+v", c)
 	}
-	typo := filepath.Join(dir, "typo.yaml")
-	os.WriteFile(typo, []byte("nmae: n7\n"), 0o600)
-	if _, err := LoadConfigFile(typo); err == nil || !strings.Contains(err.Error(), "nmae") {
-		t.Fatalf("unknown key accepted: %v", err)
-	}
-	if _, err := LoadConfigFile(filepath.Join(dir, "missing.yaml")); err == nil {
-		t.Fatal("missing file accepted")
+	// Bad files: one line naming the problem and the fix, without the YAML library's layers.
+	for _, tc := range []struct{ name, content, want string }{
+		{"typo.yaml", "nmae: n7\n", `typo.yaml: unknown field "nmae": use the flags' names as keys`},
+		{"type.yaml", "server: maybe\n", "type.yaml: cannot unmarshal string into Go struct field Config.server of type bool: use the flags' names"},
+		{"missing.yaml", "", "no such file or directory: check the --config path"},
+	} {
+		path := filepath.Join(dir, tc.name)
+		if tc.content != "" {
+			os.WriteFile(path, []byte(tc.content), 0o600)
+		}
+		_, err := LoadConfigFile(path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "unmarshaling JSON") || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v, want one line containing %q", tc.name, err, tc.want)
+		}
 	}
 }

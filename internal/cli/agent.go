@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -68,6 +69,13 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 				}
 				cfg = mergeConfig(fileCfg, cfg, cmd)
 			}
+			// Only a joining node takes the token from the environment, so a stray
+			// $SSI_TOKEN cannot make a bootstrap or restart fail.
+			if cfg.Token == "" && cfg.Join != "" {
+				cfg.Token = os.Getenv(agent.TokenEnv)
+			}
+			// The agent's children must not inherit it.
+			os.Unsetenv(agent.TokenEnv)
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
@@ -76,6 +84,23 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 			cfg.Version = g.build.Version
 			if cfg.Socket == "" && g.socket != "" {
 				cfg.Socket = g.socket
+			}
+			// A first server bootstraps its cluster before it serves its socket and --http:
+			// one it cannot take must stop it before that, not after.
+			sock := cfg.Socket
+			if sock == "" {
+				sock = agent.DefaultSocket
+			}
+			if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+				c.Close()
+				return fmt.Errorf("socket %s is in use by another agent: stop it or set --socket", sock)
+			}
+			if cfg.HTTP != "" {
+				l, err := net.Listen("tcp", cfg.HTTP)
+				if err != nil {
+					return fmt.Errorf("--http %s: %w: give a free address of this machine, e.g. 127.0.0.1:7780", cfg.HTTP, err)
+				}
+				l.Close()
 			}
 			return runAgent(cmd.Context(), cfg)
 		},
@@ -87,7 +112,7 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 	f.StringVar(&cfg.Bind, "bind", "0.0.0.0:7700", "cluster address to listen on (gossip and etcd use the next three ports)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes reach this one at (default: the bind address, or this host's primary IP)")
 	f.StringVar(&cfg.Join, "join", "", "address of any node of the cluster to join (host:port)")
-	f.StringVar(&cfg.Token, "token", "", "join token from \"ssi token create\"")
+	f.StringVar(&cfg.Token, "token", "", "join token from \"ssi token create\" (or $"+agent.TokenEnv+", which other users cannot read as they can a command line)")
 	f.BoolVar(&cfg.Server, "server", false, "keep a copy of the control-plane state (an etcd member) on this node")
 	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "use this existing etcd cluster instead of the embedded one (comma-separated URLs)")
 	f.StringVar(&cfg.Socket, "socket", "", "Unix socket for local clients (default "+agent.DefaultSocket+")")

@@ -221,11 +221,11 @@ returned. Inside, SSI_SOCKET points at the node's agent and "ssi" is the cluster
 		Example: `  sudo ssi dev exec n2 -- sh
   sudo ssi dev exec n3 -- ssi ps
   sudo ssi dev exec --dir /var/tmp/ssi-dev n1 -- ip -br addr`,
-		Args: cobra.MinimumNArgs(2),
+		Args: needArgs(1, -1, "a node and a command, e.g. n2 -- sh"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			command := args[1:]
 			// Flag parsing stops at NODE, so a "--" after it is still here.
-			if command[0] == "--" {
+			if len(command) > 0 && command[0] == "--" {
 				command = command[1:]
 			}
 			if len(command) == 0 {
@@ -262,10 +262,31 @@ func runDevExec(dir, node string, command []string) error {
 	// Ctrl-C and Ctrl-\ are for the command, which gets them from the
 	// terminal itself; ssi waits for it to finish to return its status.
 	// (Notify rather than Ignore: ignored signals would stay ignored in it.)
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGQUIT)
+	// Other signals (kill PID) are for the command too: ssi passes them on. Not to nsenter,
+	// which would die of them and leave the command running in the node: to its child, the
+	// command, which it forks to enter the node's PID namespace.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(signals)
-	err = c.Run()
+	if err := c.Start(); err != nil {
+		return fmt.Errorf("enter node %s: %w (is nsenter from util-linux installed?)", node, err)
+	}
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		for sig := range signals {
+			if sig == syscall.SIGINT || sig == syscall.SIGQUIT {
+				continue
+			}
+			for _, child := range childrenOf(c.Process.Pid) {
+				_ = syscall.Kill(child, sig.(syscall.Signal))
+			}
+		}
+	}()
+	err = c.Wait()
+	signal.Stop(signals)
+	close(signals)
+	<-forwarded
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
 		code := exitErr.ExitCode()
@@ -278,6 +299,25 @@ func runDevExec(dir, node string, command []string) error {
 		return fmt.Errorf("enter node %s: %w (is nsenter from util-linux installed?)", node, err)
 	}
 	return nil
+}
+
+// childrenOf lists the children of pid, from /proc/PID/task/*/children (each thread lists
+// those it forked).
+func childrenOf(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	var out []int
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 func newDevInitCommand() *cobra.Command {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -97,5 +98,19 @@ func writeFile(t *testing.T, path string) {
 	}
 	if err := os.WriteFile(path, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestChildrenOf(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if got := childrenOf(os.Getpid()); !slices.Contains(got, cmd.Process.Pid) {
+		t.Fatalf("childrenOf(self) = %v, want it to hold %d", got, cmd.Process.Pid)
+	}
+	if got := childrenOf(cmd.Process.Pid); len(got) != 0 {
+		t.Fatalf("childrenOf(sleep) = %v, want none", got)
 	}
 }

@@ -29,6 +29,13 @@ their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or 
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			args = takeSocketFlag(g, args)
+			if len(args) > 1 && (args[0] == "-l" || args[0] == "--list") {
+				lines, err := translateSignals(args[1:])
+				for _, l := range lines {
+					fmt.Fprintln(cmd.OutOrStdout(), l)
+				}
+				return err
+			}
 			sig, gpids, list, err := parseKillArgs(args)
 			if err != nil {
 				return err
@@ -153,6 +160,31 @@ func parseSignal(s string) (unix.Signal, error) {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q: use a name like TERM, KILL, HUP or a number (ssi kill -l lists them)", s)
+}
+
+// translateSignals answers "kill -l ARG..." as kill(1) does: a number (or an exit status
+// above 128, 128+N) gives the signal's name, a name gives its number.
+func translateSignals(args []string) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		if n, err := strconv.Atoi(a); err == nil {
+			if n > 128 {
+				n -= 128
+			}
+			name := unix.SignalName(unix.Signal(n))
+			if n < 1 || name == "" {
+				return out, fmt.Errorf("%s is not a signal number: see ssi kill -l", a)
+			}
+			out = append(out, strings.TrimPrefix(name, "SIG"))
+			continue
+		}
+		sig, err := parseSignal(a)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, strconv.Itoa(int(sig)))
+	}
+	return out, nil
 }
 
 func printSignals(cmd *cobra.Command) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -69,7 +70,54 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		newDevInitCommand(),
 	)
 	root.AddCommand(newJobsCommands(g)...)
+	addCompletionExamples(root)
+	withUsageHints(root)
 	return root
+}
+
+// addCompletionExamples makes cobra's completion command now, rather than at Execute, so
+// that it too can show an example, as every command's --help does.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = `  source <(ssi completion bash)
+  ssi completion zsh > "${fpath[1]}/_ssi"`
+		examples := map[string]string{
+			"bash":       "  source <(ssi completion bash)\n  ssi completion bash > /etc/bash_completion.d/ssi",
+			"zsh":        `  ssi completion zsh > "${fpath[1]}/_ssi"`,
+			"fish":       "  ssi completion fish > ~/.config/fish/completions/ssi.fish",
+			"powershell": "  ssi completion powershell | Out-String | Invoke-Expression",
+		}
+		for _, sh := range c.Commands() {
+			sh.Example = examples[sh.Name()]
+		}
+	}
+}
+
+// withUsageHints makes cobra's own messages for wrong arguments and flags (e.g. "accepts 1
+// arg(s), received 0", "unknown flag: --nod") name the fix too: the command's --help. Messages
+// of our own validators already say what to do, and carry "--help" when they point there.
+func withUsageHints(root *cobra.Command) {
+	hint := func(cmd *cobra.Command, err error) error {
+		if err == nil || strings.Contains(err.Error(), "--help") {
+			return err
+		}
+		return fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())
+	}
+	root.SetFlagErrorFunc(hint)
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if check := c.Args; check != nil {
+			c.Args = func(cmd *cobra.Command, args []string) error { return hint(cmd, check(cmd, args)) }
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
 }
 
 // Execute runs the command tree and returns the process exit code.
@@ -77,7 +125,11 @@ func Execute(build BuildInfo, args []string) int {
 	asShortLivedClient()
 	root := NewRoot(build)
 	root.SetArgs(args)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
+	if err != nil && cmd == root && !strings.Contains(err.Error(), "--help") {
+		// An unknown command: cobra checks the root's words itself, past withUsageHints.
+		err = fmt.Errorf("%w: see ssi --help", err)
+	}
 	if err == nil {
 		return 0
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"strings"
 	"testing"
 
@@ -12,7 +13,7 @@ func TestEveryCommandHasHelpAndExample(t *testing.T) {
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, sub := range c.Commands() {
-			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+			if sub.Hidden || sub.Name() == "help" {
 				continue
 			}
 			if sub.Short == "" {
@@ -57,6 +58,53 @@ func TestParseKillArgs(t *testing.T) {
 		}
 		if err != nil || int(sig) != tt.sig || len(gpids) != tt.gpids || list != tt.list {
 			t.Errorf("%v: got %d %v %v %v", tt.args, sig, gpids, list, err)
+		}
+	}
+}
+
+func TestTranslateSignals(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{[]string{"9"}, "KILL", ""},
+		{[]string{"137"}, "KILL", ""}, // an exit status, as bash's kill -l takes
+		{[]string{"TERM", "sigusr1", "SIGHUP"}, "15 10 1", ""},
+		{[]string{"0"}, "", "0 is not a signal number"},
+		{[]string{"99"}, "", "99 is not a signal number"},
+		{[]string{"NOPE"}, "", "unknown signal"},
+	} {
+		got, err := translateSignals(tc.args)
+		if strings.Join(got, " ") != tc.want || (tc.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("kill -l %v = %q, %v; want %q, %q", tc.args, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// cobra's own argument and flag errors name the fix: the command's --help.
+func TestUsageErrorsPointToHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"wait"}, "accepts 1 arg(s), received 0: see ssi wait --help"},
+		{[]string{"ps", "extra"}, `unknown command "extra" for "ssi ps": see ssi ps --help`},
+		{[]string{"nodes", "--nod"}, "unknown flag: --nod: see ssi nodes --help"},
+		{[]string{"token", "create", "--ttl", "soon"}, "see ssi token create --help"},
+		{[]string{"dev", "exec"}, "ssi dev exec needs a node and a command, e.g. n2 -- sh: see ssi dev exec --help"},
+		{[]string{"submit"}, "ssi submit needs a command after -- or a script: see ssi submit --help"},
+	} {
+		root := NewRoot(BuildInfo{Version: "test"})
+		root.SetArgs(tc.args)
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		err := root.Execute()
+		if err == nil || err.Error() != tc.want && !strings.HasSuffix(err.Error(), tc.want) {
+			t.Errorf("ssi %v: %v, want %q", tc.args, err, tc.want)
+		}
+		if err != nil && strings.Count(err.Error(), "--help") != 1 {
+			t.Errorf("ssi %v: %q points to --help more than once", tc.args, err)
 		}
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -48,7 +50,9 @@ func newRunCommand(g *globals) *cobra.Command {
 		Short: "Run a command on any node as if it were a local child",
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
 environment and working directory. stdin, stdout and stderr stream both ways; signals the
-shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command;
+shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
+and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
+group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job;
 the exit status is the command's (128+N after death by signal N, 127 for a command that is not
 found, 255 when the node running it is lost). Without -n the agent places the command: it stays
 on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
@@ -61,7 +65,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   ssi run -t -n n3 -- top                    # a terminal program
   ssi run -n n1 -- tar c src | ssi run -n n2 -- tar x -C /tmp
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
-		Args: cobra.MinimumNArgs(1),
+		Args: needArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRemote(cmd.Context(), g, o, args)
 		},
@@ -90,7 +94,7 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
   mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...`,
 		Example: `  ssi rsh n2 uname -a
   ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
-		Args: cobra.MinimumNArgs(2),
+		Args: needArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.node, o.shell, o.noTTY = args[0], true, !o.tty
 			return runRemote(cmd.Context(), g, o, args[1:])
@@ -106,6 +110,9 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	if o.tty && o.noTTY {
 		return errors.New("-t and -T contradict each other: give one")
 	}
+	if o.tty && o.detach {
+		return errors.New("--detach runs without a terminal, its output going to a file: drop -t")
+	}
 	for _, kv := range o.env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return fmt.Errorf("--env %q is not K=V: write it like --env OMP_NUM_THREADS=4", kv)
@@ -114,12 +121,13 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
 	useTTY := o.tty || (!o.noTTY && !o.detach && stdinTTY)
 	cwd := o.cwd
-	if cwd == "" && !o.shell {
+	if (cwd == "" || !filepath.IsAbs(cwd)) && !o.shell {
+		// A relative --cwd is relative to this directory, as cd's argument would be.
 		wd, err := os.Getwd()
 		if err != nil {
-			return fmt.Errorf("finding the working directory: %w (give --cwd)", err)
+			return fmt.Errorf("finding the working directory: %w (give --cwd with an absolute path)", err)
 		}
-		cwd = wd
+		cwd = filepath.Join(wd, cwd)
 	}
 	start := &ssipb.RunStart{
 		Args: args, Env: append(os.Environ(), o.env...), Cwd: cwd, Node: o.node,
@@ -205,6 +213,13 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				continue
 			}
 			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+			if s == syscall.SIGTSTP && !useTTY {
+				// A local child stopped by Ctrl-Z gives the shell its prompt back; so does
+				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
+				// which goes on to the remote process like every other signal. (With a
+				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
+				stopAfterFlush(ctx, cc, sigs)
+			}
 		}
 	}()
 	go pumpStdin(send)
@@ -237,6 +252,21 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				return exitError{code: int(ex.Code), msg: ex.Message}
 			}
 		}
+	}
+}
+
+// stopAfterFlush stops this process once what was sent on cc has left it. Send only queues
+// a message; stopped, this process would hold the signal it just passed on. A call on the
+// same connection, once answered, shows that every frame queued before it was written, as
+// HTTP/2 frames leave a connection in order; a kill of no process answers at once.
+// A signal that came meanwhile (a quick fg's CONT) is still queued in pending: then this
+// process must not stop, or nothing would pass that signal on.
+func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn, pending chan os.Signal) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, _ = ssipb.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
+	cancel()
+	if len(pending) == 0 {
+		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
 	}
 }
 

@@ -59,6 +59,9 @@ func newStatusCommand(g *globals) *cobra.Command {
 			for _, s := range resp.Servers {
 				out.Servers = append(out.Servers, serverJSON{Name: s.Name, Endpoint: s.EtcdEndpoint, Leader: s.Leader, Healthy: s.Healthy, Learner: s.Learner, Error: s.Error})
 			}
+			// etcd lists members in its own order (by member id); people and scripts
+			// compare runs by name.
+			sort.SliceStable(out.Servers, func(i, j int) bool { return out.Servers[i].Name < out.Servers[j].Name })
 			p := printer{w: cmd.OutOrStdout(), format: format}
 			if format == formatJSON {
 				return p.json(out)

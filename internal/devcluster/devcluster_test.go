@@ -558,6 +558,23 @@ func TestWithoutJoinArgs(t *testing.T) {
 	}
 }
 
+func TestSplitTokenArg(t *testing.T) {
+	for _, tc := range []struct {
+		in, rest []string
+		token    string
+	}{
+		{[]string{"ssi", "agent", "--join", "a:7700", "--token", "T1", "--server"}, []string{"ssi", "agent", "--join", "a:7700", "--server"}, "T1"},
+		{[]string{"ssi", "agent", "--token=T2"}, []string{"ssi", "agent"}, "T2"},
+		{[]string{"ssi", "agent", "--token", "T1", "--token", "T3"}, []string{"ssi", "agent"}, "T3"},
+		{[]string{"ssi", "agent", "--server"}, []string{"ssi", "agent", "--server"}, ""},
+	} {
+		rest, token := splitTokenArg(tc.in)
+		if !slices.Equal(rest, tc.rest) || token != tc.token {
+			t.Errorf("splitTokenArg(%q) = %q, %q; want %q, %q", tc.in, rest, token, tc.rest, tc.token)
+		}
+	}
+}
+
 func TestWithSocketFlag(t *testing.T) {
 	for _, tc := range []struct{ in, want []string }{
 		{[]string{"nodes"}, []string{"nodes", "--socket=/d/n1/ssi.sock"}},

@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ssi-cluster/ssi/internal/agent"
 )
 
 const fakeSSIEnv = "SSI_DEVCLUSTER_FAKE_SSI"
@@ -162,6 +164,11 @@ func fakeAgent(args []string) int {
 		}
 	}
 	if *join != "" {
+		// As the real agent: the token from --token, else from the environment, where
+		// the harness puts it (see startHost).
+		if *token == "" {
+			*token = os.Getenv(agent.TokenEnv)
+		}
 		s.state.Join, s.state.Token = *join, *token
 	}
 	bootstrap := s.state.Join == ""

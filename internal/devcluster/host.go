@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/agent"
 )
 
 // hostCloneFlags are the namespaces every host gets; the cgroup comes from
@@ -89,6 +91,9 @@ func (c *Cluster) startHost(ctx context.Context, n *Node, agentArgs []string) (e
 		return fmt.Errorf("open %s: %w", n.LogPath(), err)
 	}
 
+	// The join token goes to the agent through its environment, not its command line,
+	// which every user of the machine can read (ps, ssi ps) for as long as the node runs.
+	agentArgs, token := splitTokenArg(agentArgs)
 	cfg := hostInitConfig{
 		name:      n.Name,
 		dir:       n.Dir,
@@ -96,9 +101,14 @@ func (c *Cluster) startHost(ctx context.Context, n *Node, agentArgs []string) (e
 		addr:      (&net.IPNet{IP: n.IP, Mask: c.subnet.Mask}).String(),
 		agentArgs: agentArgs,
 	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, agent.TokenEnv+"=") })
+	if token != "" {
+		env = append(env, agent.TokenEnv+"="+token)
+	}
 	cmd := &exec.Cmd{
 		Path:       c.opts.Binary,
 		Args:       append([]string{c.opts.Binary, "dev-init"}, cfg.args()...),
+		Env:        env,
 		Stdout:     logFile,
 		Stderr:     logFile,
 		ExtraFiles: []*os.File{goAheadR, statusW}, // fds 3 and 4
@@ -416,4 +426,21 @@ func withSocketFlag(args []string, socket string) []string {
 		return slices.Concat(args[:i], []string{flag}, args[i:])
 	}
 	return append(slices.Clone(args), flag)
+}
+
+// splitTokenArg takes --token (and its value) out of an agent command line and returns the
+// token apart; the last one wins, as with the flag.
+func splitTokenArg(args []string) (rest []string, token string) {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--token" && i+1 < len(args):
+			token = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--token="):
+			token = strings.TrimPrefix(a, "--token=")
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return rest, token
 }

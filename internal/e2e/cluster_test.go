@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -47,6 +48,10 @@ func TestFormationJoinAndFaults(t *testing.T) {
 			t.Errorf("%s: %+v", name, n)
 		}
 	}
+	// No join token in any command line: every user may read those (ps, ssi ps).
+	if r := ssi(t, c, "n1", "ps", "-o", "json"); r.code != 0 || strings.Contains(r.stdout, "SSI1.") || !strings.Contains(r.stdout, "ssi agent") {
+		t.Errorf("a join token shows in ssi ps: %v", r)
+	}
 	st := getStatus(t, c, "n4")
 	if !st.EtcdHealthy || st.EtcdLeader == "" || len(st.Servers) != 3 || st.Members["alive"] != 4 {
 		t.Fatalf("status: %+v", st)
@@ -85,6 +90,27 @@ func TestFormationJoinAndFaults(t *testing.T) {
 	waitState(t, c, "n1", n6.Name, "alive", 10*time.Second)
 	if nodes(t, c, "n1")["n5"].State == "alive" {
 		t.Fatal("the node refused a join shows as alive")
+	}
+	// The other refusals the issue lists, each with a message naming the problem and the fix.
+	short := ssi(t, c, "n1", "token", "create", "--ttl", "1s")
+	time.Sleep(1500 * time.Millisecond)
+	unreachable := c.Node("n1").IP.To4()
+	unreachable = net.IPv4(unreachable[0], unreachable[1], unreachable[2], 250)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"expired token", []string{"--join", n5ip + ":7700", "--token", strings.TrimSpace(short.stdout)}, `expired at`},
+		{"name of a live node", []string{"--join", n5ip + ":7700", "--token", tok, "--name", "n2"}, `node name "n2" is taken by a live node`},
+		{"unreachable join address", []string{"--join", unreachable.String() + ":7700", "--token", tok}, "cannot reach join address"},
+	} {
+		if _, err := c.AddNode(ctx, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("join with %s: %v; want %q", tc.name, err, tc.want)
+		}
+	}
+	if st := nodes(t, c, "n1")["n2"]; st.State != "alive" || st.Index != 2 {
+		t.Fatalf("n2 after a join that tried its name: %+v", st)
 	}
 
 	// kill -9 of a client is detected; a graceful stop shows "left".

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ type procJSON struct {
 	PPIDGPID   int64  `json:"ppid_gpid"`
 	User       string `json:"user"`
 	UID        uint32 `json:"uid"`
+	State      string `json:"state"`
 	Command    string `json:"command"`
 	SSIStarted bool   `json:"ssi_started"`
 }
@@ -127,22 +129,104 @@ func TestProcessSpace(t *testing.T) {
 	})
 
 	t.Run("signals reach the remote process", func(t *testing.T) {
-		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGUSR1, syscall.SIGTERM} {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c",
-				fmt.Sprintf(`trap 'echo got; exit 42' %d; echo ready; while :; do sleep 0.05; done`, sig))
-			var out bytes.Buffer
-			cmd.Stdout = &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, 10*time.Second, "remote trap ready", func() bool { return strings.Contains(out.String(), "ready") })
+		// Every signal a shell passes on, one session: each trap reports its signal, TERM
+		// last ends the command with the trap's status.
+		// The client stops itself after passing TSTP on (see the next test), so CONT follows it.
+		// INT and QUIT, as a terminal's keys, reach the whole job: the trap's sleep is
+		// restarted by the loop.
+		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
+		script := ""
+		for _, sig := range sigs[:len(sigs)-1] {
+			script += fmt.Sprintf("trap 'echo got %d' %d; ", sig, sig)
+		}
+		script += fmt.Sprintf("trap 'echo got %d; exit 42' %d; echo ready; while :; do sleep 0.05; done", syscall.SIGTERM, syscall.SIGTERM)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", script)
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote traps ready", func() bool { return strings.Contains(out.String(), "ready") })
+		for _, sig := range sigs {
 			cmd.Process.Signal(sig)
-			err := cmd.Wait()
-			cancel()
-			if cmd.ProcessState.ExitCode() != 42 || !strings.Contains(out.String(), "got") {
-				t.Errorf("%v: exit %d (%v), output %q; want 42 and the trap's output", sig, cmd.ProcessState.ExitCode(), err, out.String())
+			if sig == syscall.SIGTSTP {
+				// As at a terminal, TSTP also stops the shell's foreground sleep, which does
+				// not catch it, so the shell runs its trap once CONT has let the sleep end.
+				// CONT goes once the client has stopped, as a shell's fg would.
+				eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+				continue
 			}
+			for _, got := range []syscall.Signal{syscall.SIGTSTP, sig} {
+				if got == syscall.SIGTSTP && sig != syscall.SIGCONT {
+					continue
+				}
+				want := fmt.Sprintf("got %d\n", got)
+				eventually(t, 10*time.Second, fmt.Sprintf("%v reaches the remote process", got), func() bool {
+					return strings.Contains(out.String(), want)
+				})
+			}
+		}
+		err := cmd.Wait()
+		if cmd.ProcessState.ExitCode() != 42 {
+			t.Errorf("exit %d (%v), output %q; want 42 from the TERM trap", cmd.ProcessState.ExitCode(), err, out.String())
+		}
+	})
+
+	t.Run("ctrl-z stops the remote job, fg continues it", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 3 | cat; echo done")
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote job ready", func() bool { return strings.Contains(out.String(), "ready") })
+		cmd.Process.Signal(syscall.SIGTSTP)
+		// Every process of the job stops, as with a local Ctrl-Z, and so does the client.
+		eventually(t, 10*time.Second, "the remote job stopped", func() bool {
+			job := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sh -c echo ready")
+			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 3")...)
+			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "cat")...)
+			stopped := 0
+			for _, p := range job {
+				if strings.HasPrefix(p.State, "T") {
+					stopped++
+				}
+			}
+			return stopped == 3
+		})
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q", err, out.String())
+		}
+	})
+
+	t.Run("ctrl-c ends the whole remote job", func(t *testing.T) {
+		// The shell waits for its pipeline; a terminal's Ctrl-C reaches all three, and the
+		// shell, seeing its job die of it, dies of it too.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 1004 | cat; echo after")
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote job ready", func() bool {
+			return strings.Contains(out.String(), "ready") && len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004")) == 1
+		})
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 130 || strings.Contains(out.String(), "after") {
+			t.Fatalf("exit %d, output %q; want 130 and no \"after\"", code, out.String())
+		}
+		if left := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004"); len(left) != 0 {
+			t.Fatalf("left behind: %+v", left)
 		}
 	})
 
@@ -170,6 +254,10 @@ func TestProcessSpace(t *testing.T) {
 		if out.stdout != "hello\n" {
 			t.Fatalf("detached output: %v", out)
 		}
+		// Only its owner may read a detached command's output, as with nohup.out.
+		if mode := inside(t, c, "n2", "stat", "-c", "%a", fmt.Sprintf("/tmp/ssi-%d.out", g)); mode.stdout != "600\n" {
+			t.Fatalf("detached output file mode: %v; want 600", mode)
+		}
 	})
 
 	t.Run("tree across nodes", func(t *testing.T) {
@@ -190,6 +278,16 @@ func TestProcessSpace(t *testing.T) {
 			}
 			return len(found) == 1 && sleeper.SSIStarted
 		})
+		// The JSON fields the issue names, each present.
+		var raw []map[string]any
+		if r := ssi(t, c, "n3", "ps", "-o", "json", "-n", "n2"); json.Unmarshal([]byte(r.stdout), &raw) != nil || len(raw) == 0 {
+			t.Fatalf("ssi ps -o json -n n2: %v", r)
+		}
+		for _, key := range []string{"gpid", "node", "pid", "ppid_gpid", "user", "uid", "state", "cpu_percent", "rss_bytes", "start_time", "command"} {
+			if _, ok := raw[0][key]; !ok {
+				t.Errorf("ssi ps -o json: no %q in %v", key, raw[0])
+			}
+		}
 		parent := sleeper.PPIDGPID
 		if !sleeper.SSIStarted || parent/10_000_000 != 1 {
 			t.Fatalf("remote child's parent is %d, want a GPID on n1: %+v", parent, sleeper)
@@ -241,11 +339,19 @@ func TestProcessSpace(t *testing.T) {
 		if r := asNobody("wait", g); r.code == 0 || !strings.Contains(r.stderr, "another user") {
 			t.Fatalf("nobody waiting for root's process: %v", r)
 		}
+		if r := asNobody("ps", "-u", "no-such-user"); r.code == 0 || !strings.Contains(r.stderr, "no such user") {
+			t.Fatalf("ps -u of an unknown user: %v", r)
+		}
 		if r := asNobody("token", "create"); r.code == 0 || !strings.Contains(r.stderr, "only root") {
 			t.Fatalf("nobody creating a token: %v", r)
 		}
 		if r := asNobody("agent", "--server", "--data-dir", "/tmp/nobody-agent"); r.code == 0 || !strings.Contains(r.stderr, "must run as root") {
 			t.Fatalf("a non-root agent: %v", r)
+		}
+		// An output file nobody cannot create: ssi wait says so.
+		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/", "--", "echo", "hi")
+		if w := asNobody("wait", strings.TrimSpace(r.stdout)); w.code != 126 || !strings.Contains(w.stderr, "cannot write the output file /ssi-") {
+			t.Fatalf("detached with an unwritable working directory: %v, then wait: %v", r, w)
 		}
 		// nobody's own process: nobody may signal it.
 		r = asNobody("run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sleep", "300")
@@ -297,6 +403,13 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("node lost mid-run", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		detached := strings.TrimSpace(ssi(t, c, "n1", "run", "--detach", "-n", "n3", "--cwd", "/tmp", "--", "sleep", "1000").stdout)
+		var waitOut, waitErr bytes.Buffer
+		waiter := cliCmd(ctx, c, "n2", "wait", detached)
+		waiter.Stdout, waiter.Stderr = &waitOut, &waitErr
+		if err := waiter.Start(); err != nil {
+			t.Fatal(err)
+		}
 		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n3", "--", "sh", "-c", "echo started; sleep 1000")
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
@@ -313,5 +426,44 @@ func TestProcessSpace(t *testing.T) {
 		if cmd.ProcessState.ExitCode() != 255 || !strings.Contains(errb.String(), "n3") {
 			t.Fatalf("exit %d, stderr %q; want 255 and a message naming n3", cmd.ProcessState.ExitCode(), errb.String())
 		}
+		// ssi wait on a process of the lost node ends as ssi run does.
+		waiter.Wait()
+		if waiter.ProcessState.ExitCode() != 255 || !strings.Contains(waitErr.String(), "node n3") {
+			t.Fatalf("ssi wait %s: exit %d, stderr %q; want 255 and a message naming n3", detached, waiter.ProcessState.ExitCode(), waitErr.String())
+		}
+		waitState(t, c, "n1", "n3", "dead", 10*time.Second)
+		begin := time.Now()
+		r := ssi(t, c, "n1", "kill", detached)
+		if r.code != 1 || !strings.Contains(r.stderr, "node n3 did not answer (it is down") || time.Since(begin) > 5*time.Second {
+			t.Fatalf("ssi kill %s on a dead node: %v after %v; want one line saying n3 is down, in under 5 s", detached, r, time.Since(begin))
+		}
+		if r := ssi(t, c, "n1", "wait", detached); r.code != 255 || !strings.Contains(r.stderr, "node n3 is down") {
+			t.Fatalf("ssi wait %s on a dead node: %v", detached, r)
+		}
 	})
+}
+
+// stopped reports whether local process pid is stopped (state T in /proc/PID/stat).
+func stopped(pid int) bool {
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	_, rest, _ := strings.Cut(string(st), ") ")
+	return strings.HasPrefix(rest, "T")
+}
+
+// syncBuffer is a bytes.Buffer that a command writes while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -8,6 +8,7 @@ package gpid
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 )
 
@@ -55,5 +56,24 @@ func Parse(s string) (int64, error) {
 	if g%PerNode == 0 {
 		return 0, fmt.Errorf("%q is not a GPID: its last seven digits (the pid) are all zero; %s", s, example)
 	}
+	if err := Check(g); err != nil {
+		return 0, fmt.Errorf("%q is not a GPID: %w; %s", s, err, example)
+	}
 	return g, nil
+}
+
+// MaxNodeIndex is the largest node index: indexes are uint32 on the wire and in etcd.
+const MaxNodeIndex = math.MaxUint32
+
+// Check reports whether g can name a process: a pid above zero on a node index that fits
+// in a uint32. Servers check GPIDs from requests with it, since a larger node index cut to
+// 32 bits would name another node's process.
+func Check(g int64) error {
+	if g <= 0 || g%PerNode == 0 {
+		return fmt.Errorf("GPID %d has no pid in its last seven digits", g)
+	}
+	if idx := g / PerNode; idx > MaxNodeIndex {
+		return fmt.Errorf("no node can have index %d (the most is %d)", idx, uint32(MaxNodeIndex))
+	}
+	return nil
 }

@@ -50,7 +50,10 @@ func TestParse(t *testing.T) {
 		{in: "20001234", want: 20001234},
 		{in: "1", want: 1},
 		{in: "0000042", want: 42},
-		{in: "9223372036854775807", want: 9223372036854775807},
+		{in: "42949672959999999", want: 42949672959999999}, // the last node index, 2^32-1
+		// 2^32+1 cut to 32 bits would be node 1: 42949672970000009 must not name pid 9 there.
+		{in: "42949672970000009", wantErr: "no node can have index 4294967297"},
+		{in: "9223372036854775807", wantErr: "no node can have index"},
 		{in: "abc", wantErr: `"abc" is not a GPID: want a number like 20001234 (node 2, pid 1234)`},
 		{in: "", wantErr: "an empty string is not a GPID"},
 		{in: "-5", wantErr: `"-5" is not a GPID`},
@@ -75,6 +78,14 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestCheck(t *testing.T) {
+	for g, ok := range map[int64]bool{1: true, 20001234: true, 42949672959999999: true, 0: false, -5: false, 20000000: false, 42949672960000001: false} {
+		if err := Check(g); (err == nil) != ok {
+			t.Errorf("Check(%d) = %v, want ok=%v", g, err, ok)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"20001234", "0", "abc", "-1", "9223372036854775807", "99999999999999999999", "1e7"} {
 		f.Add(s)
@@ -91,7 +102,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q) = %d, want a positive GPID", s, g)
 		}
 		node, pid := Split(g)
-		if pid <= 0 || Make(node, pid) != g {
+		if pid <= 0 || node > MaxNodeIndex || Make(node, pid) != g {
 			t.Fatalf("Parse(%q) = %d which does not round-trip through Split/Make (%d, %d)", s, g, node, pid)
 		}
 		if back, err := Parse(Format(g)); err != nil || back != g {

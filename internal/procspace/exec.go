@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -95,13 +96,21 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	var outPath string
 	if start.Detach {
 		spec.CgroupParent = s.cfg.CgroupParent + "/" + detachedGroup
-		outDir := spec.Dir
-		if outDir == "" {
+		outDir := strings.TrimSuffix(spec.Dir, "/") // "/" gives "", and "$d/ssi-..." then /ssi-...
+		if spec.Dir == "" {
 			outDir = "."
 		}
 		// The wrapper names the file after its own pid, which the command keeps through exec.
-		script := `exec "$@" >>"$0/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out" 2>&1 </dev/null`
-		spec.Args = append([]string{"/bin/sh", "-c", script, outDir}, spec.Args...)
+		// The file is made private (umask 077), as nohup's is: output often holds what only
+		// its owner may read; the command itself then runs with the caller's umask again.
+		// $0 stays "sh" so that the shell's own messages (e.g. "sh: 1: exec: x: not found")
+		// read as usual in that file. A file the caller cannot create is said on stderr,
+		// which is still the agent's pipe then (see the reaper below), before exec's
+		// redirection, whose failure would end the shell without a word of ours.
+		script := `d=$1; shift; umask 077; f="$d/ssi-$((SSI_NODE*` + strconv.Itoa(gpid.PerNode) + `+$$)).out"; ` +
+			`if ! { true >>"$f"; } 2>/dev/null; then echo "cannot write the output file $f: give a --cwd you can write in" >&2; exit 126; fi; ` +
+			`exec >>"$f" 2>&1 </dev/null; umask ` + fmt.Sprintf("%04o", spec.Umask) + `; exec "$@"`
+		spec.Args = append([]string{"/bin/sh", "-c", script, "sh", outDir}, spec.Args...)
 		spec.Path = ""
 	}
 	p, err := proc.Start(ctx, spec)
@@ -130,6 +139,13 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			// Until the wrapper moves its output to the file, its stderr is this pipe; it
+			// ends there when the redirection is done, or carries why it could not be,
+			// which ssi wait then reports.
+			if f := p.Stderr(); f != nil {
+				msg, _ := io.ReadAll(io.LimitReader(f, 4096))
+				r.message = strings.TrimSpace(string(msg))
+			}
 			s.reap(r)
 		}()
 		return nil
@@ -235,7 +251,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 					stdin.Close()
 				}
 			case *ssipb.RunInput_Signal:
-				if err := p.Signal(syscall.Signal(m.Signal)); err != nil {
+				if err := s.forwardSignal(p, syscall.Signal(m.Signal)); err != nil {
 					s.log.Debug("forwarding signal", "sig", m.Signal, "err", err)
 				}
 			case *ssipb.RunInput_Resize:
@@ -297,6 +313,19 @@ func (s *Service) sendFailed(stream runStream, r *record, err error) error {
 	}
 	s.endTree(r, "send failed")
 	return err
+}
+
+// forwardSignal delivers a signal the client received as it would reach a local child. The
+// keys of a terminal (Ctrl-C INT, Ctrl-\ QUIT, Ctrl-Z TSTP, a resize WINCH) and a shell's
+// fg/bg (CONT) reach a whole foreground job, so these go to the command's process group;
+// the others (TERM, HUP, USR1, USR2) usually come from kill(1) aimed at one process, the
+// command.
+func (s *Service) forwardSignal(p *proc.Process, sig syscall.Signal) error {
+	switch sig {
+	case syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGWINCH, syscall.SIGCONT:
+		return p.SignalJob(sig, s.cfg.ProcRoot)
+	}
+	return p.Signal(sig)
 }
 
 // endTree ends a session's whole tree after its client was lost: no orphans.

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -16,6 +17,13 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/gpid"
+)
+
+// How long a node gets to answer a signal request: well within the CLI's 15 s, and shorter
+// for a node gossip says is dead.
+const (
+	signalTimeout     = 5 * time.Second
+	signalTimeoutDead = time.Second
 )
 
 // Kill serves Control.Kill: each GPID goes to the agent of the node it lives on, which
@@ -32,6 +40,10 @@ func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 	byNode := map[string][]int64{}
 	resp := &ssipb.KillResponse{}
 	for _, g := range req.Gpids {
+		if err := gpid.Check(g); err != nil {
+			resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - No such process (%v)", g, err)})
+			continue
+		}
 		idx, _ := gpid.Split(g)
 		name, ok := s.cfg.Cluster.NameOf(uint32(idx))
 		if !ok {
@@ -49,15 +61,30 @@ func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 		} else if peer, perr := s.cfg.Cluster.Peer(name); perr != nil {
 			err = perr
 		} else {
-			r, err = peer.Signal(ctx, sub)
+			// Within the client's own deadline, so that it gets this node's answer, or a
+			// line saying the node did not give one, rather than a cancelled call.
+			timeout := signalTimeout
+			if !s.alive(name) {
+				timeout = signalTimeoutDead // tried still: gossip can misjudge a busy node
+			}
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			r, err = peer.Signal(pctx, sub)
+			cancel()
 		}
 		if err != nil {
 			msg := err.Error()
 			if st, ok := status.FromError(err); ok {
 				msg = st.Message()
 			}
+			state := ""
+			if !s.alive(name) {
+				state = " (it is down, see ssi nodes)"
+			}
+			if c := status.Code(err); c == codes.DeadlineExceeded || c == codes.Canceled {
+				msg = "no answer in time"
+			}
 			for _, g := range gpids {
-				resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - node %s did not answer: %s", g, name, msg)})
+				resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - node %s did not answer%s: %s", g, name, state, msg)})
 			}
 			continue
 		}
@@ -78,7 +105,7 @@ func (s *Service) Signal(_ context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 	for _, g := range req.Gpids {
 		idx, pid := gpid.Split(g)
 		res := &ssipb.KillResult{Gpid: g}
-		if uint32(idx) != index {
+		if gpid.Check(g) != nil || int64(idx) != int64(index) {
 			res.Error = fmt.Sprintf("(%d) - No such process (it is not on this node)", g)
 		} else if err := signalPid(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
 			res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))

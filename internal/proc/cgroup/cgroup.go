@@ -328,7 +328,7 @@ func (g *Group) Kill(ctx context.Context) error {
 		if err != nil || !populated {
 			return err
 		}
-		if err := g.signalTree(syscall.SIGKILL); err != nil {
+		if err := g.Signal(syscall.SIGKILL); err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
@@ -407,24 +407,26 @@ func (g *Group) exists() bool {
 // pidfd is opened, so membership is checked again after opening: a pidfd pins one process,
 // and a pid still listed then is either that process or a new member of our own tree.
 func (g *Group) Signal(sig syscall.Signal) error {
-	return g.signalTree(sig)
+	return g.SignalEach(func(int) (syscall.Signal, bool) { return sig, true })
 }
 
-func (g *Group) signalTree(sig syscall.Signal) error {
+// SignalEach sends each process of the group and its descendant groups the signal choose
+// picks for it, if any (pinned as in Signal; choose sees a pid whose pidfd is open).
+func (g *Group) SignalEach(choose func(pid int) (syscall.Signal, bool)) error {
 	groups, err := g.descendants()
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, sub := range groups {
-		if err := sub.signalMembers(sig); err != nil {
+		if err := sub.signalMembers(choose); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (g *Group) signalMembers(sig syscall.Signal) error {
+func (g *Group) signalMembers(choose func(pid int) (syscall.Signal, bool)) error {
 	pids, err := g.Procs()
 	if err != nil {
 		return err
@@ -448,6 +450,10 @@ func (g *Group) signalMembers(sig syscall.Signal) error {
 	}
 	for _, pid := range still {
 		fd, ok := pidfds[pid]
+		if !ok {
+			continue
+		}
+		sig, ok := choose(pid)
 		if !ok {
 			continue
 		}
