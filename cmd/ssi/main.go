@@ -30,5 +30,7 @@ func buildCommit() string {
 			}
 		}
 	}
-	return "unknown"
+	// Go stamps the revision when it builds inside a git checkout, unless told not to
+	// (GOFLAGS=-buildvcs=false, as on some build machines).
+	return "unknown: build in a git checkout with -buildvcs=true to record it"
 }
