@@ -78,7 +78,7 @@ func TestJobsOnSimulatedHosts(t *testing.T) {
 	ok := submit("n1", "--", "true")
 	bad := submit("n1", "--", "sh", "-c", "exit 3")
 	for id, want := range map[string]string{ok: "completed", bad: "failed"} {
-		eventually(t, 20*time.Second, "job "+id+" "+want, func() bool { return jobState(t, c, "n2", id).State == want })
+		waitJobState(t, c, "n2", id, want, 20*time.Second)
 	}
 	if r := ssi(t, c, "n1", "submit", "--cpus", "999", "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "999") {
 		t.Fatalf("an impossible request was accepted: %v", r)
@@ -99,7 +99,7 @@ func TestJobsOnSimulatedHosts(t *testing.T) {
 	})
 	t.Logf("scheduler failover took %v", time.Since(start).Round(time.Millisecond))
 	after := submit(survivor, "--", "true")
-	eventually(t, 20*time.Second, "a job after failover", func() bool { return jobState(t, c, survivor, after).State == "completed" })
+	waitJobState(t, c, survivor, after, "completed", 20*time.Second)
 }
 
 // TestJobModesOnSimulatedHosts goes through the job model with the real CLI inside the
@@ -124,12 +124,7 @@ func TestJobModesOnSimulatedHosts(t *testing.T) {
 	}
 	waitJob := func(id, want string, timeout time.Duration) jobJSON {
 		t.Helper()
-		var j jobJSON
-		eventually(t, timeout, "job "+id+" "+want, func() bool {
-			j = jobState(t, c, "n2", id)
-			return j.State == want
-		})
-		return j
+		return waitJobState(t, c, "n2", id, want, timeout)
 	}
 	if r := inside(t, c, "n1", "sh", "-c", "mkdir -p /tmp/jobs && chmod 1777 /tmp/jobs"); r.code != 0 {
 		t.Fatal(r)
@@ -295,12 +290,7 @@ func TestSchedulingOnSimulatedHosts(t *testing.T) {
 	}
 	waitJob := func(id, want string, timeout time.Duration) jobJSON {
 		t.Helper()
-		var j jobJSON
-		eventually(t, timeout, "job "+id+" "+want, func() bool {
-			j = jobState(t, c, "n2", id)
-			return j.State == want
-		})
-		return j
+		return waitJobState(t, c, "n2", id, want, timeout)
 	}
 
 	t.Run("a time limit ends a job as timeout", func(t *testing.T) {
@@ -423,4 +413,15 @@ func TestFailoverMidArrayExactlyOnce(t *testing.T) {
 		t.Errorf("%d distinct elements ran, want 1500", len(runs))
 	}
 	t.Logf("killed the scheduler's server %s; %d element(s) requeued from it", leader, requeued)
+}
+
+// waitJobState waits until node's view of job id is in state want, and returns it.
+func waitJobState(t *testing.T, c *devcluster.Cluster, node, id, want string, timeout time.Duration) jobJSON {
+	t.Helper()
+	var j jobJSON
+	eventually(t, timeout, "job "+id+" "+want, func() bool {
+		j = jobState(t, c, node, id)
+		return j.State == want
+	})
+	return j
 }
