@@ -593,8 +593,9 @@ func (a *Agent) joinGossip() {
 	}
 }
 
-func (a *Agent) refreshRegistry(ctx context.Context) error {
-	recs, err := store.ListNodes(ctx, a.etcd)
+// refreshRegistry re-reads the node registry. opts are etcd read options (see store.ListNodes).
+func (a *Agent) refreshRegistry(ctx context.Context, opts ...clientv3.OpOption) error {
+	recs, err := store.ListNodes(ctx, a.etcd, opts...)
 	if err != nil {
 		return err
 	}
@@ -667,7 +668,7 @@ func (a *Agent) reconnectLoop() {
 		// occasional re-read for nodes that are down.
 		if round%5 == 0 {
 			ctx, cancel := context.WithTimeout(a.ctx, time.Second)
-			if err := a.refreshRegistry(ctx); err != nil {
+			if err := a.refreshRegistry(ctx, clientv3.WithSerializable()); err != nil {
 				a.log.Debug("refreshing the node registry", "err", err)
 			}
 			cancel()
