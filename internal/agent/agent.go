@@ -394,6 +394,9 @@ func (a *Agent) gossipAddr() string {
 }
 
 func (a *Agent) startMember(ctx context.Context, initialCluster string) error {
+	if err := a.dir.privateEtcdLog(); err != nil {
+		return err
+	}
 	m, err := store.StartMember(ctx, store.MemberConfig{
 		Name:           a.state.Name,
 		Dir:            a.dir.path(dirEtcd),
@@ -503,6 +506,7 @@ func (a *Agent) serve(ctx context.Context) error {
 		MembersChanged: a.gossip.Changed,
 		CgroupParent:   filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
 		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath, LeadsEtcd: a.leadsEtcd(),
+		SpoolDir:          a.dir.path(dirSpool),
 		EtcdLeaderChanged: a.etcdLeaderChanged(),
 	}); err != nil {
 		return err
