@@ -3,10 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"os"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -91,56 +87,5 @@ func TestReadsWithAServerStopped(t *testing.T) {
 				t.Fatalf("ssi %v on %s with %s frozen: %v after %v", args, from, leader, r, took)
 			}
 		}
-	}
-}
-
-// TestRunStdoutFull runs `ssi run -- yes > /dev/full` on the same and on another node: like
-// local yes, ssi reports the failed write in one line and exits 1, and the remote yes ends as
-// it would for a closed reader.
-func TestRunStdoutFull(t *testing.T) {
-	c := startCluster(t, 2)
-	for _, node := range []string{"n1", "n2"} {
-		full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := cliCmd(ctx, c, "n1", "run", "-n", node, "--", "yes")
-		var stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = full, &stderr
-		err = cmd.Run()
-		cancel()
-		full.Close()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-			t.Fatalf("ssi run -n %s -- yes > /dev/full: %v, want exit 1; stderr %q", node, err, stderr.String())
-		}
-		if want := "ssi: writing standard output: no space left on device\n"; stderr.String() != want {
-			t.Fatalf("ssi run -n %s -- yes > /dev/full printed %q, want %q", node, stderr.String(), want)
-		}
-		eventually(t, 10*time.Second, "yes on "+node+" to end", func() bool {
-			r := ssi(t, c, "n1", "ps")
-			return r.code == 0 && !strings.Contains(r.stdout, " yes")
-		})
-	}
-}
-
-// TestCheckpointDirInDataDir checks that a task's $SSI_CHECKPOINT_DIR is in its own agent's
-// data dir (so two ssi dev clusters on one machine never share one), and that the task's
-// user can use it there.
-func TestCheckpointDirInDataDir(t *testing.T) {
-	c := startCluster(t, 1)
-	script := `echo "$SSI_CHECKPOINT_DIR"; touch "$SSI_CHECKPOINT_DIR/step" && echo written`
-	r := inside(t, c, "n1", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-		"ssi", "submit", "--output", "/tmp/ckpt.out", "--", "sh", "-c", script)
-	id := strings.TrimSpace(r.stdout)
-	if r.code != 0 || id == "" {
-		t.Fatalf("ssi submit as nobody: %v", r)
-	}
-	eventually(t, 20*time.Second, "job "+id+" completed", func() bool { return jobState(t, c, "n1", id).State == "completed" })
-	out := inside(t, c, "n1", "cat", "/tmp/ckpt.out")
-	lines := strings.Split(strings.TrimSpace(out.stdout), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "/run/ssi/data/spool/n1/ckpt/65534/") || lines[1] != "written" {
-		t.Fatalf("the task's output %v, want its checkpoint directory under the agent's data dir /run/ssi/data and written", out)
 	}
 }

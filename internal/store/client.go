@@ -47,12 +47,11 @@ func NewClient(endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, err
 // again, so the bound costs nothing when the cluster is well.
 const ReadTryTimeout = time.Second
 
-// retriedReads are the read-only calls that readTryTimeout bounds per try. Writes are left
+// boundedPerTry tells the read-only calls that readTryTimeout bounds per try. Writes are left
 // alone: the client retries a try that ended at its own deadline, and a write that timed out
 // may still have been applied.
-var retriedReads = map[string]bool{
-	pb.KV_Range_FullMethodName:           true,
-	pb.Cluster_MemberList_FullMethodName: true,
+func boundedPerTry(method string) bool {
+	return method == pb.KV_Range_FullMethodName || method == pb.Cluster_MemberList_FullMethodName
 }
 
 // readTryTimeout is a gRPC interceptor that sits inside the etcd client's retry interceptor, so
@@ -60,7 +59,7 @@ var retriedReads = map[string]bool{
 // interceptor then tries again (on the next endpoint) while the caller's context lives.
 func readTryTimeout(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if !retriedReads[method] {
+		if !boundedPerTry(method) {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
