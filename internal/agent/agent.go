@@ -394,6 +394,9 @@ func (a *Agent) gossipAddr() string {
 }
 
 func (a *Agent) startMember(ctx context.Context, initialCluster string) error {
+	if err := a.dir.privateEtcdLog(); err != nil {
+		return err
+	}
 	m, err := store.StartMember(ctx, store.MemberConfig{
 		Name:           a.state.Name,
 		Dir:            a.dir.path(dirEtcd),
@@ -503,6 +506,7 @@ func (a *Agent) serve(ctx context.Context) error {
 		MembersChanged: a.gossip.Changed,
 		CgroupParent:   filepath.Dir(a.procCgroupParent()) + "/ssi-jobs", Socket: a.cfg.Socket,
 		NodeIndex: a.state.Index, Logger: a.log, Tree: a.treePath, LeadsEtcd: a.leadsEtcd(),
+		SpoolDir:          a.dir.path(dirSpool),
 		EtcdLeaderChanged: a.etcdLeaderChanged(),
 	}); err != nil {
 		return err
@@ -593,8 +597,9 @@ func (a *Agent) joinGossip() {
 	}
 }
 
-func (a *Agent) refreshRegistry(ctx context.Context) error {
-	recs, err := store.ListNodes(ctx, a.etcd)
+// refreshRegistry re-reads the node registry. opts are etcd read options (see store.ListNodes).
+func (a *Agent) refreshRegistry(ctx context.Context, opts ...clientv3.OpOption) error {
+	recs, err := store.ListNodes(ctx, a.etcd, opts...)
 	if err != nil {
 		return err
 	}
@@ -667,7 +672,7 @@ func (a *Agent) reconnectLoop() {
 		// occasional re-read for nodes that are down.
 		if round%5 == 0 {
 			ctx, cancel := context.WithTimeout(a.ctx, time.Second)
-			if err := a.refreshRegistry(ctx); err != nil {
+			if err := a.refreshRegistry(ctx, clientv3.WithSerializable()); err != nil {
 				a.log.Debug("refreshing the node registry", "err", err)
 			}
 			cancel()

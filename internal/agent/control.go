@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -94,11 +95,9 @@ func (c *controlService) Nodes(ctx context.Context, _ *ssipb.NodesRequest) (*ssi
 // (state and load). When etcd cannot be read, the last registry read is used.
 func (a *Agent) nodes(ctx context.Context) ([]*ssipb.NodeInfo, string) {
 	var warning string
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	if err := a.refreshRegistry(rctx); err != nil {
+	if err := a.readRegistry(ctx); err != nil {
 		warning = fmt.Sprintf("registry unavailable (%v); showing the last known registry and live gossip", err)
 	}
-	cancel()
 	a.mu.Lock()
 	registry := make(map[string]store.NodeRecord, len(a.registry))
 	for k, v := range a.registry {
@@ -147,6 +146,35 @@ func (a *Agent) nodes(ctx context.Context) ([]*ssipb.NodeInfo, string) {
 	return out, warning
 }
 
+// registryReadBudget bounds how long a node listing waits for the registry before it answers
+// from the last registry read; registryTryTimeout bounds each try within it.
+const (
+	registryReadBudget = 2 * time.Second
+	registryTryTimeout = 600 * time.Millisecond
+)
+
+// readRegistry refreshes the registry for a listing, which must answer within a second or two
+// while a server is stopped or killed and the cluster still has quorum. The read is
+// serializable: a linearizable one needs a leader, and waits out a whole election when the
+// leader is the server that stopped, while the registry changes only on joins and leaves and
+// node states come from gossip. A try balanced onto a stopped server (a client node's
+// endpoints follow gossip, which takes seconds to notice) hangs until its own short deadline,
+// and the client balances the next try onto another endpoint.
+func (a *Agent) readRegistry(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, registryReadBudget)
+	defer cancel()
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, registryTryTimeout)
+		err := a.refreshRegistry(tctx, clientv3.WithSerializable())
+		timedOut := tctx.Err() != nil
+		tcancel()
+		// Only a try that hung is worth repeating; other errors would repeat at once.
+		if err == nil || !timedOut || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
 func fillLoad(n *ssipb.NodeInfo, m cluster.Meta) {
 	l := m.Load
 	n.Cpus, n.Load1, n.Load5, n.Load15, n.Runnable = l.CPUs, l.Load1, l.Load5, l.Load15, l.Runnable
@@ -172,13 +200,17 @@ func (c *controlService) Status(ctx context.Context, _ *ssipb.StatusRequest) (*s
 			resp.ThisNode = n
 		}
 	}
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// A live member answers in milliseconds; one that is stopped but not yet seen down by
+	// gossip costs this whole wait, so it is short enough for `ssi status` to stay prompt.
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if a.state.ExternalEtcd {
 		resp.Servers, resp.EtcdLeader, resp.EtcdHealthy, resp.EtcdError = a.endpointStatus(sctx, a.state.EtcdEndpoints, nil, nil)
 		return resp, nil
 	}
-	list, err := a.etcd.MemberList(sctx)
+	// Serializable: the member list must be shown while an election runs, when a linearizable
+	// read would wait for the new leader; the per-server health below shows the election.
+	list, err := a.etcd.MemberList(sctx, clientv3.WithSerializable())
 	if err != nil {
 		resp.EtcdError = fmt.Sprintf("etcd unreachable: %v", err)
 		return resp, nil

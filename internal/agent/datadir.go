@@ -38,6 +38,9 @@ const (
 	fileLock    = "agent.lock"
 	dirEtcd     = "etcd"
 	fileEtcdLog = "etcd.log"
+	// dirSpool holds the job system's checkpoint directories and batch scripts: one per agent,
+	// so that agents sharing a machine (ssi dev) never share them.
+	dirSpool = "spool"
 )
 
 type dataDir string
@@ -49,6 +52,12 @@ func (d dataDir) path(name string) string { return filepath.Join(string(d), name
 func (d dataDir) lock() (*os.File, error) {
 	if err := os.MkdirAll(string(d), 0o700); err != nil {
 		return nil, fmt.Errorf("creating data dir: %w", err)
+	}
+	// Searchable but not listable: job tasks reach their checkpoint directories in the spool
+	// under it (dirSpool) as their users. Everything else in it is root's alone by its own
+	// mode (keys, state, etcd, etcd's log: see privateEtcdLog) or public (certificates).
+	if err := os.Chmod(string(d), 0o711); err != nil {
+		return nil, fmt.Errorf("setting the data dir's mode: %w", err)
 	}
 	f, err := os.OpenFile(d.path(fileLock), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -124,5 +133,19 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	defer dir.Close()
 	_ = dir.Sync()
+	return nil
+}
+
+// privateEtcdLog creates etcd's log file, or fixes its mode, as root's alone before etcd opens
+// it: etcd would create it readable by all, and the data dir is searchable by all.
+func (d dataDir) privateEtcdLog() error {
+	f, err := os.OpenFile(d.path(fileEtcdLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating etcd's log: %w", err)
+	}
+	defer f.Close()
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("setting the mode of etcd's log: %w", err)
+	}
 	return nil
 }

@@ -44,3 +44,30 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatalf("corrupt state: %v", err)
 	}
 }
+
+// TestDataDirModes checks that users can reach their checkpoint directories in the spool
+// under the data dir (search, no listing), while etcd's log stays root's.
+func TestDataDirModes(t *testing.T) {
+	d := dataDir(t.TempDir() + "/data")
+	f, err := d.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// An etcd.log an older agent left readable by all.
+	if err := os.WriteFile(d.path(fileEtcdLog), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.privateEtcdLog(); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{string(d): 0o711, d.path(fileEtcdLog): 0o600} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s has mode %o, want %o", path, got, want)
+		}
+	}
+}

@@ -915,12 +915,10 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 			}
 			req := &jobspb.ControlRequest{Ids: args}
 			if sig != "" {
-				s, err := parseSignal(sig)
+				// Signal 0 would deliver nothing, so a job has no use for it.
+				s, err := parseSignalFrom(sig, 1, "ssi cancel -s")
 				if err != nil {
 					return err
-				}
-				if s == 0 {
-					return errors.New("signal 0 only tests for existence: give a real signal such as TERM or USR1")
 				}
 				req.Signal = int32(s)
 			}

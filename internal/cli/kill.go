@@ -144,11 +144,24 @@ func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, er
 	return sig, gpids, false, nil
 }
 
-// parseSignal accepts "9", "KILL", "SIGKILL" and lower-case forms.
+// maxSignal is the highest signal Linux has (SIGRTMAX), as kill(1) accepts.
+const maxSignal = 64
+
+// parseSignal accepts "9", "KILL", "SIGKILL" and lower-case forms, as ssi kill does: any signal
+// 1-64, or 0, which as in kill(1) only checks that the processes exist and may be signalled.
 func parseSignal(s string) (unix.Signal, error) {
+	return parseSignalFrom(s, 0, "ssi kill")
+}
+
+// parseSignalFrom parses a signal for the command cmd, which accepts the numbers lo-64, and
+// names the range it accepts in every refusal.
+func parseSignalFrom(s string, lo int, cmd string) (unix.Signal, error) {
 	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 || n > 64 {
-			return 0, fmt.Errorf("signal %d is out of range: use 0-64 or a name (ssi kill -l)", n)
+		if n == 0 && lo > 0 {
+			return 0, fmt.Errorf("%s cannot use signal 0 (it only tests that a process exists): use %d-%d or a name such as TERM or USR1", cmd, lo, maxSignal)
+		}
+		if n < lo || n > maxSignal {
+			return 0, fmt.Errorf("signal %d is out of range for %s: use %d-%d or a name such as TERM (ssi kill -l lists them)", n, cmd, lo, maxSignal)
 		}
 		return unix.Signal(n), nil
 	}
@@ -159,7 +172,7 @@ func parseSignal(s string) (unix.Signal, error) {
 	if sig := unix.SignalNum(name); sig != 0 {
 		return sig, nil
 	}
-	return 0, fmt.Errorf("unknown signal %q: use a name like TERM, KILL, HUP or a number (ssi kill -l lists them)", s)
+	return 0, fmt.Errorf("unknown signal %q for %s: use a name such as TERM, KILL or HUP, or a number %d-%d (ssi kill -l lists them)", s, cmd, lo, maxSignal)
 }
 
 // translateSignals answers "kill -l ARG..." as kill(1) does: a number (or an exit status

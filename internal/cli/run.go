@@ -235,8 +235,9 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 		switch frame.Field() {
 		case api.RunOutputStdout:
 			if _, err := frame.WriteBytesField(os.Stdout); err != nil {
-				// The reader went away (a closed pipe): end the command as a local one would be.
-				return exitError{code: 141}
+				// Returning ends the session, and with it the remote command, as a local
+				// one would end when its output fails.
+				return stdoutWriteError(err)
 			}
 		case api.RunOutputStderr:
 			_, _ = frame.WriteBytesField(os.Stderr)
@@ -253,6 +254,17 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 			}
 		}
 	}
+}
+
+// stdoutWriteError is how ssi ends when writing its stdout failed with err: a reader that
+// went away ends it silently with the status of death by SIGPIPE, any other failure (a full
+// disk, /dev/full) is reported in one line with status 1, as a local command reports it.
+func stdoutWriteError(err error) exitError {
+	var errno syscall.Errno
+	if errors.Is(err, syscall.EPIPE) || !errors.As(err, &errno) {
+		return exitError{code: procspace.ExitOutputFailed}
+	}
+	return exitError{code: procspace.ExitOutputError, msg: "writing standard output: " + errno.Error()}
 }
 
 // stopAfterFlush stops this process once what was sent on cc has left it. Send only queues

@@ -63,6 +63,11 @@ func (s *Service) CreateQueue(ctx context.Context, req *jobspb.CreateQueueReques
 			return nil, invalid("queue %s: unknown node %q: see ssi nodes for the names", q.Name, n)
 		}
 	}
+	if !req.Replace && q.Name == sched.DefaultQueueName {
+		// The built-in queue exists (ssi queue ls shows it) even before it is configured:
+		// configuring it changes a queue jobs may use, as --replace does for any other.
+		return nil, status.Errorf(codes.AlreadyExists, "queue %s exists (the built-in default queue): add --replace to change it", q.Name)
+	}
 	var cmps []clientv3.Cmp
 	if !req.Replace {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(queueKey(q.Name)), "=", 0))

@@ -69,6 +69,7 @@
 //	<spool>/<node>/ckpt/<uid>/<n>/         $SSI_CHECKPOINT_DIR, kept across exit-85 restarts
 //	<spool>/<node>/script/<task>           a batch script while it runs
 //
-// The spool is /var/spool/ssi. Each task's processes live in the cgroup
+// The spool is the agent's <data-dir>/spool (Deps.SpoolDir), so agents sharing a machine
+// never share checkpoint directories. Each task's processes live in the cgroup
 // <CgroupParent>/<task>-<allocation revision>/.
 package jobs

@@ -14,9 +14,12 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
 func TestBatchJobRunsWithOutputFile(t *testing.T) {
@@ -862,6 +865,34 @@ func TestChainsAreCutForOtherWork(t *testing.T) {
 	for i := range n {
 		if counts[strconv.Itoa(i)] != 1 {
 			t.Errorf("element %d ran %d times", i, counts[strconv.Itoa(i)])
+		}
+	}
+}
+
+// TestBuiltInQueueNeedsReplace checks that the built-in queue, which exists unconfigured,
+// is changed only with --replace, like every other existing queue.
+func TestBuiltInQueueNeedsReplace(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 2)
+	create := func(replace bool) error {
+		_, err := n1.client.CreateQueue(ctxT(t), &jobspb.CreateQueueRequest{
+			Queue: &jobspb.QueueInfo{Name: sched.DefaultQueueName, MaxTimeSeconds: 60}, Replace: replace})
+		return err
+	}
+	for _, step := range []struct {
+		name    string
+		replace bool
+		wantErr bool
+	}{
+		{"unconfigured, without --replace", false, true},
+		{"unconfigured, with --replace", true, false},
+		{"configured, without --replace", false, true},
+		{"configured, with --replace", true, false},
+	} {
+		err := create(step.replace)
+		if step.wantErr != (err != nil) || (err != nil && (status.Code(err) != codes.AlreadyExists || !strings.Contains(err.Error(), "add --replace"))) {
+			t.Errorf("%s: %v", step.name, err)
 		}
 	}
 }

@@ -48,6 +48,10 @@ type Deps struct {
 	// EtcdLeaderChanged, when set with LeadsEtcd, returns a channel that is closed when the
 	// embedded member's etcd leader next changes.
 	EtcdLeaderChanged func() <-chan struct{}
+	// SpoolDir holds the node's checkpoint directories and batch scripts; it must be this
+	// agent's own (the agent passes a directory in its data dir) and searchable by users.
+	// Empty: defaultSpoolDir.
+	SpoolDir string
 	// Tree says where this node mounts the cluster file tree ("" when it does not), so that
 	// jobs find their submit directory and output files on the submit node. Nil: never.
 	Tree func() string
@@ -73,7 +77,7 @@ type tuning struct {
 
 func defaultTuning() tuning {
 	return tuning{
-		spoolDir:          "/var/spool/ssi",
+		spoolDir:          defaultSpoolDir,
 		killGrace:         10 * time.Second,
 		sessionTTL:        2,
 		interactiveTTL:    10,
@@ -116,8 +120,15 @@ type Service struct {
 // Start brings up the node's executor (adopting or failing what a previous agent left) and,
 // on servers, the candidacy for scheduler leader. It returns once the executor runs.
 func Start(ctx context.Context, d Deps) (*Service, error) {
-	return start(ctx, d, defaultTuning())
+	t := defaultTuning()
+	if d.SpoolDir != "" {
+		t.spoolDir = d.SpoolDir
+	}
+	return start(ctx, d, t)
 }
+
+// defaultSpoolDir is the spool of a Service started without Deps.SpoolDir.
+const defaultSpoolDir = "/var/spool/ssi"
 
 func start(ctx context.Context, d Deps, t tuning) (*Service, error) {
 	switch {

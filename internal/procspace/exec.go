@@ -307,7 +307,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 func (s *Service) sendFailed(stream runStream, r *record, err error) error {
 	if errors.Is(err, errOutputFailed) {
 		// The client learns first: ending the tree may take the grace period.
-		sendErr := stream.Send(outputFailedExit)
+		sendErr := stream.Send(outputFailedExit(err))
 		s.endTree(r, "the client's stdout failed")
 		return sendErr
 	}

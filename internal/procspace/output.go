@@ -10,15 +10,28 @@ import (
 )
 
 // ExitOutputFailed is the status a session ends with when the client's stdout can no longer
-// be written (its reader went away): that of a local command killed by SIGPIPE.
+// be written because its reader went away: that of a local command killed by SIGPIPE.
 const ExitOutputFailed = 128 + int(syscall.SIGPIPE)
+
+// ExitOutputError is the status a session ends with when writing the client's stdout failed
+// otherwise (a full disk, /dev/full, an I/O error): that of a local command such as yes or
+// cat, which reports the error and exits 1.
+const ExitOutputError = 1
 
 // errOutputFailed means that writing the client's stdout failed: the session must end.
 var errOutputFailed = errors.New("the client's stdout cannot be written")
 
-// outputFailedExit tells the client its stdout failed; it has no message, as a local command
-// dying of SIGPIPE prints none.
-var outputFailedExit = &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(ExitOutputFailed)}}}
+// outputFailedExit tells the client why writing its stdout failed (err). A reader that went
+// away gives no message, as a local command dying of SIGPIPE prints none; any other failure
+// is reported in one line, as a local command reports it, with status 1.
+func outputFailedExit(err error) *ssipb.RunOutput {
+	var errno syscall.Errno
+	if errors.Is(err, syscall.EPIPE) || !errors.As(err, &errno) {
+		return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(ExitOutputFailed)}}}
+	}
+	return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{
+		Code: ExitOutputError, Message: "writing standard output: " + errno.Error()}}}
+}
 
 // outputStream is the client side of a session whose client passed its stdout or stderr
 // (api.PassOutput): output frames for those are written into them here, in the order they

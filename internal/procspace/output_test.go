@@ -294,3 +294,31 @@ func TestPassedFilesClosedOnEveryPath(t *testing.T) {
 		})
 	}
 }
+
+// TestOutputFailedExitReportsTheError checks the status and message a client gets when
+// writing its stdout failed: silent SIGPIPE status for a reader gone, one line and status 1
+// otherwise, as local commands behave.
+func TestOutputFailedExitReportsTheError(t *testing.T) {
+	pathErr := func(errno syscall.Errno) error {
+		return errors.Join(errOutputFailed, &os.PathError{Op: "write", Path: "/dev/full", Err: errno})
+	}
+	tests := []struct {
+		name string
+		err  error
+		code int32
+		msg  string
+	}{
+		{"reader gone", pathErr(syscall.EPIPE), int32(ExitOutputFailed), ""},
+		{"device full", pathErr(syscall.ENOSPC), ExitOutputError, "writing standard output: no space left on device"},
+		{"i/o error", pathErr(syscall.EIO), ExitOutputError, "writing standard output: input/output error"},
+		{"no errno", errOutputFailed, int32(ExitOutputFailed), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ex := outputFailedExit(tt.err).GetExit()
+			if ex.Code != tt.code || ex.Message != tt.msg {
+				t.Errorf("exit %d %q, want %d %q", ex.Code, ex.Message, tt.code, tt.msg)
+			}
+		})
+	}
+}

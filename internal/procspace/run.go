@@ -218,7 +218,7 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 			cancel()
 			switch berr := bulkEnd(); {
 			case errors.Is(berr, errOutputFailed):
-				return client.Send(outputFailedExit)
+				return client.Send(outputFailedExit(berr))
 			case berr != nil && !errors.Is(berr, context.Canceled):
 				err = berr // the link failed first, and ended the session
 			}
@@ -257,7 +257,7 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 				if errors.Is(err, errOutputFailed) {
 					// As a local writer would die of SIGPIPE: the remote tree ends with this
 					// session (the deferred cancel), and the client learns why.
-					return client.Send(outputFailedExit)
+					return client.Send(outputFailedExit(err))
 				}
 				return err
 			}
@@ -273,7 +273,7 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		if out.GetExit() != nil {
 			// All of stdout is written before the client learns the status.
 			if err := bulkEnd(); errors.Is(err, errOutputFailed) {
-				return client.Send(outputFailedExit)
+				return client.Send(outputFailedExit(err))
 			} else if err != nil {
 				return s.lost(client, node, err)
 			}

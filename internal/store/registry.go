@@ -170,9 +170,12 @@ func GetNode(ctx context.Context, cli *clientv3.Client, name string) (rec NodeRe
 	return rec, true, nil
 }
 
-// ListNodes returns every registered node.
-func ListNodes(ctx context.Context, cli *clientv3.Client) ([]NodeRecord, error) {
-	resp, err := cli.Get(ctx, PrefixNodes, clientv3.WithPrefix())
+// ListNodes returns every registered node. opts may add read options, such as
+// clientv3.WithSerializable() for a read the contacted member answers from its own copy, which
+// needs no leader (so it answers during an election) at the cost of possibly missing a join
+// that member has not applied yet.
+func ListNodes(ctx context.Context, cli *clientv3.Client, opts ...clientv3.OpOption) ([]NodeRecord, error) {
+	resp, err := cli.Get(ctx, PrefixNodes, append([]clientv3.OpOption{clientv3.WithPrefix()}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}

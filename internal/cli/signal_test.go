@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSignalRanges checks that ssi kill (0-64, as kill(1)) and ssi cancel -s (1-64) accept
+// what they say and name their own range when they refuse.
+func TestSignalRanges(t *testing.T) {
+	tests := []struct {
+		arg     string
+		lo      int
+		cmd     string
+		want    unix.Signal
+		wantErr string
+	}{
+		{"0", 0, "ssi kill", 0, ""},
+		{"64", 0, "ssi kill", 64, ""},
+		{"usr1", 0, "ssi kill", unix.SIGUSR1, ""},
+		{"65", 0, "ssi kill", 0, "signal 65 is out of range for ssi kill: use 0-64"},
+		{"-1", 0, "ssi kill", 0, "signal -1 is out of range for ssi kill: use 0-64"},
+		{"BOGUS", 0, "ssi kill", 0, `unknown signal "BOGUS" for ssi kill: use a name such as TERM, KILL or HUP, or a number 0-64`},
+		{"0", 1, "ssi cancel -s", 0, "ssi cancel -s cannot use signal 0 (it only tests that a process exists): use 1-64"},
+		{"65", 1, "ssi cancel -s", 0, "signal 65 is out of range for ssi cancel -s: use 1-64"},
+		{"BOGUS", 1, "ssi cancel -s", 0, "or a number 1-64"},
+		{"SIGTERM", 1, "ssi cancel -s", unix.SIGTERM, ""},
+		{"1", 1, "ssi cancel -s", 1, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cmd+" "+tt.arg, func(t *testing.T) {
+			got, err := parseSignalFrom(tt.arg, tt.lo, tt.cmd)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v, %v; want an error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
