@@ -51,7 +51,7 @@ func TestReadTries(t *testing.T) {
 			}
 			if tt.caller == 0 {
 				for i, d := range deadlines {
-					if want := first << i; d > want || d < want-10*time.Millisecond {
+					if want := first << i; d > want || d < want/2 { // generous: a loaded machine delays the call
 						t.Errorf("try %d had %v, want about %v", i+1, d, want)
 					}
 				}
