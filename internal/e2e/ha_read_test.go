@@ -36,11 +36,12 @@ func TestReadsWithAServerStopped(t *testing.T) {
 			others = append(others, n)
 		}
 	}
-	// A listing must never take more than this; the registry read has a 2 s budget, so a
-	// listing that waited for the frozen server shows here.
-	const prompt = 1500 * time.Millisecond
+	// A listing that waited out its registry read's 2 s budget says so on stderr, which fails
+	// the test below; these bounds only catch a read stuck on the frozen server (it used to
+	// take 10-11 s on a client node), with room for a loaded machine's slow start-ups.
+	const prompt = 5 * time.Second
 	// Linearizable job reads may wait out the election the frozen leader causes.
-	const electionBound = 4 * time.Second
+	const electionBound = 8 * time.Second
 	start := time.Now()
 	seenDown := map[string]bool{}
 	for len(seenDown) < len(others) {
