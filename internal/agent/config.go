@@ -199,9 +199,17 @@ func (c Config) advertisePort() int {
 }
 
 func splitHostPortDefault(s string, def int) (string, int, error) {
+	// A bare IPv6 address, bracketed or not, has no port: the brackets are not the host's.
+	ip := s
+	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+		ip = s[1 : len(s)-1]
+	}
+	if strings.Contains(ip, ":") && net.ParseIP(ip) != nil {
+		return ip, def, nil
+	}
 	host, portStr, err := net.SplitHostPort(s)
 	if err != nil {
-		if strings.Contains(err.Error(), "missing port") {
+		if strings.Contains(err.Error(), "missing port") && !strings.ContainsAny(s, "[]") {
 			return s, def, nil
 		}
 		return "", 0, err

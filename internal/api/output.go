@@ -269,6 +269,12 @@ func parseRights(oob []byte) ([]int, error) {
 	var fds []int
 	var bad error
 	for _, m := range msgs {
+		// unix.ParseUnixRights indexes past the end of rights whose length is not a multiple
+		// of 4. The kernel never composes one, but a panic here would take the agent down.
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS && len(m.Data)%4 != 0 {
+			bad = fmt.Errorf("SCM_RIGHTS message of %d bytes", len(m.Data))
+			continue
+		}
 		got, err := unix.ParseUnixRights(&m)
 		if err != nil {
 			bad = err

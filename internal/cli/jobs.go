@@ -1051,11 +1051,20 @@ they survive restarts): node, exit code, start and end, elapsed and CPU time, an
 	return cmd
 }
 
+// maxSinceDays bounds the day counts parseSince computes with: far more than the epoch is
+// ago, far less than what overflows time.AddDate.
+const maxSinceDays = 1_000_000
+
 // parseSince reads "24h", "7d", "2026-03-01" or an RFC 3339 time.
 func parseSince(s string, now time.Time) (time.Time, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
-			return now.AddDate(0, 0, -n), nil
+			// AddDate overflows past about 2^63 days and lands ahead of now; a look back
+			// past the epoch asks for all the history there is.
+			if t := now.AddDate(0, 0, -n); n <= maxSinceDays && !t.Before(time.Unix(0, 0)) {
+				return t, nil
+			}
+			return time.Unix(0, 0), nil
 		}
 	}
 	if d, err := time.ParseDuration(s); err == nil && d >= 0 {

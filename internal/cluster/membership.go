@@ -171,8 +171,11 @@ func (m *Membership) Members() []Member {
 func (m *Membership) describe(n *memberlist.Node, state string) Member {
 	var meta Meta
 	if len(n.Meta) > 0 {
+		// json.Unmarshal fills the fields it decoded before a type error: use all or nothing,
+		// so a bad message cannot leave, say, an address without the index it belongs to.
 		if err := json.Unmarshal(n.Meta, &meta); err != nil {
 			m.logger.Debug("undecodable gossip metadata", "node", n.Name, "err", err)
+			meta = Meta{}
 		}
 	}
 	return Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),

@@ -39,11 +39,13 @@ func (t Token) String() string { return hex.EncodeToString(t[:]) }
 // ParseToken parses the form String gives.
 func ParseToken(s string) (Token, error) {
 	var t Token
-	if hex.DecodedLen(len(s)) != len(t) {
-		return t, errors.New("data link token: wrong length")
+	// hex.DecodedLen rounds down, so it would let a 33rd digit through.
+	if len(s) != hex.EncodedLen(len(t)) {
+		return Token{}, errors.New("data link token: wrong length")
 	}
+	// hex.Decode fills the bytes before a bad digit: hand none of them out.
 	if _, err := hex.Decode(t[:], []byte(s)); err != nil {
-		return t, fmt.Errorf("data link token: %w", err)
+		return Token{}, fmt.Errorf("data link token: %w", err)
 	}
 	return t, nil
 }

@@ -56,7 +56,10 @@ var errNoCgroup2 = errors.New("no cgroup2 file system is mounted; mount one, e.g
 func parseMountinfo(r io.Reader) (string, error) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+		// Fields are separated by spaces alone: the kernel escapes only space, tab, newline
+		// and backslash in paths, so strings.Fields would split a mount point at a form
+		// feed or a no-break space.
+		fields := strings.FieldsFunc(sc.Text(), func(r rune) bool { return r == ' ' })
 		sep := slices.Index(fields, "-")
 		if sep < 5 || sep+1 >= len(fields) {
 			continue
