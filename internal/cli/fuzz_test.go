@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ssi-cluster/ssi/internal/gpid"
 )
 
@@ -38,9 +36,12 @@ func FuzzParseSignal(f *testing.F) {
 		if _, err := strconv.Atoi(s); err == nil {
 			return
 		}
-		name := unix.SignalName(sig)
-		if name == "" || !strings.EqualFold(strings.TrimPrefix(name, "SIG"), strings.TrimPrefix(strings.ToUpper(s), "SIG")) {
-			t.Fatalf("%q parsed as %d, named %q", s, sig, name)
+		if back := signalByName(signalName(sig)); back != sig {
+			t.Fatalf("%q parsed as %d, named %q, which reads back as %d", s, sig, signalName(sig), back)
+		}
+		if !strings.HasPrefix(strings.ToUpper(s), "SIGRT") && !strings.HasPrefix(strings.ToUpper(s), "RT") &&
+			!strings.EqualFold(signalName(sig), strings.TrimPrefix(strings.ToUpper(s), "SIG")) {
+			t.Fatalf("%q parsed as %d, named %q", s, sig, signalName(sig))
 		}
 	})
 }

@@ -165,11 +165,7 @@ func parseSignalFrom(s string, lo int, cmd string) (unix.Signal, error) {
 		}
 		return unix.Signal(n), nil
 	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	if sig := unix.SignalNum(name); sig != 0 {
+	if sig := signalByName(s); sig != 0 {
 		return sig, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q for %s: use a name such as TERM, KILL or HUP, or a number %d-%d (ssi kill -l lists them)", s, cmd, lo, maxSignal)
@@ -184,11 +180,11 @@ func translateSignals(args []string) ([]string, error) {
 			if n > 128 {
 				n -= 128
 			}
-			name := unix.SignalName(unix.Signal(n))
+			name := signalName(unix.Signal(n))
 			if n < 1 || name == "" {
 				return out, fmt.Errorf("%s is not a signal number: see ssi kill -l", a)
 			}
-			out = append(out, strings.TrimPrefix(name, "SIG"))
+			out = append(out, name)
 			continue
 		}
 		sig, err := parseSignal(a)
@@ -200,11 +196,68 @@ func translateSignals(args []string) ([]string, error) {
 	return out, nil
 }
 
+// The real-time signals the C library leaves to programs, 34-64 (it keeps 32 and 33), have no
+// names of their own: kill(1) calls them RTMIN, RTMIN+1 ... RTMAX-1, RTMAX, counting from the
+// nearer end.
+const (
+	sigRTMin = 34
+	sigRTMax = maxSignal
+)
+
+// signalName is sig's name without "SIG" as kill(1) gives it, or "" for a number without one.
+func signalName(sig unix.Signal) string {
+	switch n := int(sig); {
+	case n == sigRTMin:
+		return "RTMIN"
+	case n == sigRTMax:
+		return "RTMAX"
+	case n > sigRTMin && n <= (sigRTMin+sigRTMax)/2:
+		return fmt.Sprintf("RTMIN+%d", n-sigRTMin)
+	case n > (sigRTMin+sigRTMax)/2 && n < sigRTMax:
+		return fmt.Sprintf("RTMAX-%d", sigRTMax-n)
+	}
+	return strings.TrimPrefix(unix.SignalName(sig), "SIG")
+}
+
+// signalByName reads a signal name in any case, with or without "SIG", the real-time ones
+// as RTMIN+N or RTMAX-N; 0 if it names none.
+func signalByName(s string) unix.Signal {
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	n := 0
+	if rest, ok := strings.CutPrefix(name, "RTMIN"); ok {
+		n = rtOffset(rest, '+', sigRTMin, 1)
+	} else if rest, ok := strings.CutPrefix(name, "RTMAX"); ok {
+		n = rtOffset(rest, '-', sigRTMax, -1)
+	} else {
+		return unix.SignalNum("SIG" + name)
+	}
+	if n < sigRTMin || n > sigRTMax {
+		return 0
+	}
+	return unix.Signal(n)
+}
+
+// rtOffset reads the "+N" (or "-N") after RTMIN (RTMAX) and counts from base in direction
+// dir; it returns 0 for anything else.
+func rtOffset(rest string, sign byte, base, dir int) int {
+	if rest == "" {
+		return base
+	}
+	if rest[0] != sign || len(rest) < 2 || rest[1] < '0' || rest[1] > '9' {
+		return 0
+	}
+	off, err := strconv.Atoi(rest[1:])
+	if err != nil || off > sigRTMax-sigRTMin {
+		return 0
+	}
+	return base + dir*off
+}
+
 func printSignals(cmd *cobra.Command) error {
 	var names []string
-	for n := unix.Signal(1); n < 32; n++ {
-		if name := unix.SignalName(n); name != "" {
-			names = append(names, fmt.Sprintf("%2d) %s", n, name))
+	for n := unix.Signal(1); n <= maxSignal; n++ {
+		if name := signalName(n); name != "" {
+			names = append(names, fmt.Sprintf("%2d) SIG%s", n, name))
 		}
 	}
 	for i := 0; i < len(names); i += 5 {

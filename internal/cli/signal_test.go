@@ -44,3 +44,27 @@ func TestSignalRanges(t *testing.T) {
 		})
 	}
 }
+
+func TestRealTimeSignalNames(t *testing.T) {
+	for _, tt := range []struct {
+		n    int
+		name string
+	}{{34, "RTMIN"}, {35, "RTMIN+1"}, {49, "RTMIN+15"}, {50, "RTMAX-14"}, {63, "RTMAX-1"}, {64, "RTMAX"}, {9, "KILL"}, {33, ""}, {32, ""}} {
+		if got := signalName(unix.Signal(tt.n)); got != tt.name {
+			t.Errorf("signalName(%d) = %q, want %q", tt.n, got, tt.name)
+		}
+		if tt.name == "" {
+			continue
+		}
+		for _, spelled := range []string{tt.name, "SIG" + tt.name, strings.ToLower(tt.name)} {
+			if got := signalByName(spelled); int(got) != tt.n {
+				t.Errorf("signalByName(%q) = %d, want %d", spelled, got, tt.n)
+			}
+		}
+	}
+	for _, bad := range []string{"RTMIN+31", "RTMAX-31", "RTMIN-1", "RTMAX+1", "RTMIN+", "RTMIN++1", "RTMIN+-1", "RT"} {
+		if got := signalByName(bad); got != 0 {
+			t.Errorf("signalByName(%q) = %d, want none", bad, got)
+		}
+	}
+}
