@@ -159,13 +159,20 @@ func TestDependencies(t *testing.T) {
 	after := cmd(dir, `date +%s%N > second.start`)
 	after.After = []string{first}
 	second := n1.submit(t, after)
-	failing := n1.submit(t, cmd(dir, `exit 1`))
+	// Held until its dependents are in: a dependency that already failed is refused at
+	// submit (tested below), and an unheld `exit 1` can end before the next submit.
+	failingReq := cmd(dir, `exit 1`)
+	failingReq.Hold = true
+	failing := n1.submit(t, failingReq)
 	never := cmd(dir, `touch never.ran`)
 	never.After = []string{failing}
 	neverID := n1.submit(t, never)
 	anyReq := cmd(dir, `touch any.ran`)
 	anyReq.AfterAny = []string{failing}
 	anyID := n1.submit(t, anyReq)
+	if r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{failing}}); err != nil || len(r.Results) != 1 || r.Results[0].Error != "" {
+		t.Fatalf("release %s: %v %v", failing, r, err)
+	}
 
 	n1.waitState(t, second, 20*time.Second, "completed")
 	n1.waitState(t, anyID, 20*time.Second, "completed")
