@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,15 +142,7 @@ func TestProcessSpace(t *testing.T) {
 			script += fmt.Sprintf("trap 'echo got %d' %d; ", sig, sig)
 		}
 		script += fmt.Sprintf("trap 'echo got %d; exit 42' %d; echo ready; while :; do sleep 0.05; done", syscall.SIGTERM, syscall.SIGTERM)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", script)
-		var out syncBuffer
-		cmd.Stdout = &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 10*time.Second, "remote traps ready", func() bool { return strings.Contains(out.String(), "ready") })
+		cmd, out := startRemoteScript(t, c, script)
 		for _, sig := range sigs {
 			cmd.Process.Signal(sig)
 			if sig == syscall.SIGTSTP {
@@ -176,21 +169,14 @@ func TestProcessSpace(t *testing.T) {
 	})
 
 	t.Run("ctrl-z stops the remote job, fg continues it", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 3 | cat; echo done")
-		var out syncBuffer
-		cmd.Stdout = &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 10*time.Second, "remote job ready", func() bool { return strings.Contains(out.String(), "ready") })
+		cmd, out := startRemoteScript(t, c, "echo ready; sleep 3 | cat; echo done")
 		cmd.Process.Signal(syscall.SIGTSTP)
 		// Every process of the job stops, as with a local Ctrl-Z, and so does the client.
 		eventually(t, 10*time.Second, "the remote job stopped", func() bool {
-			job := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sh -c echo ready")
-			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 3")...)
-			job = append(job, findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "cat")...)
+			list := ps(t, c, "n1", "-n", "n2")
+			job := findProcs(list, "n2", "sh -c echo ready")
+			job = append(job, findProcs(list, "n2", "sleep 3")...)
+			job = append(job, findProcs(list, "n2", "cat")...)
 			stopped := 0
 			for _, p := range job {
 				if strings.HasPrefix(p.State, "T") {
@@ -209,16 +195,9 @@ func TestProcessSpace(t *testing.T) {
 	t.Run("ctrl-c ends the whole remote job", func(t *testing.T) {
 		// The shell waits for its pipeline; a terminal's Ctrl-C reaches all three, and the
 		// shell, seeing its job die of it, dies of it too.
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", "echo ready; sleep 1004 | cat; echo after")
-		var out syncBuffer
-		cmd.Stdout = &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, 10*time.Second, "remote job ready", func() bool {
-			return strings.Contains(out.String(), "ready") && len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004")) == 1
+		cmd, out := startRemoteScript(t, c, "echo ready; sleep 1004 | cat; echo after")
+		eventually(t, 10*time.Second, "the remote pipeline", func() bool {
+			return len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004")) == 1
 		})
 		cmd.Process.Signal(syscall.SIGINT)
 		cmd.Wait()
@@ -451,6 +430,23 @@ func stopped(pid int) bool {
 }
 
 // syncBuffer is a bytes.Buffer that a command writes while the test reads it.
+// startRemoteScript starts `ssi run -T -n n2 -- sh -c script` from n1, its stdout in the
+// returned buffer, and waits until the script has printed "ready". The command is killed when
+// the test ends if it still runs.
+func startRemoteScript(t *testing.T, c *devcluster.Cluster, script string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", script)
+	out := &syncBuffer{}
+	cmd.Stdout = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "remote script ready", func() bool { return strings.Contains(out.String(), "ready") })
+	return cmd, out
+}
+
 type syncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer

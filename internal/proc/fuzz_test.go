@@ -2,8 +2,6 @@ package proc
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -136,15 +134,7 @@ func FuzzScanComm(f *testing.F) {
 			"42/cmdline": string(cmdline),
 			"42/cgroup":  cgroupFile,
 		}
-		for name, content := range files {
-			path := filepath.Join(root, name)
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeFiles(t, root, files)
 		infos, err := Scan(root)
 		if err != nil {
 			t.Fatal(err)

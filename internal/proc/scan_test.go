@@ -63,6 +63,13 @@ func writeFakeProc(t *testing.T) string {
 		"42/cgroup":  "4:memory:/x\n0::/ssi/run-1\n",
 		"43/.keep":   "",
 	}
+	writeFiles(t, root, files)
+	return root
+}
+
+// writeFiles writes each file of files (path relative to root: content) under root.
+func writeFiles(t *testing.T, root string, files map[string]string) {
+	t.Helper()
 	for name, content := range files {
 		path := filepath.Join(root, name)
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -72,7 +79,6 @@ func writeFakeProc(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	return root
 }
 
 func TestScanFakeProc(t *testing.T) {
