@@ -32,7 +32,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ssi-cluster/ssi/internal/api"
-	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/exetrim"
@@ -822,14 +822,14 @@ func (a *Agent) startPeerServer() error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w (is another agent running, or set --bind)", a.cfg.Bind, err)
 	}
-	unaryAuth, streamAuth := api.RequireNode(ssipb.Peer_Join_FullMethodName)
+	unaryAuth, streamAuth := api.RequireNode(ssirpc.Peer_Join_FullMethodName)
 	a.peerSrv = grpc.NewServer(append(api.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(pki.ServerTLS(a.caCert, a.keyPair))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 2 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(a.metrics.unary("peer"), unaryAuth),
 		grpc.ChainStreamInterceptor(a.metrics.stream("peer"), streamAuth),
 	)...)
-	ssipb.RegisterPeerServer(a.peerSrv, &peerService{a: a})
+	ssirpc.RegisterPeerServer(a.peerSrv, &peerService{a: a})
 	a.files.server.Register(a.peerSrv)
 	a.wg.Add(1)
 	go func() {

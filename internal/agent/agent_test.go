@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 // testNet hands out loopback addresses of a random 127.x.y.0/24, so tests never collide with
@@ -62,14 +63,14 @@ func startAgent(t *testing.T, cfg Config) *Agent {
 	return a
 }
 
-func control(t *testing.T, a *Agent) ssipb.ControlClient {
+func control(t *testing.T, a *Agent) ssirpc.ControlClient {
 	t.Helper()
 	cc, err := grpc.NewClient("unix://"+a.cfg.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return ssipb.NewControlClient(cc)
+	return ssirpc.NewControlClient(cc)
 }
 
 func token(t *testing.T, a *Agent, ttl time.Duration) string {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/store"
@@ -54,7 +55,7 @@ func (a *Agent) startControlServer() error {
 		grpc.ChainUnaryInterceptor(a.metrics.unary("control")),
 		grpc.ChainStreamInterceptor(a.metrics.stream("control")),
 	)...)
-	ssipb.RegisterControlServer(a.ctlSrv, &controlService{a: a})
+	ssirpc.RegisterControlServer(a.ctlSrv, &controlService{a: a})
 	a.jobs.Register(a.ctlSrv)
 	a.wg.Add(1)
 	go func() {
@@ -68,11 +69,11 @@ func (a *Agent) startControlServer() error {
 
 // controlService answers the local CLI.
 type controlService struct {
-	ssipb.UnimplementedControlServer
+	ssirpc.UnimplementedControlServer
 	a *Agent
 }
 
-func (c *controlService) Run(stream ssipb.Control_RunServer) error { return c.a.procs.Run(stream) }
+func (c *controlService) Run(stream ssirpc.Control_RunServer) error { return c.a.procs.Run(stream) }
 
 func (c *controlService) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
 	return c.a.procs.Ps(ctx, req)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/fs"
 	"github.com/ssi-cluster/ssi/internal/peermux"
@@ -251,7 +252,7 @@ func (a *Agent) remoteFileStatus(ctx context.Context, node, addr string) *ssipb.
 		ctx, cancel := context.WithTimeout(ctx, fileStatusTimeout)
 		defer cancel()
 		var st *ssipb.NodeFiles
-		if st, err = ssipb.NewPeerClient(cc).FileStatus(ctx, &ssipb.FilesRequest{}); err == nil {
+		if st, err = ssirpc.NewPeerClient(cc).FileStatus(ctx, &ssipb.FilesRequest{}); err == nil {
 			st.Node = node
 			return st
 		}

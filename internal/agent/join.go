@@ -21,6 +21,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/store"
@@ -164,7 +165,7 @@ func requestJoin(ctx context.Context, addr string, tok pki.Token, req *ssipb.Joi
 		return nil, fmt.Errorf("join address %s: %w", addr, err)
 	}
 	defer cc.Close()
-	resp, err := ssipb.NewPeerClient(cc).Join(ctx, req, grpc.WaitForReady(false))
+	resp, err := ssirpc.NewPeerClient(cc).Join(ctx, req, grpc.WaitForReady(false))
 	if err != nil {
 		st, _ := status.FromError(err)
 		if strings.Contains(st.Message(), pki.ErrCAMismatch.Error()) {
@@ -198,11 +199,11 @@ func portRange(addr string) string {
 
 // peerService serves other agents.
 type peerService struct {
-	ssipb.UnimplementedPeerServer
+	ssirpc.UnimplementedPeerServer
 	a *Agent
 }
 
-func (p *peerService) Exec(stream ssipb.Peer_ExecServer) error { return p.a.procs.Exec(stream) }
+func (p *peerService) Exec(stream ssirpc.Peer_ExecServer) error { return p.a.procs.Exec(stream) }
 
 func (p *peerService) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
 	return p.a.procs.LocalPs(ctx, req)

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ssi-cluster/ssi/internal/api"
-	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/place"
@@ -119,7 +119,7 @@ func (v clusterView) NameOf(index uint32) (string, bool) {
 	return "", false
 }
 
-func (v clusterView) Peer(name string) (ssipb.PeerClient, error) {
+func (v clusterView) Peer(name string) (ssirpc.PeerClient, error) {
 	addr, ok := v.a.addrOf(name)
 	if !ok {
 		return nil, fmt.Errorf("no address known for node %s", name)
@@ -128,5 +128,5 @@ func (v clusterView) Peer(name string) (ssipb.PeerClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ssipb.NewPeerClient(cc), nil
+	return ssirpc.NewPeerClient(cc), nil
 }

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api"
-	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 // callTimeout bounds a simple request to the local agent.
@@ -43,17 +43,17 @@ func (g *globals) dialAgent() (*grpc.ClientConn, error) {
 	)...)
 }
 
-func (g *globals) control() (ssipb.ControlClient, func(), error) {
+func (g *globals) control() (ssirpc.ControlClient, func(), error) {
 	cc, err := g.dialAgent()
 	if err != nil {
 		return nil, nil, err
 	}
-	return ssipb.NewControlClient(cc), func() { cc.Close() }, nil
+	return ssirpc.NewControlClient(cc), func() { cc.Close() }, nil
 }
 
 // callControl checks the output format, then makes one call to the local agent, bounded by
 // callTimeout, and turns a failure into the line users see.
-func callControl[T any](g *globals, cmd *cobra.Command, format string, call func(context.Context, ssipb.ControlClient) (T, error)) (T, error) {
+func callControl[T any](g *globals, cmd *cobra.Command, format string, call func(context.Context, ssirpc.ControlClient) (T, error)) (T, error) {
 	var zero T
 	if err := checkFormat(format); err != nil {
 		return zero, err

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 // fsNodeJSON is the stable JSON shape of one node's side of the cluster file tree.
@@ -96,7 +97,7 @@ Change what a node exports with the agent's --export, --export-read-only and --r
   ssi fs -o json | jq '.[] | {node, mounted: .mount.mounted}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssipb.ControlClient) (*ssipb.FilesResponse, error) {
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssirpc.ControlClient) (*ssipb.FilesResponse, error) {
 				return ctl.Files(ctx, &ssipb.FilesRequest{})
 			})
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
@@ -49,12 +50,12 @@ func needArgs(min, max int, what string) cobra.PositionalArgs {
 	}
 }
 
-func (g *globals) jobsClient() (jobspb.JobsClient, func(), error) {
+func (g *globals) jobsClient() (jobsrpc.JobsClient, func(), error) {
 	cc, err := g.dialAgent()
 	if err != nil {
 		return nil, nil, err
 	}
-	return jobspb.NewJobsClient(cc), func() { cc.Close() }, nil
+	return jobsrpc.NewJobsClient(cc), func() { cc.Close() }, nil
 }
 
 // submitOptions are the options of ssi submit and ssi alloc, from the command line and from a

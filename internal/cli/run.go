@@ -23,6 +23,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/procspace"
 )
 
@@ -275,7 +276,7 @@ func stdoutWriteError(err error) exitError {
 // process must not stop, or nothing would pass that signal on.
 func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn, pending chan os.Signal) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_, _ = ssipb.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
+	_, _ = ssirpc.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
 	cancel()
 	if len(pending) == 0 {
 		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
@@ -313,13 +314,13 @@ func passable(f *os.File) *os.File {
 }
 
 // openRun connects to the agent, passing stdout and stderr if not nil, and opens a Run call.
-func (g *globals) openRun(ctx context.Context, stdout, stderr *os.File) (*grpc.ClientConn, ssipb.Control_RunClient, error) {
+func (g *globals) openRun(ctx context.Context, stdout, stderr *os.File) (*grpc.ClientConn, ssirpc.Control_RunClient, error) {
 	cc, err := g.dialAgentPassing(stdout, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
 	// Output arrives as frames, written out without being decoded (see api.Frame).
-	stream, err := ssipb.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	stream, err := ssirpc.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
 	if err != nil {
 		cc.Close()
 		return nil, nil, err

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 type serverJSON struct {
@@ -42,7 +43,7 @@ func newStatusCommand(g *globals) *cobra.Command {
   ssi status -o json | jq .etcd_leader`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssipb.ControlClient) (*ssipb.StatusResponse, error) {
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssirpc.ControlClient) (*ssipb.StatusResponse, error) {
 				return ctl.Status(ctx, &ssipb.StatusRequest{})
 			})
 			if err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 )
@@ -88,7 +89,7 @@ type testNode struct {
 	name    string
 	svc     *Service
 	cli     *clientv3.Client
-	client  jobspb.JobsClient
+	client  jobsrpc.JobsClient
 	socket  string
 	srv     *grpc.Server
 	crashed bool
@@ -202,7 +203,7 @@ func (n *testNode) serve(t testing.TB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	n.client = jobspb.NewJobsClient(cc)
+	n.client = jobsrpc.NewJobsClient(cc)
 }
 
 // stop closes a node's service gracefully.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
@@ -24,7 +25,7 @@ const exitGone = 129
 // it runs once the scheduler has allocated it, and records its end when the client reports the
 // exit status of the session it ran there (through ssi run), or goes away. The job's session
 // key lives on this agent's lease, so if this agent dies the scheduler ends the job.
-func (s *Service) Interactive(stream jobspb.Jobs_InteractiveServer) error {
+func (s *Service) Interactive(stream jobsrpc.Jobs_InteractiveServer) error {
 	ctx := stream.Context()
 	who, err := s.callerOf(ctx)
 	if err != nil {
@@ -58,7 +59,7 @@ func (s *Service) Interactive(stream jobspb.Jobs_InteractiveServer) error {
 
 type holder struct {
 	s      *Service
-	stream jobspb.Jobs_InteractiveServer
+	stream jobsrpc.Jobs_InteractiveServer
 	rec    *jobRecord
 	id     string
 

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 )
 
@@ -70,7 +71,7 @@ func clientMain(op, socket, arg string) int {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := jobspb.NewJobsClient(cc)
+	c := jobsrpc.NewJobsClient(cc)
 	var resp any
 	switch op {
 	case "submit":

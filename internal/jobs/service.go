@@ -13,7 +13,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 
-	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 )
 
 // Member is a node as gossip sees it.
@@ -94,7 +94,7 @@ func defaultTuning() tuning {
 // Service is the job system on one node: the executor of the node's allocations, the Jobs
 // RPCs for local clients, and (on servers) a candidate for scheduler leader.
 type Service struct {
-	jobspb.UnimplementedJobsServer
+	jobsrpc.UnimplementedJobsServer
 	d   Deps
 	t   tuning
 	log *slog.Logger
@@ -167,7 +167,7 @@ func start(ctx context.Context, d Deps, t tuning) (*Service, error) {
 }
 
 // Register adds the Jobs service to the agent's control (Unix socket) server.
-func (s *Service) Register(g *grpc.Server) { jobspb.RegisterJobsServer(g, s) }
+func (s *Service) Register(g *grpc.Server) { jobsrpc.RegisterJobsServer(g, s) }
 
 // Leader is the node that runs the scheduler now, "" if none is known.
 func (s *Service) Leader() string { return s.leaderName.Load().(string) }

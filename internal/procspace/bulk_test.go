@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
@@ -49,12 +50,12 @@ func links(t *testing.T) (home, remote *datalink.Link) {
 }
 
 // bulkScript is a fake remote node's side of a session with a data link offered.
-type bulkScript func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error
+type bulkScript func(stream ssirpc.Peer_ExecServer, dial func() (*datalink.Sender, error)) error
 
 func newBulkSession(t *testing.T, script bulkScript) *session {
 	t.Helper()
 	home, remote := links(t)
-	ss := newSession(t, func(stream ssipb.Peer_ExecServer) error {
+	ss := newSession(t, func(stream ssirpc.Peer_ExecServer) error {
 		md, _ := metadata.FromIncomingContext(stream.Context())
 		dial := func() (*datalink.Sender, error) {
 			tok, err := datalink.ParseToken(strings.Join(md.Get(bulkTokenKey), ""))
@@ -69,7 +70,7 @@ func newBulkSession(t *testing.T, script bulkScript) *session {
 	return ss
 }
 
-func send(stream ssipb.Peer_ExecServer, msgs ...*ssipb.RunOutput) error {
+func send(stream ssirpc.Peer_ExecServer, msgs ...*ssipb.RunOutput) error {
 	for _, m := range msgs {
 		if err := stream.Send(m); err != nil {
 			return err
@@ -107,7 +108,7 @@ func readAll(r *os.File) <-chan []byte {
 
 func TestBulkStdoutArrivesBeforeTheStatus(t *testing.T) {
 	big := bytes.Repeat([]byte("ssi\x00\xff"), 700000) // 3.5 MB, more than the pipes hold
-	ss := newBulkSession(t, func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
+	ss := newBulkSession(t, func(stream ssirpc.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
 		if err := send(stream, started, stdoutMsg("as frames\n"), stderrMsg("err 1\n")); err != nil {
 			return err
 		}
@@ -161,8 +162,8 @@ func TestBulkFailures(t *testing.T) {
 	}
 	// afterMarker is a remote that opens the data link, reports the start and moves stdout
 	// to the link (the marker), then does the rest of its script.
-	afterMarker := func(rest func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error) bulkScript {
-		return func(stream ssipb.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
+	afterMarker := func(rest func(stream ssirpc.Peer_ExecServer, s *datalink.Sender) error) bulkScript {
+		return func(stream ssirpc.Peer_ExecServer, dial func() (*datalink.Sender, error)) error {
 			s, err := dial()
 			if err != nil {
 				return err
@@ -177,39 +178,39 @@ func TestBulkFailures(t *testing.T) {
 	tests := []struct {
 		name   string
 		script bulkScript
-		act    func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func())
+		act    func(t *testing.T, pr *os.File, stream ssirpc.Control_RunClient, cancel func())
 		// readerClosed: act closes the client's end of its pipe.
 		readerClosed bool
 		// want is the exit status, and a word its message must hold; -1: no status
 		want    int32
 		message string
 	}{
-		{"the link breaks", afterMarker(func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error {
+		{"the link breaks", afterMarker(func(stream ssirpc.Peer_ExecServer, s *datalink.Sender) error {
 			_, _ = s.ReadFrom(bytes.NewReader(chunk))
 			s.Abort()
 			<-stream.Context().Done() // the local agent gives up on the session
 			return nil
 		}), nil, false, ExitLostNode, "n2"},
-		{"the status comes but the link broke", afterMarker(func(stream ssipb.Peer_ExecServer, s *datalink.Sender) error {
+		{"the status comes but the link broke", afterMarker(func(stream ssirpc.Peer_ExecServer, s *datalink.Sender) error {
 			_, _ = s.ReadFrom(bytes.NewReader(chunk))
 			s.Abort()
 			return send(stream, exitMsg(0))
 		}), nil, false, ExitLostNode, "n2"},
-		{"stdout frames after the marker", afterMarker(func(stream ssipb.Peer_ExecServer, _ *datalink.Sender) error {
+		{"stdout frames after the marker", afterMarker(func(stream ssirpc.Peer_ExecServer, _ *datalink.Sender) error {
 			if err := send(stream, stdoutMsg("x")); err != nil {
 				return err
 			}
 			<-stream.Context().Done()
 			return nil
 		}), nil, false, ExitLostNode, "data link"},
-		{"reader gone", afterMarker(func(_ ssipb.Peer_ExecServer, s *datalink.Sender) error {
+		{"reader gone", afterMarker(func(_ ssirpc.Peer_ExecServer, s *datalink.Sender) error {
 			return endless(s)
-		}), func(t *testing.T, pr *os.File, _ ssipb.Control_RunClient, _ func()) {
+		}), func(t *testing.T, pr *os.File, _ ssirpc.Control_RunClient, _ func()) {
 			pr.Close()
 		}, true, int32(ExitOutputFailed), ""},
-		{"client gone while the reader stalls", afterMarker(func(_ ssipb.Peer_ExecServer, s *datalink.Sender) error {
+		{"client gone while the reader stalls", afterMarker(func(_ ssirpc.Peer_ExecServer, s *datalink.Sender) error {
 			return endless(s)
-		}), func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, cancel func()) {
+		}), func(t *testing.T, _ *os.File, stream ssirpc.Control_RunClient, cancel func()) {
 			if _, err := stream.Recv(); err != nil {
 				t.Fatal(err)
 			}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	clusterfs "github.com/ssi-cluster/ssi/internal/fs"
 	"github.com/ssi-cluster/ssi/internal/gpid"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -50,7 +51,7 @@ type runStream interface {
 }
 
 // Exec serves Peer.Exec: a command for a user of another node.
-func (s *Service) Exec(stream ssipb.Peer_ExecServer) error {
+func (s *Service) Exec(stream ssirpc.Peer_ExecServer) error {
 	in, err := stream.Recv()
 	if err != nil {
 		return err

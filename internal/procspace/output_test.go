@@ -21,6 +21,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/place"
 )
 
@@ -28,7 +29,7 @@ import (
 // client passes its stdout and stderr (as the CLI does), relaying to a fake remote node.
 
 type fakeCluster struct {
-	peer    ssipb.PeerClient
+	peer    ssirpc.PeerClient
 	peerErr error
 }
 
@@ -38,17 +39,17 @@ func (fakeCluster) Candidates() []place.Candidate {
 }
 func (fakeCluster) Resolve(n string) (string, bool) { return n, n == "n1" || n == "n2" }
 func (fakeCluster) NameOf(i uint32) (string, bool)  { return fmt.Sprintf("n%d", i), i == 1 || i == 2 }
-func (c fakeCluster) Peer(string) (ssipb.PeerClient, error) {
+func (c fakeCluster) Peer(string) (ssirpc.PeerClient, error) {
 	return c.peer, c.peerErr
 }
 
 // fakePeer answers Exec with script, after the start message.
 type fakePeer struct {
-	ssipb.UnimplementedPeerServer
-	script func(ssipb.Peer_ExecServer) error
+	ssirpc.UnimplementedPeerServer
+	script func(ssirpc.Peer_ExecServer) error
 }
 
-func (p *fakePeer) Exec(stream ssipb.Peer_ExecServer) error {
+func (p *fakePeer) Exec(stream ssirpc.Peer_ExecServer) error {
 	if _, err := stream.Recv(); err != nil {
 		return err
 	}
@@ -61,12 +62,12 @@ func (p *fakePeer) Ping(context.Context, *ssipb.PingRequest) (*ssipb.PingRespons
 
 // control serves Run and reports each call's end on done.
 type control struct {
-	ssipb.UnimplementedControlServer
+	ssirpc.UnimplementedControlServer
 	s    *Service
 	done chan error
 }
 
-func (c *control) Run(stream ssipb.Control_RunServer) error {
+func (c *control) Run(stream ssirpc.Control_RunServer) error {
 	err := c.s.Run(stream)
 	c.done <- err
 	return err
@@ -90,10 +91,10 @@ type session struct {
 	socket string
 }
 
-func newSession(t *testing.T, script func(ssipb.Peer_ExecServer) error, peerErr error) *session {
+func newSession(t *testing.T, script func(ssirpc.Peer_ExecServer) error, peerErr error) *session {
 	t.Helper()
 	peerSrv := grpc.NewServer(api.ServerOptions()...)
-	ssipb.RegisterPeerServer(peerSrv, &fakePeer{script: script})
+	ssirpc.RegisterPeerServer(peerSrv, &fakePeer{script: script})
 	peerSock := serve(t, peerSrv)
 	cc, err := grpc.NewClient("unix://"+peerSock, append(api.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
@@ -101,19 +102,19 @@ func newSession(t *testing.T, script func(ssipb.Peer_ExecServer) error, peerErr 
 	}
 	t.Cleanup(func() { cc.Close() })
 	s := &Service{
-		cfg:     Config{Cluster: fakeCluster{peer: ssipb.NewPeerClient(cc), peerErr: peerErr}, Grace: 1},
+		cfg:     Config{Cluster: fakeCluster{peer: ssirpc.NewPeerClient(cc), peerErr: peerErr}, Grace: 1},
 		log:     slog.New(slog.DiscardHandler),
 		framer:  api.NewBytesFramer(chunkSize),
 		started: map[int]*record{}, recent: map[string][]time.Time{},
 	}
 	ctl := &control{s: s, done: make(chan error, 1)}
 	ctlSrv := grpc.NewServer(append(api.ServerOptions(), grpc.Creds(api.PeerCredentials()))...)
-	ssipb.RegisterControlServer(ctlSrv, ctl)
+	ssirpc.RegisterControlServer(ctlSrv, ctl)
 	return &session{ctl: ctl, socket: serve(t, ctlSrv)}
 }
 
 // run starts `ssi run -n node`, passing stdout and stderr as the CLI does.
-func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, stderr *os.File) ssipb.Control_RunClient {
+func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, stderr *os.File) ssirpc.Control_RunClient {
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -122,7 +123,7 @@ func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, s
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	stream, err := ssipb.NewControlClient(cc).Run(ctx)
+	stream, err := ssirpc.NewControlClient(cc).Run(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +159,7 @@ func copies(t *testing.T, want syscall.Stat_t) int {
 	return n
 }
 
-func exitOf(t *testing.T, stream ssipb.Control_RunClient) *ssipb.RunExit {
+func exitOf(t *testing.T, stream ssirpc.Control_RunClient) *ssipb.RunExit {
 	t.Helper()
 	for {
 		out, err := stream.Recv()
@@ -176,7 +177,7 @@ func exitOf(t *testing.T, stream ssipb.Control_RunClient) *ssipb.RunExit {
 
 func TestRelayWritesIntoPassedFiles(t *testing.T) {
 	big := bytes.Repeat([]byte("ssi\x00\xff"), 600000) // 3 MB: several chunks, more than a pipe holds
-	ss := newSession(t, func(stream ssipb.Peer_ExecServer) error {
+	ss := newSession(t, func(stream ssirpc.Peer_ExecServer) error {
 		for _, m := range []*ssipb.RunOutput{
 			{Msg: &ssipb.RunOutput_Started{Started: &ssipb.RunStarted{Gpid: 20000001, Node: "n2"}}},
 			{Msg: &ssipb.RunOutput_Stdout{Stdout: []byte("out 1\n")}},
@@ -220,7 +221,7 @@ func TestRelayWritesIntoPassedFiles(t *testing.T) {
 
 // Every way a session ends early closes the files it was passed.
 func TestPassedFilesClosedOnEveryPath(t *testing.T) {
-	endless := func(stream ssipb.Peer_ExecServer) error {
+	endless := func(stream ssirpc.Peer_ExecServer) error {
 		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: &ssipb.RunStarted{Gpid: 20000001}}}); err != nil {
 			return err
 		}
@@ -234,34 +235,34 @@ func TestPassedFilesClosedOnEveryPath(t *testing.T) {
 	tests := []struct {
 		name    string
 		node    string
-		script  func(ssipb.Peer_ExecServer) error
+		script  func(ssirpc.Peer_ExecServer) error
 		peerErr error
 		// what happens on the client side once the session runs
-		act func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func())
+		act func(t *testing.T, pr *os.File, stream ssirpc.Control_RunClient, cancel func())
 	}{
-		{"unknown node", "n9", endless, nil, func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+		{"unknown node", "n9", endless, nil, func(t *testing.T, _ *os.File, stream ssirpc.Control_RunClient, _ func()) {
 			if _, err := stream.Recv(); status.Code(err) != codes.NotFound {
 				t.Errorf("got %v, want NotFound", err)
 			}
 		}},
-		{"node unreachable", "n2", endless, errors.New("no route"), func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+		{"node unreachable", "n2", endless, errors.New("no route"), func(t *testing.T, _ *os.File, stream ssirpc.Control_RunClient, _ func()) {
 			if ex := exitOf(t, stream); ex.Code != ExitLostNode {
 				t.Errorf("exit %v, want %d", ex, ExitLostNode)
 			}
 		}},
-		{"session ends without a status", "n2", func(ssipb.Peer_ExecServer) error { return nil }, nil,
-			func(t *testing.T, _ *os.File, stream ssipb.Control_RunClient, _ func()) {
+		{"session ends without a status", "n2", func(ssirpc.Peer_ExecServer) error { return nil }, nil,
+			func(t *testing.T, _ *os.File, stream ssirpc.Control_RunClient, _ func()) {
 				if ex := exitOf(t, stream); ex.Code != ExitLostNode {
 					t.Errorf("exit %v, want %d", ex, ExitLostNode)
 				}
 			}},
-		{"reader gone", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, _ func()) {
+		{"reader gone", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssirpc.Control_RunClient, _ func()) {
 			pr.Close()
 			if ex := exitOf(t, stream); ex.Code != int32(ExitOutputFailed) || ex.Message != "" {
 				t.Errorf("exit %v, want %d without a message", ex, ExitOutputFailed)
 			}
 		}},
-		{"client gone while the reader stalls", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssipb.Control_RunClient, cancel func()) {
+		{"client gone while the reader stalls", "n2", endless, nil, func(t *testing.T, pr *os.File, stream ssirpc.Control_RunClient, cancel func()) {
 			// Nobody reads: the agent blocks writing into the full pipe until the client goes.
 			if _, err := stream.Recv(); err != nil {
 				t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/gpid"
 	"github.com/ssi-cluster/ssi/internal/proc"
 )
@@ -49,7 +50,7 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 
 // Run serves Control.Run for a local client: it fixes the caller's identity, places the
 // command, and runs it here or relays the session to the chosen node.
-func (s *Service) Run(stream ssipb.Control_RunServer) error {
+func (s *Service) Run(stream ssirpc.Control_RunServer) error {
 	ctx := stream.Context()
 	// Taken first, so that every way out of this call closes them.
 	out := api.TakeOutput(ctx)
@@ -122,7 +123,7 @@ const (
 )
 
 // answers reports whether the node behind peer answers a ping.
-func (s *Service) answers(ctx context.Context, peer ssipb.PeerClient) bool {
+func (s *Service) answers(ctx context.Context, peer ssirpc.PeerClient) bool {
 	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
 	_, err := peer.Ping(ctx, &ssipb.PingRequest{})

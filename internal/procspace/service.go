@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/api"
-	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/datalink"
 	"github.com/ssi-cluster/ssi/internal/place"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -30,7 +30,7 @@ type Cluster interface {
 	// NameOf maps a node index to its name.
 	NameOf(index uint32) (string, bool)
 	// Peer returns a client for the named node's agent.
-	Peer(name string) (ssipb.PeerClient, error)
+	Peer(name string) (ssirpc.PeerClient, error)
 }
 
 // Config configures the service.

@@ -1,4 +1,6 @@
-// Package ssipb holds the protobuf definitions of the ssi wire protocol and their generated Go code.
+// Package ssipb holds the messages of the ssi wire protocol and their generated Go code. The
+// services that carry them are in ssirpc, so that a client can use the messages without
+// linking gRPC.
 package ssipb
 
-//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative ssi.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative ssi.proto
