@@ -1,11 +1,12 @@
-// Command ssi is the single binary of the ssi cluster: the node daemon (ssi agent) and every
-// client command.
+// Command ssi is the command line of the ssi cluster: every client command, started in a few
+// milliseconds because it links neither gRPC nor the agent. The commands that run the cluster
+// (ssi agent, ssi dev) are in ssid, built next to it, which ssi runs in its place.
 package main
 
 import (
 	"os"
-	"runtime/debug"
 
+	"github.com/ssi-cluster/ssi/internal/buildinfo"
 	"github.com/ssi-cluster/ssi/internal/cli"
 )
 
@@ -16,21 +17,5 @@ var (
 )
 
 func main() {
-	os.Exit(cli.Execute(cli.BuildInfo{Version: version, Commit: buildCommit()}, os.Args[1:]))
-}
-
-func buildCommit() string {
-	if commit != "" {
-		return commit
-	}
-	if info, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" {
-				return s.Value
-			}
-		}
-	}
-	// Go stamps the revision when it builds inside a git checkout, unless told not to
-	// (GOFLAGS=-buildvcs=false, as on some build machines).
-	return "unknown: build in a git checkout with -buildvcs=true to record it"
+	os.Exit(cli.Execute(buildinfo.Get(version, commit), os.Args[1:], nil))
 }

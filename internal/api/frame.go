@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	protov2 "google.golang.org/protobuf/proto"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
 // Frame is a message kept in its encoded form. Bulk output (a process's stdout) travels as
@@ -141,8 +143,8 @@ const binaryVarintMax = 10
 
 // Fields of ssipb.RunOutput that carry output, as frames see them (frame_test checks them).
 const (
-	RunOutputStdout protowire.Number = 2
-	RunOutputStderr protowire.Number = 3
+	RunOutputStdout protowire.Number = ssipb.RunOutputStdoutField
+	RunOutputStderr protowire.Number = ssipb.RunOutputStderrField
 )
 
 // BytesFramer makes frames of one bytes field from data read into pooled buffers, so that

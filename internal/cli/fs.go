@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
-	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 // fsNodeJSON is the stable JSON shape of one node's side of the cluster file tree.
@@ -76,7 +75,7 @@ func nonNil(s []string) []string {
 	return s
 }
 
-func newFSCommand(g *globals) *cobra.Command {
+func newFSCommand(g *Globals) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "fs",
@@ -97,7 +96,7 @@ Change what a node exports with the agent's --export, --export-read-only and --r
   ssi fs -o json | jq '.[] | {node, mounted: .mount.mounted}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssirpc.ControlClient) (*ssipb.FilesResponse, error) {
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl control) (*ssipb.FilesResponse, error) {
 				return ctl.Files(ctx, &ssipb.FilesRequest{})
 			})
 			if err != nil {

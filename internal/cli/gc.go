@@ -1,9 +1,6 @@
 package cli
 
-import (
-	"math"
-	"runtime/debug"
-)
+import "runtime/debug"
 
 // clientMemoryLimit is how large a client command's heap may grow before the garbage
 // collector first runs.
@@ -16,11 +13,4 @@ const clientMemoryLimit = 64 << 20
 func asShortLivedClient() {
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(clientMemoryLimit)
-}
-
-// asDaemon undoes asShortLivedClient for the commands that run for long: the agent and the
-// simulated hosts.
-func asDaemon() {
-	debug.SetGCPercent(100)
-	debug.SetMemoryLimit(math.MaxInt64)
 }

@@ -18,13 +18,12 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
-	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
 // newJobsCommands returns the commands of the job system: submit, alloc, jobs, job, cancel,
 // hold, release, history, queue and node.
-func newJobsCommands(g *globals) []*cobra.Command {
+func newJobsCommands(g *Globals) []*cobra.Command {
 	return []*cobra.Command{
 		newSubmitCommand(g),
 		newAllocCommand(g),
@@ -39,23 +38,15 @@ func newJobsCommands(g *globals) []*cobra.Command {
 	}
 }
 
-// needArgs checks the number of arguments with an error that says what to give, unlike
+// NeedArgs checks the number of arguments with an error that says what to give, unlike
 // cobra's generic one. max < 0 means no upper bound.
-func needArgs(min, max int, what string) cobra.PositionalArgs {
+func NeedArgs(min, max int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < min || (max >= 0 && len(args) > max) {
 			return fmt.Errorf("%s needs %s: see ssi %s --help", cmd.CommandPath(), what, cmd.CommandPath()[len(cmd.Root().Name())+1:])
 		}
 		return nil
 	}
-}
-
-func (g *globals) jobsClient() (jobsrpc.JobsClient, func(), error) {
-	cc, err := g.dialAgent()
-	if err != nil {
-		return nil, nil, err
-	}
-	return jobsrpc.NewJobsClient(cc), func() { cc.Close() }, nil
 }
 
 // submitOptions are the options of ssi submit and ssi alloc, from the command line and from a
@@ -96,7 +87,7 @@ func addSubmitFlags(fs *pflag.FlagSet, o *submitOptions, batch bool) {
 	fs.BoolVarP(&o.interactive, "interactive", "i", false, "wait for the resources, then run the command attached to this terminal")
 }
 
-func newSubmitCommand(g *globals) *cobra.Command {
+func newSubmitCommand(g *Globals) *cobra.Command {
 	var o submitOptions
 	cmd := &cobra.Command{
 		Use:   "submit [options] -- CMD [ARGS...] | submit [options] SCRIPT [ARGS...]",
@@ -119,7 +110,7 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
   ID=$(ssi submit -- make all) && ssi submit --after $ID -- make test
   ssi submit --nodes 2 --tasks 8 -- ./mpi-like-solver
   ssi submit -i --cpus 2 -- python3`,
-		Args: needArgs(1, -1, "a command after -- or a script"),
+		Args: NeedArgs(1, -1, "a command after -- or a script"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.format != formatTable && o.format != formatJSON {
 				// Slurm's -o is the output file; here -o is the format, as in every ssi command.
@@ -141,7 +132,7 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
 	return cmd
 }
 
-func newAllocCommand(g *globals) *cobra.Command {
+func newAllocCommand(g *Globals) *cobra.Command {
 	var o submitOptions
 	cmd := &cobra.Command{
 		Use:   "alloc [options] [-- CMD [ARGS...]]",
@@ -359,15 +350,11 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	return &d, err
 }
 
-func submitBatch(cmd *cobra.Command, g *globals, req *jobspb.SubmitRequest, format string) error {
+func submitBatch(cmd *cobra.Command, g *Globals, req *jobspb.SubmitRequest, format string) error {
 	if err := checkFormat(format); err != nil {
 		return err
 	}
-	client, closeConn, err := g.jobsClient()
-	if err != nil {
-		return err
-	}
-	defer closeConn()
+	client := g.jobs()
 	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 	defer cancel()
 	resp, err := client.Submit(ctx, req)
@@ -384,7 +371,7 @@ func submitBatch(cmd *cobra.Command, g *globals, req *jobspb.SubmitRequest, form
 
 // runInteractive queues an interactive job, waits for it, runs the command in the allocation
 // through the process space (ssi run's launcher) and reports its exit status to the job.
-func runInteractive(ctx context.Context, g *globals, req *jobspb.SubmitRequest) error {
+func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) error {
 	if req.Array != "" {
 		return errors.New("an interactive job cannot be an array: drop --array or -i")
 	}
@@ -396,17 +383,14 @@ func runInteractive(ctx context.Context, g *globals, req *jobspb.SubmitRequest) 
 		req.Script = nil
 	}
 	argv := req.Args
-	client, closeConn, err := g.jobsClient()
-	if err != nil {
-		return err
-	}
-	defer closeConn()
+	client := g.jobs()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Interactive(ctx)
 	if err != nil {
 		return g.rpcError(err)
 	}
+	defer stream.Close()
 	if err := stream.Send(&jobspb.InteractiveInput{Msg: &jobspb.InteractiveInput_Submit{Submit: req}}); err != nil {
 		return g.rpcError(err)
 	}
@@ -459,7 +443,7 @@ type interactiveStream interface {
 }
 
 // runGranted runs the session on the allocation and reports its end.
-func runGranted(ctx context.Context, g *globals, stream interactiveStream, msgs <-chan *jobspb.InteractiveOutput,
+func runGranted(ctx context.Context, g *Globals, stream interactiveStream, msgs <-chan *jobspb.InteractiveOutput,
 	sigs <-chan os.Signal, grant *jobspb.Granted, argv []string) error {
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
@@ -618,7 +602,7 @@ func nodesCell(nodes []string) string {
 	return strings.Join(nodes, ",")
 }
 
-func newJobsListCommand(g *globals) *cobra.Command {
+func newJobsListCommand(g *Globals) *cobra.Command {
 	var (
 		all    bool
 		user   string
@@ -641,11 +625,7 @@ listed too. States: pending, running, completed, failed, cancelled, timeout, nod
 			if err := refuseEmpty(cmd.Flags(), "user", "state"); err != nil {
 				return err
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := client.List(ctx, &jobspb.ListRequest{All: all, User: user, States: states, Ids: args})
@@ -710,7 +690,7 @@ type attemptJSON struct {
 	ExitCode  *int32   `json:"exit_code"`
 }
 
-func newJobCommand(g *globals) *cobra.Command {
+func newJobCommand(g *Globals) *cobra.Command {
 	job := &cobra.Command{
 		Use:   "job",
 		Short: "Inspect one job",
@@ -723,16 +703,12 @@ func newJobCommand(g *globals) *cobra.Command {
 		Short: "Show a job in full: command, options, every task, earlier runs and changes",
 		Example: `  ssi job show 42
   ssi job show 42_7 -o json | jq .tasks[0].state`,
-		Args: needArgs(1, 1, "one job id (see ssi jobs)"),
+		Args: NeedArgs(1, 1, "one job id (see ssi jobs)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			r, err := client.Show(ctx, &jobspb.ShowRequest{Id: args[0]})
@@ -898,7 +874,7 @@ func reportControl(cmd *cobra.Command, verb, format string, resp *jobspb.Control
 	return nil
 }
 
-func newCancelCommand(g *globals) *cobra.Command {
+func newCancelCommand(g *Globals) *cobra.Command {
 	var sig, format string
 	cmd := &cobra.Command{
 		Use:   "cancel ID... [-s SIG]",
@@ -909,7 +885,7 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 		Example: `  ssi cancel 42
   ssi cancel 42_7 43
   ssi cancel -s USR1 42       # e.g. ask the job to checkpoint`,
-		Args: needArgs(1, -1, "the ids of the jobs to cancel (see ssi jobs)"),
+		Args: NeedArgs(1, -1, "the ids of the jobs to cancel (see ssi jobs)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
@@ -923,11 +899,7 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 				}
 				req.Signal = int32(s)
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := client.Cancel(ctx, req)
@@ -942,7 +914,7 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 	return cmd
 }
 
-func newHoldCommand(g *globals, hold bool) *cobra.Command {
+func newHoldCommand(g *Globals, hold bool) *cobra.Command {
 	use, short, example := "hold", "Keep pending jobs from starting", "  ssi hold 42\n  ssi hold 42_3 42_4"
 	if !hold {
 		use, short, example = "release", "Let held jobs start", "  ssi release 42\n  ssi release 42_3"
@@ -953,16 +925,12 @@ func newHoldCommand(g *globals, hold bool) *cobra.Command {
 		Short:   short,
 		Long:    short + ". You may " + use + " only your own jobs; root may " + use + " any.",
 		Example: example,
-		Args:    needArgs(1, -1, "the ids of the jobs to "+use+" (see ssi jobs)"),
+		Args:    NeedArgs(1, -1, "the ids of the jobs to "+use+" (see ssi jobs)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			call := client.Hold
@@ -980,7 +948,7 @@ func newHoldCommand(g *globals, hold bool) *cobra.Command {
 	return cmd
 }
 
-func newHistoryCommand(g *globals) *cobra.Command {
+func newHistoryCommand(g *Globals) *cobra.Command {
 	var (
 		user, since, format string
 		limit               uint32
@@ -1009,11 +977,7 @@ they survive restarts): node, exit code, start and end, elapsed and CPU time, an
 				}
 				req.SinceUnixMs = t.UnixMilli()
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := client.History(ctx, req)
@@ -1099,7 +1063,7 @@ func toQueueJSON(x *jobspb.QueueInfo) queueJSON {
 		Oversubscribe: x.Oversubscribe, Default: x.Name == sched.DefaultQueueName}
 }
 
-func newQueueCommand(g *globals) *cobra.Command {
+func newQueueCommand(g *Globals) *cobra.Command {
 	queue := &cobra.Command{
 		Use:   "queue",
 		Short: "Manage the named queues jobs are submitted to",
@@ -1123,7 +1087,7 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
 		Example: `  sudo ssi queue create debug --nodes n1,n2 --max-time 30 --max-running 4
   sudo ssi queue create shared --max-cpus-per-user 16 --oversubscribe 2
   sudo ssi queue create debug --replace --max-time 1:00:00`,
-		Args: needArgs(1, 1, "the queue's name"),
+		Args: NeedArgs(1, 1, "the queue's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// An empty --nodes (an unset variable, usually) would mean every node.
 			if cmd.Flags().Changed("nodes") && (len(q.nodes) == 0 || slices.Contains(q.nodes, "")) {
@@ -1144,11 +1108,7 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
 				}
 				info.MaxTimeSeconds = int64(d / time.Second)
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			created, err := client.CreateQueue(ctx, &jobspb.CreateQueueRequest{Queue: info, Replace: q.replace})
@@ -1179,11 +1139,7 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
 			if err := checkFormat(q.format); err != nil {
 				return err
 			}
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := client.ListQueues(ctx, &jobspb.ListQueuesRequest{})
@@ -1223,13 +1179,9 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
 		Use:     "rm NAME",
 		Short:   "Remove a queue no active job uses; root only",
 		Example: "  sudo ssi queue rm debug",
-		Args:    needArgs(1, 1, "the queue's name"),
+		Args:    NeedArgs(1, 1, "the queue's name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, closeConn, err := g.jobsClient()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			if _, err := client.RemoveQueue(ctx, &jobspb.RemoveQueueRequest{Name: args[0]}); err != nil {
@@ -1246,7 +1198,7 @@ job goes to the built-in queue "batch" over all nodes; it stays available unless
 	return queue
 }
 
-func newNodeCommand(g *globals) *cobra.Command {
+func newNodeCommand(g *Globals) *cobra.Command {
 	node := &cobra.Command{
 		Use:   "node",
 		Short: "Take nodes out of and back into the scheduler's service",
@@ -1259,7 +1211,7 @@ func newNodeCommand(g *globals) *cobra.Command {
 		Short: "Start no new jobs on a node; running ones finish (root only)",
 		Example: `  sudo ssi node drain n3 --reason "disk swap"
   ssi jobs      # pending jobs that could use n3 say it is draining`,
-		Args: needArgs(1, 1, "one node name (see ssi nodes)"),
+		Args: NeedArgs(1, 1, "one node name (see ssi nodes)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if strings.TrimSpace(reason) == "" {
 				return errors.New("give a reason with --reason, so users see why the node takes no work")
@@ -1273,7 +1225,7 @@ func newNodeCommand(g *globals) *cobra.Command {
 		Use:     "resume NODE",
 		Short:   "Let a drained node take jobs again (root only)",
 		Example: "  sudo ssi node resume n3",
-		Args:    needArgs(1, 1, "one node name (see ssi nodes)"),
+		Args:    NeedArgs(1, 1, "one node name (see ssi nodes)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return drainCall(cmd, g, &jobspb.DrainRequest{Node: args[0]}, false, format)
 		},
@@ -1283,15 +1235,11 @@ func newNodeCommand(g *globals) *cobra.Command {
 	return node
 }
 
-func drainCall(cmd *cobra.Command, g *globals, req *jobspb.DrainRequest, drain bool, format string) error {
+func drainCall(cmd *cobra.Command, g *Globals, req *jobspb.DrainRequest, drain bool, format string) error {
 	if err := checkFormat(format); err != nil {
 		return err
 	}
-	client, closeConn, err := g.jobsClient()
-	if err != nil {
-		return err
-	}
-	defer closeConn()
+	client := g.jobs()
 	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 	defer cancel()
 	call := client.Drain

@@ -48,7 +48,7 @@ func TestSubmitScriptDirectives(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cmd := newSubmitCommand(&globals{})
+			cmd := newSubmitCommand(&Globals{})
 			if err := cmd.Flags().Parse(tt.args); err != nil {
 				t.Fatal(err)
 			}
@@ -97,7 +97,7 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--nodes", "-2", "--", "true"}, "--nodes -2 is out of range"},
 	}
 	for _, tt := range tests {
-		cmd := newSubmitCommand(&globals{})
+		cmd := newSubmitCommand(&Globals{})
 		if err := cmd.Flags().Parse(tt.args); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func TestParseSince(t *testing.T) {
 }
 
 func TestEveryJobCommandHasExampleAndHelp(t *testing.T) {
-	for _, c := range newJobsCommands(&globals{}) {
+	for _, c := range newJobsCommands(&Globals{}) {
 		for _, sub := range append(c.Commands(), c) {
 			if sub.Example == "" {
 				t.Errorf("ssi %s has no example", sub.CommandPath())
@@ -161,7 +161,7 @@ func TestEveryJobCommandHasExampleAndHelp(t *testing.T) {
 func TestMissingArgumentsSayWhatToGive(t *testing.T) {
 	// A root of its own: the real one registers these commands itself.
 	root := &cobra.Command{Use: "ssi", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newJobsCommands(&globals{})...)
+	root.AddCommand(newJobsCommands(&Globals{})...)
 	for _, args := range [][]string{{"cancel"}, {"hold"}, {"job", "show"}, {"node", "drain"}, {"submit"}} {
 		root.SetArgs(args)
 		err := root.Execute()
@@ -176,7 +176,7 @@ func TestQueueCreateRefusesEmptyNodes(t *testing.T) {
 		{"create", "q", "--nodes", ""},
 		{"create", "q", "--nodes", "n1,"},
 	} {
-		cmd := newQueueCommand(&globals{})
+		cmd := newQueueCommand(&Globals{})
 		cmd.SetArgs(args)
 		cmd.SetOut(io.Discard)
 		cmd.SetErr(io.Discard)
@@ -193,11 +193,11 @@ func TestListFiltersRefuseEmptyValues(t *testing.T) {
 		args []string
 		want string
 	}{
-		{newJobsListCommand(&globals{}), []string{"-u", ""}, "--user is empty"},
-		{newJobsListCommand(&globals{}), []string{"--state", ""}, "--state is empty"},
-		{newJobsListCommand(&globals{}), []string{"--state", "pending,"}, "--state is empty"},
-		{newHistoryCommand(&globals{}), []string{"--user", " "}, "--user is empty"},
-		{newHistoryCommand(&globals{}), []string{"--since", ""}, "--since is empty"},
+		{newJobsListCommand(&Globals{}), []string{"-u", ""}, "--user is empty"},
+		{newJobsListCommand(&Globals{}), []string{"--state", ""}, "--state is empty"},
+		{newJobsListCommand(&Globals{}), []string{"--state", "pending,"}, "--state is empty"},
+		{newHistoryCommand(&Globals{}), []string{"--user", " "}, "--user is empty"},
+		{newHistoryCommand(&Globals{}), []string{"--since", ""}, "--since is empty"},
 	}
 	for _, tt := range tests {
 		tt.cmd.SetArgs(tt.args)
@@ -227,7 +227,7 @@ func TestShellWords(t *testing.T) {
 }
 
 func TestSubmitDashOIsTheFormat(t *testing.T) {
-	cmd := newSubmitCommand(&globals{})
+	cmd := newSubmitCommand(&Globals{})
 	cmd.SetArgs([]string{"-o", "out.txt", "--", "true"})
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(io.Discard)
@@ -273,7 +273,7 @@ func TestInteractiveRefusesBatchOnlyOptions(t *testing.T) {
 		{[]string{"-i", "--output", "out.txt", "--", "true"}, "drop --output/--error"},
 		{[]string{"-i", "--error", "err.txt", "--", "true"}, "drop --output/--error"},
 	} {
-		cmd := newSubmitCommand(&globals{socket: "/nonexistent/ssi.sock"})
+		cmd := newSubmitCommand(&Globals{socket: "/nonexistent/ssi.sock"})
 		cmd.SetArgs(tt.args)
 		cmd.SetOut(io.Discard)
 		cmd.SetErr(io.Discard)

@@ -15,7 +15,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/gpid"
 )
 
-func newKillCommand(g *globals) *cobra.Command {
+func newKillCommand(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "kill [-s SIG | -SIG] GPID...",
 		Short: "Send a signal to processes anywhere in the cluster, like kill(1)",
@@ -46,11 +46,7 @@ their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or 
 			if help(args) {
 				return cmd.Help()
 			}
-			ctl, closeConn, err := g.control()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := ctl.Kill(ctx, &ssipb.KillRequest{Gpids: gpids, Signal: int32(sig)})
@@ -74,7 +70,7 @@ their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or 
 }
 
 // takeSocketFlag removes the global --socket flag, which flag parsing would otherwise handle.
-func takeSocketFlag(g *globals, args []string) []string {
+func takeSocketFlag(g *Globals, args []string) []string {
 	var out []string
 	for i := 0; i < len(args); i++ {
 		switch a := args[i]; {

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
-	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 // nodeJSON is the stable JSON shape of a node for scripts.
@@ -38,7 +37,7 @@ func toNodeJSON(n *ssipb.NodeInfo) nodeJSON {
 	}
 }
 
-func newNodesCommand(g *globals) *cobra.Command {
+func newNodesCommand(g *Globals) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "nodes",
@@ -50,7 +49,7 @@ node's agent sees them through gossip.`,
   ssi nodes -o json | jq '.[] | select(.state == "alive") | .name'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssirpc.ControlClient) (*ssipb.NodesResponse, error) {
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl control) (*ssipb.NodesResponse, error) {
 				return ctl.Nodes(ctx, &ssipb.NodesRequest{})
 			})
 			if err != nil {

@@ -33,7 +33,7 @@ type procJSON struct {
 	SSIStarted bool      `json:"ssi_started"`
 }
 
-func newPsCommand(g *globals) *cobra.Command {
+func newPsCommand(g *Globals) *cobra.Command {
 	var (
 		node, user, format string
 		tree               bool
@@ -57,11 +57,7 @@ within 2 s are reported, not waited for.`,
 			if err := checkPsUser(user, osuser.Lookup); err != nil {
 				return err
 			}
-			ctl, closeConn, err := g.control()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := ctl.Ps(ctx, &ssipb.PsRequest{Node: node, User: user})

@@ -10,35 +10,43 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ssi-cluster/ssi/internal/agent"
+	"github.com/ssi-cluster/ssi/internal/buildinfo"
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
-// BuildInfo identifies the binary.
-type BuildInfo struct {
-	Version string
-	Commit  string
+// Globals are the options every client command shares.
+type Globals struct {
+	socket string
+	build  buildinfo.Info
+	args   []string // the command line, for handing a command to ssid
 }
 
-// globals are the options every client command shares.
-type globals struct {
-	socket string
-	build  BuildInfo
-}
+// SocketFlag is --socket as given (empty when not given).
+func (g *Globals) SocketFlag() string { return g.socket }
+
+// Build identifies the binary.
+func (g *Globals) Build() buildinfo.Info { return g.build }
 
 // socketPath resolves where the local agent listens: --socket, else $SSI_SOCKET, else the default.
-func (g *globals) socketPath() string {
+func (g *Globals) socketPath() string {
 	if g.socket != "" {
 		return g.socket
 	}
 	if s := os.Getenv("SSI_SOCKET"); s != "" {
 		return s
 	}
-	return agent.DefaultSocket
+	return localrpc.DefaultSocket
 }
 
-// NewRoot returns the ssi command tree.
-func NewRoot(build BuildInfo) *cobra.Command {
-	g := &globals{build: build}
+// ServerCommands makes the commands that run the cluster rather than use it (the agent, the
+// simulated cluster). Only ssid links them: they bring the embedded etcd server, FUSE and the
+// rest of the agent, whose start-up would slow every client command by milliseconds.
+type ServerCommands func(g *Globals) []*cobra.Command
+
+// NewRoot returns the ssi command tree for the command line args. Without server commands
+// (the ssi binary), the agent and dev commands hand the whole command line to ssid.
+func NewRoot(build buildinfo.Info, args []string, server ServerCommands) *cobra.Command {
+	g := &Globals{build: build, args: args}
 	root := &cobra.Command{
 		Use:   "ssi",
 		Short: "ssi makes a cluster of Linux machines look and behave like one computer",
@@ -53,9 +61,13 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the local agent's socket (default $SSI_SOCKET, else "+agent.DefaultSocket+")")
+	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the local agent's socket (default $SSI_SOCKET, else "+localrpc.DefaultSocket+")")
+	if server != nil {
+		root.AddCommand(server(g)...)
+	} else {
+		root.AddCommand(serverStubs(g)...)
+	}
 	root.AddCommand(
-		newAgentCommand(g),
 		newNodesCommand(g),
 		newStatusCommand(g),
 		newTokenCommand(g),
@@ -66,8 +78,6 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		newWaitCommand(g),
 		newFSCommand(g),
 		newVersionCommand(g),
-		newDevCommand(),
-		newDevInitCommand(),
 	)
 	root.AddCommand(newJobsCommands(g)...)
 	addCompletionExamples(root)
@@ -121,9 +131,9 @@ func withUsageHints(root *cobra.Command) {
 }
 
 // Execute runs the command tree and returns the process exit code.
-func Execute(build BuildInfo, args []string) int {
+func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 	asShortLivedClient()
-	root := NewRoot(build)
+	root := NewRoot(build, args, server)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
 	if err != nil && cmd == root && !strings.Contains(err.Error(), "--help") {
@@ -151,3 +161,7 @@ type exitError struct {
 }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+// Exit is the error that makes Execute return code, after printing msg (if any) as ssi's
+// one-line message.
+func Exit(code int, msg string) error { return exitError{code: code, msg: msg} }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/buildinfo"
 )
 
 // Every runnable command explains itself with a short line and an example.
@@ -25,7 +27,7 @@ func TestEveryCommandHasHelpAndExample(t *testing.T) {
 			walk(sub)
 		}
 	}
-	walk(NewRoot(BuildInfo{Version: "test"}))
+	walk(NewRoot(buildinfo.Info{Version: "test"}, nil, nil))
 }
 
 func TestParseKillArgs(t *testing.T) {
@@ -92,10 +94,9 @@ func TestUsageErrorsPointToHelp(t *testing.T) {
 		{[]string{"ps", "extra"}, `unknown command "extra" for "ssi ps": see ssi ps --help`},
 		{[]string{"nodes", "--nod"}, "unknown flag: --nod: see ssi nodes --help"},
 		{[]string{"token", "create", "--ttl", "soon"}, "see ssi token create --help"},
-		{[]string{"dev", "exec"}, "ssi dev exec needs a node and a command, e.g. n2 -- sh: see ssi dev exec --help"},
 		{[]string{"submit"}, "ssi submit needs a command after -- or a script: see ssi submit --help"},
 	} {
-		root := NewRoot(BuildInfo{Version: "test"})
+		root := NewRoot(buildinfo.Info{Version: "test"}, nil, nil)
 		root.SetArgs(tc.args)
 		root.SetOut(io.Discard)
 		root.SetErr(io.Discard)

@@ -9,22 +9,16 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
-	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
-	"github.com/ssi-cluster/ssi/internal/procspace"
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
 // forwardedSignals are those a shell would pass on to a foreground job.
@@ -44,7 +38,7 @@ type runOptions struct {
 	shell   bool
 }
 
-func newRunCommand(g *globals) *cobra.Command {
+func newRunCommand(g *Globals) *cobra.Command {
 	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- CMD [ARGS...]",
@@ -66,7 +60,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   ssi run -t -n n3 -- top                    # a terminal program
   ssi run -n n1 -- tar c src | ssi run -n n2 -- tar x -C /tmp
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
-		Args: needArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
+		Args: NeedArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRemote(cmd.Context(), g, o, args)
 		},
@@ -83,7 +77,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
 	return cmd
 }
 
-func newRshCommand(g *globals) *cobra.Command {
+func newRshCommand(g *Globals) *cobra.Command {
 	var o runOptions
 	cmd := &cobra.Command{
 		Use:   "rsh [flags] HOST CMD [ARGS...]",
@@ -95,7 +89,7 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
   mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...`,
 		Example: `  ssi rsh n2 uname -a
   ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
-		Args: needArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
+		Args: NeedArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.node, o.shell, o.noTTY = args[0], true, !o.tty
 			return runRemote(cmd.Context(), g, o, args[1:])
@@ -107,7 +101,7 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
 }
 
 // runRemote runs one session and ends the process with the command's exit status.
-func runRemote(ctx context.Context, g *globals, o runOptions, args []string) error {
+func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) error {
 	if o.tty && o.noTTY {
 		return errors.New("-t and -T contradict each other: give one")
 	}
@@ -149,29 +143,24 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cc, stream, err := g.openRun(ctx, passOut, passErr)
-	if err != nil && (passOut != nil || passErr != nil) && status.Code(err) == codes.Unavailable {
-		// An agent older than output passing does not acknowledge the preamble, so the dialer
-		// failed before any call was made (api.ErrOutputNotPassed): start again without.
+	conn, stream, err := g.openRun(ctx, passOut, passErr)
+	if errors.Is(err, localrpc.ErrOutputNotPassed) {
+		// An agent older than output passing does not acknowledge the preamble: start again
+		// without.
 		passOut, passErr = nil, nil
-		cc, stream, err = g.openRun(ctx, nil, nil)
+		conn, stream, err = g.openRun(ctx, nil, nil)
 	}
 	if err != nil {
 		return g.rpcError(err)
 	}
-	defer cc.Close()
-	var sendMu sync.Mutex
-	send := func(in *ssipb.RunInput) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(in)
-	}
+	defer conn.Close()
+	send := func(in *ssipb.RunInput) error { return stream.Send(in) }
 	if err := send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
 		return g.rpcError(err)
 	}
 
-	first, err := stream.Recv()
-	if err != nil {
+	var first ssipb.RunOutput
+	if err := stream.Recv(&first); err != nil {
 		return g.rpcError(err)
 	}
 	if ex := first.GetExit(); ex != nil {
@@ -219,42 +208,58 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
 				// which goes on to the remote process like every other signal. (With a
 				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
-				stopAfterFlush(ctx, cc, sigs)
+				stopUnlessContinued(sigs)
 			}
 		}
 	}()
 	go pumpStdin(send)
 
 	for {
-		var frame api.Frame
-		if err := stream.RecvMsg(&frame); err != nil {
+		raw, err := stream.RecvRaw()
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return exitError{code: 255, msg: "the agent ended the session without an exit status"}
 			}
 			return exitError{code: 255, msg: g.rpcError(err).Error()}
 		}
-		switch frame.Field() {
-		case api.RunOutputStdout:
-			if _, err := frame.WriteBytesField(os.Stdout); err != nil {
-				// Returning ends the session, and with it the remote command, as a local
-				// one would end when its output fails.
-				return stdoutWriteError(err)
-			}
-		case api.RunOutputStderr:
-			_, _ = frame.WriteBytesField(os.Stderr)
-		default:
-			var out ssipb.RunOutput
-			if err := frame.Decode(&out); err != nil {
-				return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
-			}
-			if ex := out.GetExit(); ex != nil {
-				if ex.Code == int32(procspace.ExitOutputFailed) && ex.Message == "" && passOut != nil {
-					dieIfOutputBroken()
+		// Output is written from the received bytes, without decoding the message.
+		if field, payload, ok := outputPayload(raw); ok {
+			if field == ssipb.RunOutputStdoutField {
+				if _, err := os.Stdout.Write(payload); err != nil {
+					// Returning ends the session, and with it the remote command, as a local
+					// one would end when its output fails.
+					return stdoutWriteError(err)
 				}
-				return exitError{code: int(ex.Code), msg: ex.Message}
+			} else {
+				_, _ = os.Stderr.Write(payload)
 			}
+			continue
+		}
+		var out ssipb.RunOutput
+		if err := proto.Unmarshal(raw, &out); err != nil {
+			return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
+		}
+		if ex := out.GetExit(); ex != nil {
+			if ex.Code == int32(ssipb.ExitOutputFailed) && ex.Message == "" && passOut != nil {
+				dieIfOutputBroken()
+			}
+			return exitError{code: int(ex.Code), msg: ex.Message}
 		}
 	}
+}
+
+// outputPayload returns the payload of a RunOutput message that is only its stdout or
+// stderr field, and whether it is one.
+func outputPayload(msg []byte) (protowire.Number, []byte, bool) {
+	num, typ, n := protowire.ConsumeTag(msg)
+	if n < 0 || typ != protowire.BytesType || (num != ssipb.RunOutputStdoutField && num != ssipb.RunOutputStderrField) {
+		return 0, nil, false
+	}
+	payload, m := protowire.ConsumeBytes(msg[n:])
+	if m < 0 || n+m != len(msg) {
+		return 0, nil, false
+	}
+	return num, payload, true
 }
 
 // stdoutWriteError is how ssi ends when writing its stdout failed with err: a reader that
@@ -263,27 +268,22 @@ func runRemote(ctx context.Context, g *globals, o runOptions, args []string) err
 func stdoutWriteError(err error) exitError {
 	var errno syscall.Errno
 	if errors.Is(err, syscall.EPIPE) || !errors.As(err, &errno) {
-		return exitError{code: procspace.ExitOutputFailed}
+		return exitError{code: ssipb.ExitOutputFailed}
 	}
-	return exitError{code: procspace.ExitOutputError, msg: "writing standard output: " + errno.Error()}
+	return exitError{code: ssipb.ExitOutputError, msg: "writing standard output: " + errno.Error()}
 }
 
-// stopAfterFlush stops this process once what was sent on cc has left it. Send only queues
-// a message; stopped, this process would hold the signal it just passed on. A call on the
-// same connection, once answered, shows that every frame queued before it was written, as
-// HTTP/2 frames leave a connection in order; a kill of no process answers at once.
-// A signal that came meanwhile (a quick fg's CONT) is still queued in pending: then this
-// process must not stop, or nothing would pass that signal on.
-func stopAfterFlush(ctx context.Context, cc *grpc.ClientConn, pending chan os.Signal) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	_, _ = ssirpc.NewControlClient(cc).Kill(ctx, &ssipb.KillRequest{})
-	cancel()
+// stopUnlessContinued stops this process as a local child stopped by Ctrl-Z would be, once
+// the stop has been passed on: a signal passed on is already in the socket when send returns,
+// so stopping cannot hold it back. A signal that came meanwhile (a quick fg's CONT) is still
+// queued in pending: then this process must not stop, or nothing would pass that signal on.
+func stopUnlessContinued(pending chan os.Signal) {
 	if len(pending) == 0 {
 		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
 	}
 }
 
-// passable returns f if the agent can write into it for us (see api.PassOutput): a pipe, a
+// passable returns f if the agent can write into it for us (see localrpc.PassOutput): a pipe, a
 // regular file, /dev/null, /dev/zero or /dev/full, open for writing. The agent checks again.
 func passable(f *os.File) *os.File {
 	var st unix.Stat_t
@@ -306,7 +306,7 @@ func passable(f *os.File) *os.File {
 	case unix.S_IFIFO, unix.S_IFREG:
 		return f
 	case unix.S_IFCHR:
-		if api.IsNullDevice(st.Rdev) {
+		if localrpc.IsNullDevice(st.Rdev) {
 			return f
 		}
 	}
@@ -314,34 +314,17 @@ func passable(f *os.File) *os.File {
 }
 
 // openRun connects to the agent, passing stdout and stderr if not nil, and opens a Run call.
-func (g *globals) openRun(ctx context.Context, stdout, stderr *os.File) (*grpc.ClientConn, ssirpc.Control_RunClient, error) {
-	cc, err := g.dialAgentPassing(stdout, stderr)
+func (g *Globals) openRun(ctx context.Context, stdout, stderr *os.File) (*localrpc.Conn, *localrpc.Stream, error) {
+	conn, err := g.dialAgent(ctx, stdout, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
-	// Output arrives as frames, written out without being decoded (see api.Frame).
-	stream, err := ssirpc.NewControlClient(cc).Run(ctx, grpc.ForceCodecV2(api.Codec{}))
+	stream, err := conn.Stream(ctx, methodRun)
 	if err != nil {
-		cc.Close()
+		conn.Close()
 		return nil, nil, err
 	}
-	return cc, stream, nil
-}
-
-// dialAgentPassing connects to the local agent like dialAgent, handing it stdout and stderr
-// (either may be nil) at the start of the connection, before gRPC's preface.
-func (g *globals) dialAgentPassing(stdout, stderr *os.File) (*grpc.ClientConn, error) {
-	if stdout == nil && stderr == nil {
-		return g.dialAgent()
-	}
-	path := g.socketPath()
-	if _, err := os.Stat(path); err != nil {
-		return g.dialAgent() // for its message
-	}
-	return grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		api.DialPassingOutput(path, stdout, stderr),
-	)...)
+	return conn, stream, nil
 }
 
 // dieIfOutputBroken ends this process the way a local command ends when its stdout reader

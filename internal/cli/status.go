@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
-	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 )
 
 type serverJSON struct {
@@ -34,7 +33,7 @@ type statusJSON struct {
 	SchedulerLeader string            `json:"scheduler_leader"`
 }
 
-func newStatusCommand(g *globals) *cobra.Command {
+func newStatusCommand(g *Globals) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -43,7 +42,7 @@ func newStatusCommand(g *globals) *cobra.Command {
   ssi status -o json | jq .etcd_leader`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl ssirpc.ControlClient) (*ssipb.StatusResponse, error) {
+			resp, err := callControl(g, cmd, format, func(ctx context.Context, ctl control) (*ssipb.StatusResponse, error) {
 				return ctl.Status(ctx, &ssipb.StatusRequest{})
 			})
 			if err != nil {

@@ -10,7 +10,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
-func newTokenCommand(g *globals) *cobra.Command {
+func newTokenCommand(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Manage join tokens",
@@ -38,11 +38,7 @@ proves it holds that CA; the cluster only admits a node that presents the token'
 			if ttl < time.Second {
 				return fmt.Errorf("--ttl %s is too short: give at least 1s, e.g. --ttl 1h", ttl)
 			}
-			ctl, closeConn, err := g.control()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
 			resp, err := ctl.CreateToken(ctx, &ssipb.CreateTokenRequest{TtlSeconds: int64(ttl / time.Second)})

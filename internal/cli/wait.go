@@ -1,18 +1,17 @@
 package cli
 
 import (
+	"errors"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/gpid"
-	"github.com/ssi-cluster/ssi/internal/procspace"
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
-func newWaitCommand(g *globals) *cobra.Command {
+func newWaitCommand(g *Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "wait GPID",
 		Short: "Wait for a process started with ssi run and exit with its status",
@@ -27,15 +26,12 @@ Only its owner (or root) may wait for it; its status stays available for 10 minu
 			if err != nil {
 				return err
 			}
-			ctl, closeConn, err := g.control()
-			if err != nil {
-				return err
-			}
-			defer closeConn()
+			ctl := g.control()
 			resp, err := ctl.Wait(cmd.Context(), &ssipb.WaitRequest{Gpid: id})
-			if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && strings.HasPrefix(st.Message(), "node ") {
+			var rerr *localrpc.Error
+			if errors.As(err, &rerr) && rerr.Code == localrpc.Unavailable && strings.HasPrefix(rerr.Message, "node ") {
 				// The node the process ran on is lost: 255, as ssi run exits then.
-				return exitError{code: procspace.ExitLostNode, msg: st.Message()}
+				return exitError{code: ssipb.ExitLostNode, msg: rerr.Message}
 			}
 			if err != nil {
 				return g.rpcError(err)

@@ -48,9 +48,14 @@ var ErrNotRoot = errors.New("simulated hosts need root for namespaces, veths and
 
 // Options configure a cluster.
 type Options struct {
-	// Binary is the path of the ssi binary; it runs as every host's init and
-	// agent and as the CLI for readiness checks. Required.
+	// Binary is the path of the ssid binary (the server half of ssi, which
+	// has every client command too); it runs as every host's init and agent.
+	// Required.
 	Binary string
+	// Client is the path of the ssi binary, the lean client: inside hosts it
+	// is "ssi" on PATH, and CLI and the readiness checks run it. Default:
+	// Binary, which stands in for it.
+	Client string
 	// Nodes is the number of nodes Start brings up, at least 1.
 	Nodes int
 	// Servers is how many of the first nodes run with --server; default
@@ -70,16 +75,27 @@ type Options struct {
 
 func (o Options) withDefaults() (Options, error) {
 	if o.Binary == "" {
-		return o, errors.New("devcluster: Options.Binary is empty: set it to the path of the ssi binary")
+		return o, errors.New("devcluster: Options.Binary is empty: set it to the path of the ssid binary")
 	}
 	bin, err := filepath.Abs(o.Binary)
 	if err != nil {
 		return o, fmt.Errorf("devcluster: resolve Options.Binary %q: %w", o.Binary, err)
 	}
 	if info, err := os.Stat(bin); err != nil || info.IsDir() || info.Mode()&0o111 == 0 {
-		return o, fmt.Errorf("devcluster: Options.Binary %s is not an executable file: build ssi first (go build -o %s ./cmd/ssi)", bin, bin)
+		return o, fmt.Errorf("devcluster: Options.Binary %s is not an executable file: build ssid first (go build -o %s ./cmd/ssid)", bin, bin)
 	}
 	o.Binary = bin
+	if o.Client == "" {
+		o.Client = bin
+	}
+	client, err := filepath.Abs(o.Client)
+	if err != nil {
+		return o, fmt.Errorf("devcluster: resolve Options.Client %q: %w", o.Client, err)
+	}
+	if info, err := os.Stat(client); err != nil || info.IsDir() || info.Mode()&0o111 == 0 {
+		return o, fmt.Errorf("devcluster: Options.Client %s is not an executable file: build ssi first (go build -o %s ./cmd/ssi)", client, client)
+	}
+	o.Client = client
 	if o.Nodes < 1 || o.Nodes > maxNodes {
 		return o, fmt.Errorf("devcluster: Options.Nodes is %d: it must be between 1 and %d", o.Nodes, maxNodes)
 	}

@@ -20,8 +20,9 @@
 //	DIR/nK/init.pid    the host init's pid in the machine's PID namespace
 //	DIR/nK/data        the agent's data directory
 //
-// Inside each host the ssi binary the cluster runs is at HostBinary, whatever
-// its path on the machine (which may be under /tmp, hidden inside hosts).
+// Inside each host the ssid and ssi binaries the cluster runs are at
+// HostBinary and HostClient, whatever their paths on the machine (which may be
+// under /tmp, hidden inside hosts).
 //
 // Faults are real: Kill sends SIGKILL to a host's init (the kernel then kills
 // every process of the host), KillAgent kills only the agent, Partition sets

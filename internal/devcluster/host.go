@@ -101,6 +101,9 @@ func (c *Cluster) startHost(ctx context.Context, n *Node, agentArgs []string) (e
 		addr:      (&net.IPNet{IP: n.IP, Mask: c.subnet.Mask}).String(),
 		agentArgs: agentArgs,
 	}
+	if c.opts.Client != c.opts.Binary {
+		cfg.client = c.opts.Client
+	}
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, agent.TokenEnv+"=") })
 	if token != "" {
 		env = append(env, agent.TokenEnv+"="+token)
@@ -252,7 +255,7 @@ func (c *Cluster) listNodes(ctx context.Context, n *Node) ([]NodeStatus, error) 
 		return nil, fmt.Errorf("dial %s: %w", n.Socket(), err)
 	}
 	conn.Close()
-	cmd := exec.CommandContext(ctx, c.opts.Binary, "nodes", "-o", "json", "--socket", n.Socket())
+	cmd := exec.CommandContext(ctx, c.opts.Client, "nodes", "-o", "json", "--socket", n.Socket())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
@@ -342,7 +345,7 @@ func (c *Cluster) Token(ctx context.Context) (string, error) {
 		if !n.Server || !n.Running() {
 			continue
 		}
-		cmd := exec.CommandContext(ctx, c.opts.Binary, "token", "create", "--socket", n.Socket())
+		cmd := exec.CommandContext(ctx, c.opts.Client, "token", "create", "--socket", n.Socket())
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout = &stdout
 		cmd.Stderr = &stderr
@@ -361,7 +364,7 @@ func (c *Cluster) Token(ctx context.Context) (string, error) {
 	return "", errors.Join(errs...)
 }
 
-// hostPath is PATH inside hosts: the cluster's ssi binary comes first.
+// hostPath is PATH inside hosts: the cluster's ssi and ssid binaries come first.
 func hostPath() string {
 	path := os.Getenv("PATH")
 	if path == "" {
@@ -412,7 +415,7 @@ func (c *Cluster) CLI(ctx context.Context, name string, args ...string) *exec.Cm
 	if err == nil {
 		socket = n.Socket()
 	}
-	cmd := exec.CommandContext(ctx, c.opts.Binary, withSocketFlag(args, socket)...)
+	cmd := exec.CommandContext(ctx, c.opts.Client, withSocketFlag(args, socket)...)
 	cmd.Env = append(os.Environ(), "SSI_SOCKET="+socket)
 	if err != nil {
 		cmd.Err = err

@@ -17,11 +17,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// HostBinary is where, inside every host, the ssi binary the cluster runs is
-// found. The harness's binary may live under /tmp (a test's temporary
-// directory), which each host hides behind its own tmpfs, so the host init
-// bind-mounts its own executable here before hiding /tmp.
-const HostBinary = "/run/ssi-bin/ssi"
+// HostBinary is where, inside every host, the ssid binary the cluster runs is
+// found, and HostClient the ssi binary. The harness's binaries may live under
+// /tmp (a test's temporary directory), which each host hides behind its own
+// tmpfs, so the host init bind-mounts them here before hiding /tmp.
+const (
+	HostBinary = "/run/ssi-bin/ssid"
+	HostClient = "/run/ssi-bin/ssi"
+)
 
 // HostRunDir is the directory inside a host that is DIR/nK on the machine.
 const HostRunDir = "/run/ssi"
@@ -48,12 +51,16 @@ type hostInitConfig struct {
 	dir       string   // DIR/nK on the machine, to become /run/ssi
 	link      string   // name of the veth end the harness moves in
 	addr      string   // CIDR for eth0
+	client    string   // the ssi binary on the machine; empty: ssid stands in for it
 	agentArgs []string // agent command line, argv[0] included
 }
 
 func (c hostInitConfig) args() []string {
-	args := []string{"--name", c.name, "--dir", c.dir, "--link", c.link, "--addr", c.addr, "--"}
-	return append(args, c.agentArgs...)
+	args := []string{"--name", c.name, "--dir", c.dir, "--link", c.link, "--addr", c.addr}
+	if c.client != "" {
+		args = append(args, "--client", c.client)
+	}
+	return append(append(args, "--"), c.agentArgs...)
 }
 
 func parseHostInitArgs(args []string) (hostInitConfig, error) {
@@ -64,6 +71,7 @@ func parseHostInitArgs(args []string) (hostInitConfig, error) {
 	flags.StringVar(&cfg.dir, "dir", "", "node directory on the machine, mounted at /run/ssi")
 	flags.StringVar(&cfg.link, "link", "", "veth end moved in by the harness")
 	flags.StringVar(&cfg.addr, "addr", "", "address of eth0 in CIDR form")
+	flags.StringVar(&cfg.client, "client", "", "the ssi binary, mounted at "+HostClient)
 	if err := flags.Parse(args); err != nil {
 		return cfg, fmt.Errorf("dev-init: %w (it is started by ssi dev, not by hand)", err)
 	}
@@ -178,9 +186,18 @@ func setUpHostFilesystem(cfg hostInitConfig) (*os.File, error) {
 	defer unix.Close(dirTree)
 	binTree, err := unix.OpenTree(unix.AT_FDCWD, "/proc/self/exe", unix.OPEN_TREE_CLONE|unix.O_CLOEXEC)
 	if err != nil {
-		return nil, fmt.Errorf("clone the mount of the ssi binary: %w", err)
+		return nil, fmt.Errorf("clone the mount of the ssid binary: %w", err)
 	}
 	defer unix.Close(binTree)
+	clientPath := "/proc/self/exe" // ssid has every client command too
+	if cfg.client != "" {
+		clientPath = cfg.client
+	}
+	clientTree, err := unix.OpenTree(unix.AT_FDCWD, clientPath, unix.OPEN_TREE_CLONE|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("clone the mount of the ssi binary %s: %w", clientPath, err)
+	}
+	defer unix.Close(clientTree)
 	outerProc, err := os.Open("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("open the machine's /proc: %w", err)
@@ -208,11 +225,16 @@ func setUpHostFilesystem(cfg hostInitConfig) (*os.File, error) {
 	if err := os.Mkdir(filepath.Dir(HostBinary), 0o755); err != nil {
 		return nil, fmt.Errorf("make %s: %w", filepath.Dir(HostBinary), err)
 	}
-	if err := os.WriteFile(HostBinary, nil, 0o755); err != nil {
-		return nil, fmt.Errorf("make the mount point %s: %w", HostBinary, err)
-	}
-	if err := unix.MoveMount(binTree, "", unix.AT_FDCWD, HostBinary, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return nil, fmt.Errorf("mount the ssi binary at %s: %w", HostBinary, err)
+	for _, m := range []struct {
+		tree int
+		path string
+	}{{binTree, HostBinary}, {clientTree, HostClient}} {
+		if err := os.WriteFile(m.path, nil, 0o755); err != nil {
+			return nil, fmt.Errorf("make the mount point %s: %w", m.path, err)
+		}
+		if err := unix.MoveMount(m.tree, "", unix.AT_FDCWD, m.path, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+			return nil, fmt.Errorf("mount %s at %s: %w", filepath.Base(m.path), m.path, err)
+		}
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return nil, fmt.Errorf("mount the host's own /proc: %w", err)

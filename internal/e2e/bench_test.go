@@ -28,7 +28,7 @@ func benchCluster(b *testing.B, n int) *devcluster.Cluster {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := devcluster.Start(ctx, devcluster.Options{Binary: binary, Nodes: n, Dir: dir})
+	c, err := devcluster.Start(ctx, devcluster.Options{Binary: daemon, Client: binary, Nodes: n, Dir: dir})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,8 +21,8 @@ import (
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 )
 
-// binary is the ssi binary built once for all tests.
-var binary string
+// binary and daemon are the ssi and ssid binaries, built once for all tests.
+var binary, daemon string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -40,11 +40,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
-	binary = filepath.Join(dir, "ssi")
-	build := exec.Command("go", "build", "-o", binary, "github.com/ssi-cluster/ssi/cmd/ssi")
+	binary, daemon = filepath.Join(dir, "ssi"), filepath.Join(dir, "ssid")
+	build := exec.Command("go", "build", "-o", dir, "github.com/ssi-cluster/ssi/cmd/ssi", "github.com/ssi-cluster/ssi/cmd/ssid")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Println("e2e: building ssi:", err)
+		fmt.Println("e2e: building ssi and ssid:", err)
 		return 1
 	}
 	return m.Run()
@@ -59,7 +59,7 @@ func startCluster(t *testing.T, n int) *devcluster.Cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	c, err := devcluster.Start(ctx, devcluster.Options{Binary: binary, Nodes: n, Dir: dir, Logger: logger})
+	c, err := devcluster.Start(ctx, devcluster.Options{Binary: daemon, Client: binary, Nodes: n, Dir: dir, Logger: logger})
 	if err != nil {
 		t.Fatalf("starting %d hosts: %v", n, err)
 	}

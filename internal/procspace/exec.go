@@ -27,8 +27,8 @@ import (
 
 // Exit codes ssi itself gives, as ssh does.
 const (
-	ExitLostNode    = 255 // the node running the command was lost
-	ExitStartFailed = 1   // the command could not be started (e.g. no such directory)
+	ExitLostNode    = ssipb.ExitLostNode    // the node running the command was lost
+	ExitStartFailed = ssipb.ExitStartFailed // the command could not be started (e.g. no such directory)
 )
 
 // chunkSize is the largest stdio chunk per message: big enough for throughput, small enough

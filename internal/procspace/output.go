@@ -11,12 +11,12 @@ import (
 
 // ExitOutputFailed is the status a session ends with when the client's stdout can no longer
 // be written because its reader went away: that of a local command killed by SIGPIPE.
-const ExitOutputFailed = 128 + int(syscall.SIGPIPE)
+const ExitOutputFailed = ssipb.ExitOutputFailed
 
 // ExitOutputError is the status a session ends with when writing the client's stdout failed
 // otherwise (a full disk, /dev/full, an I/O error): that of a local command such as yes or
 // cat, which reports the error and exits 1.
-const ExitOutputError = 1
+const ExitOutputError = ssipb.ExitOutputError
 
 // errOutputFailed means that writing the client's stdout failed: the session must end.
 var errOutputFailed = errors.New("the client's stdout cannot be written")

@@ -1,4 +1,4 @@
-package cli
+package daemoncli
 
 import (
 	"context"
@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ssi-cluster/ssi/internal/cli"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 )
@@ -88,7 +90,12 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	defer unlock()
 	binary, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find the ssi binary to run on the nodes: %w", err)
+		return fmt.Errorf("find the ssid binary to run on the nodes: %w", err)
+	}
+	// The lean client, built next to this binary, is "ssi" on the nodes; without it, this
+	// binary stands in.
+	if client := filepath.Join(filepath.Dir(binary), "ssi"); isExecutable(client) {
+		opts.Client = client
 	}
 
 	// SIGHUP too: a closed terminal must not leave bridges and cgroups behind.
@@ -158,6 +165,11 @@ func claimDevDir(dir string) (unlock func(), err error) {
 	return func() { marker.Close() }, nil
 }
 
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
 func fileExists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
@@ -221,7 +233,7 @@ returned. Inside, SSI_SOCKET points at the node's agent and "ssi" is the cluster
 		Example: `  sudo ssi dev exec n2 -- sh
   sudo ssi dev exec n3 -- ssi ps
   sudo ssi dev exec --dir /var/tmp/ssi-dev n1 -- ip -br addr`,
-		Args: needArgs(1, -1, "a node and a command, e.g. n2 -- sh"),
+		Args: cli.NeedArgs(1, -1, "a node and a command, e.g. n2 -- sh"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			command := args[1:]
 			// Flag parsing stops at NODE, so a "--" after it is still here.
@@ -293,7 +305,7 @@ func runDevExec(dir, node string, command []string) error {
 		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			code = 128 + int(ws.Signal())
 		}
-		return exitError{code: code}
+		return cli.Exit(code, "")
 	}
 	if err != nil {
 		return fmt.Errorf("enter node %s: %w (is nsenter from util-linux installed?)", node, err)
@@ -341,7 +353,7 @@ every process of the host, forwards SIGTERM and SIGINT to the agent and exits wi
 			}
 			err := devcluster.RunHostInit(args)
 			if exit, ok := errors.AsType[*devcluster.AgentExitError](err); ok {
-				return exitError{code: exit.Code}
+				return cli.Exit(exit.Code, "")
 			}
 			return err
 		},

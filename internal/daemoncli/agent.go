@@ -1,19 +1,22 @@
-package cli
+package daemoncli
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/agent"
+	"github.com/ssi-cluster/ssi/internal/cli"
 	"github.com/ssi-cluster/ssi/internal/exetrim"
 	"github.com/ssi-cluster/ssi/internal/idleprocs"
 	"github.com/ssi-cluster/ssi/internal/monitorslack"
@@ -25,7 +28,7 @@ import (
 // that long for the monitor to hand a processor over.
 const monitorSlack = 2 * time.Millisecond
 
-func newAgentCommand(g *globals) *cobra.Command {
+func newAgentCommand(g *cli.Globals) *cobra.Command {
 	var (
 		cfg        agent.Config
 		configFile string
@@ -81,9 +84,9 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			cfg.Version = g.build.Version
-			if cfg.Socket == "" && g.socket != "" {
-				cfg.Socket = g.socket
+			cfg.Version = g.Build().Version
+			if cfg.Socket == "" && g.SocketFlag() != "" {
+				cfg.Socket = g.SocketFlag()
 			}
 			// A first server bootstraps its cluster before it serves its socket and --http:
 			// one it cannot take must stop it before that, not after.
@@ -205,4 +208,11 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 		a.Close()
 		return fmt.Errorf("agent failed: %w", err)
 	}
+}
+
+// asDaemon undoes the client's runtime tuning (cli's asShortLivedClient) for the commands that
+// run for long: the agent and the simulated hosts.
+func asDaemon() {
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
 }
