@@ -73,7 +73,9 @@ type Agent struct {
 
 	peerSrv *grpc.Server
 	ctlSrv  *grpc.Server
-	httpSrv *http.Server
+	// ctlLocal serves the control socket's lean protocol (localrpc) beside ctlSrv.
+	ctlLocal *api.LocalServer
+	httpSrv  *http.Server
 
 	mu       sync.Mutex
 	registry map[string]store.NodeRecord // last registry read, for when etcd is unreachable
@@ -755,6 +757,11 @@ func (a *Agent) stop(graceful bool) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_ = a.httpSrv.Shutdown(ctx)
 			cancel()
+		}
+		if a.ctlLocal != nil {
+			// First, so that the control socket accepts nothing more; lean calls in progress
+			// are cancelled, as gRPC's are once its grace below runs out.
+			a.ctlLocal.Stop()
 		}
 		for _, s := range []*grpc.Server{a.ctlSrv, a.peerSrv} {
 			if s != nil {
