@@ -32,6 +32,11 @@ type LocalServer struct {
 	unaryInt  grpc.UnaryServerInterceptor
 	streamInt grpc.StreamServerInterceptor
 
+	// base is the parent of every call's context; Stop cancels it, so that even a call whose
+	// reader is not reading (see enqueue) ends.
+	base    context.Context
+	stopAll context.CancelFunc
+
 	mu        sync.Mutex
 	methods   map[string]localMethod // by full method name
 	conns     map[net.Conn]struct{}  // accepted and not yet handed to gRPC or done
@@ -50,7 +55,10 @@ var _ grpc.ServiceRegistrar = (*LocalServer)(nil)
 // NewLocalServer makes a server whose calls go through the interceptors (either may be nil),
 // as a grpc.Server's would.
 func NewLocalServer(unary grpc.UnaryServerInterceptor, stream grpc.StreamServerInterceptor) *LocalServer {
+	base, stopAll := context.WithCancel(context.Background())
 	return &LocalServer{
+		base:      base,
+		stopAll:   stopAll,
 		unaryInt:  unary,
 		streamInt: stream,
 		methods:   map[string]localMethod{},
@@ -91,6 +99,7 @@ func (l *LocalServer) Stop() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.stopped = true
+	l.stopAll()
 	for lis := range l.listeners {
 		lis.Close()
 	}
@@ -306,7 +315,7 @@ func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(l.base)
 	defer cancel()
 	if timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -319,8 +328,8 @@ func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
 		ctx:    ctx,
 		cancel: cancel,
 		method: method,
-		msgs:   make(chan mem.Buffer),
-		done:   make(chan struct{}),
+		qready: make(chan struct{}, 1),
+		qspace: make(chan struct{}, 1),
 	}
 	l.mu.Lock()
 	m, ok := l.methods[method]
@@ -330,7 +339,7 @@ func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
 		return
 	}
 	go call.readLoop()
-	defer close(call.done)
+	defer call.end()
 	var herr error
 	if m.unary != nil {
 		var resp any
@@ -374,8 +383,16 @@ type localCall struct {
 	cancel context.CancelFunc
 	method string
 
-	msgs chan mem.Buffer // the client's messages; closed at its close-send
-	done chan struct{}   // closed when the handler has returned
+	// The client's messages not yet received, bounded in bytes like gRPC's stream window, so
+	// that readLoop keeps reading (and so notices a client hanging up) while the handler is
+	// busy, without holding more than a window of a client that sends and sends.
+	qmu        sync.Mutex
+	queue      []mem.Buffer
+	queued     int
+	closedSend bool          // the client's close-send came
+	finished   bool          // the handler returned: queue no more
+	qready     chan struct{} // a message or close-send was queued
+	qspace     chan struct{} // a message was taken off the queue
 
 	wmu  sync.Mutex
 	hdr  [localrpc.FrameHeaderLen]byte
@@ -385,52 +402,114 @@ type localCall struct {
 
 var _ grpc.ServerStream = (*localCall)(nil)
 
-// readLoop reads the client's frames after the header and hands messages to the handler. Any
-// end of the connection before the status, whether after close-send or not, and any
+// queueWindow bounds the bytes of messages queued for a handler (with an overhead per
+// message, so that tiny messages count too). As gRPC's stream window.
+const queueWindow = streamWindow
+
+const queueOverhead = 64
+
+// readLoop reads the client's frames after the header and queues messages for the handler.
+// Any end of the connection before the status, whether after close-send or not, and any
 // malformed frame, cancels the call: the client is gone or confused.
 func (c *localCall) readLoop() {
 	defer c.cancel()
 	closedSend := false
 	for {
-		typ, n, err := localrpc.ReadFrameHeader(c.br, localrpc.MaxMessage)
+		typ, buf, err := readClientFrame(c.br, closedSend)
 		if err != nil {
 			c.conn.Close()
 			return
 		}
-		switch {
-		case typ == localrpc.FrameMessage && !closedSend:
-			buf, err := readPayload(c.br, n)
-			if err != nil {
-				c.conn.Close()
-				return
-			}
-			select {
-			case c.msgs <- buf:
-			case <-c.done:
-				buf.Free()
-				return
-			}
-		case typ == localrpc.FrameCloseSend && !closedSend && n == 0:
+		if typ == localrpc.FrameCloseSend {
 			closedSend = true
-			close(c.msgs)
-		default:
-			c.conn.Close()
+			c.qmu.Lock()
+			c.closedSend = true
+			c.qmu.Unlock()
+			signal(c.qready)
+			continue
+		}
+		if !c.enqueue(buf) {
 			return
 		}
 	}
 }
 
-// readPayload reads n bytes (n already bounded) into a pooled buffer, which a Frame may keep.
-func readPayload(br *bufio.Reader, n int) (mem.Buffer, error) {
+// enqueue queues a message, waiting while the queue is full; it reports false (and frees the
+// message) once the handler returned.
+func (c *localCall) enqueue(buf mem.Buffer) bool {
+	size := buf.Len() + queueOverhead
+	c.qmu.Lock()
+	for !c.finished && len(c.queue) > 0 && c.queued+size > queueWindow {
+		c.qmu.Unlock()
+		// Not reading now, this loop cannot notice the client hanging up; the handler can
+		// (it takes a message, or ends), and so can the call's timeout or Stop.
+		select {
+		case <-c.qspace: // end signals it too
+		case <-c.ctx.Done():
+			buf.Free()
+			c.conn.Close()
+			return false
+		}
+		c.qmu.Lock()
+	}
+	if c.finished {
+		c.qmu.Unlock()
+		buf.Free()
+		return false
+	}
+	c.queue = append(c.queue, buf)
+	c.queued += size
+	c.qmu.Unlock()
+	signal(c.qready)
+	return true
+}
+
+// end marks the handler returned, and frees what it did not receive.
+func (c *localCall) end() {
+	c.qmu.Lock()
+	c.finished = true
+	for i, b := range c.queue {
+		b.Free()
+		c.queue[i] = nil
+	}
+	c.queue = nil
+	c.qmu.Unlock()
+	signal(c.qspace)
+}
+
+// signal wakes the waiter on ch, if any, or the next one.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// readClientFrame reads the client's next frame after the header: a message (whose payload,
+// bounded before it is allocated, it returns in a pooled buffer that a Frame may keep) or
+// close-send. Anything else, or a message after close-send, is an error.
+func readClientFrame(br *bufio.Reader, closedSend bool) (byte, mem.Buffer, error) {
+	typ, n, err := localrpc.ReadFrameHeader(br, localrpc.MaxMessage)
+	if err != nil {
+		return 0, nil, err
+	}
+	switch {
+	case closedSend:
+		return 0, nil, fmt.Errorf("%w: frame %q after close-send", localrpc.ErrMalformed, typ)
+	case typ == localrpc.FrameCloseSend && n == 0:
+		return typ, nil, nil
+	case typ != localrpc.FrameMessage:
+		return 0, nil, fmt.Errorf("%w: frame %q of %d bytes from a client", localrpc.ErrMalformed, typ, n)
+	}
 	if n == 0 {
-		return mem.SliceBuffer(nil), nil
+		return typ, mem.SliceBuffer(nil), nil
 	}
 	bp := uncleared.Get(n)
 	if _, err := io.ReadFull(br, *bp); err != nil {
 		uncleared.Put(bp)
-		return nil, err
+		return 0, nil, err
 	}
-	return mem.NewBuffer(bp, uncleared), nil
+	return typ, mem.NewBuffer(bp, uncleared), nil
 }
 
 // decodeRequest is the unary handler's dec: the call's one request.
@@ -452,19 +531,32 @@ func (c *localCall) SetTrailer(metadata.MD)       {}
 // RecvMsg receives the client's next message with Codec (so into a *Frame too); io.EOF after
 // its close-send.
 func (c *localCall) RecvMsg(v any) error {
-	select {
-	case buf, ok := <-c.msgs:
-		if !ok {
+	for {
+		c.qmu.Lock()
+		if len(c.queue) > 0 {
+			buf := c.queue[0]
+			c.queue[0] = nil
+			c.queue = c.queue[1:]
+			c.queued -= buf.Len() + queueOverhead
+			c.qmu.Unlock()
+			signal(c.qspace)
+			err := Codec{}.Unmarshal(mem.BufferSlice{buf}, v)
+			buf.Free()
+			if err != nil {
+				return status.Errorf(codes.Internal, "localrpc: decoding the request: %v", err)
+			}
+			return nil
+		}
+		closed := c.closedSend
+		c.qmu.Unlock()
+		if closed {
 			return io.EOF
 		}
-		err := Codec{}.Unmarshal(mem.BufferSlice{buf}, v)
-		buf.Free()
-		if err != nil {
-			return status.Errorf(codes.Internal, "localrpc: decoding the request: %v", err)
+		select {
+		case <-c.qready:
+		case <-c.ctx.Done():
+			return status.FromContextError(c.ctx.Err()).Err()
 		}
-		return nil
-	case <-c.ctx.Done():
-		return status.FromContextError(c.ctx.Err()).Err()
 	}
 }
 
