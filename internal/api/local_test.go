@@ -619,3 +619,33 @@ func FuzzLocalFrames(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkLocalCall measures a CLI's whole exchange: connect, call, hang up.
+func BenchmarkLocalCall(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "ssi.sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(PeerCredentials()))
+	l := NewLocalServer(nil, nil)
+	fake := &fakeControl{ps: func(context.Context, *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+		return &ssipb.PsResponse{Unreachable: []string{"n2"}}, nil
+	}}
+	ssirpc.RegisterControlServer(l, fake)
+	done := make(chan error, 1)
+	go func() { done <- ServeLocal(lis, g, l) }()
+	defer func() { l.Stop(); g.Stop(); <-done }()
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := localrpc.Dial(context.Background(), path, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var resp ssipb.PsResponse
+		if err := c.Call(context.Background(), ssirpc.Control_Ps_FullMethodName, &ssipb.PsRequest{User: "u"}, &resp); err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
