@@ -322,6 +322,8 @@ func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
 		defer cancel()
 	}
 	ctx = peer.NewContext(ctx, &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr(), AuthInfo: info})
+	// So that grpc.Method(ctx) works in handlers and interceptors, as on gRPC.
+	ctx = grpc.NewContextWithServerTransportStream(ctx, localTransportStream(method))
 	call := &localCall{
 		conn:   conn,
 		br:     br,
@@ -609,3 +611,12 @@ func (c *localCall) finish(err error) {
 	c.sent = true
 	_, _ = c.conn.Write(p)
 }
+
+// localTransportStream is what grpc.Method and grpc.SetHeader find in a lean call's context.
+// Headers and trailers do not travel on localrpc: setting them does nothing.
+type localTransportStream string
+
+func (m localTransportStream) Method() string             { return string(m) }
+func (localTransportStream) SetHeader(metadata.MD) error  { return nil }
+func (localTransportStream) SendHeader(metadata.MD) error { return nil }
+func (localTransportStream) SetTrailer(metadata.MD) error { return nil }

@@ -125,6 +125,9 @@ func TestLocalUnary(t *testing.T) {
 				return nil, err
 			}
 			return &ssipb.PsResponse{Unreachable: []string{strconv.Itoa(int(c.UID)), strconv.Itoa(int(c.PID))}}, nil
+		case "method":
+			m, _ := grpc.Method(ctx)
+			return &ssipb.PsResponse{Unreachable: []string{m}}, nil
 		case "deadline":
 			d, ok := ctx.Deadline()
 			return &ssipb.PsResponse{Unreachable: []string{strconv.FormatBool(ok && time.Until(d) > 9*time.Second)}}, nil
@@ -145,6 +148,7 @@ func TestLocalUnary(t *testing.T) {
 		{name: "unknown method", method: "/ssi.v1.Control/Nope", code: localrpc.Unimplemented, msg: "unknown method /ssi.v1.Control/Nope"},
 		{name: "unimplemented by the service", method: ssirpc.Control_Kill_FullMethodName, code: localrpc.Unimplemented, msg: "method Kill not implemented"},
 		{name: "kernel identity", method: ssirpc.Control_Ps_FullMethodName, user: "whoami", want: []string{strconv.Itoa(os.Getuid()), strconv.Itoa(os.Getpid())}},
+		{name: "grpc.Method", method: ssirpc.Control_Ps_FullMethodName, user: "method", want: []string{ssirpc.Control_Ps_FullMethodName}},
 		{name: "timeout carried", method: ssirpc.Control_Ps_FullMethodName, user: "deadline", timeout: 10 * time.Second, want: []string{"true"}},
 		{name: "no timeout", method: ssirpc.Control_Ps_FullMethodName, user: "deadline", want: []string{"false"}},
 	} {
@@ -173,8 +177,8 @@ func TestLocalUnary(t *testing.T) {
 	}
 	// Every Ps call, and Kill (which the service refuses, not the server), went through the
 	// interceptor; the unknown method did not.
-	if got := len(s.unaryCalls); got != 7 {
-		t.Errorf("the unary interceptor saw %d calls, want 7", got)
+	if got := len(s.unaryCalls); got != 8 {
+		t.Errorf("the unary interceptor saw %d calls, want 8", got)
 	}
 }
 
