@@ -758,15 +758,20 @@ func (a *Agent) stop(graceful bool) {
 			_ = a.httpSrv.Shutdown(ctx)
 			cancel()
 		}
+		// The control socket's lean calls get the same grace as its gRPC ones, at the same
+		// time; the socket accepts nothing more from now on.
+		var localStopped chan struct{}
 		if a.ctlLocal != nil {
-			// First, so that the control socket accepts nothing more; lean calls in progress
-			// are cancelled, as gRPC's are once its grace below runs out.
-			a.ctlLocal.Stop()
+			localStopped = make(chan struct{})
+			go func() { a.ctlLocal.GracefulStop(2 * time.Second); close(localStopped) }()
 		}
 		for _, s := range []*grpc.Server{a.ctlSrv, a.peerSrv} {
 			if s != nil {
 				stopGRPC(s, 2*time.Second)
 			}
+		}
+		if localStopped != nil {
+			<-localStopped
 		}
 		if a.ctlSrv != nil {
 			os.Remove(a.cfg.Socket)

@@ -41,6 +41,8 @@ type LocalServer struct {
 	methods   map[string]localMethod // by full method name
 	conns     map[net.Conn]struct{}  // accepted and not yet handed to gRPC or done
 	listeners map[net.Listener]struct{}
+	draining  bool          // GracefulStop: no new connections
+	idle      chan struct{} // closed once draining and no connection is left
 	stopped   bool
 }
 
@@ -107,13 +109,48 @@ func (l *LocalServer) Stop() {
 		c.Close()
 	}
 	clear(l.conns)
+	l.noteIdle()
 }
 
-// track records a connection for Stop; it reports false (and closes it) once stopped.
+// GracefulStop closes the listeners, lets the calls in progress end for up to grace, as
+// grpc.Server.GracefulStop would, and then stops.
+func (l *LocalServer) GracefulStop(grace time.Duration) {
+	l.mu.Lock()
+	l.draining = true
+	for lis := range l.listeners {
+		lis.Close()
+	}
+	if l.idle == nil {
+		l.idle = make(chan struct{})
+	}
+	idle := l.idle
+	l.noteIdle()
+	l.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
+	l.Stop()
+}
+
+// noteIdle wakes GracefulStop when no connection is left; l.mu is held.
+func (l *LocalServer) noteIdle() {
+	if l.draining && len(l.conns) == 0 && l.idle != nil {
+		select {
+		case <-l.idle:
+		default:
+			close(l.idle)
+		}
+	}
+}
+
+// track records a connection for Stop; it reports false (and closes it) once stopping.
 func (l *LocalServer) track(c net.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.stopped {
+	if l.stopped || l.draining {
 		c.Close()
 		return false
 	}
@@ -124,6 +161,7 @@ func (l *LocalServer) track(c net.Conn) bool {
 func (l *LocalServer) untrack(c net.Conn) {
 	l.mu.Lock()
 	delete(l.conns, c)
+	l.noteIdle()
 	l.mu.Unlock()
 }
 
@@ -134,11 +172,11 @@ const handshakeTimeout = 5 * time.Second
 // ServeLocal accepts connections on lis, a Unix socket listener, and serves each with l if
 // its client speaks localrpc, else with g, which must use PeerCredentials: one socket for
 // both protocols. The handshake runs on the connection's own goroutine, never in the accept
-// loop. ServeLocal returns when lis fails or l is stopped (grpc.ErrServerStopped); stopping g
+// loop. ServeLocal returns when lis fails or l is stopping (grpc.ErrServerStopped); stopping g
 // does not end it, so stop both.
 func ServeLocal(lis net.Listener, g *grpc.Server, l *LocalServer) error {
 	l.mu.Lock()
-	if l.stopped {
+	if l.stopped || l.draining {
 		l.mu.Unlock()
 		lis.Close()
 		return grpc.ErrServerStopped
@@ -160,7 +198,7 @@ func ServeLocal(lis net.Listener, g *grpc.Server, l *LocalServer) error {
 		conn, err := lis.Accept()
 		if err != nil {
 			l.mu.Lock()
-			stopped := l.stopped
+			stopped := l.stopped || l.draining
 			l.mu.Unlock()
 			if stopped {
 				return grpc.ErrServerStopped

@@ -653,3 +653,70 @@ func BenchmarkLocalCall(b *testing.B) {
 		c.Close()
 	}
 }
+
+// TestLocalGracefulStop checks that a call in progress may finish within the grace, and is
+// cancelled after it, while nothing new is accepted.
+func TestLocalGracefulStop(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		finish  bool // the client lets the call end during the grace
+		grace   time.Duration
+		maxWait time.Duration
+		code    localrpc.Code
+	}{
+		{"call ends within the grace", true, 10 * time.Second, 5 * time.Second, localrpc.OK},
+		{"grace runs out", false, 200 * time.Millisecond, 5 * time.Second, localrpc.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			started := make(chan struct{})
+			s := startServer(t, &fakeControl{run: func(stream ssirpc.Control_RunServer) error {
+				close(started)
+				for {
+					if _, err := stream.Recv(); err == io.EOF {
+						return nil
+					} else if err != nil {
+						return err
+					}
+				}
+			}})
+			st, err := dial(t, s.path, nil).Stream(context.Background(), ssirpc.Control_Run_FullMethodName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Send(&ssipb.RunInput{}); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			stopped := make(chan struct{})
+			start := time.Now()
+			go func() { s.local.GracefulStop(tc.grace); close(stopped) }()
+			// Wait for the listener to close: then nothing new is accepted.
+			for {
+				if _, err := localrpc.Dial(context.Background(), s.path, nil, nil); err != nil {
+					break
+				}
+				if time.Since(start) > 5*time.Second {
+					t.Fatal("still accepting while stopping")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			if tc.finish {
+				if err := st.CloseSend(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = st.Recv(&ssipb.RunOutput{})
+			if err == io.EOF {
+				err = nil
+			}
+			if got := localrpc.CodeOf(err); got != tc.code && !(tc.code == localrpc.Canceled && got == localrpc.Unavailable) {
+				t.Fatalf("the call ended with %v (%v), want %v", got, err, tc.code)
+			}
+			select {
+			case <-stopped:
+			case <-time.After(tc.maxWait):
+				t.Fatal("GracefulStop did not return")
+			}
+		})
+	}
+}
