@@ -19,7 +19,7 @@
 // Client to agent:
 //
 //	'H' header: uvarint timeout in milliseconds (0: none), then the full method name,
-//	    such as "/ssi.v1.Control/Run". Exactly once, first.
+//	    such as "/ssi.v1.Control/Run". Exactly once, first; at most MaxHeaderPayload bytes.
 //	'M' a request message (protobuf).
 //	'C' close-send, empty: the client sends no more messages.
 //
@@ -30,7 +30,12 @@
 //	    closes the connection after it.
 //
 // One call per connection. A client that hangs up before 'C' (end of file) cancels the call,
-// as does one that hangs up later, before the status.
+// as does one that hangs up later, before the status. A malformed frame makes the agent hang
+// up without a status. There is no flow control beyond the socket's: the agent queues up to
+// a window of the client's messages for a handler that is busy, then stops reading.
+//
+// Nothing else of gRPC travels: no metadata, no status details. Dial sends the hello with the
+// call's first frames, so that a unary call costs the client one write: hello, 'H', 'M', 'C'.
 package localrpc
 
 import (
