@@ -41,9 +41,12 @@ type LocalServer struct {
 	methods   map[string]localMethod // by full method name
 	conns     map[net.Conn]struct{}  // accepted and not yet handed to gRPC or done
 	listeners map[net.Listener]struct{}
-	draining  bool          // GracefulStop: no new connections
-	idle      chan struct{} // closed once draining and no connection is left
-	stopped   bool
+	// handling counts the connections' goroutines, for tests to wait for them to end.
+	handling sync.WaitGroup
+
+	draining bool          // GracefulStop: no new connections
+	idle     chan struct{} // closed once draining and no connection is left
+	stopped  bool
 }
 
 type localMethod struct {
@@ -213,7 +216,7 @@ func ServeLocal(lis net.Listener, g *grpc.Server, l *LocalServer) error {
 			return fmt.Errorf("accepting on the control socket: %w", err)
 		}
 		delay = 0
-		go l.handle(conn, forGRPC)
+		l.handling.Go(func() { l.handle(conn, forGRPC) })
 	}
 }
 

@@ -98,6 +98,8 @@ func startServer(t *testing.T, fake *fakeControl) *testServer {
 		if err := <-s.served; !errors.Is(err, grpc.ErrServerStopped) {
 			t.Errorf("ServeLocal returned %v", err)
 		}
+		// Every connection is closed by now, so that tests that count descriptors can.
+		s.local.handling.Wait()
 	})
 	return s
 }
@@ -692,9 +694,11 @@ func TestLocalGracefulStop(t *testing.T) {
 			go func() { s.local.GracefulStop(tc.grace); close(stopped) }()
 			// Wait for the listener to close: then nothing new is accepted.
 			for {
-				if _, err := localrpc.Dial(context.Background(), s.path, nil, nil); err != nil {
+				c, err := localrpc.Dial(context.Background(), s.path, nil, nil)
+				if err != nil {
 					break
 				}
+				c.Close()
 				if time.Since(start) > 5*time.Second {
 					t.Fatal("still accepting while stopping")
 				}
