@@ -73,7 +73,9 @@ type Agent struct {
 
 	peerSrv *grpc.Server
 	ctlSrv  *grpc.Server
-	httpSrv *http.Server
+	// ctlLocal serves the control socket's lean protocol (localrpc) beside ctlSrv.
+	ctlLocal *api.LocalServer
+	httpSrv  *http.Server
 
 	mu       sync.Mutex
 	registry map[string]store.NodeRecord // last registry read, for when etcd is unreachable
@@ -756,10 +758,20 @@ func (a *Agent) stop(graceful bool) {
 			_ = a.httpSrv.Shutdown(ctx)
 			cancel()
 		}
+		// The control socket's lean calls get the same grace as its gRPC ones, at the same
+		// time; the socket accepts nothing more from now on.
+		var localStopped chan struct{}
+		if a.ctlLocal != nil {
+			localStopped = make(chan struct{})
+			go func() { a.ctlLocal.GracefulStop(2 * time.Second); close(localStopped) }()
+		}
 		for _, s := range []*grpc.Server{a.ctlSrv, a.peerSrv} {
 			if s != nil {
 				stopGRPC(s, 2*time.Second)
 			}
+		}
+		if localStopped != nil {
+			<-localStopped
 		}
 		if a.ctlSrv != nil {
 			os.Remove(a.cfg.Socket)

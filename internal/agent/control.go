@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api"
+	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/api/ssirpc"
 	"github.com/ssi-cluster/ssi/internal/cluster"
@@ -55,12 +56,17 @@ func (a *Agent) startControlServer() error {
 		grpc.ChainUnaryInterceptor(a.metrics.unary("control")),
 		grpc.ChainStreamInterceptor(a.metrics.stream("control")),
 	)...)
-	ssirpc.RegisterControlServer(a.ctlSrv, &controlService{a: a})
+	// The same services over the lean protocol, for CLI commands that do not link gRPC.
+	a.ctlLocal = api.NewLocalServer(a.metrics.unary("control"), a.metrics.stream("control"))
+	control := &controlService{a: a}
+	ssirpc.RegisterControlServer(a.ctlSrv, control)
+	ssirpc.RegisterControlServer(a.ctlLocal, control)
 	a.jobs.Register(a.ctlSrv)
+	jobsrpc.RegisterJobsServer(a.ctlLocal, a.jobs)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.ctlSrv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := api.ServeLocal(lis, a.ctlSrv, a.ctlLocal); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			a.fail(fmt.Errorf("control socket stopped: %w", err))
 		}
 	}()

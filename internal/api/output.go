@@ -16,77 +16,29 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
+
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
-// Output passing. A local client (ssi run) may hand the agent its stdout and stderr over the
-// Unix socket (SCM_RIGHTS), so that the agent writes a command's output straight into them
-// instead of streaming it to the client, which would copy it once more. The files travel in a
-// preamble the client writes on a fresh connection before gRPC's own preface; the server side
-// of PeerCredentials reads it, checks the files, and keeps them with the connection until a
-// call takes them (TakeOutput) or the connection closes. Identity still comes from
-// SO_PEERCRED only: the preamble carries files, nothing else.
+// Output passing (see localrpc.PassOutput for the client half and the reasons): the server
+// side of PeerCredentials, or ServeLocal, reads the preamble, checks the files, and keeps them
+// with the connection until a call takes them (TakeOutput) or the connection closes.
 
-// outputPreamble is magic, version, and a mask of the files that follow (bit 0 stdout, bit 1
-// stderr). It starts with a zero byte, which no HTTP/2 client sends first (its preface starts
-// with "PRI"), so clients that pass nothing need not change.
-var outputMagic = [6]byte{0, 's', 's', 'i', 'f', 'd'}
+// The preamble, as localrpc defines it.
+var outputMagic = localrpc.OutputMagic
 
 const (
-	outputVersion  = 1
-	preambleLen    = len(outputMagic) + 2
-	maskStdout     = 1
-	maskStderr     = 2
+	outputVersion  = localrpc.OutputVersion
+	preambleLen    = localrpc.OutputPreambleLen
+	maskStdout     = localrpc.OutputStdout
+	maskStderr     = localrpc.OutputStderr
+	outputAck      = localrpc.OutputAck
 	maxPassedFiles = 2
 )
 
-// PassOutput writes the preamble that hands stdout and stderr (either may be nil) to the
-// agent on conn, which must not have carried anything yet, and waits for the agent's
-// acknowledgement until ctx ends. It does nothing if both are nil.
+// PassOutput is localrpc.PassOutput, for gRPC clients.
 func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File) error {
-	var mask byte
-	var fds []int
-	for i, f := range []*os.File{stdout, stderr} {
-		if f == nil {
-			continue
-		}
-		// Through SyscallConn, not Fd: Fd would switch a non-blocking descriptor to blocking
-		// mode, which other holders of the same file would then see.
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return fmt.Errorf("passing %s: %w", f.Name(), err)
-		}
-		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
-			return fmt.Errorf("passing %s: %w", f.Name(), err)
-		}
-		mask |= 1 << i
-	}
-	if mask == 0 {
-		return nil
-	}
-	pre := append(outputMagic[:], outputVersion, mask)
-	// The descriptors are only read by the kernel during the call; the files stay open
-	// because the caller holds them.
-	n, _, err := conn.WriteMsgUnix(pre, unix.UnixRights(fds...), nil)
-	if err == nil && n != len(pre) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return fmt.Errorf("passing output files to the agent: %w", err)
-	}
-	// The agent acknowledges before gRPC speaks; an agent older than output passing starts
-	// with its HTTP/2 settings instead, whose first byte (of a small length) is never 's'.
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(d)
-		defer conn.SetReadDeadline(time.Time{})
-	}
-	var ack [len(outputAck)]byte
-	if _, err := io.ReadFull(conn, ack[:]); err != nil {
-		return fmt.Errorf("passing output files to the agent: %w", err)
-	}
-	if string(ack[:]) != outputAck {
-		return ErrOutputNotPassed
-	}
-	return nil
+	return localrpc.PassOutput(ctx, conn, stdout, stderr)
 }
 
 // DialPassingOutput is the dialer of a connection to the agent's Unix socket at path that
@@ -98,7 +50,7 @@ func DialPassingOutput(path string, stdout, stderr *os.File) grpc.DialOption {
 		if err != nil {
 			return nil, err
 		}
-		if err := PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
+		if err := localrpc.PassOutput(ctx, conn.(*net.UnixConn), stdout, stderr); err != nil {
 			conn.Close()
 			return nil, err
 		}
@@ -106,12 +58,8 @@ func DialPassingOutput(path string, stdout, stderr *os.File) grpc.DialOption {
 	})
 }
 
-// outputAck is what the agent answers a preamble it accepted with.
-const outputAck = "ssi-ok\n"
-
-// ErrOutputNotPassed means the agent does not take output files: the connection is spent,
-// and the client must make another that passes none.
-var ErrOutputNotPassed = errors.New("the agent does not take output files (it is older than this client)")
+// ErrOutputNotPassed is localrpc.ErrOutputNotPassed (the same value, for errors.Is).
+var ErrOutputNotPassed = localrpc.ErrOutputNotPassed
 
 // ClientOutput is the stdout and stderr a client passed; either may be nil (not passed). Its
 // holder must Close it on every path: the client's reader sees end of file only once every
@@ -181,12 +129,29 @@ func (c *outputConn) Close() error {
 // receiveOutput reads the preamble, if the client sent one, at the start of conn. It returns
 // nil when the client passed nothing; any descriptor received is closed unless returned.
 func receiveOutput(conn *net.UnixConn) (*ClientOutput, error) {
-	raw, err := conn.SyscallConn()
+	first, err := peekFirst(conn)
 	if err != nil {
 		return nil, err
 	}
+	if first != 0 {
+		return nil, nil // a client that passes nothing (or hung up): gRPC reads the rest
+	}
+	pre, fds, err := readPrefix(conn)
+	if err != nil {
+		return nil, err
+	}
+	return acceptOutput(conn, pre, fds)
+}
+
+// peekFirst returns the first byte waiting on conn without consuming it, or -1 once the
+// client hung up.
+func peekFirst(conn *net.UnixConn) (int, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
 	// Peek without room for control messages: files, if any, stay queued (the kernel installs
-	// none) until the real read below.
+	// none) until the real read in readPrefix.
 	var first [1]byte
 	var n int
 	var perr error
@@ -194,44 +159,53 @@ func receiveOutput(conn *net.UnixConn) (*ClientOutput, error) {
 		n, _, perr = unix.Recvfrom(int(fd), first[:], unix.MSG_PEEK)
 		return perr != unix.EAGAIN
 	}); err != nil {
-		return nil, err
+		return 0, err
 	}
 	if perr != nil {
-		return nil, perr
+		return 0, perr
 	}
-	if n == 0 || first[0] != 0 {
-		return nil, nil // a client that passes nothing (or hung up): gRPC reads the rest
+	if n == 0 {
+		return -1, nil
 	}
+	return int(first[0]), nil
+}
 
+// readPrefix reads the 8 bytes that start with a zero byte (the output preamble or
+// localrpc's hello) and any descriptors sent with them. On error it closes what it received.
+func readPrefix(conn *net.UnixConn) ([preambleLen]byte, []int, error) {
 	var pre [preambleLen]byte
 	// Room for one descriptor more than allowed, to notice a client sending too many.
-	oob := make([]byte, unix.CmsgSpace((maxPassedFiles+1)*4))
+	var oobBuf [64]byte
+	oob := oobBuf[:unix.CmsgSpace((maxPassedFiles+1)*4)]
 	n, oobn, flags, _, err := conn.ReadMsgUnix(pre[:], oob)
 	fds, perr := parseRights(oob[:oobn])
-	closeFds := func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
+	if err == nil && (perr != nil || flags&unix.MSG_CTRUNC != 0) {
+		err = errors.New("malformed or too many descriptors")
+	}
+	if err == nil && n < len(pre) {
+		// The client wrote the 8 bytes in one call; a short read is all there is so far.
+		_, err = io.ReadFull(conn, pre[n:])
 	}
 	if err != nil {
-		closeFds()
-		return nil, fmt.Errorf("reading the output preamble: %w", err)
+		closeFds(fds)
+		return pre, nil, fmt.Errorf("reading the output preamble: %w", err)
 	}
-	if perr != nil || flags&unix.MSG_CTRUNC != 0 {
-		closeFds()
-		return nil, errors.New("output preamble: malformed or too many descriptors")
+	return pre, fds, nil
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
 	}
-	if n < len(pre) {
-		// The client wrote the preamble in one call; a short read is all there is so far.
-		if _, err := io.ReadFull(conn, pre[n:]); err != nil {
-			closeFds()
-			return nil, fmt.Errorf("reading the output preamble: %w", err)
-		}
-	}
+}
+
+// acceptOutput checks an output preamble and the descriptors that came with it, takes them
+// over and acknowledges them. Any descriptor not returned is closed.
+func acceptOutput(conn *net.UnixConn, pre [preambleLen]byte, fds []int) (*ClientOutput, error) {
 	mask := pre[len(pre)-1]
 	if [6]byte(pre[:6]) != outputMagic || pre[6] != outputVersion || mask&^(maskStdout|maskStderr) != 0 ||
 		bits.OnesCount8(mask) != len(fds) {
-		closeFds()
+		closeFds(fds)
 		return nil, fmt.Errorf("output preamble: unknown version or %d descriptors for mask %#x", len(fds), mask)
 	}
 	out := &ClientOutput{}
@@ -243,7 +217,7 @@ func receiveOutput(conn *net.UnixConn) (*ClientOutput, error) {
 		fds = fds[1:]
 		f, err := newOutputFile(fd, "client "+name)
 		if err != nil {
-			closeFds()
+			closeFds(fds)
 			out.Close()
 			return nil, fmt.Errorf("client %s: %w", name, err)
 		}

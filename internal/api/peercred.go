@@ -42,27 +42,17 @@ func (peerCreds) ClientHandshake(_ context.Context, _ string, conn net.Conn) (ne
 }
 
 func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil, nil, fmt.Errorf("peer credentials need a unix socket, got %T", conn)
+	if h, ok := conn.(*handshakenConn); ok {
+		// ServeLocal read the identity and the output preamble already.
+		return h.Conn, h.info, nil
 	}
-	raw, err := sc.SyscallConn()
+	caller, err := peerCaller(conn)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading peer credentials: %w", err)
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, nil, fmt.Errorf("reading peer credentials: %w", err)
-	}
-	if credErr != nil {
-		return nil, nil, fmt.Errorf("reading peer credentials: %w", credErr)
+		return nil, nil, err
 	}
 	info := callerAuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		caller:         Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid},
+		caller:         caller,
 	}
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
@@ -77,6 +67,30 @@ func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo,
 	}
 	info.passed = &passedOutput{out: out}
 	return &outputConn{UnixConn: uc, passed: info.passed}, info, nil
+}
+
+// peerCaller returns the kernel's record of who opened conn (SO_PEERCRED): the only source
+// of a local client's identity.
+func peerCaller(conn net.Conn) (Caller, error) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return Caller{}, fmt.Errorf("peer credentials need a unix socket, got %T", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return Caller{}, fmt.Errorf("reading peer credentials: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return Caller{}, fmt.Errorf("reading peer credentials: %w", err)
+	}
+	if credErr != nil {
+		return Caller{}, fmt.Errorf("reading peer credentials: %w", credErr)
+	}
+	return Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
 }
 
 func (peerCreds) Info() credentials.ProtocolInfo {

@@ -7,6 +7,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/mem"
+
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
 // Stream tuning for stdio and file data. gRPC's defaults (64 KiB windows, 32 KiB buffers)
@@ -17,7 +19,7 @@ const (
 	connWindow   = 16 << 20
 	ioBuffer     = 512 << 10
 	// MaxMessage is the largest message either side accepts.
-	MaxMessage = 16 << 20
+	MaxMessage = localrpc.MaxMessage
 )
 
 // DialOptions tune a client connection for bulk streams.
