@@ -13,12 +13,14 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
 // Default locations and ports.
 const (
 	DefaultDataDir = "/var/lib/ssi"
-	DefaultSocket  = "/run/ssi/ssi.sock"
+	DefaultSocket  = localrpc.DefaultSocket
 	DefaultPort    = 7700 // gRPC; gossip, etcd client, etcd peer and the node links (links.go) use the next four ports
 
 	// TokenEnv carries a join token when --token is not given: a command line is readable

@@ -289,7 +289,7 @@ func newOutputFile(fd int, name string) (*OutputFile, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
 	case unix.S_IFCHR:
-		if !IsNullDevice(st.Rdev) {
+		if !localrpc.IsNullDevice(st.Rdev) {
 			return fail(errors.New("a character device other than /dev/null, /dev/zero or /dev/full"))
 		}
 	case unix.S_IFIFO:
@@ -314,19 +314,6 @@ func newOutputFile(fd int, name string) (*OutputFile, error) {
 		return nil, err
 	}
 	return &OutputFile{f: f, rc: rc}, nil
-}
-
-// IsNullDevice reports whether a character device is /dev/null, /dev/zero or /dev/full:
-// the devices whose writes never block, and the only ones a client may pass.
-func IsNullDevice(rdev uint64) bool {
-	if unix.Major(rdev) != 1 {
-		return false
-	}
-	switch unix.Minor(rdev) {
-	case 3, 5, 7:
-		return true
-	}
-	return false
 }
 
 // Close closes the file; nil and closed files are fine.
