@@ -24,6 +24,8 @@ type Conn struct {
 	wbuf []byte
 	used bool
 	stop func() bool // ends the watch on the call's context
+	// ackPending: the output preamble's acknowledgement is still to be read.
+	ackPending bool
 }
 
 // readBufferSize fits the small messages of most calls in one read; large payloads bypass
@@ -31,8 +33,8 @@ type Conn struct {
 const readBufferSize = 16 << 10
 
 // Dial connects to the agent socket at path, passing stdout/stderr (either may be nil) as
-// PassOutput does, and writes the hello. The hello goes out with the call's first frames, in
-// one write. Errors wrap the underlying one, so that errors.Is(err, syscall.ECONNREFUSED) or
+// PassOutput does but without waiting for the acknowledgement, and writes the hello. The
+// hello goes out with the call's first frames, in one write. Errors wrap the underlying one, so that errors.Is(err, syscall.ECONNREFUSED) or
 // fs.ErrNotExist tell an agent that is not running.
 func Dial(ctx context.Context, path string, stdout, stderr *os.File) (*Conn, error) {
 	var d net.Dialer
@@ -41,25 +43,14 @@ func Dial(ctx context.Context, path string, stdout, stderr *os.File) (*Conn, err
 		return nil, fmt.Errorf("connecting to the agent: %w", err)
 	}
 	uc := nc.(*net.UnixConn)
-	if stdout != nil || stderr != nil {
-		// PassOutput waits for the acknowledgement until ctx's deadline; a cancellation
-		// without one must end the wait too.
-		stop := context.AfterFunc(ctx, func() { _ = uc.SetDeadline(time.Unix(1, 0)) })
-		err := PassOutput(ctx, uc, stdout, stderr)
-		if !stop() {
-			// The deadline was set, so the connection is spent whatever PassOutput returned.
-			if err == nil {
-				err = contextError(ctx.Err())
-			} else {
-				err = fmt.Errorf("%w (%w)", contextError(ctx.Err()), err)
-			}
-		}
-		if err != nil {
-			uc.Close()
-			return nil, err
-		}
+	// The call follows the output preamble without waiting for the agent's acknowledgement,
+	// which is read before the call's first frame (ackReader).
+	passed, err := sendOutput(uc, stdout, stderr)
+	if err != nil {
+		uc.Close()
+		return nil, err
 	}
-	c := &Conn{conn: uc, wbuf: make([]byte, 0, 512)}
+	c := &Conn{conn: uc, wbuf: make([]byte, 0, 512), ackPending: passed}
 	c.wbuf = append(c.wbuf, Hello[:]...)
 	return c, nil
 }
@@ -97,7 +88,7 @@ func (c *Conn) begin(ctx context.Context, method string) error {
 	} else {
 		binary.BigEndian.PutUint32(c.wbuf[start+1:], uint32(n))
 	}
-	c.br = bufio.NewReaderSize(c.conn, readBufferSize)
+	c.br = bufio.NewReaderSize(&ackReader{r: c.conn, pending: c.ackPending}, readBufferSize)
 	c.stop = context.AfterFunc(ctx, func() { c.conn.Close() })
 	return nil
 }

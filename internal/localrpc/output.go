@@ -45,6 +45,20 @@ var ErrOutputNotPassed = errors.New("the agent does not take output files (it is
 // agent on conn, which must not have carried anything yet, and waits for the agent's
 // acknowledgement until ctx ends. It does nothing if both are nil.
 func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File) error {
+	sent, err := sendOutput(conn, stdout, stderr)
+	if err != nil || !sent {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(d)
+		defer conn.SetReadDeadline(time.Time{})
+	}
+	return readAck(conn)
+}
+
+// sendOutput writes the output preamble with stdout and stderr (either may be nil) on conn,
+// and reports whether there was anything to pass.
+func sendOutput(conn *net.UnixConn, stdout, stderr *os.File) (bool, error) {
 	var mask byte
 	var fdBuf [2]int
 	fds := fdBuf[:0]
@@ -56,15 +70,15 @@ func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File
 		// mode, which other holders of the same file would then see.
 		rc, err := f.SyscallConn()
 		if err != nil {
-			return fmt.Errorf("passing %s: %w", f.Name(), err)
+			return false, fmt.Errorf("passing %s: %w", f.Name(), err)
 		}
 		if err := rc.Control(func(fd uintptr) { fds = append(fds, int(fd)) }); err != nil {
-			return fmt.Errorf("passing %s: %w", f.Name(), err)
+			return false, fmt.Errorf("passing %s: %w", f.Name(), err)
 		}
 		mask |= 1 << i
 	}
 	if mask == 0 {
-		return nil
+		return false, nil
 	}
 	var pre [OutputPreambleLen]byte
 	copy(pre[:], OutputMagic[:])
@@ -77,20 +91,42 @@ func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		return fmt.Errorf("passing output files to the agent: %w", err)
+		return false, fmt.Errorf("passing output files to the agent: %w", err)
 	}
-	// The agent acknowledges before anything else; an agent older than output passing starts
-	// with its HTTP/2 settings instead, whose first byte (of a small length) is never 's'.
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(d)
-		defer conn.SetReadDeadline(time.Time{})
-	}
+	return true, nil
+}
+
+// readAck reads the agent's acknowledgement of an output preamble from r. An agent older than
+// output passing starts with its HTTP/2 settings instead, whose first byte (of a small length)
+// is never 's'.
+func readAck(r io.Reader) error {
 	var ack [len(OutputAck)]byte
-	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+	if _, err := io.ReadFull(r, ack[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("the agent did not take the output files passed to it (hung up): %w", ErrOutputNotPassed)
+		}
 		return fmt.Errorf("passing output files to the agent: %w", err)
 	}
 	if string(ack[:]) != OutputAck {
 		return ErrOutputNotPassed
 	}
 	return nil
+}
+
+// ackReader reads the acknowledgement of an output preamble before what follows it: a client
+// that passed its output sends its call without waiting for the acknowledgement, which saves
+// a round trip to the agent on every ssi run.
+type ackReader struct {
+	r       io.Reader
+	pending bool
+}
+
+func (a *ackReader) Read(p []byte) (int, error) {
+	if a.pending {
+		if err := readAck(a.r); err != nil {
+			return 0, err
+		}
+		a.pending = false
+	}
+	return a.r.Read(p)
 }
