@@ -79,7 +79,7 @@ func findDaemon() (string, error) {
 	if self != "" {
 		dir = filepath.Dir(self)
 	}
-	missing := fmt.Errorf("this command is in %s, the server half of ssi, which is neither next to this binary nor on PATH: build both, e.g. go build -o %s ./cmd/ssi ./cmd/ssid", DaemonBinary, dir)
+	missing := fmt.Errorf("this command is in %s, the server half of ssi, which is neither next to this binary nor on PATH: build it there (go build -o %s ./cmd/ssid in the source tree)", DaemonBinary, dir)
 	if self == "" {
 		return "", missing
 	}

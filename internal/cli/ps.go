@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	osuser "os/user"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,9 +50,6 @@ within 2 s are reported, not waited for.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
-				return err
-			}
-			if err := checkPsUser(user, osuser.Lookup); err != nil {
 				return err
 			}
 			ctl := g.control()
@@ -104,26 +99,6 @@ within 2 s are reported, not waited for.`,
 	cmd.Flags().BoolVar(&tree, "tree", false, "show the process hierarchy across nodes")
 	outputFlag(cmd, &format)
 	return cmd
-}
-
-// checkPsUser refuses a -u that names no user, as ps(1) does: an empty listing would read as
-// "that user runs nothing" when the name is mistyped. A uid is taken as given, since a uid
-// need not have an entry in the user database to own processes.
-func checkPsUser(name string, lookup func(string) (*osuser.User, error)) error {
-	if name == "" {
-		return nil
-	}
-	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
-		return nil
-	}
-	if _, err := lookup(name); err != nil {
-		var unknown osuser.UnknownUserError
-		if errors.As(err, &unknown) {
-			return fmt.Errorf("-u %s: no such user: give a user name or a numeric uid", name)
-		}
-		return fmt.Errorf("-u %s: looking the user up: %w", name, err)
-	}
-	return nil
 }
 
 // treeOrder sorts processes depth-first under their parents (which may be on other nodes)

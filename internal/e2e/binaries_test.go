@@ -37,7 +37,7 @@ func TestClientHandsServerCommandsToSsid(t *testing.T) {
 		cmd := exec.Command(alone(t), "dev", "--help")
 		cmd.Env = append(os.Environ(), "PATH=/nonexistent")
 		out, err := cmd.CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "build both, e.g. go build -o") {
+		if err == nil || !strings.Contains(string(out), "build it there (go build -o") {
 			t.Fatalf("ssi dev --help without ssid or Go: %v\n%s", err, out)
 		}
 	})

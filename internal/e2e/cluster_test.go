@@ -49,7 +49,7 @@ func TestFormationJoinAndFaults(t *testing.T) {
 		}
 	}
 	// No join token in any command line: every user may read those (ps, ssi ps).
-	if r := ssi(t, c, "n1", "ps", "-o", "json"); r.code != 0 || strings.Contains(r.stdout, "SSI1.") || !strings.Contains(r.stdout, "ssi agent") {
+	if r := ssi(t, c, "n1", "ps", "-o", "json"); r.code != 0 || strings.Contains(r.stdout, "SSI1.") || !strings.Contains(r.stdout, "ssid agent") {
 		t.Errorf("a join token shows in ssi ps: %v", r)
 	}
 	st := getStatus(t, c, "n4")

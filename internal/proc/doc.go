@@ -14,9 +14,9 @@
 //   - Signals to the command go through a pidfd, never kill(pid): after the command has
 //     been reaped its pid may belong to someone else.
 //   - The child runs with the caller's uid, gid, groups, umask, environment and working
-//     directory. The umask is set on a long-lived spawner thread that has its own
-//     fs_struct (see startWithUmask), or the caller forks from such a thread of its own
-//     (Spec.ForkHere), never process-wide.
+//     directory. A umask other than the agent's own is set on a long-lived spawner thread
+//     that has its own fs_struct (see startWithUmask), or the caller forks from such a
+//     thread of its own (Spec.ForkHere), never process-wide.
 //   - A command the shell would refuse is reported by Start as a *CommandError carrying
 //     the shell's message and exit code (127, 126); exit codes of processes that ran are
 //     the shell's too (128+N after death by signal N).

@@ -62,6 +62,9 @@ func TestConcurrentStartsKeepTheirOwnUmask(t *testing.T) {
 		wg.Go(func() {
 			spec := rootSpec("sh", "-c", "umask; id -u")
 			spec.Umask = (i * 0o13) & 0o777
+			if i%4 == 2 {
+				spec.Umask = agentUmask // forked right on the caller's thread
+			}
 			if i%2 == 1 {
 				spec.UID, spec.GID, spec.Groups = 65534, 65534, nil
 			}

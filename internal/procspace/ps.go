@@ -2,8 +2,11 @@ package procspace
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	osuser "os/user"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -52,6 +55,10 @@ func (s *Service) LocalPs(_ context.Context, req *ssipb.PsRequest) (*ssipb.PsRes
 // Ps asks every alive node (or the one named) in parallel and merges the answers, sorted by
 // GPID. Nodes that do not answer within the deadline are listed as unreachable.
 func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
+	// Here rather than in the CLI, which links no user database (NSS) of its own.
+	if err := checkPsUser(req.User, osuser.Lookup); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	var nodes []string
 	if req.Node != "" {
 		name, ok := s.cfg.Cluster.Resolve(req.Node)
@@ -97,4 +104,24 @@ func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsRespon
 	}
 	sort.Slice(out.Procs, func(i, j int) bool { return out.Procs[i].Gpid < out.Procs[j].Gpid })
 	return out, nil
+}
+
+// checkPsUser refuses a -u that names no user, as ps(1) does: an empty listing would read as
+// "that user runs nothing" when the name is mistyped. A uid is taken as given, since a uid
+// need not have an entry in the user database to own processes.
+func checkPsUser(name string, lookup func(string) (*osuser.User, error)) error {
+	if name == "" {
+		return nil
+	}
+	if _, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return nil
+	}
+	if _, err := lookup(name); err != nil {
+		var unknown osuser.UnknownUserError
+		if errors.As(err, &unknown) {
+			return fmt.Errorf("-u %s: no such user: give a user name or a numeric uid", name)
+		}
+		return fmt.Errorf("-u %s: looking the user up: %w", name, err)
+	}
+	return nil
 }
