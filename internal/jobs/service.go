@@ -114,6 +114,8 @@ type Service struct {
 	leaseMu sync.Mutex
 	lease   clientv3.LeaseID // for interactive sessions, created on first use
 
+	queueCache queueCache
+
 	closeOnce sync.Once
 }
 
@@ -151,10 +153,14 @@ func start(ctx context.Context, d Deps, t tuning) (*Service, error) {
 		return nil, err
 	}
 	s.exec = exec
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		s.observeLeader()
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.watchQueues()
 	}()
 	if d.Server {
 		s.wg.Add(1)

@@ -174,11 +174,7 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	if err := probe.Validate(); err != nil {
 		return nil, 0, invalid("%s", strings.Replace(err.Error(), "job 0 ", "the job ", 1))
 	}
-	queues, err := s.readQueues(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := s.checkFits(probe, queues); err != nil {
+	if err := s.checkQueues(ctx, probe); err != nil {
 		return nil, 0, err
 	}
 	if err := s.checkDeps(ctx, sp.After, sp.AfterAny); err != nil {
@@ -196,6 +192,19 @@ func absUnder(dir, p string) string {
 		return filepath.Clean(p)
 	}
 	return filepath.Join(dir, p)
+}
+
+// checkQueues refuses a job whose queue does not exist or could never run it, by the cached
+// queues when they are there, and refuses only by a fresh read (see queueCache).
+func (s *Service) checkQueues(ctx context.Context, probe sched.Job) error {
+	if cached := s.queueCache.get(); cached != nil && s.checkFits(probe, cached) == nil {
+		return nil
+	}
+	queues, err := s.readQueues(ctx)
+	if err != nil {
+		return err
+	}
+	return s.checkFits(probe, queues)
 }
 
 // readQueues is the configured queues plus the implicit default one. The read is served by
