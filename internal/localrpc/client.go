@@ -26,6 +26,7 @@ type Conn struct {
 	stop func() bool // ends the watch on the call's context
 	// ackPending: the output preamble's acknowledgement is still to be read.
 	ackPending bool
+	in         *ackReader // under br
 }
 
 // readBufferSize fits the small messages of most calls in one read; large payloads bypass
@@ -88,7 +89,8 @@ func (c *Conn) begin(ctx context.Context, method string) error {
 	} else {
 		binary.BigEndian.PutUint32(c.wbuf[start+1:], uint32(n))
 	}
-	c.br = bufio.NewReaderSize(&ackReader{r: c.conn, pending: c.ackPending}, readBufferSize)
+	c.in = &ackReader{r: c.conn, pending: c.ackPending}
+	c.br = bufio.NewReaderSize(c.in, readBufferSize)
 	c.stop = context.AfterFunc(ctx, func() { c.conn.Close() })
 	return nil
 }
@@ -179,6 +181,12 @@ func (c *Conn) readStatusAfterWriteError(ctx context.Context) error {
 func (c *Conn) transportError(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil {
 		return contextError(ctx.Err())
+	}
+	switch {
+	case errors.Is(err, errNotSpoken):
+		return &Error{Code: Unavailable, Message: "the agent answered in an older protocol than this client's: upgrade the agent (ssid) to this client's version"}
+	case c.in != nil && !c.in.answered && !errors.Is(err, ErrOutputNotPassed):
+		return &Error{Code: Unavailable, Message: fmt.Sprintf("the agent hung up without answering (%v): if it is older than this client, upgrade it; otherwise see its log", err)}
 	}
 	return &Error{Code: Unavailable, Message: fmt.Sprintf("localrpc: %s: %v", what, err)}
 }

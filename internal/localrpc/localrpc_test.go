@@ -203,7 +203,8 @@ func TestCall(t *testing.T) {
 		{"no response", status(OK, ""), Internal, "localrpc: the agent sent no response"},
 		{"two responses", cat(message(wrapperspb.String("a")), message(wrapperspb.String("b")), status(OK, "")), Internal, "localrpc: the agent sent more than one response"},
 		{"hang-up before the status", message(wrapperspb.String("pong")), Unavailable, ""},
-		{"unknown frame", cat(AppendFrameHeader(nil, 'Q', 0)), Internal, ""},
+		{"another protocol (an older agent's gRPC settings)", []byte{0, 0, 6, 4, 0, 0, 0, 0, 0}, Unavailable, "the agent answered in an older protocol than this client's: upgrade the agent (ssid) to this client's version"},
+		{"unknown frame", cat(message(wrapperspb.String("a")), AppendFrameHeader(nil, 'Q', 0)), Internal, ""},
 		{"bad response", cat(AppendFrameHeader(nil, FrameMessage, 1), []byte{0xff}, status(OK, "")), Internal, ""},
 		{"frame over the limit", []byte{FrameMessage, 0xff, 0, 0, 0}, ResourceExhausted, ""},
 	} {

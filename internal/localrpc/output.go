@@ -119,6 +119,8 @@ func readAck(r io.Reader) error {
 type ackReader struct {
 	r       io.Reader
 	pending bool
+	// answered: the agent sent something after the acknowledgement (the call's answer).
+	answered bool
 }
 
 func (a *ackReader) Read(p []byte) (int, error) {
@@ -128,5 +130,16 @@ func (a *ackReader) Read(p []byte) (int, error) {
 		}
 		a.pending = false
 	}
-	return a.r.Read(p)
+	n, err := a.r.Read(p)
+	if n > 0 && !a.answered {
+		a.answered = true
+		if p[0] != FrameMessage && p[0] != FrameStatus {
+			// An agent older than this protocol answers with gRPC's HTTP/2 settings.
+			return 0, errNotSpoken
+		}
+	}
+	return n, err
 }
+
+// errNotSpoken means the agent answered in another protocol than this one.
+var errNotSpoken = errors.New("the agent answered in another protocol")
