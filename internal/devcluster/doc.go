@@ -2,12 +2,12 @@
 // `ssi dev` and for end-to-end tests.
 //
 // Each host is a real-looking Linux host built from namespaces: its own
-// network namespace joined to a per-cluster bridge through a veth pair, its
-// own hostname (n1, n2, …), a mount namespace with private /tmp, /run and
+// network namespace joined to a per-cluster bridge through a veth pair (at
+// loopback's MTU, as programs on one machine talk), its own hostname (n1, n2, …), a mount namespace with private /tmp, /run and
 // /dev/shm, a PID namespace with its own /proc, an IPC namespace and its own
 // cgroup v2 group. All hosts share the machine's kernel and disk. The host's
-// PID 1 is a small init (RunHostInit, the hidden `ssi dev-init` command) that
-// sets the host up, starts `ssi agent`, reaps orphans and ends the host when
+// PID 1 is a small init (RunHostInit, the hidden `ssid dev-init` command) that
+// sets the host up, starts `ssid agent`, reaps orphans and ends the host when
 // the agent exits.
 //
 // Every node has a directory DIR/nK on the machine that the host sees as
