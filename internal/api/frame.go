@@ -88,25 +88,6 @@ func (f *Frame) Decode(m protov2.Message) error {
 	return protov2.Unmarshal(buf.ReadOnlyData(), m)
 }
 
-// WriteBytesField writes the payload of the frame's first field, which must be a bytes field,
-// to w, and releases the frame.
-func (f *Frame) WriteBytesField(w io.Writer) (int64, error) {
-	defer f.Free()
-	views, err := f.bytesPayload()
-	if err != nil {
-		return 0, err
-	}
-	written := int64(0)
-	for _, d := range views {
-		k, err := w.Write(d)
-		written += int64(k)
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, nil
-}
-
 // bytesPayload returns the payload of the frame's only field, which must be a bytes field, as
 // views of the frame's buffers (valid until it is freed).
 func (f *Frame) bytesPayload() ([][]byte, error) {

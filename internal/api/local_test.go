@@ -244,11 +244,11 @@ func TestLocalStreamReceivesFrames(t *testing.T) {
 		if err := stream.RecvMsg(&f); err != nil {
 			return err
 		}
-		var b bytes.Buffer
-		if _, err := f.WriteBytesField(&b); err != nil {
+		b, err := payloadOf(&f)
+		if err != nil {
 			return err
 		}
-		got <- b.String()
+		got <- string(b)
 		return status.Error(codes.FailedPrecondition, "done")
 	}})
 	st, err := dial(t, s.path, nil).Stream(context.Background(), ssirpc.Control_Run_FullMethodName)

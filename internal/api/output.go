@@ -36,13 +36,9 @@ const (
 	maxPassedFiles = 2
 )
 
-// PassOutput is localrpc.PassOutput, for gRPC clients.
-func PassOutput(ctx context.Context, conn *net.UnixConn, stdout, stderr *os.File) error {
-	return localrpc.PassOutput(ctx, conn, stdout, stderr)
-}
-
-// DialPassingOutput is the dialer of a connection to the agent's Unix socket at path that
-// hands it stdout and stderr (either may be nil) before gRPC speaks.
+// DialPassingOutput is the dialer of a gRPC connection to the agent's Unix socket at path that
+// hands it stdout and stderr (either may be nil) before gRPC speaks, as CLIs older than
+// localrpc did; the agent still serves them, and tests use it to check that it does.
 func DialPassingOutput(path string, stdout, stderr *os.File) grpc.DialOption {
 	return grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -57,9 +53,6 @@ func DialPassingOutput(path string, stdout, stderr *os.File) grpc.DialOption {
 		return conn, nil
 	})
 }
-
-// ErrOutputNotPassed is localrpc.ErrOutputNotPassed (the same value, for errors.Is).
-var ErrOutputNotPassed = localrpc.ErrOutputNotPassed
 
 // ClientOutput is the stdout and stderr a client passed; either may be nil (not passed). Its
 // holder must Close it on every path: the client's reader sees end of file only once every

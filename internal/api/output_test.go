@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
 // openFds counts this process's open descriptors.
@@ -49,7 +51,7 @@ func unixPair(t *testing.T) (client, server *net.UnixConn) {
 func pass(client *net.UnixConn, stdout, stderr *os.File, more func() error) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		err := PassOutput(context.Background(), client, stdout, stderr)
+		err := localrpc.PassOutput(context.Background(), client, stdout, stderr)
 		if err == nil && more != nil {
 			err = more()
 		}
@@ -81,7 +83,7 @@ func TestPassOutputToAnOlderAgent(t *testing.T) {
 	if _, err := server.Write([]byte{0, 0, 12, 4, 0, 0, 0, 0, 0}); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-passed; !errors.Is(err, ErrOutputNotPassed) {
+	if err := <-passed; !errors.Is(err, localrpc.ErrOutputNotPassed) {
 		t.Fatalf("got %v, want ErrOutputNotPassed", err)
 	}
 }

@@ -59,11 +59,7 @@ func (g *Globals) dialAgent(ctx context.Context, stdout, stderr *os.File) (*loca
 		}
 		return nil, fmt.Errorf("cannot use the agent socket %s: %w", path, err)
 	}
-	conn, err := localrpc.Dial(ctx, path, stdout, stderr)
-	if err != nil {
-		return nil, g.rpcError(err)
-	}
-	return conn, nil
+	return localrpc.Dial(ctx, path, stdout, stderr) // callers turn errors into lines (rpcError)
 }
 
 // call makes one unary call on a connection of its own.

@@ -113,7 +113,8 @@ func newSession(t *testing.T, script func(ssirpc.Peer_ExecServer) error, peerErr
 	return &session{ctl: ctl, socket: serve(t, ctlSrv)}
 }
 
-// run starts `ssi run -n node`, passing stdout and stderr as the CLI does.
+// run starts `ssi run -n node` over gRPC, passing stdout and stderr as CLIs older than
+// localrpc did (the lean protocol carries the same call to the same handler).
 func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, stderr *os.File) ssirpc.Control_RunClient {
 	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///agent", append(api.DialOptions(),
