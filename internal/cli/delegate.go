@@ -63,8 +63,8 @@ func execDaemon(args []string) error {
 func findDaemon() (string, error) {
 	self, err := os.Executable()
 	if err == nil {
-		path := filepath.Join(filepath.Dir(self), DaemonBinary)
-		if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		// LookPath of a path checks that it is an executable file.
+		if path, err := exec.LookPath(filepath.Join(filepath.Dir(self), DaemonBinary)); err == nil {
 			return path, nil
 		}
 	}

@@ -94,7 +94,7 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	}
 	// The lean client, built next to this binary, is "ssi" on the nodes; without it, this
 	// binary stands in.
-	if client := filepath.Join(filepath.Dir(binary), "ssi"); isExecutable(client) {
+	if client, err := exec.LookPath(filepath.Join(filepath.Dir(binary), "ssi")); err == nil {
 		opts.Client = client
 	}
 
@@ -163,11 +163,6 @@ func claimDevDir(dir string) (unlock func(), err error) {
 		}
 	}
 	return func() { marker.Close() }, nil
-}
-
-func isExecutable(path string) bool {
-	st, err := os.Stat(path)
-	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
 func fileExists(path string) bool {
