@@ -153,6 +153,12 @@ func (c *cluster) setAlive(name string, alive bool) {
 
 // start runs a node's job service with cpus job slots (0: a server that runs no jobs).
 func (c *cluster) start(name string, server bool, cpus uint32) *testNode {
+	c.t.Helper()
+	return c.startWith(name, server, cpus, nil)
+}
+
+// startWith is start with the node's dependencies changed by adjust, if not nil.
+func (c *cluster) startWith(name string, server bool, cpus uint32, adjust func(*Deps)) *testNode {
 	t := c.t
 	t.Helper()
 	c.mu.Lock()
@@ -167,10 +173,14 @@ func (c *cluster) start(name string, server bool, cpus uint32) *testNode {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
-	svc, err := start(ctx, Deps{
+	deps := Deps{
 		Etcd: cli, Node: name, Server: server, Members: c.membersView, MembersChanged: c.membersChanged,
 		CgroupParent: c.cgroup + "/" + name, Socket: "/nonexistent/ssi.sock", NodeIndex: idx, Logger: log,
-	}, c.tune)
+	}
+	if adjust != nil {
+		adjust(&deps)
+	}
+	svc, err := start(ctx, deps, c.tune)
 	if err != nil {
 		t.Fatal(err)
 	}

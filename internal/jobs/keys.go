@@ -1,10 +1,12 @@
 package jobs
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/ssi-cluster/ssi/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Every key of the job system lives under prefix, so one watch feeds the scheduler's cache.
@@ -12,9 +14,12 @@ const prefix = store.Prefix + "jobs/"
 
 // Key prefixes (see the package documentation for what each holds).
 const (
-	keyNextID      = prefix + "next-id"
-	keyUsage       = prefix + "usage"
-	prefixElection = prefix + "leader/"
+	keyNextID = prefix + "next-id"
+	keyUsage  = prefix + "usage"
+	// nameElection is the name etcd's election recipe takes; it keeps each candidate at
+	// prefixElection followed by the candidate's lease ID in hex (electionKey).
+	nameElection   = prefix + "leader"
+	prefixElection = nameElection + "/"
 	prefixJob      = prefix + "job/"
 	prefixHist     = prefix + "hist/"
 	prefixNode     = prefix + "node/"
@@ -130,4 +135,9 @@ func parseKey(key string) parsedKey {
 		}
 	}
 	return parsedKey{}
+}
+
+// electionKey is the key etcd's election recipe gives the candidate holding lease.
+func electionKey(lease clientv3.LeaseID) string {
+	return fmt.Sprintf("%s%x", prefixElection, lease)
 }

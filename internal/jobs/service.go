@@ -224,8 +224,8 @@ func (s *Service) campaign() {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		myKey := fmt.Sprintf("%s%x", prefixElection, sess.Lease())
-		e := concurrency.NewElection(sess, prefixElection)
+		e := concurrency.NewElection(sess, nameElection)
+		myKey := electionKey(sess.Lease())
 		cctx, stop := context.WithCancel(s.ctx)
 		watching := make(chan struct{})
 		go func() {

@@ -69,3 +69,36 @@ func TestStepAsideSignalsPollWithoutMember(t *testing.T) {
 		t.Fatal("the poll interval never ended the wait")
 	}
 }
+
+// TestEtcdLeaderAloneKeepsScheduler: the server that leads etcd, as the only candidate, leads
+// the scheduler and stays leader. It used to take its own election key for another
+// candidate's (etcd's recipe puts a "/" after the name it is given), so alone it stepped aside
+// and campaigned again in a loop, a few milliseconds a turn, busying the one member a
+// second server was trying to join.
+func TestEtcdLeaderAloneKeepsScheduler(t *testing.T) {
+	c := newCluster(t)
+	n := c.startWith("s1", true, 0, func(d *Deps) {
+		d.LeadsEtcd = func() bool { return true }
+		never := make(chan struct{})
+		d.EtcdLeaderChanged = func() <-chan struct{} { return never }
+	})
+	waitFor(t, 10*time.Second, "a scheduler leader", func() bool { return n.svc.leading.Load() })
+	candidate := func() int64 {
+		resp, err := n.cli.Get(ctxT(t), prefixElection, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 {
+			t.Fatalf("%d candidates, want 1", len(resp.Kvs))
+		}
+		return resp.Kvs[0].CreateRevision
+	}
+	first := candidate()
+	time.Sleep(time.Second)
+	if !n.svc.leading.Load() {
+		t.Fatal("the only server stopped leading the scheduler")
+	}
+	if now := candidate(); now != first {
+		t.Fatalf("the election key was made again (revision %d, then %d): the server stepped aside from itself", first, now)
+	}
+}
