@@ -157,8 +157,32 @@ func (m *Member) IsLeader() bool { return m.etcd.Server.Leader() == m.etcd.Serve
 // LeaderChanged returns a channel that is closed when the member's etcd leader next changes.
 func (m *Member) LeaderChanged() <-chan struct{} { return m.etcd.Server.LeaderChangedNotify() }
 
-// Close stops the member; its data stays for a restart.
-func (m *Member) Close() { m.etcd.Close() }
+// leaderHandoff bounds how long a stopping leader tries to hand its leadership to a peer.
+// A live peer takes it within a few heartbeats; etcd's own stop waits its request timeout
+// (8 s with these ticks), which is what stopping a whole cluster at once cost: every peer is
+// stopping too, and none takes it.
+const leaderHandoff = 1500 * time.Millisecond
+
+// Close stops the member; its data stays for a restart. A leader first hands its leadership
+// to the peer it has been connected to longest, as etcd's own stop does, but gives up after
+// leaderHandoff and stops anyway: the others then elect a leader among themselves.
+func (m *Member) Close() {
+	s := m.etcd.Server
+	handed := make(chan struct{})
+	go func() {
+		defer close(handed)
+		_ = s.TryTransferLeadershipOnShutdown() // etcd logs why it could not
+	}()
+	select {
+	case <-handed:
+	case <-time.After(leaderHandoff):
+	}
+	// Stopping the server cancels the context the hand-off waits under, so it ends too; the
+	// stop in Close then finds no peer to hand to and returns at once.
+	s.HardStop()
+	<-handed
+	m.etcd.Close()
+}
 
 func joinHostPortOf(host string, u url.URL) string {
 	return hostPort(host, u.Port())
