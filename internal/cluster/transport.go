@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,8 +29,12 @@ type transport struct {
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
 	done     chan struct{}
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	// dials ends with Shutdown, so that a stream still being dialled (a reconnect to a node
+	// that is gone waits for its SYNs to time out) does not hold the agent's exit.
+	dials     context.Context
+	stopDials context.CancelFunc
+	wg        sync.WaitGroup
+	stopOnce  sync.Once
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
@@ -58,6 +63,7 @@ func newTransport(addr string, port int, log *slog.Logger) (*transport, error) {
 		streamCh: make(chan net.Conn),
 		done:     make(chan struct{}),
 	}
+	t.dials, t.stopDials = context.WithCancel(context.Background())
 	t.wg.Add(2)
 	go t.readPackets()
 	go t.acceptStreams()
@@ -109,7 +115,7 @@ func (t *transport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 // DialTimeout opens a stream to addr.
 func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", addr)
+	return d.DialContext(t.dials, "tcp", addr)
 }
 
 // DialAddressTimeout opens a stream to a node.
@@ -124,6 +130,7 @@ func (t *transport) StreamCh() <-chan net.Conn { return t.streamCh }
 func (t *transport) Shutdown() error {
 	t.stopOnce.Do(func() {
 		close(t.done)
+		t.stopDials()
 		t.tcp.Close()
 		t.udp.Close()
 	})

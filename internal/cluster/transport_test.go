@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"log/slog"
 	"net"
+	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestGossipOverOwnTransport forms a three-member gossip group on loopback through the
@@ -106,5 +109,63 @@ func TestTransportPassesPacketsAtTheirSize(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return")
+	}
+}
+
+// TestShutdownEndsDials: a stream still being dialled when the transport shuts down (an agent
+// reconnecting to a node that is gone, while it stops) ends at once, not at its timeout.
+func TestShutdownEndsDials(t *testing.T) {
+	// A listener that never accepts and whose backlog is full drops further SYNs, so a dial to
+	// it waits, like one to a host that is gone.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	for filled := false; !filled; {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			filled = true
+			continue
+		}
+		defer c.Close()
+	}
+
+	tr, err := newTransport("127.0.0.1", 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := tr.DialTimeout(addr, time.Minute)
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	select {
+	case err := <-dialed:
+		t.Fatalf("the dial ended before the shutdown (%v): the backlog was not full", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	tr.Shutdown()
+	select {
+	case err := <-dialed:
+		if err == nil {
+			t.Fatal("the dial succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dial outlived the transport's shutdown")
 	}
 }
