@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -96,6 +97,9 @@ type Agent struct {
 	errc      chan error
 	closeOnce sync.Once
 	closeErr  error
+	// leaving is set when the agent starts to stop, before it leaves the gossip group: from
+	// then on, rejoining nodes that seem gone would only undo the departure.
+	leaving atomic.Bool
 }
 
 // Start validates cfg, brings the node up (bootstrapping or joining a cluster the first time,
@@ -670,6 +674,9 @@ func (a *Agent) reconnectLoop() {
 			return
 		case <-t.C:
 		}
+		if a.leaving.Load() {
+			return
+		}
 		// New nodes announce themselves through gossip; the registry only needs an
 		// occasional re-read for nodes that are down.
 		if round%5 == 0 {
@@ -729,6 +736,7 @@ func (a *Agent) steerEtcdClient(alive map[string]bool) {
 // stop tears the agent down. graceful announces the departure first.
 func (a *Agent) stop(graceful bool) {
 	a.closeOnce.Do(func() {
+		a.leaving.Store(true)
 		if graceful && a.etcd != nil && a.state.Name != "" {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			if rec, ok, err := store.GetNode(ctx, a.etcd, a.state.Name); err == nil && ok && rec.NodeID == a.state.NodeID {

@@ -245,19 +245,40 @@ func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	d.mu.Unlock()
 }
 
-// Leave tells the cluster this node is departing on purpose, then stops gossiping.
+// Leave tells the cluster this node is departing on purpose, then stops gossiping. Each step
+// waits until its message has gone out, which needs a node that stays: when every other node
+// is gone or leaving too (a whole cluster stopping), no one is left to tell, and the waits
+// would only run into the timeout.
 func (m *Membership) Leave(timeout time.Duration) error {
+	self := m.ml.LocalNode().Name
 	m.mu.Lock()
 	m.meta.Leaving = true
 	m.mu.Unlock()
-	if err := m.ml.UpdateNode(timeout / 2); err != nil {
-		m.logger.Warn("announcing departure", "err", err)
+	var err error
+	if m.anyoneStaying(self) {
+		if uerr := m.ml.UpdateNode(timeout / 2); uerr != nil {
+			m.logger.Warn("announcing departure", "err", uerr)
+		}
 	}
-	err := m.ml.Leave(timeout)
+	if m.anyoneStaying(self) {
+		err = m.ml.Leave(timeout)
+	}
 	if serr := m.ml.Shutdown(); err == nil {
 		err = serr
 	}
 	return err
+}
+
+// anyoneStaying reports whether a node other than self is alive and not leaving.
+func (m *Membership) anyoneStaying(self string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, mem := range m.members {
+		if name != self && mem.State == StateAlive && !mem.Meta.Leaving {
+			return true
+		}
+	}
+	return false
 }
 
 // Shutdown stops gossiping without a goodbye, as a crash would.

@@ -15,9 +15,22 @@ import (
 // transport (UDP probes, TCP joins, encryption and the cluster label on top) and checks that
 // every member sees the others alive and then one leave.
 func TestGossipOverOwnTransport(t *testing.T) {
+	ms := startGroup(t, "a", "b", "c")
+	for _, m := range ms {
+		waitFor(t, m.ml.LocalNode().Name+" sees three alive", alive(m, 3))
+	}
+	if err := ms[2].Leave(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a sees two alive", alive(ms[0], 2))
+}
+
+// startGroup starts a gossip member per name on loopback and joins them into one group.
+func startGroup(t *testing.T, names ...string) []*Membership {
+	t.Helper()
 	key := bytes.Repeat([]byte{7}, 32)
 	var ms []*Membership
-	for _, name := range []string{"a", "b", "c"} {
+	for _, name := range names {
 		m, err := Start(Config{
 			Name: name, BindAddr: "127.0.0.1", AdvertiseAddr: "127.0.0.1",
 			SecretKey: key, ClusterID: "test", Logger: slog.New(slog.DiscardHandler),
@@ -34,34 +47,57 @@ func TestGossipOverOwnTransport(t *testing.T) {
 			t.Fatalf("join through %s: %d answered, %v", seed, n, err)
 		}
 	}
-	waitFor := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
+	return ms
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
 		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	alive := func(m *Membership, want int) func() bool {
-		return func() bool {
-			n := 0
-			for _, mem := range m.Members() {
-				if mem.State == "alive" {
-					n++
-				}
+}
+
+func alive(m *Membership, want int) func() bool {
+	return func() bool {
+		n := 0
+		for _, mem := range m.Members() {
+			if mem.State == StateAlive {
+				n++
 			}
-			return n == want
 		}
+		return n == want
 	}
+}
+
+// TestWholeGroupLeaves: when every member leaves at once, none waits for its departure
+// messages to reach a node that stays, as there is none; they used to wait their whole
+// timeout, which held a stopping cluster's agents past their grace.
+func TestWholeGroupLeaves(t *testing.T) {
+	ms := startGroup(t, "a", "b", "c")
 	for _, m := range ms {
-		waitFor(m.ml.LocalNode().Name+" sees three alive", alive(m, 3))
+		waitFor(t, m.ml.LocalNode().Name+" sees three alive", alive(m, 3))
 	}
-	if err := ms[2].Leave(time.Second); err != nil {
-		t.Fatal(err)
+	const timeout = time.Minute
+	done := make(chan time.Duration, len(ms))
+	for _, m := range ms {
+		go func() {
+			start := time.Now()
+			_ = m.Leave(timeout)
+			done <- time.Since(start)
+		}()
 	}
-	waitFor("a sees two alive", alive(ms[0], 2))
+	for range ms {
+		select {
+		case took := <-done:
+			t.Logf("left in %v", took)
+		case <-time.After(timeout / 2):
+			t.Fatal("a member waited for its departure to reach nodes that were all leaving")
+		}
+	}
 }
 
 // TestTransportPassesPacketsAtTheirSize checks that a received packet reaches memberlist as a
