@@ -27,10 +27,11 @@ const (
 	pollInterval = 25 * time.Millisecond
 
 	defaultReadyTimeout = 30 * time.Second
-	// stopGrace is how long Close lets agents shut down after SIGTERM. A
-	// graceful leave waits up to 2s for gossip acknowledgements, and when
-	// every server stops at once the last ones also wait for etcd writes
-	// that can no longer reach a quorum (2s).
+	// stopGrace is how long Close lets agents shut down after SIGTERM. When
+	// every server stops at once they take ~2 s (an etcd leader tries for
+	// 1.5 s to hand its leadership to a peer that is stopping too), but the
+	// last ones may wait for etcd writes that can no longer reach a quorum
+	// (2 s) and, with a node already dead, for gossip to give up on it.
 	stopGrace = 6 * time.Second
 	// reapTimeout bounds the wait for a host that was sent SIGKILL: the
 	// kernel ends the whole PID namespace, which is quick unless a process
