@@ -11,6 +11,7 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
 
 // MemberConfig describes the embedded etcd member of a server node.
@@ -171,7 +172,9 @@ func (m *Member) Close() {
 	handed := make(chan struct{})
 	go func() {
 		defer close(handed)
-		_ = s.TryTransferLeadershipOnShutdown() // etcd logs why it could not
+		if err := s.TryTransferLeadershipOnShutdown(); err != nil {
+			m.etcd.GetLogger().Warn("stopping without handing over the leadership", zap.Error(err))
+		}
 	}()
 	select {
 	case <-handed:
