@@ -28,13 +28,13 @@ type transport struct {
 	tcp      *net.TCPListener
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
-	done     chan struct{}
-	// dials ends with Shutdown, so that a stream still being dialled (a reconnect to a node
-	// that is gone waits for its SYNs to time out) does not hold the agent's exit.
-	dials     context.Context
-	stopDials context.CancelFunc
-	wg        sync.WaitGroup
-	stopOnce  sync.Once
+	// closing ends with Shutdown: the readers stop, and so does a stream still being
+	// dialled (a reconnect to a node that is gone waits for its SYNs to time out), which
+	// would otherwise hold the agent's exit.
+	closing  context.Context
+	shutdown context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
@@ -61,9 +61,8 @@ func newTransport(addr string, port int, log *slog.Logger) (*transport, error) {
 		tcp:      tcp,
 		packetCh: make(chan *memberlist.Packet),
 		streamCh: make(chan net.Conn),
-		done:     make(chan struct{}),
 	}
-	t.dials, t.stopDials = context.WithCancel(context.Background())
+	t.closing, t.shutdown = context.WithCancel(context.Background())
 	t.wg.Add(2)
 	go t.readPackets()
 	go t.acceptStreams()
@@ -115,7 +114,7 @@ func (t *transport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 // DialTimeout opens a stream to addr.
 func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.DialContext(t.dials, "tcp", addr)
+	return d.DialContext(t.closing, "tcp", addr)
 }
 
 // DialAddressTimeout opens a stream to a node.
@@ -129,8 +128,7 @@ func (t *transport) StreamCh() <-chan net.Conn { return t.streamCh }
 // Shutdown closes the listeners and waits for the readers to stop.
 func (t *transport) Shutdown() error {
 	t.stopOnce.Do(func() {
-		close(t.done)
-		t.stopDials()
+		t.shutdown()
 		t.tcp.Close()
 		t.udp.Close()
 	})
@@ -161,7 +159,7 @@ func (t *transport) readPackets() {
 		p := &memberlist.Packet{Buf: b, From: from, Timestamp: now}
 		select {
 		case t.packetCh <- p:
-		case <-t.done:
+		case <-t.closing.Done():
 			return
 		}
 	}
@@ -181,7 +179,7 @@ func (t *transport) acceptStreams() {
 			t.log.Warn("gossip: accepting a TCP connection", "err", err)
 			select {
 			case <-time.After(backoff):
-			case <-t.done:
+			case <-t.closing.Done():
 				return
 			}
 			backoff = min(2*backoff, time.Second)
@@ -190,7 +188,7 @@ func (t *transport) acceptStreams() {
 		backoff = 5 * time.Millisecond
 		select {
 		case t.streamCh <- conn:
-		case <-t.done:
+		case <-t.closing.Done():
 			conn.Close()
 			return
 		}
@@ -199,7 +197,7 @@ func (t *transport) acceptStreams() {
 
 func (t *transport) stopped() bool {
 	select {
-	case <-t.done:
+	case <-t.closing.Done():
 		return true
 	default:
 		return false
