@@ -13,12 +13,13 @@ import (
 // The umask lives in the fs_struct (with the working and root directories), which all
 // threads of the agent share, so setting it in the agent would race with every file the
 // agent creates meanwhile, and with other starts. A process whose umask is not the agent's
-// own is therefore forked from a spawner: a goroutine locked for good to its own OS thread, which gave that thread a
-// private fs_struct (unshare CLONE_FS) once. A spawner serves one start at a time: it sets
-// its thread's umask, forks and execs (Go's forkExec from a locked thread), and sets the
-// umask back, so only the child sees the caller's umask. A few spawners share the
-// requests; each start costs two thread wake-ups instead of creating and destroying a
-// thread, and keeps the child's argv[0] and exec errors exactly as the caller gave them.
+// own is therefore forked from a spawner: a goroutine locked for good to its own OS thread,
+// which gave that thread a private fs_struct (unshare CLONE_FS) once. A spawner serves one
+// start at a time: it sets its thread's umask, forks and execs (Go's forkExec from a locked
+// thread), and sets the umask back, so only the child sees the caller's umask. A few
+// spawners share the requests; each start costs two thread wake-ups instead of creating and
+// destroying a thread, and keeps the child's argv[0] and exec errors exactly as the caller
+// gave them.
 //
 // Nothing else about the spawner threads changes: credentials are switched in the child
 // only (SysProcAttr.Credential), no namespace but the fs_struct is unshared, and the
