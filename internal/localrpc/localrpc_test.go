@@ -133,17 +133,16 @@ func TestDialErrors(t *testing.T) {
 	}
 }
 
-// fakeAgent accepts one connection, checks the hello, reads the client's frames up to its
-// close-send, and answers with reply (raw bytes).
-func fakeAgent(t *testing.T, reply []byte) (path string, got <-chan []byte) {
+// serveOne listens on a fresh socket, accepts one connection, reads the client's hello and
+// hands both to serve; it returns the socket's path.
+func serveOne(t *testing.T, serve func(conn net.Conn, br *bufio.Reader, hello [8]byte)) string {
 	t.Helper()
-	path = filepath.Join(t.TempDir(), "agent.sock")
+	path := filepath.Join(t.TempDir(), "agent.sock")
 	lis, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lis.Close() })
-	ch := make(chan []byte, 1)
 	go func() {
 		conn, err := lis.Accept()
 		if err != nil {
@@ -152,7 +151,21 @@ func fakeAgent(t *testing.T, reply []byte) (path string, got <-chan []byte) {
 		defer conn.Close()
 		br := bufio.NewReader(conn)
 		var hello [8]byte
-		if _, err := io.ReadFull(br, hello[:]); err != nil || hello != Hello {
+		if _, err := io.ReadFull(br, hello[:]); err != nil {
+			hello = [8]byte{} // no hello: serve sees one that does not match
+		}
+		serve(conn, br, hello)
+	}()
+	return path
+}
+
+// fakeAgent accepts one connection, checks the hello, reads the client's frames up to its
+// close-send, and answers with reply (raw bytes).
+func fakeAgent(t *testing.T, reply []byte) (path string, got <-chan []byte) {
+	t.Helper()
+	ch := make(chan []byte, 1)
+	path = serveOne(t, func(conn net.Conn, br *bufio.Reader, hello [8]byte) {
+		if hello != Hello {
 			ch <- nil
 			return
 		}
@@ -173,7 +186,7 @@ func fakeAgent(t *testing.T, reply []byte) (path string, got <-chan []byte) {
 		}
 		ch <- frames
 		conn.Write(reply)
-	}()
+	})
 	return path, ch
 }
 
@@ -251,30 +264,14 @@ func TestCallExpiredContext(t *testing.T) {
 
 func TestStreamRecvFlushesTheHeader(t *testing.T) {
 	// A client that receives before it sends must not leave the agent waiting for the header.
-	path := filepath.Join(t.TempDir(), "agent.sock")
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go func() {
-		conn, err := lis.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		br := bufio.NewReader(conn)
-		var hello [8]byte
-		if _, err := io.ReadFull(br, hello[:]); err != nil {
-			return
-		}
+	path := serveOne(t, func(conn net.Conn, br *bufio.Reader, _ [8]byte) {
 		if typ, n, err := ReadFrameHeader(br, MaxHeaderPayload); err != nil || typ != FrameHeader {
 			return
 		} else if _, err := br.Discard(n); err != nil {
 			return
 		}
 		conn.Write(bytes.Join([][]byte{message(wrapperspb.String("first")), status(OK, "")}, nil))
-	}()
+	})
 	c, err := Dial(context.Background(), path, nil, nil)
 	if err != nil {
 		t.Fatal(err)
