@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -242,9 +244,14 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 			}
 			*o = *merged
 		}
-		req.Script, req.ScriptName, req.Args = script, path, args[1:]
+		req.Script, req.ScriptName, req.Args = script, []byte(path), jobspb.ToBytes(args[1:])
 	} else {
-		req.Args = args
+		req.Args = jobspb.ToBytes(args)
+	}
+	for _, f := range []struct{ flag, v string }{{"name", o.name}, {"queue", o.queue}} {
+		if !utf8.ValidString(f.v) {
+			return nil, fmt.Errorf("--%s %q is not valid UTF-8: give it in UTF-8", f.flag, f.v)
+		}
 	}
 	if o.requeue && o.noRequeue {
 		return nil, errors.New("--requeue and --no-requeue contradict each other: give one")
@@ -303,9 +310,9 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	if err != nil {
 		return nil, fmt.Errorf("finding the working directory: %w (submit from an existing directory)", err)
 	}
-	req.Name, req.Cwd, req.Env = o.name, cwd, append(os.Environ(), o.env...)
+	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), jobspb.ToBytes(append(os.Environ(), o.env...))
 	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
-	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, o.output, o.errPath
+	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, []byte(o.output), []byte(o.errPath)
 	req.Hold, req.NoKill = o.hold, o.noKill
 	return req, nil
 }
@@ -375,14 +382,14 @@ func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) 
 	if req.Array != "" {
 		return errors.New("an interactive job cannot be an array: drop --array or -i")
 	}
-	if req.Output != "" || req.Error != "" {
+	if len(req.Output) > 0 || len(req.Error) > 0 {
 		return errors.New("an interactive job writes to this terminal, not to files: drop --output/--error, or -i to queue a batch job")
 	}
 	if len(req.Script) > 0 {
-		req.Args = append([]string{req.ScriptName}, req.Args...)
+		req.Args = append([][]byte{req.ScriptName}, req.Args...)
 		req.Script = nil
 	}
-	argv := req.Args
+	argv := jobspb.FromBytes(req.Args)
 	client := g.jobs()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -716,7 +723,7 @@ func newJobCommand(g *Globals) *cobra.Command {
 				return g.rpcError(err)
 			}
 			out := showJSON{
-				JobID: r.JobId, Command: r.Command, Script: r.Script, Cwd: r.Cwd, Output: r.Output, Error: r.Error,
+				JobID: r.JobId, Command: jobspb.FromBytes(r.Command), Script: r.Script, Cwd: string(r.Cwd), Output: string(r.Output), Error: string(r.Error),
 				Array: r.Array, After: r.After, AfterAny: r.AfterAny, Requeue: r.Requeue, Hold: r.Hold, NoKill: r.NoKill,
 				Nodes: r.Nodes, SubmitNode: r.SubmitNode, Tasks: tasksJSON(r.Tasks), Attempts: []attemptJSON{}, Events: r.Events,
 			}
@@ -756,13 +763,62 @@ func shellWords(words []string) string {
 				break
 			}
 		}
-		if plain {
+		switch {
+		case plain:
 			out[i] = w
-		} else {
+		case !printable(w):
+			out[i] = escapedWord(w)
+		default:
 			out[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// printable tells whether s shows on a terminal as it is: valid UTF-8 without control characters.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, c := range s {
+		if !unicode.IsPrint(c) && c != ' ' {
+			return false
+		}
+	}
+	return true
+}
+
+// escapedWord writes a word that does not show as it is (bytes that are not UTF-8, control
+// characters) the way bash's printf %q does, $'...' with \xHH escapes, so that it can be
+// pasted back into a shell and means the same bytes.
+func escapedWord(w string) string {
+	var b strings.Builder
+	b.WriteString("$'")
+	for len(w) > 0 {
+		c, size := utf8.DecodeRuneInString(w)
+		switch {
+		case c == utf8.RuneError && size <= 1, !unicode.IsPrint(c) && c != ' ':
+			for _, x := range []byte(w[:size]) {
+				fmt.Fprintf(&b, "\\x%02x", x)
+			}
+		case c == '\'' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(c)
+		default:
+			b.WriteString(w[:size])
+		}
+		w = w[size:]
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
+// shownPath is a path as ssi job show prints it: as it is, unless it would not show as it is.
+func shownPath(p string) string {
+	if printable(p) {
+		return p
+	}
+	return escapedWord(p)
 }
 
 // showTime is a moment of a job in ssi job show: local time to the second, "-" if not yet.
@@ -780,13 +836,13 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	}
 	fmt.Fprintf(w, "Job %s\n", s.JobID)
 	fmt.Fprintf(w, "  %-12s %s\n", kind+":", shellWords(s.Command))
-	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", s.Cwd, s.SubmitNode)
+	fmt.Fprintf(w, "  %-12s %s (submitted on %s)\n", "directory:", shownPath(s.Cwd), s.SubmitNode)
 	if len(tasks) > 0 {
 		fmt.Fprintf(w, "  %-12s %s\n", "submitted:", showTime(tasks[0].SubmitUnixMs))
 	}
-	out := s.Output
+	out := shownPath(s.Output)
 	if s.Error != "" {
-		out += ", errors to " + s.Error
+		out += ", errors to " + shownPath(s.Error)
 	}
 	fmt.Fprintf(w, "  %-12s %s\n", "output:", out)
 	if s.Array != "" {

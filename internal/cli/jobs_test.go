@@ -3,6 +3,7 @@ package cli
 import (
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -68,7 +69,7 @@ func TestSubmitScriptDirectives(t *testing.T) {
 				t.Fatal(err)
 			}
 			tt.check(t, o)
-			if string(req.Script) != body || req.ScriptName != script || req.CpusMilli == 0 || req.Array != "1-4%2" {
+			if string(req.Script) != body || string(req.ScriptName) != script || req.CpusMilli == 0 || req.Array != "1-4%2" {
 				t.Errorf("request %+v", req)
 			}
 		})
@@ -218,10 +219,30 @@ func TestShellWords(t *testing.T) {
 		{[]string{"sh", "-c", "echo $X; exit 3"}, `sh -c 'echo $X; exit 3'`},
 		{[]string{"echo", "it's", ""}, `echo 'it'\''s' ''`},
 		{[]string{"./job.sh", "a=1", "/tmp/x,y"}, "./job.sh a=1 /tmp/x,y"},
+		{[]string{"cat", "caf\xe9 it's", "a\tb"}, `cat $'caf\xe9 it\'s' $'a\x09b'`},
+		{[]string{"ls", "été"}, "ls 'été'"},
 	}
 	for _, tt := range tests {
 		if got := shellWords(tt.in); got != tt.want {
 			t.Errorf("shellWords(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestEscapedWordsReadBackInBash checks that what ssi job show prints for words that do not
+// show as they are means the same bytes to bash.
+func TestEscapedWordsReadBackInBash(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Fatalf("bash is needed to read the words back: %v", err)
+	}
+	for _, w := range []string{"\xff", "caf\xe9", "new\nline", `back\slash 'quote'`, "\x1b[31m", "ok \xc3\xa9 \xc3"} {
+		out, err := exec.Command(bash, "-c", "printf %s "+escapedWord(w)).Output()
+		if err != nil {
+			t.Fatalf("bash on %s: %v", escapedWord(w), err)
+		}
+		if string(out) != w {
+			t.Errorf("bash read %s back as %q, want %q", escapedWord(w), out, w)
 		}
 	}
 }

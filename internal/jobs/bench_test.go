@@ -29,7 +29,7 @@ func benchArray(b *testing.B, tasks int, cpusMilli int64) {
 	start := time.Now()
 	for b.Loop() {
 		req := cmd(dir, "")
-		req.Args = []string{"true"}
+		req.Args = jobspb.ToBytes([]string{"true"})
 		req.Array = "0-" + strconv.Itoa(tasks-1)
 		req.CpusMilli = cpusMilli
 		id := n1.submit(b, req)
@@ -95,7 +95,7 @@ func BenchmarkSubmitRPC(b *testing.B) {
 	n1 := c.start("n1", true, 2)
 	dir := b.TempDir()
 	req := cmd(dir, "true")
-	req.Env = os.Environ()
+	req.Env = jobspb.ToBytes(os.Environ())
 	req.Hold = true
 	var lat []time.Duration
 	for b.Loop() {

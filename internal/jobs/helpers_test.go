@@ -318,7 +318,7 @@ func (n *testNode) submit(t testing.TB, req *jobspb.SubmitRequest) string {
 	t.Helper()
 	resp, err := n.client.Submit(ctxT(t), req)
 	if err != nil {
-		t.Fatalf("submit %v: %v", req.Args, err)
+		t.Fatalf("submit %q: %v", req.Args, err)
 	}
 	return resp.JobId
 }
@@ -369,8 +369,8 @@ func describe(ti *jobspb.TaskInfo) string {
 // cmd builds a submission that runs a shell command in dir as the caller.
 func cmd(dir, script string) *jobspb.SubmitRequest {
 	return &jobspb.SubmitRequest{
-		Args: []string{"/bin/sh", "-c", script}, Cwd: dir,
-		Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"},
+		Args: jobspb.ToBytes([]string{"/bin/sh", "-c", script}), Cwd: []byte(dir),
+		Env: jobspb.ToBytes([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}),
 	}
 }
 

@@ -47,7 +47,7 @@ func TestBatchJobRunsWithOutputFile(t *testing.T) {
 	}
 	block := uint64(self.Maxrss)*1024 + 32<<20
 	req := cmd(dir, fmt.Sprintf("echo out; echo err >&2; dd if=/dev/zero of=/dev/null bs=%d count=1 2>/dev/null", block))
-	req.Output, req.Error = "o-%j-%x.txt", "sub/e-%A-%a-%u.txt"
+	req.Output, req.Error = []byte("o-%j-%x.txt"), []byte("sub/e-%A-%a-%u.txt")
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func TestBatchJobRunsWithOutputFile(t *testing.T) {
 	}
 
 	// A command that does not exist fails like a shell would say, in the job's error output.
-	bad := n1.submit(t, &jobspb.SubmitRequest{Args: []string{"no-such-command-xyz"}, Cwd: dir, Env: []string{"PATH=/bin"}})
+	bad := n1.submit(t, &jobspb.SubmitRequest{Args: [][]byte{[]byte("no-such-command-xyz")}, Cwd: []byte(dir), Env: [][]byte{[]byte("PATH=/bin")}})
 	ti = n1.waitState(t, bad, 20*time.Second, "failed")
 	if ti.ExitCode != 127 || !strings.Contains(readFile(t, filepath.Join(dir, "ssi-"+bad+".out")), "no-such-command-xyz: command not found") {
 		t.Fatalf("missing command: %s", describe(ti))
@@ -89,12 +89,52 @@ func TestScriptWithArguments(t *testing.T) {
 	dir := t.TempDir()
 	req := &jobspb.SubmitRequest{
 		Script:     []byte("#!/bin/sh\n#SSI --name ignored-by-the-server\necho \"script $1 $2 $SSI_JOB_NAME\"\n"),
-		ScriptName: "/some/where/run.sh", Args: []string{"a", "b c"}, Cwd: dir, Env: []string{"PATH=/bin:/usr/bin"},
+		ScriptName: []byte("/some/where/run.sh"), Args: jobspb.ToBytes([]string{"a", "b c"}), Cwd: []byte(dir),
+		Env: [][]byte{[]byte("PATH=/bin:/usr/bin")},
 	}
 	id := n1.submit(t, req)
 	n1.waitState(t, id, 20*time.Second, "completed")
 	if got := readFile(t, filepath.Join(dir, "ssi-"+id+".out")); got != "script a b c run.sh\n" {
 		t.Fatalf("script output %q", got)
+	}
+}
+
+// TestArgumentsEnvironmentAndPathsAreBytes checks that what the kernel takes as bytes reaches
+// the job as submitted, UTF-8 or not: arguments, environment, the submit directory and the
+// output file's name, and that a command named by such bytes that fails still lists.
+func TestArgumentsEnvironmentAndPathsAreBytes(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 2)
+	dir := filepath.Join(t.TempDir(), "caf\xe9")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	req := cmd(dir, `printf '%s|%s|%s' "$1" "$X" "$(pwd)" > got`)
+	req.Args = append(req.Args, []byte("sh"), []byte("a\xff b"))
+	req.Env = append(req.Env, []byte("X=\xfe\x01"))
+	req.Output = []byte("out-\xfd-%j")
+	id := n1.submit(t, req)
+	n1.waitState(t, id, 20*time.Second, "completed")
+	if got, want := readFile(t, filepath.Join(dir, "got")), "a\xff b|\xfe\x01|"+dir; got != want {
+		t.Errorf("the job saw %q, want %q", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out-\xfd-"+id)); err != nil {
+		t.Errorf("output file: %v", err)
+	}
+	show, err := n1.client.Show(ctxT(t), &jobspb.ShowRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.EqualFunc(show.Command, req.Args, func(a, b []byte) bool { return string(a) == string(b) }) || string(show.Cwd) != dir ||
+		string(show.Output) != filepath.Join(dir, "out-\xfd-%j") {
+		t.Errorf("ssi job show gives command %q in %q, output %q", show.Command, show.Cwd, show.Output)
+	}
+
+	bad := n1.submit(t, &jobspb.SubmitRequest{Args: [][]byte{[]byte("/no/such/\xff")}, Cwd: []byte(dir), Env: [][]byte{[]byte("PATH=/bin")}})
+	ti := n1.waitState(t, bad, 20*time.Second, "failed")
+	if ti.ExitCode != 127 || ti.Name != "?" {
+		t.Errorf("a missing command named by non-UTF-8 bytes: %s, named %q", describe(ti), ti.Name)
 	}
 }
 
@@ -361,7 +401,7 @@ func TestSubmitRejects(t *testing.T) {
 		{func(r *jobspb.SubmitRequest) { r.Nodes = 3; r.Tasks = 3 }, "could never run"},
 		{func(r *jobspb.SubmitRequest) { r.Nodes = 3; r.Tasks = 2 }, "nodes"},
 		{func(r *jobspb.SubmitRequest) { r.Args = nil }, "no command given"},
-		{func(r *jobspb.SubmitRequest) { r.Cwd = "rel" }, "not absolute"},
+		{func(r *jobspb.SubmitRequest) { r.Cwd = []byte("rel") }, "not absolute"},
 		{func(r *jobspb.SubmitRequest) { r.TimeLimitSeconds = -1 }, "out of range"},
 	} {
 		req := cmd(dir, "true")
@@ -648,7 +688,7 @@ func TestPermissionsBetweenUsers(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := cmd(dir, "echo should not be written")
-	req.Output = filepath.Join(closed, "out")
+	req.Output = []byte(filepath.Join(closed, "out"))
 	ti = n1.waitState(t, submitAsNobody(t, n1, dir, "", req), 10*time.Second, "failed")
 	if !strings.Contains(ti.Reason, "permission denied") {
 		t.Errorf("reason %q", ti.Reason)

@@ -1,7 +1,9 @@
 package jobs
 
 import (
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,5 +169,42 @@ func TestScanNewestPagesThroughSharedRevisions(t *testing.T) {
 				t.Errorf("page %d: %s seen %d times", page, k, n)
 			}
 		}
+	}
+}
+
+// TestSpecKeepsItsBytes checks that a stored job spec gives back the bytes it was given, and
+// that records written before such bytes were kept (plain strings) still read.
+func TestSpecKeepsItsBytes(t *testing.T) {
+	tests := []struct {
+		name string
+		sp   jobSpec
+	}{
+		{"utf-8", jobSpec{Args: []string{"echo", "été"}, Cwd: "/home/a", Env: []string{"A=b"}, Output: "/home/a/o-%j"}},
+		{"not utf-8", jobSpec{Args: []string{"cat", "caf\xe9"}, ScriptName: "/x/\xff.sh", Cwd: "/home/\xfe",
+			Env: []string{"X=\xfd"}, Output: "/home/\xfe/o", Error: "/e\x80"}},
+		{"empty", jobSpec{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.sp.Name, tt.sp.Queue = "n", "batch"
+			got, err := decode[jobSpec]([]byte(encode(tt.sp)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(*got, tt.sp) {
+				t.Errorf("decoded %+v, want %+v", *got, tt.sp)
+			}
+		})
+	}
+	old := `{"name":"n","args":["echo","hi"],"cwd":"/home/a","env":["A=b"],"output":"/home/a/o","queue":"batch","cpus_milli":1000}`
+	sp, err := decode[jobSpec]([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (jobSpec{Name: "n", Args: []string{"echo", "hi"}, Cwd: "/home/a", Env: []string{"A=b"}, Output: "/home/a/o", Queue: "batch", CPUs: 1000}); !reflect.DeepEqual(*sp, want) {
+		t.Errorf("an older record reads as %+v, want %+v", *sp, want)
+	}
+	if strings.Contains(encode(tests[0].sp), "base64") {
+		t.Errorf("UTF-8 text is stored as base64: %s", encode(tests[0].sp))
 	}
 }

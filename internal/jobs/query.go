@@ -242,12 +242,13 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 	}
 	sp := &rec.Spec
 	out := &jobspb.ShowResponse{
-		JobId: rec.ID, Command: sp.Args, Script: len(sp.Script) > 0, Cwd: sp.Cwd, Output: sp.Output, Error: sp.Error,
+		JobId: rec.ID, Command: jobspb.ToBytes(sp.Args), Script: len(sp.Script) > 0, Cwd: []byte(sp.Cwd),
+		Output: []byte(sp.Output), Error: []byte(sp.Error),
 		Array: sp.Array, After: sp.After, AfterAny: sp.AfterAny, Requeue: sp.Requeue, Hold: rec.Hold, NoKill: sp.NoKill,
 		Nodes: uint32(sp.Nodes), Events: rec.Events, SubmitNode: sp.SubmitNode,
 	}
 	if len(sp.Script) > 0 {
-		out.Command = append([]string{sp.ScriptName}, sp.Args...)
+		out.Command = append([][]byte{[]byte(sp.ScriptName)}, out.Command...)
 	}
 	if j := m.jobs[base]; j != nil {
 		for pos := range j.tasks {

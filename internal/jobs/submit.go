@@ -96,8 +96,8 @@ func allDigits(s string) bool {
 func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who identity, interactive bool) (*jobRecord, int, error) {
 	sp := jobSpec{
 		Name: req.Name, User: proc.UserName(who.uid), UID: who.uid, GID: who.gid, Groups: who.groups,
-		Umask: who.umask, SubmitNode: s.d.Node, Submit: time.Now().UTC(), Args: req.Args, Script: req.Script,
-		ScriptName: req.ScriptName, Cwd: req.Cwd, Env: req.Env, CPUs: req.CpusMilli, Memory: req.MemBytes,
+		Umask: who.umask, SubmitNode: s.d.Node, Submit: time.Now().UTC(), Args: jobspb.FromBytes(req.Args),
+		Script: req.Script, ScriptName: string(req.ScriptName), Cwd: string(req.Cwd), Env: jobspb.FromBytes(req.Env), CPUs: req.CpusMilli, Memory: req.MemBytes,
 		Nodes: int(req.Nodes), Tasks: int(req.Tasks), TimeLimit: req.TimeLimitSeconds, Queue: req.Queue,
 		Priority: int(req.Priority), After: req.After, AfterAny: req.AfterAny, NoKill: req.NoKill,
 		Interactive: interactive,
@@ -143,6 +143,9 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		default:
 			sp.Name = "interactive"
 		}
+		// A name shows in tables and travels as text: bytes of the file name that are not UTF-8
+		// show as '?'.
+		sp.Name = strings.ToValidUTF8(sp.Name, "?")
 	}
 	tasks := 1
 	if req.Array != "" {
@@ -156,13 +159,13 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		sp.Array = spec.String()
 		tasks = spec.Len()
 	}
-	out := req.Output
+	out := string(req.Output)
 	if out == "" {
 		out = defaultOutput
 	}
 	sp.Output = absUnder(sp.Cwd, out)
-	if req.Error != "" {
-		sp.Error = absUnder(sp.Cwd, req.Error)
+	if len(req.Error) > 0 {
+		sp.Error = absUnder(sp.Cwd, string(req.Error))
 	}
 	for _, id := range slices.Concat(sp.After, sp.AfterAny) {
 		if !isJobID(id) {

@@ -74,28 +74,30 @@ func (SubmitRequest_Requeue) EnumDescriptor() ([]byte, []int) {
 }
 
 type SubmitRequest struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Args             []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`                                                     // the command, or the script's arguments when script is set
-	Script           []byte                 `protobuf:"bytes,3,opt,name=script,proto3" json:"script,omitempty"`                                                 // a batch script's text; it runs instead of args[0]
-	ScriptName       string                 `protobuf:"bytes,4,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`                       // the script's file name, for the default job name
-	Cwd              string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                                       // the submit directory: the job runs there
-	Env              []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`                                                       // the job's environment (K=V)
-	CpusMilli        int64                  `protobuf:"varint,7,opt,name=cpus_milli,json=cpusMilli,proto3" json:"cpus_milli,omitempty"`                         // per task, in thousandths of a cpu; 0 means 1 cpu
-	MemBytes         int64                  `protobuf:"varint,8,opt,name=mem_bytes,json=memBytes,proto3" json:"mem_bytes,omitempty"`                            // per task; 0 reserves none
-	Nodes            uint32                 `protobuf:"varint,9,opt,name=nodes,proto3" json:"nodes,omitempty"`                                                  // distinct nodes to spread over; 0 packs
-	Tasks            uint32                 `protobuf:"varint,10,opt,name=tasks,proto3" json:"tasks,omitempty"`                                                 // 0 means 1
-	TimeLimitSeconds int64                  `protobuf:"varint,11,opt,name=time_limit_seconds,json=timeLimitSeconds,proto3" json:"time_limit_seconds,omitempty"` // 0: the queue's max time or the default
-	Queue            string                 `protobuf:"bytes,12,opt,name=queue,proto3" json:"queue,omitempty"`
-	Priority         int32                  `protobuf:"varint,13,opt,name=priority,proto3" json:"priority,omitempty"`
-	Array            string                 `protobuf:"bytes,14,opt,name=array,proto3" json:"array,omitempty"` // e.g. "1-100:2%5"
-	After            []string               `protobuf:"bytes,15,rep,name=after,proto3" json:"after,omitempty"`
-	AfterAny         []string               `protobuf:"bytes,16,rep,name=after_any,json=afterAny,proto3" json:"after_any,omitempty"`
-	Output           string                 `protobuf:"bytes,17,opt,name=output,proto3" json:"output,omitempty"` // path pattern (%j %A %a %u %x %n %%), relative to cwd
-	Error            string                 `protobuf:"bytes,18,opt,name=error,proto3" json:"error,omitempty"`   // empty: with the output
-	Requeue          SubmitRequest_Requeue  `protobuf:"varint,19,opt,name=requeue,proto3,enum=ssi.jobs.v1.SubmitRequest_Requeue" json:"requeue,omitempty"`
-	Hold             bool                   `protobuf:"varint,20,opt,name=hold,proto3" json:"hold,omitempty"`
-	NoKill           bool                   `protobuf:"varint,21,opt,name=no_kill,json=noKill,proto3" json:"no_kill,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Arguments, names, paths and the environment are bytes, as the kernel takes them: they need
+	// not be UTF-8.
+	Args             [][]byte              `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`                                                     // the command, or the script's arguments when script is set
+	Script           []byte                `protobuf:"bytes,3,opt,name=script,proto3" json:"script,omitempty"`                                                 // a batch script's text; it runs instead of args[0]
+	ScriptName       []byte                `protobuf:"bytes,4,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`                       // the script's file name, for the default job name
+	Cwd              []byte                `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                                       // the submit directory: the job runs there
+	Env              [][]byte              `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`                                                       // the job's environment (K=V)
+	CpusMilli        int64                 `protobuf:"varint,7,opt,name=cpus_milli,json=cpusMilli,proto3" json:"cpus_milli,omitempty"`                         // per task, in thousandths of a cpu; 0 means 1 cpu
+	MemBytes         int64                 `protobuf:"varint,8,opt,name=mem_bytes,json=memBytes,proto3" json:"mem_bytes,omitempty"`                            // per task; 0 reserves none
+	Nodes            uint32                `protobuf:"varint,9,opt,name=nodes,proto3" json:"nodes,omitempty"`                                                  // distinct nodes to spread over; 0 packs
+	Tasks            uint32                `protobuf:"varint,10,opt,name=tasks,proto3" json:"tasks,omitempty"`                                                 // 0 means 1
+	TimeLimitSeconds int64                 `protobuf:"varint,11,opt,name=time_limit_seconds,json=timeLimitSeconds,proto3" json:"time_limit_seconds,omitempty"` // 0: the queue's max time or the default
+	Queue            string                `protobuf:"bytes,12,opt,name=queue,proto3" json:"queue,omitempty"`
+	Priority         int32                 `protobuf:"varint,13,opt,name=priority,proto3" json:"priority,omitempty"`
+	Array            string                `protobuf:"bytes,14,opt,name=array,proto3" json:"array,omitempty"` // e.g. "1-100:2%5"
+	After            []string              `protobuf:"bytes,15,rep,name=after,proto3" json:"after,omitempty"`
+	AfterAny         []string              `protobuf:"bytes,16,rep,name=after_any,json=afterAny,proto3" json:"after_any,omitempty"`
+	Output           []byte                `protobuf:"bytes,17,opt,name=output,proto3" json:"output,omitempty"` // path pattern (%j %A %a %u %x %n %%), relative to cwd
+	Error            []byte                `protobuf:"bytes,18,opt,name=error,proto3" json:"error,omitempty"`   // empty: with the output
+	Requeue          SubmitRequest_Requeue `protobuf:"varint,19,opt,name=requeue,proto3,enum=ssi.jobs.v1.SubmitRequest_Requeue" json:"requeue,omitempty"`
+	Hold             bool                  `protobuf:"varint,20,opt,name=hold,proto3" json:"hold,omitempty"`
+	NoKill           bool                  `protobuf:"varint,21,opt,name=no_kill,json=noKill,proto3" json:"no_kill,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -137,7 +139,7 @@ func (x *SubmitRequest) GetName() string {
 	return ""
 }
 
-func (x *SubmitRequest) GetArgs() []string {
+func (x *SubmitRequest) GetArgs() [][]byte {
 	if x != nil {
 		return x.Args
 	}
@@ -151,21 +153,21 @@ func (x *SubmitRequest) GetScript() []byte {
 	return nil
 }
 
-func (x *SubmitRequest) GetScriptName() string {
+func (x *SubmitRequest) GetScriptName() []byte {
 	if x != nil {
 		return x.ScriptName
 	}
-	return ""
+	return nil
 }
 
-func (x *SubmitRequest) GetCwd() string {
+func (x *SubmitRequest) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
-func (x *SubmitRequest) GetEnv() []string {
+func (x *SubmitRequest) GetEnv() [][]byte {
 	if x != nil {
 		return x.Env
 	}
@@ -242,18 +244,18 @@ func (x *SubmitRequest) GetAfterAny() []string {
 	return nil
 }
 
-func (x *SubmitRequest) GetOutput() string {
+func (x *SubmitRequest) GetOutput() []byte {
 	if x != nil {
 		return x.Output
 	}
-	return ""
+	return nil
 }
 
-func (x *SubmitRequest) GetError() string {
+func (x *SubmitRequest) GetError() []byte {
 	if x != nil {
 		return x.Error
 	}
-	return ""
+	return nil
 }
 
 func (x *SubmitRequest) GetRequeue() SubmitRequest_Requeue {
@@ -1233,11 +1235,11 @@ func (x *Attempt) GetExitCode() int32 {
 type ShowResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Command       []string               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
+	Command       [][]byte               `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"` // bytes, as submitted (see SubmitRequest)
 	Script        bool                   `protobuf:"varint,3,opt,name=script,proto3" json:"script,omitempty"`
-	Cwd           string                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Output        string                 `protobuf:"bytes,5,opt,name=output,proto3" json:"output,omitempty"`
-	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	Cwd           []byte                 `protobuf:"bytes,4,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Output        []byte                 `protobuf:"bytes,5,opt,name=output,proto3" json:"output,omitempty"`
+	Error         []byte                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	Array         string                 `protobuf:"bytes,7,opt,name=array,proto3" json:"array,omitempty"`
 	After         []string               `protobuf:"bytes,8,rep,name=after,proto3" json:"after,omitempty"`
 	AfterAny      []string               `protobuf:"bytes,9,rep,name=after_any,json=afterAny,proto3" json:"after_any,omitempty"`
@@ -1290,7 +1292,7 @@ func (x *ShowResponse) GetJobId() string {
 	return ""
 }
 
-func (x *ShowResponse) GetCommand() []string {
+func (x *ShowResponse) GetCommand() [][]byte {
 	if x != nil {
 		return x.Command
 	}
@@ -1304,25 +1306,25 @@ func (x *ShowResponse) GetScript() bool {
 	return false
 }
 
-func (x *ShowResponse) GetCwd() string {
+func (x *ShowResponse) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
-func (x *ShowResponse) GetOutput() string {
+func (x *ShowResponse) GetOutput() []byte {
 	if x != nil {
 		return x.Output
 	}
-	return ""
+	return nil
 }
 
-func (x *ShowResponse) GetError() string {
+func (x *ShowResponse) GetError() []byte {
 	if x != nil {
 		return x.Error
 	}
-	return ""
+	return nil
 }
 
 func (x *ShowResponse) GetArray() string {
@@ -2026,12 +2028,12 @@ const file_jobs_proto_rawDesc = "" +
 	"jobs.proto\x12\vssi.jobs.v1\"\xff\x04\n" +
 	"\rSubmitRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04args\x18\x02 \x03(\tR\x04args\x12\x16\n" +
+	"\x04args\x18\x02 \x03(\fR\x04args\x12\x16\n" +
 	"\x06script\x18\x03 \x01(\fR\x06script\x12\x1f\n" +
-	"\vscript_name\x18\x04 \x01(\tR\n" +
+	"\vscript_name\x18\x04 \x01(\fR\n" +
 	"scriptName\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x10\n" +
-	"\x03env\x18\x06 \x03(\tR\x03env\x12\x1d\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\x12\x10\n" +
+	"\x03env\x18\x06 \x03(\fR\x03env\x12\x1d\n" +
 	"\n" +
 	"cpus_milli\x18\a \x01(\x03R\tcpusMilli\x12\x1b\n" +
 	"\tmem_bytes\x18\b \x01(\x03R\bmemBytes\x12\x14\n" +
@@ -2044,8 +2046,8 @@ const file_jobs_proto_rawDesc = "" +
 	"\x05array\x18\x0e \x01(\tR\x05array\x12\x14\n" +
 	"\x05after\x18\x0f \x03(\tR\x05after\x12\x1b\n" +
 	"\tafter_any\x18\x10 \x03(\tR\bafterAny\x12\x16\n" +
-	"\x06output\x18\x11 \x01(\tR\x06output\x12\x14\n" +
-	"\x05error\x18\x12 \x01(\tR\x05error\x12<\n" +
+	"\x06output\x18\x11 \x01(\fR\x06output\x12\x14\n" +
+	"\x05error\x18\x12 \x01(\fR\x05error\x12<\n" +
 	"\arequeue\x18\x13 \x01(\x0e2\".ssi.jobs.v1.SubmitRequest.RequeueR\arequeue\x12\x12\n" +
 	"\x04hold\x18\x14 \x01(\bR\x04hold\x12\x17\n" +
 	"\ano_kill\x18\x15 \x01(\bR\x06noKill\"?\n" +
@@ -2130,11 +2132,11 @@ const file_jobs_proto_rawDesc = "" +
 	"\texit_code\x18\b \x01(\x05R\bexitCode\"\xd5\x03\n" +
 	"\fShowResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
-	"\acommand\x18\x02 \x03(\tR\acommand\x12\x16\n" +
+	"\acommand\x18\x02 \x03(\fR\acommand\x12\x16\n" +
 	"\x06script\x18\x03 \x01(\bR\x06script\x12\x10\n" +
-	"\x03cwd\x18\x04 \x01(\tR\x03cwd\x12\x16\n" +
-	"\x06output\x18\x05 \x01(\tR\x06output\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\x12\x14\n" +
+	"\x03cwd\x18\x04 \x01(\fR\x03cwd\x12\x16\n" +
+	"\x06output\x18\x05 \x01(\fR\x06output\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\fR\x05error\x12\x14\n" +
 	"\x05array\x18\a \x01(\tR\x05array\x12\x14\n" +
 	"\x05after\x18\b \x03(\tR\x05after\x12\x1b\n" +
 	"\tafter_any\x18\t \x03(\tR\bafterAny\x12\x18\n" +
