@@ -138,6 +138,26 @@ func TestArgumentsEnvironmentAndPathsAreBytes(t *testing.T) {
 	}
 }
 
+// TestJobStartsWithTheSubmittersLimits checks that a job's processes start with the resource
+// limits the submission carried (the CLI sends its caller's), not the agent's.
+func TestJobStartsWithTheSubmittersLimits(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	n1 := c.start("n1", true, 2)
+	dir := t.TempDir()
+	req := cmd(dir, `echo $(ulimit -Sc) $(ulimit -Hc) $(ulimit -Ss) $(ulimit -Sn) $(ulimit -Hn) > got`)
+	req.Rlimits = []*jobspb.Rlimit{
+		{Resource: syscall.RLIMIT_CORE, Cur: 0, Max: 0},
+		{Resource: syscall.RLIMIT_STACK, Cur: 2 << 20, Max: 1<<64 - 1},
+		{Resource: syscall.RLIMIT_NOFILE, Cur: 100, Max: 200},
+	}
+	id := n1.submit(t, req)
+	n1.waitState(t, id, 20*time.Second, "completed")
+	if got, want := readFile(t, filepath.Join(dir, "got")), "0 0 2048 100 200\n"; got != want {
+		t.Errorf("the job's limits: %q, want %q", got, want)
+	}
+}
+
 // TestArrayWithMaxRunning checks that an array runs every element once and never more than
 // %N at a time.
 func TestArrayWithMaxRunning(t *testing.T) {

@@ -41,6 +41,16 @@ type jobSpec struct {
 	Requeue     bool      `json:"requeue"`
 	NoKill      bool      `json:"no_kill,omitempty"`
 	Interactive bool      `json:"interactive,omitempty"`
+	// Rlimits are the submitter's resource limits, which the job's processes start with.
+	Rlimits []rlimitRecord `json:"rlimits,omitempty"`
+}
+
+// rlimitRecord is one resource limit of a job (see proc.Rlimit).
+type rlimitRecord struct {
+	Resource   int    `json:"resource"`
+	Cur        uint64 `json:"cur"`
+	Max        uint64 `json:"max"`
+	CurUnknown bool   `json:"cur_unknown,omitempty"`
 }
 
 // stamp says who did something when.

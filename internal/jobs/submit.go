@@ -102,6 +102,9 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		Priority: int(req.Priority), After: req.After, AfterAny: req.AfterAny, NoKill: req.NoKill,
 		Interactive: interactive,
 	}
+	for _, l := range req.Rlimits {
+		sp.Rlimits = append(sp.Rlimits, rlimitRecord{Resource: int(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
+	}
 	switch {
 	case len(sp.Script) == 0 && len(sp.Args) == 0 && !interactive:
 		return nil, 0, invalid("no command given: use ssi submit [options] -- CMD [ARGS...] or ssi submit [options] SCRIPT")

@@ -300,6 +300,9 @@ func (e *executor) startTask(r *run, rank int, who identity, mkdir string, argv 
 		CgroupParent: cgParent, CgroupMount: e.mount, Name: "task" + strconv.Itoa(rank),
 		NodeIndex: int(e.s.d.NodeIndex), SocketPath: e.s.d.Socket,
 	}
+	for _, l := range sp.Rlimits {
+		spec.Rlimits = append(spec.Rlimits, proc.Rlimit{Resource: l.Resource, Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
+	}
 	var openErr error
 	doErr := e.users.do(who, func(t *onThread) {
 		outs, openErr = openAsThread(paths, mkdir)

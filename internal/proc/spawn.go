@@ -39,6 +39,8 @@ type spawnRequest struct {
 	args  []string
 	attr  *os.ProcAttr
 	umask int
+	// limits, if any, are set before the new program runs (see forkExec).
+	limits []Rlimit
 	// cwd, when >= 0, is an O_PATH descriptor of the caller's working directory.
 	cwd  int
 	done chan spawnResult
@@ -56,15 +58,15 @@ var (
 
 // startWithUmask starts the process with the given umask without touching the agent's
 // (see the spawners above).
-func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int) (*os.Process, error) {
+func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int, limits []Rlimit) (*os.Process, error) {
 	if umask == agentUmask() {
 		// The usual case: the child would inherit this umask from any thread of the agent.
 		// Forking right here saves the spawner's two thread hand-offs, which cost ~0.7 ms of
 		// an `ssi run` on an idle machine (vCPUs that halt wake up slowly).
-		return os.StartProcess(path, args, attr)
+		return forkExec(path, args, attr, limits)
 	}
 	spawnersOnce.Do(startSpawners)
-	req := &spawnRequest{path: path, args: args, attr: attr, umask: umask, cwd: -1, done: make(chan spawnResult, 1)}
+	req := &spawnRequest{path: path, args: args, attr: attr, umask: umask, limits: limits, cwd: -1, done: make(chan spawnResult, 1)}
 	if !filepath.IsAbs(attr.Dir) || !filepath.IsAbs(path) {
 		fd, err := unix.Open(".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -136,7 +138,7 @@ func spawnOne(req *spawnRequest) spawnResult {
 		}
 	}
 	old := unix.Umask(req.umask)
-	p, err := os.StartProcess(req.path, req.args, req.attr)
+	p, err := forkExec(req.path, req.args, req.attr, req.limits)
 	unix.Umask(old)
 	return spawnResult{p, err}
 }

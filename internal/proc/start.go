@@ -71,6 +71,10 @@ type Spec struct {
 	// otherwise a spawner starts the process.
 	ForkHere bool
 
+	// Rlimits are the resource limits the command starts with, normally the caller's;
+	// resources not listed keep what the agent's commands inherit.
+	Rlimits []Rlimit
+
 	// NodeIndex and ParentGPID are recorded in the environment and the Process.
 	NodeIndex  int
 	ParentGPID int64
@@ -169,13 +173,20 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 			PidFD:       &pidfd,
 		},
 	}
+	limits, needed := childDefaults.resolve(spec.Rlimits)
+	if !needed {
+		limits = nil
+	}
 	var osProc *os.Process
 	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) {
-		osProc, err = os.StartProcess(resolved, args, attr)
+		osProc, err = forkExec(resolved, args, attr, limits)
 	} else {
-		osProc, err = startWithUmask(resolved, args, attr, spec.Umask)
+		osProc, err = startWithUmask(resolved, args, attr, spec.Umask, limits)
 	}
 	if err != nil {
+		if pidfd >= 0 {
+			unix.Close(pidfd) // a child started and then failed (see forkExec)
+		}
 		var errno syscall.Errno
 		if errors.As(err, &errno) {
 			if cmdErr := execFailure(name, errno); cmdErr != nil {
