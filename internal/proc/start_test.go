@@ -656,6 +656,17 @@ func BenchmarkStartTrue(b *testing.B) {
 		}
 		reportAgentCPU(b, cpu)
 	})
+	b.Run("with-limits", func(b *testing.B) {
+		// Limits other than inherited ones: each start stops at its exec to set them.
+		spec := spec
+		spec.Stdin, spec.Stdout, spec.Stderr = devNull(b), devNull(b), devNull(b)
+		spec.Rlimits = []Rlimit{{Resource: unix.RLIMIT_CORE, Cur: 0, Max: 0}, {Resource: unix.RLIMIT_NOFILE, Cur: 100, Max: 200}}
+		cpu := agentCPU()
+		for b.Loop() {
+			startWaitClose(b, spec)
+		}
+		reportAgentCPU(b, cpu)
+	})
 	b.Run("parallel", func(b *testing.B) {
 		spec.Stdin, spec.Stdout, spec.Stderr = devNull(b), devNull(b), devNull(b)
 		b.SetParallelism(8)
