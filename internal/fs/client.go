@@ -163,6 +163,11 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 			// The kernel checks Unix permissions against the owners' attributes too, so that a
 			// cached entry never lets a user through a directory they may not search.
 			Options: []string{"default_permissions"},
+			// Set-user-ID and set-group-ID bits are cleared by the owner's kernel, which writes,
+			// truncates and chowns as the caller. Without this the client's kernel clears them
+			// itself with a chmod as the caller, which fails (EPERM, and the write with it) for
+			// a user who may write the file but does not own it.
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV,
 		},
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},

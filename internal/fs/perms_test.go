@@ -1,0 +1,99 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The tests here compare what a user may do through /<mount>/n2 with what the same user may
+// do on n2's disk directly: each operation runs in a helper process as that user, once on each
+// side, and must give the same result and leave the same mode.
+
+// sameAsLocal runs op as (uid, gid, groups) on a fresh copy of a file made by prepare, once
+// through the mount and once on the owner's disk, and fails unless both give the same result
+// and mode. It returns the result.
+func sameAsLocal(t *testing.T, local *testNode, disk string, name string, prepare func(p string), uid, gid uint32, groups []uint32, op string, args ...string) string {
+	t.Helper()
+	var results [2]string
+	var modes [2]uint32
+	for i, where := range []string{"mount", "disk"} {
+		file := fmt.Sprintf("%s-%s", name, where)
+		p := filepath.Join(disk, file)
+		prepare(p)
+		target := p
+		if where == "mount" {
+			target = local.path("n2", file)
+			// Cached first, as a client that looked at it before.
+			if _, err := os.Stat(target); err != nil {
+				t.Fatal(err)
+			}
+		}
+		results[i] = asUser(t, uid, gid, groups, append([]string{op, target}, args...)...)
+		var st unix.Stat_t
+		must(t, unix.Lstat(p, &st))
+		modes[i] = st.Mode
+		if where == "mount" {
+			// What the mount shows afterwards is what the owner has.
+			var seen unix.Stat_t
+			must(t, unix.Lstat(target, &seen))
+			if seen.Mode&0o7777 != st.Mode&0o7777 {
+				t.Errorf("%s %s as %d: the mount shows mode %o, the owner has %o", op, name, uid, seen.Mode&0o7777, st.Mode&0o7777)
+			}
+		}
+	}
+	if results[0] != results[1] || modes[0] != modes[1] {
+		t.Errorf("%s %s as %d (groups %v): through the mount %s, mode %o; on the disk %s, mode %o",
+			op, name, uid, groups, results[0], modes[0], results[1], modes[1])
+	}
+	return results[0]
+}
+
+func TestWritesByOthersClearSetIDBitsAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	setID := func(mode uint32) func(p string) {
+		return func(p string) {
+			must(t, os.WriteFile(p, []byte("content"), 0o644))
+			must(t, os.Chown(p, 1000, 1000))
+			must(t, unix.Chmod(p, mode))
+		}
+	}
+	const owner1000, member, outsider = 1000, 1001, 1002
+	for i, tc := range []struct {
+		mode   uint32
+		uid    uint32
+		groups []uint32
+		op     []string
+		want   string
+	}{
+		// A group member who may write but not chmod: the kernel clears the bits all the same.
+		{0o6775, member, []uint32{1000}, []string{"overwrite"}, "ok"},
+		{0o6775, member, []uint32{1000}, []string{"append"}, "ok"},
+		{0o6775, member, []uint32{1000}, []string{"truncate", "1"}, "ok"},
+		{0o6775, member, []uint32{1000}, []string{"write"}, "ok"},
+		// Set-group-ID without group execute is not cleared by a write.
+		{0o2765, member, []uint32{1000}, []string{"overwrite"}, "ok"},
+		// The file's owner, and a chown by the owner.
+		{0o6775, owner1000, []uint32{3000}, []string{"overwrite"}, "ok"},
+		{0o6775, owner1000, []uint32{3000}, []string{"chgrp", "3000"}, "ok"},
+		// Root keeps them on a write (CAP_FSETID), not on a chown.
+		{0o6775, 0, nil, []string{"overwrite"}, "ok"},
+		{0o6775, 0, nil, []string{"chgrp", "3000"}, "ok"},
+		// Someone who may not write changes nothing.
+		{0o6775, outsider, nil, []string{"overwrite"}, "EACCES"},
+	} {
+		got := sameAsLocal(t, local, disk, fmt.Sprintf("f%d", i), setID(tc.mode), tc.uid, tc.uid, tc.groups, tc.op[0], tc.op[1:]...)
+		if got != tc.want {
+			t.Errorf("%o %v as %d: %s, want %s", tc.mode, tc.op, tc.uid, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,72 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// moreHelperOps are the helper's operations for the permission tests: each prints "ok" or the
+// errno's name, as the others do.
+func moreHelperOps(op, path string, rest []string) (int, bool) {
+	arg := func(i int) int {
+		if i >= len(rest) {
+			return 0
+		}
+		n, _ := strconv.ParseInt(rest[i], 0, 64)
+		return int(n)
+	}
+	var err error
+	switch op {
+	case "overwrite":
+		// Write at the start without truncating, through the page cache.
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			_, err = f.WriteAt([]byte("w"), 0)
+			f.Close()
+		}
+	case "truncate":
+		err = os.Truncate(path, int64(arg(0)))
+	case "chgrp":
+		err = os.Lchown(path, -1, arg(0))
+	case "access":
+		err = unix.Faccessat(unix.AT_FDCWD, path, uint32(arg(0)), 0)
+	case "create":
+		// Create with the mode given, under the umask given.
+		syscall.Umask(arg(1))
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, os.FileMode(arg(0))); err == nil {
+			f.Close()
+		}
+	case "statmode":
+		var st unix.Stat_t
+		if err = unix.Lstat(path, &st); err == nil {
+			fmt.Printf("%o\n", st.Mode)
+			return 0, true
+		}
+	default:
+		return 0, false
+	}
+	fmt.Println(errName(err))
+	return 0, true
+}
+
+// asUser runs one helper operation as uid with gid and exactly the supplementary groups given.
+func asUser(t testing.TB, uid, gid uint32, groups []uint32, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(helperBinary(t), args...)
+	cmd.Env = append(os.Environ(), "SSI_FS_HELPER=1")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: append([]uint32{}, groups...)}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper %v: %v: %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
