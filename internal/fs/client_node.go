@@ -31,6 +31,10 @@ var (
 )
 
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		// The kernel lets FUSE names up to 1024 bytes through; local file systems refuse them.
+		return nil, syscall.ENAMETOOLONG
+	}
 	if validName([]byte(name)) != 0 || !r.m.knownNode(name) {
 		// Nodes join: do not remember an absence for long.
 		out.SetEntryTimeout(time.Second)
@@ -504,6 +508,10 @@ func (n *node) listed(name string, present bool, errno syscall.Errno) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		// Before the known listing, which would answer ENOENT: no such name can exist.
+		return nil, syscall.ENAMETOOLONG
+	}
 	if n.knownAbsent(name) {
 		out.SetEntryTimeout(cacheTTL)
 		return nil, syscall.ENOENT

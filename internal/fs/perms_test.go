@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,4 +98,24 @@ func TestWritesByOthersClearSetIDBitsAsLocally(t *testing.T) {
 			t.Errorf("%o %v as %d: %s, want %s", tc.mode, tc.op, tc.uid, got, tc.want)
 		}
 	}
+}
+
+func TestNamesOver255BytesAreTooLong(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	long := strings.Repeat("n", maxNameLen+1)
+	must(t, os.Mkdir(owner.disk("d"), 0o755))
+	// Listed first, so that the client knows every name there and could answer by itself.
+	_, err := os.ReadDir(local.path("n2", "d"))
+	must(t, err)
+	must(t, os.Mkdir(local.path("n2", "empty"), 0o755))
+	for _, p := range []string{local.path(long), local.path("n2", long), local.path("n2", "d", long), local.path("n2", "empty", long)} {
+		_, err := os.Lstat(p)
+		wantErrno(t, err, syscall.ENAMETOOLONG)
+		_, err = os.Create(p)
+		wantErrno(t, err, syscall.ENAMETOOLONG)
+	}
+	_, err = os.Lstat(filepath.Join(owner.disk("d"), long))
+	wantErrno(t, err, syscall.ENAMETOOLONG)
 }
