@@ -119,3 +119,40 @@ func TestNamesOver255BytesAreTooLong(t *testing.T) {
 	_, err = os.Lstat(filepath.Join(owner.disk("d"), long))
 	wantErrno(t, err, syscall.ENAMETOOLONG)
 }
+
+func TestRootMakesDevicesAndFifosAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	must(t, os.Chmod(owner.disk(), 0o777))
+	for _, tc := range []struct {
+		name string
+		mode uint32
+		dev  int
+	}{
+		{"null", syscall.S_IFCHR | 0o666, int(unix.Mkdev(1, 3))},
+		{"blk", syscall.S_IFBLK | 0o600, int(unix.Mkdev(7, 200))},
+		{"fifo", syscall.S_IFIFO | 0o640, 0},
+		{"sock", syscall.S_IFSOCK | 0o640, 0},
+	} {
+		must(t, unix.Mknod(local.path("n2", tc.name), tc.mode, tc.dev))
+		must(t, unix.Mknod(owner.disk(tc.name+"-local"), tc.mode, tc.dev))
+		var st, want unix.Stat_t
+		must(t, unix.Lstat(owner.disk(tc.name), &st))
+		must(t, unix.Lstat(owner.disk(tc.name+"-local"), &want))
+		if st.Mode != want.Mode || st.Rdev != want.Rdev {
+			t.Errorf("mknod %s: the owner has mode %o rdev %#x, want %o %#x", tc.name, st.Mode, st.Rdev, want.Mode, want.Rdev)
+		}
+		wantErrno(t, unix.Mknod(local.path("n2", tc.name), tc.mode, tc.dev), syscall.EEXIST)
+	}
+	// The device made through the tree works through it.
+	must(t, os.WriteFile(local.path("n2", "null"), []byte("into the void"), 0))
+	if got := readFile(t, local.path("n2", "null")); got != "" {
+		t.Fatalf("read %q from the owner's /dev/null copy", got)
+	}
+	// Others may not.
+	if got := as(t, 65534, "mknod", local.path("n2", "null2")); got != "EPERM" {
+		t.Errorf("mknod of a device by nobody: %s, want EPERM", got)
+	}
+}
