@@ -510,7 +510,7 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 		cancel = func() { stop(); inner() }
 	}
 	if p.local {
-		ctx = withCallerNode(ctx, p.m.cfg.LocalNode)
+		ctx = withOwnMount(withCallerNode(ctx, p.m.cfg.LocalNode))
 	}
 	return ctx, cancel
 }

@@ -156,3 +156,26 @@ func TestRootMakesDevicesAndFifosAsLocally(t *testing.T) {
 		t.Errorf("mknod of a device by nobody: %s, want EPERM", got)
 	}
 }
+
+func TestRootSquashSparesTheOwnersOwnRoot(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	must(t, os.WriteFile(owner.disk("secret"), []byte("s"), 0o600))
+	owner.restart(ServerConfig{RootSquash: true})
+	local.mountTree(5 * time.Second)
+	owner.mountTree(5 * time.Second)
+
+	// Root of n2, through n2's own mount, is n2's root.
+	if got := readFile(t, owner.path("n2", "secret")); got != "s" {
+		t.Fatalf("n2's root read %q through its own mount", got)
+	}
+	must(t, os.WriteFile(owner.path("n2", "mine"), nil, 0o644))
+	var st unix.Stat_t
+	must(t, unix.Stat(owner.disk("mine"), &st))
+	if st.Uid != 0 {
+		t.Errorf("n2's root made a file owned by %d through its own mount, want 0", st.Uid)
+	}
+	// Root of n1 is still squashed.
+	_, err := os.ReadFile(local.path("n2", "secret"))
+	wantErrno(t, err, syscall.EACCES)
+}
