@@ -157,9 +157,9 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 			DisableSplice:        true,
 			EnableLocks:          true,
 			EnableSymlinkCaching: true,
-			// The kernel asks for security.capability before every write; answering from here
-			// spares a round trip per write, at the price of not showing security.* remotely.
-			IgnoreSecurityLabels: true,
+			// Not IgnoreSecurityLabels: besides security.capability it answers ENODATA for the
+			// ACL xattrs, which the kernel must read from the owners. node.Getxattr answers
+			// security.* from here instead.
 			// The kernel checks Unix permissions against the owners' attributes too, so that a
 			// cached entry never lets a user through a directory they may not search.
 			Options: []string{"default_permissions"},
@@ -168,6 +168,10 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 			// itself with a chmod as the caller, which fails (EPERM, and the write with it) for
 			// a user who may write the file but does not own it.
 			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV,
+			// The kernel checks with default_permissions, so it must know the owners' ACLs
+			// (read as system.posix_acl_* xattrs, dropped on invalidation): on mode bits alone
+			// it refused what an ACL grants.
+			EnableAcl: true,
 		},
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},

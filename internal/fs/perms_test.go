@@ -179,3 +179,69 @@ func TestRootSquashSparesTheOwnersOwnRoot(t *testing.T) {
 	_, err := os.ReadFile(local.path("n2", "secret"))
 	wantErrno(t, err, syscall.EACCES)
 }
+
+func TestACLsDecideAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	withACL := func(entries ...aclEntry) func(p string) {
+		return func(p string) {
+			must(t, os.WriteFile(p, []byte("content"), 0o600))
+			setACL(t, p, "system.posix_acl_access", entries...)
+		}
+	}
+	// Named user 1001 may read; group 3000 may read and write; the mask allows reading only.
+	acl := withACL(aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 4, 1001}, aclEntry{aclGroupObj, 0, 0},
+		aclEntry{aclGroup, 6, 3000}, aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 0, 0})
+	for i, tc := range []struct {
+		uid    uint32
+		groups []uint32
+		op     string
+		want   string
+	}{
+		{1001, nil, "read", "ok"},
+		{1001, nil, "overwrite", "EACCES"},
+		{1002, []uint32{3000}, "read", "ok"},
+		{1002, []uint32{3000}, "overwrite", "EACCES"}, // masked
+		{1002, nil, "read", "EACCES"},
+	} {
+		if got := sameAsLocal(t, local, disk, fmt.Sprintf("acl%d", i), acl, tc.uid, tc.uid, tc.groups, tc.op); got != tc.want {
+			t.Errorf("%s as %d %v: %s, want %s", tc.op, tc.uid, tc.groups, got, tc.want)
+		}
+	}
+	// A directory whose ACL lets 1001 search it, and only 1001.
+	dir := func(p string) {
+		must(t, os.Mkdir(p, 0o700))
+		must(t, os.WriteFile(filepath.Join(p, "f"), []byte("f"), 0o644))
+		setACL(t, p, "system.posix_acl_access", aclEntry{aclUserObj, 7, 0}, aclEntry{aclUser, 5, 1001},
+			aclEntry{aclGroupObj, 0, 0}, aclEntry{aclMask, 5, 0}, aclEntry{aclOther, 0, 0})
+	}
+	for _, uid := range []uint32{1001, 1002} {
+		var results [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			name := fmt.Sprintf("dir%d-%d", uid, i)
+			dir(filepath.Join(disk, name))
+			results[i] = asUser(t, uid, uid, nil, "read", filepath.Join(base, name, "f"))
+		}
+		if results[0] != results[1] {
+			t.Errorf("reading through a directory with an ACL as %d: %s through the mount, %s on the disk", uid, results[0], results[1])
+		}
+	}
+	// The kernel caches ACLs: a change on the owner's disk reaches it as any other change.
+	p := filepath.Join(disk, "changing")
+	acl(p)
+	if got := asUser(t, 1001, 1001, nil, "read", local.path("n2", "changing")); got != "ok" {
+		t.Fatalf("1001 reading changing: %s", got)
+	}
+	setACL(t, p, "system.posix_acl_access", aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 0, 1001}, aclEntry{aclGroupObj, 0, 0},
+		aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 0, 0})
+	eventually(t, 2*time.Second, "1001 denied once its ACL entry is gone", func() error {
+		if got := asUser(t, 1001, 1001, nil, "read", local.path("n2", "changing")); got != "EACCES" {
+			return fmt.Errorf("read: %s", got)
+		}
+		return nil
+	})
+}

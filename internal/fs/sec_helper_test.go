@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -71,4 +72,40 @@ func asUser(t testing.TB, uid, gid uint32, groups []uint32, args ...string) stri
 		t.Fatalf("helper %v: %v: %s", args, err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// aclEntry is one entry of a POSIX ACL: a tag (aclUser...), its permissions (rwx as 4, 2, 1)
+// and, for aclUser and aclGroup, the id.
+type aclEntry struct {
+	tag  uint16
+	perm uint16
+	id   uint32
+}
+
+const (
+	aclUserObj  = 0x01
+	aclUser     = 0x02
+	aclGroupObj = 0x04
+	aclGroup    = 0x08
+	aclMask     = 0x10
+	aclOther    = 0x20
+)
+
+// setACL writes an ACL (system.posix_acl_access or system.posix_acl_default) in the kernel's
+// xattr format, so that the tests need no setfacl. Entries must be in the kernel's order.
+func setACL(t testing.TB, path, xattr string, entries ...aclEntry) {
+	t.Helper()
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, e := range entries {
+		id := e.id
+		if e.tag != aclUser && e.tag != aclGroup {
+			id = 0xffffffff
+		}
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, id)
+	}
+	if err := unix.Setxattr(path, xattr, b, 0); err != nil {
+		t.Fatalf("set %s on %s: %v", xattr, path, err)
+	}
 }
