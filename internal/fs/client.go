@@ -63,6 +63,7 @@ type Mounted struct {
 	root    *rootNode
 	session []byte
 	groups  *groupCache
+	umasks  umasks
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -167,7 +168,9 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 			// truncates and chowns as the caller. Without this the client's kernel clears them
 			// itself with a chmod as the caller, which fails (EPERM, and the write with it) for
 			// a user who may write the file but does not own it.
-			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV,
+			// CAP_DONT_MASK: the owner applies the caller's umask, which a directory's default
+			// ACL overrides (see umasks).
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV | fuse.CAP_DONT_MASK,
 			// The kernel checks with default_permissions, so it must know the owners' ACLs
 			// (read as system.posix_acl_* xattrs, dropped on invalidation): on mode bits alone
 			// it refused what an ACL grants.
@@ -177,7 +180,7 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	}
 	raw := fs.NewNodeFS(m.root, opts)
-	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
+	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: &umaskFS{RawFileSystem: raw, umasks: &m.umasks}}, cfg.Path, &opts.MountOptions)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)

@@ -738,10 +738,11 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.OpenReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Create(rpc, &fspb.CreateRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Flags: flags, Mode: mode})
+			Name: []byte(name), Flags: flags, Mode: masked, UnmaskedMode: unmasked})
 		return err
 	})
 	if errno != 0 {
@@ -793,10 +794,11 @@ func (n *node) mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, errno
 	}
 	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.EntryReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Mode: mode, Rdev: uint64(rdev)})
+			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
 		return err
 	})
 	return n.entry(ctx, name, reply, errno, snap, out)
@@ -816,10 +818,11 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32,
 		return nil, errno
 	}
 	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.EntryReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Mode: mode, Rdev: uint64(rdev)})
+			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
 		return err
 	})
 	if errno == 0 {

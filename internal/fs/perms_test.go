@@ -245,3 +245,56 @@ func TestACLsDecideAsLocally(t *testing.T) {
 		return nil
 	})
 }
+
+func TestCreatesUnderDefaultACLsGetTheLocalMode(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	withDefault := func(p string) {
+		must(t, os.Mkdir(p, 0o777))
+		must(t, os.Chmod(p, 0o777))
+		setACL(t, p, "system.posix_acl_default", aclEntry{aclUserObj, 7, 0}, aclEntry{aclUser, 7, 1001},
+			aclEntry{aclGroupObj, 5, 0}, aclEntry{aclMask, 7, 0}, aclEntry{aclOther, 0, 0})
+	}
+	plain := func(p string) {
+		must(t, os.Mkdir(p, 0o777))
+		must(t, os.Chmod(p, 0o777))
+	}
+	for _, tc := range []struct {
+		dir   string
+		make  func(string)
+		op    string
+		mode  string
+		umask string
+	}{
+		{"default", withDefault, "createmode", "0666", "022"},
+		{"default", withDefault, "createmode", "0640", "077"},
+		{"default", withDefault, "mkdirmode", "0777", "027"},
+		{"default", withDefault, "mkfifomode", "0666", "022"},
+		{"plain", plain, "createmode", "0666", "027"},
+		{"plain", plain, "mkdirmode", "0777", "077"},
+		{"plain", plain, "mkfifomode", "0666", "002"},
+	} {
+		var modes [2]uint32
+		var acls [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			dir := fmt.Sprintf("%s-%s-%s-%s-%d", tc.dir, tc.op, tc.mode, tc.umask, i)
+			tc.make(filepath.Join(disk, dir))
+			if got := asUser(t, 1001, 1001, nil, tc.op, filepath.Join(base, dir, "new"), tc.mode, tc.umask); got != "ok" {
+				t.Fatalf("%s in %s: %s", tc.op, dir, got)
+			}
+			var st unix.Stat_t
+			must(t, unix.Lstat(filepath.Join(disk, dir, "new"), &st))
+			modes[i] = st.Mode
+			b := make([]byte, 256)
+			n, _ := unix.Lgetxattr(filepath.Join(disk, dir, "new"), "system.posix_acl_access", b)
+			acls[i] = fmt.Sprintf("%x", b[:max(n, 0)])
+		}
+		if modes[0] != modes[1] || acls[0] != acls[1] {
+			t.Errorf("%s %s under umask %s in a %s directory: through the mount mode %o, ACL %s; on the disk mode %o, ACL %s",
+				tc.op, tc.mode, tc.umask, tc.dir, modes[0], acls[0], modes[1], acls[1])
+		}
+	}
+}

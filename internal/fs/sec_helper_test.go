@@ -38,12 +38,21 @@ func moreHelperOps(op, path string, rest []string) (int, bool) {
 		err = os.Lchown(path, -1, arg(0))
 	case "access":
 		err = unix.Faccessat(unix.AT_FDCWD, path, uint32(arg(0)), 0)
-	case "create":
-		// Create with the mode given, under the umask given.
-		syscall.Umask(arg(1))
-		var f *os.File
-		if f, err = os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, os.FileMode(arg(0))); err == nil {
-			f.Close()
+	case "createmode", "mkdirmode", "mkfifomode":
+		// Make it with the mode given (octal), under the umask given (octal).
+		mode, _ := strconv.ParseUint(rest[0], 8, 32)
+		umask, _ := strconv.ParseUint(rest[1], 8, 32)
+		syscall.Umask(int(umask))
+		switch op {
+		case "createmode":
+			var fd int
+			if fd, err = unix.Open(path, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, uint32(mode)); err == nil {
+				unix.Close(fd)
+			}
+		case "mkdirmode":
+			err = unix.Mkdir(path, uint32(mode))
+		case "mkfifomode":
+			err = unix.Mkfifo(path, uint32(mode))
 		}
 	case "mknod":
 		err = unix.Mknod(path, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
