@@ -298,3 +298,86 @@ func TestCreatesUnderDefaultACLsGetTheLocalMode(t *testing.T) {
 		}
 	}
 }
+
+// TestPathsLongerThanPathMax walks a tree deeper than PATH_MAX one directory at a time, as a
+// program does with openat, through the mount: the owner must serve it as its disk does.
+func TestPathsLongerThanPathMax(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	name := strings.Repeat("d", 200)
+	const depth = 30 // 6,030 bytes below the root
+	fd, err := unix.Open(owner.disk(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		must(t, unix.Mkdirat(fd, name, 0o755))
+		next, err := unix.Openat(fd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		must(t, err)
+		unix.Close(fd)
+		fd = next
+	}
+	must(t, unix.Close(fd))
+
+	walk := func() int {
+		t.Helper()
+		fd, err := unix.Open(local.path("n2"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		must(t, err)
+		for i := range depth {
+			next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatalf("open directory %d deep through the mount: %v", i+1, err)
+			}
+			unix.Close(fd)
+			fd = next
+		}
+		return fd
+	}
+	dir := walk()
+	defer unix.Close(dir)
+	f, err := unix.Openat(dir, "file", unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	must(t, err)
+	_, err = unix.Write(f, []byte("deep"))
+	must(t, err)
+	must(t, unix.Close(f))
+	must(t, unix.Mkdirat(dir, "sub", 0o755))
+	must(t, unix.Renameat(dir, "file", dir, "renamed"))
+	must(t, unix.Fchmodat(dir, "renamed", 0o600, 0))
+	var st unix.Stat_t
+	must(t, unix.Fstatat(dir, "renamed", &st, 0))
+	if st.Size != 4 || st.Mode&0o777 != 0o600 {
+		t.Fatalf("deep file: size %d mode %o", st.Size, st.Mode)
+	}
+	must(t, unix.Symlinkat("renamed", dir, "link"))
+	buf := make([]byte, 64)
+	n, err := unix.Readlinkat(dir, "link", buf)
+	must(t, err)
+	if string(buf[:n]) != "renamed" {
+		t.Fatalf("readlink %q", buf[:n])
+	}
+	must(t, unix.Setxattr(fmt.Sprintf("/proc/self/fd/%d/renamed", dir), "user.deep", []byte("1"), 0))
+	names := make([]byte, 4096)
+	n, err = unix.Getdents(dir, names)
+	must(t, err)
+	for _, want := range []string{"renamed", "sub", "link"} {
+		if !strings.Contains(string(names[:n]), want) {
+			t.Errorf("listing of the deep directory lacks %q", want)
+		}
+	}
+	must(t, unix.Unlinkat(dir, "link", 0))
+	must(t, unix.Unlinkat(dir, "sub", unix.AT_REMOVEDIR))
+	// Read back from the disk, then through a fresh walk.
+	dfd, err := unix.Open(owner.disk(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	for range depth {
+		next, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		must(t, err)
+		unix.Close(dfd)
+		dfd = next
+	}
+	defer unix.Close(dfd)
+	var dst unix.Stat_t
+	must(t, unix.Fstatat(dfd, "renamed", &dst, 0))
+	if dst.Size != 4 {
+		t.Fatalf("the owner's deep file has size %d", dst.Size)
+	}
+}
