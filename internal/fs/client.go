@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -57,9 +58,11 @@ type MountConfig struct {
 
 // Mounted is a mounted cluster tree: /<path>/<node>/<path on node>.
 type Mounted struct {
-	cfg     MountConfig
-	log     *slog.Logger
-	server  *fuse.Server
+	cfg    MountConfig
+	log    *slog.Logger
+	server *fuse.Server
+	// dev is the mount's device number, which names its FUSE connection (see abort).
+	dev     uint64
 	root    *rootNode
 	session []byte
 	groups  *groupCache
@@ -192,6 +195,10 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w", cfg.Path, err)
 	}
 	m.server = server
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Path, &st); err == nil {
+		m.dev = st.Dev
+	}
 	m.raiseReadahead()
 	return m, nil
 }
@@ -251,11 +258,29 @@ func (m *Mounted) raiseReadahead() {
 	}
 }
 
+// abortAfter is how long Close waits for the kernel to end the FUSE connection once the tree
+// is unmounted here, before it ends it itself.
+const abortAfter = 2 * time.Second
+
 // Close unmounts the tree, lazily if it is busy: processes still using it keep it until they
 // let go, and their calls fail once the agent is gone.
 func (m *Mounted) Close() error {
 	m.cancel()
-	err := m.server.Unmount()
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- m.server.Unmount() }()
+	var err error
+	select {
+	case err = <-unmounted:
+	case <-time.After(abortAfter):
+		// Unmounted here, but a mount namespace made while the tree was mounted (a simulated
+		// host, unshare -m) still holds a copy: the kernel keeps the connection for it, and
+		// go-fuse waits for the connection's end. Its processes' requests would hang with no
+		// one to answer them; aborting fails them (ENOTCONN) and lets go-fuse stop.
+		if aerr := abortFUSE(m.dev); aerr != nil {
+			m.log.Warn("cannot abort the cluster tree's FUSE connection; unmounting waits for the other mount namespaces that hold it", "err", aerr)
+		}
+		err = <-unmounted
+	}
 	if err != nil {
 		if derr := unix.Unmount(m.cfg.Path, unix.MNT_DETACH); derr != nil {
 			return fmt.Errorf("unmount the cluster tree at %q: %w", m.cfg.Path, err)
@@ -729,4 +754,33 @@ func (p *peer) flush() {
 	if known {
 		p.m.root.NotifyEntry(p.name)
 	}
+}
+
+// abortFUSE ends the FUSE connection of the mount whose device is dev through the fusectl file
+// system, mounting it for the moment if it is not at its usual place.
+func abortFUSE(dev uint64) error {
+	if dev == 0 {
+		return errors.New("the mount's device is unknown")
+	}
+	// The connection is named by the kernel's encoding of the device number.
+	conn := strconv.FormatUint(uint64(unix.Major(dev))<<20|uint64(unix.Minor(dev)), 10)
+	abort := func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
+	}
+	if err := abort("/sys/fs/fuse/connections"); err == nil {
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "ssi-fusectl-")
+	if err != nil {
+		return fmt.Errorf("abort FUSE connection %s: %w", conn, err)
+	}
+	defer os.Remove(dir)
+	if err := unix.Mount("fusectl", dir, "fusectl", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("abort FUSE connection %s: mount fusectl: %w", conn, err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	if err := abort(dir); err != nil {
+		return fmt.Errorf("abort FUSE connection %s: %w", conn, err)
+	}
+	return nil
 }

@@ -1,8 +1,10 @@
 package fs
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -379,5 +381,40 @@ func TestPathsLongerThanPathMax(t *testing.T) {
 	must(t, unix.Fstatat(dfd, "renamed", &dst, 0))
 	if dst.Size != 4 {
 		t.Fatalf("the owner's deep file has size %d", dst.Size)
+	}
+}
+
+// TestCloseWhileAnotherMountNamespaceHoldsTheMount: a process in a mount namespace made while
+// the tree was mounted (a simulated host, unshare -m) keeps a copy of the mount. Unmounting
+// ours then leaves the FUSE connection alive, and Close must not wait for it for ever.
+func TestCloseWhileAnotherMountNamespaceHoldsTheMount(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local := c.node("n1")
+	m := local.mountTree(5 * time.Second)
+	must(t, os.WriteFile(c.node("n2").disk("f"), []byte("f"), 0o644))
+	if got := readFile(t, local.path("n2", "f")); got != "f" {
+		t.Fatalf("read %q", got)
+	}
+	holder := exec.Command("sleep", "600")
+	holder.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	must(t, holder.Start())
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+
+	closed := make(chan error, 1)
+	go func() { closed <- m.Close() }()
+	select {
+	case err := <-closed:
+		must(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waits 30 s after unmounting, for a mount another namespace holds")
+	}
+	local.mount = nil
+	// The holder's copy is cut off rather than left hanging: its requests fail at once.
+	out, err := exec.Command("nsenter", "-t", fmt.Sprint(holder.Process.Pid), "-m", "cat", local.path("n2", "f")).CombinedOutput()
+	if err == nil {
+		t.Fatalf("read through the other namespace's copy after Close: %q", out)
+	}
+	if errors.Is(err, exec.ErrNotFound) {
+		t.Logf("no nsenter to look through the other namespace: %v", err)
 	}
 }
