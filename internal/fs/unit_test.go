@@ -120,6 +120,22 @@ func TestParseGroups(t *testing.T) {
 	}
 }
 
+func TestStatusGroups(t *testing.T) {
+	status := []byte("Name:\tsh\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1001\nGid:\t100\t100\t100\t101\nFDSize:\t64\nGroups:\t4 24 3000 \nNStgid:\t5\n")
+	if got, ok := statusGroups(status, 1001, 101); !ok || !slices.Equal(got, []uint32{4, 24, 3000}) {
+		t.Errorf("statusGroups for the fsuid and fsgid = %v, %v", got, ok)
+	}
+	// Another process at that pid, or ids changed since the request: its groups are not the caller's.
+	for _, ids := range [][2]uint32{{1000, 101}, {1001, 100}, {0, 0}} {
+		if got, ok := statusGroups(status, ids[0], ids[1]); ok || got != nil {
+			t.Errorf("statusGroups for %v = %v, %v; want none", ids, got, ok)
+		}
+	}
+	if _, ok := statusGroups([]byte("Groups:\t4\n"), 0, 0); ok {
+		t.Error("statusGroups without Uid and Gid lines accepted them")
+	}
+}
+
 func TestCacheTable(t *testing.T) {
 	c := newCacheTable()
 	a, b, dir := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}, fileID{dev: 1, ino: 4}
