@@ -418,3 +418,30 @@ func TestCloseWhileAnotherMountNamespaceHoldsTheMount(t *testing.T) {
 		t.Logf("no nsenter to look through the other namespace: %v", err)
 	}
 }
+
+// TestRootWithoutCapabilitiesIsDeniedAsLocally: what lets root past permissions is its
+// capabilities, not its uid. Root without them (a container's root, a daemon that dropped
+// them) is refused locally, and so through the tree.
+func TestRootWithoutCapabilitiesIsDeniedAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	disk := owner.disk()
+	must(t, os.WriteFile(filepath.Join(disk, "private"), []byte("p"), 0o600))
+	must(t, os.Chown(filepath.Join(disk, "private"), 1001, 1001))
+	must(t, os.Mkdir(filepath.Join(disk, "closed"), 0o755))
+	must(t, os.Chown(filepath.Join(disk, "closed"), 1001, 1001))
+	for _, tc := range []struct{ op, path, want string }{
+		{"nocapsread", "private", "EACCES"},
+		{"nocapswrite", "closed/new", "EACCES"},
+		{"read", "private", "ok"},
+	} {
+		var results [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			results[i] = as(t, 0, tc.op, filepath.Join(base, tc.path))
+		}
+		if results[0] != results[1] || results[0] != tc.want {
+			t.Errorf("%s %s as root: %s through the mount, %s on the disk, want %s", tc.op, tc.path, results[0], results[1], tc.want)
+		}
+	}
+}

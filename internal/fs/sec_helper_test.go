@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,6 +57,34 @@ func moreHelperOps(op, path string, rest []string) (int, bool) {
 		}
 	case "mknod":
 		err = unix.Mknod(path, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
+	case "touch":
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}, 0)
+	case "noatime":
+		var fd int
+		if fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NOATIME, 0); err == nil {
+			unix.Close(fd)
+		}
+	case "nocapsread", "nocapswrite":
+		// As root, with no effective capability on this thread (a container's root, or a
+		// daemon that gave them up).
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var caps [2]unix.CapUserData
+		if err = unix.Capget(&hdr, &caps[0]); err == nil {
+			caps[0].Effective, caps[1].Effective = 0, 0
+			err = unix.Capset(&hdr, &caps[0])
+		}
+		if err == nil && op == "nocapsread" {
+			var fd int
+			if fd, err = unix.Open(path, unix.O_RDONLY, 0); err == nil {
+				unix.Close(fd)
+			}
+		} else if err == nil {
+			var fd int
+			if fd, err = unix.Open(path, unix.O_WRONLY|unix.O_CREAT, 0o644); err == nil {
+				unix.Close(fd)
+			}
+		}
 	case "statmode":
 		var st unix.Stat_t
 		if err = unix.Lstat(path, &st); err == nil {
