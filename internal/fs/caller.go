@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"os"
@@ -56,7 +55,7 @@ func (g *groupCache) groups(pid, uid, gid uint32) []uint32 {
 	if ok && e.uid == uid && e.gid == gid && now.Before(e.expires) {
 		return e.groups
 	}
-	groups := readGroups(pid)
+	groups := readGroups(pid, uid, gid)
 	g.mu.Lock()
 	if len(g.entries) >= maxGroupCache {
 		g.entries = make(map[uint32]groupEntry)
@@ -66,21 +65,52 @@ func (g *groupCache) groups(pid, uid, gid uint32) []uint32 {
 	return groups
 }
 
-// readGroups returns the supplementary groups of pid, or none if it is gone.
-func readGroups(pid uint32) []uint32 {
-	f, err := os.Open("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
+// readGroups returns the supplementary groups of pid, or none if it is gone or is no longer
+// the caller: the groups count only if its file system ids are still those of the request
+// (fsuid, fsgid), so that a process that took the pid meanwhile, or ids changed since, do not
+// lend the request their groups.
+func readGroups(pid, uid, gid uint32) []uint32 {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Bytes()
+	groups, ok := statusGroups(b, uid, gid)
+	if !ok {
+		return nil
+	}
+	return groups
+}
+
+// statusGroups reads the groups from a /proc/<pid>/status, if its fsuid and fsgid (the fourth
+// fields of Uid: and Gid:) are uid and gid.
+func statusGroups(status []byte, uid, gid uint32) ([]uint32, bool) {
+	var groups []uint32
+	matched := 0
+	for line := range bytes.SplitSeq(status, []byte("\n")) {
 		if rest, ok := bytes.CutPrefix(line, []byte("Groups:")); ok {
-			return parseGroups(rest)
+			groups = parseGroups(rest)
+			continue
+		}
+		for _, id := range []struct {
+			prefix string
+			want   uint32
+		}{{"Uid:", uid}, {"Gid:", gid}} {
+			rest, ok := bytes.CutPrefix(line, []byte(id.prefix))
+			if !ok {
+				continue
+			}
+			fields := bytes.Fields(rest)
+			if len(fields) != 4 {
+				return nil, false
+			}
+			fs, err := strconv.ParseUint(string(fields[3]), 10, 32)
+			if err != nil || uint32(fs) != id.want {
+				return nil, false
+			}
+			matched++
 		}
 	}
-	return nil
+	return groups, matched == 2
 }
 
 func parseGroups(b []byte) []uint32 {

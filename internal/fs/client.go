@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -57,12 +58,15 @@ type MountConfig struct {
 
 // Mounted is a mounted cluster tree: /<path>/<node>/<path on node>.
 type Mounted struct {
-	cfg     MountConfig
-	log     *slog.Logger
-	server  *fuse.Server
+	cfg    MountConfig
+	log    *slog.Logger
+	server *fuse.Server
+	// dev is the mount's device number, which names its FUSE connection (see abort).
+	dev     uint64
 	root    *rootNode
 	session []byte
 	groups  *groupCache
+	umasks  umasks
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -157,18 +161,29 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 			DisableSplice:        true,
 			EnableLocks:          true,
 			EnableSymlinkCaching: true,
-			// The kernel asks for security.capability before every write; answering from here
-			// spares a round trip per write, at the price of not showing security.* remotely.
-			IgnoreSecurityLabels: true,
+			// Not IgnoreSecurityLabels: besides security.capability it answers ENODATA for the
+			// ACL xattrs, which the kernel must read from the owners. node.Getxattr answers
+			// security.* from here instead.
 			// The kernel checks Unix permissions against the owners' attributes too, so that a
 			// cached entry never lets a user through a directory they may not search.
 			Options: []string{"default_permissions"},
+			// Set-user-ID and set-group-ID bits are cleared by the owner's kernel, which writes,
+			// truncates and chowns as the caller. Without this the client's kernel clears them
+			// itself with a chmod as the caller, which fails (EPERM, and the write with it) for
+			// a user who may write the file but does not own it.
+			// CAP_DONT_MASK: the owner applies the caller's umask, which a directory's default
+			// ACL overrides (see umasks).
+			ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV | fuse.CAP_DONT_MASK,
+			// The kernel checks with default_permissions, so it must know the owners' ACLs
+			// (read as system.posix_acl_* xattrs, dropped on invalidation): on mode bits alone
+			// it refused what an ACL grants.
+			EnableAcl: true,
 		},
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	}
 	raw := fs.NewNodeFS(m.root, opts)
-	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
+	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: &umaskFS{RawFileSystem: raw, umasks: &m.umasks}}, cfg.Path, &opts.MountOptions)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)
@@ -180,6 +195,10 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w", cfg.Path, err)
 	}
 	m.server = server
+	var st unix.Stat_t
+	if err := unix.Stat(cfg.Path, &st); err == nil {
+		m.dev = st.Dev
+	}
 	m.raiseReadahead()
 	return m, nil
 }
@@ -239,11 +258,29 @@ func (m *Mounted) raiseReadahead() {
 	}
 }
 
+// abortAfter is how long Close waits for the kernel to end the FUSE connection once the tree
+// is unmounted here, before it ends it itself.
+const abortAfter = 2 * time.Second
+
 // Close unmounts the tree, lazily if it is busy: processes still using it keep it until they
 // let go, and their calls fail once the agent is gone.
 func (m *Mounted) Close() error {
 	m.cancel()
-	err := m.server.Unmount()
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- m.server.Unmount() }()
+	var err error
+	select {
+	case err = <-unmounted:
+	case <-time.After(abortAfter):
+		// Unmounted here, but a mount namespace made while the tree was mounted (a simulated
+		// host, unshare -m) still holds a copy: the kernel keeps the connection for it, and
+		// go-fuse waits for the connection's end. Its processes' requests would hang with no
+		// one to answer them; aborting fails them (ENOTCONN) and lets go-fuse stop.
+		if aerr := abortFUSE(m.dev); aerr != nil {
+			m.log.Warn("cannot abort the cluster tree's FUSE connection; unmounting waits for the other mount namespaces that hold it", "err", aerr)
+		}
+		err = <-unmounted
+	}
 	if err != nil {
 		if derr := unix.Unmount(m.cfg.Path, unix.MNT_DETACH); derr != nil {
 			return fmt.Errorf("unmount the cluster tree at %q: %w", m.cfg.Path, err)
@@ -505,7 +542,7 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 		cancel = func() { stop(); inner() }
 	}
 	if p.local {
-		ctx = withCallerNode(ctx, p.m.cfg.LocalNode)
+		ctx = withOwnMount(withCallerNode(ctx, p.m.cfg.LocalNode))
 	}
 	return ctx, cancel
 }
@@ -717,4 +754,33 @@ func (p *peer) flush() {
 	if known {
 		p.m.root.NotifyEntry(p.name)
 	}
+}
+
+// abortFUSE ends the FUSE connection of the mount whose device is dev through the fusectl file
+// system, mounting it for the moment if it is not at its usual place.
+func abortFUSE(dev uint64) error {
+	if dev == 0 {
+		return errors.New("the mount's device is unknown")
+	}
+	// The connection is named by the kernel's encoding of the device number.
+	conn := strconv.FormatUint(uint64(unix.Major(dev))<<20|uint64(unix.Minor(dev)), 10)
+	abort := func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
+	}
+	if err := abort("/sys/fs/fuse/connections"); err == nil {
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "ssi-fusectl-")
+	if err != nil {
+		return fmt.Errorf("abort FUSE connection %s: %w", conn, err)
+	}
+	defer os.Remove(dir)
+	if err := unix.Mount("fusectl", dir, "fusectl", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("abort FUSE connection %s: mount fusectl: %w", conn, err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	if err := abort(dir); err != nil {
+		return fmt.Errorf("abort FUSE connection %s: %w", conn, err)
+	}
+	return nil
 }

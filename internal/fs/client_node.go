@@ -31,6 +31,10 @@ var (
 )
 
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		// The kernel lets FUSE names up to 1024 bytes through; local file systems refuse them.
+		return nil, syscall.ENAMETOOLONG
+	}
 	if validName([]byte(name)) != 0 || !r.m.knownNode(name) {
 		// Nodes join: do not remember an absence for long.
 		out.SetEntryTimeout(time.Second)
@@ -504,6 +508,10 @@ func (n *node) listed(name string, present bool, errno syscall.Errno) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		// Before the known listing, which would answer ENOENT: no such name can exist.
+		return nil, syscall.ENAMETOOLONG
+	}
 	if n.knownAbsent(name) {
 		out.SetEntryTimeout(cacheTTL)
 		return nil, syscall.ENOENT
@@ -730,10 +738,11 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.OpenReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Create(rpc, &fspb.CreateRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Flags: flags, Mode: mode})
+			Name: []byte(name), Flags: flags, Mode: masked, UnmaskedMode: unmasked})
 		return err
 	})
 	if errno != 0 {
@@ -785,10 +794,11 @@ func (n *node) mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, errno
 	}
 	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.EntryReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Mode: mode, Rdev: uint64(rdev)})
+			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
 		return err
 	})
 	return n.entry(ctx, name, reply, errno, snap, out)
@@ -799,7 +809,54 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.mknod(ctx, name, mode, rdev, out)
+	if !isDevice(mode) {
+		return n.mknod(ctx, name, mode, rdev, out)
+	}
+	defer changing(n)()
+	dir, errno := n.ref(nil)
+	if errno != 0 {
+		return nil, errno
+	}
+	snap := n.snapshot()
+	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
+	var reply *fspb.EntryReply
+	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
+			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
+		return err
+	})
+	if errno == 0 {
+		errno = syscall.Errno(reply.Errno)
+	}
+	n.listed(name, true, errno)
+	if errno != 0 {
+		if reply != nil {
+			n.staleCheck(reply.Errno)
+		}
+		return nil, errno
+	}
+	n.cacheAttr(reply.Dir, snap)
+	return n.madeDevice(ctx, reply.Attr, mode, out), 0
+}
+
+// madeDevice answers the kernel's mknod of a device. The kernel fails a mknod with EIO unless
+// the new inode has the type it asked for, but devices show as regular files in the tree (see
+// clientType). So the answer is a throw-away inode of the device's type, under an inode number
+// of its own and cached for no time: the next use of the name looks it up again and finds the
+// regular file that stands for the device.
+func (n *node) madeDevice(ctx context.Context, a *fspb.Attr, mode uint32, out *fuse.EntryOut) *fs.Inode {
+	ino := inoOf(n.p.name+"\x00mknod", idFromPB(a.Id))
+	// No identity: invalidations go to the node the tree keeps for the device, not this one.
+	ch := &node{p: n.p}
+	ch.remember(a)
+	in := n.NewInode(ctx, ch, fs.StableAttr{Mode: mode & syscall.S_IFMT, Ino: ino})
+	fillAttr(&out.Attr, a, ino)
+	out.Attr.Mode = mode&syscall.S_IFMT | a.Mode&07777
+	out.Attr.Size, out.Attr.Blocks = 0, 0
+	out.Attr.Rdev = uint32(a.Rdev)
+	out.SetEntryTimeout(0)
+	out.SetAttrTimeout(0)
+	return in
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {

@@ -38,6 +38,9 @@ func helperMain(args []string) int {
 		return 2
 	}
 	op, path := args[0], args[1]
+	if code, ok := moreHelperOps(op, path, args[2:]); ok {
+		return code
+	}
 	var err error
 	switch op {
 	case "read":

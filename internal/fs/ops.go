@@ -688,7 +688,8 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		}
 		defer r.close()
 		flags := openFlags(req.Flags) | unix.O_CREAT
-		fd, err := unix.Openat(r.dir, r.name, flags|unix.O_EXCL, req.Mode&07777)
+		mode, inherits := createMode(r.dir, req.Mode, req.UnmaskedMode)
+		fd, err := unix.Openat(r.dir, r.name, flags|unix.O_EXCL, mode&07777)
 		created := err == nil
 		if err == syscall.EEXIST && flags&unix.O_EXCL == 0 {
 			fd, err = unix.Openat(r.dir, r.name, flags&^unix.O_CREAT, 0)
@@ -696,8 +697,8 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		if err != nil {
 			return errnoOf(err)
 		}
-		if created && req.Mode&s.creds.umask != 0 {
-			unix.Fchmod(fd, req.Mode&07777)
+		if created && !inherits && mode&s.creds.umask != 0 {
+			unix.Fchmod(fd, mode&07777)
 		}
 		reply, errno = c.finishOpen(fd, req.Flags, watched, nil)
 		if errno == 0 {
@@ -975,11 +976,11 @@ func (s *Server) createdEntry(r resolved, reply *fspb.EntryReply) syscall.Errno 
 }
 
 func (s *Server) Mknod(ctx context.Context, req *fspb.MknodRequest) (*fspb.EntryReply, error) {
-	return s.makeEntry(ctx, req.Session, req.Caller, req.Dir, req.Name, req.Mode, func(r resolved) error {
-		if req.Mode&syscall.S_IFMT == syscall.S_IFDIR {
-			return unix.Mkdirat(r.dir, r.name, req.Mode&07777)
+	return s.makeEntry(ctx, req.Session, req.Caller, req.Dir, req.Name, req.Mode, req.UnmaskedMode, func(r resolved, mode uint32) error {
+		if mode&syscall.S_IFMT == syscall.S_IFDIR {
+			return unix.Mkdirat(r.dir, r.name, mode&07777)
 		}
-		return unix.Mknodat(r.dir, r.name, req.Mode, int(req.Rdev))
+		return unix.Mknodat(r.dir, r.name, mode, int(req.Rdev))
 	})
 }
 
@@ -992,7 +993,7 @@ func (s *Server) Symlink(ctx context.Context, req *fspb.SymlinkRequest) (*fspb.E
 		c.end()
 		return &fspb.EntryReply{Errno: int32(syscall.EINVAL)}, nil
 	}
-	return s.makeEntry(ctx, req.Session, req.Caller, req.Dir, req.Name, syscall.S_IFLNK, func(r resolved) error {
+	return s.makeEntry(ctx, req.Session, req.Caller, req.Dir, req.Name, syscall.S_IFLNK, nil, func(r resolved, _ uint32) error {
 		return unix.Symlinkat(string(req.Target), r.dir, r.name)
 	})
 }
@@ -1007,7 +1008,7 @@ func containsNUL(b []byte) bool {
 }
 
 // makeEntry serves the calls that create a directory entry without opening it.
-func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.Caller, dir *fspb.NodeRef, name []byte, mode uint32, create func(resolved) error) (*fspb.EntryReply, error) {
+func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.Caller, dir *fspb.NodeRef, name []byte, mode uint32, unmasked *uint32, create func(r resolved, mode uint32) error) (*fspb.EntryReply, error) {
 	c, err := s.begin(ctx, sessionID, caller)
 	if err != nil {
 		return nil, err
@@ -1031,10 +1032,15 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 			return errno
 		}
 		defer r.close()
-		if err := create(r); err != nil {
+		mode := mode
+		inherits := false
+		if mode&syscall.S_IFMT != syscall.S_IFLNK {
+			mode, inherits = createMode(r.dir, mode, unmasked)
+		}
+		if err := create(r, mode); err != nil {
 			return errnoOf(err)
 		}
-		if mode&syscall.S_IFMT != syscall.S_IFLNK && mode&s.creds.umask != 0 {
+		if mode&syscall.S_IFMT != syscall.S_IFLNK && !inherits && mode&s.creds.umask != 0 {
 			// The agent's umask took bits the client's kernel meant to keep.
 			if fd, errno := openObject(r); errno == 0 {
 				unix.Fchmodat(unix.AT_FDCWD, procFD(fd), mode&07777, 0)
@@ -1058,6 +1064,21 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 		reply.EmptyDir = reply.EmptyDir && stable
 	}
 	return reply, nil
+}
+
+// createMode is the mode to create an object with in the directory dir: masked (the caller's
+// umask applied), unless the directory has a default ACL, which then combines with the mode as
+// asked, unmasked (if the client sent it), as locally. inherits reports the default ACL: the
+// owner's file system ignores the agent's umask then, and a chmod would undo the ACL's mask.
+func createMode(dir int, masked uint32, unmasked *uint32) (mode uint32, inherits bool) {
+	_, err := unix.Getxattr(procFD(dir), "system.posix_acl_default", nil)
+	if err != nil {
+		return masked, false
+	}
+	if unmasked != nil {
+		return masked&syscall.S_IFMT | *unmasked&07777, true
+	}
+	return masked, true
 }
 
 // emptyAndWatched starts watching a directory just made and reports whether it is still

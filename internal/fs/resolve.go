@@ -12,7 +12,12 @@ import (
 
 const (
 	maxNameLen = 255
+	// maxPathLen is Linux's PATH_MAX less the NUL: the longest path one system call takes, and
+	// the longest symlink target.
 	maxPathLen = 4095
+	// maxRefPath bounds the paths of requests. A tree may be deeper than PATH_MAX: programs
+	// walk it with openat, one directory at a time, and so does the kernel for the mount.
+	maxRefPath = 1 << 20
 )
 
 // validName reports whether a client-supplied file name is a single directory entry name. Any
@@ -37,7 +42,7 @@ func validPath(path []byte) syscall.Errno {
 	if len(path) == 0 {
 		return 0
 	}
-	if len(path) > maxPathLen {
+	if len(path) > maxRefPath {
 		return syscall.ENAMETOOLONG
 	}
 	for _, name := range bytes.Split(path, []byte("/")) {
@@ -208,11 +213,39 @@ func (s *Server) resolve(path string) (resolved, syscall.Errno) {
 }
 
 // openBelow opens path below the directory base ("" being base itself) without leaving it.
+// A path longer than PATH_MAX is opened a piece at a time, each piece from the directory the
+// last one led to.
 func openBelow(base int, path string, flags int) (int, syscall.Errno) {
 	if path == "" {
 		path = "."
 	}
-	fd, err := unix.Openat2(base, path, &unix.OpenHow{
+	dir := base
+	defer func() {
+		if dir != base {
+			unix.Close(dir)
+		}
+	}()
+	for len(path) > maxPathLen {
+		// Names are at most 255 bytes, so there is a slash well inside the first PATH_MAX.
+		cut := strings.LastIndexByte(path[:maxPathLen], '/')
+		if cut <= 0 {
+			return -1, syscall.ENAMETOOLONG
+		}
+		// Symlinks along the way are followed as within one path; the pieces after the first
+		// are confined below the directory they start from, still inside the export.
+		fd, err := unix.Openat2(dir, path[:cut], &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: resolveFlags,
+		})
+		if err != nil {
+			return -1, errnoOf(err)
+		}
+		if dir != base {
+			unix.Close(dir)
+		}
+		dir, path = fd, path[cut+1:]
+	}
+	fd, err := unix.Openat2(dir, path, &unix.OpenHow{
 		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
 		Resolve: resolveFlags,
 	})

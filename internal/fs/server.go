@@ -304,6 +304,19 @@ func withCallerNode(ctx context.Context, node string) context.Context {
 	return context.WithValue(ctx, callerNode{}, node)
 }
 
+// ownMount marks the contexts of calls from this node's own mount, which no other node can
+// make: the caller is a user of this very node.
+type ownMount struct{}
+
+func withOwnMount(ctx context.Context) context.Context {
+	return context.WithValue(ctx, ownMount{}, true)
+}
+
+func fromOwnMount(ctx context.Context) bool {
+	own, _ := ctx.Value(ownMount{}).(bool)
+	return own
+}
+
 func nodeFromCert(ctx context.Context) (string, error) {
 	if node, ok := ctx.Value(callerNode{}).(string); ok {
 		return node, nil
@@ -339,7 +352,7 @@ func (s *Server) begin(ctx context.Context, sessionID []byte, caller *fspb.Calle
 	}
 	c := &call{s: s, sess: sess}
 	if caller != nil {
-		c.who, err = s.identityOf(caller)
+		c.who, err = s.identityOf(caller, !fromOwnMount(ctx))
 		if err != nil {
 			s.life.RUnlock()
 			return nil, err
@@ -351,13 +364,14 @@ func (s *Server) begin(ctx context.Context, sessionID []byte, caller *fspb.Calle
 func (c *call) end() { c.s.life.RUnlock() }
 
 // identityOf maps the caller to who the owner acts as: root keeps its privileges unless
-// squashed, everyone else has exactly their uid, gid and groups.
-func (s *Server) identityOf(c *fspb.Caller) (identity, error) {
+// squashed, everyone else has exactly their uid, gid and groups. Root squash is for other
+// nodes' root (squashable): this node's own root, through its own mount, is root here anyway.
+func (s *Server) identityOf(c *fspb.Caller, squashable bool) (identity, error) {
 	if len(c.Groups) > 65536 {
 		return identity{}, status.Errorf(codes.InvalidArgument, "caller has %d supplementary groups, more than Linux allows (65536)", len(c.Groups))
 	}
 	who := identity{uid: c.Uid, gid: c.Gid, groups: c.Groups}
-	if s.cfg.RootSquash {
+	if s.cfg.RootSquash && squashable {
 		if who.uid == 0 {
 			who.uid = nobodyID
 		}

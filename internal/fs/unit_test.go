@@ -31,8 +31,9 @@ func TestValidPath(t *testing.T) {
 		{"nul\x00", syscall.EINVAL},
 		{strings.Repeat("n", 255), 0},
 		{strings.Repeat("n", 256), syscall.ENAMETOOLONG},
-		{strings.Repeat("abc/", 1023) + "abc", 0},
-		{strings.Repeat("abc/", 1024), syscall.ENAMETOOLONG},
+		// Deeper than PATH_MAX, as a tree may be (the owner opens it in pieces).
+		{strings.Repeat("abc/", 1024) + "abc", 0},
+		{strings.Repeat("abc/", maxRefPath/4) + "abc", syscall.ENAMETOOLONG},
 	} {
 		if got := validPath([]byte(tc.path)); got != tc.want {
 			t.Errorf("validPath(%.40q) = %v, want %v", tc.path, got, tc.want)
@@ -116,6 +117,22 @@ func TestParseGroups(t *testing.T) {
 	}
 	if got := parseGroups([]byte(" ")); got != nil {
 		t.Errorf("no groups: %v", got)
+	}
+}
+
+func TestStatusGroups(t *testing.T) {
+	status := []byte("Name:\tsh\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1001\nGid:\t100\t100\t100\t101\nFDSize:\t64\nGroups:\t4 24 3000 \nNStgid:\t5\n")
+	if got, ok := statusGroups(status, 1001, 101); !ok || !slices.Equal(got, []uint32{4, 24, 3000}) {
+		t.Errorf("statusGroups for the fsuid and fsgid = %v, %v", got, ok)
+	}
+	// Another process at that pid, or ids changed since the request: its groups are not the caller's.
+	for _, ids := range [][2]uint32{{1000, 101}, {1001, 100}, {0, 0}} {
+		if got, ok := statusGroups(status, ids[0], ids[1]); ok || got != nil {
+			t.Errorf("statusGroups for %v = %v, %v; want none", ids, got, ok)
+		}
+	}
+	if _, ok := statusGroups([]byte("Groups:\t4\n"), 0, 0); ok {
+		t.Error("statusGroups without Uid and Gid lines accepted them")
 	}
 }
 

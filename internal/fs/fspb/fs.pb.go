@@ -1305,13 +1305,18 @@ func (x *OpenRequest) GetFlags() uint32 {
 }
 
 type CreateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Session       []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	Caller        *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
-	Dir           *NodeRef               `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
-	Name          []byte                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
-	Flags         uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
-	Mode          uint32                 `protobuf:"varint,6,opt,name=mode,proto3" json:"mode,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Caller  *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	Dir     *NodeRef               `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Name    []byte                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	Flags   uint32                 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	// mode has the caller's umask applied.
+	Mode uint32 `protobuf:"varint,6,opt,name=mode,proto3" json:"mode,omitempty"`
+	// unmasked_mode is the mode as the caller asked, before its umask: what a directory with a
+	// default ACL combines with it, as locally (where the umask is then not applied). Owners
+	// that do not know it use mode.
+	UnmaskedMode  *uint32 `protobuf:"varint,7,opt,name=unmasked_mode,json=unmaskedMode,proto3,oneof" json:"unmasked_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1384,6 +1389,13 @@ func (x *CreateRequest) GetFlags() uint32 {
 func (x *CreateRequest) GetMode() uint32 {
 	if x != nil {
 		return x.Mode
+	}
+	return 0
+}
+
+func (x *CreateRequest) GetUnmaskedMode() uint32 {
+	if x != nil && x.UnmaskedMode != nil {
+		return *x.UnmaskedMode
 	}
 	return 0
 }
@@ -2032,13 +2044,15 @@ func (x *LseekReply) GetOffset() int64 {
 }
 
 type MknodRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Session       []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	Caller        *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
-	Dir           *NodeRef               `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
-	Name          []byte                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
-	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
-	Rdev          uint64                 `protobuf:"varint,6,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Caller  *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	Dir     *NodeRef               `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Name    []byte                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// mode has the caller's umask applied; unmasked_mode does not (see CreateRequest).
+	Mode          uint32  `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	Rdev          uint64  `protobuf:"varint,6,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	UnmaskedMode  *uint32 `protobuf:"varint,7,opt,name=unmasked_mode,json=unmaskedMode,proto3,oneof" json:"unmasked_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2111,6 +2125,13 @@ func (x *MknodRequest) GetMode() uint32 {
 func (x *MknodRequest) GetRdev() uint64 {
 	if x != nil {
 		return x.Rdev
+	}
+	return 0
+}
+
+func (x *MknodRequest) GetUnmaskedMode() uint32 {
+	if x != nil && x.UnmaskedMode != nil {
+		return *x.UnmaskedMode
 	}
 	return 0
 }
@@ -3472,14 +3493,16 @@ const file_fs_proto_rawDesc = "" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12&\n" +
 	"\x04node\x18\x03 \x01(\v2\x12.ssi.fs.v1.NodeRefR\x04node\x12\x14\n" +
-	"\x05flags\x18\x04 \x01(\rR\x05flags\"\xb8\x01\n" +
+	"\x05flags\x18\x04 \x01(\rR\x05flags\"\xf4\x01\n" +
 	"\rCreateRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12$\n" +
 	"\x03dir\x18\x03 \x01(\v2\x12.ssi.fs.v1.NodeRefR\x03dir\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\fR\x04name\x12\x14\n" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
-	"\x04mode\x18\x06 \x01(\rR\x04mode\"\x81\x01\n" +
+	"\x04mode\x18\x06 \x01(\rR\x04mode\x12(\n" +
+	"\runmasked_mode\x18\a \x01(\rH\x00R\funmaskedMode\x88\x01\x01B\x10\n" +
+	"\x0e_unmasked_mode\"\x81\x01\n" +
 	"\tOpenReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12#\n" +
@@ -3526,14 +3549,16 @@ const file_fs_proto_rawDesc = "" +
 	"\n" +
 	"LseekReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\xb5\x01\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\xf1\x01\n" +
 	"\fMknodRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12$\n" +
 	"\x03dir\x18\x03 \x01(\v2\x12.ssi.fs.v1.NodeRefR\x03dir\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\fR\x04name\x12\x12\n" +
 	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x12\n" +
-	"\x04rdev\x18\x06 \x01(\x04R\x04rdev\"\xa7\x01\n" +
+	"\x04rdev\x18\x06 \x01(\x04R\x04rdev\x12(\n" +
+	"\runmasked_mode\x18\a \x01(\rH\x00R\funmaskedMode\x88\x01\x01B\x10\n" +
+	"\x0e_unmasked_mode\"\xa7\x01\n" +
 	"\x0eSymlinkRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12$\n" +
@@ -3839,6 +3864,8 @@ func file_fs_proto_init() {
 	if File_fs_proto != nil {
 		return
 	}
+	file_fs_proto_msgTypes[15].OneofWrappers = []any{}
+	file_fs_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
