@@ -340,7 +340,7 @@ func (m *Mounted) peer(name string) *peer {
 		return p
 	}
 	p := &peer{m: m, name: name, local: name == m.cfg.LocalNode && m.cfg.Local != nil}
-	p.down = make(chan struct{})
+	p.down, p.firstTry = make(chan struct{}), make(chan struct{})
 	m.peers[name] = p
 	m.wg.Add(1)
 	go p.watchLoop()
@@ -430,6 +430,13 @@ type peer struct {
 	instance  []byte
 	down      chan struct{} // closed while disconnected: ends device I/O waiting on the owner
 	rootInode *fs.Inode
+
+	// firstTry is closed once the first Watch stream is up or has failed. Until then calls
+	// wait for it (a while): pages a shared mapping reads before the owner knows this node
+	// would miss the invalidations of writes made meanwhile, and would stay stale until the
+	// stream's flush.
+	firstTry     chan struct{}
+	firstTryOnce sync.Once
 
 	// epoch changes whenever the stream connects or drops: an answer that straddles a change
 	// may predate the flush and must not be cached.
@@ -570,6 +577,7 @@ func (p *peer) watchLoop() {
 	backoff := 50 * time.Millisecond
 	for {
 		connectedFor, err := p.watchOnce()
+		p.endFirstTry()
 		p.onDisconnect()
 		if p.m.ctx.Err() != nil {
 			return
@@ -666,6 +674,29 @@ func (p *peer) onConnect(instance []byte) {
 	p.instance = instance
 	p.up = true
 	p.epoch.Add(1)
+	p.endFirstTry()
+}
+
+func (p *peer) endFirstTry() { p.firstTryOnce.Do(func() { close(p.firstTry) }) }
+
+// firstTryWait bounds how long calls wait for an owner's first Watch stream; an owner that
+// does not answer by then is served uncached, as one whose stream dropped.
+const firstTryWait = 2 * time.Second
+
+// awaitFirstTry waits for the first Watch stream to come up or fail (see firstTry).
+func (p *peer) awaitFirstTry(ctx context.Context) {
+	select {
+	case <-p.firstTry:
+		return
+	default:
+	}
+	t := time.NewTimer(firstTryWait)
+	defer t.Stop()
+	select {
+	case <-p.firstTry:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 func (p *peer) onDisconnect() {

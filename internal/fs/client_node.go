@@ -380,6 +380,7 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 		p.m.stats.failures.Add(1)
 		return syscall.ENOTCONN
 	}
+	p.awaitFirstTry(ctx)
 	api, err := p.api(bounded)
 	if err != nil {
 		p.m.stats.failures.Add(1)
