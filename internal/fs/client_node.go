@@ -795,14 +795,20 @@ func (n *node) mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		return nil, errno
 	}
 	snap := n.snapshot()
+	reply, errno := n.askMknod(ctx, dir, name, mode, rdev)
+	return n.entry(ctx, name, reply, errno, snap, out)
+}
+
+// askMknod has the owner make the object, with the caller's umask as the kernel gave it.
+func (n *node) askMknod(ctx context.Context, dir *fspb.NodeRef, name string, mode, rdev uint32) (*fspb.EntryReply, syscall.Errno) {
 	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.EntryReply
-	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+	errno := n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
 			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
 		return err
 	})
-	return n.entry(ctx, name, reply, errno, snap, out)
+	return reply, errno
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -819,13 +825,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32,
 		return nil, errno
 	}
 	snap := n.snapshot()
-	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
-	var reply *fspb.EntryReply
-	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Mknod(rpc, &fspb.MknodRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Mode: masked, UnmaskedMode: unmasked, Rdev: uint64(rdev)})
-		return err
-	})
+	reply, errno := n.askMknod(ctx, dir, name, mode, rdev)
 	if errno == 0 {
 		errno = syscall.Errno(reply.Errno)
 	}
