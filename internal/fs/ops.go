@@ -67,7 +67,7 @@ func (s *Server) dirAttr(fd int) *fspb.Attr {
 	if statFD(fd, &st) != 0 {
 		return nil
 	}
-	a, _ := s.describe(&st, fdOpener(fd))
+	a, _ := s.describe(&st, fdOpener(fd), atFD(fd))
 	return a
 }
 
@@ -125,7 +125,7 @@ func (s *Server) Lookup(ctx context.Context, req *fspb.LookupRequest) (*fspb.Ent
 		if errno := statAt(r, &st); errno != 0 {
 			return errno
 		}
-		attr, cluster := s.describe(&st, objectOpener(r))
+		attr, cluster := s.describe(&st, objectOpener(r), r.object())
 		if cluster {
 			return syscall.ENOENT
 		}
@@ -172,7 +172,7 @@ func (s *Server) Getattr(ctx context.Context, req *fspb.NodeRequest) (*fspb.Entr
 			if errno := statFD(f.fd, &st); errno != 0 {
 				return &fspb.EntryReply{Errno: int32(errno)}, nil
 			}
-			reply.Attr, _ = s.describe(&st, fdOpener(f.fd))
+			reply.Attr, _ = s.describe(&st, fdOpener(f.fd), atFD(f.fd))
 			c.finish(start, f.watched, []*fspb.Attr{reply.Attr})
 			return reply, nil
 		}
@@ -195,7 +195,7 @@ func (s *Server) Getattr(ctx context.Context, req *fspb.NodeRequest) (*fspb.Entr
 		if !matches(&st, req.Node.Id) {
 			return syscall.ESTALE
 		}
-		reply.Attr, _ = s.describe(&st, objectOpener(r))
+		reply.Attr, _ = s.describe(&st, objectOpener(r), r.object())
 		return 0
 	})
 	reply.Errno = int32(errno)
@@ -281,7 +281,7 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 		if errno := statFD(fd, &st); errno != 0 {
 			return errno
 		}
-		reply.Attr, _ = s.describe(&st, fdOpener(fd))
+		reply.Attr, _ = s.describe(&st, fdOpener(fd), atFD(fd))
 		return 0
 	})
 	reply.Errno = int32(errno)
@@ -480,7 +480,7 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 						attr, cluster := s.describe(&st, func() (int, bool) {
 							cfd, err := unix.Openat(fd, string(name), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 							return cfd, err == nil
-						})
+						}, objectAt{dir: fd, name: string(name)})
 						if cluster {
 							e.Name = nil // hidden, but its cookie still counts
 						} else {
@@ -562,7 +562,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
 		}
 	}
-	attr, _ := c.s.describe(&st, fdOpener(fd))
+	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
 		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG}
 	h := newHandleID()
@@ -970,7 +970,7 @@ func (s *Server) createdEntry(r resolved, reply *fspb.EntryReply) syscall.Errno 
 	if errno := statAt(r, &st); errno != 0 {
 		return errno
 	}
-	reply.Attr, _ = s.describe(&st, objectOpener(r))
+	reply.Attr, _ = s.describe(&st, objectOpener(r), r.object())
 	reply.Dir = s.dirAttr(r.dir)
 	return 0
 }

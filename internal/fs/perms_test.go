@@ -445,3 +445,47 @@ func TestRootWithoutCapabilitiesIsDeniedAsLocally(t *testing.T) {
 		}
 	}
 }
+
+// TestACLQuestionsAnsweredWithoutTheOwner: with ACLs on, the kernel asks for a file's access
+// ACL before its first permission check. Owners say in the attributes which ACLs an object
+// has, so that the question about a file without one costs no round trip, and files on the
+// owner's file systems without ACLs (/proc) are not refused for want of an answer.
+func TestACLQuestionsAnsweredWithoutTheOwner(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	owner.restart(ServerConfig{Root: "/", Exports: []string{owner.disk(), "/proc"}})
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	m := func(p ...string) string { return local.path("n2", append([]string{owner.disk()}, p...)...) }
+	must(t, os.WriteFile(owner.disk("plain"), []byte("p"), 0o644))
+	must(t, os.WriteFile(owner.disk("acl"), []byte("a"), 0o640))
+	setACL(t, owner.disk("acl"), xattrACLAccess, aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 4, 1001},
+		aclEntry{aclGroupObj, 4, 0}, aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 0, 0})
+
+	f, err := os.Open(m("plain"))
+	must(t, err)
+	defer f.Close()
+	before := owner.server.Stats().Ops
+	_, err = unix.Fgetxattr(int(f.Fd()), xattrACLAccess, make([]byte, 256))
+	wantErrno(t, err, syscall.ENODATA)
+	if after := owner.server.Stats().Ops; after != before {
+		t.Errorf("asking for the access ACL of a file known to have none took %d requests to the owner", after-before)
+	}
+	// A file with one is asked for, and an ACL set from here is seen at once.
+	n, err := unix.Getxattr(m("acl"), xattrACLAccess, make([]byte, 256))
+	if err != nil || n != 4+5*8 {
+		t.Fatalf("getxattr of the access ACL: %d, %v", n, err)
+	}
+	setACL(t, m("plain"), xattrACLAccess, aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 0, 65534},
+		aclEntry{aclGroupObj, 4, 0}, aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 4, 0})
+	if got := as(t, 65534, "read", m("plain")); got != "EACCES" {
+		t.Errorf("nobody reading a file whose ACL now excludes it: %s", got)
+	}
+	if got := asUser(t, 1001, 1001, nil, "read", m("acl")); got != "ok" {
+		t.Errorf("1001 reading a file whose ACL lets it: %s", got)
+	}
+	// /proc has no ACLs: its files are read as their mode allows.
+	if got := as(t, 65534, "read", local.path("n2", "proc/uptime")); got != "ok" {
+		t.Errorf("nobody reading /proc/uptime through the tree: %s", got)
+	}
+}

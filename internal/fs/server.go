@@ -435,8 +435,11 @@ func (s *Server) watchDir(fd int, id fileID) bool {
 
 // describe fills the attributes of an object from its statx, learning its file system's kind
 // through fd (the object itself or, if it is not a mount point, its directory) when needed.
-func (s *Server) describe(st *unix.Statx_t, objectFD func() (int, bool)) (*fspb.Attr, bool) {
+func (s *Server) describe(st *unix.Statx_t, objectFD func() (int, bool), at objectAt) (*fspb.Attr, bool) {
 	a := attrFromStatx(st)
+	if acl, ok := aclsOf(at, a.Mode); ok {
+		a.Acl = &acl
+	}
 	info, ok := s.kinds.get(a.Id.Dev)
 	if !ok {
 		fd, closeIt := objectFD()

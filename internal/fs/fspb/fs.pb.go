@@ -346,8 +346,12 @@ type Attr struct {
 	// listing_watched, for a directory: the owner pushes invalidations for changes in it, so
 	// clients may cache its listing.
 	ListingWatched bool `protobuf:"varint,18,opt,name=listing_watched,json=listingWatched,proto3" json:"listing_watched,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// acl says which POSIX ACLs the object has: 1 an access ACL, 2 a default ACL. Absent when
+	// the owner cannot tell (an older owner, or a kernel without getxattrat): then the client
+	// asks for the system.posix_acl_* xattrs as for any other.
+	Acl           *uint32 `protobuf:"varint,19,opt,name=acl,proto3,oneof" json:"acl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Attr) Reset() {
@@ -504,6 +508,13 @@ func (x *Attr) GetListingWatched() bool {
 		return x.ListingWatched
 	}
 	return false
+}
+
+func (x *Attr) GetAcl() uint32 {
+	if x != nil && x.Acl != nil {
+		return *x.Acl
+	}
+	return 0
 }
 
 type NodeRequest struct {
@@ -3405,7 +3416,7 @@ const file_fs_proto_rawDesc = "" +
 	"\aNodeRef\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\fR\x04path\x12!\n" +
 	"\x02id\x18\x02 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x16\n" +
-	"\x06handle\x18\x03 \x01(\x04R\x06handle\"\xe0\x03\n" +
+	"\x06handle\x18\x03 \x01(\x04R\x06handle\"\xff\x03\n" +
 	"\x04Attr\x12!\n" +
 	"\x02id\x18\x01 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x12\n" +
 	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x14\n" +
@@ -3428,7 +3439,9 @@ const file_fs_proto_rawDesc = "" +
 	"ctime_nsec\x18\x0f \x01(\rR\tctimeNsec\x12\x16\n" +
 	"\x06direct\x18\x10 \x01(\bR\x06direct\x12\x18\n" +
 	"\awatched\x18\x11 \x01(\bR\awatched\x12'\n" +
-	"\x0flisting_watched\x18\x12 \x01(\bR\x0elistingWatched\"z\n" +
+	"\x0flisting_watched\x18\x12 \x01(\bR\x0elistingWatched\x12\x15\n" +
+	"\x03acl\x18\x13 \x01(\rH\x00R\x03acl\x88\x01\x01B\x06\n" +
+	"\x04_acl\"z\n" +
 	"\vNodeRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12&\n" +
@@ -3864,6 +3877,7 @@ func file_fs_proto_init() {
 	if File_fs_proto != nil {
 		return
 	}
+	file_fs_proto_msgTypes[3].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[15].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
