@@ -632,9 +632,10 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 		AtimeSec: int64(in.Atime), AtimeNsec: in.Atimensec, MtimeSec: int64(in.Mtime), MtimeNsec: in.Mtimensec,
 	}
 	n.mu.Lock()
-	if n.device {
-		// Truncating a device (O_TRUNC on /dev/null) means nothing, as locally.
-		req.Valid &^= setSize
+	if n.device && req.Valid&setSize != 0 {
+		// Truncating a device (O_TRUNC on /dev/null) means nothing, as locally, where the
+		// kernel does not truncate devices on open; nor the times the truncation would set.
+		req.Valid &^= setSize | setMtime | setMtimeNow
 	}
 	n.mu.Unlock()
 	n.dropAttr()

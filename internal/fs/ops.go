@@ -224,7 +224,7 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 	}
 	defer c.end()
 	path, errno := refPath(req.Node)
-	if errno == 0 && s.cfg.ReadOnly {
+	if errno == 0 && s.cfg.ReadOnly && req.Valid != 0 {
 		errno = syscall.EROFS
 	}
 	if errno != 0 {
@@ -580,12 +580,12 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 	}
 	defer c.end()
 	path, errno := refPath(req.Node)
-	if errno == 0 && s.cfg.ReadOnly && writes(req.Flags) {
-		errno = syscall.EROFS
-	}
 	if errno != 0 {
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
+	// A read-only file system refuses to open its files, directories and symlinks for
+	// writing, not its devices, fifos and sockets.
+	roWrite := s.cfg.ReadOnly && writes(req.Flags)
 	start := s.cache.now()
 	var reply *fspb.OpenReply
 	var watched bool
@@ -606,6 +606,16 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		name := r.name
 		if name == "" {
 			name = "."
+		}
+		if roWrite {
+			var st unix.Statx_t
+			if errno := statAt(r, &st); errno != 0 {
+				return errno
+			}
+			switch st.Mode & syscall.S_IFMT {
+			case syscall.S_IFREG, syscall.S_IFDIR, syscall.S_IFLNK:
+				return syscall.EROFS
+			}
 		}
 		fd, err := unix.Openat(r.dir, name, openFlags(req.Flags)&^unix.O_EXCL, 0)
 		if err != nil {
@@ -799,14 +809,14 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 		return nil, err
 	}
 	defer c.end()
-	if s.cfg.ReadOnly {
-		return &fspb.WriteReply{Errno: int32(syscall.EROFS)}, nil
-	}
 	f, errno := c.sess.handle(req.Handle)
 	if errno != 0 {
 		return &fspb.WriteReply{Errno: int32(errno)}, nil
 	}
 	defer f.release()
+	if s.cfg.ReadOnly && f.regular {
+		return &fspb.WriteReply{Errno: int32(syscall.EROFS)}, nil
+	}
 	size := 0
 	for _, d := range data {
 		size += len(d)

@@ -489,3 +489,25 @@ func TestACLQuestionsAnsweredWithoutTheOwner(t *testing.T) {
 		t.Errorf("nobody reading /proc/uptime through the tree: %s", got)
 	}
 }
+
+// TestReadOnlyExportStillWritesDevices: a read-only file system refuses changes to its files,
+// directories and symlinks, not writes to the devices and fifos in it (a serial line, /dev/null).
+func TestReadOnlyExportStillWritesDevices(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	must(t, unix.Mknod(owner.disk("null"), syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	must(t, os.WriteFile(owner.disk("file"), []byte("f"), 0o666))
+	owner.restart(ServerConfig{ReadOnly: true})
+	local.mountTree(5 * time.Second)
+
+	// As on a read-only mount of the owner's disk.
+	ro := filepath.Join(t.TempDir(), "ro")
+	must(t, os.Mkdir(ro, 0o755))
+	must(t, unix.Mount(owner.disk(), ro, "", unix.MS_BIND, ""))
+	defer unix.Unmount(ro, unix.MNT_DETACH)
+	must(t, unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""))
+	for _, base := range []string{ro, local.path("n2")} {
+		must(t, os.WriteFile(filepath.Join(base, "null"), []byte("into the void"), 0))
+		wantErrno(t, os.WriteFile(filepath.Join(base, "file"), []byte("x"), 0), syscall.EROFS)
+	}
+}
