@@ -511,3 +511,16 @@ func TestReadOnlyExportStillWritesDevices(t *testing.T) {
 		wantErrno(t, os.WriteFile(filepath.Join(base, "file"), []byte("x"), 0), syscall.EROFS)
 	}
 }
+
+// TestTreeIsNosuid: a set-user-ID program of another node does not run with its owner's
+// privileges from the tree (as on an NFS mount with nosuid), nor do file capabilities apply.
+func TestTreeIsNosuid(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local := c.node("n1")
+	local.mountTree(5 * time.Second)
+	var sfs unix.Statfs_t
+	must(t, unix.Statfs(local.path("n2"), &sfs))
+	if sfs.Flags&unix.ST_NOSUID == 0 || sfs.Flags&unix.ST_NODEV == 0 {
+		t.Fatalf("the tree is mounted with flags %#x, want nosuid and nodev", sfs.Flags)
+	}
+}
