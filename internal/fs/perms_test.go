@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // The tests here compare what a user may do through /<mount>/n2 with what the same user may
@@ -522,5 +525,89 @@ func TestTreeIsNosuid(t *testing.T) {
 	must(t, unix.Statfs(local.path("n2"), &sfs))
 	if sfs.Flags&unix.ST_NOSUID == 0 || sfs.Flags&unix.ST_NODEV == 0 {
 		t.Fatalf("the tree is mounted with flags %#x, want nosuid and nodev", sfs.Flags)
+	}
+}
+
+// TestForgedChangesStayInsideTheExports sends the owner link, rename, create and setattr
+// requests that a broken or hostile client could make, naming things outside the exports
+// directly or through symlinks: none may reach them.
+func TestForgedChangesStayInsideTheExports(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Mkdir(filepath.Join(disk, "pub"), 0o777))
+	must(t, os.WriteFile(filepath.Join(disk, "pub", "f"), []byte("f"), 0o644))
+	must(t, os.WriteFile(filepath.Join(disk, "secret"), []byte("s"), 0o600))
+	must(t, os.Symlink("/", filepath.Join(disk, "pub", "slash")))
+	must(t, os.Symlink("..", filepath.Join(disk, "pub", "up")))
+	owner.restart(ServerConfig{Exports: []string{"/pub"}})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	sess := []byte("forger")
+	root := &fspb.Caller{}
+	const pub, secret = "pub", "secret"
+	ref := func(p string) *fspb.NodeRef { return &fspb.NodeRef{Path: []byte(p)} }
+	for _, tc := range []struct {
+		what string
+		call func() (int32, error)
+	}{
+		{"link the unexported secret into pub", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(secret), Dir: ref(pub), Name: []byte("stolen")})
+			return r.GetErrno(), err
+		}},
+		{"link through a symlink to / out of pub", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(pub + "/slash/" + secret), Dir: ref(pub), Name: []byte("stolen")})
+			return r.GetErrno(), err
+		}},
+		{"link pub/f out into the unexported parent", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(pub + "/f"), Dir: ref(""), Name: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename pub/f out of the export", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(pub), Name: []byte("f"), NewDir: ref(""), NewName: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename through pub/up", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(pub), Name: []byte("f"), NewDir: ref(pub + "/up"), NewName: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename the export itself", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("pub"), NewDir: ref(""), NewName: []byte("moved")})
+			return r.GetErrno(), err
+		}},
+		{"create beside the export", func() (int32, error) {
+			r, err := s.Create(ctx, &fspb.CreateRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("new"), Flags: uint32(os.O_WRONLY), Mode: 0o644})
+			return r.GetErrno(), err
+		}},
+		{"chmod the unexported secret", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: ref(secret), Valid: setMode, Mode: 0o666})
+			return r.GetErrno(), err
+		}},
+		{"chmod through pub/slash", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: ref(pub + "/slash/" + secret), Valid: setMode, Mode: 0o666})
+			return r.GetErrno(), err
+		}},
+	} {
+		errno, err := tc.call()
+		if err != nil {
+			t.Errorf("%s: %v", tc.what, err)
+			continue
+		}
+		if errno == 0 {
+			t.Errorf("%s: done", tc.what)
+		}
+	}
+	var st unix.Stat_t
+	must(t, unix.Stat(filepath.Join(disk, "secret"), &st))
+	if st.Mode&0o777 != 0o600 || st.Nlink != 1 {
+		t.Errorf("the secret is now mode %o with %d links", st.Mode&0o777, st.Nlink)
+	}
+	if _, err := os.Stat(filepath.Join(disk, "pub", "f")); err != nil {
+		t.Errorf("pub/f: %v", err)
+	}
+	for _, p := range []string{"out", "moved", "new"} {
+		if _, err := os.Lstat(filepath.Join(disk, p)); err == nil {
+			t.Errorf("%s was made beside the export", p)
+		}
 	}
 }
