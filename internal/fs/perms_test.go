@@ -611,3 +611,34 @@ func TestForgedChangesStayInsideTheExports(t *testing.T) {
 		}
 	}
 }
+
+// TestCapabilitiesOfOrdinaryUsersCount: what a capability lets a process do locally, it may
+// do through the tree, whatever its uid; and not more.
+func TestCapabilitiesOfOrdinaryUsersCount(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	must(t, os.WriteFile(filepath.Join(disk, "private"), []byte("p"), 0o600))
+	const dacReadSearch, dacOverride = 2, 1 // CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE
+	for _, tc := range []struct {
+		caps []uintptr
+		op   string
+		want string
+	}{
+		{[]uintptr{dacReadSearch}, "read", "ok"},
+		{[]uintptr{dacReadSearch}, "overwrite", "EACCES"},
+		{[]uintptr{dacOverride}, "overwrite", "ok"},
+		{nil, "read", "EACCES"},
+	} {
+		var results [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			results[i] = asUserWithCaps(t, 1001, tc.caps, tc.op, filepath.Join(base, "private"))
+		}
+		if results[0] != results[1] || results[0] != tc.want {
+			t.Errorf("%s as 1001 with capabilities %v: %s through the mount, %s on the disk, want %s", tc.op, tc.caps, results[0], results[1], tc.want)
+		}
+	}
+}

@@ -130,11 +130,15 @@ func (LockRequest_Op) EnumDescriptor() ([]byte, []int) {
 // Caller is the user on whose behalf the owner acts: it performs the operation with these
 // credentials, so its Unix permissions decide.
 type Caller struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Pid           uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // on the client node; for logs only
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid    uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Pid    uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // on the client node; for logs only
+	// capabilities are the caller's effective capabilities (bit n: capability n), which count
+	// on the owner as locally. Absent (an older client, or a caller the client could not look
+	// at): all for root, none for others.
+	Capabilities  *uint64 `protobuf:"varint,5,opt,name=capabilities,proto3,oneof" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +197,13 @@ func (x *Caller) GetGroups() []uint32 {
 func (x *Caller) GetPid() uint32 {
 	if x != nil {
 		return x.Pid
+	}
+	return 0
+}
+
+func (x *Caller) GetCapabilities() uint64 {
+	if x != nil && x.Capabilities != nil {
+		return *x.Capabilities
 	}
 	return 0
 }
@@ -3403,12 +3414,14 @@ var File_fs_proto protoreflect.FileDescriptor
 
 const file_fs_proto_rawDesc = "" +
 	"\n" +
-	"\bfs.proto\x12\tssi.fs.v1\"V\n" +
+	"\bfs.proto\x12\tssi.fs.v1\"\x90\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x10\n" +
-	"\x03pid\x18\x04 \x01(\rR\x03pid\"B\n" +
+	"\x03pid\x18\x04 \x01(\rR\x03pid\x12'\n" +
+	"\fcapabilities\x18\x05 \x01(\x04H\x00R\fcapabilities\x88\x01\x01B\x0f\n" +
+	"\r_capabilities\"B\n" +
 	"\x06FileID\x12\x10\n" +
 	"\x03dev\x18\x01 \x01(\x04R\x03dev\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x14\n" +
@@ -3877,6 +3890,7 @@ func file_fs_proto_init() {
 	if File_fs_proto != nil {
 		return
 	}
+	file_fs_proto_msgTypes[0].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[3].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[15].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[26].OneofWrappers = []any{}
