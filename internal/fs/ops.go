@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -607,19 +608,21 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		if name == "" {
 			name = "."
 		}
+		flags := openFlags(req.Flags) &^ unix.O_EXCL
 		if roWrite {
-			var st unix.Statx_t
-			if errno := statAt(r, &st); errno != 0 {
-				return errno
-			}
-			switch st.Mode & syscall.S_IFMT {
-			case syscall.S_IFREG, syscall.S_IFDIR, syscall.S_IFLNK:
-				return syscall.EROFS
-			}
+			// Known to be no regular file only once open: never truncate what it may be.
+			flags &^= unix.O_TRUNC
 		}
-		fd, err := unix.Openat(r.dir, name, openFlags(req.Flags)&^unix.O_EXCL, 0)
+		fd, err := unix.Openat(r.dir, name, flags, 0)
 		if err != nil {
 			return errnoOf(err)
+		}
+		if roWrite {
+			var st unix.Statx_t
+			if errno := statFD(fd, &st); errno != 0 || st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				unix.Close(fd)
+				return cmp.Or(errno, syscall.EROFS)
+			}
 		}
 		reply, errno = c.finishOpen(fd, req.Flags, watched, req.Node.Id)
 		return errno
