@@ -42,7 +42,11 @@ func sameAsLocal(t *testing.T, local *testNode, disk string, name string, prepar
 		}
 		results[i] = asUser(t, uid, gid, groups, append([]string{op, target}, args...)...)
 		var st unix.Stat_t
-		must(t, unix.Lstat(p, &st))
+		if err := unix.Lstat(p, &st); errors.Is(err, unix.ENOENT) {
+			continue // removed: mode 0
+		} else if err != nil {
+			t.Fatal(err)
+		}
 		modes[i] = st.Mode
 		if where == "mount" {
 			// What the mount shows afterwards is what the owner has.
@@ -639,6 +643,53 @@ func TestCapabilitiesOfOrdinaryUsersCount(t *testing.T) {
 		}
 		if results[0] != results[1] || results[0] != tc.want {
 			t.Errorf("%s as 1001 with capabilities %v: %s through the mount, %s on the disk, want %s", tc.op, tc.caps, results[0], results[1], tc.want)
+		}
+	}
+}
+
+// TestMoreChecksAsLocally: sticky directories, O_NOATIME, xattr namespaces, access(2) and
+// touch, for users other than the owner, through the mount as on the owner's disk.
+func TestMoreChecksAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	must(t, os.Mkdir(filepath.Join(disk, "sticky"), 0o777))
+	must(t, unix.Chmod(filepath.Join(disk, "sticky"), 0o1777))
+	shared := func(p string) {
+		must(t, os.WriteFile(p, []byte("x"), 0o666))
+		must(t, unix.Chmod(p, 0o666))
+		must(t, os.Chown(p, 1001, 1001))
+	}
+	plain := func(p string) { must(t, os.WriteFile(p, []byte("x"), 0o644)) }
+	for i, tc := range []struct {
+		dir     string
+		prepare func(string)
+		uid     uint32
+		op      []string
+		want    string
+	}{
+		{"sticky", shared, 1002, []string{"unlink"}, "EPERM"},
+		{"sticky", shared, 1002, []string{"overwrite"}, "ok"},
+		{"sticky", shared, 1001, []string{"unlink"}, "ok"},
+		{"", shared, 1002, []string{"noatime"}, "EPERM"},
+		{"", shared, 1001, []string{"noatime"}, "ok"},
+		{"", shared, 1002, []string{"touch"}, "ok"},
+		{"", shared, 1002, []string{"chmod"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "trusted.t"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "security.t"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "user.t"}, "ok"},
+		{"", plain, 1002, []string{"setxattr", "user.t"}, "EACCES"},
+		{"", plain, 0, []string{"access", "1"}, "EACCES"}, // X_OK: root needs an x bit
+		{"", plain, 0, []string{"access", "2"}, "ok"},
+		{"", plain, 1002, []string{"access", "2"}, "EACCES"},
+	} {
+		name := filepath.Join(tc.dir, fmt.Sprint("more", i))
+		got := sameAsLocal(t, local, disk, name, tc.prepare, tc.uid, tc.uid, nil, tc.op[0], tc.op[1:]...)
+		if got != tc.want {
+			t.Errorf("%v as %d: %s, want %s", tc.op, tc.uid, got, tc.want)
 		}
 	}
 }
