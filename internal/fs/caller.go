@@ -23,7 +23,7 @@ type groupCache struct {
 
 type groupEntry struct {
 	uid, gid uint32
-	groups   []uint32
+	creds    statusCreds
 	expires  time.Time
 }
 
@@ -42,53 +42,68 @@ func (g *groupCache) caller(ctx context.Context) *fspb.Caller {
 	}
 	c := &fspb.Caller{Uid: fc.Uid, Gid: fc.Gid, Pid: fc.Pid}
 	if fc.Pid != 0 {
-		c.Groups = g.groups(fc.Pid, fc.Uid, fc.Gid)
+		if creds, ok := g.creds(fc.Pid, fc.Uid, fc.Gid); ok {
+			c.Groups = creds.groups
+			caps := creds.caps
+			c.Capabilities = &caps
+		}
 	}
 	return c
 }
 
-func (g *groupCache) groups(pid, uid, gid uint32) []uint32 {
+// statusCreds is what a caller's /proc/<pid>/status tells beyond the FUSE request.
+type statusCreds struct {
+	groups []uint32
+	caps   uint64 // effective capabilities
+	ok     bool   // read, and still the caller's
+}
+
+func (g *groupCache) creds(pid, uid, gid uint32) (statusCreds, bool) {
 	now := time.Now()
 	g.mu.Lock()
 	e, ok := g.entries[pid]
 	g.mu.Unlock()
 	if ok && e.uid == uid && e.gid == gid && now.Before(e.expires) {
-		return e.groups
+		return e.creds, e.creds.ok
 	}
-	groups := readGroups(pid, uid, gid)
+	creds := readCreds(pid, uid, gid)
 	g.mu.Lock()
 	if len(g.entries) >= maxGroupCache {
 		g.entries = make(map[uint32]groupEntry)
 	}
-	g.entries[pid] = groupEntry{uid: uid, gid: gid, groups: groups, expires: now.Add(g.ttl)}
+	g.entries[pid] = groupEntry{uid: uid, gid: gid, creds: creds, expires: now.Add(g.ttl)}
 	g.mu.Unlock()
-	return groups
+	return creds, creds.ok
 }
 
-// readGroups returns the supplementary groups of pid, or none if it is gone or is no longer
-// the caller: the groups count only if its file system ids are still those of the request
-// (fsuid, fsgid), so that a process that took the pid meanwhile, or ids changed since, do not
-// lend the request their groups.
-func readGroups(pid, uid, gid uint32) []uint32 {
+// readCreds returns the supplementary groups and capabilities of pid, or nothing if it is
+// gone or is no longer the caller: they count only if its file system ids are still those of
+// the request (fsuid, fsgid), so that a process that took the pid meanwhile, or ids changed
+// since, do not lend the request their groups.
+func readCreds(pid, uid, gid uint32) statusCreds {
 	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/status")
 	if err != nil {
-		return nil
+		return statusCreds{}
 	}
-	groups, ok := statusGroups(b, uid, gid)
-	if !ok {
-		return nil
-	}
-	return groups
+	return parseStatus(b, uid, gid)
 }
 
-// statusGroups reads the groups from a /proc/<pid>/status, if its fsuid and fsgid (the fourth
-// fields of Uid: and Gid:) are uid and gid.
-func statusGroups(status []byte, uid, gid uint32) ([]uint32, bool) {
-	var groups []uint32
-	matched := 0
+// parseStatus reads a /proc/<pid>/status: its groups and effective capabilities, if its fsuid
+// and fsgid (the fourth fields of Uid: and Gid:) are uid and gid.
+func parseStatus(status []byte, uid, gid uint32) statusCreds {
+	var c statusCreds
+	matched, capsRead := 0, false
 	for line := range bytes.SplitSeq(status, []byte("\n")) {
 		if rest, ok := bytes.CutPrefix(line, []byte("Groups:")); ok {
-			groups = parseGroups(rest)
+			c.groups = parseGroups(rest)
+			continue
+		}
+		if rest, ok := bytes.CutPrefix(line, []byte("CapEff:")); ok {
+			caps, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 16, 64)
+			if err != nil {
+				return statusCreds{}
+			}
+			c.caps, capsRead = caps, true
 			continue
 		}
 		for _, id := range []struct {
@@ -101,16 +116,20 @@ func statusGroups(status []byte, uid, gid uint32) ([]uint32, bool) {
 			}
 			fields := bytes.Fields(rest)
 			if len(fields) != 4 {
-				return nil, false
+				return statusCreds{}
 			}
 			fs, err := strconv.ParseUint(string(fields[3]), 10, 32)
 			if err != nil || uint32(fs) != id.want {
-				return nil, false
+				return statusCreds{}
 			}
 			matched++
 		}
 	}
-	return groups, matched == 2
+	if matched != 2 || !capsRead {
+		return statusCreds{}
+	}
+	c.ok = true
+	return c
 }
 
 func parseGroups(b []byte) []uint32 {

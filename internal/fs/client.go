@@ -61,7 +61,7 @@ type Mounted struct {
 	cfg    MountConfig
 	log    *slog.Logger
 	server *fuse.Server
-	// dev is the mount's device number, which names its FUSE connection (see abort).
+	// dev is the mount's device number, which names its FUSE connection (see abortFUSE).
 	dev     uint64
 	root    *rootNode
 	session []byte

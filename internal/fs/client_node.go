@@ -179,6 +179,12 @@ type node struct {
 	listingEpoch uint64
 	listingGen   uint64
 
+	// acls are the POSIX ACLs the owner said the object has (aclAccess, aclDefault), while
+	// aclsKnown and no invalidation came since aclsGen.
+	acls      uint32
+	aclsKnown bool
+	aclsGen   uint64
+
 	// gen changes on every invalidation: an answer requested before it must not be cached.
 	gen atomic.Uint64
 	// lookups counts lookups in flight in this directory (see notifyEntry).
@@ -279,6 +285,7 @@ func (n *node) cacheAttr(a *fspb.Attr, s snapshot) {
 		return
 	}
 	n.remember(a)
+	n.learnACLs(a, s.gen)
 	ok := n.ttl(a, s) > 0
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -303,7 +310,35 @@ func (n *node) cachedAttr() *fspb.Attr {
 func (n *node) dropAttr() {
 	n.mu.Lock()
 	n.attr = nil
+	n.aclsKnown = false
 	n.mu.Unlock()
+}
+
+// learnACLs keeps which ACLs the owner said the object has, in an answer to a request that
+// started at the node's invalidation count gen.
+func (n *node) learnACLs(a *fspb.Attr, gen uint64) {
+	if a == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.acls, n.aclsKnown, n.aclsGen = a.GetAcl(), a.Acl != nil, gen
+}
+
+// lacksACL reports whether the object is known to have no ACL of the kind the xattr name
+// holds, so that the kernel's question needs no answer from the owner.
+func (n *node) lacksACL(name string) bool {
+	bit := uint32(aclAccess)
+	switch name {
+	case xattrACLAccess:
+	case xattrACLDefault:
+		bit = aclDefault
+	default:
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.aclsKnown && n.aclsGen == n.gen.Load() && n.acls&bit == 0
 }
 
 // dropChildAttr forgets the cached attributes of the child name, if known.
@@ -448,6 +483,7 @@ func (n *node) child(ctx context.Context, a *fspb.Attr, out *fuse.EntryOut, s sn
 	ttl := n.ttl(a, s)
 	ch := &node{p: n.p, id: id}
 	ch.remember(a)
+	ch.learnACLs(a, 0)
 	in := n.NewInode(ctx, ch, fs.StableAttr{Mode: clientType(a.Mode), Ino: ino})
 	if n.p.invalidatedSince(id, s.seq) {
 		// Changed before the client had a node to tell.
@@ -597,9 +633,10 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 		AtimeSec: int64(in.Atime), AtimeNsec: in.Atimensec, MtimeSec: int64(in.Mtime), MtimeNsec: in.Mtimensec,
 	}
 	n.mu.Lock()
-	if n.device {
-		// Truncating a device (O_TRUNC on /dev/null) means nothing, as locally.
-		req.Valid &^= setSize
+	if n.device && req.Valid&setSize != 0 {
+		// Truncating a device (O_TRUNC on /dev/null) means nothing, as locally, where the
+		// kernel does not truncate devices on open; nor the times the truncation would set.
+		req.Valid &^= setSize | setMtime | setMtimeNow
 	}
 	n.mu.Unlock()
 	n.dropAttr()
@@ -710,6 +747,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, syscall.Errno(reply.Errno)
 	}
 	n.remember(reply.Attr)
+	n.learnACLs(reply.Attr, snap.gen)
 	fh := n.newHandle(reply.Handle, flags)
 	unchanged := reply.Attr.Size == oldSize && [2]int64{reply.Attr.MtimeSec, int64(reply.Attr.MtimeNsec)} == oldMtime
 	return fh, n.openFlags(reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
@@ -1051,7 +1089,17 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if strings.HasPrefix(attr, "security.") {
 		return 0, syscall.ENODATA
 	}
-	return n.xattrRead(ctx, fspb.XattrRequest_GET, attr, dest)
+	// The kernel asks for a file's access ACL before its first permission check.
+	if n.lacksACL(attr) {
+		return 0, syscall.ENODATA
+	}
+	size, errno := n.xattrRead(ctx, fspb.XattrRequest_GET, attr, dest)
+	if errno == syscall.EOPNOTSUPP && (attr == xattrACLAccess || attr == xattrACLDefault) {
+		// A file system without ACLs on the owner (/proc): locally the kernel does not ask,
+		// and the FUSE kernel takes EOPNOTSUPP for a failed permission check.
+		return 0, syscall.ENODATA
+	}
+	return size, errno
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {

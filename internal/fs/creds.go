@@ -18,12 +18,16 @@ import (
 type identity struct {
 	uid, gid uint32
 	groups   []uint32
-	// privileged keeps the agent's capabilities (a root caller without root squash).
-	privileged bool
+	// caps are the capabilities it keeps of the agent's (bit n: capability n): all for a root
+	// caller without root squash, those the caller has for others.
+	caps uint64
 }
 
+// allCaps keeps every capability the agent has.
+const allCaps = ^uint64(0)
+
 func (a identity) equal(b identity) bool {
-	return a.uid == b.uid && a.gid == b.gid && a.privileged == b.privileged && slices.Equal(a.groups, b.groups)
+	return a.uid == b.uid && a.gid == b.gid && a.caps == b.caps && slices.Equal(a.groups, b.groups)
 }
 
 const nobodyID = 65534
@@ -58,7 +62,7 @@ func newCreds() (*creds, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the agent's groups: %w", err)
 	}
-	c.process = identity{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), privileged: true}
+	c.process = identity{uid: uint32(os.Getuid()), gid: uint32(os.Getgid()), caps: allCaps}
 	for _, g := range groups {
 		c.process.groups = append(c.process.groups, uint32(g))
 	}
@@ -83,9 +87,14 @@ func processUmask() uint32 {
 	return 0o022
 }
 
+// permitted are the capabilities the agent may hand on (bit n: capability n).
+func (c *creds) permitted() uint64 {
+	return uint64(c.caps[0].Permitted) | uint64(c.caps[1].Permitted)<<32
+}
+
 // asAgent reports whether who is the agent itself: nothing to switch.
 func (c *creds) asAgent(who identity) bool {
-	return !c.switchable || who.privileged && who.uid == c.process.uid && who.gid == c.process.gid
+	return !c.switchable || who.caps == allCaps && who.uid == c.process.uid && who.gid == c.process.gid
 }
 
 // run calls fn on the calling goroutine's thread with who's credentials. With lock, the
@@ -139,14 +148,17 @@ func (c *creds) become(current *identity, want identity) error {
 	if got, _ := unix.SetfsgidRetGid(-1); got != int(want.gid) {
 		return fmt.Errorf("set thread fsgid to %d: still %d", want.gid, got)
 	}
-	if !want.privileged {
-		none := c.caps
-		none[0].Effective, none[1].Effective = 0, 0
-		if err := unix.Capset(&hdr, &none[0]); err != nil {
-			return fmt.Errorf("drop thread capabilities: %w", err)
+	if want.caps != allCaps {
+		// After the fsuid: a change of it from 0 clears the file system capabilities, which
+		// a caller that has them gets back here.
+		kept := c.caps
+		kept[0].Effective = kept[0].Permitted & uint32(want.caps)
+		kept[1].Effective = kept[1].Permitted & uint32(want.caps>>32)
+		if err := unix.Capset(&hdr, &kept[0]); err != nil {
+			return fmt.Errorf("set thread capabilities to %#x: %w", want.caps, err)
 		}
 	}
-	*current = identity{uid: want.uid, gid: want.gid, groups: slices.Clone(want.groups), privileged: want.privileged}
+	*current = identity{uid: want.uid, gid: want.gid, groups: slices.Clone(want.groups), caps: want.caps}
 	return nil
 }
 

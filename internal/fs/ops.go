@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -67,7 +68,7 @@ func (s *Server) dirAttr(fd int) *fspb.Attr {
 	if statFD(fd, &st) != 0 {
 		return nil
 	}
-	a, _ := s.describe(&st, fdOpener(fd))
+	a, _ := s.describe(&st, fdOpener(fd), atFD(fd))
 	return a
 }
 
@@ -125,7 +126,7 @@ func (s *Server) Lookup(ctx context.Context, req *fspb.LookupRequest) (*fspb.Ent
 		if errno := statAt(r, &st); errno != 0 {
 			return errno
 		}
-		attr, cluster := s.describe(&st, objectOpener(r))
+		attr, cluster := s.describe(&st, objectOpener(r), r.object())
 		if cluster {
 			return syscall.ENOENT
 		}
@@ -172,7 +173,7 @@ func (s *Server) Getattr(ctx context.Context, req *fspb.NodeRequest) (*fspb.Entr
 			if errno := statFD(f.fd, &st); errno != 0 {
 				return &fspb.EntryReply{Errno: int32(errno)}, nil
 			}
-			reply.Attr, _ = s.describe(&st, fdOpener(f.fd))
+			reply.Attr, _ = s.describe(&st, fdOpener(f.fd), atFD(f.fd))
 			c.finish(start, f.watched, []*fspb.Attr{reply.Attr})
 			return reply, nil
 		}
@@ -195,7 +196,7 @@ func (s *Server) Getattr(ctx context.Context, req *fspb.NodeRequest) (*fspb.Entr
 		if !matches(&st, req.Node.Id) {
 			return syscall.ESTALE
 		}
-		reply.Attr, _ = s.describe(&st, objectOpener(r))
+		reply.Attr, _ = s.describe(&st, objectOpener(r), r.object())
 		return 0
 	})
 	reply.Errno = int32(errno)
@@ -224,7 +225,7 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 	}
 	defer c.end()
 	path, errno := refPath(req.Node)
-	if errno == 0 && s.cfg.ReadOnly {
+	if errno == 0 && s.cfg.ReadOnly && req.Valid != 0 {
 		errno = syscall.EROFS
 	}
 	if errno != 0 {
@@ -281,7 +282,7 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 		if errno := statFD(fd, &st); errno != 0 {
 			return errno
 		}
-		reply.Attr, _ = s.describe(&st, fdOpener(fd))
+		reply.Attr, _ = s.describe(&st, fdOpener(fd), atFD(fd))
 		return 0
 	})
 	reply.Errno = int32(errno)
@@ -480,7 +481,7 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 						attr, cluster := s.describe(&st, func() (int, bool) {
 							cfd, err := unix.Openat(fd, string(name), unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 							return cfd, err == nil
-						})
+						}, objectAt{dir: fd, name: string(name)})
 						if cluster {
 							e.Name = nil // hidden, but its cookie still counts
 						} else {
@@ -562,7 +563,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 			unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
 		}
 	}
-	attr, _ := c.s.describe(&st, fdOpener(fd))
+	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
 		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG}
 	h := newHandleID()
@@ -580,12 +581,12 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 	}
 	defer c.end()
 	path, errno := refPath(req.Node)
-	if errno == 0 && s.cfg.ReadOnly && writes(req.Flags) {
-		errno = syscall.EROFS
-	}
 	if errno != 0 {
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
+	// A read-only file system refuses to open its files, directories and symlinks for
+	// writing, not its devices, fifos and sockets.
+	roWrite := s.cfg.ReadOnly && writes(req.Flags)
 	start := s.cache.now()
 	var reply *fspb.OpenReply
 	var watched bool
@@ -607,9 +608,21 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		if name == "" {
 			name = "."
 		}
-		fd, err := unix.Openat(r.dir, name, openFlags(req.Flags)&^unix.O_EXCL, 0)
+		flags := openFlags(req.Flags) &^ unix.O_EXCL
+		if roWrite {
+			// Known to be no regular file only once open: never truncate what it may be.
+			flags &^= unix.O_TRUNC
+		}
+		fd, err := unix.Openat(r.dir, name, flags, 0)
 		if err != nil {
 			return errnoOf(err)
+		}
+		if roWrite {
+			var st unix.Statx_t
+			if errno := statFD(fd, &st); errno != 0 || st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+				unix.Close(fd)
+				return cmp.Or(errno, syscall.EROFS)
+			}
 		}
 		reply, errno = c.finishOpen(fd, req.Flags, watched, req.Node.Id)
 		return errno
@@ -799,14 +812,14 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 		return nil, err
 	}
 	defer c.end()
-	if s.cfg.ReadOnly {
-		return &fspb.WriteReply{Errno: int32(syscall.EROFS)}, nil
-	}
 	f, errno := c.sess.handle(req.Handle)
 	if errno != 0 {
 		return &fspb.WriteReply{Errno: int32(errno)}, nil
 	}
 	defer f.release()
+	if s.cfg.ReadOnly && f.regular {
+		return &fspb.WriteReply{Errno: int32(syscall.EROFS)}, nil
+	}
 	size := 0
 	for _, d := range data {
 		size += len(d)
@@ -970,7 +983,7 @@ func (s *Server) createdEntry(r resolved, reply *fspb.EntryReply) syscall.Errno 
 	if errno := statAt(r, &st); errno != 0 {
 		return errno
 	}
-	reply.Attr, _ = s.describe(&st, objectOpener(r))
+	reply.Attr, _ = s.describe(&st, objectOpener(r), r.object())
 	reply.Dir = s.dirAttr(r.dir)
 	return 0
 }

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // The tests here compare what a user may do through /<mount>/n2 with what the same user may
@@ -39,7 +42,11 @@ func sameAsLocal(t *testing.T, local *testNode, disk string, name string, prepar
 		}
 		results[i] = asUser(t, uid, gid, groups, append([]string{op, target}, args...)...)
 		var st unix.Stat_t
-		must(t, unix.Lstat(p, &st))
+		if err := unix.Lstat(p, &st); errors.Is(err, unix.ENOENT) {
+			continue // removed: mode 0
+		} else if err != nil {
+			t.Fatal(err)
+		}
 		modes[i] = st.Mode
 		if where == "mount" {
 			// What the mount shows afterwards is what the owner has.
@@ -442,6 +449,247 @@ func TestRootWithoutCapabilitiesIsDeniedAsLocally(t *testing.T) {
 		}
 		if results[0] != results[1] || results[0] != tc.want {
 			t.Errorf("%s %s as root: %s through the mount, %s on the disk, want %s", tc.op, tc.path, results[0], results[1], tc.want)
+		}
+	}
+}
+
+// TestACLQuestionsAnsweredWithoutTheOwner: with ACLs on, the kernel asks for a file's access
+// ACL before its first permission check. Owners say in the attributes which ACLs an object
+// has, so that the question about a file without one costs no round trip, and files on the
+// owner's file systems without ACLs (/proc) are not refused for want of an answer.
+func TestACLQuestionsAnsweredWithoutTheOwner(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	owner.restart(ServerConfig{Root: "/", Exports: []string{owner.disk(), "/proc"}})
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	m := func(p ...string) string { return local.path("n2", append([]string{owner.disk()}, p...)...) }
+	must(t, os.WriteFile(owner.disk("plain"), []byte("p"), 0o644))
+	must(t, os.WriteFile(owner.disk("acl"), []byte("a"), 0o640))
+	setACL(t, owner.disk("acl"), xattrACLAccess, aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 4, 1001},
+		aclEntry{aclGroupObj, 4, 0}, aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 0, 0})
+
+	f, err := os.Open(m("plain"))
+	must(t, err)
+	defer f.Close()
+	before := owner.server.Stats().Ops
+	_, err = unix.Fgetxattr(int(f.Fd()), xattrACLAccess, make([]byte, 256))
+	wantErrno(t, err, syscall.ENODATA)
+	if after := owner.server.Stats().Ops; after != before {
+		t.Errorf("asking for the access ACL of a file known to have none took %d requests to the owner", after-before)
+	}
+	// A file with one is asked for, and an ACL set from here is seen at once.
+	n, err := unix.Getxattr(m("acl"), xattrACLAccess, make([]byte, 256))
+	if err != nil || n != 4+5*8 {
+		t.Fatalf("getxattr of the access ACL: %d, %v", n, err)
+	}
+	setACL(t, m("plain"), xattrACLAccess, aclEntry{aclUserObj, 6, 0}, aclEntry{aclUser, 0, 65534},
+		aclEntry{aclGroupObj, 4, 0}, aclEntry{aclMask, 4, 0}, aclEntry{aclOther, 4, 0})
+	if got := as(t, 65534, "read", m("plain")); got != "EACCES" {
+		t.Errorf("nobody reading a file whose ACL now excludes it: %s", got)
+	}
+	if got := asUser(t, 1001, 1001, nil, "read", m("acl")); got != "ok" {
+		t.Errorf("1001 reading a file whose ACL lets it: %s", got)
+	}
+	// /proc has no ACLs: its files are read as their mode allows.
+	if got := as(t, 65534, "read", local.path("n2", "proc/uptime")); got != "ok" {
+		t.Errorf("nobody reading /proc/uptime through the tree: %s", got)
+	}
+}
+
+// TestReadOnlyExportStillWritesDevices: a read-only file system refuses changes to its files,
+// directories and symlinks, not writes to the devices and fifos in it (a serial line, /dev/null).
+func TestReadOnlyExportStillWritesDevices(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	must(t, unix.Mknod(owner.disk("null"), syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	must(t, os.WriteFile(owner.disk("file"), []byte("f"), 0o666))
+	owner.restart(ServerConfig{ReadOnly: true})
+	local.mountTree(5 * time.Second)
+
+	// As on a read-only mount of the owner's disk.
+	ro := filepath.Join(t.TempDir(), "ro")
+	must(t, os.Mkdir(ro, 0o755))
+	must(t, unix.Mount(owner.disk(), ro, "", unix.MS_BIND, ""))
+	defer unix.Unmount(ro, unix.MNT_DETACH)
+	must(t, unix.Mount("", ro, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""))
+	for _, base := range []string{ro, local.path("n2")} {
+		must(t, os.WriteFile(filepath.Join(base, "null"), []byte("into the void"), 0))
+		wantErrno(t, os.WriteFile(filepath.Join(base, "file"), []byte("x"), 0), syscall.EROFS)
+	}
+}
+
+// TestTreeIsNosuid: a set-user-ID program of another node does not run with its owner's
+// privileges from the tree (as on an NFS mount with nosuid), nor do file capabilities apply.
+func TestTreeIsNosuid(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local := c.node("n1")
+	local.mountTree(5 * time.Second)
+	var sfs unix.Statfs_t
+	must(t, unix.Statfs(local.path("n2"), &sfs))
+	if sfs.Flags&unix.ST_NOSUID == 0 || sfs.Flags&unix.ST_NODEV == 0 {
+		t.Fatalf("the tree is mounted with flags %#x, want nosuid and nodev", sfs.Flags)
+	}
+}
+
+// TestForgedChangesStayInsideTheExports sends the owner link, rename, create and setattr
+// requests that a broken or hostile client could make, naming things outside the exports
+// directly or through symlinks: none may reach them.
+func TestForgedChangesStayInsideTheExports(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Mkdir(filepath.Join(disk, "pub"), 0o777))
+	must(t, os.WriteFile(filepath.Join(disk, "pub", "f"), []byte("f"), 0o644))
+	must(t, os.WriteFile(filepath.Join(disk, "secret"), []byte("s"), 0o600))
+	must(t, os.Symlink("/", filepath.Join(disk, "pub", "slash")))
+	must(t, os.Symlink("..", filepath.Join(disk, "pub", "up")))
+	owner.restart(ServerConfig{Exports: []string{"/pub"}})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	sess := []byte("forger")
+	root := &fspb.Caller{}
+	const pub, secret = "pub", "secret"
+	ref := func(p string) *fspb.NodeRef { return &fspb.NodeRef{Path: []byte(p)} }
+	for _, tc := range []struct {
+		what string
+		call func() (int32, error)
+	}{
+		{"link the unexported secret into pub", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(secret), Dir: ref(pub), Name: []byte("stolen")})
+			return r.GetErrno(), err
+		}},
+		{"link through a symlink to / out of pub", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(pub + "/slash/" + secret), Dir: ref(pub), Name: []byte("stolen")})
+			return r.GetErrno(), err
+		}},
+		{"link pub/f out into the unexported parent", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref(pub + "/f"), Dir: ref(""), Name: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename pub/f out of the export", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(pub), Name: []byte("f"), NewDir: ref(""), NewName: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename through pub/up", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(pub), Name: []byte("f"), NewDir: ref(pub + "/up"), NewName: []byte("out")})
+			return r.GetErrno(), err
+		}},
+		{"rename the export itself", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("pub"), NewDir: ref(""), NewName: []byte("moved")})
+			return r.GetErrno(), err
+		}},
+		{"create beside the export", func() (int32, error) {
+			r, err := s.Create(ctx, &fspb.CreateRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("new"), Flags: uint32(os.O_WRONLY), Mode: 0o644})
+			return r.GetErrno(), err
+		}},
+		{"chmod the unexported secret", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: ref(secret), Valid: setMode, Mode: 0o666})
+			return r.GetErrno(), err
+		}},
+		{"chmod through pub/slash", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: ref(pub + "/slash/" + secret), Valid: setMode, Mode: 0o666})
+			return r.GetErrno(), err
+		}},
+	} {
+		errno, err := tc.call()
+		if err != nil {
+			t.Errorf("%s: %v", tc.what, err)
+			continue
+		}
+		if errno == 0 {
+			t.Errorf("%s: done", tc.what)
+		}
+	}
+	var st unix.Stat_t
+	must(t, unix.Stat(filepath.Join(disk, "secret"), &st))
+	if st.Mode&0o777 != 0o600 || st.Nlink != 1 {
+		t.Errorf("the secret is now mode %o with %d links", st.Mode&0o777, st.Nlink)
+	}
+	if _, err := os.Stat(filepath.Join(disk, "pub", "f")); err != nil {
+		t.Errorf("pub/f: %v", err)
+	}
+	for _, p := range []string{"out", "moved", "new"} {
+		if _, err := os.Lstat(filepath.Join(disk, p)); err == nil {
+			t.Errorf("%s was made beside the export", p)
+		}
+	}
+}
+
+// TestCapabilitiesOfOrdinaryUsersCount: what a capability lets a process do locally, it may
+// do through the tree, whatever its uid; and not more.
+func TestCapabilitiesOfOrdinaryUsersCount(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	must(t, os.WriteFile(filepath.Join(disk, "private"), []byte("p"), 0o600))
+	const dacReadSearch, dacOverride = 2, 1 // CAP_DAC_READ_SEARCH, CAP_DAC_OVERRIDE
+	for _, tc := range []struct {
+		caps []uintptr
+		op   string
+		want string
+	}{
+		{[]uintptr{dacReadSearch}, "read", "ok"},
+		{[]uintptr{dacReadSearch}, "overwrite", "EACCES"},
+		{[]uintptr{dacOverride}, "overwrite", "ok"},
+		{nil, "read", "EACCES"},
+	} {
+		var results [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			results[i] = asUserWithCaps(t, 1001, tc.caps, tc.op, filepath.Join(base, "private"))
+		}
+		if results[0] != results[1] || results[0] != tc.want {
+			t.Errorf("%s as 1001 with capabilities %v: %s through the mount, %s on the disk, want %s", tc.op, tc.caps, results[0], results[1], tc.want)
+		}
+	}
+}
+
+// TestMoreChecksAsLocally: sticky directories, O_NOATIME, xattr namespaces, access(2) and
+// touch, for users other than the owner, through the mount as on the owner's disk.
+func TestMoreChecksAsLocally(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	must(t, os.Mkdir(filepath.Join(disk, "sticky"), 0o777))
+	must(t, unix.Chmod(filepath.Join(disk, "sticky"), 0o1777))
+	shared := func(p string) {
+		must(t, os.WriteFile(p, []byte("x"), 0o666))
+		must(t, unix.Chmod(p, 0o666))
+		must(t, os.Chown(p, 1001, 1001))
+	}
+	plain := func(p string) { must(t, os.WriteFile(p, []byte("x"), 0o644)) }
+	for i, tc := range []struct {
+		dir     string
+		prepare func(string)
+		uid     uint32
+		op      []string
+		want    string
+	}{
+		{"sticky", shared, 1002, []string{"unlink"}, "EPERM"},
+		{"sticky", shared, 1002, []string{"overwrite"}, "ok"},
+		{"sticky", shared, 1001, []string{"unlink"}, "ok"},
+		{"", shared, 1002, []string{"noatime"}, "EPERM"},
+		{"", shared, 1001, []string{"noatime"}, "ok"},
+		{"", shared, 1002, []string{"touch"}, "ok"},
+		{"", shared, 1002, []string{"chmod"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "trusted.t"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "security.t"}, "EPERM"},
+		{"", shared, 1002, []string{"setxattr", "user.t"}, "ok"},
+		{"", plain, 1002, []string{"setxattr", "user.t"}, "EACCES"},
+		{"", plain, 0, []string{"access", "1"}, "EACCES"}, // X_OK: root needs an x bit
+		{"", plain, 0, []string{"access", "2"}, "ok"},
+		{"", plain, 1002, []string{"access", "2"}, "EACCES"},
+	} {
+		name := filepath.Join(tc.dir, fmt.Sprint("more", i))
+		got := sameAsLocal(t, local, disk, name, tc.prepare, tc.uid, tc.uid, nil, tc.op[0], tc.op[1:]...)
+		if got != tc.want {
+			t.Errorf("%v as %d: %s, want %s", tc.op, tc.uid, got, tc.want)
 		}
 	}
 }

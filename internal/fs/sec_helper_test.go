@@ -147,3 +147,21 @@ func setACL(t testing.TB, path, xattr string, entries ...aclEntry) {
 		t.Fatalf("set %s on %s: %v", xattr, path, err)
 	}
 }
+
+// asUserWithCaps is asUser with ambient capabilities: an ordinary user whose process may pass
+// some permission checks, as a backup tool with CAP_DAC_READ_SEARCH.
+func asUserWithCaps(t testing.TB, uid uint32, caps []uintptr, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(helperBinary(t), args...)
+	cmd.Env = append(os.Environ(), "SSI_FS_HELPER=1")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}},
+		AmbientCaps: caps,
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper %v: %v: %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}

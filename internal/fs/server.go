@@ -363,8 +363,8 @@ func (s *Server) begin(ctx context.Context, sessionID []byte, caller *fspb.Calle
 
 func (c *call) end() { c.s.life.RUnlock() }
 
-// identityOf maps the caller to who the owner acts as: root keeps its privileges unless
-// squashed, everyone else has exactly their uid, gid and groups. Root squash is for other
+// identityOf maps the caller to who the owner acts as: their uid, gid, groups and
+// capabilities; root keeps its privileges unless squashed. Root squash is for other
 // nodes' root (squashable): this node's own root, through its own mount, is root here anyway.
 func (s *Server) identityOf(c *fspb.Caller, squashable bool) (identity, error) {
 	if len(c.Groups) > 65536 {
@@ -386,7 +386,19 @@ func (s *Server) identityOf(c *fspb.Caller, squashable bool) (identity, error) {
 		}
 		who.groups = kept
 	}
-	who.privileged = who.uid == 0
+	switch {
+	case s.cfg.RootSquash && squashable:
+		// Root of other nodes is nobody here, and so is whatever a capability would let them do.
+		who.caps = 0
+	case c.Capabilities != nil:
+		who.caps = *c.Capabilities
+		if all := s.creds.permitted(); who.caps&all == all {
+			// Root, as a rule: nothing to take away (and no thread to switch for it).
+			who.caps = allCaps
+		}
+	case who.uid == 0:
+		who.caps = allCaps
+	}
 	return who, nil
 }
 
@@ -435,8 +447,11 @@ func (s *Server) watchDir(fd int, id fileID) bool {
 
 // describe fills the attributes of an object from its statx, learning its file system's kind
 // through fd (the object itself or, if it is not a mount point, its directory) when needed.
-func (s *Server) describe(st *unix.Statx_t, objectFD func() (int, bool)) (*fspb.Attr, bool) {
+func (s *Server) describe(st *unix.Statx_t, objectFD func() (int, bool), at objectAt) (*fspb.Attr, bool) {
 	a := attrFromStatx(st)
+	if acl, ok := aclsOf(at, a.Mode); ok {
+		a.Acl = &acl
+	}
 	info, ok := s.kinds.get(a.Id.Dev)
 	if !ok {
 		fd, closeIt := objectFD()

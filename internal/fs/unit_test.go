@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
 	"slices"
@@ -120,19 +121,22 @@ func TestParseGroups(t *testing.T) {
 	}
 }
 
-func TestStatusGroups(t *testing.T) {
-	status := []byte("Name:\tsh\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1001\nGid:\t100\t100\t100\t101\nFDSize:\t64\nGroups:\t4 24 3000 \nNStgid:\t5\n")
-	if got, ok := statusGroups(status, 1001, 101); !ok || !slices.Equal(got, []uint32{4, 24, 3000}) {
-		t.Errorf("statusGroups for the fsuid and fsgid = %v, %v", got, ok)
+func TestParseStatus(t *testing.T) {
+	status := []byte("Name:\tsh\nUmask:\t0022\nUid:\t1000\t1000\t1000\t1001\nGid:\t100\t100\t100\t101\nFDSize:\t64\nGroups:\t4 24 3000 \nNStgid:\t5\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000004\nCapEff:\t0000000000000004\n")
+	if c := parseStatus(status, 1001, 101); !c.ok || !slices.Equal(c.groups, []uint32{4, 24, 3000}) || c.caps != 1<<2 {
+		t.Errorf("parseStatus for the fsuid and fsgid = %+v", c)
 	}
 	// Another process at that pid, or ids changed since the request: its groups are not the caller's.
 	for _, ids := range [][2]uint32{{1000, 101}, {1001, 100}, {0, 0}} {
-		if got, ok := statusGroups(status, ids[0], ids[1]); ok || got != nil {
-			t.Errorf("statusGroups for %v = %v, %v; want none", ids, got, ok)
+		if c := parseStatus(status, ids[0], ids[1]); c.ok || c.groups != nil || c.caps != 0 {
+			t.Errorf("parseStatus for %v = %+v; want nothing", ids, c)
 		}
 	}
-	if _, ok := statusGroups([]byte("Groups:\t4\n"), 0, 0); ok {
-		t.Error("statusGroups without Uid and Gid lines accepted them")
+	if c := parseStatus([]byte("Groups:\t4\nCapEff:\t0\n"), 0, 0); c.ok {
+		t.Error("parseStatus without Uid and Gid lines accepted them")
+	}
+	if c := parseStatus(bytes.Replace(status, []byte("CapEff:\t0000000000000004"), []byte("CapEff:\tzz"), 1), 1001, 101); c.ok {
+		t.Error("parseStatus accepted a garbled CapEff")
 	}
 }
 

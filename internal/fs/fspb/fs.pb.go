@@ -130,11 +130,15 @@ func (LockRequest_Op) EnumDescriptor() ([]byte, []int) {
 // Caller is the user on whose behalf the owner acts: it performs the operation with these
 // credentials, so its Unix permissions decide.
 type Caller struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Pid           uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // on the client node; for logs only
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid    uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Pid    uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"` // on the client node; for logs only
+	// capabilities are the caller's effective capabilities (bit n: capability n), which count
+	// on the owner as locally. Absent (an older client, or a caller the client could not look
+	// at): all for root, none for others.
+	Capabilities  *uint64 `protobuf:"varint,5,opt,name=capabilities,proto3,oneof" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -193,6 +197,13 @@ func (x *Caller) GetGroups() []uint32 {
 func (x *Caller) GetPid() uint32 {
 	if x != nil {
 		return x.Pid
+	}
+	return 0
+}
+
+func (x *Caller) GetCapabilities() uint64 {
+	if x != nil && x.Capabilities != nil {
+		return *x.Capabilities
 	}
 	return 0
 }
@@ -346,8 +357,12 @@ type Attr struct {
 	// listing_watched, for a directory: the owner pushes invalidations for changes in it, so
 	// clients may cache its listing.
 	ListingWatched bool `protobuf:"varint,18,opt,name=listing_watched,json=listingWatched,proto3" json:"listing_watched,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// acl says which POSIX ACLs the object has: 1 an access ACL, 2 a default ACL. Absent when
+	// the owner cannot tell (an older owner, or a kernel without getxattrat): then the client
+	// asks for the system.posix_acl_* xattrs as for any other.
+	Acl           *uint32 `protobuf:"varint,19,opt,name=acl,proto3,oneof" json:"acl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Attr) Reset() {
@@ -504,6 +519,13 @@ func (x *Attr) GetListingWatched() bool {
 		return x.ListingWatched
 	}
 	return false
+}
+
+func (x *Attr) GetAcl() uint32 {
+	if x != nil && x.Acl != nil {
+		return *x.Acl
+	}
+	return 0
 }
 
 type NodeRequest struct {
@@ -3392,12 +3414,14 @@ var File_fs_proto protoreflect.FileDescriptor
 
 const file_fs_proto_rawDesc = "" +
 	"\n" +
-	"\bfs.proto\x12\tssi.fs.v1\"V\n" +
+	"\bfs.proto\x12\tssi.fs.v1\"\x90\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x10\n" +
-	"\x03pid\x18\x04 \x01(\rR\x03pid\"B\n" +
+	"\x03pid\x18\x04 \x01(\rR\x03pid\x12'\n" +
+	"\fcapabilities\x18\x05 \x01(\x04H\x00R\fcapabilities\x88\x01\x01B\x0f\n" +
+	"\r_capabilities\"B\n" +
 	"\x06FileID\x12\x10\n" +
 	"\x03dev\x18\x01 \x01(\x04R\x03dev\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x14\n" +
@@ -3405,7 +3429,7 @@ const file_fs_proto_rawDesc = "" +
 	"\aNodeRef\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\fR\x04path\x12!\n" +
 	"\x02id\x18\x02 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x16\n" +
-	"\x06handle\x18\x03 \x01(\x04R\x06handle\"\xe0\x03\n" +
+	"\x06handle\x18\x03 \x01(\x04R\x06handle\"\xff\x03\n" +
 	"\x04Attr\x12!\n" +
 	"\x02id\x18\x01 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x12\n" +
 	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x14\n" +
@@ -3428,7 +3452,9 @@ const file_fs_proto_rawDesc = "" +
 	"ctime_nsec\x18\x0f \x01(\rR\tctimeNsec\x12\x16\n" +
 	"\x06direct\x18\x10 \x01(\bR\x06direct\x12\x18\n" +
 	"\awatched\x18\x11 \x01(\bR\awatched\x12'\n" +
-	"\x0flisting_watched\x18\x12 \x01(\bR\x0elistingWatched\"z\n" +
+	"\x0flisting_watched\x18\x12 \x01(\bR\x0elistingWatched\x12\x15\n" +
+	"\x03acl\x18\x13 \x01(\rH\x00R\x03acl\x88\x01\x01B\x06\n" +
+	"\x04_acl\"z\n" +
 	"\vNodeRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12&\n" +
@@ -3864,6 +3890,8 @@ func file_fs_proto_init() {
 	if File_fs_proto != nil {
 		return
 	}
+	file_fs_proto_msgTypes[0].OneofWrappers = []any{}
+	file_fs_proto_msgTypes[3].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[15].OneofWrappers = []any{}
 	file_fs_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
