@@ -67,10 +67,11 @@ func (sess *session) withLockFD(owner uint64, f *openFile, create bool, fn func(
 	}
 	// Reopened through /proc as the agent itself: the client's kernel already checked that the
 	// user's descriptor is open for the lock's type, and the user may have lost the permission
-	// to open the file since.
+	// to open the file since. O_APPEND because a file with the append-only attribute opens for
+	// writing with it only, and a write lock needs a description open for writing.
 	var fd int
 	var err error
-	for _, mode := range []int{unix.O_RDWR, unix.O_RDONLY, unix.O_WRONLY} {
+	for _, mode := range []int{unix.O_RDWR | unix.O_APPEND, unix.O_RDONLY, unix.O_WRONLY | unix.O_APPEND} {
 		fd, err = unix.Open(procFD(f.fd), mode|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 		if err == nil {
 			break
