@@ -60,6 +60,7 @@ type Mounted struct {
 	cfg     MountConfig
 	log     *slog.Logger
 	server  *fuse.Server
+	locks   *lockReleasingFS
 	root    *rootNode
 	session []byte
 	groups  *groupCache
@@ -167,8 +168,8 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	}
-	raw := fs.NewNodeFS(m.root, opts)
-	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: raw}, cfg.Path, &opts.MountOptions)
+	m.locks = &lockReleasingFS{RawFileSystem: fs.NewNodeFS(m.root, opts)}
+	server, err := newFUSEServer(m.locks, cfg.Path, &opts.MountOptions)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)
