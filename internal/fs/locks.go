@@ -96,6 +96,38 @@ func (sess *session) releaseOwner(owner uint64, f *openFile) {
 	}
 }
 
+// dropUnusedLocks drops every POSIX lock the session holds on the file id once it has no
+// handle left on it. A process holds POSIX locks only while it has the file open, and drops
+// them on close; a lock granted after that close (the request raced with it, or its unlock
+// was lost) would otherwise stay until the session ends. Call it after the closed handle's
+// descriptor is closed, so that no lock request through it is still running.
+func (sess *session) dropUnusedLocks(id fileID) {
+	sess.mu.Lock()
+	var drop []*lockFile
+	for key, lf := range sess.locks {
+		if key.id == id {
+			drop = append(drop, lf)
+		}
+	}
+	if len(drop) > 0 {
+		for _, f := range sess.handles {
+			if f.id == id {
+				sess.mu.Unlock()
+				return
+			}
+		}
+		for key := range sess.locks {
+			if key.id == id {
+				delete(sess.locks, key)
+			}
+		}
+	}
+	sess.mu.Unlock()
+	for _, lf := range drop {
+		unix.Close(lf.fd)
+	}
+}
+
 func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
 	f, errno := sess.handle(req.Handle)
 	if errno != 0 {

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // fsAppendFL is FS_APPEND_FL of linux/fs.h, which x/sys/unix does not define.
@@ -156,4 +159,62 @@ func TestLockOwnersForgotten(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A lock the owner grants after the client closed the file (the request raced with the
+// close, or the close's unlock was lost) goes with the file's last handle.
+func TestLockGrantedAfterCloseDropped(t *testing.T) {
+	c := newTestCluster(t, "n2")
+	n2 := c.node("n2")
+	must(t, os.WriteFile(n2.disk("f"), nil, 0o644))
+	ctx := withCallerNode(context.Background(), "n1")
+	session := []byte("s")
+	open := func() uint64 {
+		reply, err := n2.server.Open(ctx, &fspb.OpenRequest{Session: session, Caller: &fspb.Caller{},
+			Node: &fspb.NodeRef{Path: []byte("f")}, Flags: unix.O_RDWR})
+		must(t, err)
+		if reply.Errno != 0 {
+			t.Fatalf("open: %v", syscall.Errno(reply.Errno))
+		}
+		return reply.Handle
+	}
+	lock := func(h, owner uint64) {
+		reply, err := n2.server.Lock(ctx, &fspb.LockRequest{Session: session, Handle: h, Op: fspb.LockRequest_SET,
+			Owner: owner, Type: unix.F_WRLCK, Start: owner, End: owner})
+		must(t, err)
+		if reply.Errno != 0 {
+			t.Fatalf("lock: %v", syscall.Errno(reply.Errno))
+		}
+	}
+	release := func(h uint64) {
+		reply, err := n2.server.Release(ctx, &fspb.HandleRequest{Session: session, Handle: h})
+		must(t, err)
+		if reply.Errno != 0 {
+			t.Fatalf("release: %v", syscall.Errno(reply.Errno))
+		}
+	}
+	locked := func(at int64) bool {
+		local, err := os.Open(n2.disk("f"))
+		must(t, err)
+		defer local.Close()
+		probe := unix.Flock_t{Type: unix.F_RDLCK, Start: at, Len: 1}
+		must(t, unix.FcntlFlock(local.Fd(), unix.F_OFD_GETLK, &probe))
+		return probe.Type != unix.F_UNLCK
+	}
+
+	a, b := open(), open()
+	lock(a, 1)
+	lock(b, 2)
+	// The file is still open through b: a process holding it open may still hold its locks.
+	release(a)
+	if !locked(1) || !locked(2) {
+		t.Fatal("a lock went while the client still had the file open")
+	}
+	release(b)
+	if locked(1) || locked(2) {
+		t.Fatal("locks stayed after the client's last handle on the file was released")
+	}
+	if n := n2.serverLockOwners(); n != 0 {
+		t.Fatalf("the owner keeps %d lock descriptions", n)
+	}
 }
