@@ -593,6 +593,11 @@ func (p *peer) watchOnce() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	// An empty message tells the owner at once that this client answers its heartbeats, so
+	// that it drops the stream if this node goes silent.
+	if err := stream.Send(&fspb.WatchUp{}); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	p.onConnect(hello.Instance)
 	for {
@@ -605,7 +610,12 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		default:
 		}
 		if msg.Seq == 0 {
-			continue // heartbeat
+			// A heartbeat: answered, so that the owner knows this node is alive and keeps its
+			// locks.
+			if err := stream.Send(&fspb.WatchUp{}); err != nil {
+				return time.Since(start), err
+			}
+			continue
 		}
 		if msg.FlushAll {
 			p.flush()

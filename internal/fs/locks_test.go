@@ -218,3 +218,72 @@ func TestLockGrantedAfterCloseDropped(t *testing.T) {
 		t.Fatalf("the owner keeps %d lock descriptions", n)
 	}
 }
+
+// watching reports whether node's mount has its invalidation stream to n attached.
+func (n *testNode) watching(node string) bool {
+	for _, sess := range n.server.allSessions() {
+		if sess.node == node && sess.currentStream() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// lockedOnDisk reports whether a process on the owner finds a lock on name's first byte.
+func (n *testNode) lockedOnDisk(t *testing.T, name string) bool {
+	t.Helper()
+	f, err := os.Open(n.disk(name))
+	must(t, err)
+	defer f.Close()
+	probe := unix.Flock_t{Type: unix.F_WRLCK, Start: 0, Len: 1}
+	must(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &probe))
+	return probe.Type != unix.F_UNLCK
+}
+
+// A client that goes silent with its connection still open loses its watch, and with it,
+// after the grace period, its locks; a live client that is merely idle keeps both.
+func TestLockSilentClientLosesItsLocks(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n2.restart(ServerConfig{grace: time.Second})
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	must(t, os.WriteFile(n2.disk("idle"), nil, 0o644))
+	must(t, os.WriteFile(n2.disk("silent"), nil, 0o644))
+	hold := func(p string) {
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		must(t, err)
+		t.Cleanup(func() { f.Close() })
+		must(t, setlk(f.Fd(), unix.F_SETLK, unix.F_WRLCK, 0, 0))
+	}
+	hold(n1.path("n2", "idle"))
+	hold(n3.path("n2", "silent"))
+	eventually(t, 5*time.Second, "both clients watching", func() error {
+		if !n2.watching("n1") || !n2.watching("n3") {
+			return errors.New("a client is not watching")
+		}
+		return nil
+	})
+
+	n3.mute.Store(true)
+	defer n3.mute.Store(false)
+	eventually(t, 4*heartbeat*heartbeatMisses, "silent client's watch dropped", func() error {
+		if n2.watching("n3") {
+			return errors.New("still watching")
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, "silent client's lock released after the grace period", func() error {
+		if n2.lockedOnDisk(t, "silent") {
+			return errors.New("still locked")
+		}
+		return nil
+	})
+	// n1 has been idle all along, for longer than the silence that lost n3 its watch.
+	if !n2.watching("n1") {
+		t.Fatal("the idle client lost its watch")
+	}
+	if !n2.lockedOnDisk(t, "idle") {
+		t.Fatal("the idle client lost its lock")
+	}
+}
