@@ -61,6 +61,7 @@ type Mounted struct {
 	cfg    MountConfig
 	log    *slog.Logger
 	server *fuse.Server
+	locks  *lockReleasingFS
 	// dev is the mount's device number, which names its FUSE connection (see abortFUSE).
 	dev     uint64
 	root    *rootNode
@@ -182,8 +183,8 @@ func Mount(ctx context.Context, cfg MountConfig) (*Mounted, error) {
 		NullPermissions: true,
 		RootStableAttr:  &fs.StableAttr{Ino: fuse.FUSE_ROOT_ID},
 	}
-	raw := fs.NewNodeFS(m.root, opts)
-	server, err := newFUSEServer(&lockReleasingFS{RawFileSystem: &umaskFS{RawFileSystem: raw, umasks: &m.umasks}}, cfg.Path, &opts.MountOptions)
+	m.locks = &lockReleasingFS{RawFileSystem: &umaskFS{RawFileSystem: fs.NewNodeFS(m.root, opts), umasks: &m.umasks}}
+	server, err := newFUSEServer(m.locks, cfg.Path, &opts.MountOptions)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount the cluster tree at %q: %w (the agent must run as root with /dev/fuse)", cfg.Path, err)
@@ -637,6 +638,11 @@ func (p *peer) watchOnce() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	// An empty message tells the owner at once that this client answers its heartbeats, so
+	// that it drops the stream if this node goes silent.
+	if err := stream.Send(&fspb.WatchUp{}); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	p.onConnect(hello.Instance)
 	for {
@@ -649,7 +655,12 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		default:
 		}
 		if msg.Seq == 0 {
-			continue // heartbeat
+			// A heartbeat: answered, so that the owner knows this node is alive and keeps its
+			// locks.
+			if err := stream.Send(&fspb.WatchUp{}); err != nil {
+				return time.Since(start), err
+			}
+			continue
 		}
 		if msg.FlushAll {
 			p.flush()

@@ -358,12 +358,19 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno { 
 //
 //   - close drops the closing process's POSIX locks on the file (the kernel only sends FLUSH
 //     with the lock owner; libfuse does the same unlock);
+//   - the last close of an open file description drops its OFD locks (F_OFD_SETLK): the kernel
+//     takes them with the description as lock owner, and sends no unlock when it goes, only
+//     RELEASE;
 //   - a failed lookup whose node set an entry timeout becomes a cacheable negative entry.
 type lockReleasingFS struct {
 	fuse.RawFileSystem
 
-	mu      sync.Mutex
-	lockers map[lockUse]struct{}
+	mu sync.Mutex
+	// lockers holds, for each lock owner on a file that may hold POSIX locks, the handles its
+	// locks were taken through; byHandle is the same the other way round. A process's entry
+	// goes when it closes the file, an open file description's when it is released.
+	lockers  map[lockUse]map[uint64]struct{}
+	byHandle map[uint64]map[lockUse]struct{}
 }
 
 type lockUse struct{ node, owner uint64 }
@@ -377,40 +384,111 @@ func (w *lockReleasingFS) Lookup(cancel <-chan struct{}, header *fuse.InHeader, 
 	return st
 }
 
+// unlocksAll tells a request that drops all of its owner's POSIX locks on the file.
+func unlocksAll(in *fuse.LkIn) bool {
+	return in.Lk.Typ == syscall.F_UNLCK && in.Lk.Start == 0 && in.Lk.End == math.MaxInt64
+}
+
+// noteLock records a lock owner before its request goes out, so that a close racing with the
+// request still releases what it may be granted.
 func (w *lockReleasingFS) noteLock(in *fuse.LkIn) {
 	if in.LkFlags&fuse.FUSE_LK_FLOCK != 0 || in.Lk.Typ == syscall.F_UNLCK {
 		return
 	}
+	u := lockUse{in.NodeId, in.Owner}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.lockers == nil {
-		w.lockers = make(map[lockUse]struct{})
+		w.lockers = make(map[lockUse]map[uint64]struct{})
+		w.byHandle = make(map[uint64]map[lockUse]struct{})
 	}
-	w.lockers[lockUse{in.NodeId, in.Owner}] = struct{}{}
+	if w.lockers[u] == nil {
+		w.lockers[u] = make(map[uint64]struct{})
+	}
+	w.lockers[u][in.Fh] = struct{}{}
+	if w.byHandle[in.Fh] == nil {
+		w.byHandle[in.Fh] = make(map[lockUse]struct{})
+	}
+	w.byHandle[in.Fh][u] = struct{}{}
+}
+
+// forget drops u's entry and reports whether there was one.
+func (w *lockReleasingFS) forget(u lockUse) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	handles, held := w.lockers[u]
+	delete(w.lockers, u)
+	for h := range handles {
+		delete(w.byHandle[h], u)
+		if len(w.byHandle[h]) == 0 {
+			delete(w.byHandle, h)
+		}
+	}
+	return held
+}
+
+// forgetHandle drops handle h from the entries and returns the owners whose locks were taken
+// through it.
+func (w *lockReleasingFS) forgetHandle(h uint64) []lockUse {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var owners []lockUse
+	for u := range w.byHandle[h] {
+		owners = append(owners, u)
+		delete(w.lockers[u], h)
+		if len(w.lockers[u]) == 0 {
+			delete(w.lockers, u)
+		}
+	}
+	delete(w.byHandle, h)
+	return owners
+}
+
+// lockOwners is how many lock owners the mount keeps state for.
+func (w *lockReleasingFS) lockOwners() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.lockers)
+}
+
+func (w *lockReleasingFS) setLk(cancel <-chan struct{}, in *fuse.LkIn, set func(<-chan struct{}, *fuse.LkIn) fuse.Status) fuse.Status {
+	w.noteLock(in)
+	st := set(cancel, in)
+	if st == fuse.OK && in.LkFlags&fuse.FUSE_LK_FLOCK == 0 && unlocksAll(in) {
+		w.forget(lockUse{in.NodeId, in.Owner})
+	}
+	return st
 }
 
 func (w *lockReleasingFS) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	w.noteLock(in)
-	return w.RawFileSystem.SetLk(cancel, in)
+	return w.setLk(cancel, in, w.RawFileSystem.SetLk)
 }
 
 func (w *lockReleasingFS) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	w.noteLock(in)
-	return w.RawFileSystem.SetLkw(cancel, in)
+	return w.setLk(cancel, in, w.RawFileSystem.SetLkw)
 }
 
 func (w *lockReleasingFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	st := w.RawFileSystem.Flush(cancel, in)
-	key := lockUse{in.NodeId, in.LockOwner}
-	w.mu.Lock()
-	_, held := w.lockers[key]
-	delete(w.lockers, key)
-	w.mu.Unlock()
-	if held {
-		w.RawFileSystem.SetLk(cancel, &fuse.LkIn{InHeader: in.InHeader, Fh: in.Fh, Owner: in.LockOwner,
-			Lk: fuse.FileLock{Start: 0, End: math.MaxInt64, Typ: syscall.F_UNLCK}})
+	if w.forget(lockUse{in.NodeId, in.LockOwner}) {
+		w.unlockAll(cancel, &in.InHeader, in.Fh, in.LockOwner)
 	}
 	return st
+}
+
+// Release drops the locks still noted for the handle before it goes. Every process that
+// used it has closed it by now, and each close dropped that process's locks: what remains
+// are the locks of the open file description itself.
+func (w *lockReleasingFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	for _, u := range w.forgetHandle(in.Fh) {
+		w.unlockAll(cancel, &in.InHeader, in.Fh, u.owner)
+	}
+	w.RawFileSystem.Release(cancel, in)
+}
+
+func (w *lockReleasingFS) unlockAll(cancel <-chan struct{}, header *fuse.InHeader, fh, owner uint64) {
+	w.RawFileSystem.SetLk(cancel, &fuse.LkIn{InHeader: *header, Fh: fh, Owner: owner,
+		Lk: fuse.FileLock{Start: 0, End: math.MaxInt64, Typ: syscall.F_UNLCK}})
 }
 
 // releaseDelay is how long closed handles wait to be sent together.

@@ -96,6 +96,9 @@ type testNode struct {
 	noCalls bool
 	// noWire makes the node serve no file wire (an agent from before it).
 	noWire bool
+	// mute makes the node's mount stop sending on its Watch streams to other nodes, as a node
+	// that died or was cut off while its connections stayed open.
+	mute atomic.Bool
 
 	connsMu sync.Mutex
 	conns   map[string]*grpc.ClientConn // to other nodes, dialled as this node
@@ -296,6 +299,19 @@ func (c hangingConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// mutableStream drops what its node sends while the node is muted.
+type mutableStream struct {
+	grpc.ClientStream
+	mute *atomic.Bool
+}
+
+func (s mutableStream) SendMsg(m any) error {
+	if s.mute.Load() {
+		return nil
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
 type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(b []byte) (int, error) {
@@ -339,7 +355,11 @@ func (v testNodes) Conn(node string) (grpc.ClientConnInterface, error) {
 			return invoker(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), method, req, reply, cc, opts...)
 		}),
 		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), desc, cc, method, opts...)
+			cs, err := streamer(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), desc, cc, method, opts...)
+			if err != nil || method != fspb.Files_Watch_FullMethodName {
+				return cs, err
+			}
+			return mutableStream{ClientStream: cs, mute: &v.from.mute}, nil
 		}),
 	)
 	if err != nil {

@@ -67,10 +67,11 @@ func (sess *session) withLockFD(owner uint64, f *openFile, create bool, fn func(
 	}
 	// Reopened through /proc as the agent itself: the client's kernel already checked that the
 	// user's descriptor is open for the lock's type, and the user may have lost the permission
-	// to open the file since.
+	// to open the file since. O_APPEND because a file with the append-only attribute opens for
+	// writing with it only, and a write lock needs a description open for writing.
 	var fd int
 	var err error
-	for _, mode := range []int{unix.O_RDWR, unix.O_RDONLY, unix.O_WRONLY} {
+	for _, mode := range []int{unix.O_RDWR | unix.O_APPEND, unix.O_RDONLY, unix.O_WRONLY | unix.O_APPEND} {
 		fd, err = unix.Open(procFD(f.fd), mode|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 		if err == nil {
 			break
@@ -91,6 +92,38 @@ func (sess *session) releaseOwner(owner uint64, f *openFile) {
 	delete(sess.locks, key)
 	sess.mu.Unlock()
 	if lf != nil {
+		unix.Close(lf.fd)
+	}
+}
+
+// dropUnusedLocks drops every POSIX lock the session holds on the file id once it has no
+// handle left on it. A process holds POSIX locks only while it has the file open, and drops
+// them on close; a lock granted after that close (the request raced with it, or its unlock
+// was lost) would otherwise stay until the session ends. Call it after the closed handle's
+// descriptor is closed, so that no lock request through it is still running.
+func (sess *session) dropUnusedLocks(id fileID) {
+	sess.mu.Lock()
+	var drop []*lockFile
+	for key, lf := range sess.locks {
+		if key.id == id {
+			drop = append(drop, lf)
+		}
+	}
+	if len(drop) > 0 {
+		for _, f := range sess.handles {
+			if f.id == id {
+				sess.mu.Unlock()
+				return
+			}
+		}
+		for key := range sess.locks {
+			if key.id == id {
+				delete(sess.locks, key)
+			}
+		}
+	}
+	sess.mu.Unlock()
+	for _, lf := range drop {
 		unix.Close(lf.fd)
 	}
 }

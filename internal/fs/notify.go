@@ -333,6 +333,13 @@ func (s *Server) serveWatch(conn watchConn) error {
 	if err := conn.Send(&fspb.WatchDown{Instance: s.instance}); err != nil {
 		return err
 	}
+	// A client that went silent (its node died or was cut off without its connection
+	// closing) must lose its stream: only then does the grace period after which its locks
+	// and files go begin. Clients answer heartbeats with an empty message; one that never
+	// did (an agent from before) is only dropped when its connection fails.
+	var heard atomic.Int64
+	var answers atomic.Bool
+	heard.Store(time.Now().UnixNano())
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -342,6 +349,10 @@ func (s *Server) serveWatch(conn watchConn) error {
 				ws.stop()
 				return
 			}
+			heard.Store(time.Now().UnixNano())
+			if up.Ack == 0 {
+				answers.Store(true)
+			}
 			ws.ack(up.Ack)
 		}
 	}()
@@ -350,6 +361,12 @@ func (s *Server) serveWatch(conn watchConn) error {
 	for {
 		select {
 		case <-beat.C:
+			if silent := time.Since(time.Unix(0, heard.Load())); answers.Load() && silent > heartbeat*heartbeatMisses {
+				s.log.Warn("client stopped answering on its invalidation stream; dropping it, its files and locks go if it does not come back",
+					"client", sess.node, "silent_for", silent.Round(time.Second), "grace", s.grace())
+				ws.stop()
+				return errors.New("watch stream dropped: the client went silent")
+			}
 			if err := conn.Send(&fspb.WatchDown{}); err != nil {
 				ws.stop()
 				return err

@@ -904,6 +904,7 @@ func (s *Server) Release(ctx context.Context, req *fspb.HandleRequest) (*fspb.Er
 	for _, h := range append([]uint64{req.Handle}, req.Handles...) {
 		if f := c.sess.removeHandle(h); f != nil {
 			f.close()
+			c.sess.dropUnusedLocks(f.id)
 		} else if h != 0 {
 			errno = syscall.EBADF
 		}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -43,6 +44,8 @@ type ServerConfig struct {
 	// identifyConn names the node at the other end of a file wire connection; nil means from
 	// its mTLS certificate. Tests replace it.
 	identifyConn func(net.Conn) (string, error)
+	// grace replaces sessionGrace when not zero. Tests shorten it.
+	grace time.Duration
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the

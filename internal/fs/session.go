@@ -16,6 +16,13 @@ import (
 // Watch stream went away. A client agent that does not come back within it loses them.
 const sessionGrace = 30 * time.Second
 
+func (s *Server) grace() time.Duration {
+	if s.cfg.grace != 0 {
+		return s.cfg.grace
+	}
+	return sessionGrace
+}
+
 const maxSessionIDLen = 64
 
 // session is one client mount's state on this owner: its open files, its locks, and its
@@ -70,7 +77,7 @@ func (s *Server) session(ctx context.Context, id []byte) (*session, error) {
 		locks:    make(map[lockKey]*lockFile),
 		inflight: make(map[fileID]int),
 	}
-	sess.expiry = time.AfterFunc(sessionGrace, func() { s.expire(sess) })
+	sess.expiry = time.AfterFunc(s.grace(), func() { s.expire(sess) })
 	s.sessions[key] = sess
 	s.byIdx[sess.idx] = sess
 	return sess, nil
@@ -108,7 +115,7 @@ func (s *Server) detach(sess *session, ws *watchStream) {
 	defer sess.mu.Unlock()
 	if sess.stream == ws {
 		sess.stream = nil
-		sess.expiry.Reset(sessionGrace)
+		sess.expiry.Reset(s.grace())
 	}
 }
 

@@ -2915,6 +2915,10 @@ func (x *LockReply) GetEnd() uint64 {
 	return 0
 }
 
+// WatchUp: the first message names the session; then acknowledgements, and an empty message
+// right after the owner's first message and in answer to each heartbeat (a WatchDown with seq
+// 0). An owner drops the stream of a client that sent an empty message once and then fell
+// silent for three heartbeats.
 type WatchUp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"` // first message only
