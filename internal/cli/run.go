@@ -125,7 +125,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		cwd = filepath.Join(wd, cwd)
 	}
 	start := &ssipb.RunStart{
-		Args: args, Env: append(os.Environ(), o.env...), Cwd: cwd, Node: o.node,
+		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
 		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
 	}
 	if useTTY {
@@ -169,7 +169,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	if o.detach {
 		fmt.Println(started.Gpid)
-		if started.OutputPath != "" {
+		if len(started.OutputPath) != 0 {
 			fmt.Fprintf(os.Stderr, "ssi: output of %d goes to %s on %s\n", started.Gpid, started.OutputPath, started.Node)
 		}
 		return nil

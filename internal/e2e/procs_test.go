@@ -80,6 +80,28 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("arguments, environment and directory that are not UTF-8", func(t *testing.T) {
+		// Unix passes them as bytes (a Latin-1 file name, say); a local child gets them as they are.
+		base, err := os.MkdirTemp("/var/tmp", "ssi-e2e-bytes") // /tmp is each host's own
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(base)
+		dir := base + "/caf\xe9"
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		r := ssi(t, c, "n1", "run", "-n", "n2", "--cwd", dir, "--env", "X=\xfe\xff", "--",
+			"sh", "-c", `printf '%s|%s|%s' "$1" "$X" "$(pwd -P)"`, "sh", "a\x80b")
+		if want := "a\x80b|\xfe\xff|" + dir; r.code != 0 || r.stdout != want {
+			t.Fatalf("%v; want stdout %q", r, want)
+		}
+		// A message quoting such bytes still arrives, with its status.
+		if r := ssi(t, c, "n1", "run", "-n", "n2", "--", "no-such-\xff"); r.code != 127 || !strings.Contains(r.stderr, "no-such-") {
+			t.Fatalf("a command not found whose name is not UTF-8: %v", r)
+		}
+	})
+
 	t.Run("rsh", func(t *testing.T) {
 		r := inside(t, c, "n1", "ssi", "rsh", "n2", "echo", "$HOME;", "hostname;", "exit", "5")
 		if r.code != 5 || r.stdout != "/root\nn2\n" {

@@ -69,21 +69,22 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	ctx := stream.Context()
 	nodeName, nodeIndex := s.self()
 	exit := func(code int, msg string) error {
-		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(code), Message: msg}}})
+		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(code), Message: ssipb.ValidText(msg)}}})
 	}
 	if len(start.Args) == 0 {
 		return exit(ExitStartFailed, "no command given: usage is ssi run [flags] -- CMD [ARGS...]")
 	}
 	c := start.Caller
+	args := ssipb.StringWords(start.Args)
 	spec := proc.Spec{
-		Args: start.Args, Env: start.Env, Dir: start.Cwd,
+		Args: args, Env: ssipb.StringWords(start.Env), Dir: string(start.Cwd),
 		UID: c.Uid, GID: c.Gid, Groups: c.Groups, Umask: int(c.Umask),
 		TTY: start.Tty, Rows: uint16(start.Rows), Cols: uint16(start.Cols),
 		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
 		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}
 	if start.Shell {
-		if err := asLoginShell(&spec, start.Args); err != nil {
+		if err := asLoginShell(&spec, args); err != nil {
 			return exit(ExitStartFailed, err.Error())
 		}
 	}
@@ -120,7 +121,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		if errors.As(err, &ce) {
 			return exit(ce.Code, ce.Error())
 		}
-		return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", start.Args[0], nodeName, err))
+		return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", args[0], nodeName, err))
 	}
 	r := &record{proc: p, parentGPID: start.ParentGpid, uid: c.Uid, done: make(chan struct{})}
 	s.track(r)
@@ -128,8 +129,8 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	if start.Detach {
 		outPath = detachedOutput(spec.Dir, g)
 	}
-	s.log.Debug("started", "gpid", g, "cmd", start.Args[0], "uid", c.Uid, "detach", start.Detach)
-	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: outPath, Cwd: spec.Dir}
+	s.log.Debug("started", "gpid", g, "cmd", args[0], "uid", c.Uid, "detach", start.Detach)
+	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir)}
 	if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: started}}); err != nil {
 		_ = p.Terminate(s.cfg.Grace)
 		s.reap(r)
@@ -300,7 +301,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 		}
 	}
 	s.reap(r)
-	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: r.message}}})
+	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: ssipb.ValidText(r.message)}}})
 }
 
 // sendFailed ends a session whose output could not be delivered: the tree ends, as a local

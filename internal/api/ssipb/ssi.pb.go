@@ -984,20 +984,23 @@ func (x *Caller) GetNode() string {
 }
 
 type RunStart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Args          []string               `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
-	Env           []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
-	Cwd           string                 `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
-	Tty           bool                   `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
-	Rows          uint32                 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
-	Cols          uint32                 `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
-	Detach        bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
-	Explain       bool                   `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
-	Shell         bool                   `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
-	ParentGpid    int64                  `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
-	Caller        *Caller                `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
-	HomeNode      string                 `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// args, env and cwd are bytes, not strings, because Unix passes them as bytes that need not
+	// be UTF-8 (file names in Latin-1, say), and proto3 refuses such a string. On the wire a
+	// bytes field is a string field: an older peer reads the same messages.
+	Args          [][]byte `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	Env           [][]byte `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd           []byte   `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Node          string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
+	Tty           bool     `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows          uint32   `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32   `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
+	Detach        bool     `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
+	Explain       bool     `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
+	Shell         bool     `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
+	ParentGpid    int64    `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
+	Caller        *Caller  `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
+	HomeNode      string   `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1032,25 +1035,25 @@ func (*RunStart) Descriptor() ([]byte, []int) {
 	return file_ssi_proto_rawDescGZIP(), []int{13}
 }
 
-func (x *RunStart) GetArgs() []string {
+func (x *RunStart) GetArgs() [][]byte {
 	if x != nil {
 		return x.Args
 	}
 	return nil
 }
 
-func (x *RunStart) GetEnv() []string {
+func (x *RunStart) GetEnv() [][]byte {
 	if x != nil {
 		return x.Env
 	}
 	return nil
 }
 
-func (x *RunStart) GetCwd() string {
+func (x *RunStart) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
 func (x *RunStart) GetNode() string {
@@ -1310,8 +1313,8 @@ type RunStarted struct {
 	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
 	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	Explanation   string                 `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
-	OutputPath    string                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node
-	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
+	OutputPath    []byte                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node (bytes: see RunStart)
+	Cwd           []byte                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1367,24 +1370,24 @@ func (x *RunStarted) GetExplanation() string {
 	return ""
 }
 
-func (x *RunStarted) GetOutputPath() string {
+func (x *RunStarted) GetOutputPath() []byte {
 	if x != nil {
 		return x.OutputPath
 	}
-	return ""
+	return nil
 }
 
-func (x *RunStarted) GetCwd() string {
+func (x *RunStarted) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
 type RunExit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code; valid UTF-8 (see ValidText)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2549,9 +2552,9 @@ const file_ssi_proto_rawDesc = "" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\"\xbe\x02\n" +
 	"\bRunStart\x12\x12\n" +
-	"\x04args\x18\x01 \x03(\tR\x04args\x12\x10\n" +
-	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
-	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x12\n" +
+	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
+	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x03 \x01(\fR\x03cwd\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12\x10\n" +
 	"\x03tty\x18\x05 \x01(\bR\x03tty\x12\x12\n" +
 	"\x04rows\x18\x06 \x01(\rR\x04rows\x12\x12\n" +
@@ -2580,9 +2583,9 @@ const file_ssi_proto_rawDesc = "" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12 \n" +
 	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x12\x1f\n" +
-	"\voutput_path\x18\x04 \x01(\tR\n" +
+	"\voutput_path\x18\x04 \x01(\fR\n" +
 	"outputPath\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"7\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\"7\n" +
 	"\aRunExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x9d\x01\n" +
