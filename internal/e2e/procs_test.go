@@ -96,6 +96,14 @@ func TestProcessSpace(t *testing.T) {
 		if want := "a\x80b|\xfe\xff|" + dir; r.code != 0 || r.stdout != want {
 			t.Fatalf("%v; want stdout %q", r, want)
 		}
+		// ssi ps lists such a command line, with '?' for what is not printable, as ps(1) does.
+		r = ssi(t, c, "n1", "run", "--detach", "-n", "n2", "--cwd", dir, "--", "sh", "-c", "sleep 301", "a\xffb\tc")
+		g := strings.TrimSpace(r.stdout)
+		list := ps(t, c, "n1", "-n", "n2")
+		if found := findProcs(list, "n2", "sh -c sleep 301 a?b?c"); r.code != 0 || len(found) != 1 {
+			t.Errorf("ssi ps does not show the command line as ps(1) would: %v, %+v", r, list)
+		}
+		ssi(t, c, "n1", "kill", "-9", g)
 		// A message quoting such bytes still arrives, with its status.
 		if r := ssi(t, c, "n1", "run", "-n", "n2", "--", "no-such-\xff"); r.code != 127 || !strings.Contains(r.stderr, "no-such-") {
 			t.Fatalf("a command not found whose name is not UTF-8: %v", r)

@@ -136,6 +136,17 @@ func (s *Service) finished(r *record) {
 	})
 }
 
+// running reports whether r's process has not been reaped yet. Once it has, its pid may be
+// another process's: only its exit status stays r's.
+func (r *record) running() bool {
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
+}
+
 func (s *Service) lookup(pid int) *record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
