@@ -48,8 +48,9 @@ environment and working directory. stdin, stdout and stderr stream both ways; si
 shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
 and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
 group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job;
-the exit status is the command's (128+N after death by signal N, 127 for a command that is not
-found, 255 when the node running it is lost). Without -n the agent places the command: it stays
+the exit status is the command's (127 for a command that is not found, 255 when the node
+running it is lost); after the command's death by signal N, ssi dies of N too, so that a shell
+sees 128+N and treats it as it would a local child killed by N. Without -n the agent places the command: it stays
 on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
 
 With --detach, ssi prints the command's global process id (GPID) and returns; the command's
@@ -239,7 +240,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			if ex.Code == int32(ssipb.ExitOutputFailed) && ex.Message == "" && passOut != nil {
 				dieIfOutputBroken()
 			}
-			return exitError{code: int(ex.Code), msg: ex.Message}
+			return exitError{code: int(ex.Code), msg: ex.Message, signal: unix.Signal(ex.Signal)}
 		}
 	}
 }

@@ -67,6 +67,10 @@ func TestProcessSpace(t *testing.T) {
 			{[]string{"run", "-n", "n2", "--", "hostname"}, 0, "n2\n", ""},
 			{[]string{"run", "-n", "n3", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, 3, "out\n", "err"},
 			{[]string{"run", "-n", "n2", "--", "sh", "-c", "kill -9 $$"}, 137, "", ""},
+			// ssi dies of the command's signal, as a shell sees a local child die; never of
+			// the Go runtime's stack dump for QUIT.
+			{[]string{"run", "-n", "n2", "--", "sh", "-c", "kill -TERM $$"}, 143, "", ""},
+			{[]string{"run", "-n", "n3", "--", "sh", "-c", "kill -QUIT $$"}, 131, "", ""},
 			{[]string{"run", "-n", "n2", "--", "no-such-command"}, 127, "", "no-such-command: command not found"},
 			{[]string{"run", "-n", "n2", "--cwd", "/no/such/dir", "--", "true"}, 1, "", "does not exist on node n2"},
 			{[]string{"run", "-n", "n9", "--", "true"}, 1, "", `unknown node "n9"`},
@@ -76,6 +80,9 @@ func TestProcessSpace(t *testing.T) {
 			r := ssi(t, c, "n1", tt.args...)
 			if r.code != tt.code || r.stdout != tt.out || !strings.Contains(r.stderr, tt.inErr) {
 				t.Errorf("ssi %v: %v; want exit %d, stdout %q, stderr containing %q", tt.args, r, tt.code, tt.out, tt.inErr)
+			}
+			if wantSig := tt.code > 128 && tt.code < 128+65; (r.signal != 0) != wantSig || (wantSig && tt.inErr == "" && r.stderr != "") {
+				t.Errorf("ssi %v: %v; want death by signal %d, as the command's, and no message", tt.args, r, tt.code-128)
 			}
 		}
 	})
@@ -231,8 +238,8 @@ func TestProcessSpace(t *testing.T) {
 		})
 		cmd.Process.Signal(syscall.SIGINT)
 		cmd.Wait()
-		if code := cmd.ProcessState.ExitCode(); code != 130 || strings.Contains(out.String(), "after") {
-			t.Fatalf("exit %d, output %q; want 130 and no \"after\"", code, out.String())
+		if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGINT || strings.Contains(out.String(), "after") {
+			t.Fatalf("%v, output %q; want death by SIGINT and no \"after\"", cmd.ProcessState, out.String())
 		}
 		if left := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004"); len(left) != 0 {
 			t.Fatalf("left behind: %+v", left)

@@ -158,9 +158,9 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 // reap waits for a started process, records its status and frees what it held.
 func (s *Service) reap(r *record) {
 	code, err := r.proc.Wait()
-	r.code = code
+	r.code, r.signal = code, int(r.proc.Result().Signal)
 	if err != nil {
-		r.code, r.message = ExitStartFailed, err.Error()
+		r.code, r.signal, r.message = ExitStartFailed, 0, err.Error()
 	}
 	if err := r.proc.Close(); err != nil {
 		s.log.Debug("closing process", "pid", r.proc.PID(), "err", err)
@@ -301,7 +301,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 		}
 	}
 	s.reap(r)
-	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: ssipb.ValidText(r.message)}}})
+	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Signal: int32(r.signal), Message: ssipb.ValidText(r.message)}}})
 }
 
 // sendFailed ends a session whose output could not be delivered: the tree ends, as a local

@@ -78,6 +78,7 @@ type record struct {
 	uid        uint32
 	done       chan struct{}
 	code       int
+	signal     int // the signal that killed it, 0 if it exited
 	message    string
 }
 

@@ -1385,9 +1385,13 @@ func (x *RunStarted) GetCwd() []byte {
 }
 
 type RunExit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code; valid UTF-8 (see ValidText)
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code; valid UTF-8 (see ValidText)
+	// The signal that killed the command, 0 if it exited (code is then 128+signal). A client
+	// dies of it in turn, so that its own parent (a shell) sees what it would see of a local
+	// child; a client that does not know the field still exits with code.
+	Signal        int32 `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1434,6 +1438,13 @@ func (x *RunExit) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *RunExit) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
 }
 
 type RunOutput struct {
@@ -2585,10 +2596,11 @@ const file_ssi_proto_rawDesc = "" +
 	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x12\x1f\n" +
 	"\voutput_path\x18\x04 \x01(\fR\n" +
 	"outputPath\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\fR\x03cwd\"7\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\"O\n" +
 	"\aRunExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x9d\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06signal\x18\x03 \x01(\x05R\x06signal\"\x9d\x01\n" +
 	"\tRunOutput\x12.\n" +
 	"\astarted\x18\x01 \x01(\v2\x12.ssi.v1.RunStartedH\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
