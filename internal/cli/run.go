@@ -144,6 +144,16 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Caught before the session starts: a signal that comes while the command is being
+	// started reaches it once it runs, as a local child forked and exec'd at once would get
+	// it. Never stopped: signal.Stop waits for the runtime's signal goroutine to go idle,
+	// ~0.4 ms of a 6 ms ssi run, and the process ends once the session has. A signal that
+	// comes in between is dropped, as it would reach no process anyway.
+	var sigs chan os.Signal
+	if !o.detach {
+		sigs = make(chan os.Signal, 16)
+		signal.Notify(sigs, forwardedSignals...)
+	}
 	conn, stream, err := g.openRun(ctx, passOut, passErr)
 	if err != nil {
 		return g.rpcError(err)
@@ -182,24 +192,16 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			defer term.Restore(int(os.Stdin.Fd()), old)
 		}
 	}
-	// Never stopped: signal.Stop waits for the runtime's signal goroutine to go idle, ~0.4 ms
-	// of a 6 ms ssi run, and the process ends once the session has. A signal that comes in
-	// between is dropped, as it would reach no process anyway.
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, forwardedSignals...)
 	go func() {
 		for sig := range sigs {
 			s := sig.(syscall.Signal)
-			if s == syscall.SIGWINCH {
+			if s == syscall.SIGWINCH && useTTY {
 				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
 					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
 				}
-				if !useTTY {
-					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
-				}
 				continue
 			}
-			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+			g.signalSession(ctx, started.Gpid, s, send)
 			if s == syscall.SIGTSTP && !useTTY {
 				// A local child stopped by Ctrl-Z gives the shell its prompt back; so does
 				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
@@ -268,6 +270,19 @@ func stdoutWriteError(err error) exitError {
 		return exitError{code: ssipb.ExitOutputFailed}
 	}
 	return exitError{code: ssipb.ExitOutputError, msg: "writing standard output: " + errno.Error()}
+}
+
+// signalSession passes sig on to the session's command, gpid, through a call of its own: on
+// the session's stream it would wait behind stdin that the command does not read, as long as
+// the command does not read it. Only an agent that cannot be reached gets it on the stream.
+// It returns once the signal was delivered, or could not be.
+func (g *Globals) signalSession(ctx context.Context, gpid int64, sig syscall.Signal, send func(*ssipb.RunInput) error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	req := &ssipb.KillRequest{Gpids: []int64{gpid}, Signal: int32(sig), Session: true}
+	if _, err := g.control().Kill(ctx, req); err != nil && ctx.Err() == nil {
+		_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(sig)}})
+	}
 }
 
 // stopUnlessContinued stops this process as a local child stopped by Ctrl-Z would be, once

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -202,6 +203,44 @@ func TestProcessSpace(t *testing.T) {
 		err := cmd.Wait()
 		if cmd.ProcessState.ExitCode() != 42 {
 			t.Errorf("exit %d (%v), output %q; want 42 from the TERM trap", cmd.ProcessState.ExitCode(), err, out.String())
+		}
+	})
+
+	t.Run("signals pass stdin the command does not read", func(t *testing.T) {
+		// Endless stdin fills every buffer on the way to a command that never reads it; a
+		// signal must not wait behind it, as a local child's does not.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c",
+			"trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
+		in := &countingZeros{}
+		out := &syncBuffer{}
+		cmd.Stdin, cmd.Stdout = in, out
+		cmd.WaitDelay = 5 * time.Second // the endless copy into its stdin ends with it
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote script ready", func() bool { return strings.Contains(out.String(), "ready") })
+		last := int64(-1)
+		eventually(t, 30*time.Second, "stdin backed up", func() bool {
+			n := in.n.Load()
+			stalled := n == last && n > 0
+			last = n
+			time.Sleep(200 * time.Millisecond)
+			return stalled
+		})
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if cmd.ProcessState.ExitCode() != 42 {
+			t.Fatalf("%v after TERM, output %q; want 42 from the TERM trap", cmd.ProcessState, out.String())
 		}
 	})
 
@@ -499,4 +538,13 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// countingZeros is an endless stdin of zeros that counts what was read from it.
+type countingZeros struct{ n atomic.Int64 }
+
+func (z *countingZeros) Read(p []byte) (int, error) {
+	clear(p)
+	z.n.Add(int64(len(p)))
+	return len(p), nil
 }

@@ -1806,10 +1806,16 @@ func (x *PsResponse) GetUnreachable() []string {
 }
 
 type KillRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gpids         []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
-	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
-	Caller        *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Gpids  []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
+	Signal int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Caller *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	// session: the signal is one "ssi run" received, for the command it runs attached. It goes
+	// where a local child's would (see Service.forwardSignal), and only to a command ssi
+	// started that is still running, whose pid cannot have been reused. ssi run sends its
+	// signals this way rather than on its stdio stream, where they would wait behind stdin
+	// that the command does not read.
+	Session       bool `protobuf:"varint,4,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1863,6 +1869,13 @@ func (x *KillRequest) GetCaller() *Caller {
 		return x.Caller
 	}
 	return nil
+}
+
+func (x *KillRequest) GetSession() bool {
+	if x != nil {
+		return x.Session
+	}
+	return false
 }
 
 type KillResult struct {
@@ -2630,11 +2643,12 @@ const file_ssi_proto_rawDesc = "" +
 	"\n" +
 	"PsResponse\x12&\n" +
 	"\x05procs\x18\x01 \x03(\v2\x10.ssi.v1.ProcInfoR\x05procs\x12 \n" +
-	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"c\n" +
+	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"}\n" +
 	"\vKillRequest\x12\x14\n" +
 	"\x05gpids\x18\x01 \x03(\x03R\x05gpids\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12&\n" +
-	"\x06caller\x18\x03 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\"6\n" +
+	"\x06caller\x18\x03 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x18\n" +
+	"\asession\x18\x04 \x01(\bR\asession\"6\n" +
 	"\n" +
 	"KillResult\x12\x12\n" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x14\n" +
