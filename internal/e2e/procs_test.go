@@ -305,6 +305,10 @@ func TestProcessSpace(t *testing.T) {
 		if w.code != 7 {
 			t.Fatalf("wait: %v", w)
 		}
+		// A pid that is no child of ours: 127, as the shell's wait gives.
+		if w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g+1_000_000, 10)); w.code != 127 || w.stderr == "" {
+			t.Fatalf("wait for a process ssi did not start: %v; want 127 and a message", w)
+		}
 		out := inside(t, c, "n2", "cat", fmt.Sprintf("/tmp/ssi-%d.out", g))
 		if out.stdout != "hello\n" {
 			t.Fatalf("detached output: %v", out)
