@@ -68,7 +68,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.node, "node", "n", "", "node to run on (default: placed by load)")
-	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal (default when stdin is a terminal)")
+	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal (default when stdin, stdout and stderr are terminals)")
 	f.BoolVarP(&o.noTTY, "no-tty", "T", false, "never give the command a terminal")
 	f.BoolVar(&o.detach, "detach", false, "start the command, print its GPID and return")
 	f.StringArrayVar(&o.env, "env", nil, "set an environment variable, K=V (repeatable)")
@@ -115,7 +115,12 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		}
 	}
 	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
-	useTTY := o.tty || (!o.noTTY && !o.detach && stdinTTY)
+	// A terminal only when all three are one: a pseudo-terminal is the command's stdin,
+	// stdout and stderr at once, so with stdout going to a pipe or a file the command would
+	// see a terminal there (ls prints columns, grep colours) and its output would come with
+	// the terminal's CRLF line ends. Redirected, a local command sees what is really there.
+	allTTY := stdinTTY && term.IsTerminal(int(os.Stdout.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
+	useTTY := o.tty || (!o.noTTY && !o.detach && allTTY)
 	cwd := o.cwd
 	if (cwd == "" || !filepath.IsAbs(cwd)) && !o.shell {
 		// A relative --cwd is relative to this directory, as cd's argument would be.

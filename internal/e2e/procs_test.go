@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 )
 
@@ -292,6 +294,21 @@ func TestProcessSpace(t *testing.T) {
 		}
 		if r := ssi(t, c, "n1", "run", "-T", "-n", "n2", "--", "tty"); r.code == 0 {
 			t.Fatalf("run -T gave a terminal: %v", r)
+		}
+		// At a terminal with the output redirected, the command sees its stdout as it is:
+		// no terminal, and no CRLF in the output.
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		defer pts.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c", "test -t 1 && echo terminal || echo pipe")
+		cmd.Stdin, cmd.Stderr = pts, pts
+		if out, err := cmd.Output(); err != nil || string(out) != "pipe\n" {
+			t.Fatalf("stdin and stderr a terminal, stdout a pipe: %q, %v; want \"pipe\\n\"", out, err)
 		}
 	})
 
