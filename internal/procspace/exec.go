@@ -84,7 +84,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}
 	if start.Shell {
-		if err := asLoginShell(&spec, args); err != nil {
+		if err := asLoginShell(&spec, args, spec.Env); err != nil {
 			return exit(ExitStartFailed, err.Error())
 		}
 	}
@@ -349,8 +349,10 @@ func detachedOutput(dir string, g int64) string {
 }
 
 // asLoginShell turns words into "$SHELL -c 'words'" run in the user's home with a minimal
-// environment, as sshd does for `ssh host cmd`.
-func asLoginShell(spec *proc.Spec, words []string) error {
+// environment, as sshd does for `ssh host cmd`. Of the caller's environment, callerEnv, it
+// keeps what ssh passes on: TERM with a terminal, and the locale (LANG, LC_*, as the usual
+// SendEnv and AcceptEnv settings do).
+func asLoginShell(spec *proc.Spec, words []string, callerEnv []string) error {
 	u, err := user.LookupId(strconv.Itoa(int(spec.UID)))
 	if err != nil {
 		return fmt.Errorf("user %d is unknown on this node: %w", spec.UID, err)
@@ -366,7 +368,16 @@ func asLoginShell(spec *proc.Spec, words []string) error {
 		"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username, "SHELL=" + shell,
 		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/games",
 	}
-	if lang, ok := os.LookupEnv("LANG"); ok {
+	callerLang := false
+	for _, kv := range callerEnv {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "LANG" || strings.HasPrefix(k, "LC_") || (k == "TERM" && spec.TTY) {
+			spec.Env = append(spec.Env, kv)
+			callerLang = callerLang || k == "LANG"
+		}
+	}
+	// Else the node's own, as sshd's PAM gives from /etc/default/locale.
+	if lang, ok := os.LookupEnv("LANG"); ok && !callerLang {
 		spec.Env = append(spec.Env, "LANG="+lang)
 	}
 	return nil
