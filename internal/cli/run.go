@@ -47,7 +47,8 @@ func newRunCommand(g *Globals) *cobra.Command {
 environment and working directory. stdin, stdout and stderr stream both ways; signals the
 shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
 and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
-group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job;
+group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job; HUP and
+INT that the caller ignores (nohup, a script's background job) stay ignored, by the command too;
 the exit status is the command's (127 for a command that is not found, 255 when the node
 running it is lost); after the command's death by signal N, ssi dies of N too, so that a shell
 sees 128+N and treats it as it would a local child killed by N. Without -n the agent places the command: it stays
@@ -130,7 +131,20 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		}
 		cwd = filepath.Join(wd, cwd)
 	}
-	start := &ssipb.RunStart{
+	// A signal the caller ignores (nohup's HUP, INT and QUIT of a background job of a
+	// script) stays ignored: by this process, which must not catch it and pass it on, and by
+	// the command, as a local child keeps it through exec. The Go runtime keeps that of HUP
+	// and INT only (the others it cannot tell).
+	var caught []os.Signal
+	var ignored []int32
+	for _, sig := range forwardedSignals {
+		if signal.Ignored(sig) {
+			ignored = append(ignored, int32(sig.(syscall.Signal)))
+		} else {
+			caught = append(caught, sig)
+		}
+	}
+	start := &ssipb.RunStart{IgnoredSignals: ignored,
 		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
 		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
 	}
@@ -157,7 +171,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	var sigs chan os.Signal
 	if !o.detach {
 		sigs = make(chan os.Signal, 16)
-		signal.Notify(sigs, forwardedSignals...)
+		signal.Notify(sigs, caught...)
 	}
 	conn, stream, err := g.openRun(ctx, passOut, passErr)
 	if err != nil {

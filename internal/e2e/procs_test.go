@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -243,6 +244,36 @@ func TestProcessSpace(t *testing.T) {
 		}
 		if cmd.ProcessState.ExitCode() != 42 {
 			t.Fatalf("%v after TERM, output %q; want 42 from the TERM trap", cmd.ProcessState, out.String())
+		}
+	})
+
+	t.Run("signals the caller ignores stay ignored", func(t *testing.T) {
+		// As under nohup, or for a script's background job: HUP and INT ignored. The remote
+		// command inherits that, as a local one does through exec, and ssi does not catch
+		// them and pass them on.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", `grep ^SigIgn: /proc/$$/status; read x; echo done`)
+		cmd.Args = append([]string{"sh", "-c", `trap '' HUP INT; exec "$0" "$@"`, cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = "/bin/sh"
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &syncBuffer{}
+		cmd.Stdout = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "the remote command's signal mask", func() bool { return strings.Contains(out.String(), "\n") })
+		cmd.Process.Signal(syscall.SIGHUP)
+		cmd.Process.Signal(syscall.SIGINT)
+		io.WriteString(stdin, "go\n")
+		stdin.Close()
+		err = cmd.Wait()
+		mask, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(strings.Split(out.String(), "\n")[0], "SigIgn:")), 16, 64)
+		if err != nil || mask&3 != 3 || !strings.HasSuffix(out.String(), "done\n") {
+			t.Fatalf("%v, output %q; want HUP and INT (mask 3) ignored remotely, and the command to finish", err, out.String())
 		}
 	})
 

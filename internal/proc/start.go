@@ -8,6 +8,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -71,6 +72,11 @@ type Spec struct {
 	// otherwise a spawner starts the process.
 	ForkHere bool
 
+	// Ignore lists signals the command starts with ignored (SIG_IGN), as a local child
+	// inherits its parent's through exec. The agent cannot fork with them ignored without
+	// ignoring them itself, so /bin/sh sets them and execs the command (argv as given).
+	Ignore []syscall.Signal
+
 	// NodeIndex and ParentGPID are recorded in the environment and the Process.
 	NodeIndex  int
 	ParentGPID int64
@@ -118,6 +124,9 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 	resolved, err := resolveCommand(name, spec.Dir, pathEnv, who)
 	if err != nil {
 		return nil, err
+	}
+	if len(spec.Ignore) > 0 {
+		resolved, args = ignoring(spec.Ignore, args)
 	}
 
 	cgName := spec.Name
@@ -390,4 +399,16 @@ func (s *stdio) closeParentEnds() {
 			f.Close()
 		}
 	}
+}
+
+// ignoring returns the path and argv that run argv after ignoring sigs: a shell's trap ''
+// sets SIG_IGN, which exec keeps. The shell looks the command up as Start did, in the same
+// PATH and directory, and keeps argv[0] as the caller gave it.
+func ignoring(sigs []syscall.Signal, argv []string) (string, []string) {
+	nums := make([]string, 0, len(sigs))
+	for _, s := range sigs {
+		nums = append(nums, strconv.Itoa(int(s)))
+	}
+	script := "trap '' " + strings.Join(nums, " ") + `; exec "$@"`
+	return "/bin/sh", append([]string{"sh", "-c", script, "sh"}, argv...)
 }

@@ -83,6 +83,11 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
 		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}
+	for _, sig := range start.IgnoredSignals {
+		if sig > 0 && sig <= 64 && sig != int32(syscall.SIGKILL) && sig != int32(syscall.SIGSTOP) {
+			spec.Ignore = append(spec.Ignore, syscall.Signal(sig))
+		}
+	}
 	if start.Shell {
 		if err := asLoginShell(&spec, args, spec.Env); err != nil {
 			return exit(ExitStartFailed, err.Error())

@@ -988,21 +988,24 @@ type RunStart struct {
 	// args, env and cwd are bytes, not strings, because Unix passes them as bytes that need not
 	// be UTF-8 (file names in Latin-1, say), and proto3 refuses such a string. On the wire a
 	// bytes field is a string field: an older peer reads the same messages.
-	Args          [][]byte `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
-	Env           [][]byte `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
-	Cwd           []byte   `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Node          string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
-	Tty           bool     `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
-	Rows          uint32   `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
-	Cols          uint32   `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
-	Detach        bool     `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
-	Explain       bool     `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
-	Shell         bool     `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
-	ParentGpid    int64    `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
-	Caller        *Caller  `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
-	HomeNode      string   `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Args       [][]byte `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	Env        [][]byte `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd        []byte   `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Node       string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
+	Tty        bool     `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows       uint32   `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols       uint32   `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
+	Detach     bool     `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
+	Explain    bool     `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
+	Shell      bool     `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
+	ParentGpid int64    `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
+	Caller     *Caller  `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
+	HomeNode   string   `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
+	// Signals the caller ignores (as nohup does HUP): the command starts with them ignored too,
+	// as a local child would inherit them through exec.
+	IgnoredSignals []int32 `protobuf:"varint,14,rep,packed,name=ignored_signals,json=ignoredSignals,proto3" json:"ignored_signals,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RunStart) Reset() {
@@ -1124,6 +1127,13 @@ func (x *RunStart) GetHomeNode() string {
 		return x.HomeNode
 	}
 	return ""
+}
+
+func (x *RunStart) GetIgnoredSignals() []int32 {
+	if x != nil {
+		return x.IgnoredSignals
+	}
+	return nil
 }
 
 type WindowSize struct {
@@ -2574,7 +2584,7 @@ const file_ssi_proto_rawDesc = "" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
-	"\x04node\x18\x05 \x01(\tR\x04node\"\xbe\x02\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\"\xe7\x02\n" +
 	"\bRunStart\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
@@ -2590,7 +2600,8 @@ const file_ssi_proto_rawDesc = "" +
 	"\vparent_gpid\x18\v \x01(\x03R\n" +
 	"parentGpid\x12&\n" +
 	"\x06caller\x18\f \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x1b\n" +
-	"\thome_node\x18\r \x01(\tR\bhomeNode\"4\n" +
+	"\thome_node\x18\r \x01(\tR\bhomeNode\x12'\n" +
+	"\x0fignored_signals\x18\x0e \x03(\x05R\x0eignoredSignals\"4\n" +
 	"\n" +
 	"WindowSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
