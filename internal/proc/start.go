@@ -401,8 +401,8 @@ func (s *stdio) closeParentEnds() {
 	}
 }
 
-// ignoring returns the path and argv that run argv after ignoring sigs: a shell's trap ”
-// sets SIG_IGN, which exec keeps. The shell looks the command up as Start did, in the same
+// ignoring returns the path and argv that run argv after ignoring sigs: a shell's trap with
+// an empty action sets SIG_IGN, which exec keeps. The shell looks the command up as Start did, in the same
 // PATH and directory, and keeps argv[0] as the caller gave it.
 func ignoring(sigs []syscall.Signal, argv []string) (string, []string) {
 	nums := make([]string, 0, len(sigs))
