@@ -121,6 +121,18 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("nice value and PWD", func(t *testing.T) {
+		// As a local child: the caller's nice value, and PWD naming where it runs.
+		r := inside(t, c, "n1", "nice", "-n", "7", "ssi", "run", "-n", "n2", "--", "cut", "-d ", "-f19", "/proc/self/stat")
+		if r.code != 0 || r.stdout != "7\n" {
+			t.Fatalf("nice -n 7 ssi run: %v; want nice 7", r)
+		}
+		r = inside(t, c, "n1", "env", "PWD=/", "ssi", "run", "-n", "n2", "--cwd", "/etc", "--", "printenv", "PWD")
+		if r.code != 0 || r.stdout != "/etc\n" {
+			t.Fatalf("ssi run --cwd /etc: %v; want PWD /etc", r)
+		}
+	})
+
 	t.Run("rsh", func(t *testing.T) {
 		r := inside(t, c, "n1", "ssi", "rsh", "n2", "echo", "$HOME;", "hostname;", "exit", "5")
 		if r.code != 5 || r.stdout != "/root\nn2\n" {

@@ -72,6 +72,10 @@ type Spec struct {
 	// otherwise a spawner starts the process.
 	ForkHere bool
 
+	// Nice, if not nil, is the command's nice value, as a local child inherits its
+	// parent's; nil keeps the agent's.
+	Nice *int
+
 	// Ignore lists signals the command starts with ignored (SIG_IGN), as a local child
 	// inherits its parent's through exec. The agent cannot fork with them ignored without
 	// ignoring them itself, so /bin/sh sets them and execs the command (argv as given).
@@ -179,10 +183,17 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 		},
 	}
 	var osProc *os.Process
-	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) {
+	nice := agentNice()
+	if spec.Nice != nil {
+		nice = *spec.Nice
+	}
+	if nice < -20 || nice > 19 {
+		return nil, fmt.Errorf("start %s: nice %d is out of range; pass a value from -20 to 19", name, nice)
+	}
+	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) && nice == agentNice() {
 		osProc, err = os.StartProcess(resolved, args, attr)
 	} else {
-		osProc, err = startWithUmask(resolved, args, attr, spec.Umask)
+		osProc, err = startWithUmask(resolved, args, attr, spec.Umask, nice)
 	}
 	if err != nil {
 		var errno syscall.Errno

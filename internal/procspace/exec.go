@@ -83,6 +83,11 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
 		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}
+	if c.Nice != 0 {
+		// 0 is also what an older agent sends: the agent's own then, as before.
+		nice := int(c.Nice)
+		spec.Nice = &nice
+	}
 	for _, sig := range start.IgnoredSignals {
 		if sig > 0 && sig <= 64 && sig != int32(syscall.SIGKILL) && sig != int32(syscall.SIGSTOP) {
 			spec.Ignore = append(spec.Ignore, syscall.Signal(sig))
@@ -99,6 +104,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 			return exit(ExitStartFailed, err.Error())
 		}
 		spec.Dir = dir
+		spec.Env = withPWD(spec.Env, dir)
 	}
 	var outPath string
 	if start.Detach {
@@ -422,4 +428,30 @@ func (s *Service) workingDir(dir, home, self string) (string, error) {
 	}
 	return "", fmt.Errorf("working directory %s does not exist on node %s, nor on %s (as %s): give one that does with --cwd",
 		dir, self, home, filepath.Join(tree, home, dir))
+}
+
+// withPWD sets PWD in env to dir, where the command runs, as a shell does for a local child
+// started there; a PWD that already names that directory (through a symbolic link, say) is
+// kept, as the caller's shell keeps its logical path.
+func withPWD(env []string, dir string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PWD="); ok {
+			if v == dir || sameDir(v, dir) {
+				return env
+			}
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "PWD="+dir)
+}
+
+func sameDir(a, b string) bool {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	return err == nil && os.SameFile(sa, sb)
 }

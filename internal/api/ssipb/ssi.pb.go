@@ -913,7 +913,8 @@ type Caller struct {
 	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
 	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	Umask         uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
-	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"` // the node the user called from
+	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
+	Nice          int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -981,6 +982,13 @@ func (x *Caller) GetNode() string {
 		return x.Node
 	}
 	return ""
+}
+
+func (x *Caller) GetNice() int32 {
+	if x != nil {
+		return x.Nice
+	}
+	return 0
 }
 
 type RunStart struct {
@@ -2578,13 +2586,14 @@ const file_ssi_proto_rawDesc = "" +
 	"\vPingRequest\">\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"n\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\x82\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
-	"\x04node\x18\x05 \x01(\tR\x04node\"\xe7\x02\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
+	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\xe7\x02\n" +
 	"\bRunStart\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
