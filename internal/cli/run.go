@@ -121,7 +121,11 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	// see a terminal there (ls prints columns, grep colours) and its output would come with
 	// the terminal's CRLF line ends. Redirected, a local command sees what is really there.
 	allTTY := stdinTTY && term.IsTerminal(int(os.Stdout.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
-	useTTY := o.tty || (!o.noTTY && !o.detach && allTTY)
+	// A background job (cmd &) does not own the terminal: a local one that does not read
+	// it runs on undisturbed, and so must ssi, which would be stopped (SIGTTOU) setting the
+	// terminal to raw mode, and (SIGTTIN) reading it for a command that may never read.
+	bg := stdinTTY && inBackground()
+	useTTY := o.tty || (!o.noTTY && !o.detach && allTTY && !bg)
 	cwd := o.cwd
 	if (cwd == "" || !filepath.IsAbs(cwd)) && !o.shell {
 		// A relative --cwd is relative to this directory, as cd's argument would be.
@@ -211,9 +215,17 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			defer term.Restore(int(os.Stdin.Fd()), old)
 		}
 	}
+	// Continued: perhaps brought to the foreground (fg), where stdin may be read.
+	continued := make(chan struct{}, 1)
 	go func() {
 		for sig := range sigs {
 			s := sig.(syscall.Signal)
+			if s == syscall.SIGCONT {
+				select {
+				case continued <- struct{}{}:
+				default:
+				}
+			}
 			if s == syscall.SIGWINCH && useTTY {
 				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
 					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
@@ -230,7 +242,20 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			}
 		}
 	}()
-	go pumpStdin(send)
+	go func() {
+		if stdinTTY {
+			// Read the terminal only once in the foreground: the shell's fg moves the
+			// job there and then continues it.
+			for inBackground() {
+				select {
+				case <-continued:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+		pumpStdin(send)
+	}()
 
 	for {
 		raw, err := stream.RecvRaw()
@@ -368,6 +393,13 @@ func dieIfOutputBroken() {
 		return
 	}
 	_, _ = os.Stdout.Write([]byte{0})
+}
+
+// inBackground reports whether this process is in a background job of the terminal on its
+// stdin: that terminal's foreground process group is another one.
+func inBackground() bool {
+	fg, err := unix.IoctlGetInt(int(os.Stdin.Fd()), unix.TIOCGPGRP)
+	return err == nil && fg != unix.Getpgrp()
 }
 
 // pumpStdin sends stdin in chunks until EOF. Send blocks while the remote side is not

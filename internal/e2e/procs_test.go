@@ -353,6 +353,44 @@ func TestProcessSpace(t *testing.T) {
 		if out, err := cmd.Output(); err != nil || string(out) != "pipe\n" {
 			t.Fatalf("stdin and stderr a terminal, stdout a pipe: %q, %v; want \"pipe\\n\"", out, err)
 		}
+
+		// A background job of an interactive shell (its own process group, not the
+		// terminal's) that does not read the terminal runs to its end, as a local one does,
+		// instead of being stopped for touching the terminal.
+		bgm, bgs, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bgm.Close()
+		job := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "echo", "from-the-background")
+		shell := exec.CommandContext(ctx, "/bin/sh", "-mc", `"$@" & wait $!; echo "status $?"`, "sh")
+		shell.Args = append(shell.Args, job.Args...)
+		shell.Args[len(shell.Args)-len(job.Args)] = job.Path
+		shell.Env, shell.Dir = job.Env, "/"
+		shell.Stdin, shell.Stdout, shell.Stderr = bgs, bgs, bgs
+		shell.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := shell.Start(); err != nil {
+			t.Fatal(err)
+		}
+		bgs.Close()
+		screen := &syncBuffer{}
+		copied := make(chan struct{})
+		go func() { io.Copy(screen, bgm); close(copied) }()
+		done := make(chan error, 1)
+		go func() {
+			err := shell.Wait()
+			<-copied // all the terminal showed: it ends once no process holds the terminal
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil || !strings.Contains(screen.String(), "from-the-background") || !strings.Contains(screen.String(), "status 0") {
+				t.Fatalf("ssi run in the background: %v, terminal %q", err, screen.String())
+			}
+		case <-time.After(20 * time.Second):
+			shell.Process.Kill()
+			t.Fatalf("ssi run in the background did not end (stopped?); terminal %q", screen.String())
+		}
 	})
 
 	t.Run("detach and wait", func(t *testing.T) {
