@@ -259,6 +259,33 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("client killed while stdin is backed up: no orphans", func(t *testing.T) {
+		// The agent is then blocked writing stdin the command does not read; it must still
+		// notice its client gone and end the tree.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sleep", "1006")
+		in := &countingZeros{}
+		cmd.Stdin = in
+		cmd.WaitDelay = 5 * time.Second
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		last := int64(-1)
+		eventually(t, 30*time.Second, "stdin backed up", func() bool {
+			n := in.n.Load()
+			stalled := n == last && n > 0
+			last = n
+			time.Sleep(200 * time.Millisecond)
+			return stalled
+		})
+		cmd.Process.Kill()
+		cmd.Wait()
+		eventually(t, 15*time.Second, "the remote sleep ended", func() bool {
+			return len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1006")) == 0
+		})
+	})
+
 	t.Run("signals the caller ignores stay ignored", func(t *testing.T) {
 		// As under nohup, or for a script's background job: HUP and INT ignored. The remote
 		// command inherits that, as a local one does through exec, and ssi does not catch

@@ -294,6 +294,11 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 		case <-clientGone:
 			s.endTree(r, "client gone")
 			return stream.Context().Err()
+		case <-ctx.Done():
+			// The client is gone while the receiver above is blocked writing stdin that
+			// the command does not read; ending the tree unblocks it.
+			s.endTree(r, "client gone")
+			return stream.Context().Err()
 		case <-exited:
 			exited = nil
 			drainTimer = time.After(outputDrain)
