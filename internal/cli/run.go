@@ -21,10 +21,22 @@ import (
 	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
-// forwardedSignals are those a shell would pass on to a foreground job.
-var forwardedSignals = []os.Signal{
-	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1,
-	syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP,
+// forwardedSignals are the signals passed on to the command: those a shell would pass on to
+// a foreground job, and every other one that would end a local child sent it by kill(1)
+// (ALRM, XCPU, the real-time ones...), since ssi stands in for the command. Not those the Go
+// runtime needs or that a fault raises (SEGV, BUS, FPE, ILL, TRAP, SYS, URG, CHLD), nor PIPE,
+// which tells ssi its own output is gone.
+func forwardedSignals() []os.Signal {
+	sigs := []os.Signal{
+		syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1,
+		syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP,
+		syscall.SIGABRT, syscall.SIGALRM, syscall.SIGVTALRM, syscall.SIGPROF, syscall.SIGXCPU,
+		syscall.SIGXFSZ, syscall.SIGPWR, syscall.SIGSTKFLT,
+	}
+	for n := sigRTMin; n <= sigRTMax; n++ {
+		sigs = append(sigs, syscall.Signal(n))
+	}
+	return sigs
 }
 
 type runOptions struct {
@@ -46,6 +58,7 @@ func newRunCommand(g *Globals) *cobra.Command {
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
 environment and working directory. stdin, stdout and stderr stream both ways; signals the
 shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
+as does any other sent to ssi that would end a local command (ALRM, XCPU, real-time ones),
 and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
 group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job; HUP and
 INT that the caller ignores (nohup, a script's background job) stay ignored, by the command too;
@@ -141,7 +154,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	// and INT only (the others it cannot tell).
 	var caught []os.Signal
 	var ignored []int32
-	for _, sig := range forwardedSignals {
+	for _, sig := range forwardedSignals() {
 		if signal.Ignored(sig) {
 			ignored = append(ignored, int32(sig.(syscall.Signal)))
 		} else {

@@ -188,7 +188,9 @@ func TestProcessSpace(t *testing.T) {
 		// The client stops itself after passing TSTP on (see the next test), so CONT follows it.
 		// INT and QUIT, as a terminal's keys, reach the whole job: the trap's sleep is
 		// restarted by the loop.
-		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+		// ALRM and a real-time signal, as any other kill(1) may send to the command ssi
+		// stands in for.
+		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.Signal(37),
 			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
 		script := ""
 		for _, sig := range sigs[:len(sigs)-1] {
