@@ -161,7 +161,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			caught = append(caught, sig)
 		}
 	}
-	start := &ssipb.RunStart{IgnoredSignals: ignored,
+	start := &ssipb.RunStart{IgnoredSignals: ignored, StderrToStdout: !useTTY && sameFile(os.Stdout, os.Stderr),
 		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
 		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
 	}
@@ -406,6 +406,17 @@ func dieIfOutputBroken() {
 		return
 	}
 	_, _ = os.Stdout.Write([]byte{0})
+}
+
+// sameFile reports whether a and b are the same file (2>&1 makes them so), whose writes a
+// local command would interleave in the order it makes them.
+func sameFile(a, b *os.File) bool {
+	sa, err := a.Stat()
+	if err != nil {
+		return false
+	}
+	sb, err := b.Stat()
+	return err == nil && os.SameFile(sa, sb)
 }
 
 // inBackground reports whether this process is in a background job of the terminal on its

@@ -133,6 +133,25 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("2>&1 keeps the order of stdout and stderr", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c",
+			`i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done`)
+		var both bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &both, &both // one pipe for both, as 2>&1
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		var want strings.Builder
+		for i := range 300 {
+			fmt.Fprintf(&want, "out%d\nerr%d\n", i, i)
+		}
+		if both.String() != want.String() {
+			t.Fatalf("stdout and stderr into one pipe came out of order:\n%s", both.String())
+		}
+	})
+
 	t.Run("rsh", func(t *testing.T) {
 		r := inside(t, c, "n1", "ssi", "rsh", "n2", "echo", "$HOME;", "hostname;", "exit", "5")
 		if r.code != 5 || r.stdout != "/root\nn2\n" {

@@ -55,6 +55,9 @@ type Spec struct {
 	// Stdin, Stdout and Stderr are handed to the child as they are. Each one left nil
 	// becomes a pipe whose other end Process.Stdin, Stdout or Stderr returns.
 	Stdin, Stdout, Stderr *os.File
+	// StderrToStdout, with Stderr nil, makes the child's stderr its stdout (2>&1), so that
+	// their writes keep their order; Process.Stderr is then nil.
+	StderrToStdout bool
 
 	// CgroupParent is where the process tree's own cgroup is created, relative to the
 	// cgroup2 mount (created if missing). CgroupMount is that mount; empty means the one
@@ -342,7 +345,11 @@ func newStdio(spec Spec, who caller) (s *stdio, err error) {
 	}
 	s.child[0] = pipe(spec.Stdin, true, &s.parentStdin)
 	s.child[1] = pipe(spec.Stdout, false, &s.parentStdout)
-	s.child[2] = pipe(spec.Stderr, false, &s.parentStderr)
+	if spec.StderrToStdout && spec.Stderr == nil {
+		s.child[2] = s.child[1]
+	} else {
+		s.child[2] = pipe(spec.Stderr, false, &s.parentStderr)
+	}
 	return s, err2
 }
 

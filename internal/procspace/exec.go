@@ -80,6 +80,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		Args: args, Env: ssipb.StringWords(start.Env), Dir: string(start.Cwd),
 		UID: c.Uid, GID: c.Gid, Groups: c.Groups, Umask: int(c.Umask),
 		TTY: start.Tty, Rows: uint16(start.Rows), Cols: uint16(start.Cols),
+		StderrToStdout: start.StderrToStdout && !start.Tty,
 		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
 		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}

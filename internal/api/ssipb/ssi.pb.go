@@ -1012,6 +1012,9 @@ type RunStart struct {
 	// Signals the caller ignores (as nohup does HUP): the command starts with them ignored too,
 	// as a local child would inherit them through exec.
 	IgnoredSignals []int32 `protobuf:"varint,14,rep,packed,name=ignored_signals,json=ignoredSignals,proto3" json:"ignored_signals,omitempty"`
+	// The caller's stderr is its stdout (2>&1): the command gets one pipe for both, as it would
+	// locally, so that what it writes to each keeps its order.
+	StderrToStdout bool `protobuf:"varint,15,opt,name=stderr_to_stdout,json=stderrToStdout,proto3" json:"stderr_to_stdout,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1142,6 +1145,13 @@ func (x *RunStart) GetIgnoredSignals() []int32 {
 		return x.IgnoredSignals
 	}
 	return nil
+}
+
+func (x *RunStart) GetStderrToStdout() bool {
+	if x != nil {
+		return x.StderrToStdout
+	}
+	return false
 }
 
 type WindowSize struct {
@@ -2593,7 +2603,7 @@ const file_ssi_proto_rawDesc = "" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\xe7\x02\n" +
+	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\x91\x03\n" +
 	"\bRunStart\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
@@ -2610,7 +2620,8 @@ const file_ssi_proto_rawDesc = "" +
 	"parentGpid\x12&\n" +
 	"\x06caller\x18\f \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x1b\n" +
 	"\thome_node\x18\r \x01(\tR\bhomeNode\x12'\n" +
-	"\x0fignored_signals\x18\x0e \x03(\x05R\x0eignoredSignals\"4\n" +
+	"\x0fignored_signals\x18\x0e \x03(\x05R\x0eignoredSignals\x12(\n" +
+	"\x10stderr_to_stdout\x18\x0f \x01(\bR\x0estderrToStdout\"4\n" +
 	"\n" +
 	"WindowSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
