@@ -81,8 +81,8 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		UID: c.Uid, GID: c.Gid, Groups: c.Groups, Umask: int(c.Umask),
 		TTY: start.Tty, Rows: uint16(start.Rows), Cols: uint16(start.Cols),
 		StderrToStdout: start.StderrToStdout && !start.Tty,
-		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
-		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
+		CgroupParent:   s.cfg.CgroupParent + "/" + attachedGroup,
+		NodeIndex:      int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
 	}
 	if c.Nice != 0 {
 		// 0 is also what an older agent sends: the agent's own then, as before.
