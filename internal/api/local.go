@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -239,7 +240,7 @@ func (l *LocalServer) handle(conn net.Conn, forGRPC *chanListener) {
 	}
 	if lean {
 		defer l.untrack(uc)
-		l.serveConn(c, info)
+		l.serveConn(c, uc, info)
 		return
 	}
 	l.untrack(uc)
@@ -347,7 +348,7 @@ func (c *chanListener) Close() error {
 func (c *chanListener) Addr() net.Addr { return c.addr }
 
 // serveConn serves the one call of a lean connection, and closes it.
-func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
+func (l *LocalServer) serveConn(conn net.Conn, raw syscall.Conn, info callerAuthInfo) {
 	defer conn.Close()
 	br := bufio.NewReaderSize(conn, 4<<10)
 	timeout, method, err := readCallHeader(br)
@@ -367,6 +368,7 @@ func (l *LocalServer) serveConn(conn net.Conn, info callerAuthInfo) {
 	ctx = grpc.NewContextWithServerTransportStream(ctx, localTransportStream(method))
 	call := &localCall{
 		conn:   conn,
+		raw:    raw,
 		br:     br,
 		ctx:    ctx,
 		cancel: cancel,
@@ -421,6 +423,7 @@ func readCallHeader(br *bufio.Reader) (time.Duration, string, error) {
 // localCall is a call on a lean connection, and its grpc.ServerStream.
 type localCall struct {
 	conn   net.Conn
+	raw    syscall.Conn // conn's socket, watched for a hang-up while nothing reads it
 	br     *bufio.Reader
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -484,11 +487,21 @@ func (c *localCall) enqueue(buf mem.Buffer) bool {
 	c.qmu.Lock()
 	for !c.finished && len(c.queue) > 0 && c.queued+size > queueWindow {
 		c.qmu.Unlock()
-		// Not reading now, this loop cannot notice the client hanging up; the handler can
-		// (it takes a message, or ends), and so can the call's timeout or Stop.
+		// Not reading now, this loop cannot notice the client hanging up by reading; a
+		// handler that takes no message (one blocked writing a command's stdin, which the
+		// command does not read) would then serve a client killed meanwhile for ever, and
+		// its process tree with it. So the socket is watched for the hang-up meanwhile.
+		stop := make(chan struct{})
+		hup := watchHangup(c.raw, stop)
 		select {
 		case <-c.qspace: // end signals it too
+			close(stop)
+		case <-hup:
+			buf.Free()
+			c.conn.Close()
+			return false
 		case <-c.ctx.Done():
+			close(stop)
 			buf.Free()
 			c.conn.Close()
 			return false
@@ -661,3 +674,41 @@ func (m localTransportStream) Method() string             { return string(m) }
 func (localTransportStream) SetHeader(metadata.MD) error  { return nil }
 func (localTransportStream) SendHeader(metadata.MD) error { return nil }
 func (localTransportStream) SetTrailer(metadata.MD) error { return nil }
+
+// hangupPoll is how long one look for a hang-up blocks its thread.
+const hangupPoll = 200 // ms
+
+// watchHangup returns a channel closed once the peer of raw hangs up (shuts down its sending
+// side, or the socket fails), until stop is closed. Data the peer sent and nobody read yet
+// does not hide a hang-up: POLLRDHUP reports it all the same.
+func watchHangup(raw syscall.Conn, stop <-chan struct{}) <-chan struct{} {
+	hup := make(chan struct{})
+	if raw == nil {
+		return hup
+	}
+	rc, err := raw.SyscallConn()
+	if err != nil {
+		return hup
+	}
+	go func() {
+		for {
+			hungUp := false
+			err := rc.Control(func(fd uintptr) {
+				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+				if n, err := unix.Poll(fds, hangupPoll); err == nil && n > 0 {
+					hungUp = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+				}
+			})
+			if hungUp || err != nil {
+				close(hup)
+				return
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+		}
+	}()
+	return hup
+}

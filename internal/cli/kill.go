@@ -17,10 +17,11 @@ import (
 
 func newKillCommand(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "kill [-s SIG | -SIG] GPID...",
+		Use:   "kill [-s SIG | --signal=SIG | -SIG | -N] GPID...",
 		Short: "Send a signal to processes anywhere in the cluster, like kill(1)",
 		Long: `Send a signal (default TERM) to processes by global process id. A user may signal only
-their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or a number.`,
+their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or a number,
+given as -s SIG, -sSIG, -n N, --signal SIG, --signal=SIG, -SIG or -N.`,
 		Example: `  ssi kill 20004321
   ssi kill -9 20004321 30000042
   ssi kill -s USR1 20004321
@@ -95,9 +96,12 @@ func help(args []string) bool {
 	return false
 }
 
-// parseKillArgs reads kill(1)-style arguments.
+// parseKillArgs reads kill(1)-style arguments: the signal as -s SIG, -sSIG, -n SIG,
+// --signal SIG, --signal=SIG, -SIG or -N. As kill(1), a bad signal is reported before a bad
+// GPID, wherever each stands.
 func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, err error) {
 	sig = unix.SIGTERM
+	var words []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -105,34 +109,43 @@ func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, er
 			return 0, nil, true, nil
 		case a == "-h" || a == "--help":
 			return sig, nil, false, nil
-		case a == "-s" || a == "--signal":
+		case a == "-s" || a == "--signal" || a == "-n":
 			if i+1 >= len(args) {
-				return 0, nil, false, errors.New("-s needs a signal name or number, e.g. -s KILL")
+				return 0, nil, false, fmt.Errorf("%s needs a signal name or number, e.g. %s KILL", a, a)
 			}
 			i++
 			if sig, err = parseSignal(args[i]); err != nil {
 				return 0, nil, false, err
 			}
-		case a == "--":
-			for _, rest := range args[i+1:] {
-				g, err := gpid.Parse(rest)
-				if err != nil {
-					return 0, nil, false, err
-				}
-				gpids = append(gpids, g)
-			}
-			i = len(args)
-		case strings.HasPrefix(a, "-") && len(a) > 1:
-			if sig, err = parseSignal(a[1:]); err != nil {
+		case strings.HasPrefix(a, "--signal="):
+			if sig, err = parseSignal(strings.TrimPrefix(a, "--signal=")); err != nil {
 				return 0, nil, false, err
 			}
-		default:
-			g, err := gpid.Parse(a)
+		case a == "--":
+			words = append(words, args[i+1:]...)
+			i = len(args)
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			sig, err = parseSignal(a[1:])
+			if err != nil && len(a) > 2 && (a[1] == 's' || a[1] == 'n') {
+				// -sTERM, -n9: the option with its value attached. A whole name comes
+				// first, so that -stop (STOP, any case as elsewhere) keeps its meaning.
+				if s, err2 := parseSignal(a[2:]); err2 == nil {
+					sig, err = s, nil
+				}
+			}
 			if err != nil {
 				return 0, nil, false, err
 			}
-			gpids = append(gpids, g)
+		default:
+			words = append(words, a)
 		}
+	}
+	for _, w := range words {
+		g, err := gpid.Parse(w)
+		if err != nil {
+			return 0, nil, false, err
+		}
+		gpids = append(gpids, g)
 	}
 	if len(gpids) == 0 {
 		return 0, nil, false, errors.New("no GPID given: usage is ssi kill [-s SIG | -SIG] GPID... (see ssi ps)")

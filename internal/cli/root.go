@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/buildinfo"
 	"github.com/ssi-cluster/ssi/internal/localrpc"
@@ -148,6 +149,9 @@ func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 		if ee.msg != "" {
 			fmt.Fprintln(os.Stderr, "ssi: "+ee.msg)
 		}
+		if ee.signal != 0 {
+			dieOfSignal(ee.signal)
+		}
 		return ee.code
 	}
 	fmt.Fprintln(os.Stderr, "ssi: "+err.Error())
@@ -158,6 +162,9 @@ func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 type exitError struct {
 	code int
 	msg  string
+	// signal, if not 0, is the signal to die of instead (code is then 128+signal): the one
+	// that killed a remote command.
+	signal unix.Signal
 }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }

@@ -21,10 +21,22 @@ import (
 	"github.com/ssi-cluster/ssi/internal/localrpc"
 )
 
-// forwardedSignals are those a shell would pass on to a foreground job.
-var forwardedSignals = []os.Signal{
-	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1,
-	syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP,
+// forwardedSignals are the signals passed on to the command: those a shell would pass on to
+// a foreground job, and every other one that would end a local child sent it by kill(1)
+// (ALRM, XCPU, the real-time ones...), since ssi stands in for the command. Not those the Go
+// runtime needs or that a fault raises (SEGV, BUS, FPE, ILL, TRAP, SYS, URG, CHLD), nor PIPE,
+// which tells ssi its own output is gone.
+func forwardedSignals() []os.Signal {
+	sigs := []os.Signal{
+		syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1,
+		syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGTSTP,
+		syscall.SIGABRT, syscall.SIGALRM, syscall.SIGVTALRM, syscall.SIGPROF, syscall.SIGXCPU,
+		syscall.SIGXFSZ, syscall.SIGPWR, syscall.SIGSTKFLT,
+	}
+	for n := sigRTMin; n <= sigRTMax; n++ {
+		sigs = append(sigs, syscall.Signal(n))
+	}
+	return sigs
 }
 
 type runOptions struct {
@@ -46,10 +58,13 @@ func newRunCommand(g *Globals) *cobra.Command {
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
 environment and working directory. stdin, stdout and stderr stream both ways; signals the
 shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
+as does any other sent to ssi that would end a local command (ALRM, XCPU, real-time ones),
 and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
-group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job;
-the exit status is the command's (128+N after death by signal N, 127 for a command that is not
-found, 255 when the node running it is lost). Without -n the agent places the command: it stays
+group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job; HUP and
+INT that the caller ignores (nohup, a script's background job) stay ignored, by the command too;
+the exit status is the command's (127 for a command that is not found, 255 when the node
+running it is lost); after the command's death by signal N, ssi dies of N too, so that a shell
+sees 128+N and treats it as it would a local child killed by N. Without -n the agent places the command: it stays
 on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
 
 With --detach, ssi prints the command's global process id (GPID) and returns; the command's
@@ -67,7 +82,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.node, "node", "n", "", "node to run on (default: placed by load)")
-	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal (default when stdin is a terminal)")
+	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal (default when stdin, stdout and stderr are terminals)")
 	f.BoolVarP(&o.noTTY, "no-tty", "T", false, "never give the command a terminal")
 	f.BoolVar(&o.detach, "detach", false, "start the command, print its GPID and return")
 	f.StringArrayVar(&o.env, "env", nil, "set an environment variable, K=V (repeatable)")
@@ -114,7 +129,16 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		}
 	}
 	stdinTTY := term.IsTerminal(int(os.Stdin.Fd()))
-	useTTY := o.tty || (!o.noTTY && !o.detach && stdinTTY)
+	// A terminal only when all three are one: a pseudo-terminal is the command's stdin,
+	// stdout and stderr at once, so with stdout going to a pipe or a file the command would
+	// see a terminal there (ls prints columns, grep colours) and its output would come with
+	// the terminal's CRLF line ends. Redirected, a local command sees what is really there.
+	allTTY := stdinTTY && term.IsTerminal(int(os.Stdout.Fd())) && term.IsTerminal(int(os.Stderr.Fd()))
+	// A background job (cmd &) does not own the terminal: a local one that does not read
+	// it runs on undisturbed, and so must ssi, which would be stopped (SIGTTOU) setting the
+	// terminal to raw mode, and (SIGTTIN) reading it for a command that may never read.
+	bg := stdinTTY && inBackground()
+	useTTY := o.tty || (!o.noTTY && !o.detach && allTTY && !bg)
 	cwd := o.cwd
 	if (cwd == "" || !filepath.IsAbs(cwd)) && !o.shell {
 		// A relative --cwd is relative to this directory, as cd's argument would be.
@@ -124,8 +148,21 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		}
 		cwd = filepath.Join(wd, cwd)
 	}
-	start := &ssipb.RunStart{
-		Args: args, Env: append(os.Environ(), o.env...), Cwd: cwd, Node: o.node,
+	// A signal the caller ignores (nohup's HUP, INT and QUIT of a background job of a
+	// script) stays ignored: by this process, which must not catch it and pass it on, and by
+	// the command, as a local child keeps it through exec. The Go runtime keeps that of HUP
+	// and INT only (the others it cannot tell).
+	var caught []os.Signal
+	var ignored []int32
+	for _, sig := range forwardedSignals() {
+		if signal.Ignored(sig) {
+			ignored = append(ignored, int32(sig.(syscall.Signal)))
+		} else {
+			caught = append(caught, sig)
+		}
+	}
+	start := &ssipb.RunStart{IgnoredSignals: ignored, StderrToStdout: !useTTY && sameFile(os.Stdout, os.Stderr),
+		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
 		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
 	}
 	if useTTY {
@@ -143,6 +180,16 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Caught before the session starts: a signal that comes while the command is being
+	// started reaches it once it runs, as a local child forked and exec'd at once would get
+	// it. Never stopped: signal.Stop waits for the runtime's signal goroutine to go idle,
+	// ~0.4 ms of a 6 ms ssi run, and the process ends once the session has. A signal that
+	// comes in between is dropped, as it would reach no process anyway.
+	var sigs chan os.Signal
+	if !o.detach {
+		sigs = make(chan os.Signal, 16)
+		signal.Notify(sigs, caught...)
+	}
 	conn, stream, err := g.openRun(ctx, passOut, passErr)
 	if err != nil {
 		return g.rpcError(err)
@@ -169,7 +216,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	if o.detach {
 		fmt.Println(started.Gpid)
-		if started.OutputPath != "" {
+		if len(started.OutputPath) != 0 {
 			fmt.Fprintf(os.Stderr, "ssi: output of %d goes to %s on %s\n", started.Gpid, started.OutputPath, started.Node)
 		}
 		return nil
@@ -181,24 +228,24 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			defer term.Restore(int(os.Stdin.Fd()), old)
 		}
 	}
-	// Never stopped: signal.Stop waits for the runtime's signal goroutine to go idle, ~0.4 ms
-	// of a 6 ms ssi run, and the process ends once the session has. A signal that comes in
-	// between is dropped, as it would reach no process anyway.
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, forwardedSignals...)
+	// Continued: perhaps brought to the foreground (fg), where stdin may be read.
+	continued := make(chan struct{}, 1)
 	go func() {
 		for sig := range sigs {
 			s := sig.(syscall.Signal)
-			if s == syscall.SIGWINCH {
+			if s == syscall.SIGCONT {
+				select {
+				case continued <- struct{}{}:
+				default:
+				}
+			}
+			if s == syscall.SIGWINCH && useTTY {
 				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
 					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
 				}
-				if !useTTY {
-					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
-				}
 				continue
 			}
-			_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(s)}})
+			g.signalSession(ctx, started.Gpid, s, send)
 			if s == syscall.SIGTSTP && !useTTY {
 				// A local child stopped by Ctrl-Z gives the shell its prompt back; so does
 				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
@@ -208,7 +255,20 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			}
 		}
 	}()
-	go pumpStdin(send)
+	go func() {
+		if stdinTTY {
+			// Read the terminal only once in the foreground: the shell's fg moves the
+			// job there and then continues it.
+			for inBackground() {
+				select {
+				case <-continued:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+		pumpStdin(send)
+	}()
 
 	for {
 		raw, err := stream.RecvRaw()
@@ -239,7 +299,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 			if ex.Code == int32(ssipb.ExitOutputFailed) && ex.Message == "" && passOut != nil {
 				dieIfOutputBroken()
 			}
-			return exitError{code: int(ex.Code), msg: ex.Message}
+			return exitError{code: int(ex.Code), msg: ex.Message, signal: unix.Signal(ex.Signal)}
 		}
 	}
 }
@@ -267,6 +327,19 @@ func stdoutWriteError(err error) exitError {
 		return exitError{code: ssipb.ExitOutputFailed}
 	}
 	return exitError{code: ssipb.ExitOutputError, msg: "writing standard output: " + errno.Error()}
+}
+
+// signalSession passes sig on to the session's command, gpid, through a call of its own: on
+// the session's stream it would wait behind stdin that the command does not read, as long as
+// the command does not read it. Only an agent that cannot be reached gets it on the stream.
+// It returns once the signal was delivered, or could not be.
+func (g *Globals) signalSession(ctx context.Context, gpid int64, sig syscall.Signal, send func(*ssipb.RunInput) error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	req := &ssipb.KillRequest{Gpids: []int64{gpid}, Signal: int32(sig), Session: true}
+	if _, err := g.control().Kill(ctx, req); err != nil && ctx.Err() == nil {
+		_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(sig)}})
+	}
 }
 
 // stopUnlessContinued stops this process as a local child stopped by Ctrl-Z would be, once
@@ -333,6 +406,24 @@ func dieIfOutputBroken() {
 		return
 	}
 	_, _ = os.Stdout.Write([]byte{0})
+}
+
+// sameFile reports whether a and b are the same file (2>&1 makes them so), whose writes a
+// local command would interleave in the order it makes them.
+func sameFile(a, b *os.File) bool {
+	sa, err := a.Stat()
+	if err != nil {
+		return false
+	}
+	sb, err := b.Stat()
+	return err == nil && os.SameFile(sa, sb)
+}
+
+// inBackground reports whether this process is in a background job of the terminal on its
+// stdin: that terminal's foreground process group is another one.
+func inBackground() bool {
+	fg, err := unix.IoctlGetInt(int(os.Stdin.Fd()), unix.TIOCGPGRP)
+	return err == nil && fg != unix.Getpgrp()
 }
 
 // pumpStdin sends stdin in chunks until EOF. Send blocks while the remote side is not

@@ -68,3 +68,41 @@ func TestRealTimeSignalNames(t *testing.T) {
 		}
 	}
 }
+
+// TestKillArgs checks the forms of kill(1) and its order of errors: a bad signal first.
+func TestKillArgs(t *testing.T) {
+	for _, tt := range []struct {
+		args    []string
+		sig     unix.Signal
+		wantErr string
+	}{
+		{[]string{"20000001"}, unix.SIGTERM, ""},
+		{[]string{"-9", "20000001"}, unix.SIGKILL, ""},
+		{[]string{"-KILL", "20000001"}, unix.SIGKILL, ""},
+		{[]string{"-s", "HUP", "20000001"}, unix.SIGHUP, ""},
+		{[]string{"-sHUP", "20000001"}, unix.SIGHUP, ""},
+		{[]string{"-s9", "20000001"}, unix.SIGKILL, ""},
+		{[]string{"-n", "9", "20000001"}, unix.SIGKILL, ""},
+		{[]string{"-n9", "20000001"}, unix.SIGKILL, ""},
+		{[]string{"--signal", "USR1", "20000001"}, unix.SIGUSR1, ""},
+		{[]string{"--signal=USR1", "20000001"}, unix.SIGUSR1, ""},
+		{[]string{"-stop", "20000001"}, unix.SIGSTOP, ""},
+		{[]string{"-SYS", "20000001"}, unix.SIGSYS, ""},
+		{[]string{"--", "20000001"}, unix.SIGTERM, ""},
+		{[]string{"12x", "-BOGUS"}, 0, "unknown signal"},
+		{[]string{"12x", "-s", "BOGUS"}, 0, "unknown signal"},
+		{[]string{"12x", "-9"}, 0, "is not a GPID"},
+		{[]string{"-sBOGUS", "20000001"}, 0, "unknown signal"},
+	} {
+		sig, _, _, err := parseKillArgs(tt.args)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%q: %v, %v; want an error containing %q", tt.args, sig, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || sig != tt.sig {
+			t.Errorf("%q: %v, %v; want %v", tt.args, sig, err, tt.sig)
+		}
+	}
+}

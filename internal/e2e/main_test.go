@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,11 +97,12 @@ func tail(s string, n int) string {
 // result is what a CLI invocation produced.
 type result struct {
 	stdout, stderr string
-	code           int
+	code           int            // as a shell's $?: 128+N after death by signal N
+	signal         syscall.Signal // the signal it died of, 0 if it exited
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	return fmt.Sprintf("exit %d (signal %d), stdout %q, stderr %q", r.code, r.signal, r.stdout, r.stderr)
 }
 
 // runCmd runs cmd to completion with an optional stdin.
@@ -112,14 +114,18 @@ func runCmd(t *testing.T, cmd *exec.Cmd, stdin string) result {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
 	err := cmd.Run()
-	code := 0
+	code, sig := 0, syscall.Signal(0)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			sig = ws.Signal()
+			code = 128 + int(sig)
+		}
 	} else if err != nil {
 		t.Fatalf("running %v: %v", cmd.Args, err)
 	}
-	return result{out.String(), errb.String(), code}
+	return result{out.String(), errb.String(), code, sig}
 }
 
 // ssi runs the CLI from the machine against node's agent.

@@ -7,14 +7,18 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/creack/pty"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 )
@@ -67,6 +71,10 @@ func TestProcessSpace(t *testing.T) {
 			{[]string{"run", "-n", "n2", "--", "hostname"}, 0, "n2\n", ""},
 			{[]string{"run", "-n", "n3", "--", "sh", "-c", "echo out; echo err >&2; exit 3"}, 3, "out\n", "err"},
 			{[]string{"run", "-n", "n2", "--", "sh", "-c", "kill -9 $$"}, 137, "", ""},
+			// ssi dies of the command's signal, as a shell sees a local child die; never of
+			// the Go runtime's stack dump for QUIT.
+			{[]string{"run", "-n", "n2", "--", "sh", "-c", "kill -TERM $$"}, 143, "", ""},
+			{[]string{"run", "-n", "n3", "--", "sh", "-c", "kill -QUIT $$"}, 131, "", ""},
 			{[]string{"run", "-n", "n2", "--", "no-such-command"}, 127, "", "no-such-command: command not found"},
 			{[]string{"run", "-n", "n2", "--cwd", "/no/such/dir", "--", "true"}, 1, "", "does not exist on node n2"},
 			{[]string{"run", "-n", "n9", "--", "true"}, 1, "", `unknown node "n9"`},
@@ -77,6 +85,70 @@ func TestProcessSpace(t *testing.T) {
 			if r.code != tt.code || r.stdout != tt.out || !strings.Contains(r.stderr, tt.inErr) {
 				t.Errorf("ssi %v: %v; want exit %d, stdout %q, stderr containing %q", tt.args, r, tt.code, tt.out, tt.inErr)
 			}
+			if wantSig := tt.code > 128 && tt.code < 128+65; (r.signal != 0) != wantSig || (wantSig && tt.inErr == "" && r.stderr != "") {
+				t.Errorf("ssi %v: %v; want death by signal %d, as the command's, and no message", tt.args, r, tt.code-128)
+			}
+		}
+	})
+
+	t.Run("arguments, environment and directory that are not UTF-8", func(t *testing.T) {
+		// Unix passes them as bytes (a Latin-1 file name, say); a local child gets them as they are.
+		base, err := os.MkdirTemp("/var/tmp", "ssi-e2e-bytes") // /tmp is each host's own
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(base)
+		dir := base + "/caf\xe9"
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		r := ssi(t, c, "n1", "run", "-n", "n2", "--cwd", dir, "--env", "X=\xfe\xff", "--",
+			"sh", "-c", `printf '%s|%s|%s' "$1" "$X" "$(pwd -P)"`, "sh", "a\x80b")
+		if want := "a\x80b|\xfe\xff|" + dir; r.code != 0 || r.stdout != want {
+			t.Fatalf("%v; want stdout %q", r, want)
+		}
+		// ssi ps lists such a command line, with '?' for what is not printable, as ps(1) does.
+		r = ssi(t, c, "n1", "run", "--detach", "-n", "n2", "--cwd", dir, "--", "sh", "-c", "sleep 301", "a\xffb\tc")
+		g := strings.TrimSpace(r.stdout)
+		list := ps(t, c, "n1", "-n", "n2")
+		if found := findProcs(list, "n2", "sh -c sleep 301 a?b?c"); r.code != 0 || len(found) != 1 {
+			t.Errorf("ssi ps does not show the command line as ps(1) would: %v, %+v", r, list)
+		}
+		ssi(t, c, "n1", "kill", "-9", g)
+		// A message quoting such bytes still arrives, with its status.
+		if r := ssi(t, c, "n1", "run", "-n", "n2", "--", "no-such-\xff"); r.code != 127 || !strings.Contains(r.stderr, "no-such-") {
+			t.Fatalf("a command not found whose name is not UTF-8: %v", r)
+		}
+	})
+
+	t.Run("nice value and PWD", func(t *testing.T) {
+		// As a local child: the caller's nice value, and PWD naming where it runs.
+		r := inside(t, c, "n1", "nice", "-n", "7", "ssi", "run", "-n", "n2", "--", "cut", "-d ", "-f19", "/proc/self/stat")
+		if r.code != 0 || r.stdout != "7\n" {
+			t.Fatalf("nice -n 7 ssi run: %v; want nice 7", r)
+		}
+		r = inside(t, c, "n1", "env", "PWD=/", "ssi", "run", "-n", "n2", "--cwd", "/etc", "--", "printenv", "PWD")
+		if r.code != 0 || r.stdout != "/etc\n" {
+			t.Fatalf("ssi run --cwd /etc: %v; want PWD /etc", r)
+		}
+	})
+
+	t.Run("2>&1 keeps the order of stdout and stderr", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c",
+			`i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done`)
+		var both bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &both, &both // one pipe for both, as 2>&1
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		var want strings.Builder
+		for i := range 300 {
+			fmt.Fprintf(&want, "out%d\nerr%d\n", i, i)
+		}
+		if both.String() != want.String() {
+			t.Fatalf("stdout and stderr into one pipe came out of order:\n%s", both.String())
 		}
 	})
 
@@ -135,7 +207,9 @@ func TestProcessSpace(t *testing.T) {
 		// The client stops itself after passing TSTP on (see the next test), so CONT follows it.
 		// INT and QUIT, as a terminal's keys, reach the whole job: the trap's sleep is
 		// restarted by the loop.
-		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+		// ALRM and a real-time signal, as any other kill(1) may send to the command ssi
+		// stands in for.
+		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.Signal(37),
 			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
 		script := ""
 		for _, sig := range sigs[:len(sigs)-1] {
@@ -165,6 +239,101 @@ func TestProcessSpace(t *testing.T) {
 		err := cmd.Wait()
 		if cmd.ProcessState.ExitCode() != 42 {
 			t.Errorf("exit %d (%v), output %q; want 42 from the TERM trap", cmd.ProcessState.ExitCode(), err, out.String())
+		}
+	})
+
+	t.Run("signals pass stdin the command does not read", func(t *testing.T) {
+		// Endless stdin fills every buffer on the way to a command that never reads it; a
+		// signal must not wait behind it, as a local child's does not.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c",
+			"trap 'echo got TERM; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
+		in := &countingZeros{}
+		out := &syncBuffer{}
+		cmd.Stdin, cmd.Stdout = in, out
+		cmd.WaitDelay = 5 * time.Second // the endless copy into its stdin ends with it
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "remote script ready", func() bool { return strings.Contains(out.String(), "ready") })
+		last := int64(-1)
+		eventually(t, 30*time.Second, "stdin backed up", func() bool {
+			n := in.n.Load()
+			stalled := n == last && n > 0
+			last = n
+			time.Sleep(200 * time.Millisecond)
+			return stalled
+		})
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if cmd.ProcessState.ExitCode() != 42 {
+			t.Fatalf("%v after TERM, output %q; want 42 from the TERM trap", cmd.ProcessState, out.String())
+		}
+	})
+
+	t.Run("client killed while stdin is backed up: no orphans", func(t *testing.T) {
+		// The agent is then blocked writing stdin the command does not read; it must still
+		// notice its client gone and end the tree.
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sleep", "1006")
+		in := &countingZeros{}
+		cmd.Stdin = in
+		cmd.WaitDelay = 5 * time.Second
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		last := int64(-1)
+		eventually(t, 30*time.Second, "stdin backed up", func() bool {
+			n := in.n.Load()
+			stalled := n == last && n > 0
+			last = n
+			time.Sleep(200 * time.Millisecond)
+			return stalled
+		})
+		cmd.Process.Kill()
+		cmd.Wait()
+		eventually(t, 15*time.Second, "the remote sleep ended", func() bool {
+			return len(findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1006")) == 0
+		})
+	})
+
+	t.Run("signals the caller ignores stay ignored", func(t *testing.T) {
+		// As under nohup, or for a script's background job: HUP and INT ignored. The remote
+		// command inherits that, as a local one does through exec, and ssi does not catch
+		// them and pass them on.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-T", "-n", "n2", "--", "sh", "-c", `grep ^SigIgn: /proc/$$/status; read x; echo done`)
+		cmd.Args = append([]string{"sh", "-c", `trap '' HUP INT; exec "$0" "$@"`, cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = "/bin/sh"
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &syncBuffer{}
+		cmd.Stdout = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "the remote command's signal mask", func() bool { return strings.Contains(out.String(), "\n") })
+		cmd.Process.Signal(syscall.SIGHUP)
+		cmd.Process.Signal(syscall.SIGINT)
+		io.WriteString(stdin, "go\n")
+		stdin.Close()
+		err = cmd.Wait()
+		mask, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(strings.Split(out.String(), "\n")[0], "SigIgn:")), 16, 64)
+		if err != nil || mask&3 != 3 || !strings.HasSuffix(out.String(), "done\n") {
+			t.Fatalf("%v, output %q; want HUP and INT (mask 3) ignored remotely, and the command to finish", err, out.String())
 		}
 	})
 
@@ -201,8 +370,8 @@ func TestProcessSpace(t *testing.T) {
 		})
 		cmd.Process.Signal(syscall.SIGINT)
 		cmd.Wait()
-		if code := cmd.ProcessState.ExitCode(); code != 130 || strings.Contains(out.String(), "after") {
-			t.Fatalf("exit %d, output %q; want 130 and no \"after\"", code, out.String())
+		if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGINT || strings.Contains(out.String(), "after") {
+			t.Fatalf("%v, output %q; want death by SIGINT and no \"after\"", cmd.ProcessState, out.String())
 		}
 		if left := findProcs(ps(t, c, "n1", "-n", "n2"), "n2", "sleep 1004"); len(left) != 0 {
 			t.Fatalf("left behind: %+v", left)
@@ -217,6 +386,59 @@ func TestProcessSpace(t *testing.T) {
 		if r := ssi(t, c, "n1", "run", "-T", "-n", "n2", "--", "tty"); r.code == 0 {
 			t.Fatalf("run -T gave a terminal: %v", r)
 		}
+		// At a terminal with the output redirected, the command sees its stdout as it is:
+		// no terminal, and no CRLF in the output.
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		defer pts.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c", "test -t 1 && echo terminal || echo pipe")
+		cmd.Stdin, cmd.Stderr = pts, pts
+		if out, err := cmd.Output(); err != nil || string(out) != "pipe\n" {
+			t.Fatalf("stdin and stderr a terminal, stdout a pipe: %q, %v; want \"pipe\\n\"", out, err)
+		}
+
+		// A background job of an interactive shell (its own process group, not the
+		// terminal's) that does not read the terminal runs to its end, as a local one does,
+		// instead of being stopped for touching the terminal.
+		bgm, bgs, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bgm.Close()
+		job := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "echo", "from-the-background")
+		shell := exec.CommandContext(ctx, "/bin/sh", "-mc", `"$@" & wait $!; echo "status $?"`, "sh")
+		shell.Args = append(shell.Args, job.Args...)
+		shell.Args[len(shell.Args)-len(job.Args)] = job.Path
+		shell.Env, shell.Dir = job.Env, "/"
+		shell.Stdin, shell.Stdout, shell.Stderr = bgs, bgs, bgs
+		shell.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := shell.Start(); err != nil {
+			t.Fatal(err)
+		}
+		bgs.Close()
+		screen := &syncBuffer{}
+		copied := make(chan struct{})
+		go func() { io.Copy(screen, bgm); close(copied) }()
+		done := make(chan error, 1)
+		go func() {
+			err := shell.Wait()
+			<-copied // all the terminal showed: it ends once no process holds the terminal
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil || !strings.Contains(screen.String(), "from-the-background") || !strings.Contains(screen.String(), "status 0") {
+				t.Fatalf("ssi run in the background: %v, terminal %q", err, screen.String())
+			}
+		case <-time.After(20 * time.Second):
+			shell.Process.Kill()
+			t.Fatalf("ssi run in the background did not end (stopped?); terminal %q", screen.String())
+		}
 	})
 
 	t.Run("detach and wait", func(t *testing.T) {
@@ -228,6 +450,10 @@ func TestProcessSpace(t *testing.T) {
 		w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g, 10))
 		if w.code != 7 {
 			t.Fatalf("wait: %v", w)
+		}
+		// A pid that is no child of ours: 127, as the shell's wait gives.
+		if w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g+1_000_000, 10)); w.code != 127 || w.stderr == "" {
+			t.Fatalf("wait for a process ssi did not start: %v; want 127 and a message", w)
 		}
 		out := inside(t, c, "n2", "cat", fmt.Sprintf("/tmp/ssi-%d.out", g))
 		if out.stdout != "hello\n" {
@@ -462,4 +688,13 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// countingZeros is an endless stdin of zeros that counts what was read from it.
+type countingZeros struct{ n atomic.Int64 }
+
+func (z *countingZeros) Read(p []byte) (int, error) {
+	clear(p)
+	z.n.Add(int64(len(p)))
+	return len(p), nil
 }

@@ -6,13 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // TestRunStdoutFull runs `ssi run -- yes > /dev/full` on the same and on another node: like
 // local yes, ssi reports the failed write in one line and exits 1, and the remote yes ends as
-// it would for a closed reader.
+// it would for a closed reader. Then the same with a stderr whose reader is gone.
 func TestRunStdoutFull(t *testing.T) {
 	c := startCluster(t, 2)
 	for _, node := range []string{"n1", "n2"} {
@@ -37,6 +38,29 @@ func TestRunStdoutFull(t *testing.T) {
 		eventually(t, 10*time.Second, "yes on "+node+" to end", func() bool {
 			r := ssi(t, c, "n1", "ps")
 			return r.code == 0 && !strings.Contains(r.stdout, " yes")
+		})
+	}
+
+	// A stderr whose reader is gone: as a local writer would die of SIGPIPE rather than
+	// write for ever, ssi dies of it, and the remote writer ends.
+	for _, node := range []string{"n1", "n2"} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", node, "--", "sh", "-c", "while :; do echo stderr-writer >&2; done")
+		cmd.Stderr = w
+		err = cmd.Run()
+		cancel()
+		w.Close()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGPIPE {
+			t.Fatalf("ssi run -n %s with stderr's reader gone: %v (%v), want death by SIGPIPE", node, cmd.ProcessState, err)
+		}
+		eventually(t, 10*time.Second, "the stderr writer on "+node+" to end", func() bool {
+			r := ssi(t, c, "n1", "ps")
+			return r.code == 0 && !strings.Contains(r.stdout, "stderr-writer")
 		})
 	}
 }

@@ -223,3 +223,32 @@ func parseGroupMembership(r io.Reader, userName string) ([]uint32, error) {
 	}
 	return out, sc.Err()
 }
+
+// NiceOf returns the nice value of pid (-20 to 19), field 19 of /proc/<pid>/stat, which the
+// kernel vouches for as it does the uid.
+func NiceOf(pid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseStatNice(string(b))
+}
+
+// parseStatNice reads the nice field of a /proc/<pid>/stat line; the command name before it
+// is in parentheses and may hold anything, so fields are counted from the last ')'.
+func parseStatNice(stat string) (int, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat: no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	const niceField = 19 - 3 // fields counted from 1; after ')' comes field 3, the state
+	if len(f) <= niceField {
+		return 0, fmt.Errorf("malformed stat: %d fields after the command name", len(f))
+	}
+	n, err := strconv.Atoi(f[niceField])
+	if err != nil || n < -20 || n > 19 {
+		return 0, fmt.Errorf("malformed stat: nice %q", f[niceField])
+	}
+	return n, nil
+}

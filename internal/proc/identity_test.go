@@ -134,3 +134,20 @@ func TestGroupsPutsPrimaryFirst(t *testing.T) {
 		t.Errorf("UserName(0) = %q, UserName(4000000) = %q", UserName(0), UserName(4_000_000))
 	}
 }
+
+func TestParseStatNice(t *testing.T) {
+	for stat, want := range map[string]int{
+		"42 (sleep) S 1 42 42 0 -1 4194304 85 0 0 0 0 0 0 0 20 0 1 0 12345 2351104 128":     0,
+		"42 (a) b) (c) S 1 42 42 0 -1 4194304 85 0 0 0 0 0 0 0 39 19 1 0 12345 2351104 128": 19,
+		"42 (x) R 1 42 42 0 -1 4194304 85 0 0 0 0 0 0 0 0 -20 1 0 12345 2351104 128":        -20,
+	} {
+		if got, err := parseStatNice(stat); err != nil || got != want {
+			t.Errorf("parseStatNice(%q) = %d, %v; want %d", stat, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "42 (x) R 1 2", "42 (x) R 1 42 42 0 -1 4194304 85 0 0 0 0 0 0 0 0 nice 1"} {
+		if _, err := parseStatNice(bad); err == nil {
+			t.Errorf("parseStatNice(%q): no error", bad)
+		}
+	}
+}

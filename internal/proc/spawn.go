@@ -41,6 +41,7 @@ type spawnRequest struct {
 	umask int
 	// limits, if any, are set before the new program runs (see forkExec).
 	limits []Rlimit
+	nice   int
 	// cwd, when >= 0, is an O_PATH descriptor of the caller's working directory.
 	cwd  int
 	done chan spawnResult
@@ -56,17 +57,18 @@ var (
 	spawnQueue   chan *spawnRequest
 )
 
-// startWithUmask starts the process with the given umask without touching the agent's
-// (see the spawners above).
-func startWithUmask(path string, args []string, attr *os.ProcAttr, umask int, limits []Rlimit) (*os.Process, error) {
-	if umask == agentUmask() {
+// startWithUmask starts the process with the given umask and nice value without touching
+// the agent's (see the spawners above). The nice value is a thread's own, and a child
+// inherits that of the thread that forked it: a spawner sets its own for the fork.
+func startWithUmask(path string, args []string, attr *os.ProcAttr, umask, nice int, limits []Rlimit) (*os.Process, error) {
+	if umask == agentUmask() && nice == agentNice() {
 		// The usual case: the child would inherit this umask from any thread of the agent.
 		// Forking right here saves the spawner's two thread hand-offs, which cost ~0.7 ms of
 		// an `ssi run` on an idle machine (vCPUs that halt wake up slowly).
 		return forkExec(path, args, attr, limits)
 	}
 	spawnersOnce.Do(startSpawners)
-	req := &spawnRequest{path: path, args: args, attr: attr, umask: umask, limits: limits, cwd: -1, done: make(chan spawnResult, 1)}
+	req := &spawnRequest{path: path, args: args, attr: attr, umask: umask, nice: nice, limits: limits, cwd: -1, done: make(chan spawnResult, 1)}
 	if !filepath.IsAbs(attr.Dir) || !filepath.IsAbs(path) {
 		fd, err := unix.Open(".", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -137,8 +139,25 @@ func spawnOne(req *spawnRequest) spawnResult {
 			return spawnResult{err: fmt.Errorf("enter the agent's working directory: %w", err)}
 		}
 	}
+	if req.nice != agentNice() {
+		// The thread's own nice value (who 0 with PRIO_PROCESS is the calling thread).
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, req.nice); err != nil {
+			return spawnResult{err: fmt.Errorf("set the nice value %d to start with: %w", req.nice, err)}
+		}
+		defer func() { _ = unix.Setpriority(unix.PRIO_PROCESS, 0, agentNice()) }()
+	}
 	old := unix.Umask(req.umask)
 	p, err := forkExec(req.path, req.args, req.attr, req.limits)
 	unix.Umask(old)
 	return spawnResult{p, err}
 }
+
+// agentNice is the agent's nice value, read once: nothing in the agent changes it but the
+// spawners, each on its own thread and back at once.
+var agentNice = sync.OnceValue(func() int {
+	n, err := NiceOf(os.Getpid())
+	if err != nil {
+		return 0
+	}
+	return n
+})

@@ -8,6 +8,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -54,6 +55,9 @@ type Spec struct {
 	// Stdin, Stdout and Stderr are handed to the child as they are. Each one left nil
 	// becomes a pipe whose other end Process.Stdin, Stdout or Stderr returns.
 	Stdin, Stdout, Stderr *os.File
+	// StderrToStdout, with Stderr nil, makes the child's stderr its stdout (2>&1), so that
+	// their writes keep their order; Process.Stderr is then nil.
+	StderrToStdout bool
 
 	// CgroupParent is where the process tree's own cgroup is created, relative to the
 	// cgroup2 mount (created if missing). CgroupMount is that mount; empty means the one
@@ -74,6 +78,15 @@ type Spec struct {
 	// Rlimits are the resource limits the command starts with, normally the caller's;
 	// resources not listed keep what the agent's commands inherit.
 	Rlimits []Rlimit
+
+	// Nice, if not nil, is the command's nice value, as a local child inherits its
+	// parent's; nil keeps the agent's.
+	Nice *int
+
+	// Ignore lists signals the command starts with ignored (SIG_IGN), as a local child
+	// inherits its parent's through exec. The agent cannot fork with them ignored without
+	// ignoring them itself, so /bin/sh sets them and execs the command (argv as given).
+	Ignore []syscall.Signal
 
 	// NodeIndex and ParentGPID are recorded in the environment and the Process.
 	NodeIndex  int
@@ -122,6 +135,9 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 	resolved, err := resolveCommand(name, spec.Dir, pathEnv, who)
 	if err != nil {
 		return nil, err
+	}
+	if len(spec.Ignore) > 0 {
+		resolved, args = ignoring(spec.Ignore, args)
 	}
 
 	cgName := spec.Name
@@ -178,10 +194,17 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 		limits = nil
 	}
 	var osProc *os.Process
-	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) {
+	nice := agentNice()
+	if spec.Nice != nil {
+		nice = *spec.Nice
+	}
+	if nice < -20 || nice > 19 {
+		return nil, fmt.Errorf("start %s: nice %d is out of range; pass a value from -20 to 19", name, nice)
+	}
+	if spec.ForkHere && filepath.IsAbs(attr.Dir) && filepath.IsAbs(resolved) && nice == agentNice() {
 		osProc, err = forkExec(resolved, args, attr, limits)
 	} else {
-		osProc, err = startWithUmask(resolved, args, attr, spec.Umask, limits)
+		osProc, err = startWithUmask(resolved, args, attr, spec.Umask, nice, limits)
 	}
 	if err != nil {
 		if pidfd >= 0 {
@@ -333,7 +356,11 @@ func newStdio(spec Spec, who caller) (s *stdio, err error) {
 	}
 	s.child[0] = pipe(spec.Stdin, true, &s.parentStdin)
 	s.child[1] = pipe(spec.Stdout, false, &s.parentStdout)
-	s.child[2] = pipe(spec.Stderr, false, &s.parentStderr)
+	if spec.StderrToStdout && spec.Stderr == nil {
+		s.child[2] = s.child[1]
+	} else {
+		s.child[2] = pipe(spec.Stderr, false, &s.parentStderr)
+	}
 	return s, err2
 }
 
@@ -401,4 +428,16 @@ func (s *stdio) closeParentEnds() {
 			f.Close()
 		}
 	}
+}
+
+// ignoring returns the path and argv that run argv after ignoring sigs: a shell's trap with
+// an empty action sets SIG_IGN, which exec keeps. The shell looks the command up as Start did, in the same
+// PATH and directory, and keeps argv[0] as the caller gave it.
+func ignoring(sigs []syscall.Signal, argv []string) (string, []string) {
+	nums := make([]string, 0, len(sigs))
+	for _, s := range sigs {
+		nums = append(nums, strconv.Itoa(int(s)))
+	}
+	script := "trap '' " + strings.Join(nums, " ") + `; exec "$@"`
+	return "/bin/sh", append([]string{"sh", "-c", script, "sh"}, argv...)
 }

@@ -69,21 +69,33 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	ctx := stream.Context()
 	nodeName, nodeIndex := s.self()
 	exit := func(code int, msg string) error {
-		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(code), Message: msg}}})
+		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(code), Message: ssipb.ValidText(msg)}}})
 	}
 	if len(start.Args) == 0 {
 		return exit(ExitStartFailed, "no command given: usage is ssi run [flags] -- CMD [ARGS...]")
 	}
 	c := start.Caller
+	args := ssipb.StringWords(start.Args)
 	spec := proc.Spec{
-		Args: start.Args, Env: start.Env, Dir: start.Cwd,
+		Args: args, Env: ssipb.StringWords(start.Env), Dir: string(start.Cwd),
 		UID: c.Uid, GID: c.Gid, Groups: c.Groups, Umask: int(c.Umask),
 		TTY: start.Tty, Rows: uint16(start.Rows), Cols: uint16(start.Cols),
-		CgroupParent: s.cfg.CgroupParent + "/" + attachedGroup,
-		NodeIndex:    int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
+		StderrToStdout: start.StderrToStdout && !start.Tty,
+		CgroupParent:   s.cfg.CgroupParent + "/" + attachedGroup,
+		NodeIndex:      int(nodeIndex), ParentGPID: start.ParentGpid, SocketPath: s.cfg.Socket,
+	}
+	if c.Nice != 0 {
+		// 0 is also what an older agent sends: the agent's own then, as before.
+		nice := int(c.Nice)
+		spec.Nice = &nice
+	}
+	for _, sig := range start.IgnoredSignals {
+		if sig > 0 && sig <= 64 && sig != int32(syscall.SIGKILL) && sig != int32(syscall.SIGSTOP) {
+			spec.Ignore = append(spec.Ignore, syscall.Signal(sig))
+		}
 	}
 	if start.Shell {
-		if err := asLoginShell(&spec, start.Args); err != nil {
+		if err := asLoginShell(&spec, args, spec.Env); err != nil {
 			return exit(ExitStartFailed, err.Error())
 		}
 	}
@@ -93,6 +105,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 			return exit(ExitStartFailed, err.Error())
 		}
 		spec.Dir = dir
+		spec.Env = withPWD(spec.Env, dir)
 	}
 	var outPath string
 	if start.Detach {
@@ -120,7 +133,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		if errors.As(err, &ce) {
 			return exit(ce.Code, ce.Error())
 		}
-		return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", start.Args[0], nodeName, err))
+		return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", args[0], nodeName, err))
 	}
 	r := &record{proc: p, parentGPID: start.ParentGpid, uid: c.Uid, done: make(chan struct{})}
 	s.track(r)
@@ -128,8 +141,8 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 	if start.Detach {
 		outPath = detachedOutput(spec.Dir, g)
 	}
-	s.log.Debug("started", "gpid", g, "cmd", start.Args[0], "uid", c.Uid, "detach", start.Detach)
-	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: outPath, Cwd: spec.Dir}
+	s.log.Debug("started", "gpid", g, "cmd", args[0], "uid", c.Uid, "detach", start.Detach)
+	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir)}
 	if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: started}}); err != nil {
 		_ = p.Terminate(s.cfg.Grace)
 		s.reap(r)
@@ -157,9 +170,9 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 // reap waits for a started process, records its status and frees what it held.
 func (s *Service) reap(r *record) {
 	code, err := r.proc.Wait()
-	r.code = code
+	r.code, r.signal = code, int(r.proc.Result().Signal)
 	if err != nil {
-		r.code, r.message = ExitStartFailed, err.Error()
+		r.code, r.signal, r.message = ExitStartFailed, 0, err.Error()
 	}
 	if err := r.proc.Close(); err != nil {
 		s.log.Debug("closing process", "pid", r.proc.PID(), "err", err)
@@ -282,6 +295,11 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 		case <-clientGone:
 			s.endTree(r, "client gone")
 			return stream.Context().Err()
+		case <-ctx.Done():
+			// The client is gone while the receiver above is blocked writing stdin that
+			// the command does not read; ending the tree unblocks it.
+			s.endTree(r, "client gone")
+			return stream.Context().Err()
 		case <-exited:
 			exited = nil
 			drainTimer = time.After(outputDrain)
@@ -300,7 +318,7 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 		}
 	}
 	s.reap(r)
-	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Message: r.message}}})
+	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Signal: int32(r.signal), Message: ssipb.ValidText(r.message)}}})
 }
 
 // sendFailed ends a session whose output could not be delivered: the tree ends, as a local
@@ -348,8 +366,10 @@ func detachedOutput(dir string, g int64) string {
 }
 
 // asLoginShell turns words into "$SHELL -c 'words'" run in the user's home with a minimal
-// environment, as sshd does for `ssh host cmd`.
-func asLoginShell(spec *proc.Spec, words []string) error {
+// environment, as sshd does for `ssh host cmd`. Of the caller's environment, callerEnv, it
+// keeps what ssh passes on: TERM with a terminal, and the locale (LANG, LC_*, as the usual
+// SendEnv and AcceptEnv settings do).
+func asLoginShell(spec *proc.Spec, words []string, callerEnv []string) error {
 	u, err := user.LookupId(strconv.Itoa(int(spec.UID)))
 	if err != nil {
 		return fmt.Errorf("user %d is unknown on this node: %w", spec.UID, err)
@@ -365,7 +385,16 @@ func asLoginShell(spec *proc.Spec, words []string) error {
 		"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username, "SHELL=" + shell,
 		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/games",
 	}
-	if lang, ok := os.LookupEnv("LANG"); ok {
+	callerLang := false
+	for _, kv := range callerEnv {
+		k, _, _ := strings.Cut(kv, "=")
+		if k == "LANG" || strings.HasPrefix(k, "LC_") || (k == "TERM" && spec.TTY) {
+			spec.Env = append(spec.Env, kv)
+			callerLang = callerLang || k == "LANG"
+		}
+	}
+	// Else the node's own, as sshd's PAM gives from /etc/default/locale.
+	if lang, ok := os.LookupEnv("LANG"); ok && !callerLang {
 		spec.Env = append(spec.Env, "LANG="+lang)
 	}
 	return nil
@@ -405,4 +434,30 @@ func (s *Service) workingDir(dir, home, self string) (string, error) {
 	}
 	return "", fmt.Errorf("working directory %s does not exist on node %s, nor on %s (as %s): give one that does with --cwd",
 		dir, self, home, filepath.Join(tree, home, dir))
+}
+
+// withPWD sets PWD in env to dir, where the command runs, as a shell does for a local child
+// started there; a PWD that already names that directory (through a symbolic link, say) is
+// kept, as the caller's shell keeps its logical path.
+func withPWD(env []string, dir string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PWD="); ok {
+			if v == dir || sameDir(v, dir) {
+				return env
+			}
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "PWD="+dir)
+}
+
+func sameDir(a, b string) bool {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	sb, err := os.Stat(b)
+	return err == nil && os.SameFile(sa, sb)
 }

@@ -53,7 +53,7 @@ func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 		byNode[name] = append(byNode[name], g)
 	}
 	for name, gpids := range byNode {
-		sub := &ssipb.KillRequest{Gpids: gpids, Signal: req.Signal, Caller: caller}
+		sub := &ssipb.KillRequest{Gpids: gpids, Signal: req.Signal, Caller: caller, Session: req.Session}
 		var r *ssipb.KillResponse
 		var err error
 		if name == self {
@@ -107,12 +107,32 @@ func (s *Service) Signal(_ context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 		res := &ssipb.KillResult{Gpid: g}
 		if gpid.Check(g) != nil || int64(idx) != int64(index) {
 			res.Error = fmt.Sprintf("(%d) - No such process (it is not on this node)", g)
+		} else if req.Session {
+			if err := s.signalSession(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
+				res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))
+			}
 		} else if err := signalPid(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
 			res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))
 		}
 		resp.Results = append(resp.Results, res)
 	}
 	return resp, nil
+}
+
+// signalSession passes on a signal that ssi run received for the command it runs attached,
+// as the session's stream would (forwardSignal), for its owner or root.
+func (s *Service) signalSession(pid int, sig syscall.Signal, uid uint32) error {
+	r := s.lookup(pid)
+	if r == nil || !r.running() {
+		return syscall.ESRCH
+	}
+	if uid != 0 && uid != r.uid {
+		return syscall.EPERM
+	}
+	if sig == 0 {
+		return nil
+	}
+	return s.forwardSignal(r.proc, sig)
 }
 
 func signalPid(pid int, sig syscall.Signal, uid uint32) error {

@@ -27,7 +27,8 @@ var errOutputFailed = errors.New("the client's stdout cannot be written")
 func outputFailedExit(err error) *ssipb.RunOutput {
 	var errno syscall.Errno
 	if errors.Is(err, syscall.EPIPE) || !errors.As(err, &errno) {
-		return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(ExitOutputFailed)}}}
+		// The client dies of SIGPIPE in turn: its parent sees a local writer's end.
+		return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(ExitOutputFailed), Signal: int32(syscall.SIGPIPE)}}}
 	}
 	return &ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{
 		Code: ExitOutputError, Message: "writing standard output: " + errno.Error()}}}
@@ -55,8 +56,7 @@ func (o *outputStream) writeStdout(b []byte) error {
 }
 
 // SendMsg writes an output frame into the client's file, if it passed that one. A failed
-// stdout gives errOutputFailed; a failed stderr loses the chunk, as the client itself ignores
-// failed writes to its stderr.
+// stdout, or a stderr whose reader went away, gives errOutputFailed.
 func (o *outputStream) SendMsg(m any) error {
 	frame, ok := m.(*api.Frame)
 	if !ok {
@@ -76,7 +76,12 @@ func (o *outputStream) SendMsg(m any) error {
 		if o.out.Stderr != nil {
 			o.mu.Lock()
 			defer o.mu.Unlock()
-			_ = o.out.Stderr.WriteFrame(frame)
+			// A reader gone ends the session, as SIGPIPE ends a local writer that would go on
+			// writing (and here be read for ever); other failures lose the chunk, as most
+			// programs ignore failed writes to stderr.
+			if err := o.out.Stderr.WriteFrame(frame); errors.Is(err, syscall.EPIPE) {
+				return errors.Join(errOutputFailed, err)
+			}
 			return nil
 		}
 	}

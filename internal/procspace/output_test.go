@@ -128,7 +128,7 @@ func (ss *session) run(t *testing.T, ctx context.Context, node string, stdout, s
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: &ssipb.RunStart{Args: []string{"x"}, Node: node}}}); err != nil {
+	if err := stream.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: &ssipb.RunStart{Args: [][]byte{[]byte("x")}, Node: node}}}); err != nil {
 		t.Fatal(err)
 	}
 	return stream

@@ -7,8 +7,11 @@ import (
 	osuser "os/user"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,12 +42,12 @@ func (s *Service) LocalPs(_ context.Context, req *ssipb.PsRequest) (*ssipb.PsRes
 			Gpid: gpid.Make(int(index), in.PID), Node: name, Pid: int32(in.PID),
 			User: in.User, Uid: in.UID, State: in.State, CpuPercent: in.CPUPercent,
 			RssBytes: in.RSSBytes, StartUnixMs: in.StartTime.UnixMilli(),
-			CpuTimeMs: in.CPUTime.Milliseconds(), Command: in.Command,
+			CpuTimeMs: in.CPUTime.Milliseconds(), Command: printable(in.Command),
 		}
 		if in.PPID > 0 {
 			pi.PpidGpid = gpid.Make(int(index), in.PPID)
 		}
-		if r := s.lookup(in.PID); r != nil && r.parentGPID != 0 {
+		if r := s.lookup(in.PID); r != nil && r.parentGPID != 0 && r.running() {
 			pi.PpidGpid, pi.SsiStarted = r.parentGPID, true
 		}
 		resp.Procs = append(resp.Procs, pi)
@@ -124,4 +127,23 @@ func checkPsUser(name string, lookup func(string) (*osuser.User, error)) error {
 		return fmt.Errorf("-u %s: looking the user up: %w", name, err)
 	}
 	return nil
+}
+
+// printable shows a command line as ps(1) does: every byte that is not part of a printable
+// character (a control character such as a tab or newline, or a byte that is not UTF-8) is
+// a '?', so that a line stays one line and a terminal is not sent escapes by a process.
+// proto3 would also refuse the invalid UTF-8, failing the whole listing.
+func printable(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		if (r == utf8.RuneError && n <= 1) || !unicode.IsPrint(r) {
+			b.WriteByte('?')
+		} else {
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+	return b.String()
 }

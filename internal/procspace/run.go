@@ -40,12 +40,17 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 	if err != nil {
 		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the identity of client pid %d: %v", c.PID, err)
 	}
+	// Read from the kernel, not asked: a caller must not get a lower value than its own.
+	nice, err := proc.NiceOf(int(c.PID))
+	if err != nil {
+		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the nice value of client pid %d: %v", c.PID, err)
+	}
 	if id.UID != c.UID || id.GID != c.GID {
 		return nil, 0, status.Errorf(codes.PermissionDenied, "client pid %d changed identity since it connected: reconnect", c.PID)
 	}
 	groups := make([]uint32, len(id.Groups))
 	copy(groups, id.Groups)
-	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Node: self}, int(c.PID), nil
+	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Nice: int32(nice), Node: self}, int(c.PID), nil
 }
 
 // Run serves Control.Run for a local client: it fixes the caller's identity, places the

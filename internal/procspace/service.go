@@ -78,6 +78,7 @@ type record struct {
 	uid        uint32
 	done       chan struct{}
 	code       int
+	signal     int // the signal that killed it, 0 if it exited
 	message    string
 }
 
@@ -134,6 +135,17 @@ func (s *Service) finished(r *record) {
 		}
 		s.mu.Unlock()
 	})
+}
+
+// running reports whether r's process has not been reaped yet. Once it has, its pid may be
+// another process's: only its exit status stays r's.
+func (r *record) running() bool {
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
 }
 
 func (s *Service) lookup(pid int) *record {

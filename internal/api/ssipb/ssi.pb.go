@@ -913,7 +913,8 @@ type Caller struct {
 	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
 	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	Umask         uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
-	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"` // the node the user called from
+	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
+	Nice          int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -983,23 +984,39 @@ func (x *Caller) GetNode() string {
 	return ""
 }
 
+func (x *Caller) GetNice() int32 {
+	if x != nil {
+		return x.Nice
+	}
+	return 0
+}
+
 type RunStart struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Args          []string               `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
-	Env           []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
-	Cwd           string                 `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
-	Tty           bool                   `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
-	Rows          uint32                 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
-	Cols          uint32                 `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
-	Detach        bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
-	Explain       bool                   `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
-	Shell         bool                   `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
-	ParentGpid    int64                  `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
-	Caller        *Caller                `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
-	HomeNode      string                 `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// args, env and cwd are bytes, not strings, because Unix passes them as bytes that need not
+	// be UTF-8 (file names in Latin-1, say), and proto3 refuses such a string. On the wire a
+	// bytes field is a string field: an older peer reads the same messages.
+	Args       [][]byte `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	Env        [][]byte `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd        []byte   `protobuf:"bytes,3,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Node       string   `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"` // empty: the agent places the command
+	Tty        bool     `protobuf:"varint,5,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows       uint32   `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols       uint32   `protobuf:"varint,7,opt,name=cols,proto3" json:"cols,omitempty"`
+	Detach     bool     `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"`
+	Explain    bool     `protobuf:"varint,9,opt,name=explain,proto3" json:"explain,omitempty"`
+	Shell      bool     `protobuf:"varint,10,opt,name=shell,proto3" json:"shell,omitempty"`                             // run args joined by spaces through the user's login shell (-c), like ssh
+	ParentGpid int64    `protobuf:"varint,11,opt,name=parent_gpid,json=parentGpid,proto3" json:"parent_gpid,omitempty"` // set by the agent: the GPID of the process that asked
+	Caller     *Caller  `protobuf:"bytes,12,opt,name=caller,proto3" json:"caller,omitempty"`                            // set by the agent
+	HomeNode   string   `protobuf:"bytes,13,opt,name=home_node,json=homeNode,proto3" json:"home_node,omitempty"`        // the node the user called from (for the working directory)
+	// Signals the caller ignores (as nohup does HUP): the command starts with them ignored too,
+	// as a local child would inherit them through exec.
+	IgnoredSignals []int32 `protobuf:"varint,14,rep,packed,name=ignored_signals,json=ignoredSignals,proto3" json:"ignored_signals,omitempty"`
+	// The caller's stderr is its stdout (2>&1): the command gets one pipe for both, as it would
+	// locally, so that what it writes to each keeps its order.
+	StderrToStdout bool `protobuf:"varint,15,opt,name=stderr_to_stdout,json=stderrToStdout,proto3" json:"stderr_to_stdout,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RunStart) Reset() {
@@ -1032,25 +1049,25 @@ func (*RunStart) Descriptor() ([]byte, []int) {
 	return file_ssi_proto_rawDescGZIP(), []int{13}
 }
 
-func (x *RunStart) GetArgs() []string {
+func (x *RunStart) GetArgs() [][]byte {
 	if x != nil {
 		return x.Args
 	}
 	return nil
 }
 
-func (x *RunStart) GetEnv() []string {
+func (x *RunStart) GetEnv() [][]byte {
 	if x != nil {
 		return x.Env
 	}
 	return nil
 }
 
-func (x *RunStart) GetCwd() string {
+func (x *RunStart) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
 func (x *RunStart) GetNode() string {
@@ -1121,6 +1138,20 @@ func (x *RunStart) GetHomeNode() string {
 		return x.HomeNode
 	}
 	return ""
+}
+
+func (x *RunStart) GetIgnoredSignals() []int32 {
+	if x != nil {
+		return x.IgnoredSignals
+	}
+	return nil
+}
+
+func (x *RunStart) GetStderrToStdout() bool {
+	if x != nil {
+		return x.StderrToStdout
+	}
+	return false
 }
 
 type WindowSize struct {
@@ -1310,8 +1341,8 @@ type RunStarted struct {
 	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
 	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	Explanation   string                 `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
-	OutputPath    string                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node
-	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
+	OutputPath    []byte                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node (bytes: see RunStart)
+	Cwd           []byte                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1367,24 +1398,28 @@ func (x *RunStarted) GetExplanation() string {
 	return ""
 }
 
-func (x *RunStarted) GetOutputPath() string {
+func (x *RunStarted) GetOutputPath() []byte {
 	if x != nil {
 		return x.OutputPath
 	}
-	return ""
+	return nil
 }
 
-func (x *RunStarted) GetCwd() string {
+func (x *RunStarted) GetCwd() []byte {
 	if x != nil {
 		return x.Cwd
 	}
-	return ""
+	return nil
 }
 
 type RunExit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"` // a one-line reason when ssi, not the command, decided the code; valid UTF-8 (see ValidText)
+	// The signal that killed the command, 0 if it exited (code is then 128+signal). A client
+	// dies of it in turn, so that its own parent (a shell) sees what it would see of a local
+	// child; a client that does not know the field still exits with code.
+	Signal        int32 `protobuf:"varint,3,opt,name=signal,proto3" json:"signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1431,6 +1466,13 @@ func (x *RunExit) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *RunExit) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
 }
 
 type RunOutput struct {
@@ -1792,10 +1834,16 @@ func (x *PsResponse) GetUnreachable() []string {
 }
 
 type KillRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gpids         []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
-	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
-	Caller        *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Gpids  []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
+	Signal int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Caller *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	// session: the signal is one "ssi run" received, for the command it runs attached. It goes
+	// where a local child's would (see Service.forwardSignal), and only to a command ssi
+	// started that is still running, whose pid cannot have been reused. ssi run sends its
+	// signals this way rather than on its stdio stream, where they would wait behind stdin
+	// that the command does not read.
+	Session       bool `protobuf:"varint,4,opt,name=session,proto3" json:"session,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1849,6 +1897,13 @@ func (x *KillRequest) GetCaller() *Caller {
 		return x.Caller
 	}
 	return nil
+}
+
+func (x *KillRequest) GetSession() bool {
+	if x != nil {
+		return x.Session
+	}
+	return false
 }
 
 type KillResult struct {
@@ -2541,17 +2596,18 @@ const file_ssi_proto_rawDesc = "" +
 	"\vPingRequest\">\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"n\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\x82\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
-	"\x04node\x18\x05 \x01(\tR\x04node\"\xbe\x02\n" +
+	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
+	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\x91\x03\n" +
 	"\bRunStart\x12\x12\n" +
-	"\x04args\x18\x01 \x03(\tR\x04args\x12\x10\n" +
-	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
-	"\x03cwd\x18\x03 \x01(\tR\x03cwd\x12\x12\n" +
+	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
+	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x03 \x01(\fR\x03cwd\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12\x10\n" +
 	"\x03tty\x18\x05 \x01(\bR\x03tty\x12\x12\n" +
 	"\x04rows\x18\x06 \x01(\rR\x04rows\x12\x12\n" +
@@ -2563,7 +2619,9 @@ const file_ssi_proto_rawDesc = "" +
 	"\vparent_gpid\x18\v \x01(\x03R\n" +
 	"parentGpid\x12&\n" +
 	"\x06caller\x18\f \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x1b\n" +
-	"\thome_node\x18\r \x01(\tR\bhomeNode\"4\n" +
+	"\thome_node\x18\r \x01(\tR\bhomeNode\x12'\n" +
+	"\x0fignored_signals\x18\x0e \x03(\x05R\x0eignoredSignals\x12(\n" +
+	"\x10stderr_to_stdout\x18\x0f \x01(\bR\x0estderrToStdout\"4\n" +
 	"\n" +
 	"WindowSize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
@@ -2580,12 +2638,13 @@ const file_ssi_proto_rawDesc = "" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12 \n" +
 	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x12\x1f\n" +
-	"\voutput_path\x18\x04 \x01(\tR\n" +
+	"\voutput_path\x18\x04 \x01(\fR\n" +
 	"outputPath\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\tR\x03cwd\"7\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\"O\n" +
 	"\aRunExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x9d\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06signal\x18\x03 \x01(\x05R\x06signal\"\x9d\x01\n" +
 	"\tRunOutput\x12.\n" +
 	"\astarted\x18\x01 \x01(\v2\x12.ssi.v1.RunStartedH\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
@@ -2615,11 +2674,12 @@ const file_ssi_proto_rawDesc = "" +
 	"\n" +
 	"PsResponse\x12&\n" +
 	"\x05procs\x18\x01 \x03(\v2\x10.ssi.v1.ProcInfoR\x05procs\x12 \n" +
-	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"c\n" +
+	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"}\n" +
 	"\vKillRequest\x12\x14\n" +
 	"\x05gpids\x18\x01 \x03(\x03R\x05gpids\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12&\n" +
-	"\x06caller\x18\x03 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\"6\n" +
+	"\x06caller\x18\x03 \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x18\n" +
+	"\asession\x18\x04 \x01(\bR\asession\"6\n" +
 	"\n" +
 	"KillResult\x12\x12\n" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x14\n" +
