@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
@@ -244,9 +245,9 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 			}
 			*o = *merged
 		}
-		req.Script, req.ScriptName, req.Args = script, []byte(path), jobspb.ToBytes(args[1:])
+		req.Script, req.ScriptName, req.Args = script, []byte(path), ssipb.ByteWords(args[1:])
 	} else {
-		req.Args = jobspb.ToBytes(args)
+		req.Args = ssipb.ByteWords(args)
 	}
 	for _, f := range []struct{ flag, v string }{{"name", o.name}, {"queue", o.queue}} {
 		if !utf8.ValidString(f.v) {
@@ -310,7 +311,7 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	if err != nil {
 		return nil, fmt.Errorf("finding the working directory: %w (submit from an existing directory)", err)
 	}
-	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), jobspb.ToBytes(append(os.Environ(), o.env...))
+	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), ssipb.ByteWords(append(os.Environ(), o.env...))
 	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
 	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, []byte(o.output), []byte(o.errPath)
 	req.Hold, req.NoKill, req.Rlimits = o.hold, o.noKill, callerRlimits()
@@ -389,7 +390,7 @@ func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) 
 		req.Args = append([][]byte{req.ScriptName}, req.Args...)
 		req.Script = nil
 	}
-	argv := jobspb.FromBytes(req.Args)
+	argv := ssipb.StringWords(req.Args)
 	client := g.jobs()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -723,7 +724,7 @@ func newJobCommand(g *Globals) *cobra.Command {
 				return g.rpcError(err)
 			}
 			out := showJSON{
-				JobID: r.JobId, Command: jobspb.FromBytes(r.Command), Script: r.Script, Cwd: string(r.Cwd), Output: string(r.Output), Error: string(r.Error),
+				JobID: r.JobId, Command: ssipb.StringWords(r.Command), Script: r.Script, Cwd: string(r.Cwd), Output: string(r.Output), Error: string(r.Error),
 				Array: r.Array, After: r.After, AfterAny: r.AfterAny, Requeue: r.Requeue, Hold: r.Hold, NoKill: r.NoKill,
 				Nodes: r.Nodes, SubmitNode: r.SubmitNode, Tasks: tasksJSON(r.Tasks), Attempts: []attemptJSON{}, Events: r.Events,
 			}

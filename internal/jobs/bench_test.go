@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
 // benchArray runs arrays of `true` on three nodes (all servers, as ssi dev makes them) of
@@ -29,7 +30,7 @@ func benchArray(b *testing.B, tasks int, cpusMilli int64) {
 	start := time.Now()
 	for b.Loop() {
 		req := cmd(dir, "")
-		req.Args = jobspb.ToBytes([]string{"true"})
+		req.Args = ssipb.ByteWords([]string{"true"})
 		req.Array = "0-" + strconv.Itoa(tasks-1)
 		req.CpusMilli = cpusMilli
 		id := n1.submit(b, req)
@@ -95,7 +96,7 @@ func BenchmarkSubmitRPC(b *testing.B) {
 	n1 := c.start("n1", true, 2)
 	dir := b.TempDir()
 	req := cmd(dir, "true")
-	req.Env = jobspb.ToBytes(os.Environ())
+	req.Env = ssipb.ByteWords(os.Environ())
 	req.Hold = true
 	var lat []time.Duration
 	for b.Loop() {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
@@ -369,8 +370,8 @@ func describe(ti *jobspb.TaskInfo) string {
 // cmd builds a submission that runs a shell command in dir as the caller.
 func cmd(dir, script string) *jobspb.SubmitRequest {
 	return &jobspb.SubmitRequest{
-		Args: jobspb.ToBytes([]string{"/bin/sh", "-c", script}), Cwd: []byte(dir),
-		Env: jobspb.ToBytes([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}),
+		Args: ssipb.ByteWords([]string{"/bin/sh", "-c", script}), Cwd: []byte(dir),
+		Env: ssipb.ByteWords([]string{"PATH=/usr/local/bin:/usr/bin:/bin", "LC_ALL=C"}),
 	}
 }
 

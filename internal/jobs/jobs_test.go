@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
@@ -89,7 +90,7 @@ func TestScriptWithArguments(t *testing.T) {
 	dir := t.TempDir()
 	req := &jobspb.SubmitRequest{
 		Script:     []byte("#!/bin/sh\n#SSI --name ignored-by-the-server\necho \"script $1 $2 $SSI_JOB_NAME\"\n"),
-		ScriptName: []byte("/some/where/run.sh"), Args: jobspb.ToBytes([]string{"a", "b c"}), Cwd: []byte(dir),
+		ScriptName: []byte("/some/where/run.sh"), Args: ssipb.ByteWords([]string{"a", "b c"}), Cwd: []byte(dir),
 		Env: [][]byte{[]byte("PATH=/bin:/usr/bin")},
 	}
 	id := n1.submit(t, req)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
@@ -242,7 +243,7 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 	}
 	sp := &rec.Spec
 	out := &jobspb.ShowResponse{
-		JobId: rec.ID, Command: jobspb.ToBytes(sp.Args), Script: len(sp.Script) > 0, Cwd: []byte(sp.Cwd),
+		JobId: rec.ID, Command: ssipb.ByteWords(sp.Args), Script: len(sp.Script) > 0, Cwd: []byte(sp.Cwd),
 		Output: []byte(sp.Output), Error: []byte(sp.Error),
 		Array: sp.Array, After: sp.After, AfterAny: sp.AfterAny, Requeue: sp.Requeue, Hold: rec.Hold, NoKill: sp.NoKill,
 		Nodes: uint32(sp.Nodes), Events: rec.Events, SubmitNode: sp.SubmitNode,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
@@ -96,8 +97,8 @@ func allDigits(s string) bool {
 func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who identity, interactive bool) (*jobRecord, int, error) {
 	sp := jobSpec{
 		Name: req.Name, User: proc.UserName(who.uid), UID: who.uid, GID: who.gid, Groups: who.groups,
-		Umask: who.umask, SubmitNode: s.d.Node, Submit: time.Now().UTC(), Args: jobspb.FromBytes(req.Args),
-		Script: req.Script, ScriptName: string(req.ScriptName), Cwd: string(req.Cwd), Env: jobspb.FromBytes(req.Env), CPUs: req.CpusMilli, Memory: req.MemBytes,
+		Umask: who.umask, SubmitNode: s.d.Node, Submit: time.Now().UTC(), Args: ssipb.StringWords(req.Args),
+		Script: req.Script, ScriptName: string(req.ScriptName), Cwd: string(req.Cwd), Env: ssipb.StringWords(req.Env), CPUs: req.CpusMilli, Memory: req.MemBytes,
 		Nodes: int(req.Nodes), Tasks: int(req.Tasks), TimeLimit: req.TimeLimitSeconds, Queue: req.Queue,
 		Priority: int(req.Priority), After: req.After, AfterAny: req.AfterAny, NoKill: req.NoKill,
 		Interactive: interactive,
