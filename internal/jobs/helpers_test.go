@@ -22,8 +22,8 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api"
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
-	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/api/jobsrpc"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/proc/cgroup"
 )
