@@ -56,7 +56,7 @@ func newRunCommand(g *Globals) *cobra.Command {
 		Use:   "run [flags] -- CMD [ARGS...]",
 		Short: "Run a command on any node as if it were a local child",
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
-environment and working directory. stdin, stdout and stderr stream both ways; signals the
+environment, working directory, nice value and resource limits (ulimit). stdin, stdout and stderr stream both ways; signals the
 shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
 as does any other sent to ssi that would end a local command (ALRM, XCPU, real-time ones),
 and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
@@ -163,7 +163,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	start := &ssipb.RunStart{IgnoredSignals: ignored, StderrToStdout: !useTTY && sameFile(os.Stdout, os.Stderr),
 		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
-		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
+		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell, Rlimits: callerRlimits(),
 	}
 	if useTTY {
 		if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {

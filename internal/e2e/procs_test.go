@@ -133,6 +133,14 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("resource limits", func(t *testing.T) {
+		// As a local child: the caller's ulimits, set before the command's first instruction.
+		r := inside(t, c, "n1", "sh", "-c", `ulimit -c 0 && ulimit -s 4096 && ulimit -n 300 && exec ssi run -n n2 -- sh -c 'echo $(ulimit -c) $(ulimit -s) $(ulimit -Sn) $(ulimit -Hn)'`)
+		if r.code != 0 || r.stdout != "0 4096 300 300\n" {
+			t.Fatalf("ssi run under ulimit -c 0 -s 4096 -n 300: %v; want those limits", r)
+		}
+	})
+
 	t.Run("2>&1 keeps the order of stdout and stderr", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -147,7 +147,7 @@ func TestJobStartsWithTheSubmittersLimits(t *testing.T) {
 	n1 := c.start("n1", true, 2)
 	dir := t.TempDir()
 	req := cmd(dir, `echo $(ulimit -Sc) $(ulimit -Hc) $(ulimit -Ss) $(ulimit -Sn) $(ulimit -Hn) > got`)
-	req.Rlimits = []*jobspb.Rlimit{
+	req.Rlimits = []*ssipb.Rlimit{
 		{Resource: syscall.RLIMIT_CORE, Cur: 0, Max: 0},
 		{Resource: syscall.RLIMIT_STACK, Cur: 2 << 20, Max: 1<<64 - 1},
 		{Resource: syscall.RLIMIT_NOFILE, Cur: 100, Max: 200},

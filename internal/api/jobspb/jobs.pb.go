@@ -10,6 +10,7 @@
 package jobspb
 
 import (
+	ssipb "github.com/ssi-cluster/ssi/internal/api/ssipb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -100,7 +101,7 @@ type SubmitRequest struct {
 	NoKill           bool                  `protobuf:"varint,21,opt,name=no_kill,json=noKill,proto3" json:"no_kill,omitempty"`
 	// The caller's resource limits, which the job's processes start with (as Slurm's
 	// PropagateResourceLimits=ALL).
-	Rlimits       []*Rlimit `protobuf:"bytes,22,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	Rlimits       []*ssipb.Rlimit `protobuf:"bytes,22,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,82 +283,11 @@ func (x *SubmitRequest) GetNoKill() bool {
 	return false
 }
 
-func (x *SubmitRequest) GetRlimits() []*Rlimit {
+func (x *SubmitRequest) GetRlimits() []*ssipb.Rlimit {
 	if x != nil {
 		return x.Rlimits
 	}
 	return nil
-}
-
-// Rlimit is one resource limit, as getrlimit(2) gives it.
-type Rlimit struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Resource int32                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"` // RLIMIT_* of Linux
-	Cur      uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
-	Max      uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
-	// The caller could not tell its soft limit (a Go program raises its soft limit on open files
-	// as it starts): the job gets the soft limit the agent's commands get, at most max.
-	CurUnknown    bool `protobuf:"varint,4,opt,name=cur_unknown,json=curUnknown,proto3" json:"cur_unknown,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Rlimit) Reset() {
-	*x = Rlimit{}
-	mi := &file_jobs_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Rlimit) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Rlimit) ProtoMessage() {}
-
-func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
-func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *Rlimit) GetResource() int32 {
-	if x != nil {
-		return x.Resource
-	}
-	return 0
-}
-
-func (x *Rlimit) GetCur() uint64 {
-	if x != nil {
-		return x.Cur
-	}
-	return 0
-}
-
-func (x *Rlimit) GetMax() uint64 {
-	if x != nil {
-		return x.Max
-	}
-	return 0
-}
-
-func (x *Rlimit) GetCurUnknown() bool {
-	if x != nil {
-		return x.CurUnknown
-	}
-	return false
 }
 
 type SubmitResponse struct {
@@ -370,7 +300,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_jobs_proto_msgTypes[2]
+	mi := &file_jobs_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +312,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[2]
+	mi := &file_jobs_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +325,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{2}
+	return file_jobs_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *SubmitResponse) GetJobId() string {
@@ -425,7 +355,7 @@ type InteractiveInput struct {
 
 func (x *InteractiveInput) Reset() {
 	*x = InteractiveInput{}
-	mi := &file_jobs_proto_msgTypes[3]
+	mi := &file_jobs_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +367,7 @@ func (x *InteractiveInput) String() string {
 func (*InteractiveInput) ProtoMessage() {}
 
 func (x *InteractiveInput) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[3]
+	mi := &file_jobs_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +380,7 @@ func (x *InteractiveInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InteractiveInput.ProtoReflect.Descriptor instead.
 func (*InteractiveInput) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{3}
+	return file_jobs_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InteractiveInput) GetMsg() isInteractiveInput_Msg {
@@ -512,7 +442,7 @@ type InteractiveOutput struct {
 
 func (x *InteractiveOutput) Reset() {
 	*x = InteractiveOutput{}
-	mi := &file_jobs_proto_msgTypes[4]
+	mi := &file_jobs_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +454,7 @@ func (x *InteractiveOutput) String() string {
 func (*InteractiveOutput) ProtoMessage() {}
 
 func (x *InteractiveOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[4]
+	mi := &file_jobs_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +467,7 @@ func (x *InteractiveOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InteractiveOutput.ProtoReflect.Descriptor instead.
 func (*InteractiveOutput) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{4}
+	return file_jobs_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InteractiveOutput) GetMsg() isInteractiveOutput_Msg {
@@ -653,7 +583,7 @@ type Granted struct {
 
 func (x *Granted) Reset() {
 	*x = Granted{}
-	mi := &file_jobs_proto_msgTypes[5]
+	mi := &file_jobs_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +595,7 @@ func (x *Granted) String() string {
 func (*Granted) ProtoMessage() {}
 
 func (x *Granted) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[5]
+	mi := &file_jobs_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +608,7 @@ func (x *Granted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Granted.ProtoReflect.Descriptor instead.
 func (*Granted) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{5}
+	return file_jobs_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Granted) GetJobId() string {
@@ -720,7 +650,7 @@ type Revoke struct {
 
 func (x *Revoke) Reset() {
 	*x = Revoke{}
-	mi := &file_jobs_proto_msgTypes[6]
+	mi := &file_jobs_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +662,7 @@ func (x *Revoke) String() string {
 func (*Revoke) ProtoMessage() {}
 
 func (x *Revoke) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[6]
+	mi := &file_jobs_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +675,7 @@ func (x *Revoke) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revoke.ProtoReflect.Descriptor instead.
 func (*Revoke) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{6}
+	return file_jobs_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Revoke) GetState() string {
@@ -779,7 +709,7 @@ type Final struct {
 
 func (x *Final) Reset() {
 	*x = Final{}
-	mi := &file_jobs_proto_msgTypes[7]
+	mi := &file_jobs_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +721,7 @@ func (x *Final) String() string {
 func (*Final) ProtoMessage() {}
 
 func (x *Final) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[7]
+	mi := &file_jobs_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +734,7 @@ func (x *Final) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Final.ProtoReflect.Descriptor instead.
 func (*Final) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{7}
+	return file_jobs_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Final) GetState() string {
@@ -854,7 +784,7 @@ type TaskInfo struct {
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_jobs_proto_msgTypes[8]
+	mi := &file_jobs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +796,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[8]
+	mi := &file_jobs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +809,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{8}
+	return file_jobs_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TaskInfo) GetId() string {
@@ -1069,7 +999,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_jobs_proto_msgTypes[9]
+	mi := &file_jobs_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1011,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[9]
+	mi := &file_jobs_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1024,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{9}
+	return file_jobs_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListRequest) GetAll() bool {
@@ -1134,7 +1064,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_jobs_proto_msgTypes[10]
+	mi := &file_jobs_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1076,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[10]
+	mi := &file_jobs_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1089,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{10}
+	return file_jobs_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListResponse) GetTasks() []*TaskInfo {
@@ -1178,7 +1108,7 @@ type ShowRequest struct {
 
 func (x *ShowRequest) Reset() {
 	*x = ShowRequest{}
-	mi := &file_jobs_proto_msgTypes[11]
+	mi := &file_jobs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1120,7 @@ func (x *ShowRequest) String() string {
 func (*ShowRequest) ProtoMessage() {}
 
 func (x *ShowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[11]
+	mi := &file_jobs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1133,7 @@ func (x *ShowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowRequest.ProtoReflect.Descriptor instead.
 func (*ShowRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{11}
+	return file_jobs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ShowRequest) GetId() string {
@@ -1229,7 +1159,7 @@ type Attempt struct {
 
 func (x *Attempt) Reset() {
 	*x = Attempt{}
-	mi := &file_jobs_proto_msgTypes[12]
+	mi := &file_jobs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1171,7 @@ func (x *Attempt) String() string {
 func (*Attempt) ProtoMessage() {}
 
 func (x *Attempt) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[12]
+	mi := &file_jobs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1184,7 @@ func (x *Attempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
 func (*Attempt) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{12}
+	return file_jobs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Attempt) GetNumber() uint32 {
@@ -1338,7 +1268,7 @@ type ShowResponse struct {
 
 func (x *ShowResponse) Reset() {
 	*x = ShowResponse{}
-	mi := &file_jobs_proto_msgTypes[13]
+	mi := &file_jobs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1280,7 @@ func (x *ShowResponse) String() string {
 func (*ShowResponse) ProtoMessage() {}
 
 func (x *ShowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[13]
+	mi := &file_jobs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1293,7 @@ func (x *ShowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowResponse.ProtoReflect.Descriptor instead.
 func (*ShowResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{13}
+	return file_jobs_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShowResponse) GetJobId() string {
@@ -1496,7 +1426,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_jobs_proto_msgTypes[14]
+	mi := &file_jobs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1438,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[14]
+	mi := &file_jobs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1451,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{14}
+	return file_jobs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HistoryRequest) GetUser() string {
@@ -1555,7 +1485,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_jobs_proto_msgTypes[15]
+	mi := &file_jobs_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1497,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[15]
+	mi := &file_jobs_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1510,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{15}
+	return file_jobs_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ControlRequest) GetIds() []string {
@@ -1607,7 +1537,7 @@ type ControlResult struct {
 
 func (x *ControlResult) Reset() {
 	*x = ControlResult{}
-	mi := &file_jobs_proto_msgTypes[16]
+	mi := &file_jobs_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1549,7 @@ func (x *ControlResult) String() string {
 func (*ControlResult) ProtoMessage() {}
 
 func (x *ControlResult) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[16]
+	mi := &file_jobs_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1562,7 @@ func (x *ControlResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResult.ProtoReflect.Descriptor instead.
 func (*ControlResult) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{16}
+	return file_jobs_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ControlResult) GetId() string {
@@ -1658,7 +1588,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_jobs_proto_msgTypes[17]
+	mi := &file_jobs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1600,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[17]
+	mi := &file_jobs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1613,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{17}
+	return file_jobs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ControlResponse) GetResults() []*ControlResult {
@@ -1708,7 +1638,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_jobs_proto_msgTypes[18]
+	mi := &file_jobs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1650,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[18]
+	mi := &file_jobs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1663,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{18}
+	return file_jobs_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -1795,7 +1725,7 @@ type CreateQueueRequest struct {
 
 func (x *CreateQueueRequest) Reset() {
 	*x = CreateQueueRequest{}
-	mi := &file_jobs_proto_msgTypes[19]
+	mi := &file_jobs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1737,7 @@ func (x *CreateQueueRequest) String() string {
 func (*CreateQueueRequest) ProtoMessage() {}
 
 func (x *CreateQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[19]
+	mi := &file_jobs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1750,7 @@ func (x *CreateQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateQueueRequest.ProtoReflect.Descriptor instead.
 func (*CreateQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{19}
+	return file_jobs_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateQueueRequest) GetQueue() *QueueInfo {
@@ -1845,7 +1775,7 @@ type ListQueuesRequest struct {
 
 func (x *ListQueuesRequest) Reset() {
 	*x = ListQueuesRequest{}
-	mi := &file_jobs_proto_msgTypes[20]
+	mi := &file_jobs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +1787,7 @@ func (x *ListQueuesRequest) String() string {
 func (*ListQueuesRequest) ProtoMessage() {}
 
 func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[20]
+	mi := &file_jobs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +1800,7 @@ func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{20}
+	return file_jobs_proto_rawDescGZIP(), []int{19}
 }
 
 type ListQueuesResponse struct {
@@ -1882,7 +1812,7 @@ type ListQueuesResponse struct {
 
 func (x *ListQueuesResponse) Reset() {
 	*x = ListQueuesResponse{}
-	mi := &file_jobs_proto_msgTypes[21]
+	mi := &file_jobs_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +1824,7 @@ func (x *ListQueuesResponse) String() string {
 func (*ListQueuesResponse) ProtoMessage() {}
 
 func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[21]
+	mi := &file_jobs_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +1837,7 @@ func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{21}
+	return file_jobs_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListQueuesResponse) GetQueues() []*QueueInfo {
@@ -1926,7 +1856,7 @@ type RemoveQueueRequest struct {
 
 func (x *RemoveQueueRequest) Reset() {
 	*x = RemoveQueueRequest{}
-	mi := &file_jobs_proto_msgTypes[22]
+	mi := &file_jobs_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +1868,7 @@ func (x *RemoveQueueRequest) String() string {
 func (*RemoveQueueRequest) ProtoMessage() {}
 
 func (x *RemoveQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[22]
+	mi := &file_jobs_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +1881,7 @@ func (x *RemoveQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveQueueRequest.ProtoReflect.Descriptor instead.
 func (*RemoveQueueRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{22}
+	return file_jobs_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoveQueueRequest) GetName() string {
@@ -1969,7 +1899,7 @@ type RemoveQueueResponse struct {
 
 func (x *RemoveQueueResponse) Reset() {
 	*x = RemoveQueueResponse{}
-	mi := &file_jobs_proto_msgTypes[23]
+	mi := &file_jobs_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +1911,7 @@ func (x *RemoveQueueResponse) String() string {
 func (*RemoveQueueResponse) ProtoMessage() {}
 
 func (x *RemoveQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[23]
+	mi := &file_jobs_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +1924,7 @@ func (x *RemoveQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveQueueResponse.ProtoReflect.Descriptor instead.
 func (*RemoveQueueResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{23}
+	return file_jobs_proto_rawDescGZIP(), []int{22}
 }
 
 type DrainRequest struct {
@@ -2007,7 +1937,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_jobs_proto_msgTypes[24]
+	mi := &file_jobs_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +1949,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[24]
+	mi := &file_jobs_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +1962,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{24}
+	return file_jobs_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainRequest) GetNode() string {
@@ -2059,7 +1989,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_jobs_proto_msgTypes[25]
+	mi := &file_jobs_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2001,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_jobs_proto_msgTypes[25]
+	mi := &file_jobs_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2014,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_jobs_proto_rawDescGZIP(), []int{25}
+	return file_jobs_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainResponse) GetNode() string {
@@ -2106,7 +2036,7 @@ var File_jobs_proto protoreflect.FileDescriptor
 const file_jobs_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"jobs.proto\x12\vssi.jobs.v1\"\xae\x05\n" +
+	"jobs.proto\x12\vssi.jobs.v1\x1a\tssi.proto\"\xa9\x05\n" +
 	"\rSubmitRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\fR\x04args\x12\x16\n" +
@@ -2131,19 +2061,13 @@ const file_jobs_proto_rawDesc = "" +
 	"\x05error\x18\x12 \x01(\fR\x05error\x12<\n" +
 	"\arequeue\x18\x13 \x01(\x0e2\".ssi.jobs.v1.SubmitRequest.RequeueR\arequeue\x12\x12\n" +
 	"\x04hold\x18\x14 \x01(\bR\x04hold\x12\x17\n" +
-	"\ano_kill\x18\x15 \x01(\bR\x06noKill\x12-\n" +
-	"\arlimits\x18\x16 \x03(\v2\x13.ssi.jobs.v1.RlimitR\arlimits\"?\n" +
+	"\ano_kill\x18\x15 \x01(\bR\x06noKill\x12(\n" +
+	"\arlimits\x18\x16 \x03(\v2\x0e.ssi.v1.RlimitR\arlimits\"?\n" +
 	"\aRequeue\x12\x13\n" +
 	"\x0fREQUEUE_DEFAULT\x10\x00\x12\x0f\n" +
 	"\vREQUEUE_YES\x10\x01\x12\x0e\n" +
 	"\n" +
-	"REQUEUE_NO\x10\x02\"i\n" +
-	"\x06Rlimit\x12\x1a\n" +
-	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
-	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
-	"\x03max\x18\x03 \x01(\x04R\x03max\x12\x1f\n" +
-	"\vcur_unknown\x18\x04 \x01(\bR\n" +
-	"curUnknown\"=\n" +
+	"REQUEUE_NO\x10\x02\"=\n" +
 	"\x0eSubmitResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05tasks\x18\x02 \x01(\rR\x05tasks\"e\n" +
@@ -2287,49 +2211,49 @@ func file_jobs_proto_rawDescGZIP() []byte {
 }
 
 var file_jobs_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_jobs_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_jobs_proto_goTypes = []any{
 	(SubmitRequest_Requeue)(0),  // 0: ssi.jobs.v1.SubmitRequest.Requeue
 	(*SubmitRequest)(nil),       // 1: ssi.jobs.v1.SubmitRequest
-	(*Rlimit)(nil),              // 2: ssi.jobs.v1.Rlimit
-	(*SubmitResponse)(nil),      // 3: ssi.jobs.v1.SubmitResponse
-	(*InteractiveInput)(nil),    // 4: ssi.jobs.v1.InteractiveInput
-	(*InteractiveOutput)(nil),   // 5: ssi.jobs.v1.InteractiveOutput
-	(*Granted)(nil),             // 6: ssi.jobs.v1.Granted
-	(*Revoke)(nil),              // 7: ssi.jobs.v1.Revoke
-	(*Final)(nil),               // 8: ssi.jobs.v1.Final
-	(*TaskInfo)(nil),            // 9: ssi.jobs.v1.TaskInfo
-	(*ListRequest)(nil),         // 10: ssi.jobs.v1.ListRequest
-	(*ListResponse)(nil),        // 11: ssi.jobs.v1.ListResponse
-	(*ShowRequest)(nil),         // 12: ssi.jobs.v1.ShowRequest
-	(*Attempt)(nil),             // 13: ssi.jobs.v1.Attempt
-	(*ShowResponse)(nil),        // 14: ssi.jobs.v1.ShowResponse
-	(*HistoryRequest)(nil),      // 15: ssi.jobs.v1.HistoryRequest
-	(*ControlRequest)(nil),      // 16: ssi.jobs.v1.ControlRequest
-	(*ControlResult)(nil),       // 17: ssi.jobs.v1.ControlResult
-	(*ControlResponse)(nil),     // 18: ssi.jobs.v1.ControlResponse
-	(*QueueInfo)(nil),           // 19: ssi.jobs.v1.QueueInfo
-	(*CreateQueueRequest)(nil),  // 20: ssi.jobs.v1.CreateQueueRequest
-	(*ListQueuesRequest)(nil),   // 21: ssi.jobs.v1.ListQueuesRequest
-	(*ListQueuesResponse)(nil),  // 22: ssi.jobs.v1.ListQueuesResponse
-	(*RemoveQueueRequest)(nil),  // 23: ssi.jobs.v1.RemoveQueueRequest
-	(*RemoveQueueResponse)(nil), // 24: ssi.jobs.v1.RemoveQueueResponse
-	(*DrainRequest)(nil),        // 25: ssi.jobs.v1.DrainRequest
-	(*DrainResponse)(nil),       // 26: ssi.jobs.v1.DrainResponse
+	(*SubmitResponse)(nil),      // 2: ssi.jobs.v1.SubmitResponse
+	(*InteractiveInput)(nil),    // 3: ssi.jobs.v1.InteractiveInput
+	(*InteractiveOutput)(nil),   // 4: ssi.jobs.v1.InteractiveOutput
+	(*Granted)(nil),             // 5: ssi.jobs.v1.Granted
+	(*Revoke)(nil),              // 6: ssi.jobs.v1.Revoke
+	(*Final)(nil),               // 7: ssi.jobs.v1.Final
+	(*TaskInfo)(nil),            // 8: ssi.jobs.v1.TaskInfo
+	(*ListRequest)(nil),         // 9: ssi.jobs.v1.ListRequest
+	(*ListResponse)(nil),        // 10: ssi.jobs.v1.ListResponse
+	(*ShowRequest)(nil),         // 11: ssi.jobs.v1.ShowRequest
+	(*Attempt)(nil),             // 12: ssi.jobs.v1.Attempt
+	(*ShowResponse)(nil),        // 13: ssi.jobs.v1.ShowResponse
+	(*HistoryRequest)(nil),      // 14: ssi.jobs.v1.HistoryRequest
+	(*ControlRequest)(nil),      // 15: ssi.jobs.v1.ControlRequest
+	(*ControlResult)(nil),       // 16: ssi.jobs.v1.ControlResult
+	(*ControlResponse)(nil),     // 17: ssi.jobs.v1.ControlResponse
+	(*QueueInfo)(nil),           // 18: ssi.jobs.v1.QueueInfo
+	(*CreateQueueRequest)(nil),  // 19: ssi.jobs.v1.CreateQueueRequest
+	(*ListQueuesRequest)(nil),   // 20: ssi.jobs.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),  // 21: ssi.jobs.v1.ListQueuesResponse
+	(*RemoveQueueRequest)(nil),  // 22: ssi.jobs.v1.RemoveQueueRequest
+	(*RemoveQueueResponse)(nil), // 23: ssi.jobs.v1.RemoveQueueResponse
+	(*DrainRequest)(nil),        // 24: ssi.jobs.v1.DrainRequest
+	(*DrainResponse)(nil),       // 25: ssi.jobs.v1.DrainResponse
+	(*ssipb.Rlimit)(nil),        // 26: ssi.v1.Rlimit
 }
 var file_jobs_proto_depIdxs = []int32{
 	0,  // 0: ssi.jobs.v1.SubmitRequest.requeue:type_name -> ssi.jobs.v1.SubmitRequest.Requeue
-	2,  // 1: ssi.jobs.v1.SubmitRequest.rlimits:type_name -> ssi.jobs.v1.Rlimit
+	26, // 1: ssi.jobs.v1.SubmitRequest.rlimits:type_name -> ssi.v1.Rlimit
 	1,  // 2: ssi.jobs.v1.InteractiveInput.submit:type_name -> ssi.jobs.v1.SubmitRequest
-	6,  // 3: ssi.jobs.v1.InteractiveOutput.granted:type_name -> ssi.jobs.v1.Granted
-	7,  // 4: ssi.jobs.v1.InteractiveOutput.revoke:type_name -> ssi.jobs.v1.Revoke
-	8,  // 5: ssi.jobs.v1.InteractiveOutput.final:type_name -> ssi.jobs.v1.Final
-	9,  // 6: ssi.jobs.v1.ListResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
-	9,  // 7: ssi.jobs.v1.ShowResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
-	13, // 8: ssi.jobs.v1.ShowResponse.attempts:type_name -> ssi.jobs.v1.Attempt
-	17, // 9: ssi.jobs.v1.ControlResponse.results:type_name -> ssi.jobs.v1.ControlResult
-	19, // 10: ssi.jobs.v1.CreateQueueRequest.queue:type_name -> ssi.jobs.v1.QueueInfo
-	19, // 11: ssi.jobs.v1.ListQueuesResponse.queues:type_name -> ssi.jobs.v1.QueueInfo
+	5,  // 3: ssi.jobs.v1.InteractiveOutput.granted:type_name -> ssi.jobs.v1.Granted
+	6,  // 4: ssi.jobs.v1.InteractiveOutput.revoke:type_name -> ssi.jobs.v1.Revoke
+	7,  // 5: ssi.jobs.v1.InteractiveOutput.final:type_name -> ssi.jobs.v1.Final
+	8,  // 6: ssi.jobs.v1.ListResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
+	8,  // 7: ssi.jobs.v1.ShowResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
+	12, // 8: ssi.jobs.v1.ShowResponse.attempts:type_name -> ssi.jobs.v1.Attempt
+	16, // 9: ssi.jobs.v1.ControlResponse.results:type_name -> ssi.jobs.v1.ControlResult
+	18, // 10: ssi.jobs.v1.CreateQueueRequest.queue:type_name -> ssi.jobs.v1.QueueInfo
+	18, // 11: ssi.jobs.v1.ListQueuesResponse.queues:type_name -> ssi.jobs.v1.QueueInfo
 	12, // [12:12] is the sub-list for method output_type
 	12, // [12:12] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
@@ -2342,11 +2266,11 @@ func file_jobs_proto_init() {
 	if File_jobs_proto != nil {
 		return
 	}
-	file_jobs_proto_msgTypes[3].OneofWrappers = []any{
+	file_jobs_proto_msgTypes[2].OneofWrappers = []any{
 		(*InteractiveInput_Submit)(nil),
 		(*InteractiveInput_Exit)(nil),
 	}
-	file_jobs_proto_msgTypes[4].OneofWrappers = []any{
+	file_jobs_proto_msgTypes[3].OneofWrappers = []any{
 		(*InteractiveOutput_Queued)(nil),
 		(*InteractiveOutput_Waiting)(nil),
 		(*InteractiveOutput_Granted)(nil),
@@ -2360,7 +2284,7 @@ func file_jobs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_jobs_proto_rawDesc), len(file_jobs_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
