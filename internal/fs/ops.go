@@ -614,6 +614,9 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 			flags &^= unix.O_TRUNC
 		}
 		fd, err := unix.Openat(r.dir, name, flags, 0)
+		if err == unix.EACCES && req.Flags&fmodeExec != 0 && flags&unix.O_ACCMODE == unix.O_RDONLY {
+			fd, err = s.openToExecute(r, flags)
+		}
 		if err != nil {
 			return errnoOf(err)
 		}
@@ -632,6 +635,46 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 	}
 	c.finish(start, watched, []*fspb.Attr{reply.Attr})
 	return reply, nil
+}
+
+// fmodeExec marks, in the flags of a FUSE open, the kernel's opening of a program to execute
+// it (__FMODE_EXEC).
+const fmodeExec = 0x20
+
+// openToExecute opens, for the kernel that is to execute it, a regular file the caller (whose
+// credentials the calling thread has) may execute but not read: locally the kernel reads such
+// a program on the caller's behalf. The file is opened as the agent, once the caller is known
+// to have search permission on the way (an O_PATH open as the caller) and execute permission.
+func (s *Server) openToExecute(r resolved, flags int) (int, error) {
+	pfd, errno := openObject(r)
+	if errno != 0 {
+		return -1, errno
+	}
+	defer unix.Close(pfd)
+	var st unix.Statx_t
+	if errno := statFD(pfd, &st); errno != 0 {
+		return -1, errno
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return -1, unix.EACCES
+	}
+	if err := unix.Faccessat2(pfd, "", unix.X_OK, unix.AT_EMPTY_PATH|unix.AT_EACCESS); err != nil {
+		return -1, err
+	}
+	type opened struct {
+		fd  int
+		err error
+	}
+	done := make(chan opened)
+	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
+	go func() {
+		// Through the descriptor's magic link, which O_NOFOLLOW would refuse; the object
+		// itself was opened without following.
+		fd, err := unix.Open(procFD(pfd), flags&^unix.O_NOFOLLOW, 0)
+		done <- opened{fd, err}
+	}()
+	o := <-done
+	return o.fd, o.err
 }
 
 // entryCall resolves the directory entry dir/name for a change and checks it may be changed.

@@ -693,3 +693,40 @@ func TestMoreChecksAsLocally(t *testing.T) {
 		}
 	}
 }
+
+// TestExecuteOnlyProgramsRun: a program that others may execute but not read (mode 0711)
+// runs for them locally, the kernel reading it on their behalf, and so through the tree; it
+// still cannot be read.
+func TestExecuteOnlyProgramsRun(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	program, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Skipf("needs /bin/true: %v", err)
+	}
+	for _, tc := range []struct {
+		mode uint32
+		op   string
+		want string
+	}{
+		{0o711, "exec", "ok"},
+		{0o711, "read", "EACCES"},
+		{0o700, "exec", "EACCES"},
+		{0o644, "exec", "EACCES"},
+	} {
+		var results [2]string
+		for i, base := range []string{local.path("n2"), disk} {
+			name := fmt.Sprintf("prog-%o-%s-%d", tc.mode, tc.op, i)
+			must(t, os.WriteFile(filepath.Join(disk, name), program, 0o700))
+			must(t, unix.Chmod(filepath.Join(disk, name), tc.mode))
+			results[i] = as(t, 65534, tc.op, filepath.Join(base, name))
+		}
+		if results[0] != results[1] || results[0] != tc.want {
+			t.Errorf("%s of a %o program as nobody: %s through the mount, %s on the disk, want %s", tc.op, tc.mode, results[0], results[1], tc.want)
+		}
+	}
+}
