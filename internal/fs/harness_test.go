@@ -96,8 +96,9 @@ type testNode struct {
 	noCalls bool
 	// noWire makes the node serve no file wire (an agent from before it).
 	noWire bool
-	// mute makes the node's mount stop sending on its Watch streams to other nodes, as a node
-	// that died or was cut off while its connections stayed open.
+	// mute cuts the node's Watch streams to other nodes off both ways (its mount sends
+	// nothing, the owners' sends to it block), as a node that died or was cut off while its
+	// connections stayed open.
 	mute atomic.Bool
 
 	connsMu sync.Mutex
@@ -206,7 +207,13 @@ func (n *testNode) start(cfg ServerConfig) {
 			return handler(ctx, req)
 		}),
 		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-			return handler(srv, hangingStream{ServerStream: ss, hang: &n.hang})
+			hs := hangingStream{ServerStream: ss, hang: &n.hang}
+			if caller, err := testIdentify(ss.Context()); err == nil && info.FullMethod == fspb.Files_Watch_FullMethodName {
+				if from := n.c.node(caller); from != nil {
+					hs.mute = &from.mute
+				}
+			}
+			return handler(srv, hs)
 		}))...)
 	if n.noCalls {
 		fspb.RegisterFilesServer(g, serverWithoutCalls{srv})
@@ -256,14 +263,16 @@ func (n *testNode) restart(cfg ServerConfig) {
 	n.start(cfg)
 }
 
-// hangingStream stops sending while its node hangs.
+// hangingStream stops sending while its node hangs, or while the node at the other end of a
+// Watch stream is muted.
 type hangingStream struct {
 	grpc.ServerStream
 	hang *atomic.Bool
+	mute *atomic.Bool
 }
 
 func (s hangingStream) SendMsg(m any) error {
-	for s.hang.Load() {
+	for s.hang.Load() || s.mute != nil && s.mute.Load() {
 		select {
 		case <-s.Context().Done():
 			return s.Context().Err()
@@ -312,6 +321,13 @@ func (s mutableStream) SendMsg(m any) error {
 	return s.ClientStream.SendMsg(m)
 }
 
+func (s mutableStream) RecvMsg(m any) error {
+	for s.mute.Load() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s.ClientStream.RecvMsg(m)
+}
+
 type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(b []byte) (int, error) {
@@ -355,11 +371,26 @@ func (v testNodes) Conn(node string) (grpc.ClientConnInterface, error) {
 			return invoker(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), method, req, reply, cc, opts...)
 		}),
 		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			cs, err := streamer(metadata.AppendToOutgoingContext(ctx, testNodeHeader, self), desc, cc, method, opts...)
-			if err != nil || method != fspb.Files_Watch_FullMethodName {
-				return cs, err
+			ctx = metadata.AppendToOutgoingContext(ctx, testNodeHeader, self)
+			if method != fspb.Files_Watch_FullMethodName {
+				return streamer(ctx, desc, cc, method, opts...)
 			}
-			return mutableStream{ClientStream: cs, mute: &v.from.mute}, nil
+			// While muted, the end of the stream does not reach the owner either.
+			mute := &v.from.mute
+			streamCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			go func() {
+				<-ctx.Done()
+				for mute.Load() {
+					time.Sleep(10 * time.Millisecond)
+				}
+				cancel()
+			}()
+			cs, err := streamer(streamCtx, desc, cc, method, opts...)
+			if err != nil {
+				cancel()
+				return nil, err
+			}
+			return mutableStream{ClientStream: cs, mute: mute}, nil
 		}),
 	)
 	if err != nil {

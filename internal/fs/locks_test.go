@@ -290,3 +290,60 @@ func TestLockSilentClientLosesItsLocks(t *testing.T) {
 		t.Fatal("the idle client lost its lock")
 	}
 }
+
+// fakeWatch is the client end of a Watch stream that a test drives by hand.
+type fakeWatch struct {
+	ctx  context.Context
+	up   chan *fspb.WatchUp
+	down chan *fspb.WatchDown
+}
+
+func (w *fakeWatch) Send(m *fspb.WatchDown) error {
+	select {
+	case w.down <- m:
+		return nil
+	case <-w.ctx.Done():
+		return w.ctx.Err()
+	}
+}
+
+func (w *fakeWatch) Recv() (*fspb.WatchUp, error) {
+	select {
+	case m := <-w.up:
+		return m, nil
+	case <-w.ctx.Done():
+		return nil, w.ctx.Err()
+	}
+}
+
+func (w *fakeWatch) Context() context.Context { return w.ctx }
+
+// A client from before heartbeats were answered never answers them: it keeps its watch while
+// its connection lasts.
+func TestLockClientThatNeverAnswersHeartbeatsKeepsItsWatch(t *testing.T) {
+	c := newTestCluster(t, "n2")
+	n2 := c.node("n2")
+	ctx, cancel := context.WithCancel(withCallerNode(context.Background(), "old"))
+	defer cancel()
+	w := &fakeWatch{ctx: ctx, up: make(chan *fspb.WatchUp, 1), down: make(chan *fspb.WatchDown, 64)}
+	w.up <- &fspb.WatchUp{Session: []byte("s")}
+	go n2.server.serveWatch(w)
+	deadline := time.After(heartbeat*heartbeatMisses + 2*heartbeat)
+	beats := 0
+	for done := false; !done; {
+		select {
+		case m := <-w.down:
+			if m.Seq == 0 && m.Instance == nil {
+				beats++
+			}
+		case <-deadline:
+			done = true
+		}
+	}
+	if beats == 0 {
+		t.Fatal("no heartbeat came")
+	}
+	if !n2.watching("old") {
+		t.Fatal("the owner dropped the watch of a client that never answered heartbeats")
+	}
+}

@@ -336,10 +336,30 @@ func (s *Server) serveWatch(conn watchConn) error {
 	// A client that went silent (its node died or was cut off without its connection
 	// closing) must lose its stream: only then does the grace period after which its locks
 	// and files go begin. Clients answer heartbeats with an empty message; one that never
-	// did (an agent from before) is only dropped when its connection fails.
+	// did (an agent from before) is only dropped when its connection fails. The watch is
+	// detached here rather than by this function's return: a send to a client that stopped
+	// reading may block until its connection fails, hours later.
 	var heard atomic.Int64
 	var answers atomic.Bool
 	heard.Store(time.Now().UnixNano())
+	go func() {
+		tick := time.NewTicker(heartbeat)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				silent := time.Since(time.Unix(0, heard.Load()))
+				if !answers.Load() || silent <= heartbeat*heartbeatMisses {
+					continue
+				}
+				s.log.Warn("client stopped answering on its invalidation stream; dropping it, its files and locks go if it does not come back",
+					"client", sess.node, "silent_for", silent.Round(time.Second), "grace", s.grace())
+			case <-ws.done:
+			}
+			s.detach(sess, ws)
+			return
+		}
+	}()
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
@@ -361,12 +381,6 @@ func (s *Server) serveWatch(conn watchConn) error {
 	for {
 		select {
 		case <-beat.C:
-			if silent := time.Since(time.Unix(0, heard.Load())); answers.Load() && silent > heartbeat*heartbeatMisses {
-				s.log.Warn("client stopped answering on its invalidation stream; dropping it, its files and locks go if it does not come back",
-					"client", sess.node, "silent_for", silent.Round(time.Second), "grace", s.grace())
-				ws.stop()
-				return errors.New("watch stream dropped: the client went silent")
-			}
 			if err := conn.Send(&fspb.WatchDown{}); err != nil {
 				ws.stop()
 				return err
@@ -381,7 +395,7 @@ func (s *Server) serveWatch(conn watchConn) error {
 			case err := <-recvErr:
 				return err
 			default:
-				return errors.New("watch stream dropped: the client fell behind or did not acknowledge invalidations")
+				return errors.New("watch stream dropped: the client fell behind, did not acknowledge invalidations or went silent")
 			}
 		case <-s.closed:
 			ws.stop()
