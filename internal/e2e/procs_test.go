@@ -455,6 +455,11 @@ func TestProcessSpace(t *testing.T) {
 		if w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g+1_000_000, 10)); w.code != 127 || w.stderr == "" {
 			t.Fatalf("wait for a process ssi did not start: %v; want 127 and a message", w)
 		}
+		// Several: all are waited for, and the status is the last one's, as the shell's.
+		other := strings.TrimSpace(inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n3", "--cwd", "/tmp", "--", "sh", "-c", "exit 9").stdout)
+		if w := inside(t, c, "n2", "ssi", "wait", strconv.FormatInt(g, 10), other); w.code != 9 {
+			t.Fatalf("wait for two: %v; want the second's 9", w)
+		}
 		out := inside(t, c, "n2", "cat", fmt.Sprintf("/tmp/ssi-%d.out", g))
 		if out.stdout != "hello\n" {
 			t.Fatalf("detached output: %v", out)
