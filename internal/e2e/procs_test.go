@@ -121,11 +121,16 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
-	t.Run("nice value and PWD", func(t *testing.T) {
+	t.Run("nice value, limits and PWD", func(t *testing.T) {
 		// As a local child: the caller's nice value, and PWD naming where it runs.
 		r := inside(t, c, "n1", "nice", "-n", "7", "ssi", "run", "-n", "n2", "--", "cut", "-d ", "-f19", "/proc/self/stat")
 		if r.code != 0 || r.stdout != "7\n" {
 			t.Fatalf("nice -n 7 ssi run: %v; want nice 7", r)
+		}
+		// And its resource limits (ulimit), which a local child inherits.
+		r = inside(t, c, "n1", "sh", "-c", `ulimit -c 12345; ulimit -s 4321; exec ssi run -n n2 -- sh -c 'ulimit -c; ulimit -s'`)
+		if r.code != 0 || r.stdout != "12345\n4321\n" {
+			t.Fatalf("ulimit -c 12345 -s 4321; ssi run: %v; want the same limits remotely", r)
 		}
 		r = inside(t, c, "n1", "env", "PWD=/", "ssi", "run", "-n", "n2", "--cwd", "/etc", "--", "printenv", "PWD")
 		if r.code != 0 || r.stdout != "/etc\n" {

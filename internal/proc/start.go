@@ -79,6 +79,10 @@ type Spec struct {
 	// parent's; nil keeps the agent's.
 	Nice *int
 
+	// Rlimits are the resource limits the command starts with, as a local child inherits its
+	// parent's; those not given are the agent's (see withRlimits).
+	Rlimits []Rlimit
+
 	// Ignore lists signals the command starts with ignored (SIG_IGN), as a local child
 	// inherits its parent's through exec. The agent cannot fork with them ignored without
 	// ignoring them itself, so /bin/sh sets them and execs the command (argv as given).
@@ -134,6 +138,11 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 	}
 	if len(spec.Ignore) > 0 {
 		resolved, args = ignoring(spec.Ignore, args)
+	}
+	if len(spec.Rlimits) > 0 {
+		if resolved, args, err = withRlimits(spec.Rlimits, resolved, args); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
 	}
 
 	cgName := spec.Name

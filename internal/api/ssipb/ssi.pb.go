@@ -908,13 +908,16 @@ func (x *PingResponse) GetProtocol() uint32 {
 // Caller is the user a request runs as. The local agent fills it from the kernel (SO_PEERCRED
 // and /proc of the calling process); whatever a client puts there is overwritten.
 type Caller struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Umask         uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
-	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
-	Nice          int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid    uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Umask  uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
+	Node   string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
+	Nice   int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
+	// The calling process's resource limits (ulimit) that a command it starts inherits, as
+	// a local child would: those of Rlimits in internal/proc.
+	Rlimits       []*Rlimit `protobuf:"bytes,7,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -991,6 +994,74 @@ func (x *Caller) GetNice() int32 {
 	return 0
 }
 
+func (x *Caller) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+// Rlimit is one resource limit (getrlimit(2)); RLIM_INFINITY is the largest uint64.
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      int32                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	Cur           uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
+	Max           uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_ssi_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Rlimit) GetResource() int32 {
+	if x != nil {
+		return x.Resource
+	}
+	return 0
+}
+
+func (x *Rlimit) GetCur() uint64 {
+	if x != nil {
+		return x.Cur
+	}
+	return 0
+}
+
+func (x *Rlimit) GetMax() uint64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 type RunStart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// args, env and cwd are bytes, not strings, because Unix passes them as bytes that need not
@@ -1021,7 +1092,7 @@ type RunStart struct {
 
 func (x *RunStart) Reset() {
 	*x = RunStart{}
-	mi := &file_ssi_proto_msgTypes[13]
+	mi := &file_ssi_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1104,7 @@ func (x *RunStart) String() string {
 func (*RunStart) ProtoMessage() {}
 
 func (x *RunStart) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[13]
+	mi := &file_ssi_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1117,7 @@ func (x *RunStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStart.ProtoReflect.Descriptor instead.
 func (*RunStart) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{13}
+	return file_ssi_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunStart) GetArgs() [][]byte {
@@ -1164,7 +1235,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_ssi_proto_msgTypes[14]
+	mi := &file_ssi_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1247,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[14]
+	mi := &file_ssi_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1260,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{14}
+	return file_ssi_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -1222,7 +1293,7 @@ type RunInput struct {
 
 func (x *RunInput) Reset() {
 	*x = RunInput{}
-	mi := &file_ssi_proto_msgTypes[15]
+	mi := &file_ssi_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1305,7 @@ func (x *RunInput) String() string {
 func (*RunInput) ProtoMessage() {}
 
 func (x *RunInput) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[15]
+	mi := &file_ssi_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1318,7 @@ func (x *RunInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunInput.ProtoReflect.Descriptor instead.
 func (*RunInput) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{15}
+	return file_ssi_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunInput) GetMsg() isRunInput_Msg {
@@ -1349,7 +1420,7 @@ type RunStarted struct {
 
 func (x *RunStarted) Reset() {
 	*x = RunStarted{}
-	mi := &file_ssi_proto_msgTypes[16]
+	mi := &file_ssi_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1432,7 @@ func (x *RunStarted) String() string {
 func (*RunStarted) ProtoMessage() {}
 
 func (x *RunStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[16]
+	mi := &file_ssi_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1445,7 @@ func (x *RunStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunStarted.ProtoReflect.Descriptor instead.
 func (*RunStarted) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{16}
+	return file_ssi_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RunStarted) GetGpid() int64 {
@@ -1426,7 +1497,7 @@ type RunExit struct {
 
 func (x *RunExit) Reset() {
 	*x = RunExit{}
-	mi := &file_ssi_proto_msgTypes[17]
+	mi := &file_ssi_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1509,7 @@ func (x *RunExit) String() string {
 func (*RunExit) ProtoMessage() {}
 
 func (x *RunExit) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[17]
+	mi := &file_ssi_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1522,7 @@ func (x *RunExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunExit.ProtoReflect.Descriptor instead.
 func (*RunExit) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{17}
+	return file_ssi_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RunExit) GetCode() int32 {
@@ -1490,7 +1561,7 @@ type RunOutput struct {
 
 func (x *RunOutput) Reset() {
 	*x = RunOutput{}
-	mi := &file_ssi_proto_msgTypes[18]
+	mi := &file_ssi_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1573,7 @@ func (x *RunOutput) String() string {
 func (*RunOutput) ProtoMessage() {}
 
 func (x *RunOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[18]
+	mi := &file_ssi_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1586,7 @@ func (x *RunOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunOutput.ProtoReflect.Descriptor instead.
 func (*RunOutput) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{18}
+	return file_ssi_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RunOutput) GetMsg() isRunOutput_Msg {
@@ -1610,7 +1681,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_ssi_proto_msgTypes[19]
+	mi := &file_ssi_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1693,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[19]
+	mi := &file_ssi_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1706,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{19}
+	return file_ssi_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProcInfo) GetGpid() int64 {
@@ -1739,7 +1810,7 @@ type PsRequest struct {
 
 func (x *PsRequest) Reset() {
 	*x = PsRequest{}
-	mi := &file_ssi_proto_msgTypes[20]
+	mi := &file_ssi_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1822,7 @@ func (x *PsRequest) String() string {
 func (*PsRequest) ProtoMessage() {}
 
 func (x *PsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[20]
+	mi := &file_ssi_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1835,7 @@ func (x *PsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PsRequest.ProtoReflect.Descriptor instead.
 func (*PsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{20}
+	return file_ssi_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PsRequest) GetNode() string {
@@ -1791,7 +1862,7 @@ type PsResponse struct {
 
 func (x *PsResponse) Reset() {
 	*x = PsResponse{}
-	mi := &file_ssi_proto_msgTypes[21]
+	mi := &file_ssi_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +1874,7 @@ func (x *PsResponse) String() string {
 func (*PsResponse) ProtoMessage() {}
 
 func (x *PsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[21]
+	mi := &file_ssi_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +1887,7 @@ func (x *PsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PsResponse.ProtoReflect.Descriptor instead.
 func (*PsResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{21}
+	return file_ssi_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PsResponse) GetProcs() []*ProcInfo {
@@ -1850,7 +1921,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_ssi_proto_msgTypes[22]
+	mi := &file_ssi_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1933,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[22]
+	mi := &file_ssi_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1946,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{22}
+	return file_ssi_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KillRequest) GetGpids() []int64 {
@@ -1916,7 +1987,7 @@ type KillResult struct {
 
 func (x *KillResult) Reset() {
 	*x = KillResult{}
-	mi := &file_ssi_proto_msgTypes[23]
+	mi := &file_ssi_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +1999,7 @@ func (x *KillResult) String() string {
 func (*KillResult) ProtoMessage() {}
 
 func (x *KillResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[23]
+	mi := &file_ssi_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2012,7 @@ func (x *KillResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillResult.ProtoReflect.Descriptor instead.
 func (*KillResult) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{23}
+	return file_ssi_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KillResult) GetGpid() int64 {
@@ -1967,7 +2038,7 @@ type KillResponse struct {
 
 func (x *KillResponse) Reset() {
 	*x = KillResponse{}
-	mi := &file_ssi_proto_msgTypes[24]
+	mi := &file_ssi_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1979,7 +2050,7 @@ func (x *KillResponse) String() string {
 func (*KillResponse) ProtoMessage() {}
 
 func (x *KillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[24]
+	mi := &file_ssi_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1992,7 +2063,7 @@ func (x *KillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillResponse.ProtoReflect.Descriptor instead.
 func (*KillResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{24}
+	return file_ssi_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KillResponse) GetResults() []*KillResult {
@@ -2012,7 +2083,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_ssi_proto_msgTypes[25]
+	mi := &file_ssi_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2095,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[25]
+	mi := &file_ssi_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2108,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{25}
+	return file_ssi_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WaitRequest) GetGpid() int64 {
@@ -2064,7 +2135,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_ssi_proto_msgTypes[26]
+	mi := &file_ssi_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2147,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[26]
+	mi := &file_ssi_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2160,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{26}
+	return file_ssi_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WaitResponse) GetCode() int32 {
@@ -2114,7 +2185,7 @@ type FilesRequest struct {
 
 func (x *FilesRequest) Reset() {
 	*x = FilesRequest{}
-	mi := &file_ssi_proto_msgTypes[27]
+	mi := &file_ssi_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2197,7 @@ func (x *FilesRequest) String() string {
 func (*FilesRequest) ProtoMessage() {}
 
 func (x *FilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[27]
+	mi := &file_ssi_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2210,7 @@ func (x *FilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
 func (*FilesRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{27}
+	return file_ssi_proto_rawDescGZIP(), []int{28}
 }
 
 type FilesResponse struct {
@@ -2151,7 +2222,7 @@ type FilesResponse struct {
 
 func (x *FilesResponse) Reset() {
 	*x = FilesResponse{}
-	mi := &file_ssi_proto_msgTypes[28]
+	mi := &file_ssi_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2234,7 @@ func (x *FilesResponse) String() string {
 func (*FilesResponse) ProtoMessage() {}
 
 func (x *FilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[28]
+	mi := &file_ssi_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2247,7 @@ func (x *FilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
 func (*FilesResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{28}
+	return file_ssi_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FilesResponse) GetNodes() []*NodeFiles {
@@ -2199,7 +2270,7 @@ type NodeFiles struct {
 
 func (x *NodeFiles) Reset() {
 	*x = NodeFiles{}
-	mi := &file_ssi_proto_msgTypes[29]
+	mi := &file_ssi_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2282,7 @@ func (x *NodeFiles) String() string {
 func (*NodeFiles) ProtoMessage() {}
 
 func (x *NodeFiles) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[29]
+	mi := &file_ssi_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2295,7 @@ func (x *NodeFiles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeFiles.ProtoReflect.Descriptor instead.
 func (*NodeFiles) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{29}
+	return file_ssi_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodeFiles) GetNode() string {
@@ -2276,7 +2347,7 @@ type FileExport struct {
 
 func (x *FileExport) Reset() {
 	*x = FileExport{}
-	mi := &file_ssi_proto_msgTypes[30]
+	mi := &file_ssi_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2359,7 @@ func (x *FileExport) String() string {
 func (*FileExport) ProtoMessage() {}
 
 func (x *FileExport) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[30]
+	mi := &file_ssi_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2372,7 @@ func (x *FileExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileExport.ProtoReflect.Descriptor instead.
 func (*FileExport) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{30}
+	return file_ssi_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FileExport) GetRoot() string {
@@ -2408,7 +2479,7 @@ type FileMount struct {
 
 func (x *FileMount) Reset() {
 	*x = FileMount{}
-	mi := &file_ssi_proto_msgTypes[31]
+	mi := &file_ssi_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2491,7 @@ func (x *FileMount) String() string {
 func (*FileMount) ProtoMessage() {}
 
 func (x *FileMount) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[31]
+	mi := &file_ssi_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2504,7 @@ func (x *FileMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileMount.ProtoReflect.Descriptor instead.
 func (*FileMount) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{31}
+	return file_ssi_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FileMount) GetPath() string {
@@ -2596,14 +2667,19 @@ const file_ssi_proto_rawDesc = "" +
 	"\vPingRequest\">\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\x82\x01\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\xac\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\x91\x03\n" +
+	"\x04nice\x18\x06 \x01(\x05R\x04nice\x12(\n" +
+	"\arlimits\x18\a \x03(\v2\x0e.ssi.v1.RlimitR\arlimits\"H\n" +
+	"\x06Rlimit\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
+	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\x04R\x03max\"\x91\x03\n" +
 	"\bRunStart\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
@@ -2746,7 +2822,7 @@ func file_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_proto_rawDescData
 }
 
-var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ssi_proto_goTypes = []any{
 	(*NodesRequest)(nil),        // 0: ssi.v1.NodesRequest
 	(*NodesResponse)(nil),       // 1: ssi.v1.NodesResponse
@@ -2761,49 +2837,51 @@ var file_ssi_proto_goTypes = []any{
 	(*PingRequest)(nil),         // 10: ssi.v1.PingRequest
 	(*PingResponse)(nil),        // 11: ssi.v1.PingResponse
 	(*Caller)(nil),              // 12: ssi.v1.Caller
-	(*RunStart)(nil),            // 13: ssi.v1.RunStart
-	(*WindowSize)(nil),          // 14: ssi.v1.WindowSize
-	(*RunInput)(nil),            // 15: ssi.v1.RunInput
-	(*RunStarted)(nil),          // 16: ssi.v1.RunStarted
-	(*RunExit)(nil),             // 17: ssi.v1.RunExit
-	(*RunOutput)(nil),           // 18: ssi.v1.RunOutput
-	(*ProcInfo)(nil),            // 19: ssi.v1.ProcInfo
-	(*PsRequest)(nil),           // 20: ssi.v1.PsRequest
-	(*PsResponse)(nil),          // 21: ssi.v1.PsResponse
-	(*KillRequest)(nil),         // 22: ssi.v1.KillRequest
-	(*KillResult)(nil),          // 23: ssi.v1.KillResult
-	(*KillResponse)(nil),        // 24: ssi.v1.KillResponse
-	(*WaitRequest)(nil),         // 25: ssi.v1.WaitRequest
-	(*WaitResponse)(nil),        // 26: ssi.v1.WaitResponse
-	(*FilesRequest)(nil),        // 27: ssi.v1.FilesRequest
-	(*FilesResponse)(nil),       // 28: ssi.v1.FilesResponse
-	(*NodeFiles)(nil),           // 29: ssi.v1.NodeFiles
-	(*FileExport)(nil),          // 30: ssi.v1.FileExport
-	(*FileMount)(nil),           // 31: ssi.v1.FileMount
-	nil,                         // 32: ssi.v1.StatusResponse.MembersEntry
+	(*Rlimit)(nil),              // 13: ssi.v1.Rlimit
+	(*RunStart)(nil),            // 14: ssi.v1.RunStart
+	(*WindowSize)(nil),          // 15: ssi.v1.WindowSize
+	(*RunInput)(nil),            // 16: ssi.v1.RunInput
+	(*RunStarted)(nil),          // 17: ssi.v1.RunStarted
+	(*RunExit)(nil),             // 18: ssi.v1.RunExit
+	(*RunOutput)(nil),           // 19: ssi.v1.RunOutput
+	(*ProcInfo)(nil),            // 20: ssi.v1.ProcInfo
+	(*PsRequest)(nil),           // 21: ssi.v1.PsRequest
+	(*PsResponse)(nil),          // 22: ssi.v1.PsResponse
+	(*KillRequest)(nil),         // 23: ssi.v1.KillRequest
+	(*KillResult)(nil),          // 24: ssi.v1.KillResult
+	(*KillResponse)(nil),        // 25: ssi.v1.KillResponse
+	(*WaitRequest)(nil),         // 26: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),        // 27: ssi.v1.WaitResponse
+	(*FilesRequest)(nil),        // 28: ssi.v1.FilesRequest
+	(*FilesResponse)(nil),       // 29: ssi.v1.FilesResponse
+	(*NodeFiles)(nil),           // 30: ssi.v1.NodeFiles
+	(*FileExport)(nil),          // 31: ssi.v1.FileExport
+	(*FileMount)(nil),           // 32: ssi.v1.FileMount
+	nil,                         // 33: ssi.v1.StatusResponse.MembersEntry
 }
 var file_ssi_proto_depIdxs = []int32{
 	2,  // 0: ssi.v1.NodesResponse.nodes:type_name -> ssi.v1.NodeInfo
 	2,  // 1: ssi.v1.StatusResponse.this_node:type_name -> ssi.v1.NodeInfo
 	5,  // 2: ssi.v1.StatusResponse.servers:type_name -> ssi.v1.ServerStatus
-	32, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
-	12, // 4: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
-	13, // 5: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
-	14, // 6: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
-	16, // 7: ssi.v1.RunOutput.started:type_name -> ssi.v1.RunStarted
-	17, // 8: ssi.v1.RunOutput.exit:type_name -> ssi.v1.RunExit
-	19, // 9: ssi.v1.PsResponse.procs:type_name -> ssi.v1.ProcInfo
-	12, // 10: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
-	23, // 11: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
-	12, // 12: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
-	29, // 13: ssi.v1.FilesResponse.nodes:type_name -> ssi.v1.NodeFiles
-	30, // 14: ssi.v1.NodeFiles.export:type_name -> ssi.v1.FileExport
-	31, // 15: ssi.v1.NodeFiles.mount:type_name -> ssi.v1.FileMount
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	33, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
+	13, // 4: ssi.v1.Caller.rlimits:type_name -> ssi.v1.Rlimit
+	12, // 5: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
+	14, // 6: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
+	15, // 7: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
+	17, // 8: ssi.v1.RunOutput.started:type_name -> ssi.v1.RunStarted
+	18, // 9: ssi.v1.RunOutput.exit:type_name -> ssi.v1.RunExit
+	20, // 10: ssi.v1.PsResponse.procs:type_name -> ssi.v1.ProcInfo
+	12, // 11: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
+	24, // 12: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
+	12, // 13: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
+	30, // 14: ssi.v1.FilesResponse.nodes:type_name -> ssi.v1.NodeFiles
+	31, // 15: ssi.v1.NodeFiles.export:type_name -> ssi.v1.FileExport
+	32, // 16: ssi.v1.NodeFiles.mount:type_name -> ssi.v1.FileMount
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_ssi_proto_init() }
@@ -2811,14 +2889,14 @@ func file_ssi_proto_init() {
 	if File_ssi_proto != nil {
 		return
 	}
-	file_ssi_proto_msgTypes[15].OneofWrappers = []any{
+	file_ssi_proto_msgTypes[16].OneofWrappers = []any{
 		(*RunInput_Start)(nil),
 		(*RunInput_Stdin)(nil),
 		(*RunInput_StdinEof)(nil),
 		(*RunInput_Signal)(nil),
 		(*RunInput_Resize)(nil),
 	}
-	file_ssi_proto_msgTypes[18].OneofWrappers = []any{
+	file_ssi_proto_msgTypes[19].OneofWrappers = []any{
 		(*RunOutput_Started)(nil),
 		(*RunOutput_Stdout)(nil),
 		(*RunOutput_Stderr)(nil),
@@ -2830,7 +2908,7 @@ func file_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_proto_rawDesc), len(file_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
