@@ -1,9 +1,14 @@
 package proc
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -29,18 +34,67 @@ var rlimitOptions = map[int]string{
 	unix.RLIMIT_STACK:   "--stack",
 }
 
+// rlimitNames are the names /proc/<pid>/limits gives the limits of rlimitOptions.
+var rlimitNames = map[string]int{
+	"Max address space":  unix.RLIMIT_AS,
+	"Max core file size": unix.RLIMIT_CORE,
+	"Max cpu time":       unix.RLIMIT_CPU,
+	"Max data size":      unix.RLIMIT_DATA,
+	"Max file size":      unix.RLIMIT_FSIZE,
+	"Max locked memory":  unix.RLIMIT_MEMLOCK,
+	"Max processes":      unix.RLIMIT_NPROC,
+	"Max stack size":     unix.RLIMIT_STACK,
+}
+
 // RlimitsOf returns the limits of pid that a command it asks for inherits (see
-// rlimitOptions), as the kernel has them.
+// rlimitOptions), from /proc/<pid>/limits: prlimit(2) would need CAP_SYS_RESOURCE, which an
+// agent in a user namespace may lack, for another user's process.
 func RlimitsOf(pid int) ([]Rlimit, error) {
-	out := make([]Rlimit, 0, len(rlimitOptions))
-	for res := range rlimitOptions {
-		var l unix.Rlimit
-		if err := unix.Prlimit(pid, res, nil, &l); err != nil {
-			return nil, fmt.Errorf("read resource limit %d of pid %d: %w", res, pid, err)
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/limits")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseLimits(f)
+}
+
+// parseLimits reads a /proc/<pid>/limits file: a line per limit, its name, soft and hard
+// values ("unlimited" or a number) and units.
+func parseLimits(r io.Reader) ([]Rlimit, error) {
+	var out []Rlimit
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		for name, res := range rlimitNames {
+			rest, ok := strings.CutPrefix(sc.Text(), name+" ")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			if len(f) < 2 {
+				return nil, fmt.Errorf("malformed limits line %q", sc.Text())
+			}
+			cur, err1 := parseLimitValue(f[0])
+			max, err2 := parseLimitValue(f[1])
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("malformed limits line %q: %w", sc.Text(), err)
+			}
+			out = append(out, Rlimit{Resource: res, Cur: cur, Max: max})
 		}
-		out = append(out, Rlimit{Resource: res, Cur: l.Cur, Max: l.Max})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if len(out) != len(rlimitNames) {
+		return nil, fmt.Errorf("limits has %d of the %d limits looked for", len(out), len(rlimitNames))
 	}
 	return out, nil
+}
+
+func parseLimitValue(s string) (uint64, error) {
+	if s == "unlimited" {
+		return unix.RLIM_INFINITY, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
 }
 
 // prlimitPath is prlimit(1), or "" where it is missing.

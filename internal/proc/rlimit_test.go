@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"os"
 	"slices"
 	"strconv"
 	"testing"
@@ -12,7 +13,7 @@ func TestWithRlimits(t *testing.T) {
 	if prlimitPath() == "" {
 		t.Skip("no prlimit(1) here")
 	}
-	own, err := RlimitsOf(0)
+	own, err := RlimitsOf(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,5 +34,21 @@ func TestWithRlimits(t *testing.T) {
 	want := []string{"prlimit", "--core=" + strconv.FormatUint(lower, 10) + ":" + rlimitValue(core.Max), "--", "sleep", "1"}
 	if err != nil || path != prlimitPath() || !slices.Equal(got, want) {
 		t.Fatalf("a lower core limit: %q %q %v; want %q (a hard limit above the agent's lowered to it)", path, got, err, want)
+	}
+}
+
+func TestRlimitsOfMatchesGetrlimit(t *testing.T) {
+	got, err := RlimitsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range got {
+		var want unix.Rlimit
+		if err := unix.Getrlimit(l.Resource, &want); err != nil {
+			t.Fatal(err)
+		}
+		if l.Cur != want.Cur || l.Max != want.Max {
+			t.Errorf("limit %d: %d:%d from /proc, %d:%d from getrlimit", l.Resource, l.Cur, l.Max, want.Cur, want.Max)
+		}
 	}
 }
