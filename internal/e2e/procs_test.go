@@ -580,6 +580,26 @@ func TestProcessSpace(t *testing.T) {
 		if r := ssi(t, c, "n1", "kill", "-9", g); r.code != 0 {
 			t.Fatalf("root killing: %v", r)
 		}
+		// -GPID is the process group it leads, as for kill(1): the whole detached job.
+		r = inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sh", "-c", "sleep 1008 & sleep 1009; wait")
+		job := strings.TrimSpace(r.stdout)
+		eventually(t, 10*time.Second, "the job's sleeps", func() bool {
+			list := ps(t, c, "n1", "-n", "n2")
+			return len(findProcs(list, "n2", "sleep 1008")) == 1 && len(findProcs(list, "n2", "sleep 1009")) == 1
+		})
+		if r := asNobody("kill", "-TERM", "-"+job); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("nobody killing root's process group: %v", r)
+		}
+		if r := ssi(t, c, "n3", "kill", "-TERM", "--", "-"+job); r.code != 0 {
+			t.Fatalf("ssi kill -TERM -- -%s: %v", job, r)
+		}
+		if w := ssi(t, c, "n1", "wait", job); w.code != 143 {
+			t.Fatalf("wait after killing the group: %v; want 143", w)
+		}
+		eventually(t, 10*time.Second, "the whole group ended", func() bool {
+			list := ps(t, c, "n1", "-n", "n2")
+			return len(findProcs(list, "n2", "sleep 1008"))+len(findProcs(list, "n2", "sleep 1009")) == 0
+		})
 		for _, bad := range [][]string{{"kill", "-NOPE", g}, {"kill", "12x"}, {"kill", "90000001"}} {
 			if r := ssi(t, c, "n1", bad...); r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
 				t.Errorf("ssi %v: %v; want one error line", bad, r)

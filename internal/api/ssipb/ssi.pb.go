@@ -1905,10 +1905,12 @@ func (x *PsResponse) GetUnreachable() []string {
 }
 
 type KillRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Gpids  []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
-	Signal int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
-	Caller *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A negative GPID names a process group, that whose leader has the GPID's absolute value,
+	// as kill(2) takes -pgid.
+	Gpids  []int64 `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
+	Signal int32   `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Caller *Caller `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
 	// session: the signal is one "ssi run" received, for the command it runs attached. It goes
 	// where a local child's would (see Service.forwardSignal), and only to a command ssi
 	// started that is still running, whose pid cannot have been reused. ssi run sends its
