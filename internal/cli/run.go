@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -190,20 +191,43 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		sigs = make(chan os.Signal, 16)
 		signal.Notify(sigs, caught...)
 	}
-	conn, stream, err := g.openRun(ctx, passOut, passErr)
+	// Until the command runs, its signals wait in pending, passed on once it does; the same
+	// ending signal twice (a second Ctrl-C while the start hangs) gives the start up instead,
+	// and ssi dies of it.
+	var pending []syscall.Signal
+	var abortSig syscall.Signal
+	startDone, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-startDone:
+				return
+			case sig := <-sigs: // never, with --detach (nil)
+				s := sig.(syscall.Signal)
+				if endsProcess(s) && slices.Contains(pending, s) {
+					abortSig = s
+					cancel()
+					return
+				}
+				pending = append(pending, s)
+			}
+		}
+	}()
+	conn, stream, first, err := g.startSession(ctx, passOut, passErr, start)
+	close(startDone)
+	<-watched
+	if abortSig != 0 {
+		if conn != nil {
+			conn.Close()
+		}
+		return exitError{code: 128 + int(abortSig), signal: abortSig}
+	}
 	if err != nil {
-		return g.rpcError(err)
+		return err
 	}
 	defer conn.Close()
 	send := func(in *ssipb.RunInput) error { return stream.Send(in) }
-	if err := send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
-		return g.rpcError(err)
-	}
-
-	var first ssipb.RunOutput
-	if err := stream.Recv(&first); err != nil {
-		return g.rpcError(err)
-	}
 	if ex := first.GetExit(); ex != nil {
 		return exitError{code: int(ex.Code), msg: ex.Message}
 	}
@@ -231,8 +255,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	// Continued: perhaps brought to the foreground (fg), where stdin may be read.
 	continued := make(chan struct{}, 1)
 	go func() {
-		for sig := range sigs {
-			s := sig.(syscall.Signal)
+		handle := func(s syscall.Signal) {
 			if s == syscall.SIGCONT {
 				select {
 				case continued <- struct{}{}:
@@ -243,7 +266,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
 					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
 				}
-				continue
+				return
 			}
 			g.signalSession(ctx, started.Gpid, s, send)
 			if s == syscall.SIGTSTP && !useTTY {
@@ -253,6 +276,12 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
 				stopUnlessContinued(sigs)
 			}
+		}
+		for _, s := range pending {
+			handle(s)
+		}
+		for sig := range sigs {
+			handle(sig.(syscall.Signal))
 		}
 	}()
 	go func() {
@@ -327,6 +356,35 @@ func stdoutWriteError(err error) exitError {
 		return exitError{code: ssipb.ExitOutputFailed}
 	}
 	return exitError{code: ssipb.ExitOutputError, msg: "writing standard output: " + errno.Error()}
+}
+
+// startSession connects to the agent, passing stdout and stderr if not nil, sends start and
+// returns the agent's first answer: the command's start, or why it did not start.
+func (g *Globals) startSession(ctx context.Context, stdout, stderr *os.File, start *ssipb.RunStart) (*localrpc.Conn, *localrpc.Stream, *ssipb.RunOutput, error) {
+	conn, stream, err := g.openRun(ctx, stdout, stderr)
+	if err != nil {
+		return nil, nil, nil, g.rpcError(err)
+	}
+	if err := stream.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
+		conn.Close()
+		return nil, nil, nil, g.rpcError(err)
+	}
+	var first ssipb.RunOutput
+	if err := stream.Recv(&first); err != nil {
+		conn.Close()
+		return nil, nil, nil, g.rpcError(err)
+	}
+	return conn, stream, &first, nil
+}
+
+// endsProcess reports whether sig, at its default, ends a process: those a user sends to
+// stop one (a second Ctrl-C gives up a start that hangs).
+func endsProcess(sig syscall.Signal) bool {
+	switch sig {
+	case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+		return true
+	}
+	return false
 }
 
 // signalSession passes sig on to the session's command, gpid, through a call of its own: on

@@ -21,6 +21,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
+	"github.com/ssi-cluster/ssi/internal/proc"
 )
 
 type procJSON struct {
@@ -632,6 +633,69 @@ func TestProcessSpace(t *testing.T) {
 		if len(failures) > 0 {
 			t.Fatalf("%d of %d sessions failed, e.g. %s", len(failures), n, failures[0])
 		}
+	})
+
+	// Before the last: it stops n3's agent for a moment.
+	t.Run("signals that come before the command starts", func(t *testing.T) {
+		// With n3's agent stopped, starts there wait for it.
+		pid, err := c.Node("n3").AgentPID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Kill(pid, syscall.SIGCONT)
+		start := func(args ...string) (*exec.Cmd, chan struct{}) {
+			cmd := cliCmd(ctx, c, "n1", append([]string{"run", "-n", "n3", "--"}, args...)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			// Caught from the start: the runtime catches TSTP only once asked to.
+			eventually(t, 10*time.Second, "ssi catching signals", func() bool {
+				isDefault, err := proc.SignalDisposition("/proc", cmd.Process.Pid, syscall.SIGTSTP)
+				return err == nil && !isDefault
+			})
+			return cmd, exited
+		}
+		deathBy := func(cmd *exec.Cmd, sig syscall.Signal) {
+			t.Helper()
+			if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != sig {
+				t.Fatalf("%v; want death by %v", cmd.ProcessState, sig)
+			}
+		}
+		sleeper, sleeperExited := start("sleep", "1010")
+		quitter, quitterExited := start("true")
+		// One signal waits for the command, to reach it once it runs...
+		sleeper.Process.Signal(syscall.SIGTERM)
+		quitter.Process.Signal(syscall.SIGINT)
+		select {
+		case <-sleeperExited:
+			t.Fatalf("a SIGTERM before the start ended ssi: %v", sleeper.ProcessState)
+		case <-quitterExited:
+			t.Fatalf("one SIGINT before the start ended ssi: %v", quitter.ProcessState)
+		case <-time.After(300 * time.Millisecond):
+		}
+		// ...the same again gives the start up, and ssi dies of it.
+		quitter.Process.Signal(syscall.SIGINT)
+		select {
+		case <-quitterExited:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a second SIGINT did not give up the start")
+		}
+		deathBy(quitter, syscall.SIGINT)
+		// Once n3 answers, the sleep starts and gets its TERM.
+		syscall.Kill(pid, syscall.SIGCONT)
+		select {
+		case <-sleeperExited:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the TERM that came before the start did not reach the command")
+		}
+		deathBy(sleeper, syscall.SIGTERM)
 	})
 
 	// Last: it takes n3 down.
