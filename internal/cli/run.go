@@ -57,16 +57,21 @@ func newRunCommand(g *Globals) *cobra.Command {
 		Use:   "run [flags] -- CMD [ARGS...]",
 		Short: "Run a command on any node as if it were a local child",
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
-environment and working directory. stdin, stdout and stderr stream both ways; signals the
-shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
-as does any other sent to ssi that would end a local command (ALRM, XCPU, real-time ones),
-and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
-group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job; HUP and
-INT that the caller ignores (nohup, a script's background job) stay ignored, by the command too;
-the exit status is the command's (127 for a command that is not found, 255 when the node
-running it is lost); after the command's death by signal N, ssi dies of N too, so that a shell
-sees 128+N and treats it as it would a local child killed by N. Without -n the agent places the command: it stays
-on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
+environment, working directory, nice value and resource limits. stdin, stdout and stderr
+stream both ways, through a terminal only when all three are one (or with -t).
+
+Signals the shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach
+the command, as does any other sent to ssi that would end a local command (ALRM, XCPU,
+real-time ones); those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach
+its process group. After TSTP, ssi stops too, so the shell's fg and bg work as for a local
+job. HUP and INT that the caller ignores (nohup, a script's background job) stay ignored, by
+the command too.
+
+The exit status is the command's (127 for a command that is not found, 255 when the node
+running it is lost); after the command's death by signal N, ssi dies of N too, so that a
+shell sees 128+N and treats it as it would a local child killed by N. Without -n the agent
+places the command: it stays on this node while the node is lightly loaded, else it goes to
+the least-loaded node per CPU.
 
 With --detach, ssi prints the command's global process id (GPID) and returns; the command's
 stdout and stderr go to ssi-<GPID>.out in its working directory on that node, and
