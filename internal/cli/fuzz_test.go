@@ -72,6 +72,7 @@ func FuzzParseKillArgs(f *testing.F) {
 			t.Fatalf("%q: accepted with no GPID", args)
 		}
 		for _, g := range gpids {
+			g := max(g, -g) // a negative one names the process group of its absolute value
 			back, err := gpid.Parse(gpid.Format(g))
 			if err != nil || back != g {
 				t.Fatalf("%q: GPID %d re-formats as %q, parses back as %d, %v", args, g, gpid.Format(g), back, err)

@@ -17,14 +17,16 @@ import (
 
 func newKillCommand(g *Globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "kill [-s SIG | --signal=SIG | -SIG | -N] GPID...",
+		Use:   "kill [-s SIG | --signal=SIG | -SIG | -N] [--] GPID|-GPID...",
 		Short: "Send a signal to processes anywhere in the cluster, like kill(1)",
 		Long: `Send a signal (default TERM) to processes by global process id. A user may signal only
 their own processes; root may signal any. SIG is a name (TERM, SIGKILL, hup) or a number,
-given as -s SIG, -sSIG, -n N, --signal SIG, --signal=SIG, -SIG or -N.`,
+given as -s SIG, -sSIG, -n N, --signal SIG, --signal=SIG, -SIG or -N. As in kill(1), -GPID
+(after the signal or --) is the process group that GPID leads: every process in it.`,
 		Example: `  ssi kill 20004321
   ssi kill -9 20004321 30000042
   ssi kill -s USR1 20004321
+  ssi kill -TERM -- -20004321                # the process group 20004321 leads
   ssi kill -l`,
 		// kill(1)'s "-9" and "-KILL" forms are not flags cobra can parse.
 		DisableFlagParsing: true,
@@ -102,6 +104,7 @@ func help(args []string) bool {
 func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, err error) {
 	sig = unix.SIGTERM
 	var words []string
+	sigGiven := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
@@ -117,13 +120,18 @@ func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, er
 			if sig, err = parseSignal(args[i]); err != nil {
 				return 0, nil, false, err
 			}
+			sigGiven = true
 		case strings.HasPrefix(a, "--signal="):
 			if sig, err = parseSignal(strings.TrimPrefix(a, "--signal=")); err != nil {
 				return 0, nil, false, err
 			}
+			sigGiven = true
 		case a == "--":
 			words = append(words, args[i+1:]...)
 			i = len(args)
+		case sigGiven && isGroup(a):
+			// After the signal, -GPID is a process group, as in kill -TERM -1234.
+			words = append(words, a)
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			sig, err = parseSignal(a[1:])
 			if err != nil && len(a) > 2 && (a[1] == 's' || a[1] == 'n') {
@@ -136,14 +144,19 @@ func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, er
 			if err != nil {
 				return 0, nil, false, err
 			}
+			sigGiven = true
 		default:
 			words = append(words, a)
 		}
 	}
 	for _, w := range words {
-		g, err := gpid.Parse(w)
+		group := isGroup(w)
+		g, err := gpid.Parse(strings.TrimPrefix(w, "-"))
 		if err != nil {
 			return 0, nil, false, err
+		}
+		if group {
+			g = -g
 		}
 		gpids = append(gpids, g)
 	}
@@ -151,6 +164,11 @@ func parseKillArgs(args []string) (sig unix.Signal, gpids []int64, list bool, er
 		return 0, nil, false, errors.New("no GPID given: usage is ssi kill [-s SIG | -SIG] GPID... (see ssi ps)")
 	}
 	return sig, gpids, false, nil
+}
+
+// isGroup reports whether a names a process group, -GPID.
+func isGroup(a string) bool {
+	return len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "0123456789") == ""
 }
 
 // maxSignal is the highest signal Linux has (SIGRTMAX), as kill(1) accepts.

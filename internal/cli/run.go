@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -56,16 +57,21 @@ func newRunCommand(g *Globals) *cobra.Command {
 		Use:   "run [flags] -- CMD [ARGS...]",
 		Short: "Run a command on any node as if it were a local child",
 		Long: `Run a command on a node of the cluster, as the calling user, with this shell's
-environment, working directory, nice value and resource limits (ulimit). stdin, stdout and stderr stream both ways; signals the
-shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach the command,
-as does any other sent to ssi that would end a local command (ALRM, XCPU, real-time ones),
-and those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach its process
-group; after TSTP, ssi stops too, so the shell's fg and bg work as for a local job; HUP and
-INT that the caller ignores (nohup, a script's background job) stay ignored, by the command too;
-the exit status is the command's (127 for a command that is not found, 255 when the node
-running it is lost); after the command's death by signal N, ssi dies of N too, so that a shell
-sees 128+N and treats it as it would a local child killed by N. Without -n the agent places the command: it stays
-on this node while the node is lightly loaded, else it goes to the least-loaded node per CPU.
+environment, working directory, nice value and resource limits. stdin, stdout and stderr
+stream both ways, through a terminal only when all three are one (or with -t).
+
+Signals the shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach
+the command, as does any other sent to ssi that would end a local command (ALRM, XCPU,
+real-time ones); those a terminal sends to a whole job (INT, QUIT, TSTP, WINCH, CONT) reach
+its process group. After TSTP, ssi stops too, so the shell's fg and bg work as for a local
+job. HUP and INT that the caller ignores (nohup, a script's background job) stay ignored, by
+the command too.
+
+The exit status is the command's (127 for a command that is not found, 255 when the node
+running it is lost); after the command's death by signal N, ssi dies of N too, so that a
+shell sees 128+N and treats it as it would a local child killed by N. Without -n the agent
+places the command: it stays on this node while the node is lightly loaded, else it goes to
+the least-loaded node per CPU.
 
 With --detach, ssi prints the command's global process id (GPID) and returns; the command's
 stdout and stderr go to ssi-<GPID>.out in its working directory on that node, and
@@ -163,7 +169,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	}
 	start := &ssipb.RunStart{IgnoredSignals: ignored, StderrToStdout: !useTTY && sameFile(os.Stdout, os.Stderr),
 		Args: ssipb.ByteWords(args), Env: ssipb.ByteWords(append(os.Environ(), o.env...)), Cwd: []byte(cwd), Node: o.node,
-		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell, Rlimits: callerRlimits(),
+		Tty: useTTY, Detach: o.detach, Explain: o.explain, Shell: o.shell,
 	}
 	if useTTY {
 		if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
@@ -190,20 +196,43 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		sigs = make(chan os.Signal, 16)
 		signal.Notify(sigs, caught...)
 	}
-	conn, stream, err := g.openRun(ctx, passOut, passErr)
+	// Until the command runs, its signals wait in pending, passed on once it does; the same
+	// ending signal twice (a second Ctrl-C while the start hangs) gives the start up instead,
+	// and ssi dies of it.
+	var pending []syscall.Signal
+	var abortSig syscall.Signal
+	startDone, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-startDone:
+				return
+			case sig := <-sigs: // never, with --detach (nil)
+				s := sig.(syscall.Signal)
+				if endsProcess(s) && slices.Contains(pending, s) {
+					abortSig = s
+					cancel()
+					return
+				}
+				pending = append(pending, s)
+			}
+		}
+	}()
+	conn, stream, first, err := g.startSession(ctx, passOut, passErr, start)
+	close(startDone)
+	<-watched
+	if abortSig != 0 {
+		if conn != nil {
+			conn.Close()
+		}
+		return exitError{code: 128 + int(abortSig), signal: abortSig}
+	}
 	if err != nil {
-		return g.rpcError(err)
+		return err
 	}
 	defer conn.Close()
 	send := func(in *ssipb.RunInput) error { return stream.Send(in) }
-	if err := send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
-		return g.rpcError(err)
-	}
-
-	var first ssipb.RunOutput
-	if err := stream.Recv(&first); err != nil {
-		return g.rpcError(err)
-	}
 	if ex := first.GetExit(); ex != nil {
 		return exitError{code: int(ex.Code), msg: ex.Message}
 	}
@@ -231,8 +260,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	// Continued: perhaps brought to the foreground (fg), where stdin may be read.
 	continued := make(chan struct{}, 1)
 	go func() {
-		for sig := range sigs {
-			s := sig.(syscall.Signal)
+		handle := func(s syscall.Signal) {
 			if s == syscall.SIGCONT {
 				select {
 				case continued <- struct{}{}:
@@ -243,7 +271,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
 					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
 				}
-				continue
+				return
 			}
 			g.signalSession(ctx, started.Gpid, s, send)
 			if s == syscall.SIGTSTP && !useTTY {
@@ -253,6 +281,12 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
 				stopUnlessContinued(sigs)
 			}
+		}
+		for _, s := range pending {
+			handle(s)
+		}
+		for sig := range sigs {
+			handle(sig.(syscall.Signal))
 		}
 	}()
 	go func() {
@@ -327,6 +361,35 @@ func stdoutWriteError(err error) exitError {
 		return exitError{code: ssipb.ExitOutputFailed}
 	}
 	return exitError{code: ssipb.ExitOutputError, msg: "writing standard output: " + errno.Error()}
+}
+
+// startSession connects to the agent, passing stdout and stderr if not nil, sends start and
+// returns the agent's first answer: the command's start, or why it did not start.
+func (g *Globals) startSession(ctx context.Context, stdout, stderr *os.File, start *ssipb.RunStart) (*localrpc.Conn, *localrpc.Stream, *ssipb.RunOutput, error) {
+	conn, stream, err := g.openRun(ctx, stdout, stderr)
+	if err != nil {
+		return nil, nil, nil, g.rpcError(err)
+	}
+	if err := stream.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
+		conn.Close()
+		return nil, nil, nil, g.rpcError(err)
+	}
+	var first ssipb.RunOutput
+	if err := stream.Recv(&first); err != nil {
+		conn.Close()
+		return nil, nil, nil, g.rpcError(err)
+	}
+	return conn, stream, &first, nil
+}
+
+// endsProcess reports whether sig, at its default, ends a process: those a user sends to
+// stop one (a second Ctrl-C gives up a start that hangs).
+func endsProcess(sig syscall.Signal) bool {
+	switch sig {
+	case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+		return true
+	}
+	return false
 }
 
 // signalSession passes sig on to the session's command, gpid, through a call of its own: on

@@ -93,8 +93,14 @@ func TestKillArgs(t *testing.T) {
 		{[]string{"12x", "-s", "BOGUS"}, 0, "unknown signal"},
 		{[]string{"12x", "-9"}, 0, "is not a GPID"},
 		{[]string{"-sBOGUS", "20000001"}, 0, "unknown signal"},
+		{[]string{"-TERM", "-20000001"}, unix.SIGTERM, ""},
+		{[]string{"--", "-20000001"}, unix.SIGTERM, ""},
+		{[]string{"-20000001"}, 0, "out of range"},
 	} {
-		sig, _, _, err := parseKillArgs(tt.args)
+		sig, gpids, _, err := parseKillArgs(tt.args)
+		if err == nil && strings.HasPrefix(tt.args[len(tt.args)-1], "-") && (len(gpids) != 1 || gpids[0] != -20000001) {
+			t.Errorf("%q: GPIDs %v; want the process group -20000001", tt.args, gpids)
+		}
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%q: %v, %v; want an error containing %q", tt.args, sig, err, tt.wantErr)

@@ -21,6 +21,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
+	"github.com/ssi-cluster/ssi/internal/proc"
 )
 
 type procJSON struct {
@@ -135,9 +136,14 @@ func TestProcessSpace(t *testing.T) {
 
 	t.Run("resource limits", func(t *testing.T) {
 		// As a local child: the caller's ulimits, set before the command's first instruction.
-		r := inside(t, c, "n1", "sh", "-c", `ulimit -c 0 && ulimit -s 4096 && ulimit -n 300 && exec ssi run -n n2 -- sh -c 'echo $(ulimit -c) $(ulimit -s) $(ulimit -Sn) $(ulimit -Hn)'`)
-		if r.code != 0 || r.stdout != "0 4096 300 300\n" {
-			t.Fatalf("ssi run under ulimit -c 0 -s 4096 -n 300: %v; want those limits", r)
+		r := inside(t, c, "n1", "sh", "-c", `ulimit -c 12345 && ulimit -s 4321 && ulimit -n 300 && exec ssi run -n n2 -- sh -c 'echo $(ulimit -c) $(ulimit -s) $(ulimit -Sn) $(ulimit -Hn)'`)
+		if r.code != 0 || r.stdout != "12345 4321 300 300\n" {
+			t.Fatalf("ssi run under ulimit -c 12345 -s 4321 -n 300: %v; want those limits", r)
+		}
+		// As another user, whose limits an agent without CAP_SYS_RESOURCE may not read or set with prlimit(2).
+		r = inside(t, c, "n1", "su", "nobody", "-s", "/bin/sh", "-c", `ulimit -c 777 && cd / && exec ssi run -n n2 -- sh -c 'ulimit -c'`)
+		if r.code != 0 || r.stdout != "777\n" {
+			t.Fatalf("ssi run as nobody under ulimit -c 777: %v; want 777", r)
 		}
 	})
 
@@ -463,6 +469,11 @@ func TestProcessSpace(t *testing.T) {
 		if w := inside(t, c, "n3", "ssi", "wait", strconv.FormatInt(g+1_000_000, 10)); w.code != 127 || w.stderr == "" {
 			t.Fatalf("wait for a process ssi did not start: %v; want 127 and a message", w)
 		}
+		// Several: all are waited for, and the status is the last one's, as the shell's.
+		other := strings.TrimSpace(inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n3", "--cwd", "/tmp", "--", "sh", "-c", "exit 9").stdout)
+		if w := inside(t, c, "n2", "ssi", "wait", strconv.FormatInt(g, 10), other); w.code != 9 {
+			t.Fatalf("wait for two: %v; want the second's 9", w)
+		}
 		out := inside(t, c, "n2", "cat", fmt.Sprintf("/tmp/ssi-%d.out", g))
 		if out.stdout != "hello\n" {
 			t.Fatalf("detached output: %v", out)
@@ -578,6 +589,26 @@ func TestProcessSpace(t *testing.T) {
 		if r := ssi(t, c, "n1", "kill", "-9", g); r.code != 0 {
 			t.Fatalf("root killing: %v", r)
 		}
+		// -GPID is the process group it leads, as for kill(1): the whole detached job.
+		r = inside(t, c, "n1", "ssi", "run", "--detach", "-n", "n2", "--cwd", "/tmp", "--", "sh", "-c", "sleep 1008 & sleep 1009; wait")
+		job := strings.TrimSpace(r.stdout)
+		eventually(t, 10*time.Second, "the job's sleeps", func() bool {
+			list := ps(t, c, "n1", "-n", "n2")
+			return len(findProcs(list, "n2", "sleep 1008")) == 1 && len(findProcs(list, "n2", "sleep 1009")) == 1
+		})
+		if r := asNobody("kill", "-TERM", "-"+job); r.code == 0 || !strings.Contains(r.stderr, "Operation not permitted") {
+			t.Fatalf("nobody killing root's process group: %v", r)
+		}
+		if r := ssi(t, c, "n3", "kill", "-TERM", "--", "-"+job); r.code != 0 {
+			t.Fatalf("ssi kill -TERM -- -%s: %v", job, r)
+		}
+		if w := ssi(t, c, "n1", "wait", job); w.code != 143 {
+			t.Fatalf("wait after killing the group: %v; want 143", w)
+		}
+		eventually(t, 10*time.Second, "the whole group ended", func() bool {
+			list := ps(t, c, "n1", "-n", "n2")
+			return len(findProcs(list, "n2", "sleep 1008"))+len(findProcs(list, "n2", "sleep 1009")) == 0
+		})
 		for _, bad := range [][]string{{"kill", "-NOPE", g}, {"kill", "12x"}, {"kill", "90000001"}} {
 			if r := ssi(t, c, "n1", bad...); r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
 				t.Errorf("ssi %v: %v; want one error line", bad, r)
@@ -610,6 +641,69 @@ func TestProcessSpace(t *testing.T) {
 		if len(failures) > 0 {
 			t.Fatalf("%d of %d sessions failed, e.g. %s", len(failures), n, failures[0])
 		}
+	})
+
+	// Before the last: it stops n3's agent for a moment.
+	t.Run("signals that come before the command starts", func(t *testing.T) {
+		// With n3's agent stopped, starts there wait for it.
+		pid, err := c.Node("n3").AgentPID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Kill(pid, syscall.SIGCONT)
+		start := func(args ...string) (*exec.Cmd, chan struct{}) {
+			cmd := cliCmd(ctx, c, "n1", append([]string{"run", "-n", "n3", "--"}, args...)...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			// Caught from the start: the runtime catches TSTP only once asked to.
+			eventually(t, 10*time.Second, "ssi catching signals", func() bool {
+				isDefault, err := proc.SignalDisposition("/proc", cmd.Process.Pid, syscall.SIGTSTP)
+				return err == nil && !isDefault
+			})
+			return cmd, exited
+		}
+		deathBy := func(cmd *exec.Cmd, sig syscall.Signal) {
+			t.Helper()
+			if ws := cmd.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != sig {
+				t.Fatalf("%v; want death by %v", cmd.ProcessState, sig)
+			}
+		}
+		sleeper, sleeperExited := start("sleep", "1010")
+		quitter, quitterExited := start("true")
+		// One signal waits for the command, to reach it once it runs...
+		sleeper.Process.Signal(syscall.SIGTERM)
+		quitter.Process.Signal(syscall.SIGINT)
+		select {
+		case <-sleeperExited:
+			t.Fatalf("a SIGTERM before the start ended ssi: %v", sleeper.ProcessState)
+		case <-quitterExited:
+			t.Fatalf("one SIGINT before the start ended ssi: %v", quitter.ProcessState)
+		case <-time.After(300 * time.Millisecond):
+		}
+		// ...the same again gives the start up, and ssi dies of it.
+		quitter.Process.Signal(syscall.SIGINT)
+		select {
+		case <-quitterExited:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a second SIGINT did not give up the start")
+		}
+		deathBy(quitter, syscall.SIGINT)
+		// Once n3 answers, the sleep starts and gets its TERM.
+		syscall.Kill(pid, syscall.SIGCONT)
+		select {
+		case <-sleeperExited:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the TERM that came before the start did not reach the command")
+		}
+		deathBy(sleeper, syscall.SIGTERM)
 	})
 
 	// Last: it takes n3 down.

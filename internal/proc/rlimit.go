@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -90,6 +92,74 @@ func (d *inherited) get(res int) (unix.Rlimit, bool) {
 
 // rlimitCount is the number of resources Linux has limits for (RLIMIT_RTTIME is the last).
 const rlimitCount = unix.RLIMIT_RTTIME + 1
+
+// rlimitNames name the limits in /proc/<pid>/limits.
+var rlimitNames = map[string]int{
+	"Max cpu time":          unix.RLIMIT_CPU,
+	"Max file size":         unix.RLIMIT_FSIZE,
+	"Max data size":         unix.RLIMIT_DATA,
+	"Max stack size":        unix.RLIMIT_STACK,
+	"Max core file size":    unix.RLIMIT_CORE,
+	"Max resident set":      unix.RLIMIT_RSS,
+	"Max processes":         unix.RLIMIT_NPROC,
+	"Max open files":        unix.RLIMIT_NOFILE,
+	"Max locked memory":     unix.RLIMIT_MEMLOCK,
+	"Max address space":     unix.RLIMIT_AS,
+	"Max file locks":        unix.RLIMIT_LOCKS,
+	"Max pending signals":   unix.RLIMIT_SIGPENDING,
+	"Max msgqueue size":     unix.RLIMIT_MSGQUEUE,
+	"Max nice priority":     unix.RLIMIT_NICE,
+	"Max realtime priority": unix.RLIMIT_RTPRIO,
+	"Max realtime timeout":  unix.RLIMIT_RTTIME,
+}
+
+// RlimitsOf returns the limits of process pid, for a command it asks for to start with. They
+// come from /proc/<pid>/limits, which anyone may read: prlimit(2) on another user's process
+// needs CAP_SYS_RESOURCE, which an agent in a container may lack. The soft limit on open files
+// is marked unknown when it equals the hard one, since a Go client (ssi) raised it there as it
+// started (see Rlimit.CurUnknown).
+func RlimitsOf(pid int) ([]Rlimit, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/limits")
+	if err != nil {
+		return nil, err
+	}
+	return parseLimits(string(b))
+}
+
+// parseLimits reads a /proc/<pid>/limits file: a header, then a line per limit with its name,
+// soft and hard values ("unlimited" or a number) and perhaps units.
+func parseLimits(text string) ([]Rlimit, error) {
+	var out []Rlimit
+	for line := range strings.SplitSeq(text, "\n") {
+		for name, res := range rlimitNames {
+			rest, ok := strings.CutPrefix(line, name+" ")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			if len(f) < 2 {
+				return nil, fmt.Errorf("malformed limits line %q", line)
+			}
+			cur, err1 := parseLimitValue(f[0])
+			max, err2 := parseLimitValue(f[1])
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("malformed limits line %q: %w", line, err)
+			}
+			out = append(out, Rlimit{Resource: res, Cur: cur, Max: max, CurUnknown: res == unix.RLIMIT_NOFILE && cur == max})
+		}
+	}
+	if len(out) != len(rlimitNames) {
+		return nil, fmt.Errorf("limits has %d of the %d limits looked for", len(out), len(rlimitNames))
+	}
+	return out, nil
+}
+
+func parseLimitValue(s string) (uint64, error) {
+	if s == "unlimited" {
+		return unix.RLIM_INFINITY, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
 
 // forkExec starts the process; with limits, it sets them before the new program runs (see
 // above).

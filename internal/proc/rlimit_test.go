@@ -140,3 +140,35 @@ func hasCapability(t *testing.T, c int) bool {
 	t.Fatal("no CapEff in /proc/self/status")
 	return false
 }
+
+func TestRlimitsOfMatchesGetrlimit(t *testing.T) {
+	got, err := RlimitsOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != rlimitCount {
+		t.Fatalf("%d limits read, want %d", len(got), rlimitCount)
+	}
+	for _, l := range got {
+		var want unix.Rlimit
+		if err := unix.Getrlimit(l.Resource, &want); err != nil {
+			t.Fatal(err)
+		}
+		if l.Cur != want.Cur || l.Max != want.Max || l.CurUnknown != (l.Resource == unix.RLIMIT_NOFILE && want.Cur == want.Max) {
+			t.Errorf("limit %d: %+v from /proc, %d:%d from getrlimit", l.Resource, l, want.Cur, want.Max)
+		}
+	}
+}
+
+func TestParseLimitsRefusesWhatItCannotRead(t *testing.T) {
+	for _, text := range []string{
+		"",
+		"Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\n",
+		"Max cpu time              ten            unlimited            seconds\n",
+		"Max cpu time              10\n",
+	} {
+		if got, err := parseLimits(text); err == nil {
+			t.Errorf("parseLimits(%q) = %+v, want an error", text, got)
+		}
+	}
+}

@@ -89,7 +89,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		nice := int(c.Nice)
 		spec.Nice = &nice
 	}
-	for _, l := range start.Rlimits {
+	for _, l := range c.Rlimits {
 		spec.Rlimits = append(spec.Rlimits, proc.Rlimit{Resource: int(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
 	}
 	for _, sig := range start.IgnoredSignals {

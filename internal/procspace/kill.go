@@ -40,11 +40,11 @@ func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 	byNode := map[string][]int64{}
 	resp := &ssipb.KillResponse{}
 	for _, g := range req.Gpids {
-		if err := gpid.Check(g); err != nil {
+		if err := gpid.Check(abs(g)); err != nil {
 			resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - No such process (%v)", g, err)})
 			continue
 		}
-		idx, _ := gpid.Split(g)
+		idx, _ := gpid.Split(abs(g))
 		name, ok := s.cfg.Cluster.NameOf(uint32(idx))
 		if !ok {
 			resp.Results = append(resp.Results, &ssipb.KillResult{Gpid: g, Error: fmt.Sprintf("(%d) - No such process (no node has index %d)", g, idx)})
@@ -103,10 +103,14 @@ func (s *Service) Signal(_ context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 	_, index := s.self()
 	resp := &ssipb.KillResponse{}
 	for _, g := range req.Gpids {
-		idx, pid := gpid.Split(g)
+		idx, pid := gpid.Split(abs(g))
 		res := &ssipb.KillResult{Gpid: g}
-		if gpid.Check(g) != nil || int64(idx) != int64(index) {
+		if gpid.Check(abs(g)) != nil || int64(idx) != int64(index) {
 			res.Error = fmt.Sprintf("(%d) - No such process (it is not on this node)", g)
+		} else if g < 0 {
+			if err := signalGroup(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
+				res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))
+			}
 		} else if req.Session {
 			if err := s.signalSession(pid, syscall.Signal(req.Signal), req.Caller.Uid); err != nil {
 				res.Error = fmt.Sprintf("(%d) - %s", g, errText(err))
@@ -133,6 +137,44 @@ func (s *Service) signalSession(pid int, sig syscall.Signal, uid uint32) error {
 		return nil
 	}
 	return s.forwardSignal(r.proc, sig)
+}
+
+func abs(g int64) int64 {
+	if g < 0 {
+		return -g
+	}
+	return g
+}
+
+// signalGroup delivers a signal to every process of process group pgid for a caller, as
+// kill(2) does for -pgid: it succeeds if one process got it, and fails with EPERM if there
+// were processes but none the caller may signal.
+func signalGroup(pgid int, sig syscall.Signal, uid uint32) error {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	found, sent := false, false
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := unix.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		found = true
+		if signalPid(pid, sig, uid) == nil {
+			sent = true
+		}
+	}
+	switch {
+	case sent:
+		return nil
+	case found:
+		return syscall.EPERM
+	}
+	return syscall.ESRCH
 }
 
 func signalPid(pid int, sig syscall.Signal, uid uint32) error {

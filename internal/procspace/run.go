@@ -50,7 +50,16 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 	}
 	groups := make([]uint32, len(id.Groups))
 	copy(groups, id.Groups)
-	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Nice: int32(nice), Node: self}, int(c.PID), nil
+	// Without them (a kernel without the file, say), the command gets the agent's, as before.
+	limits, err := proc.RlimitsOf(int(c.PID))
+	if err != nil {
+		s.log.Debug("reading the resource limits of a client", "pid", c.PID, "err", err)
+	}
+	rlimits := make([]*ssipb.Rlimit, 0, len(limits))
+	for _, l := range limits {
+		rlimits = append(rlimits, &ssipb.Rlimit{Resource: int32(l.Resource), Cur: l.Cur, Max: l.Max})
+	}
+	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Nice: int32(nice), Rlimits: rlimits, Node: self}, int(c.PID), nil
 }
 
 // Run serves Control.Run for a local client: it fixes the caller's identity, places the

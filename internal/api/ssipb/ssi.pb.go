@@ -908,13 +908,16 @@ func (x *PingResponse) GetProtocol() uint32 {
 // Caller is the user a request runs as. The local agent fills it from the kernel (SO_PEERCRED
 // and /proc of the calling process); whatever a client puts there is overwritten.
 type Caller struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	Umask         uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
-	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
-	Nice          int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid    uint32                 `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups []uint32               `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	Umask  uint32                 `protobuf:"varint,4,opt,name=umask,proto3" json:"umask,omitempty"`
+	Node   string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`  // the node the user called from
+	Nice   int32                  `protobuf:"varint,6,opt,name=nice,proto3" json:"nice,omitempty"` // the calling process's nice value, which a command it starts gets
+	// The calling process's resource limits (ulimit) that a command it starts inherits, as
+	// a local child would: those of Rlimits in internal/proc.
+	Rlimits       []*Rlimit `protobuf:"bytes,7,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -991,6 +994,13 @@ func (x *Caller) GetNice() int32 {
 	return 0
 }
 
+func (x *Caller) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
 type RunStart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// args, env and cwd are bytes, not strings, because Unix passes them as bytes that need not
@@ -1015,10 +1025,8 @@ type RunStart struct {
 	// The caller's stderr is its stdout (2>&1): the command gets one pipe for both, as it would
 	// locally, so that what it writes to each keeps its order.
 	StderrToStdout bool `protobuf:"varint,15,opt,name=stderr_to_stdout,json=stderrToStdout,proto3" json:"stderr_to_stdout,omitempty"`
-	// The caller's resource limits, which the command starts with (see Rlimit).
-	Rlimits       []*Rlimit `protobuf:"bytes,20,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RunStart) Reset() {
@@ -1156,21 +1164,15 @@ func (x *RunStart) GetStderrToStdout() bool {
 	return false
 }
 
-func (x *RunStart) GetRlimits() []*Rlimit {
-	if x != nil {
-		return x.Rlimits
-	}
-	return nil
-}
-
-// Rlimit is one resource limit, as getrlimit(2) gives it.
+// Rlimit is one resource limit, as getrlimit(2) gives it; RLIM_INFINITY is the largest uint64.
 type Rlimit struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Resource int32                  `protobuf:"varint,1,opt,name=resource,proto3" json:"resource,omitempty"` // RLIMIT_* of Linux
 	Cur      uint64                 `protobuf:"varint,2,opt,name=cur,proto3" json:"cur,omitempty"`
 	Max      uint64                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
-	// The caller could not tell its soft limit (a Go program raises its soft limit on open files
-	// as it starts): the command gets the soft limit the agent's commands get, at most max.
+	// The soft limit is not known (a Go program, ssi among them, raises its soft limit on open
+	// files to the hard one as it starts): the command gets the one the agent's commands get,
+	// at most max.
 	CurUnknown    bool `protobuf:"varint,4,opt,name=cur_unknown,json=curUnknown,proto3" json:"cur_unknown,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1914,10 +1916,12 @@ func (x *PsResponse) GetUnreachable() []string {
 }
 
 type KillRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Gpids  []int64                `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
-	Signal int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
-	Caller *Caller                `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A negative GPID names a process group, that whose leader has the GPID's absolute value,
+	// as kill(2) takes -pgid.
+	Gpids  []int64 `protobuf:"varint,1,rep,packed,name=gpids,proto3" json:"gpids,omitempty"`
+	Signal int32   `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Caller *Caller `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"` // set by the agent
 	// session: the signal is one "ssi run" received, for the command it runs attached. It goes
 	// where a local child's would (see Service.forwardSignal), and only to a command ssi
 	// started that is still running, whose pid cannot have been reused. ssi run sends its
@@ -2676,14 +2680,15 @@ const file_ssi_proto_rawDesc = "" +
 	"\vPingRequest\">\n" +
 	"\fPingResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
-	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\x82\x01\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\xac\x01\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\x03 \x03(\rR\x06groups\x12\x14\n" +
 	"\x05umask\x18\x04 \x01(\rR\x05umask\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04nice\x18\x06 \x01(\x05R\x04nice\"\xbb\x03\n" +
+	"\x04nice\x18\x06 \x01(\x05R\x04nice\x12(\n" +
+	"\arlimits\x18\a \x03(\v2\x0e.ssi.v1.RlimitR\arlimits\"\x91\x03\n" +
 	"\bRunStart\x12\x12\n" +
 	"\x04args\x18\x01 \x03(\fR\x04args\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\fR\x03env\x12\x10\n" +
@@ -2701,8 +2706,7 @@ const file_ssi_proto_rawDesc = "" +
 	"\x06caller\x18\f \x01(\v2\x0e.ssi.v1.CallerR\x06caller\x12\x1b\n" +
 	"\thome_node\x18\r \x01(\tR\bhomeNode\x12'\n" +
 	"\x0fignored_signals\x18\x0e \x03(\x05R\x0eignoredSignals\x12(\n" +
-	"\x10stderr_to_stdout\x18\x0f \x01(\bR\x0estderrToStdout\x12(\n" +
-	"\arlimits\x18\x14 \x03(\v2\x0e.ssi.v1.RlimitR\arlimits\"i\n" +
+	"\x10stderr_to_stdout\x18\x0f \x01(\bR\x0estderrToStdout\"i\n" +
 	"\x06Rlimit\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\x05R\bresource\x12\x10\n" +
 	"\x03cur\x18\x02 \x01(\x04R\x03cur\x12\x10\n" +
@@ -2875,8 +2879,8 @@ var file_ssi_proto_depIdxs = []int32{
 	2,  // 1: ssi.v1.StatusResponse.this_node:type_name -> ssi.v1.NodeInfo
 	5,  // 2: ssi.v1.StatusResponse.servers:type_name -> ssi.v1.ServerStatus
 	33, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
-	12, // 4: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
-	14, // 5: ssi.v1.RunStart.rlimits:type_name -> ssi.v1.Rlimit
+	14, // 4: ssi.v1.Caller.rlimits:type_name -> ssi.v1.Rlimit
+	12, // 5: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
 	13, // 6: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
 	15, // 7: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
 	17, // 8: ssi.v1.RunOutput.started:type_name -> ssi.v1.RunStarted
