@@ -799,8 +799,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	return in, ch.newHandle(reply.Handle, flags), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
 }
 
-// entry finishes the calls that make a directory entry.
-func (n *node) entry(ctx context.Context, name string, reply *fspb.EntryReply, errno syscall.Errno, s snapshot, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+// made takes in the owner's answer to a call that makes a directory entry: the entry's
+// listing and the directory's attributes, or the errno it failed with.
+func (n *node) made(name string, reply *fspb.EntryReply, errno syscall.Errno, s snapshot) syscall.Errno {
 	if errno == 0 {
 		errno = syscall.Errno(reply.Errno)
 	}
@@ -809,9 +810,17 @@ func (n *node) entry(ctx context.Context, name string, reply *fspb.EntryReply, e
 		if reply != nil {
 			n.staleCheck(reply.Errno)
 		}
-		return nil, errno
+		return errno
 	}
 	n.cacheAttr(reply.Dir, s)
+	return 0
+}
+
+// entry finishes the calls that make a directory entry.
+func (n *node) entry(ctx context.Context, name string, reply *fspb.EntryReply, errno syscall.Errno, s snapshot, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if errno := n.made(name, reply, errno, s); errno != 0 {
+		return nil, errno
+	}
 	in := n.child(ctx, reply.Attr, out, s)
 	if reply.EmptyDir && out.EntryTimeout() > 0 {
 		if ch, ok := in.Operations().(*node); ok {
@@ -864,17 +873,9 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, rdev uint32,
 	}
 	snap := n.snapshot()
 	reply, errno := n.askMknod(ctx, dir, name, mode, rdev)
-	if errno == 0 {
-		errno = syscall.Errno(reply.Errno)
-	}
-	n.listed(name, true, errno)
-	if errno != 0 {
-		if reply != nil {
-			n.staleCheck(reply.Errno)
-		}
+	if errno := n.made(name, reply, errno, snap); errno != 0 {
 		return nil, errno
 	}
-	n.cacheAttr(reply.Dir, snap)
 	return n.madeDevice(ctx, reply.Attr, mode, out), 0
 }
 
