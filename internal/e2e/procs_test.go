@@ -222,9 +222,9 @@ func TestProcessSpace(t *testing.T) {
 		// INT and QUIT, as a terminal's keys, reach the whole job: the trap's sleep is
 		// restarted by the loop.
 		// ALRM and a real-time signal, as any other kill(1) may send to the command ssi
-		// stands in for.
-		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM, syscall.Signal(37),
-			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGTERM}
+		// stands in for, once it has run a while (lateSignalsAfter in the CLI).
+		sigs := []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+			syscall.SIGWINCH, syscall.SIGTSTP, syscall.SIGCONT, syscall.SIGALRM, syscall.Signal(37), syscall.SIGTERM}
 		script := ""
 		for _, sig := range sigs[:len(sigs)-1] {
 			script += fmt.Sprintf("trap 'echo got %d' %d; ", sig, sig)
