@@ -314,7 +314,7 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), ssipb.ByteWords(append(os.Environ(), o.env...))
 	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
 	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, []byte(o.output), []byte(o.errPath)
-	req.Hold, req.NoKill, req.Rlimits = o.hold, o.noKill, callerRlimits()
+	req.Hold, req.NoKill = o.hold, o.noKill
 	return req, nil
 }
 

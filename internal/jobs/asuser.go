@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/proc"
 )
 
 // identity is whom a job runs as.
@@ -20,6 +22,9 @@ type identity struct {
 	uid, gid uint32
 	groups   []uint32
 	umask    int
+	// rlimits are the submitter's resource limits, read at submit time; they are not part of
+	// the key of its file threads (see key).
+	rlimits []proc.Rlimit
 }
 
 // do runs f on the thread of who's identity (see thread) and returns once f has. f works as

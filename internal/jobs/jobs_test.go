@@ -140,20 +140,29 @@ func TestArgumentsEnvironmentAndPathsAreBytes(t *testing.T) {
 }
 
 // TestJobStartsWithTheSubmittersLimits checks that a job's processes start with the resource
-// limits the submission carried (the CLI sends its caller's), not the agent's.
+// limits of the process that submitted it, another user's, not the agent's.
 func TestJobStartsWithTheSubmittersLimits(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	n1 := c.start("n1", true, 2)
 	dir := t.TempDir()
-	req := cmd(dir, `echo $(ulimit -Sc) $(ulimit -Hc) $(ulimit -Ss) $(ulimit -Sn) $(ulimit -Hn) > got`)
-	req.Rlimits = []*ssipb.Rlimit{
-		{Resource: syscall.RLIMIT_CORE, Cur: 0, Max: 0},
-		{Resource: syscall.RLIMIT_STACK, Cur: 2 << 20, Max: 1<<64 - 1},
-		{Resource: syscall.RLIMIT_NOFILE, Cur: 100, Max: 200},
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
 	}
-	id := n1.submit(t, req)
-	n1.waitState(t, id, 20*time.Second, "completed")
+	req := cmd(dir, `echo $(ulimit -Sc) $(ulimit -Hc) $(ulimit -Ss) $(ulimit -Sn) $(ulimit -Hn) > got`)
+	b, _ := protojson.Marshal(req)
+	limits := fmt.Sprintf("%d:0:0,%d:%d:%d,%d:100:200", syscall.RLIMIT_CORE, syscall.RLIMIT_STACK, 2<<20, uint64(1<<64-1), syscall.RLIMIT_NOFILE)
+	out, err := runAsWithUmask(t, nobody, nobody, "", n1.socket, "submit", string(b), envClientRlimits+"="+limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub struct {
+		JobID string `json:"job_id"`
+	}
+	if err := json.Unmarshal([]byte(out), &sub); err != nil || sub.JobID == "" {
+		t.Fatalf("submit as nobody: %q %v", out, err)
+	}
+	n1.waitState(t, sub.JobID, 20*time.Second, "completed")
 	if got, want := readFile(t, filepath.Join(dir, "got")), "0 0 2048 100 200\n"; got != want {
 		t.Errorf("the job's limits: %q, want %q", got, want)
 	}

@@ -34,6 +34,8 @@ const (
 	envClientSocket = "JOBS_TEST_CLIENT_SOCKET"
 	envClientArg    = "JOBS_TEST_CLIENT_ARG"
 	envClientUmask  = "JOBS_TEST_CLIENT_UMASK" // octal; the client's umask is the job's
+	// resource:soft:hard,... (numbers); the client's limits are the job's
+	envClientRlimits = "JOBS_TEST_CLIENT_RLIMITS"
 )
 
 var helperDir string
@@ -42,6 +44,10 @@ func TestMain(m *testing.M) {
 	if op := os.Getenv(envClientOp); op != "" {
 		if u, err := strconv.ParseUint(os.Getenv(envClientUmask), 8, 32); err == nil {
 			syscall.Umask(int(u))
+		}
+		if err := setClientRlimits(os.Getenv(envClientRlimits)); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
 		}
 		os.Exit(clientMain(op, os.Getenv(envClientSocket), os.Getenv(envClientArg)))
 	}
@@ -55,6 +61,24 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// setClientRlimits sets the limits listed as resource:soft:hard,...
+func setClientRlimits(list string) error {
+	for item := range strings.SplitSeq(list, ",") {
+		if item == "" {
+			continue
+		}
+		var res int
+		var l syscall.Rlimit
+		if _, err := fmt.Sscanf(item, "%d:%d:%d", &res, &l.Cur, &l.Max); err != nil {
+			return fmt.Errorf("limit %q: %w", item, err)
+		}
+		if err := syscall.Setrlimit(res, &l); err != nil {
+			return fmt.Errorf("limit %q: %w", item, err)
+		}
+	}
+	return nil
 }
 
 // clientMain performs one call and prints its result as JSON, or "error: message".
@@ -105,8 +129,8 @@ func runAs(t *testing.T, uid, gid uint32, socket, op, arg string) (string, error
 	return runAsWithUmask(t, uid, gid, "", socket, op, arg)
 }
 
-// runAsWithUmask is runAs with the client's umask (octal) set, when not empty.
-func runAsWithUmask(t *testing.T, uid, gid uint32, umask, socket, op, arg string) (string, error) {
+// runAsWithUmask is runAs with the client's umask (octal) set, when not empty, and env added.
+func runAsWithUmask(t *testing.T, uid, gid uint32, umask, socket, op, arg string, env ...string) (string, error) {
 	t.Helper()
 	helperOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "jobs-helper-")
@@ -135,7 +159,7 @@ func runAsWithUmask(t *testing.T, uid, gid uint32, umask, socket, op, arg string
 	})
 	for try := 0; ; try++ {
 		c := exec.Command(filepath.Join(helperDir, "client"))
-		c.Env = []string{envClientOp + "=" + op, envClientSocket + "=" + socket, envClientArg + "=" + arg, envClientUmask + "=" + umask}
+		c.Env = append([]string{envClientOp + "=" + op, envClientSocket + "=" + socket, envClientArg + "=" + arg, envClientUmask + "=" + umask}, env...)
 		c.Dir = "/"
 		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 		b, err := c.Output()

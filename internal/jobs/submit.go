@@ -27,8 +27,8 @@ const (
 	defaultOutput  = "ssi-%j.out"
 )
 
-// callerOf is the identity of the local client: uid and gid from the kernel, groups and
-// umask from the client process itself (as procspace does for ssi run).
+// callerOf is the identity of the local client: uid and gid from the kernel, groups, umask
+// and resource limits from the client process itself (as procspace does for ssi run).
 func (s *Service) callerOf(ctx context.Context) (identity, error) {
 	c, err := api.CallerFrom(ctx)
 	if err != nil {
@@ -49,7 +49,13 @@ func (s *Service) callerOf(ctx context.Context) (identity, error) {
 	if id.UID != c.UID || id.GID != c.GID {
 		return identity{}, status.Errorf(codes.PermissionDenied, "client pid %d changed identity since it connected: reconnect", c.PID)
 	}
-	return identity{uid: c.UID, gid: c.GID, groups: slices.Clone(id.Groups), umask: id.Umask}, nil
+	who := identity{uid: c.UID, gid: c.GID, groups: slices.Clone(id.Groups), umask: id.Umask}
+	// Its resource limits, which its jobs start with (as Slurm's PropagateResourceLimits=ALL).
+	// Without them (a kernel without the file) jobs get the agent's, as its commands do.
+	if who.rlimits, err = proc.RlimitsOf(int(c.PID)); err != nil {
+		s.log.Debug("reading the resource limits of a client", "pid", c.PID, "err", err)
+	}
+	return who, nil
 }
 
 // Submit queues a batch job.
@@ -103,8 +109,8 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		Priority: int(req.Priority), After: req.After, AfterAny: req.AfterAny, NoKill: req.NoKill,
 		Interactive: interactive,
 	}
-	for _, l := range req.Rlimits {
-		sp.Rlimits = append(sp.Rlimits, rlimitRecord{Resource: int(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
+	for _, l := range who.rlimits {
+		sp.Rlimits = append(sp.Rlimits, rlimitRecord{Resource: l.Resource, Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
 	}
 	switch {
 	case len(sp.Script) == 0 && len(sp.Args) == 0 && !interactive:

@@ -4,4 +4,4 @@
 // never a field of a message.
 package jobspb
 
-//go:generate protoc -I. -I../ssipb --go_out=. --go_opt=paths=source_relative jobs.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative jobs.proto

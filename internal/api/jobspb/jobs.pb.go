@@ -10,7 +10,6 @@
 package jobspb
 
 import (
-	ssipb "github.com/ssi-cluster/ssi/internal/api/ssipb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -99,11 +98,8 @@ type SubmitRequest struct {
 	Requeue          SubmitRequest_Requeue `protobuf:"varint,19,opt,name=requeue,proto3,enum=ssi.jobs.v1.SubmitRequest_Requeue" json:"requeue,omitempty"`
 	Hold             bool                  `protobuf:"varint,20,opt,name=hold,proto3" json:"hold,omitempty"`
 	NoKill           bool                  `protobuf:"varint,21,opt,name=no_kill,json=noKill,proto3" json:"no_kill,omitempty"`
-	// The caller's resource limits, which the job's processes start with (as Slurm's
-	// PropagateResourceLimits=ALL).
-	Rlimits       []*ssipb.Rlimit `protobuf:"bytes,22,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
@@ -281,13 +277,6 @@ func (x *SubmitRequest) GetNoKill() bool {
 		return x.NoKill
 	}
 	return false
-}
-
-func (x *SubmitRequest) GetRlimits() []*ssipb.Rlimit {
-	if x != nil {
-		return x.Rlimits
-	}
-	return nil
 }
 
 type SubmitResponse struct {
@@ -2036,7 +2025,7 @@ var File_jobs_proto protoreflect.FileDescriptor
 const file_jobs_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"jobs.proto\x12\vssi.jobs.v1\x1a\tssi.proto\"\xa9\x05\n" +
+	"jobs.proto\x12\vssi.jobs.v1\"\x85\x05\n" +
 	"\rSubmitRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\fR\x04args\x12\x16\n" +
@@ -2061,13 +2050,12 @@ const file_jobs_proto_rawDesc = "" +
 	"\x05error\x18\x12 \x01(\fR\x05error\x12<\n" +
 	"\arequeue\x18\x13 \x01(\x0e2\".ssi.jobs.v1.SubmitRequest.RequeueR\arequeue\x12\x12\n" +
 	"\x04hold\x18\x14 \x01(\bR\x04hold\x12\x17\n" +
-	"\ano_kill\x18\x15 \x01(\bR\x06noKill\x12(\n" +
-	"\arlimits\x18\x16 \x03(\v2\x0e.ssi.v1.RlimitR\arlimits\"?\n" +
+	"\ano_kill\x18\x15 \x01(\bR\x06noKill\"?\n" +
 	"\aRequeue\x12\x13\n" +
 	"\x0fREQUEUE_DEFAULT\x10\x00\x12\x0f\n" +
 	"\vREQUEUE_YES\x10\x01\x12\x0e\n" +
 	"\n" +
-	"REQUEUE_NO\x10\x02\"=\n" +
+	"REQUEUE_NO\x10\x02J\x04\b\x16\x10\x17\"=\n" +
 	"\x0eSubmitResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05tasks\x18\x02 \x01(\rR\x05tasks\"e\n" +
@@ -2239,26 +2227,24 @@ var file_jobs_proto_goTypes = []any{
 	(*RemoveQueueResponse)(nil), // 23: ssi.jobs.v1.RemoveQueueResponse
 	(*DrainRequest)(nil),        // 24: ssi.jobs.v1.DrainRequest
 	(*DrainResponse)(nil),       // 25: ssi.jobs.v1.DrainResponse
-	(*ssipb.Rlimit)(nil),        // 26: ssi.v1.Rlimit
 }
 var file_jobs_proto_depIdxs = []int32{
 	0,  // 0: ssi.jobs.v1.SubmitRequest.requeue:type_name -> ssi.jobs.v1.SubmitRequest.Requeue
-	26, // 1: ssi.jobs.v1.SubmitRequest.rlimits:type_name -> ssi.v1.Rlimit
-	1,  // 2: ssi.jobs.v1.InteractiveInput.submit:type_name -> ssi.jobs.v1.SubmitRequest
-	5,  // 3: ssi.jobs.v1.InteractiveOutput.granted:type_name -> ssi.jobs.v1.Granted
-	6,  // 4: ssi.jobs.v1.InteractiveOutput.revoke:type_name -> ssi.jobs.v1.Revoke
-	7,  // 5: ssi.jobs.v1.InteractiveOutput.final:type_name -> ssi.jobs.v1.Final
-	8,  // 6: ssi.jobs.v1.ListResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
-	8,  // 7: ssi.jobs.v1.ShowResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
-	12, // 8: ssi.jobs.v1.ShowResponse.attempts:type_name -> ssi.jobs.v1.Attempt
-	16, // 9: ssi.jobs.v1.ControlResponse.results:type_name -> ssi.jobs.v1.ControlResult
-	18, // 10: ssi.jobs.v1.CreateQueueRequest.queue:type_name -> ssi.jobs.v1.QueueInfo
-	18, // 11: ssi.jobs.v1.ListQueuesResponse.queues:type_name -> ssi.jobs.v1.QueueInfo
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	1,  // 1: ssi.jobs.v1.InteractiveInput.submit:type_name -> ssi.jobs.v1.SubmitRequest
+	5,  // 2: ssi.jobs.v1.InteractiveOutput.granted:type_name -> ssi.jobs.v1.Granted
+	6,  // 3: ssi.jobs.v1.InteractiveOutput.revoke:type_name -> ssi.jobs.v1.Revoke
+	7,  // 4: ssi.jobs.v1.InteractiveOutput.final:type_name -> ssi.jobs.v1.Final
+	8,  // 5: ssi.jobs.v1.ListResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
+	8,  // 6: ssi.jobs.v1.ShowResponse.tasks:type_name -> ssi.jobs.v1.TaskInfo
+	12, // 7: ssi.jobs.v1.ShowResponse.attempts:type_name -> ssi.jobs.v1.Attempt
+	16, // 8: ssi.jobs.v1.ControlResponse.results:type_name -> ssi.jobs.v1.ControlResult
+	18, // 9: ssi.jobs.v1.CreateQueueRequest.queue:type_name -> ssi.jobs.v1.QueueInfo
+	18, // 10: ssi.jobs.v1.ListQueuesResponse.queues:type_name -> ssi.jobs.v1.QueueInfo
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_jobs_proto_init() }

@@ -2,4 +2,4 @@
 // socket, and its generated Go code; the messages are in jobspb.
 package jobsrpc
 
-//go:generate protoc -I. -I../jobspb -I../ssipb --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative jobs_service.proto
+//go:generate protoc -I. -I../jobspb --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative jobs_service.proto
