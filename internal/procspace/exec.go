@@ -89,9 +89,7 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		nice := int(c.Nice)
 		spec.Nice = &nice
 	}
-	for _, l := range c.Rlimits {
-		spec.Rlimits = append(spec.Rlimits, proc.Rlimit{Resource: int(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
-	}
+	spec.Rlimits = rlimitsOfPB(c.Rlimits)
 	for _, sig := range start.IgnoredSignals {
 		if sig > 0 && sig <= 64 && sig != int32(syscall.SIGKILL) && sig != int32(syscall.SIGSTOP) {
 			spec.Ignore = append(spec.Ignore, syscall.Signal(sig))

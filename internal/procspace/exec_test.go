@@ -29,3 +29,17 @@ func TestLoginShellKeepsTerminalAndLocale(t *testing.T) {
 		}
 	}
 }
+
+// TestRlimitsTravelWhole checks that a caller's limits reach the command as read, the
+// unknown soft limit on open files included (which the command would otherwise get as the
+// hard one, raised by the Go client).
+func TestRlimitsTravelWhole(t *testing.T) {
+	limits := []proc.Rlimit{
+		{Resource: 4, Cur: 0, Max: 1 << 20},
+		{Resource: 7, Cur: 1 << 20, Max: 1 << 20, CurUnknown: true},
+		{Resource: 3, Cur: 8 << 20, Max: 1<<64 - 1},
+	}
+	if got := rlimitsOfPB(rlimitsPB(limits)); !slices.Equal(got, limits) {
+		t.Errorf("limits %+v arrive as %+v", limits, got)
+	}
+}

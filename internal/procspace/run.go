@@ -40,26 +40,51 @@ func (s *Service) CallerOf(ctx context.Context) (*ssipb.Caller, int, error) {
 	if err != nil {
 		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the identity of client pid %d: %v", c.PID, err)
 	}
-	// Read from the kernel, not asked: a caller must not get a lower value than its own.
-	nice, err := proc.NiceOf(int(c.PID))
-	if err != nil {
-		return nil, 0, status.Errorf(codes.Unauthenticated, "reading the nice value of client pid %d: %v", c.PID, err)
-	}
 	if id.UID != c.UID || id.GID != c.GID {
 		return nil, 0, status.Errorf(codes.PermissionDenied, "client pid %d changed identity since it connected: reconnect", c.PID)
 	}
 	groups := make([]uint32, len(id.Groups))
 	copy(groups, id.Groups)
-	// Without them (a kernel without the file, say), the command gets the agent's, as before.
-	limits, err := proc.RlimitsOf(int(c.PID))
+	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Node: self}, int(c.PID), nil
+}
+
+// addInherited adds to caller what a command it starts inherits from the calling process pid,
+// as a local child would: its nice value and resource limits. Both are read from the kernel,
+// not asked: a caller must not get a lower nice value than its own. Without pid (a client
+// outside this node's PID namespace) the command gets the agent's.
+func (s *Service) addInherited(caller *ssipb.Caller, pid int) error {
+	if pid == 0 {
+		return nil
+	}
+	nice, err := proc.NiceOf(pid)
 	if err != nil {
-		s.log.Debug("reading the resource limits of a client", "pid", c.PID, "err", err)
+		return status.Errorf(codes.Unauthenticated, "reading the nice value of client pid %d: %v", pid, err)
 	}
-	rlimits := make([]*ssipb.Rlimit, 0, len(limits))
+	caller.Nice = int32(nice)
+	limits, err := proc.RlimitsOf(pid)
+	if err != nil {
+		// A kernel without the file, say: the agent's limits, as before.
+		s.log.Debug("reading the resource limits of a client", "pid", pid, "err", err)
+	}
+	caller.Rlimits = rlimitsPB(limits)
+	return nil
+}
+
+// rlimitsPB and rlimitsOfPB carry proc's limits in messages and back.
+func rlimitsPB(limits []proc.Rlimit) []*ssipb.Rlimit {
+	out := make([]*ssipb.Rlimit, 0, len(limits))
 	for _, l := range limits {
-		rlimits = append(rlimits, &ssipb.Rlimit{Resource: int32(l.Resource), Cur: l.Cur, Max: l.Max})
+		out = append(out, &ssipb.Rlimit{Resource: int32(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
 	}
-	return &ssipb.Caller{Uid: c.UID, Gid: c.GID, Groups: groups, Umask: uint32(id.Umask), Nice: int32(nice), Rlimits: rlimits, Node: self}, int(c.PID), nil
+	return out
+}
+
+func rlimitsOfPB(limits []*ssipb.Rlimit) []proc.Rlimit {
+	out := make([]proc.Rlimit, 0, len(limits))
+	for _, l := range limits {
+		out = append(out, proc.Rlimit{Resource: int(l.Resource), Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
+	}
+	return out
 }
 
 // Run serves Control.Run for a local client: it fixes the caller's identity, places the
@@ -77,6 +102,9 @@ func (s *Service) Run(stream ssirpc.Control_RunServer) error {
 	}
 	caller, pid, err := s.CallerOf(ctx)
 	if err != nil {
+		return err
+	}
+	if err := s.addInherited(caller, pid); err != nil {
 		return err
 	}
 	in, err := client.Recv()
