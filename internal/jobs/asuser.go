@@ -22,8 +22,8 @@ type identity struct {
 	uid, gid uint32
 	groups   []uint32
 	umask    int
-	// rlimits are the submitter's resource limits, read at submit time; they are not part of
-	// the key of its file threads (see key).
+	// rlimits are a submitter's resource limits (see callerRlimits); they are not part of the
+	// key of its file threads (see key).
 	rlimits []proc.Rlimit
 }
 

@@ -27,8 +27,8 @@ const (
 	defaultOutput  = "ssi-%j.out"
 )
 
-// callerOf is the identity of the local client: uid and gid from the kernel, groups, umask
-// and resource limits from the client process itself (as procspace does for ssi run).
+// callerOf is the identity of the local client: uid and gid from the kernel, groups and
+// umask from the client process itself (as procspace does for ssi run).
 func (s *Service) callerOf(ctx context.Context) (identity, error) {
 	c, err := api.CallerFrom(ctx)
 	if err != nil {
@@ -49,13 +49,22 @@ func (s *Service) callerOf(ctx context.Context) (identity, error) {
 	if id.UID != c.UID || id.GID != c.GID {
 		return identity{}, status.Errorf(codes.PermissionDenied, "client pid %d changed identity since it connected: reconnect", c.PID)
 	}
-	who := identity{uid: c.UID, gid: c.GID, groups: slices.Clone(id.Groups), umask: id.Umask}
-	// Its resource limits, which its jobs start with (as Slurm's PropagateResourceLimits=ALL).
-	// Without them (a kernel without the file) jobs get the agent's, as its commands do.
-	if who.rlimits, err = proc.RlimitsOf(int(c.PID)); err != nil {
+	return identity{uid: c.UID, gid: c.GID, groups: slices.Clone(id.Groups), umask: id.Umask}, nil
+}
+
+// callerRlimits are the local client's resource limits, which a job it submits starts with (as
+// Slurm's PropagateResourceLimits=ALL), read from the kernel. Without them (a client outside
+// this node's PID namespace, a kernel without the file) the job gets the agent's.
+func (s *Service) callerRlimits(ctx context.Context) []proc.Rlimit {
+	c, err := api.CallerFrom(ctx)
+	if err != nil || c.PID == 0 {
+		return nil
+	}
+	limits, err := proc.RlimitsOf(int(c.PID))
+	if err != nil {
 		s.log.Debug("reading the resource limits of a client", "pid", c.PID, "err", err)
 	}
-	return who, nil
+	return limits
 }
 
 // Submit queues a batch job.
@@ -64,6 +73,7 @@ func (s *Service) Submit(ctx context.Context, req *jobspb.SubmitRequest) (*jobsp
 	if err != nil {
 		return nil, err
 	}
+	who.rlimits = s.callerRlimits(ctx)
 	rec, tasks, err := s.prepare(ctx, req, who, false)
 	if err != nil {
 		return nil, err
