@@ -38,9 +38,9 @@ root) may wait for it; its status stays available for 10 minutes.`,
 			}
 			var last exitError
 			for i, id := range ids {
-				last = g.waitOne(cmd.Context(), id)
-				if last.code < 0 {
-					return errors.New(last.msg)
+				var err error
+				if last, err = g.waitOne(cmd.Context(), id); err != nil {
+					return err
 				}
 				if i < len(ids)-1 && last.msg != "" {
 					// Said now: only the last one's status is the exit status.
@@ -52,22 +52,22 @@ root) may wait for it; its status stays available for 10 minutes.`,
 	}
 }
 
-// waitOne waits for one process and returns how ssi wait would exit for it; a code below 0
-// means the call failed, msg saying why.
-func (g *Globals) waitOne(ctx context.Context, id int64) exitError {
+// waitOne waits for one process and returns how ssi wait would exit for it, or why it could
+// not wait.
+func (g *Globals) waitOne(ctx context.Context, id int64) (exitError, error) {
 	resp, err := g.control().Wait(ctx, &ssipb.WaitRequest{Gpid: id})
 	var rerr *localrpc.Error
 	if errors.As(err, &rerr) && rerr.Code == localrpc.Unavailable && strings.HasPrefix(rerr.Message, "node ") {
 		// The node the process ran on is lost: 255, as ssi run exits then.
-		return exitError{code: ssipb.ExitLostNode, msg: rerr.Message}
+		return exitError{code: ssipb.ExitLostNode, msg: rerr.Message}, nil
 	}
 	if errors.As(err, &rerr) && rerr.Code == localrpc.NotFound {
 		// Not a process ssi started (or its status is gone): 127, as the shell's wait
 		// exits for a pid that is not its child.
-		return exitError{code: 127, msg: rerr.Message}
+		return exitError{code: 127, msg: rerr.Message}, nil
 	}
 	if err != nil {
-		return exitError{code: -1, msg: g.rpcError(err).Error()}
+		return exitError{}, g.rpcError(err)
 	}
-	return exitError{code: int(resp.Code), msg: resp.Message}
+	return exitError{code: int(resp.Code), msg: resp.Message}, nil
 }
