@@ -1128,7 +1128,7 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 // asked, unmasked (if the client sent it), as locally. inherits reports the default ACL: the
 // owner's file system ignores the agent's umask then, and a chmod would undo the ACL's mask.
 func createMode(dir int, masked uint32, unmasked *uint32) (mode uint32, inherits bool) {
-	_, err := unix.Getxattr(procFD(dir), "system.posix_acl_default", nil)
+	_, err := unix.Getxattr(procFD(dir), xattrACLDefault, nil)
 	if err != nil {
 		return masked, false
 	}

@@ -39,24 +39,14 @@ func (t *anyBytes) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func toAnyBytes(ss []string) []anyBytes {
-	if ss == nil {
+// recast converts a list of one string type into another.
+func recast[To, From ~string](in []From) []To {
+	if in == nil {
 		return nil
 	}
-	out := make([]anyBytes, len(ss))
-	for i, s := range ss {
-		out[i] = anyBytes(s)
-	}
-	return out
-}
-
-func fromAnyBytes(ts []anyBytes) []string {
-	if ts == nil {
-		return nil
-	}
-	out := make([]string, len(ts))
-	for i, t := range ts {
-		out[i] = string(t)
+	out := make([]To, len(in))
+	for i, s := range in {
+		out[i] = To(s)
 	}
 	return out
 }
@@ -78,8 +68,8 @@ type specJSON struct {
 
 func (sp jobSpec) MarshalJSON() ([]byte, error) {
 	return json.Marshal(specJSON{
-		plainSpec: (*plainSpec)(&sp), Args: toAnyBytes(sp.Args), ScriptName: anyBytes(sp.ScriptName),
-		Cwd: anyBytes(sp.Cwd), Env: toAnyBytes(sp.Env), Output: anyBytes(sp.Output), Error: anyBytes(sp.Error),
+		plainSpec: (*plainSpec)(&sp), Args: recast[anyBytes](sp.Args), ScriptName: anyBytes(sp.ScriptName),
+		Cwd: anyBytes(sp.Cwd), Env: recast[anyBytes](sp.Env), Output: anyBytes(sp.Output), Error: anyBytes(sp.Error),
 	})
 }
 
@@ -88,7 +78,7 @@ func (sp *jobSpec) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
-	sp.Args, sp.ScriptName, sp.Cwd = fromAnyBytes(v.Args), string(v.ScriptName), string(v.Cwd)
-	sp.Env, sp.Output, sp.Error = fromAnyBytes(v.Env), string(v.Output), string(v.Error)
+	sp.Args, sp.ScriptName, sp.Cwd = recast[string](v.Args), string(v.ScriptName), string(v.Cwd)
+	sp.Env, sp.Output, sp.Error = recast[string](v.Env), string(v.Output), string(v.Error)
 	return nil
 }
