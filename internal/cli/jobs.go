@@ -778,15 +778,7 @@ func shellWords(words []string) string {
 
 // printable tells whether s shows on a terminal as it is: valid UTF-8 without control characters.
 func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, c := range s {
-		if !unicode.IsPrint(c) && c != ' ' {
-			return false
-		}
-	}
-	return true
+	return utf8.ValidString(s) && strings.IndexFunc(s, func(c rune) bool { return !unicode.IsPrint(c) }) < 0
 }
 
 // escapedWord writes a word that does not show as it is (bytes that are not UTF-8, control
@@ -798,7 +790,7 @@ func escapedWord(w string) string {
 	for len(w) > 0 {
 		c, size := utf8.DecodeRuneInString(w)
 		switch {
-		case c == utf8.RuneError && size <= 1, !unicode.IsPrint(c) && c != ' ':
+		case c == utf8.RuneError && size <= 1, !unicode.IsPrint(c):
 			for _, x := range []byte(w[:size]) {
 				fmt.Fprintf(&b, "\\x%02x", x)
 			}
