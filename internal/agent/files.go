@@ -198,7 +198,7 @@ func (a *Agent) fileStatus() *ssipb.NodeFiles {
 			Root: st.Root, Exports: st.Exports, ReadOnly: st.ReadOnly, RootSquash: st.RootSquash,
 			Sessions: uint64(st.Sessions), OpenFiles: uint64(st.OpenFiles), WatchedDirs: uint64(st.WatchedDirs),
 			Ops: st.Ops, BytesRead: st.BytesRead, BytesWritten: st.BytesWritten,
-			InvalidationsSent: st.InvalidationsSent, DiskEvents: st.DiskEvents,
+			InvalidationsSent: st.InvalidationsSent, DiskEvents: st.DiskEvents, CacheEntries: uint64(st.CacheEntries),
 		}
 	}
 	a.files.mu.Lock()

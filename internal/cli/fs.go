@@ -32,6 +32,7 @@ type fsExportJSON struct {
 	BytesWritten      uint64   `json:"bytes_written"`
 	InvalidationsSent uint64   `json:"invalidations_sent"`
 	DiskEvents        uint64   `json:"disk_events"`
+	CacheEntries      uint64   `json:"cache_entries"`
 }
 
 type fsMountJSON struct {
@@ -55,7 +56,7 @@ func toFSNodeJSON(n *ssipb.NodeFiles) fsNodeJSON {
 			Root: e.Root, Exports: nonNil(e.Exports), ReadOnly: e.ReadOnly, RootSquash: e.RootSquash,
 			Sessions: e.Sessions, OpenFiles: e.OpenFiles, WatchedDirs: e.WatchedDirs, Ops: e.Ops,
 			BytesRead: e.BytesRead, BytesWritten: e.BytesWritten,
-			InvalidationsSent: e.InvalidationsSent, DiskEvents: e.DiskEvents,
+			InvalidationsSent: e.InvalidationsSent, DiskEvents: e.DiskEvents, CacheEntries: e.CacheEntries,
 		}
 	}
 	if m := n.Mount; m != nil {
@@ -85,7 +86,8 @@ func newFSCommand(g *Globals) *cobra.Command {
   EXPORTS   what the node serves to the others ("/" is everything, under Unix permissions),
             with "ro" when read-only and "squash" when root acts as nobody there
   SERVED    requests it served, bytes read from and written to its disks for other nodes,
-            and cache invalidations it pushed to them
+            cache invalidations it pushed to them, and the cached copies it tracks (one per
+            object and client; bounded, the client caching most drops its cache past the limit)
   MOUNT     where it mounts the tree, or why it does not
   CLIENT    requests its mount made, bytes it read and wrote, invalidations it applied,
             failed calls (an owner down) and cached inodes
@@ -114,7 +116,7 @@ Change what a node exports with the agent's --export, --export-read-only and --r
 			for _, n := range resp.Nodes {
 				rows = append(rows, fsRow(n))
 			}
-			return p.table([]string{"NODE", "EXPORTS", "SERVED (OPS READ/WRITTEN INVAL)", "MOUNT", "CLIENT (OPS READ/WRITTEN INVAL FAIL INODES)", "OWNERS"}, rows)
+			return p.table([]string{"NODE", "EXPORTS", "SERVED (OPS READ/WRITTEN INVAL TRACKED)", "MOUNT", "CLIENT (OPS READ/WRITTEN INVAL FAIL INODES)", "OWNERS"}, rows)
 		},
 	}
 	outputFlag(cmd, &format)
@@ -137,7 +139,7 @@ func fsRow(n *ssipb.NodeFiles) []string {
 		if e.RootSquash {
 			exports += " squash"
 		}
-		served = fmt.Sprintf("%d %s/%s %d", e.Ops, humanBytes(e.BytesRead), humanBytes(e.BytesWritten), e.InvalidationsSent)
+		served = fmt.Sprintf("%d %s/%s %d %d", e.Ops, humanBytes(e.BytesRead), humanBytes(e.BytesWritten), e.InvalidationsSent, e.CacheEntries)
 	}
 	mount, client, owners := "-", "-", "-"
 	if m := n.Mount; m != nil {

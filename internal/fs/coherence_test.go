@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -296,5 +297,56 @@ func TestConcurrentWritersFromTwoNodes(t *testing.T) {
 				t.Fatalf("%s: block %d holds %q, want %q", p, b, got[b*size], want)
 			}
 		}
+	}
+}
+
+// The owner's table of what each client may cache stays within its limit: a client that
+// looked at more files than that drops its cache of the owner and starts again, and changes
+// are still seen at once afterwards.
+func TestCacheTableStaysBoundedAndCoherent(t *testing.T) {
+	const limit, files = 200, 600
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n2.restart(ServerConfig{cacheLimit: limit})
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	must(t, os.Mkdir(n2.disk("many"), 0o755))
+	for i := range files {
+		must(t, os.WriteFile(n2.disk("many", fmt.Sprintf("f%d", i)), []byte("old"), 0o644))
+	}
+	flushesBefore := n1.mount.Stats().Flushes
+	for i := range files {
+		_, err := os.Stat(n1.path("n2", "many", fmt.Sprintf("f%d", i)))
+		must(t, err)
+	}
+	eventually(t, 10*time.Second, "the table back under its limit", func() error {
+		if n := n2.server.cache.size(); n > limit {
+			return fmt.Errorf("%d entries, limit %d", n, limit)
+		}
+		return nil
+	})
+	if n1.mount.Stats().Flushes == flushesBefore {
+		t.Fatal("n1 was not made to drop its cache")
+	}
+	eventually(t, 5*time.Second, "n1 watching again", func() error {
+		if !n2.watching("n1") {
+			return errors.New("not watching")
+		}
+		return nil
+	})
+
+	// What n1 caches from now on is invalidated as before.
+	for i := range 3 {
+		name := fmt.Sprintf("f%d", i)
+		if got := readFile(t, n1.path("n2", "many", name)); got != "old" {
+			t.Fatalf("n1 read %q from %s", got, name)
+		}
+		must(t, os.WriteFile(n3.path("n2", "many", name), []byte("newer"), 0o644))
+		if got := readFile(t, n1.path("n2", "many", name)); got != "newer" {
+			t.Fatalf("n1 read %q from %s after n3's write, want %q", got, name, "newer")
+		}
+	}
+	if st := n2.server.Stats(); st.CacheEntries > limit {
+		t.Fatalf("Stats().CacheEntries = %d, over the limit %d", st.CacheEntries, limit)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"hash/maphash"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,22 +31,47 @@ import (
 const ackTimeout = 2 * time.Second
 
 // cacheTable records which sessions may cache which objects, and when each object last changed.
+//
+// It is bounded: past its limit, the session holding the most entries is made to drop its
+// whole cache of this owner (its Watch stream is cut, so it flushes and reconnects), and its
+// entries go once it is back (see forget). Without that it would grow with every object any
+// client ever looked at, and with every client session that came and went.
 type cacheTable struct {
 	mu sync.Mutex
 	// holders are the sessions that may cache an object's attributes or data. An invalidation
 	// makes the client drop all of that, so a change takes them off the list.
-	holders map[fileID][]uint32
+	holders map[fileID][]held
 	// entries are the sessions that may cache names (found or not found) in a directory, or
 	// its listing. An invalidation drops one name only and the client keeps the others, so a
 	// change leaves them on the list.
-	entries map[fileID][]uint32
-	clock   uint64
-	stamps  [4096]uint64 // per hash bucket of fileID: clock of the last change
-	seed    maphash.Seed
+	entries map[fileID][]held
+	// count is the number of entries (in holders and entries) of each session.
+	count  map[uint32]int
+	total  int
+	limit  int
+	clock  uint64
+	stamps [4096]uint64 // per hash bucket of fileID: clock of the last change
+	seed   maphash.Seed
 }
 
-func newCacheTable() *cacheTable {
-	return &cacheTable{holders: make(map[fileID][]uint32), entries: make(map[fileID][]uint32), seed: maphash.MakeSeed()}
+// held is one session's entry for an object: at is the clock when it last held it, which
+// tells a hold from before the session last dropped its cache from one after.
+type held struct {
+	idx uint32
+	at  uint64
+}
+
+// defaultCacheLimit bounds the entries of the cache table: ~100 bytes each, so ~100 MiB.
+const defaultCacheLimit = 1 << 20
+
+func newCacheTable(limit int) *cacheTable {
+	if limit <= 0 {
+		limit = defaultCacheLimit
+	}
+	return &cacheTable{
+		holders: make(map[fileID][]held), entries: make(map[fileID][]held), count: make(map[uint32]int),
+		limit: limit, seed: maphash.MakeSeed(),
+	}
 }
 
 func (c *cacheTable) bucket(id fileID) int {
@@ -74,28 +100,33 @@ func (c *cacheTable) now() uint64 {
 
 // hold records session idx as a cacher of the objects ids and of the names in the directories
 // dirs, and reports whether none of them changed since the clock read start: only then may the
-// client cache what it was told.
-func (c *cacheTable) hold(idx uint32, start uint64, ids, dirs []fileID) (stable bool) {
+// client cache what it was told. over says the table is past its limit (see heaviest).
+func (c *cacheTable) hold(idx uint32, start uint64, ids, dirs []fileID) (stable, over bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	stable = true
 	for _, set := range []struct {
-		table map[fileID][]uint32
+		table map[fileID][]held
 		ids   []fileID
 	}{{c.holders, ids}, {c.entries, dirs}} {
 		for _, id := range set.ids {
 			if id == (fileID{}) {
 				continue
 			}
-			if h := set.table[id]; !slices.Contains(h, idx) {
-				set.table[id] = append(h, idx)
+			h := set.table[id]
+			if i := slices.IndexFunc(h, func(x held) bool { return x.idx == idx }); i >= 0 {
+				h[i].at = c.clock
+			} else {
+				set.table[id] = append(h, held{idx: idx, at: c.clock})
+				c.count[idx]++
+				c.total++
 			}
 			if c.stamps[c.bucket(id)] > start {
 				stable = false
 			}
 		}
 	}
-	return stable
+	return stable, c.total > c.limit
 }
 
 // take stamps id as changed and returns its cachers other than except: those of its
@@ -108,12 +139,13 @@ func (c *cacheTable) take(id fileID, entry bool, except uint32) []uint32 {
 	c.stamps[c.bucket(id)] = c.clock
 	var out []uint32
 	if h := c.holders[id]; len(h) > 0 {
-		var keep []uint32
+		var keep []held
 		for _, x := range h {
-			if x == except {
+			if x.idx == except {
 				keep = append(keep, x)
 			} else {
-				out = append(out, x)
+				out = append(out, x.idx)
+				c.uncount(x.idx)
 			}
 		}
 		if len(keep) == 0 {
@@ -124,12 +156,119 @@ func (c *cacheTable) take(id fileID, entry bool, except uint32) []uint32 {
 	}
 	if entry {
 		for _, x := range c.entries[id] {
-			if x != except && !slices.Contains(out, x) {
-				out = append(out, x)
+			if x.idx != except && !slices.Contains(out, x.idx) {
+				out = append(out, x.idx)
 			}
 		}
 	}
 	return out
+}
+
+func (c *cacheTable) uncount(idx uint32) {
+	c.total--
+	if c.count[idx]--; c.count[idx] <= 0 {
+		delete(c.count, idx)
+	}
+}
+
+// mark advances the clock and returns it: a session's holds from before a mark made when it
+// reattached are of a cache it has since dropped (forget).
+func (c *cacheTable) mark() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.clock++
+	return c.clock
+}
+
+// forget removes session idx's entries held before the clock read before.
+func (c *cacheTable) forget(idx uint32, before uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.count[idx] == 0 {
+		return
+	}
+	for _, table := range []map[fileID][]held{c.holders, c.entries} {
+		for id, h := range table {
+			kept := slices.DeleteFunc(h, func(x held) bool {
+				if x.idx == idx && x.at < before {
+					c.uncount(idx)
+					return true
+				}
+				return false
+			})
+			if len(kept) == 0 {
+				delete(table, id)
+			} else {
+				table[id] = kept
+			}
+		}
+	}
+}
+
+// heaviest returns the session with the most entries and their number.
+func (c *cacheTable) heaviest() (idx uint32, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, k := range c.count {
+		if k > n {
+			idx, n = i, k
+		}
+	}
+	return idx, n
+}
+
+// size returns the number of entries.
+func (c *cacheTable) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.total
+}
+
+// hold records sess as a cacher (cacheTable.hold) and keeps the table within its limit.
+func (s *Server) hold(sess *session, start uint64, ids, dirs []fileID) (stable bool) {
+	stable, over := s.cache.hold(sess.idx, start, ids, dirs)
+	if over {
+		s.trimCache()
+	}
+	return stable
+}
+
+// trimCache makes the session with the most cache entries drop its cache of this owner: its
+// Watch stream is cut, its client flushes what it cached from here and reconnects, and its
+// entries go when it does (serveWatch). At most once a second, since the client needs a moment
+// to come back; a call within that second checks again when it is over.
+func (s *Server) trimCache() {
+	now := time.Now().UnixNano()
+	last := s.lastTrim.Load()
+	if wait := time.Duration(last + int64(time.Second) - now); wait > 0 {
+		if s.trimPending.CompareAndSwap(false, true) {
+			time.AfterFunc(wait, func() {
+				s.trimPending.Store(false)
+				if s.cache.size() > s.cache.limit {
+					s.trimCache()
+				}
+			})
+		}
+		return
+	}
+	if !s.lastTrim.CompareAndSwap(last, now) {
+		return
+	}
+	idx, n := s.cache.heaviest()
+	sess := s.sessionByIndex(idx)
+	var stream *watchStream
+	if sess != nil {
+		stream = sess.currentStream()
+	}
+	if stream == nil {
+		// Gone, or not connected: it caches nothing from here until it reattaches, and
+		// flushes then.
+		s.cache.forget(idx, math.MaxUint64)
+		return
+	}
+	s.log.Info("client caches too many of this node's files; making it drop its cache here",
+		"client", sess.node, "entries", n, "limit", s.cache.limit)
+	stream.stop()
 }
 
 // watchStream is the downward half of one session's attached Watch stream.
@@ -329,6 +468,10 @@ func (s *Server) serveWatch(conn watchConn) error {
 	ws := newWatchStream()
 	sess.attach(ws)
 	defer s.detach(sess, ws)
+	// The client drops its whole cache of this owner when it gets the first message, and
+	// caches only answers to requests it makes after that: entries held before now are of a
+	// cache it no longer has.
+	s.cache.forget(sess.idx, s.cache.mark())
 
 	if err := conn.Send(&fspb.WatchDown{Instance: s.instance}); err != nil {
 		return err

@@ -80,7 +80,7 @@ func (c *call) finish(start uint64, watched bool, attrs []*fspb.Attr, dirs ...fi
 			ids = append(ids, idFromPB(a.Id))
 		}
 	}
-	stable := c.s.cache.hold(c.sess.idx, start, ids, dirs) && watched
+	stable := c.s.hold(c.sess, start, ids, dirs) && watched
 	for _, a := range attrs {
 		if a != nil {
 			a.Watched = stable && !a.Direct
@@ -389,7 +389,7 @@ func (s *Server) Readlink(ctx context.Context, req *fspb.NodeRequest) (*fspb.Rea
 	})
 	reply.Errno = int32(errno)
 	if errno == 0 {
-		c.s.cache.hold(c.sess.idx, start, []fileID{id}, nil)
+		c.s.hold(c.sess, start, []fileID{id}, nil)
 	}
 	return reply, nil
 }
@@ -797,7 +797,7 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 		return &fspb.ReadReply{Errno: int32(syscall.EINVAL)}, nil
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
-	s.cache.hold(c.sess.idx, 0, []fileID{f.id}, nil)
+	s.hold(c.sess, 0, []fileID{f.id}, nil)
 	n, errno := readAt(f, buf, req.Offset)
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,8 @@ type ServerConfig struct {
 	identifyConn func(net.Conn) (string, error)
 	// grace replaces sessionGrace when not zero. Tests shorten it.
 	grace time.Duration
+	// cacheLimit replaces defaultCacheLimit when not zero. Tests lower it.
+	cacheLimit int
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
@@ -75,9 +78,13 @@ type Server struct {
 	byIdx    map[uint32]*session
 	nextIdx  uint32
 
-	stats     serverStats
-	closed    chan struct{}
-	closeOnce sync.Once
+	stats serverStats
+	// lastTrim is when trimCache last cut a stream (unix nanoseconds); trimPending says a
+	// later check is scheduled.
+	lastTrim    atomic.Int64
+	trimPending atomic.Bool
+	closed      chan struct{}
+	closeOnce   sync.Once
 	// life is held (read) by every request while it uses the server's descriptors, so that
 	// Close does not close them, and let their numbers be reused, under a request.
 	life sync.RWMutex
@@ -108,7 +115,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		rootFD:        rootFD,
 		exports:       exports,
 		creds:         creds,
-		cache:         newCacheTable(),
+		cache:         newCacheTable(cfg.cacheLimit),
 		instance:      instance,
 		identify:      cfg.identify,
 		identifyConn:  cfg.identifyConn,
@@ -258,6 +265,8 @@ type ServerStats struct {
 	BytesWritten      uint64
 	InvalidationsSent uint64
 	DiskEvents        uint64
+	// CacheEntries counts the (object, client) pairs whose cached copies the server tracks.
+	CacheEntries int
 }
 
 // Stats reports the server's configuration and counters.
@@ -272,6 +281,7 @@ func (s *Server) Stats() ServerStats {
 		BytesWritten:      s.stats.bytesWritten.Load(),
 		InvalidationsSent: s.stats.invalidations.Load(),
 		DiskEvents:        s.stats.diskEvents.Load(),
+		CacheEntries:      s.cache.size(),
 	}
 	for _, sess := range s.allSessions() {
 		st.Sessions++

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"syscall"
 	"time"
@@ -141,6 +142,7 @@ func (s *Server) expire(sess *session) {
 	sess.handles, sess.locks = map[uint64]*openFile{}, map[lockKey]*lockFile{}
 	sess.mu.Unlock()
 	s.mu.Unlock()
+	s.cache.forget(sess.idx, math.MaxUint64)
 	if len(handles) > 0 || len(locks) > 0 {
 		s.log.Info("client session expired; closing its files and releasing its locks",
 			"client", sess.node, "files", len(handles), "lock_owners", len(locks))

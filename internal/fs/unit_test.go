@@ -141,10 +141,14 @@ func TestParseStatus(t *testing.T) {
 }
 
 func TestCacheTable(t *testing.T) {
-	c := newCacheTable()
+	c := newCacheTable(0)
+	hold := func(idx uint32, start uint64, ids, dirs []fileID) bool {
+		stable, _ := c.hold(idx, start, ids, dirs)
+		return stable
+	}
 	a, b, dir := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}, fileID{dev: 1, ino: 4}
 	start := c.now()
-	if !c.hold(1, start, []fileID{a}, nil) || !c.hold(2, start, []fileID{a, b}, nil) {
+	if !hold(1, start, []fileID{a}, nil) || !hold(2, start, []fileID{a, b}, nil) {
 		t.Fatal("nothing changed, yet not stable")
 	}
 	if got := c.take(a, false, 1); !slices.Equal(got, []uint32{2}) {
@@ -154,16 +158,16 @@ func TestCacheTable(t *testing.T) {
 		t.Fatalf("second take(a) = %v: the cacher was not removed", got)
 	}
 	// A reader that started before the change must not cache what it read.
-	if c.hold(3, start, []fileID{a}, nil) {
+	if hold(3, start, []fileID{a}, nil) {
 		t.Fatal("stable although a changed after the reader started")
 	}
-	if !c.hold(3, c.now(), []fileID{b}, nil) {
+	if !hold(3, c.now(), []fileID{b}, nil) {
 		t.Fatal("b did not change")
 	}
 
 	// Names in a directory: a change of one name leaves the session caching the others, so
 	// it stays a cacher; a holder of the directory's attributes only is told once.
-	if !c.hold(4, c.now(), nil, []fileID{dir}) || !c.hold(5, c.now(), []fileID{dir}, nil) {
+	if !hold(4, c.now(), nil, []fileID{dir}) || !hold(5, c.now(), []fileID{dir}, nil) {
 		t.Fatal("dir did not change")
 	}
 	if got := c.take(dir, true, 0); !slices.Equal(got, []uint32{5, 4}) {
@@ -174,6 +178,51 @@ func TestCacheTable(t *testing.T) {
 	}
 	if got := c.take(dir, false, 0); got != nil {
 		t.Fatalf("a change of dir's attributes told %v, want none", got)
+	}
+}
+
+func TestCacheTableForgetsDroppedCaches(t *testing.T) {
+	c := newCacheTable(3)
+	a, b, dir := fileID{dev: 1, ino: 2}, fileID{dev: 1, ino: 3}, fileID{dev: 1, ino: 4}
+	if _, over := c.hold(1, c.now(), []fileID{a, b}, []fileID{dir}); over {
+		t.Fatal("3 entries are over a limit of 3")
+	}
+	if _, over := c.hold(1, c.now(), []fileID{a}, nil); over {
+		t.Fatal("holding a again counted it twice")
+	}
+	if _, over := c.hold(2, c.now(), []fileID{a}, nil); !over {
+		t.Fatal("4 entries are not over a limit of 3")
+	}
+	if idx, n := c.heaviest(); idx != 1 || n != 3 {
+		t.Fatalf("heaviest = session %d with %d, want 1 with 3", idx, n)
+	}
+
+	// Session 1 reattaches; it holds b again after that (an answer to a request it made once
+	// back), so b stays and the rest of its entries go.
+	mark := c.mark()
+	c.hold(1, c.now(), []fileID{b}, nil)
+	c.forget(1, mark)
+	if got := c.take(b, false, 0); !slices.Equal(got, []uint32{1}) {
+		t.Fatalf("b's cachers after the forget = %v, want [1]", got)
+	}
+	if got := c.take(a, false, 0); !slices.Equal(got, []uint32{2}) {
+		t.Fatalf("a's cachers after the forget = %v, want [2]", got)
+	}
+	if got := c.take(dir, true, 0); got != nil {
+		t.Fatalf("dir's name cachers after the forget = %v, want none", got)
+	}
+	if n := c.size(); n != 0 {
+		t.Fatalf("%d entries left, want 0", n)
+	}
+	if idx, n := c.heaviest(); n != 0 {
+		t.Fatalf("heaviest = session %d with %d, want none", idx, n)
+	}
+
+	// A session that expired loses every entry.
+	c.hold(3, c.now(), []fileID{a}, []fileID{dir})
+	c.forget(3, math.MaxUint64)
+	if n := c.size(); n != 0 {
+		t.Fatalf("%d entries left after the session expired, want 0", n)
 	}
 }
 

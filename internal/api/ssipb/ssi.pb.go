@@ -2354,8 +2354,11 @@ type FileExport struct {
 	BytesWritten      uint64                 `protobuf:"varint,10,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
 	InvalidationsSent uint64                 `protobuf:"varint,11,opt,name=invalidations_sent,json=invalidationsSent,proto3" json:"invalidations_sent,omitempty"`
 	DiskEvents        uint64                 `protobuf:"varint,12,opt,name=disk_events,json=diskEvents,proto3" json:"disk_events,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// cache_entries counts the objects (times the clients) whose cached copies the node tracks to
+	// invalidate them; bounded (docs/fs.md).
+	CacheEntries  uint64 `protobuf:"varint,13,opt,name=cache_entries,json=cacheEntries,proto3" json:"cache_entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FileExport) Reset() {
@@ -2468,6 +2471,13 @@ func (x *FileExport) GetInvalidationsSent() uint64 {
 func (x *FileExport) GetDiskEvents() uint64 {
 	if x != nil {
 		return x.DiskEvents
+	}
+	return 0
+}
+
+func (x *FileExport) GetCacheEntries() uint64 {
+	if x != nil {
+		return x.CacheEntries
 	}
 	return 0
 }
@@ -2790,7 +2800,7 @@ const file_ssi_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
 	"\x06export\x18\x03 \x01(\v2\x12.ssi.v1.FileExportR\x06export\x12'\n" +
-	"\x05mount\x18\x04 \x01(\v2\x11.ssi.v1.FileMountR\x05mount\"\xfc\x02\n" +
+	"\x05mount\x18\x04 \x01(\v2\x11.ssi.v1.FileMountR\x05mount\"\xa1\x03\n" +
 	"\n" +
 	"FileExport\x12\x12\n" +
 	"\x04root\x18\x01 \x01(\tR\x04root\x12\x18\n" +
@@ -2809,7 +2819,8 @@ const file_ssi_proto_rawDesc = "" +
 	" \x01(\x04R\fbytesWritten\x12-\n" +
 	"\x12invalidations_sent\x18\v \x01(\x04R\x11invalidationsSent\x12\x1f\n" +
 	"\vdisk_events\x18\f \x01(\x04R\n" +
-	"diskEvents\"\xc4\x02\n" +
+	"diskEvents\x12#\n" +
+	"\rcache_entries\x18\r \x01(\x04R\fcacheEntries\"\xc4\x02\n" +
 	"\tFileMount\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\amounted\x18\x02 \x01(\bR\amounted\x12\x14\n" +
