@@ -17,10 +17,11 @@ type fsNodeJSON struct {
 	Node   string `json:"node"`
 	Error  string `json:"error"`
 	Export *struct {
-		Root     string   `json:"root"`
-		Exports  []string `json:"exports"`
-		ReadOnly bool     `json:"read_only"`
-		Ops      uint64   `json:"ops"`
+		Root         string   `json:"root"`
+		Exports      []string `json:"exports"`
+		ReadOnly     bool     `json:"read_only"`
+		Ops          uint64   `json:"ops"`
+		CacheEntries uint64   `json:"cache_entries"`
 	} `json:"export"`
 	Mount *struct {
 		Path      string   `json:"path"`
@@ -83,6 +84,11 @@ func TestClusterFileTree(t *testing.T) {
 		}
 		if r := ssi(t, c, "n1", "fs"); r.code != 0 || !strings.Contains(r.stdout, "MOUNT") {
 			t.Fatalf("ssi fs table: %v", r)
+		}
+		// n1 caches what it listed of n3, and n3 tracks that, to invalidate it when it changes.
+		must("n1", "ls /ssi/n3/etc >/dev/null")
+		if e := fsStatus(t, c, "n2")["n3"].Export; e == nil || e.CacheEntries == 0 {
+			t.Fatalf("n3 tracks no cached copies after n1 listed its /etc: %+v", e)
 		}
 	})
 
