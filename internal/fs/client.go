@@ -663,6 +663,10 @@ func (p *peer) watchOnce() (time.Duration, error) {
 			continue
 		}
 		if msg.FlushAll {
+			// Answers to requests made before the flush must not be cached after it: the
+			// owner may forget that this client holds what they carry once it has the
+			// acknowledgement.
+			p.epoch.Add(1)
 			p.flush()
 		} else {
 			p.apply(msg.Items)

@@ -33,9 +33,9 @@ const ackTimeout = 2 * time.Second
 // cacheTable records which sessions may cache which objects, and when each object last changed.
 //
 // It is bounded: past its limit, the session holding the most entries is made to drop its
-// whole cache of this owner (its Watch stream is cut, so it flushes and reconnects), and its
-// entries go once it is back (see forget). Without that it would grow with every object any
-// client ever looked at, and with every client session that came and went.
+// whole cache of this owner, and its entries from before go once it acknowledges (trimCache,
+// forget). Without that it would grow with every object any client ever looked at, and with
+// every client session that came and went.
 type cacheTable struct {
 	mu sync.Mutex
 	// holders are the sessions that may cache an object's attributes or data. An invalidation
@@ -233,10 +233,9 @@ func (s *Server) hold(sess *session, start uint64, ids, dirs []fileID) (stable b
 	return stable
 }
 
-// trimCache makes the session with the most cache entries drop its cache of this owner: its
-// Watch stream is cut, its client flushes what it cached from here and reconnects, and its
-// entries go when it does (serveWatch). At most once a second, since the client needs a moment
-// to come back; a call within that second checks again when it is over.
+// trimCache makes the session with the most cache entries drop its whole cache of this owner
+// (a FlushAll on its Watch stream), and forgets the entries it held before, once the client
+// acknowledges. At most once a second; a call within that second checks again when it is over.
 func (s *Server) trimCache() {
 	now := time.Now().UnixNano()
 	last := s.lastTrim.Load()
@@ -266,9 +265,20 @@ func (s *Server) trimCache() {
 		s.cache.forget(idx, math.MaxUint64)
 		return
 	}
+	// The client caches, after the flush, only answers to requests it makes after it: those
+	// reach this owner after the mark, and their holds are newer than it.
+	mark := s.cache.mark()
+	seq, ok := stream.send(&fspb.WatchDown{FlushAll: true})
+	if !ok {
+		return // the stream is gone; its entries go when the client reattaches
+	}
 	s.log.Info("client caches too many of this node's files; making it drop its cache here",
 		"client", sess.node, "entries", n, "limit", s.cache.limit)
-	stream.stop()
+	go func() {
+		if stream.wait(seq, ackTimeout) {
+			s.cache.forget(idx, mark)
+		}
+	}()
 }
 
 // watchStream is the downward half of one session's attached Watch stream.
