@@ -68,6 +68,8 @@ type Mounted struct {
 	session []byte
 	groups  *groupCache
 	umasks  umasks
+	// lockWaits numbers the blocking lock waits of this mount (LockRequest.wait).
+	lockWaits atomic.Uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc

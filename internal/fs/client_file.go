@@ -185,8 +185,13 @@ func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 }
 
 func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setlk(ctx, owner, lk, flags, 0)
+}
+
+// setlk asks the owner for a lock once; wait, if not 0, is the blocking wait it is part of.
+func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, wait uint64) syscall.Errno {
 	req := &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: lk.Typ, Start: lk.Start, End: lk.End,
-		Flock: flags&fuse.FUSE_LK_FLOCK != 0}
+		Flock: flags&fuse.FUSE_LK_FLOCK != 0, Wait: wait}
 	if !req.Flock && lk.Typ == syscall.F_UNLCK && lk.Start == 0 && lk.End == math.MaxInt64 {
 		// Unlocking the whole file drops all of the owner's locks on it: close their holder.
 		req.Op = fspb.LockRequest_RELEASE_OWNER
@@ -202,10 +207,27 @@ func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 
 // Setlkw waits for a lock by retrying on the owner: a blocked request would pin a thread
 // there and could not notice that this node went away. Waits are not bounded by the timeout.
+//
+// The attempts of a wait for a POSIX lock carry a number, so that the owner knows who waits
+// for what and can answer EDEADLK as Linux does (lockwaits.go); a wait that ends other than
+// by the owner's answer is cancelled there, or it would count as waiting a while longer.
+// flock waits have no deadlock detection on Linux, and are not numbered.
 func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	var id uint64
+	if flags&fuse.FUSE_LK_FLOCK == 0 && lk.Typ != syscall.F_UNLCK {
+		id = f.n.p.m.lockWaits.Add(1)
+	}
+	errno := f.waitLock(ctx, owner, lk, flags, id)
+	if id != 0 && errno != 0 && errno != syscall.EDEADLK {
+		f.cancelWait(ctx, owner, id)
+	}
+	return errno
+}
+
+func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, id uint64) syscall.Errno {
 	wait := time.Millisecond
 	for {
-		errno := f.Setlk(ctx, owner, lk, flags)
+		errno := f.setlk(ctx, owner, lk, flags, id)
 		if errno != syscall.EAGAIN && errno != syscall.EWOULDBLOCK {
 			return errno
 		}
@@ -217,6 +239,14 @@ func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// cancelWait tells the owner that blocking wait id ended without its answer. Should this
+// fail, the owner stops counting the wait after waitStale.
+func (f *fileHandle) cancelWait(ctx context.Context, owner uint64, id uint64) {
+	if _, errno := f.lock(context.WithoutCancel(ctx), &fspb.LockRequest{Op: fspb.LockRequest_CANCEL_WAIT, Owner: owner, Wait: id}); errno != 0 {
+		f.n.p.m.log.Debug("could not cancel a lock wait on its owner", "node", f.n.p.name, "errno", errno)
 	}
 }
 

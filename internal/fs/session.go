@@ -28,9 +28,10 @@ const maxSessionIDLen = 64
 // session is one client mount's state on this owner: its open files, its locks, and its
 // invalidation stream.
 type session struct {
-	key  string
-	node string
-	idx  uint32
+	key   string
+	node  string
+	idx   uint32
+	graph *lockGraph // the server's
 
 	mu       sync.Mutex
 	handles  map[uint64]*openFile
@@ -73,6 +74,7 @@ func (s *Server) session(ctx context.Context, id []byte) (*session, error) {
 		key:      key,
 		node:     node,
 		idx:      s.nextIdx,
+		graph:    s.lockGraph,
 		handles:  make(map[uint64]*openFile),
 		locks:    make(map[lockKey]*lockFile),
 		inflight: make(map[fileID]int),
@@ -141,6 +143,7 @@ func (s *Server) expire(sess *session) {
 	sess.handles, sess.locks = map[uint64]*openFile{}, map[lockKey]*lockFile{}
 	sess.mu.Unlock()
 	s.mu.Unlock()
+	s.lockGraph.dropSession(sess.idx)
 	if len(handles) > 0 || len(locks) > 0 {
 		s.log.Info("client session expired; closing its files and releasing its locks",
 			"client", sess.node, "files", len(handles), "lock_owners", len(locks))
