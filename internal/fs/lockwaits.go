@@ -130,22 +130,44 @@ func newLockGraph() *lockGraph {
 // answers 0, EAGAIN for a conflict, or another errno. wait, if not 0, is the blocking wait the
 // attempt belongs to: refused with EDEADLK if waiting would close a cycle of waits, else
 // noted as waiting while refused, and forgotten once it ends either way.
+//
+// try runs without the graph's lock, so that a lock call that blocks in the kernel (a file on
+// an unreachable NFS server) holds up no other's. The caller must not run two attempts of one
+// lock owner on one file at once (the session's lock keeps them apart): the record of its
+// locks is put back as it was if the kernel refuses.
 func (g *lockGraph) attempt(who lockOwnerID, file fileID, span lockSpan, wait uint64, now time.Time, try func() syscall.Errno) syscall.Errno {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.sweep(now)
 	key := waitKey{sess: who.sess, wait: wait}
+	g.mu.Lock()
+	g.sweep(now)
 	if wait != 0 {
 		if w := g.waits[key]; w != nil && w.cancelled {
+			g.mu.Unlock()
 			return syscall.EINTR
 		}
 	}
+	// The range leaves the record before the kernel changes it, and the new lock enters it
+	// after: a lock already gone must not stay on record even for a moment (it could fail
+	// another's wait with EDEADLK), while one not yet on record only puts a detection off to
+	// the next attempt.
+	before := g.held[file][who]
+	g.setHeld(who, file, lockSpan{typ: unix.F_UNLCK, start: span.start, end: span.end})
+	g.mu.Unlock()
+
 	errno := try()
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if errno == 0 {
 		g.setHeld(who, file, span)
+	} else {
+		g.putHeld(who, file, before)
 	}
 	if wait == 0 {
 		return errno
+	}
+	if w := g.waits[key]; w != nil && w.cancelled {
+		// Cancelled while the kernel was asked: the process was already answered.
+		return syscall.EINTR
 	}
 	if errno != syscall.EAGAIN || span.typ == unix.F_UNLCK {
 		delete(g.waits, key)
@@ -160,8 +182,12 @@ func (g *lockGraph) attempt(who lockOwnerID, file fileID, span lockSpan, wait ui
 }
 
 func (g *lockGraph) setHeld(who lockOwnerID, file fileID, span lockSpan) {
+	g.putHeld(who, file, g.held[file][who].with(span))
+}
+
+// putHeld makes h the record of who's locks on file.
+func (g *lockGraph) putHeld(who lockOwnerID, file fileID, h heldSpans) {
 	owners := g.held[file]
-	h := owners[who].with(span)
 	if len(h) == 0 {
 		if owners != nil {
 			delete(owners, who)

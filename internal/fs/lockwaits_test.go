@@ -188,3 +188,36 @@ func TestLockWaitsForgotten(t *testing.T) {
 		t.Errorf("after dropping the session: held %v, waits %v", g.held, g.waits)
 	}
 }
+
+// TestLockRecordFollowsTheKernel: a range leaves the record before the kernel is asked, and a
+// refused request leaves the record as it was.
+func TestLockRecordFollowsTheKernel(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a, b := lockOwnerID{1, 1}, lockOwnerID{2, 1}
+	f := fileID{ino: 1}
+	w := func(start, end uint64) lockSpan { return lockSpan{typ: unix.F_WRLCK, start: start, end: end} }
+	answer := func(errno syscall.Errno) func() syscall.Errno { return func() syscall.Errno { return errno } }
+	g := newLockGraph()
+	g.attempt(a, f, w(0, 0), 0, now, answer(0))
+	g.attempt(b, f, w(3, 3), 0, now, answer(0))
+
+	// A asks for more and is refused (B holds 3): A still holds 0, so B waiting for 0 closes
+	// the cycle.
+	if errno := g.attempt(a, f, w(0, 5), 1, now, answer(syscall.EAGAIN)); errno != syscall.EAGAIN {
+		t.Fatalf("A's wait: %v", unix.ErrnoName(errno))
+	}
+	if errno := g.attempt(b, f, w(0, 0), 2, now, answer(syscall.EAGAIN)); errno != syscall.EDEADLK {
+		t.Fatalf("B's wait for the lock A kept: %v, want EDEADLK", unix.ErrnoName(errno))
+	}
+
+	// While the kernel unlocks, the record no longer has the range.
+	g.attempt(a, f, lockSpan{typ: unix.F_UNLCK, start: 0, end: 0}, 0, now, func() syscall.Errno {
+		if h := g.held[f][a]; h.conflict(w(0, 0)) {
+			t.Errorf("while unlocking, the record still has %v", h)
+		}
+		return 0
+	})
+	if h := g.held[f][a]; len(h) != 0 {
+		t.Errorf("after unlocking, A holds %v", h)
+	}
+}
