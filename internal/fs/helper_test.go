@@ -290,6 +290,7 @@ func (m *mapper) byteAt(t testing.TB, off int) byte {
 //	lk r|w|u START LEN     F_SETLK
 //	lkw r|w|u START LEN    F_SETLKW
 //	lkwi START LEN MS      F_SETLKW of a write lock, interrupted by a signal after MS ms
+//	fl sh|ex|un            flock with LOCK_NB
 func lockScript(path string) int {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -318,6 +319,10 @@ func lockScript(path string) int {
 		case len(fields) == 4 && fields[0] == "lkwi":
 			fmt.Sscan(in.Text(), &op, &start, &length, &ms)
 			typ = "w"
+		case len(fields) == 2 && fields[0] == "fl":
+			how := map[string]int{"sh": unix.LOCK_SH, "ex": unix.LOCK_EX, "un": unix.LOCK_UN}[fields[1]]
+			fmt.Println(errName(unix.Flock(int(f.Fd()), how|unix.LOCK_NB)))
+			continue
 		default:
 			fmt.Println("bad command", in.Text())
 			continue

@@ -1433,7 +1433,10 @@ type OpenReply struct {
 	Handle uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
 	Attr   *Attr                  `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
 	// dir: the directory's attributes after Create.
-	Dir           *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	Dir *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	// instance is the owner's file server instance (as in WatchDown) the handle belongs to:
+	// after a restart of that server, the client opens the file again and reclaims its locks.
+	Instance      []byte `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1492,6 +1495,13 @@ func (x *OpenReply) GetAttr() *Attr {
 func (x *OpenReply) GetDir() *Attr {
 	if x != nil {
 		return x.Dir
+	}
+	return nil
+}
+
+func (x *OpenReply) GetInstance() []byte {
+	if x != nil {
+		return x.Instance
 	}
 	return nil
 }
@@ -3548,12 +3558,13 @@ const file_fs_proto_rawDesc = "" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\rR\x04mode\x12(\n" +
 	"\runmasked_mode\x18\a \x01(\rH\x00R\funmaskedMode\x88\x01\x01B\x10\n" +
-	"\x0e_unmasked_mode\"\x81\x01\n" +
+	"\x0e_unmasked_mode\"\x9d\x01\n" +
 	"\tOpenReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12#\n" +
 	"\x04attr\x18\x03 \x01(\v2\x0f.ssi.fs.v1.AttrR\x04attr\x12!\n" +
-	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\"[\n" +
+	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\x12\x1a\n" +
+	"\binstance\x18\x05 \x01(\fR\binstance\"[\n" +
 	"\rHandleRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12\x18\n" +
