@@ -693,10 +693,11 @@ func (p *peer) onConnect(instance []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.instance != nil && !bytes.Equal(p.instance, instance) {
-		// Its handles are gone with it; calls on them fail there (EBADF, shown as EIO).
-		p.m.log.Info("node's file server restarted: files opened there before are no longer open", "node", p.name)
+		p.m.log.Info("node's file server restarted: opening the files open there again", "node", p.name)
 	}
 	p.instance = instance
+	// Files opened on an earlier instance (known from their open's answer, not from
+	// p.instance: the file wire may have reached a new instance before this stream did).
 	p.startReclaim(instance)
 	p.up = true
 	p.epoch.Add(1)
