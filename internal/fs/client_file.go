@@ -57,7 +57,7 @@ var (
 // may wait for input for ever); it ends when the owner is found down.
 func (f *fileHandle) call(ctx context.Context, bounded bool, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
 	// After a restart of the owner's file server, its open files are opened again first.
-	if errno := f.n.p.awaitReclaim(ctx); errno != 0 {
+	if errno := f.n.p.awaitReclaim(ctx, bounded); errno != 0 {
 		return errno
 	}
 	return f.n.p.call(ctx, bounded, fn)

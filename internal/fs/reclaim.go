@@ -45,16 +45,21 @@ func (p *peer) forgetHandle(f *fileHandle) {
 }
 
 // awaitReclaim waits while the peer's files are being opened again after a restart of the
-// owner.
-func (p *peer) awaitReclaim(ctx context.Context) syscall.Errno {
+// owner. A bounded call is not interrupted (see callCtx): the reclaim is bounded, as it stops
+// at its first call that does not reach the owner.
+func (p *peer) awaitReclaim(ctx context.Context, bounded bool) syscall.Errno {
 	running := p.reclaiming.Load()
 	if running == nil {
 		return 0
 	}
+	var interrupted <-chan struct{}
+	if !bounded {
+		interrupted = ctx.Done()
+	}
 	select {
 	case <-*running:
 		return 0
-	case <-ctx.Done():
+	case <-interrupted:
 		return syscall.EINTR
 	case <-p.m.ctx.Done():
 		return syscall.EIO
@@ -108,8 +113,21 @@ func (p *peer) reclaim(stale []*fileHandle, instance []byte) {
 	start := time.Now()
 	byNode := make(map[*node][]*fileHandle)
 	reopened, lost := 0, 0
-	for _, f := range stale {
-		if p.reopen(ctx, f, instance) {
+	for i, f := range stale {
+		ok, unreachable := p.reopen(ctx, f, instance)
+		if unreachable {
+			// Gone again, or too slow: the rest are lost rather than each waiting for the
+			// timeout in turn while calls on open files wait for the reclaim.
+			p.m.log.Info("owner unreachable while opening its files again; the rest are lost", "node", p.name, "left", len(stale)-i)
+			for _, f := range stale[i:] {
+				f.mu.Lock()
+				f.lost = true
+				f.mu.Unlock()
+			}
+			lost += len(stale) - i
+			break
+		}
+		if ok {
 			byNode[f.n] = append(byNode[f.n], f)
 			reopened++
 		} else {
@@ -127,8 +145,9 @@ func (p *peer) reclaim(stale []*fileHandle, instance []byte) {
 		"files", reopened, "files_lost", lost, "locks", locks, "locks_lost", failed, "took", time.Since(start))
 }
 
-// reopen opens f's file again on the restarted owner and tells whether it could.
-func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) bool {
+// reopen opens f's file again on the restarted owner and tells whether it could, or whether the
+// owner could not be reached (then f is left as it was).
+func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) (ok, unreachable bool) {
 	f.n.mu.Lock()
 	device := f.n.device
 	f.n.mu.Unlock()
@@ -145,9 +164,10 @@ func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) bool 
 				reply, err = api.Open(rpc, &fspb.OpenRequest{Session: p.m.session, Caller: f.caller, Node: ref, Flags: flags})
 				return err
 			})
-			if errno == 0 && reply.Errno != 0 {
-				errno = syscall.Errno(reply.Errno)
+			if errno != 0 {
+				return false, true
 			}
+			errno = syscall.Errno(reply.Errno)
 		}
 	}
 	f.mu.Lock()
@@ -156,18 +176,18 @@ func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) bool 
 		f.lost = true
 		p.m.log.Info("could not open a file again on its restarted owner; its calls fail with EIO",
 			"node", p.name, "errno", errno)
-		return false
+		return false, false
 	}
 	if f.released {
 		// Closed meanwhile: close it there too.
 		go p.releaseNow([]uint64{reply.Handle})
-		return false
+		return false, false
 	}
 	f.h, f.inst = reply.Handle, reply.Instance
 	if f.inst == nil {
 		f.inst = instance
 	}
-	return true
+	return true, false
 }
 
 // reclaimLocks takes again, through the file's reopened handles, the POSIX locks its lock owners
