@@ -87,3 +87,47 @@ func TestLockReclaimRefused(t *testing.T) {
 }
 
 func (m *Mounted) reclaimsDone() uint64 { return m.stats.reclaims.Load() }
+
+// TestLockWaitAcrossOwnerRestart: a process waiting for a lock through the tree goes on
+// waiting after a restart of the owner's file server, the holder (on the same node) keeping
+// its lock, and gets it when the holder unlocks. (An attempt of the wait made while the server
+// was down ends the wait with EIO or ENOTCONN, as for any owner found down: the process then
+// waits again.)
+func TestLockWaitAcrossOwnerRestart(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	a := startLockProc(t, n1.path("n2", "f"))
+	b := startLockProc(t, n1.path("n2", "f"))
+	if got := a.do("lk w 0 1"); got != "ok" {
+		t.Fatalf("A locks byte 0: %s", got)
+	}
+	b.send("lkw w 0 1")
+	n2.awaitLockWaits(t, 1)
+
+	n2.restart(ServerConfig{})
+	eventually(t, 10*time.Second, "the reclaim done", func() error {
+		if n1.mount.reclaimsDone() == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	switch got := b.answer(300 * time.Millisecond); got {
+	case "(none)":
+	case "EIO", "ENOTCONN":
+		b.send("lkw w 0 1")
+	default:
+		t.Fatalf("B's wait across the restart, A still holding: %s, want it waiting", got)
+	}
+	n2.awaitLockWaits(t, 1)
+	if got := b.answer(300 * time.Millisecond); got != "(none)" {
+		t.Fatalf("B's wait after the restart, A still holding: %s, want it waiting", got)
+	}
+	if got := a.do("lk u 0 1"); got != "ok" {
+		t.Fatalf("A unlocks: %s", got)
+	}
+	if got := b.answer(10 * time.Second); got != "ok" {
+		t.Fatalf("B's wait once A unlocked: %s, want ok", got)
+	}
+}
