@@ -70,8 +70,8 @@ func (p *peer) awaitReclaim(ctx context.Context, bounded bool) syscall.Errno {
 // file server; p.mu is held.
 func (p *peer) startReclaim(instance []byte) {
 	if p.local || p.reclaiming.Load() != nil {
-		// A reclaim running now reopens on whatever server answers it; should that be yet
-		// another, its calls fail and the next connect starts over.
+		// The reclaim running looks again when it is done (files it opened on whatever
+		// server answered it know which one that was).
 		return
 	}
 	var stale []*fileHandle
@@ -95,6 +95,10 @@ func (p *peer) startReclaim(instance []byte) {
 		p.mu.Lock()
 		p.reclaiming.Store(nil)
 		p.wakeReclaimWaiters()
+		if !bytes.Equal(p.instance, instance) {
+			// The owner restarted again meanwhile.
+			p.startReclaim(p.instance)
+		}
 		p.mu.Unlock()
 		close(done)
 	}()
