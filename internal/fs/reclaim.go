@@ -203,7 +203,18 @@ func (p *peer) reclaimLocks(ctx context.Context, n *node, handles []*fileHandle)
 		owners[o] = h
 	}
 	n.mu.Unlock()
+	// Through any of the file's handles still open here: the owner only needs one to find the
+	// file (a process's POSIX locks are not the handle's).
 	via := handles[0]
+	for _, f := range handles {
+		f.mu.Lock()
+		released := f.released
+		f.mu.Unlock()
+		if !released {
+			via = f
+			break
+		}
+	}
 	for owner, spans := range owners {
 		ok := true
 		for _, s := range spans {
