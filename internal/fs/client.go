@@ -68,6 +68,8 @@ type Mounted struct {
 	session []byte
 	groups  *groupCache
 	umasks  umasks
+	// lockWaits numbers the blocking lock waits of this mount (LockRequest.wait).
+	lockWaits atomic.Uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -89,6 +91,7 @@ type inodeKey struct {
 
 type clientStats struct {
 	ops, bytesRead, bytesWritten, invalidations, flushes, failures atomic.Uint64
+	reclaims                                                       atomic.Uint64 // after owner restarts
 }
 
 // Stats are the mount's counters, for `ssi fs`.
@@ -458,6 +461,14 @@ type peer struct {
 	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
 	releaseMu sync.Mutex
 	releases  []uint64
+
+	// handles are the files open on the owner through this mount, opened again should its
+	// file server restart (reclaim.go); reclaimed, when made, is closed at the end of the next
+	// reclaim. Under mu. reclaiming is closed when the reclaim under way (if any) is done; it
+	// is read by every call on an open file, so without a lock, but changed under mu.
+	handles    map[*fileHandle]struct{}
+	reclaimed  chan struct{}
+	reclaiming atomic.Pointer[chan struct{}]
 }
 
 type strayInvalidation struct {
@@ -573,6 +584,9 @@ func (p *peer) failure(parent context.Context, bounded bool, err error) syscall.
 	}
 }
 
+// maxWatchBackoff is the longest wait between attempts to open the Watch stream again.
+const maxWatchBackoff = 2 * time.Second
+
 func (p *peer) watchLoop() {
 	defer p.m.wg.Done()
 	backoff := 50 * time.Millisecond
@@ -592,7 +606,7 @@ func (p *peer) watchLoop() {
 		case <-p.m.ctx.Done():
 			return
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		backoff = min(2*backoff, maxWatchBackoff)
 	}
 }
 
@@ -683,10 +697,12 @@ func (p *peer) onConnect(instance []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.instance != nil && !bytes.Equal(p.instance, instance) {
-		// Its handles are gone with it; calls on them fail there (EBADF, shown as EIO).
-		p.m.log.Info("node's file server restarted: files opened there before are no longer open", "node", p.name)
+		p.m.log.Info("node's file server restarted: opening the files open there again", "node", p.name)
 	}
 	p.instance = instance
+	// Files opened on an earlier instance (known from their open's answer, not from
+	// p.instance: the file wire may have reached a new instance before this stream did).
+	p.startReclaim(instance)
 	p.up = true
 	p.epoch.Add(1)
 	p.endFirstTry()

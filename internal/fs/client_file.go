@@ -15,12 +15,29 @@ import (
 
 // fileHandle is a file open on its owner.
 type fileHandle struct {
-	n     *node
-	h     uint64
-	flags uint32
+	n      *node
+	flags  uint32
+	caller *fspb.Caller // who opened it: a reopen after the owner restarted is made as them
 
-	mu      sync.Mutex
-	flocked bool // an flock was taken through it
+	mu sync.Mutex
+	// h is the owner's number for the open file. It changes when the file is opened again
+	// on an owner whose file server restarted (reclaim.go).
+	h        uint64
+	inst     []byte // the owner's file server instance h belongs to (nil: not told)
+	lost     bool   // the owner restarted and the file could not be opened again there
+	released bool
+	flocked  bool   // an flock was taken through it
+	flockTyp uint32 // the flock held through it (F_RDLCK, F_WRLCK), 0 if none: reclaimed
+	// flockLost says the flock could not be reclaimed after the owner restarted: the next
+	// flock call through the handle fails with EIO.
+	flockLost bool
+}
+
+// handle returns the owner's number for the open file.
+func (f *fileHandle) handle() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.h
 }
 
 var (
@@ -39,7 +56,28 @@ var (
 // call makes a request on the handle. Device I/O is not bounded by the timeout (a serial line
 // may wait for input for ever); it ends when the owner is found down.
 func (f *fileHandle) call(ctx context.Context, bounded bool, fn func(ctx context.Context, api filesAPI) error) syscall.Errno {
+	// After a restart of the owner's file server, its open files are opened again first.
+	if errno := f.n.p.awaitReclaim(ctx, bounded); errno != 0 {
+		return errno
+	}
 	return f.n.p.call(ctx, bounded, fn)
+}
+
+// onHandle makes a request about the file's handle h on the owner: fn sends it and returns the
+// owner's errno. If the owner does not know h because its file server restarted, the request
+// is made again once the file is open there again (reclaim.go).
+func (f *fileHandle) onHandle(ctx context.Context, bounded bool, fn func(rpc context.Context, api filesAPI, h uint64) (int32, error)) syscall.Errno {
+	for retried := false; ; retried = true {
+		h := f.handle()
+		var answer int32
+		errno := f.call(ctx, bounded, func(rpc context.Context, api filesAPI) (err error) {
+			answer, err = fn(rpc, api, h)
+			return err
+		})
+		if errno != 0 || retried || answer != int32(syscall.EBADF) || !f.afterRestart(ctx, h) {
+			return errno
+		}
+	}
 }
 
 // handleErrno maps the owner's answer about a handle: a handle it does not know was lost with
@@ -64,9 +102,13 @@ func (f *fileHandle) bounded() bool {
 
 func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	var reply *fspb.ReadReply
-	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.ReadInto(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Size: uint32(len(dest))}, dest)
-		return err
+	errno := f.onHandle(ctx, f.bounded(), func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		var err error
+		reply, err = api.ReadInto(rpc, &fspb.ReadRequest{Session: f.n.p.m.session, Handle: h, Offset: off, Size: uint32(len(dest))}, dest)
+		if err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return nil, errno
@@ -84,9 +126,13 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	defer f.n.dropAttr()
 	var reply *fspb.WriteReply
 	caller := f.n.caller(ctx)
-	errno := f.call(ctx, f.bounded(), func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Write(rpc, &fspb.WriteRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Data: data, Caller: caller})
-		return err
+	errno := f.onHandle(ctx, f.bounded(), func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		var err error
+		reply, err = api.Write(rpc, &fspb.WriteRequest{Session: f.n.p.m.session, Handle: h, Offset: off, Data: data, Caller: caller})
+		if err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return 0, errno
@@ -107,25 +153,31 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 // waiting for the close: an flock taken through the handle, or an executable open for
 // writing (the owner refuses to run it, ETXTBSY, while a writer has it open).
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	f.n.p.forgetHandle(f)
 	f.mu.Lock()
-	flocked := f.flocked
+	flocked, h := f.flocked, f.h
+	f.released = true
 	f.mu.Unlock()
 	f.n.mu.Lock()
 	executable := f.n.mode&0o111 != 0
 	f.n.mu.Unlock()
 	if flocked || executable && f.flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		f.n.p.releaseNow([]uint64{f.h})
+		f.n.p.releaseNow([]uint64{h})
 		return 0
 	}
-	f.n.p.releaseLater(f.h)
+	f.n.p.releaseLater(h)
 	return 0
 }
 
 func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	var reply *fspb.ErrnoReply
-	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Fsync(rpc, &fspb.FsyncRequest{Session: f.n.p.m.session, Handle: f.h, Datasync: flags&1 != 0})
-		return err
+	errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		var err error
+		reply, err = api.Fsync(rpc, &fspb.FsyncRequest{Session: f.n.p.m.session, Handle: h, Datasync: flags&1 != 0})
+		if err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return errno
@@ -139,9 +191,13 @@ func (f *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode
 	defer f.n.dropAttr()
 	var reply *fspb.ErrnoReply
 	caller := f.n.caller(ctx)
-	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Allocate(rpc, &fspb.AllocateRequest{Session: f.n.p.m.session, Handle: f.h, Offset: off, Length: size, Mode: mode, Caller: caller})
-		return err
+	errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		var err error
+		reply, err = api.Allocate(rpc, &fspb.AllocateRequest{Session: f.n.p.m.session, Handle: h, Offset: off, Length: size, Mode: mode, Caller: caller})
+		if err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return errno
@@ -151,9 +207,13 @@ func (f *fileHandle) Allocate(ctx context.Context, off uint64, size uint64, mode
 
 func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
 	var reply *fspb.LseekReply
-	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Lseek(rpc, &fspb.LseekRequest{Session: f.n.p.m.session, Handle: f.h, Offset: int64(off), Whence: whence})
-		return err
+	errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		var err error
+		reply, err = api.Lseek(rpc, &fspb.LseekRequest{Session: f.n.p.m.session, Handle: h, Offset: int64(off), Whence: whence})
+		if err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return 0, errno
@@ -162,11 +222,15 @@ func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint
 }
 
 func (f *fileHandle) lock(ctx context.Context, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
-	req.Session, req.Handle = f.n.p.m.session, f.h
+	req.Session = f.n.p.m.session
 	var reply *fspb.LockReply
-	errno := f.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Lock(rpc, req)
-		return err
+	errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+		req.Handle = h
+		var err error
+		if reply, err = api.Lock(rpc, req); err != nil {
+			return 0, err
+		}
+		return reply.Errno, nil
 	})
 	if errno != 0 {
 		return nil, errno
@@ -185,13 +249,25 @@ func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 }
 
 func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return f.setlk(ctx, owner, lk, flags, 0)
+}
+
+// setlk asks the owner for a lock once; wait, if not 0, is the blocking wait it is part of.
+func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, wait uint64) syscall.Errno {
 	req := &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: lk.Typ, Start: lk.Start, End: lk.End,
-		Flock: flags&fuse.FUSE_LK_FLOCK != 0}
+		Flock: flags&fuse.FUSE_LK_FLOCK != 0, Wait: wait}
 	if !req.Flock && lk.Typ == syscall.F_UNLCK && lk.Start == 0 && lk.End == math.MaxInt64 {
 		// Unlocking the whole file drops all of the owner's locks on it: close their holder.
 		req.Op = fspb.LockRequest_RELEASE_OWNER
 	}
+	if f.lockLost(req) {
+		return syscall.EIO
+	}
+	f.noteLock(req, false)
 	_, errno := f.lock(ctx, req)
+	if errno == 0 {
+		f.noteLock(req, true)
+	}
 	if errno == 0 && req.Flock && lk.Typ != syscall.F_UNLCK {
 		f.mu.Lock()
 		f.flocked = true
@@ -202,10 +278,27 @@ func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 
 // Setlkw waits for a lock by retrying on the owner: a blocked request would pin a thread
 // there and could not notice that this node went away. Waits are not bounded by the timeout.
+//
+// The attempts of a wait for a POSIX lock carry a number, so that the owner knows who waits
+// for what and can answer EDEADLK as Linux does (lockwaits.go); a wait that ends other than
+// by the owner's answer is cancelled there, or it would count as waiting a while longer.
+// flock waits have no deadlock detection on Linux, and are not numbered.
 func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	var id uint64
+	if flags&fuse.FUSE_LK_FLOCK == 0 && lk.Typ != syscall.F_UNLCK {
+		id = f.n.p.m.lockWaits.Add(1)
+	}
+	errno := f.waitLock(ctx, owner, lk, flags, id)
+	if id != 0 && errno != 0 && errno != syscall.EDEADLK {
+		f.cancelWait(ctx, owner, id)
+	}
+	return errno
+}
+
+func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, id uint64) syscall.Errno {
 	wait := time.Millisecond
 	for {
-		errno := f.Setlk(ctx, owner, lk, flags)
+		errno := f.setlk(ctx, owner, lk, flags, id)
 		if errno != syscall.EAGAIN && errno != syscall.EWOULDBLOCK {
 			return errno
 		}
@@ -217,6 +310,14 @@ func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// cancelWait tells the owner that blocking wait id ended without its answer. Should this
+// fail, the owner stops counting the wait after waitStale.
+func (f *fileHandle) cancelWait(ctx context.Context, owner uint64, id uint64) {
+	if _, errno := f.lock(context.WithoutCancel(ctx), &fspb.LockRequest{Op: fspb.LockRequest_CANCEL_WAIT, Owner: owner, Wait: id}); errno != 0 {
+		f.n.p.m.log.Debug("could not cancel a lock wait on its owner", "node", f.n.p.name, "errno", errno)
 	}
 }
 

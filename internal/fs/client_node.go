@@ -173,6 +173,12 @@ type node struct {
 	attrGen   uint64
 	attrUntil time.Time
 
+	// posixLocks are the POSIX lock ranges granted on this file to each lock owner, and
+	// lostLocks the lock owners whose ranges could not be reclaimed after the owner restarted
+	// (reclaim.go).
+	posixLocks map[uint64]heldSpans
+	lostLocks  map[uint64]bool
+
 	// listing is the directory's every name while the client knows it whole (nil when not): a
 	// lookup of any other name fails here without asking the owner.
 	listing      map[string]struct{}
@@ -379,7 +385,7 @@ func (n *node) ref(f fs.FileHandle) (*fspb.NodeRef, syscall.Errno) {
 	n.p.m.claim(n)
 	r := &fspb.NodeRef{}
 	if fh, ok := f.(*fileHandle); ok {
-		r.Handle = fh.h
+		r.Handle = fh.handle()
 	}
 	path, ok := n.path()
 	if !ok && r.Handle == 0 {
@@ -735,8 +741,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	n.mu.Unlock()
 	snap := n.snapshot()
 	var reply *fspb.OpenReply
+	caller := n.caller(ctx)
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Open(rpc, &fspb.OpenRequest{Session: n.p.m.session, Caller: n.caller(ctx), Node: ref, Flags: flags})
+		reply, err = api.Open(rpc, &fspb.OpenRequest{Session: n.p.m.session, Caller: caller, Node: ref, Flags: flags})
 		return err
 	})
 	if errno != 0 {
@@ -748,7 +755,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	n.remember(reply.Attr)
 	n.learnACLs(reply.Attr, snap.gen)
-	fh := n.newHandle(reply.Handle, flags)
+	fh := n.newHandle(reply, flags, caller)
 	unchanged := reply.Attr.Size == oldSize && [2]int64{reply.Attr.MtimeSec, int64(reply.Attr.MtimeNsec)} == oldMtime
 	return fh, n.openFlags(reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
 }
@@ -766,8 +773,10 @@ func (n *node) openFlags(a *fspb.Attr, flags uint32, keep bool) uint32 {
 	return 0
 }
 
-func (n *node) newHandle(h uint64, flags uint32) *fileHandle {
-	return &fileHandle{n: n, h: h, flags: flags}
+func (n *node) newHandle(reply *fspb.OpenReply, flags uint32, caller *fspb.Caller) *fileHandle {
+	f := &fileHandle{n: n, h: reply.Handle, inst: reply.Instance, flags: flags, caller: caller}
+	n.p.noteHandle(f)
+	return f
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -779,8 +788,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	snap := n.snapshot()
 	masked, unmasked := n.p.m.umasks.modes(ctx, mode)
 	var reply *fspb.OpenReply
+	caller := n.caller(ctx)
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Create(rpc, &fspb.CreateRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
+		reply, err = api.Create(rpc, &fspb.CreateRequest{Session: n.p.m.session, Caller: caller, Dir: dir,
 			Name: []byte(name), Flags: flags, Mode: masked, UnmaskedMode: unmasked})
 		return err
 	})
@@ -796,7 +806,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	n.cacheAttr(reply.Dir, snap)
 	in := n.child(ctx, reply.Attr, out, snap)
 	ch := in.Operations().(*node)
-	return in, ch.newHandle(reply.Handle, flags), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
+	return in, ch.newHandle(reply, flags, caller), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
 }
 
 // made takes in the owner's answer to a call that makes a directory entry: the entry's

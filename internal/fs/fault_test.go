@@ -59,10 +59,39 @@ func TestOwnerStoppedAndRestarted(t *testing.T) {
 		return nil
 	})
 	must(t, os.WriteFile(n1.path("n2", "after"), []byte("ok"), 0o644))
-	// Files opened before the restart are gone with the old server (their cached pages may
-	// still be read: they are coherent).
+	// Files opened before the restart are opened again on the new server (reclaim.go).
+	if _, err := f.WriteAt([]byte("x"), 0); err != nil {
+		t.Fatalf("write to a file opened before the restart: %v", err)
+	}
+	if b, err := os.ReadFile(n2.disk("f")); err != nil || string(b) != "xefore" {
+		t.Fatalf("the owner's file after the write: %q, %v", b, err)
+	}
+}
+
+// TestOwnerRestartedWithoutTheFile: a file open before its owner's file server restarted that
+// cannot be opened again there (it was removed meanwhile) stays lost: its calls fail with EIO.
+func TestOwnerRestartedWithoutTheFile(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n1.path("n2", "f"), []byte("before"), 0o644))
+	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	n2.stop()
+	must(t, os.Remove(n2.disk("f")))
+	n2.start(ServerConfig{})
+	eventually(t, 10*time.Second, "the reclaim done", func() error {
+		if n1.mount.reclaimsDone() == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
 	if _, err := f.WriteAt([]byte("x"), 0); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("write to a file opened before the restart: %v, want EIO", err)
+		t.Fatalf("write to a file removed while its owner was down: %v, want EIO", err)
+	}
+	if _, err := os.Stat(n2.disk("f")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the removed file is back on the owner: %v", err)
 	}
 }
 

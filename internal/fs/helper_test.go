@@ -8,11 +8,15 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -74,6 +78,8 @@ func helperMain(args []string) int {
 		// each offset given on stdin, one per line. Mappings of files in the tree are made in a
 		// helper because a process that maps a FUSE file it serves itself can deadlock.
 		return mmapHelper(path)
+	case "lockscript":
+		return lockScript(path)
 	case "setlk", "setlkw":
 		// Take a POSIX write lock on the whole file and hold it until stdin closes.
 		var f *os.File
@@ -275,4 +281,177 @@ func (m *mapper) byteAt(t testing.TB, off int) byte {
 	var b int
 	fmt.Sscan(line, &b)
 	return byte(b)
+}
+
+// lockScript opens path read-write and runs the POSIX lock calls read from stdin, one a line,
+// printing "ok" or the errno's name for each, until stdin closes (which ends the process and
+// so drops its locks):
+//
+//	lk r|w|u START LEN     F_SETLK
+//	lkw r|w|u START LEN    F_SETLKW
+//	lkwi START LEN MS      F_SETLKW of a write lock, interrupted by a signal after MS ms
+//	fl sh|ex|un            flock with LOCK_NB
+func lockScript(path string) int {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Println(errName(err))
+		return 0
+	}
+	defer f.Close()
+	// A handled signal interrupts a wait rather than ending the process; and it must be
+	// handled without SA_RESTART, as with alarm(2) in a C program, or the kernel restarts the
+	// wait (FUSE lock requests are restartable) and it never returns EINTR.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	if err := noRestart(syscall.SIGUSR1); err != nil {
+		fmt.Println("sigaction:", err)
+		return 1
+	}
+	types := map[string]int16{"r": unix.F_RDLCK, "w": unix.F_WRLCK, "u": unix.F_UNLCK}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		var op, typ string
+		var start, length, ms int64
+		fields := strings.Fields(in.Text())
+		switch {
+		case len(fields) == 4 && (fields[0] == "lk" || fields[0] == "lkw"):
+			fmt.Sscan(in.Text(), &op, &typ, &start, &length)
+		case len(fields) == 4 && fields[0] == "lkwi":
+			fmt.Sscan(in.Text(), &op, &start, &length, &ms)
+			typ = "w"
+		case len(fields) == 2 && fields[0] == "fl":
+			how := map[string]int{"sh": unix.LOCK_SH, "ex": unix.LOCK_EX, "un": unix.LOCK_UN}[fields[1]]
+			fmt.Println(errName(unix.Flock(int(f.Fd()), how|unix.LOCK_NB)))
+			continue
+		default:
+			fmt.Println("bad command", in.Text())
+			continue
+		}
+		lk := unix.Flock_t{Type: types[typ], Start: start, Len: length}
+		cmd := unix.F_SETLK
+		if op != "lk" {
+			cmd = unix.F_SETLKW
+		}
+		if op == "lkwi" {
+			err = interruptedAfter(time.Duration(ms)*time.Millisecond, func() error { return unix.FcntlFlock(f.Fd(), cmd, &lk) })
+		} else {
+			err = unix.FcntlFlock(f.Fd(), cmd, &lk)
+		}
+		fmt.Println(errName(err))
+	}
+	return 0
+}
+
+// noRestart clears SA_RESTART from the handler the Go runtime installed for sig.
+func noRestart(sig syscall.Signal) error {
+	// struct sigaction as the kernel takes it (rt_sigaction).
+	var act struct {
+		handler  uintptr
+		flags    uint64
+		restorer uintptr
+		mask     uint64
+	}
+	const saRestart = 0x10000000
+	if _, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&act)), 8, 0, 0); errno != 0 {
+		return errno
+	}
+	act.flags &^= saRestart
+	if _, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// interruptedAfter runs call on this thread, sending the thread SIGUSR1 after d (and again
+// every 100 ms until call returns, in case the first came before it began to wait).
+func interruptedAfter(d time.Duration, call func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, tid := unix.Getpid(), unix.Gettid()
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTimer(d)
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				unix.Tgkill(pid, tid, syscall.SIGUSR1)
+				t.Reset(100 * time.Millisecond)
+			}
+		}
+	}()
+	err := call()
+	close(done)
+	return err
+}
+
+// lockProc is a helper process running a lockScript.
+type lockProc struct {
+	t     testing.TB
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+}
+
+func startLockProc(t testing.TB, path string) *lockProc {
+	cmd := helperCmd(t, 0, "lockscript", path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &lockProc{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	go func() {
+		defer close(p.lines)
+		out := bufio.NewScanner(stdout)
+		for out.Scan() {
+			p.lines <- out.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.exit()
+	})
+	return p
+}
+
+// send starts a command; answer reads its result.
+func (p *lockProc) send(command string) {
+	p.t.Helper()
+	if _, err := fmt.Fprintln(p.stdin, command); err != nil {
+		p.t.Fatalf("lock helper: %v", err)
+	}
+}
+
+// answer returns the next result, or "(none)" if there is none within d.
+func (p *lockProc) answer(d time.Duration) string {
+	select {
+	case line, ok := <-p.lines:
+		if !ok {
+			return "(exited)"
+		}
+		return line
+	case <-time.After(d):
+		return "(none)"
+	}
+}
+
+// do runs a command that must not wait, and returns its result.
+func (p *lockProc) do(command string) string {
+	p.t.Helper()
+	p.send(command)
+	return p.answer(10 * time.Second)
+}
+
+// exit ends the process (its locks go with it) and waits for it.
+func (p *lockProc) exit() {
+	p.stdin.Close()
+	p.cmd.Wait()
 }

@@ -3,6 +3,7 @@ package fs
 import (
 	"math"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -17,7 +18,8 @@ import (
 // takes open-file-description locks (F_OFD_SETLK) on it: locks of different lock owners then
 // conflict with each other, those of one lock owner merge, and closing that description drops
 // them all. flock(2) locks belong to an open file, which is exactly one client handle: they are
-// taken on the handle's own descriptor.
+// taken on the handle's own descriptor. POSIX locks are set through the server's lockGraph,
+// which keeps what deadlock detection needs (lockwaits.go).
 
 type lockKey struct {
 	owner uint64
@@ -90,6 +92,11 @@ func (sess *session) releaseOwner(owner uint64, f *openFile) {
 	sess.mu.Lock()
 	lf := sess.locks[key]
 	delete(sess.locks, key)
+	if lf != nil {
+		// Under the session's lock, so that a new description of this owner's cannot be
+		// recorded meanwhile and then forgotten here.
+		sess.graph.dropHeld(lockOwnerID{sess: sess.idx, owner: owner}, f.id)
+	}
 	sess.mu.Unlock()
 	if lf != nil {
 		unix.Close(lf.fd)
@@ -119,6 +126,7 @@ func (sess *session) dropUnusedLocks(id fileID) {
 		for key := range sess.locks {
 			if key.id == id {
 				delete(sess.locks, key)
+				sess.graph.dropHeld(lockOwnerID{sess: sess.idx, owner: key.owner}, id)
 			}
 		}
 	}
@@ -129,6 +137,11 @@ func (sess *session) dropUnusedLocks(id fileID) {
 }
 
 func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
+	if req.Op == fspb.LockRequest_CANCEL_WAIT {
+		// Before the handle: the process may have closed it since it gave up.
+		sess.graph.cancel(sess.idx, req.Wait, time.Now())
+		return &fspb.LockReply{}, 0
+	}
 	f, errno := sess.handle(req.Handle)
 	if errno != 0 {
 		return nil, errno
@@ -184,15 +197,19 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		if errno != 0 {
 			return nil, errno
 		}
+		who := lockOwnerID{sess: sess.idx, owner: req.Owner}
+		span := lockSpan{typ: int16(req.Type), start: req.Start, end: req.End}
 		errno = sess.withLockFD(req.Owner, f, req.Type != unix.F_UNLCK, func(fd int) syscall.Errno {
 			if fd < 0 {
 				return 0 // unlocking what was never locked
 			}
-			err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
-			if err == syscall.EACCES {
-				err = syscall.EAGAIN
-			}
-			return errnoOf(err)
+			return sess.graph.attempt(who, f.id, span, req.Wait, time.Now(), func() syscall.Errno {
+				err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk)
+				if err == syscall.EACCES {
+					err = syscall.EAGAIN
+				}
+				return errnoOf(err)
+			})
 		})
 		if errno != 0 {
 			return nil, errno

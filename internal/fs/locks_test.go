@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -346,4 +350,127 @@ func TestLockClientThatNeverAnswersHeartbeatsKeepsItsWatch(t *testing.T) {
 	if !n2.watching("old") {
 		t.Fatal("the owner dropped the watch of a client that never answered heartbeats")
 	}
+}
+
+// TestLockDeadlockDetected: two processes through the tree, each holding a lock the other
+// waits for, answer as on a local disk: the wait that closes the cycle fails with EDEADLK, and
+// the other gets its lock once the first process is gone. The processes use the owner's file
+// from two client nodes, from one, and from the owner's own mount and a client node.
+func TestLockDeadlockDetected(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	local := filepath.Join(t.TempDir(), "f")
+	must(t, os.WriteFile(local, make([]byte, 10), 0o644))
+	want := crossWait(t, local, local, waitingLocally)
+	if !slices.Contains(want, "B lkw w 0 1: EDEADLK") {
+		t.Fatalf("locally:\n%s\nwant B's wait to fail with EDEADLK", strings.Join(want, "\n"))
+	}
+	for i, tc := range []struct {
+		name   string
+		first  *testNode
+		second *testNode
+	}{
+		{"from two nodes", n1, n3},
+		{"from one node", n1, n1},
+		{"from the owner and a node", n2, n1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("deadlock%d", i)
+			must(t, os.WriteFile(n2.disk(name), make([]byte, 10), 0o644))
+			got := crossWait(t, tc.first.path("n2", name), tc.second.path("n2", name), func(t *testing.T, _ *lockProc) {
+				n2.awaitLockWaits(t, 1)
+			})
+			if !slices.Equal(got, want) {
+				t.Errorf("through the mount:\n%s\nlocally:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			n2.awaitLockWaits(t, 0)
+		})
+	}
+}
+
+// crossWait runs two processes, A on pathA and B on pathB (the same file), into a deadlock:
+// A holds byte 0 and waits for byte 1, which B holds; then B waits for byte 0. waiting returns
+// once A waits. It returns what each call answered.
+func crossWait(t *testing.T, pathA, pathB string, waiting func(*testing.T, *lockProc)) []string {
+	a := startLockProc(t, pathA)
+	b := startLockProc(t, pathB)
+	var out []string
+	note := func(who, call, answer string) { out = append(out, fmt.Sprintf("%s %s: %s", who, call, answer)) }
+	note("A", "lk w 0 1", a.do("lk w 0 1"))
+	note("B", "lk w 1 1", b.do("lk w 1 1"))
+	a.send("lkw w 1 1")
+	waiting(t, a)
+	b.send("lkw w 0 1")
+	note("B", "lkw w 0 1", b.answer(10*time.Second))
+	note("A", "lkw w 1 1, before B exits", a.answer(200*time.Millisecond))
+	b.exit()
+	note("A", "lkw w 1 1, after B exits", a.answer(10*time.Second))
+	return out
+}
+
+// waitingLocally returns once the process waits for a lock on the local disk.
+func waitingLocally(t *testing.T, p *lockProc) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the process waiting for a lock", func() error {
+		b, err := os.ReadFile("/proc/locks")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 5 && f[1] == "->" && f[5] == strconv.Itoa(p.cmd.Process.Pid) {
+				return nil
+			}
+		}
+		return errors.New("not in /proc/locks")
+	})
+}
+
+// TestLockWaitForgottenWhenInterrupted: a wait given up no longer counts, so that a later wait
+// for the lock its process holds does not fail with EDEADLK.
+func TestLockWaitForgottenWhenInterrupted(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	a := startLockProc(t, n1.path("n2", "f"))
+	b := startLockProc(t, n3.path("n2", "f"))
+	if got := a.do("lk w 0 1"); got != "ok" {
+		t.Fatalf("A locks byte 0: %s", got)
+	}
+	if got := b.do("lk w 1 1"); got != "ok" {
+		t.Fatalf("B locks byte 1: %s", got)
+	}
+	if got := a.do("lkwi 1 1 300"); got != "EINTR" {
+		t.Fatalf("A's wait for B, interrupted: %s, want EINTR", got)
+	}
+	// Cancelled before the process was answered, not left to grow stale.
+	if n := n2.server.lockGraph.waiting(time.Now()); n != 0 {
+		t.Fatalf("the owner still counts %d lock waits after the only one was interrupted", n)
+	}
+	b.send("lkw w 0 1")
+	n2.awaitLockWaits(t, 1)
+	if got := b.answer(300 * time.Millisecond); got != "(none)" {
+		t.Fatalf("B's wait for A, who no longer waits: %s, want it waiting", got)
+	}
+	if got := a.do("lk u 0 1"); got != "ok" {
+		t.Fatalf("A unlocks byte 0: %s", got)
+	}
+	if got := b.answer(10 * time.Second); got != "ok" {
+		t.Fatalf("B's wait once A unlocked: %s, want ok", got)
+	}
+}
+
+// awaitLockWaits waits until the node's server counts n lock waits.
+func (n *testNode) awaitLockWaits(t *testing.T, want int) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("%d lock waits on %s", want, n.name), func() error {
+		if got := n.server.lockGraph.waiting(time.Now()); got != want {
+			return fmt.Errorf("%d waits", got)
+		}
+		return nil
+	})
 }

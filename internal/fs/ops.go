@@ -571,7 +571,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 		unix.Close(fd)
 		return nil, errno
 	}
-	return &fspb.OpenReply{Handle: h, Attr: attr}, 0
+	return &fspb.OpenReply{Handle: h, Attr: attr, Instance: c.s.instance}, 0
 }
 
 func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenReply, error) {

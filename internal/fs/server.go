@@ -78,9 +78,12 @@ type Server struct {
 	byIdx    map[uint32]*session
 	nextIdx  uint32
 
+	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
+	lockGraph *lockGraph
+
 	stats serverStats
-	// lastTrim is when trimCache last cut a stream (unix nanoseconds); trimPending says a
-	// later check is scheduled.
+	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
+	// says a later check is scheduled.
 	lastTrim    atomic.Int64
 	trimPending atomic.Bool
 	closed      chan struct{}
@@ -123,6 +126,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		wireConns:     make(map[net.Conn]struct{}),
 		sessions:      make(map[string]*session),
 		byIdx:         make(map[uint32]*session),
+		lockGraph:     newLockGraph(),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {
@@ -239,6 +243,7 @@ func (s *Server) Close() error {
 			handles, locks := sess.handles, sess.locks
 			sess.handles, sess.locks = map[uint64]*openFile{}, map[lockKey]*lockFile{}
 			sess.mu.Unlock()
+			s.lockGraph.dropSession(sess.idx)
 			for _, lf := range locks {
 				unix.Close(lf.fd)
 			}

@@ -29,9 +29,10 @@ const maxSessionIDLen = 64
 // session is one client mount's state on this owner: its open files, its locks, and its
 // invalidation stream.
 type session struct {
-	key  string
-	node string
-	idx  uint32
+	key   string
+	node  string
+	idx   uint32
+	graph *lockGraph // the server's
 
 	mu       sync.Mutex
 	handles  map[uint64]*openFile
@@ -74,6 +75,7 @@ func (s *Server) session(ctx context.Context, id []byte) (*session, error) {
 		key:      key,
 		node:     node,
 		idx:      s.nextIdx,
+		graph:    s.lockGraph,
 		handles:  make(map[uint64]*openFile),
 		locks:    make(map[lockKey]*lockFile),
 		inflight: make(map[fileID]int),
@@ -143,6 +145,7 @@ func (s *Server) expire(sess *session) {
 	sess.mu.Unlock()
 	s.mu.Unlock()
 	s.cache.forget(sess.idx, math.MaxUint64)
+	s.lockGraph.dropSession(sess.idx)
 	if len(handles) > 0 || len(locks) > 0 {
 		s.log.Info("client session expired; closing its files and releasing its locks",
 			"client", sess.node, "files", len(handles), "lock_owners", len(locks))

@@ -84,6 +84,9 @@ const (
 	LockRequest_SET LockRequest_Op = 1
 	// RELEASE_OWNER drops every POSIX lock the owner holds on the handle's file (close(2)).
 	LockRequest_RELEASE_OWNER LockRequest_Op = 2
+	// CANCEL_WAIT says the blocking wait numbered wait gave up (interrupted, or the owner could
+	// not be reached): the owner forgets it, and refuses a late attempt of it still on the way.
+	LockRequest_CANCEL_WAIT LockRequest_Op = 3
 )
 
 // Enum value maps for LockRequest_Op.
@@ -92,11 +95,13 @@ var (
 		0: "GET",
 		1: "SET",
 		2: "RELEASE_OWNER",
+		3: "CANCEL_WAIT",
 	}
 	LockRequest_Op_value = map[string]int32{
 		"GET":           0,
 		"SET":           1,
 		"RELEASE_OWNER": 2,
+		"CANCEL_WAIT":   3,
 	}
 )
 
@@ -1428,7 +1433,10 @@ type OpenReply struct {
 	Handle uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
 	Attr   *Attr                  `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
 	// dir: the directory's attributes after Create.
-	Dir           *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	Dir *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	// instance is the owner's file server instance (as in WatchDown) the handle belongs to:
+	// after a restart of that server, the client opens the file again and reclaims its locks.
+	Instance      []byte `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1487,6 +1495,13 @@ func (x *OpenReply) GetAttr() *Attr {
 func (x *OpenReply) GetDir() *Attr {
 	if x != nil {
 		return x.Dir
+	}
+	return nil
+}
+
+func (x *OpenReply) GetInstance() []byte {
+	if x != nil {
+		return x.Instance
 	}
 	return nil
 }
@@ -2748,15 +2763,19 @@ func (x *XattrReply) GetSize() uint32 {
 }
 
 type LockRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Session       []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	Handle        uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
-	Op            LockRequest_Op         `protobuf:"varint,3,opt,name=op,proto3,enum=ssi.fs.v1.LockRequest_Op" json:"op,omitempty"`
-	Owner         uint64                 `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
-	Type          uint32                 `protobuf:"varint,5,opt,name=type,proto3" json:"type,omitempty"` // F_RDLCK, F_WRLCK, F_UNLCK
-	Start         uint64                 `protobuf:"varint,6,opt,name=start,proto3" json:"start,omitempty"`
-	End           uint64                 `protobuf:"varint,7,opt,name=end,proto3" json:"end,omitempty"`     // inclusive; 2^63-1 means to the end of the file
-	Flock         bool                   `protobuf:"varint,8,opt,name=flock,proto3" json:"flock,omitempty"` // flock(2) rather than a POSIX byte-range lock
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Session []byte                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Handle  uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
+	Op      LockRequest_Op         `protobuf:"varint,3,opt,name=op,proto3,enum=ssi.fs.v1.LockRequest_Op" json:"op,omitempty"`
+	Owner   uint64                 `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Type    uint32                 `protobuf:"varint,5,opt,name=type,proto3" json:"type,omitempty"` // F_RDLCK, F_WRLCK, F_UNLCK
+	Start   uint64                 `protobuf:"varint,6,opt,name=start,proto3" json:"start,omitempty"`
+	End     uint64                 `protobuf:"varint,7,opt,name=end,proto3" json:"end,omitempty"`     // inclusive; 2^63-1 means to the end of the file
+	Flock   bool                   `protobuf:"varint,8,opt,name=flock,proto3" json:"flock,omitempty"` // flock(2) rather than a POSIX byte-range lock
+	// wait, if not 0, says that a SET is one attempt of a blocking wait (F_SETLKW), numbered
+	// uniquely within the session: the owner notes who waits for what, for deadlock detection,
+	// and answers EDEADLK where the wait would close a cycle. An older owner ignores it.
+	Wait          uint64 `protobuf:"varint,9,opt,name=wait,proto3" json:"wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2845,6 +2864,13 @@ func (x *LockRequest) GetFlock() bool {
 		return x.Flock
 	}
 	return false
+}
+
+func (x *LockRequest) GetWait() uint64 {
+	if x != nil {
+		return x.Wait
+	}
+	return 0
 }
 
 type LockReply struct {
@@ -3532,12 +3558,13 @@ const file_fs_proto_rawDesc = "" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\rR\x04mode\x12(\n" +
 	"\runmasked_mode\x18\a \x01(\rH\x00R\funmaskedMode\x88\x01\x01B\x10\n" +
-	"\x0e_unmasked_mode\"\x81\x01\n" +
+	"\x0e_unmasked_mode\"\x9d\x01\n" +
 	"\tOpenReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12#\n" +
 	"\x04attr\x18\x03 \x01(\v2\x0f.ssi.fs.v1.AttrR\x04attr\x12!\n" +
-	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\"[\n" +
+	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\x12\x1a\n" +
+	"\binstance\x18\x05 \x01(\fR\binstance\"[\n" +
 	"\rHandleRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12\x18\n" +
@@ -3644,7 +3671,7 @@ const file_fs_proto_rawDesc = "" +
 	"XattrReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\rR\x04size\"\xfd\x01\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"\xa2\x02\n" +
 	"\vLockRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12)\n" +
@@ -3653,11 +3680,13 @@ const file_fs_proto_rawDesc = "" +
 	"\x04type\x18\x05 \x01(\rR\x04type\x12\x14\n" +
 	"\x05start\x18\x06 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\a \x01(\x04R\x03end\x12\x14\n" +
-	"\x05flock\x18\b \x01(\bR\x05flock\")\n" +
+	"\x05flock\x18\b \x01(\bR\x05flock\x12\x12\n" +
+	"\x04wait\x18\t \x01(\x04R\x04wait\":\n" +
 	"\x02Op\x12\a\n" +
 	"\x03GET\x10\x00\x12\a\n" +
 	"\x03SET\x10\x01\x12\x11\n" +
-	"\rRELEASE_OWNER\x10\x02\"]\n" +
+	"\rRELEASE_OWNER\x10\x02\x12\x0f\n" +
+	"\vCANCEL_WAIT\x10\x03\"]\n" +
 	"\tLockReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\rR\x04type\x12\x14\n" +
