@@ -20,8 +20,8 @@ import (
 // ranges on each file and each handle's flock, as non-blocking requests, before any other
 // call on those files goes out. A reclaim the owner refuses (someone else took the lock while
 // the server was down) is not retried: the lock owner's next call that takes or releases a
-// lock on that file (not F_GETLK), or the next flock call on that handle, fails with EIO, as
-// every call did before reclaims, and the ranges it still holds there are dropped. A file that cannot be opened again (removed,
+// lock on that file (not F_GETLK), or the next flock call on that handle, fails with EIO, and
+// the ranges it still holds there are dropped. A file that cannot be opened again (removed,
 // replaced, no longer permitted) stays lost: its calls fail with EIO. Devices are not opened
 // again, as an open may act on one (a tape rewinds on close).
 //
