@@ -300,20 +300,6 @@ func (s *Server) Stats() ServerStats {
 	return st
 }
 
-// Status serves Stats to other agents.
-func (s *Server) Status(ctx context.Context, _ *fspb.StatusRequest) (*fspb.StatusReply, error) {
-	if _, err := s.identify(ctx); err != nil {
-		return nil, err
-	}
-	st := s.Stats()
-	return &fspb.StatusReply{
-		Root: st.Root, Exports: st.Exports, ReadOnly: st.ReadOnly, RootSquash: st.RootSquash,
-		Sessions: uint64(st.Sessions), OpenHandles: uint64(st.OpenFiles), WatchedDirs: uint64(st.WatchedDirs),
-		Ops: st.Ops, BytesRead: st.BytesRead, BytesWritten: st.BytesWritten,
-		InvalidationsSent: st.InvalidationsSent, DiskEvents: st.DiskEvents,
-	}, nil
-}
-
 // callerNode marks contexts of calls whose node is known without gRPC: this node's own mount,
 // and file wire connections, named by their certificate when they were accepted.
 type callerNode struct{}

@@ -3076,7 +3076,8 @@ type WatchDown struct {
 	// flush_all: the client must drop everything it caches from this owner.
 	FlushAll bool `protobuf:"varint,3,opt,name=flush_all,json=flushAll,proto3" json:"flush_all,omitempty"`
 	// instance identifies the serving process; sent in the first message. A new instance means
-	// the client's handles and locks on this owner are gone.
+	// the files the client had open there and its locks are gone (the client opens and takes
+	// them again: reclaim).
 	Instance      []byte `protobuf:"bytes,4,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3140,174 +3141,6 @@ func (x *WatchDown) GetInstance() []byte {
 	return nil
 }
 
-type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StatusRequest) Reset() {
-	*x = StatusRequest{}
-	mi := &file_fs_proto_msgTypes[39]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StatusRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StatusRequest) ProtoMessage() {}
-
-func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fs_proto_msgTypes[39]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
-func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_fs_proto_rawDescGZIP(), []int{39}
-}
-
-type StatusReply struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Exports           []string               `protobuf:"bytes,1,rep,name=exports,proto3" json:"exports,omitempty"`
-	ReadOnly          bool                   `protobuf:"varint,2,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
-	RootSquash        bool                   `protobuf:"varint,3,opt,name=root_squash,json=rootSquash,proto3" json:"root_squash,omitempty"`
-	Sessions          uint64                 `protobuf:"varint,4,opt,name=sessions,proto3" json:"sessions,omitempty"`
-	OpenHandles       uint64                 `protobuf:"varint,5,opt,name=open_handles,json=openHandles,proto3" json:"open_handles,omitempty"`
-	WatchedDirs       uint64                 `protobuf:"varint,6,opt,name=watched_dirs,json=watchedDirs,proto3" json:"watched_dirs,omitempty"`
-	Ops               uint64                 `protobuf:"varint,7,opt,name=ops,proto3" json:"ops,omitempty"`
-	BytesRead         uint64                 `protobuf:"varint,8,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
-	BytesWritten      uint64                 `protobuf:"varint,9,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
-	InvalidationsSent uint64                 `protobuf:"varint,10,opt,name=invalidations_sent,json=invalidationsSent,proto3" json:"invalidations_sent,omitempty"`
-	DiskEvents        uint64                 `protobuf:"varint,11,opt,name=disk_events,json=diskEvents,proto3" json:"disk_events,omitempty"`
-	Root              string                 `protobuf:"bytes,12,opt,name=root,proto3" json:"root,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
-}
-
-func (x *StatusReply) Reset() {
-	*x = StatusReply{}
-	mi := &file_fs_proto_msgTypes[40]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StatusReply) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StatusReply) ProtoMessage() {}
-
-func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_fs_proto_msgTypes[40]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
-func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_fs_proto_rawDescGZIP(), []int{40}
-}
-
-func (x *StatusReply) GetExports() []string {
-	if x != nil {
-		return x.Exports
-	}
-	return nil
-}
-
-func (x *StatusReply) GetReadOnly() bool {
-	if x != nil {
-		return x.ReadOnly
-	}
-	return false
-}
-
-func (x *StatusReply) GetRootSquash() bool {
-	if x != nil {
-		return x.RootSquash
-	}
-	return false
-}
-
-func (x *StatusReply) GetSessions() uint64 {
-	if x != nil {
-		return x.Sessions
-	}
-	return 0
-}
-
-func (x *StatusReply) GetOpenHandles() uint64 {
-	if x != nil {
-		return x.OpenHandles
-	}
-	return 0
-}
-
-func (x *StatusReply) GetWatchedDirs() uint64 {
-	if x != nil {
-		return x.WatchedDirs
-	}
-	return 0
-}
-
-func (x *StatusReply) GetOps() uint64 {
-	if x != nil {
-		return x.Ops
-	}
-	return 0
-}
-
-func (x *StatusReply) GetBytesRead() uint64 {
-	if x != nil {
-		return x.BytesRead
-	}
-	return 0
-}
-
-func (x *StatusReply) GetBytesWritten() uint64 {
-	if x != nil {
-		return x.BytesWritten
-	}
-	return 0
-}
-
-func (x *StatusReply) GetInvalidationsSent() uint64 {
-	if x != nil {
-		return x.InvalidationsSent
-	}
-	return 0
-}
-
-func (x *StatusReply) GetDiskEvents() uint64 {
-	if x != nil {
-		return x.DiskEvents
-	}
-	return 0
-}
-
-func (x *StatusReply) GetRoot() string {
-	if x != nil {
-		return x.Root
-	}
-	return ""
-}
-
 type Call struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -3321,7 +3154,7 @@ type Call struct {
 
 func (x *Call) Reset() {
 	*x = Call{}
-	mi := &file_fs_proto_msgTypes[41]
+	mi := &file_fs_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3166,7 @@ func (x *Call) String() string {
 func (*Call) ProtoMessage() {}
 
 func (x *Call) ProtoReflect() protoreflect.Message {
-	mi := &file_fs_proto_msgTypes[41]
+	mi := &file_fs_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3179,7 @@ func (x *Call) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Call.ProtoReflect.Descriptor instead.
 func (*Call) Descriptor() ([]byte, []int) {
-	return file_fs_proto_rawDescGZIP(), []int{41}
+	return file_fs_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Call) GetId() uint64 {
@@ -3384,7 +3217,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_fs_proto_msgTypes[42]
+	mi := &file_fs_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3396,7 +3229,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_fs_proto_msgTypes[42]
+	mi := &file_fs_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3409,7 +3242,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_fs_proto_rawDescGZIP(), []int{42}
+	return file_fs_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Result) GetId() uint64 {
@@ -3704,25 +3537,7 @@ const file_fs_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\x05items\x18\x02 \x03(\v2\x17.ssi.fs.v1.InvalidationR\x05items\x12\x1b\n" +
 	"\tflush_all\x18\x03 \x01(\bR\bflushAll\x12\x1a\n" +
-	"\binstance\x18\x04 \x01(\fR\binstance\"\x0f\n" +
-	"\rStatusRequest\"\x81\x03\n" +
-	"\vStatusReply\x12\x18\n" +
-	"\aexports\x18\x01 \x03(\tR\aexports\x12\x1b\n" +
-	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12\x1f\n" +
-	"\vroot_squash\x18\x03 \x01(\bR\n" +
-	"rootSquash\x12\x1a\n" +
-	"\bsessions\x18\x04 \x01(\x04R\bsessions\x12!\n" +
-	"\fopen_handles\x18\x05 \x01(\x04R\vopenHandles\x12!\n" +
-	"\fwatched_dirs\x18\x06 \x01(\x04R\vwatchedDirs\x12\x10\n" +
-	"\x03ops\x18\a \x01(\x04R\x03ops\x12\x1d\n" +
-	"\n" +
-	"bytes_read\x18\b \x01(\x04R\tbytesRead\x12#\n" +
-	"\rbytes_written\x18\t \x01(\x04R\fbytesWritten\x12-\n" +
-	"\x12invalidations_sent\x18\n" +
-	" \x01(\x04R\x11invalidationsSent\x12\x1f\n" +
-	"\vdisk_events\x18\v \x01(\x04R\n" +
-	"diskEvents\x12\x12\n" +
-	"\x04root\x18\f \x01(\tR\x04root\"H\n" +
+	"\binstance\x18\x04 \x01(\fR\binstance\"H\n" +
 	"\x04Call\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
@@ -3731,7 +3546,7 @@ const file_fs_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05reply\x18\x02 \x01(\fR\x05reply\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\rR\x04code\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage2\xf4\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage2\xb8\n" +
 	"\n" +
 	"\x05Files\x129\n" +
 	"\x06Lookup\x12\x18.ssi.fs.v1.LookupRequest\x1a\x15.ssi.fs.v1.EntryReply\x128\n" +
@@ -3755,8 +3570,7 @@ const file_fs_proto_rawDesc = "" +
 	"\x06Statfs\x12\x16.ssi.fs.v1.NodeRequest\x1a\x16.ssi.fs.v1.StatfsReply\x127\n" +
 	"\x05Xattr\x12\x17.ssi.fs.v1.XattrRequest\x1a\x15.ssi.fs.v1.XattrReply\x124\n" +
 	"\x04Lock\x12\x16.ssi.fs.v1.LockRequest\x1a\x14.ssi.fs.v1.LockReply\x125\n" +
-	"\x05Watch\x12\x12.ssi.fs.v1.WatchUp\x1a\x14.ssi.fs.v1.WatchDown(\x010\x01\x12:\n" +
-	"\x06Status\x12\x18.ssi.fs.v1.StatusRequest\x1a\x16.ssi.fs.v1.StatusReply\x12/\n" +
+	"\x05Watch\x12\x12.ssi.fs.v1.WatchUp\x1a\x14.ssi.fs.v1.WatchDown(\x010\x01\x12/\n" +
 	"\x05Calls\x12\x0f.ssi.fs.v1.Call\x1a\x11.ssi.fs.v1.Result(\x010\x01B-Z+github.com/ssi-cluster/ssi/internal/fs/fspbb\x06proto3"
 
 var (
@@ -3772,7 +3586,7 @@ func file_fs_proto_rawDescGZIP() []byte {
 }
 
 var file_fs_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fs_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_fs_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_fs_proto_goTypes = []any{
 	(XattrRequest_Op)(0),    // 0: ssi.fs.v1.XattrRequest.Op
 	(LockRequest_Op)(0),     // 1: ssi.fs.v1.LockRequest.Op
@@ -3815,10 +3629,8 @@ var file_fs_proto_goTypes = []any{
 	(*WatchUp)(nil),         // 38: ssi.fs.v1.WatchUp
 	(*Invalidation)(nil),    // 39: ssi.fs.v1.Invalidation
 	(*WatchDown)(nil),       // 40: ssi.fs.v1.WatchDown
-	(*StatusRequest)(nil),   // 41: ssi.fs.v1.StatusRequest
-	(*StatusReply)(nil),     // 42: ssi.fs.v1.StatusReply
-	(*Call)(nil),            // 43: ssi.fs.v1.Call
-	(*Result)(nil),          // 44: ssi.fs.v1.Result
+	(*Call)(nil),            // 41: ssi.fs.v1.Call
+	(*Result)(nil),          // 42: ssi.fs.v1.Result
 }
 var file_fs_proto_depIdxs = []int32{
 	3,  // 0: ssi.fs.v1.NodeRef.id:type_name -> ssi.fs.v1.FileID
@@ -3885,34 +3697,32 @@ var file_fs_proto_depIdxs = []int32{
 	34, // 61: ssi.fs.v1.Files.Xattr:input_type -> ssi.fs.v1.XattrRequest
 	36, // 62: ssi.fs.v1.Files.Lock:input_type -> ssi.fs.v1.LockRequest
 	38, // 63: ssi.fs.v1.Files.Watch:input_type -> ssi.fs.v1.WatchUp
-	41, // 64: ssi.fs.v1.Files.Status:input_type -> ssi.fs.v1.StatusRequest
-	43, // 65: ssi.fs.v1.Files.Calls:input_type -> ssi.fs.v1.Call
-	8,  // 66: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
-	8,  // 67: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
-	8,  // 68: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
-	12, // 69: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
-	15, // 70: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
-	18, // 71: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
-	18, // 72: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
-	21, // 73: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
-	23, // 74: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
-	10, // 75: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 76: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 77: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
-	27, // 78: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
-	8,  // 79: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
-	8,  // 80: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
-	8,  // 81: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
-	9,  // 82: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
-	9,  // 83: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
-	33, // 84: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
-	35, // 85: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
-	37, // 86: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
-	40, // 87: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
-	42, // 88: ssi.fs.v1.Files.Status:output_type -> ssi.fs.v1.StatusReply
-	44, // 89: ssi.fs.v1.Files.Calls:output_type -> ssi.fs.v1.Result
-	66, // [66:90] is the sub-list for method output_type
-	42, // [42:66] is the sub-list for method input_type
+	41, // 64: ssi.fs.v1.Files.Calls:input_type -> ssi.fs.v1.Call
+	8,  // 65: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
+	8,  // 66: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
+	8,  // 67: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
+	12, // 68: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
+	15, // 69: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
+	18, // 70: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
+	18, // 71: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
+	21, // 72: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
+	23, // 73: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
+	10, // 74: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 75: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 76: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
+	27, // 77: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
+	8,  // 78: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
+	8,  // 79: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
+	8,  // 80: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
+	9,  // 81: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
+	9,  // 82: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
+	33, // 83: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
+	35, // 84: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
+	37, // 85: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
+	40, // 86: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
+	42, // 87: ssi.fs.v1.Files.Calls:output_type -> ssi.fs.v1.Result
+	65, // [65:88] is the sub-list for method output_type
+	42, // [42:65] is the sub-list for method input_type
 	42, // [42:42] is the sub-list for extension type_name
 	42, // [42:42] is the sub-list for extension extendee
 	0,  // [0:42] is the sub-list for field type_name
@@ -3933,7 +3743,7 @@ func file_fs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fs_proto_rawDesc), len(file_fs_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   43,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,7 +45,6 @@ const (
 	Files_Xattr_FullMethodName    = "/ssi.fs.v1.Files/Xattr"
 	Files_Lock_FullMethodName     = "/ssi.fs.v1.Files/Lock"
 	Files_Watch_FullMethodName    = "/ssi.fs.v1.Files/Watch"
-	Files_Status_FullMethodName   = "/ssi.fs.v1.Files/Status"
 	Files_Calls_FullMethodName    = "/ssi.fs.v1.Files/Calls"
 )
 
@@ -79,8 +78,6 @@ type FilesClient interface {
 	// Watch carries cache invalidations from the owner to one client session, and the client's
 	// acknowledgements back. The first upward message names the session.
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchUp, WatchDown], error)
-	// Status describes what this node exports and its counters, for `ssi fs`.
-	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error)
 	// Calls carries requests of the unary methods above and their answers on one long-lived
 	// stream per client: a request on it costs about half the latency of a unary call (no
 	// per-call stream set-up, fewer hand-offs). Each Call names a method and carries its request;
@@ -320,16 +317,6 @@ func (c *filesClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Files_WatchClient = grpc.BidiStreamingClient[WatchUp, WatchDown]
 
-func (c *filesClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(StatusReply)
-	err := c.cc.Invoke(ctx, Files_Status_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 func (c *filesClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Call, Result], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Files_ServiceDesc.Streams[1], Files_Calls_FullMethodName, cOpts...)
@@ -373,8 +360,6 @@ type FilesServer interface {
 	// Watch carries cache invalidations from the owner to one client session, and the client's
 	// acknowledgements back. The first upward message names the session.
 	Watch(grpc.BidiStreamingServer[WatchUp, WatchDown]) error
-	// Status describes what this node exports and its counters, for `ssi fs`.
-	Status(context.Context, *StatusRequest) (*StatusReply, error)
 	// Calls carries requests of the unary methods above and their answers on one long-lived
 	// stream per client: a request on it costs about half the latency of a unary call (no
 	// per-call stream set-up, fewer hand-offs). Each Call names a method and carries its request;
@@ -456,9 +441,6 @@ func (UnimplementedFilesServer) Lock(context.Context, *LockRequest) (*LockReply,
 }
 func (UnimplementedFilesServer) Watch(grpc.BidiStreamingServer[WatchUp, WatchDown]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
-}
-func (UnimplementedFilesServer) Status(context.Context, *StatusRequest) (*StatusReply, error) {
-	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
 }
 func (UnimplementedFilesServer) Calls(grpc.BidiStreamingServer[Call, Result]) error {
 	return status.Error(codes.Unimplemented, "method Calls not implemented")
@@ -869,24 +851,6 @@ func _Files_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Files_WatchServer = grpc.BidiStreamingServer[WatchUp, WatchDown]
 
-func _Files_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(StatusRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(FilesServer).Status(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Files_Status_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(FilesServer).Status(ctx, req.(*StatusRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _Files_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(FilesServer).Calls(&grpc.GenericServerStream[Call, Result]{ServerStream: stream})
 }
@@ -984,10 +948,6 @@ var Files_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Lock",
 			Handler:    _Files_Lock_Handler,
-		},
-		{
-			MethodName: "Status",
-			Handler:    _Files_Status_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
