@@ -70,7 +70,7 @@ func addSubmitFlags(fs *pflag.FlagSet, o *submitOptions, batch bool) {
 	fs.StringVarP(&o.cpus, "cpus", "c", "", "cpus per task, e.g. 2 or 0.5 (default 1)")
 	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G (default: none reserved)")
 	fs.IntVarP(&o.nodes, "nodes", "N", 0, "spread the tasks over this many nodes (default: pack them)")
-	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1)")
+	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1, or one per node with --nodes)")
 	fs.StringVarP(&o.timeLimit, "time", "t", "", "time limit: minutes, MM:SS, HH:MM:SS, D-HH:MM:SS or 90s/2h (default: the queue's)")
 	fs.StringVarP(&o.queue, "queue", "q", "", "queue to submit to (default batch; see ssi queue ls)")
 	fs.IntVar(&o.priority, "priority", 0, "priority; higher runs first (only root may go above 0)")

@@ -549,6 +549,16 @@ func TestParallelJob(t *testing.T) {
 			t.Errorf("rank %d wrote %q", r, got)
 		}
 	}
+	// --nodes alone is one task per node, as Slurm's -N.
+	perNode := cmd(dir, `echo "$SSI_NTASKS $SSI_NODELIST" > pernode.$SSI_TASK_ID`)
+	perNode.Nodes = 2
+	pid := n1.submit(t, perNode)
+	n1.waitState(t, pid, 20*time.Second, "completed")
+	for r := range 2 {
+		if got := readFile(t, filepath.Join(dir, "pernode."+strconv.Itoa(r))); got != "2 n1,n2\n" {
+			t.Errorf("--nodes 2 alone: rank %d wrote %q", r, got)
+		}
+	}
 	gang := cmd(dir, `if [ "$SSI_TASK_ID" = 3 ]; then sleep 0.3; exit 7; fi; sleep 30`)
 	gang.Nodes, gang.Tasks = 2, 4
 	gid := n1.submit(t, gang)

@@ -140,7 +140,9 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		sp.CPUs = 1000
 	}
 	if sp.Tasks == 0 {
-		sp.Tasks = 1
+		// --nodes alone means one task on each node, as Slurm's -N without -n: a job asking
+		// for two nodes and one task could never be placed.
+		sp.Tasks = max(1, sp.Nodes)
 	}
 	if sp.Queue == "" {
 		sp.Queue = sched.DefaultQueueName
