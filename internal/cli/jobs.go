@@ -68,7 +68,7 @@ type submitOptions struct {
 func addSubmitFlags(fs *pflag.FlagSet, o *submitOptions, batch bool) {
 	fs.StringVarP(&o.name, "name", "J", "", "job name (default: the script's or command's name)")
 	fs.StringVarP(&o.cpus, "cpus", "c", "", "cpus per task, e.g. 2 or 0.5 (default 1)")
-	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G (default: none reserved)")
+	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G; a bare number is megabytes (default: none reserved)")
 	fs.IntVarP(&o.nodes, "nodes", "N", 0, "spread the tasks over this many nodes (default: pack them)")
 	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1, or one per node with --nodes)")
 	fs.StringVarP(&o.timeLimit, "time", "t", "", "time limit: minutes, MM:SS, HH:MM:SS, D-HH:MM:SS or 90s/2h (default: the queue's)")
@@ -271,7 +271,7 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 		req.CpusMilli = v
 	}
 	if o.mem != "" {
-		v, err := sched.ParseSize(o.mem)
+		v, err := sched.ParseMem(o.mem)
 		if err != nil {
 			return nil, err
 		}

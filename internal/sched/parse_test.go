@@ -217,6 +217,41 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
+func TestParseMem(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{in: "4000", want: 4000 << 20}, // Slurm's default unit
+		{in: "0", want: 0},
+		{in: "1.5", want: 3 << 19},
+		{in: "512K", want: 512 << 10},
+		{in: "4G", want: 4 << 30},
+		{in: "4096B", want: 4096},
+		{in: " 8 ", want: 8 << 20},
+		{in: "", wantErr: true},
+		{in: ".", wantErr: true},
+		{in: "1.", wantErr: true},
+		{in: "4X", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseMem(tt.in)
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "megabytes") {
+				t.Errorf("ParseMem(%q) = %d, %v; want an error that names the default unit", tt.in, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseMem(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+	if _, err := ParseMem("9999999999999"); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("ParseMem of 9999999999999 megabytes: %v, want too large", err)
+	}
+}
+
 func FuzzParseSize(f *testing.F) {
 	for _, s := range []string{"512M", "4G", "100K", "1048576", "1.5G", "4GiB", "8191.999P", "x"} {
 		f.Add(s)
