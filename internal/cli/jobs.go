@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -311,11 +312,35 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	if err != nil {
 		return nil, fmt.Errorf("finding the working directory: %w (submit from an existing directory)", err)
 	}
+	if err := refuseDirectoryOutput(cwd, o.output, o.errPath); err != nil {
+		return nil, err
+	}
 	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), ssipb.ByteWords(append(os.Environ(), o.env...))
 	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
 	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, []byte(o.output), []byte(o.errPath)
 	req.Hold, req.NoKill = o.hold, o.noKill
 	return req, nil
+}
+
+// refuseDirectoryOutput refuses an --output or --error that names an existing directory
+// here: the job could not open it, and on a node without that directory it would quietly
+// become a file of that name. Names with patterns are left to the job (they are known only
+// when it runs); the agent refuses names that end in "/" whatever exists.
+func refuseDirectoryOutput(cwd string, paths ...string) error {
+	for i, p := range paths {
+		if p == "" || strings.Contains(p, "%") {
+			continue
+		}
+		full := p
+		if !filepath.IsAbs(full) {
+			full = filepath.Join(cwd, p)
+		}
+		if fi, err := os.Stat(full); err == nil && fi.IsDir() {
+			flag := []string{"--output", "--error"}[i]
+			return fmt.Errorf("%s %s is a directory: name a file in it, such as %s", flag, p, filepath.Join(p, "ssi-%j.out"))
+		}
+	}
+	return nil
 }
 
 // mergeDirectives parses a script's #SSI words with the same flags, then lays the options

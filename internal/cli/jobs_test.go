@@ -96,6 +96,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--nodes", "0", "--", "true"}, "--nodes 0 asks for nothing"},
 		{[]string{"--tasks", "100000", "--", "true"}, "--tasks 100000 is out of range: use 1 to"},
 		{[]string{"--nodes", "-2", "--", "true"}, "--nodes -2 is out of range"},
+		{[]string{"--output", "/", "--", "true"}, "--output / is a directory"},
+		{[]string{"--error", "/tmp", "--", "true"}, "--error /tmp is a directory"},
 	}
 	for _, tt := range tests {
 		cmd := newSubmitCommand(&Globals{})
@@ -112,6 +114,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		o.noRequeue, _ = cmd.Flags().GetBool("no-requeue")
 		o.nodes, _ = cmd.Flags().GetInt("nodes")
 		o.tasks, _ = cmd.Flags().GetInt("tasks")
+		o.output, _ = cmd.Flags().GetString("output")
+		o.errPath, _ = cmd.Flags().GetString("error")
 		_, err := buildSubmit(cmd, &o, cmd.Flags().Args(), true)
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %v, want a one-line error about %q", tt.args, err, tt.want)

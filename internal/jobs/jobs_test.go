@@ -433,6 +433,8 @@ func TestSubmitRejects(t *testing.T) {
 		{func(r *jobspb.SubmitRequest) { r.Args = nil }, "no command given"},
 		{func(r *jobspb.SubmitRequest) { r.Cwd = []byte("rel") }, "not absolute"},
 		{func(r *jobspb.SubmitRequest) { r.TimeLimitSeconds = -1 }, "out of range"},
+		{func(r *jobspb.SubmitRequest) { r.Output = []byte("logs/") }, "--output logs/ names a directory"},
+		{func(r *jobspb.SubmitRequest) { r.Error = []byte(".") }, "--error . names a directory"},
 	} {
 		req := cmd(dir, "true")
 		tc.change(req)

@@ -33,6 +33,26 @@ func TestExpandPattern(t *testing.T) {
 	}
 }
 
+func TestNamesDirectory(t *testing.T) {
+	for p, want := range map[string]bool{
+		"":            false,
+		"ssi-%j.out":  false,
+		"logs/%j.out": false,
+		"/tmp/w":      false,
+		"logs/":       true,
+		"/tmp/w/":     true,
+		"/":           true,
+		".":           true,
+		"logs/..":     true,
+		"a/.":         true,
+		"..x":         false,
+	} {
+		if got := namesDirectory(p); got != want {
+			t.Errorf("namesDirectory(%q) = %t, want %t", p, got, want)
+		}
+	}
+}
+
 func TestCombineParts(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	part := func(node string, st sched.JobState, code int) *partRecord {

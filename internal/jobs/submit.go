@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -185,6 +186,11 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	if out == "" {
 		out = defaultOutput
 	}
+	for _, f := range []struct{ flag, path string }{{"output", out}, {"error", string(req.Error)}} {
+		if namesDirectory(f.path) {
+			return nil, 0, invalid("--%s %s names a directory, not a file: name a file in it, such as %s", f.flag, f.path, path.Join(f.path, defaultOutput))
+		}
+	}
 	sp.Output = absUnder(sp.Cwd, out)
 	if len(req.Error) > 0 {
 		sp.Error = absUnder(sp.Cwd, string(req.Error))
@@ -210,6 +216,17 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		return nil, 0, invalid("the job's record would be %d bytes, over the limit of %d: submit with a smaller environment or script", n, maxRecordBytes)
 	}
 	return rec, tasks, nil
+}
+
+// namesDirectory reports whether an output path can only be a directory: it ends in "/",
+// "." or "..". Made absolute, it would lose that ending and name the directory itself,
+// which the job then fails to open, or, on a node without it, quietly creates as a file.
+func namesDirectory(p string) bool {
+	if p == "" {
+		return false
+	}
+	base := path.Base(p)
+	return strings.HasSuffix(p, "/") || base == "." || base == ".."
 }
 
 func absUnder(dir, p string) string {
