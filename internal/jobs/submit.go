@@ -123,11 +123,17 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	for _, l := range who.rlimits {
 		sp.Rlimits = append(sp.Rlimits, rlimitRecord{Resource: l.Resource, Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
 	}
+	var scriptErr error
+	if len(sp.Script) > 0 {
+		scriptErr = sched.CheckScript(sp.Script)
+	}
 	switch {
 	case len(sp.Script) == 0 && len(sp.Args) == 0 && !interactive:
 		return nil, 0, invalid("no command given: use ssi submit [options] -- CMD [ARGS...] or ssi submit [options] SCRIPT")
 	case len(sp.Script) > maxScriptBytes:
 		return nil, 0, invalid("the script is %d bytes, over the limit of %d: keep the work in a separate file the script runs", len(sp.Script), maxScriptBytes)
+	case scriptErr != nil:
+		return nil, 0, invalid("script %s %v", sp.ScriptName, scriptErr)
 	case !filepath.IsAbs(sp.Cwd):
 		return nil, 0, invalid("the submit directory %q is not absolute: submit from a directory (the CLI sends its working directory)", sp.Cwd)
 	case sp.Priority < -1000000 || sp.Priority > 1000000:

@@ -407,3 +407,23 @@ func FuzzParseScriptDirectives(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckScript(t *testing.T) {
+	tests := []struct {
+		script, wantErr string
+	}{
+		{"#!/bin/sh\necho hi\n", ""},
+		{"echo no interpreter line\n", ""},
+		{"#!/bin/sh\nprintf 'a\\r\\n'\n", ""}, // a \r\n the script prints is fine
+		{"\xef\xbb\xbf#!/bin/sh\n#SSI --name x\n", "byte-order mark"},
+		{"\x7fELF\x02\x01\x01\x00\x00", "binary file"},
+		{"#!/bin/sh\r\necho hi\r\n", "DOS line breaks"},
+		{"#!/bin/sh\necho hi\r\n", "DOS line breaks"},
+	}
+	for _, tt := range tests {
+		err := CheckScript([]byte(tt.script))
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("CheckScript(%q) = %v, want %q", tt.script, err, tt.wantErr)
+		}
+	}
+}
