@@ -164,7 +164,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		j := m.jobs[base]
 		if j == nil {
 			if rec != nil && rec.Final != nil {
-				return fmt.Errorf("job %s already ended (%s): nothing to %s", base, rec.Final.State, verb)
+				return endedError(rec, id, verb, s.elementEnd(ctx, rec, id))
 			}
 			return fmt.Errorf("no job %s: see ssi jobs for the ids", base)
 		}
@@ -180,6 +180,9 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 			n, _ := strconv.Atoi(idx)
 			jj, p := m.task(id)
 			if jj == nil {
+				if rec.Spec.Array == "" {
+					return fmt.Errorf("job %s is not an array, so it has no element %d: give %s", base, n, base)
+				}
 				return fmt.Errorf("job %s has no element %d: see ssi job show %s", base, n, base)
 			}
 			pos = p
@@ -205,6 +208,46 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		}
 	}
 	return fmt.Errorf("job %s kept changing while trying to %s it: retry", id, verb)
+}
+
+// elementEnd is how element id of a job that moved to history ended, or "" when id is not
+// an element or its end cannot be read (endedError then words it without).
+func (s *Service) elementEnd(ctx context.Context, rec *jobRecord, id string) sched.JobState {
+	if !strings.Contains(id, "_") || rec.Spec.Array == "" {
+		return ""
+	}
+	resp, err := s.d.Etcd.Get(ctx, doneKey(id))
+	if err != nil || len(resp.Kvs) == 0 {
+		return "" // an element cancelled before it started has no done record
+	}
+	d, err := decode[doneRecord](resp.Kvs[0].Value)
+	if err != nil {
+		return ""
+	}
+	return d.State
+}
+
+// endedError says why id, of a job that already moved to history, cannot be changed: the
+// element it names does not exist, or it (or the whole job) ended. elemState is the
+// element's end when known.
+func endedError(rec *jobRecord, id, verb string, elemState sched.JobState) error {
+	base, idx, isElem := strings.Cut(id, "_")
+	if !isElem {
+		return fmt.Errorf("job %s already ended (%s): nothing to %s", base, rec.Final.State, verb)
+	}
+	n, _ := strconv.Atoi(idx)
+	if rec.Spec.Array == "" {
+		return fmt.Errorf("job %s is not an array, so it has no element %d: give %s", base, n, base)
+	}
+	if spec, err := sched.ParseArray(rec.Spec.Array); err == nil {
+		if _, found := slices.BinarySearch(spec.Indices(), n); !found {
+			return fmt.Errorf("job %s has no element %d: see ssi job show %s", base, n, base)
+		}
+	}
+	if elemState == "" {
+		return fmt.Errorf("job %s already ended, as did the whole array %s: nothing to %s", id, base, verb)
+	}
+	return fmt.Errorf("job %s already ended (%s): nothing to %s", id, elemState, verb)
 }
 
 func verbPast(verb, id string) string {

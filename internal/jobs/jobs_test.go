@@ -343,6 +343,10 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	pend := cmd(dir, "touch cancelled.ran")
 	pend.Hold = true
 	pendID := n1.submit(t, pend)
+	r, _ = n1.client.Cancel(ctxT(t), &jobspb.ControlRequest{Ids: []string{pendID + "_1"}})
+	if !strings.Contains(r.Results[0].Error, "is not an array") {
+		t.Errorf("cancel of an element of a plain job: %q", r.Results[0].Error)
+	}
 	if _, err := n1.client.Cancel(ctxT(t), &jobspb.ControlRequest{Ids: []string{pendID}}); err != nil {
 		t.Fatal(err)
 	}

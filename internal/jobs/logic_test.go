@@ -53,6 +53,30 @@ func TestNamesDirectory(t *testing.T) {
 	}
 }
 
+func TestEndedError(t *testing.T) {
+	plain := &jobRecord{ID: "24", Final: &finalState{State: sched.StateCompleted}}
+	array := &jobRecord{ID: "2", Spec: jobSpec{Array: "1-5:2"}, Final: &finalState{State: sched.StateFailed}}
+	tests := []struct {
+		rec       *jobRecord
+		id        string
+		elemState sched.JobState
+		want      string
+	}{
+		{plain, "24", "", "job 24 already ended (completed): nothing to cancel"},
+		{plain, "24_1", "", "job 24 is not an array, so it has no element 1: give 24"},
+		{array, "2", "", "job 2 already ended (failed): nothing to cancel"},
+		{array, "2_2", "", "job 2 has no element 2: see ssi job show 2"},
+		{array, "2_9", "", "job 2 has no element 9"},
+		{array, "2_3", sched.StateCompleted, "job 2_3 already ended (completed): nothing to cancel"},
+		{array, "2_5", "", "job 2_5 already ended, as did the whole array 2"},
+	}
+	for _, tt := range tests {
+		if got := endedError(tt.rec, tt.id, "cancel", tt.elemState).Error(); !strings.Contains(got, tt.want) {
+			t.Errorf("endedError(%s) = %q, want %q", tt.id, got, tt.want)
+		}
+	}
+}
+
 func TestCombineParts(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	part := func(node string, st sched.JobState, code int) *partRecord {
