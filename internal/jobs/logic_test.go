@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
@@ -73,6 +74,22 @@ func TestEndedError(t *testing.T) {
 	for _, tt := range tests {
 		if got := endedError(tt.rec, tt.id, "cancel", tt.elemState).Error(); !strings.Contains(got, tt.want) {
 			t.Errorf("endedError(%s) = %q, want %q", tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestExpectedLimits(t *testing.T) {
+	queues := []sched.Queue{{Name: "batch"}, {Name: "debug", MaxTime: 30 * time.Minute}}
+	tasks := []*jobspb.TaskInfo{
+		{Id: "1", Queue: "batch"},
+		{Id: "2", Queue: "debug"},
+		{Id: "3", Queue: "debug", TimeLimitSeconds: 60},
+		{Id: "4", Queue: "gone"},
+	}
+	expectedLimits(tasks, queues)
+	for i, want := range []int64{86400, 1800, 60, 86400} {
+		if got := tasks[i].TimeLimitSeconds; got != want {
+			t.Errorf("task %s in queue %s: limit %d, want %d", tasks[i].Id, tasks[i].Queue, got, want)
 		}
 	}
 }

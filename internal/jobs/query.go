@@ -77,8 +77,44 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 			}
 		}
 	}
+	s.fillExpectedLimits(ctx, out.Tasks)
 	sortTasks(out.Tasks)
 	return out, nil
+}
+
+// fillExpectedLimits gives the tasks that never started, and so carry only the limit the user
+// asked for (0 when none), the limit they run (or would have run) under, as squeue shows a
+// pending job's partition limit: 0 reads as "no time at all" in ssi job show, and as
+// "unlimited" to a script reading the JSON. The queues come from the cache, else from etcd;
+// without them the tasks are left as they are.
+func (s *Service) fillExpectedLimits(ctx context.Context, tasks []*jobspb.TaskInfo) {
+	if !slices.ContainsFunc(tasks, func(t *jobspb.TaskInfo) bool { return t.TimeLimitSeconds == 0 }) {
+		return
+	}
+	queues := s.queueCache.get()
+	if queues == nil {
+		var err error
+		if queues, err = s.readQueues(ctx); err != nil {
+			s.log.Debug("reading the queues for the time limits of pending jobs", "err", err)
+			return
+		}
+	}
+	expectedLimits(tasks, queues)
+}
+
+// expectedLimits sets the time limit of each task without one to its queue's maximum, else
+// the scheduler's default.
+func expectedLimits(tasks []*jobspb.TaskInfo, queues []sched.Queue) {
+	for _, t := range tasks {
+		if t.TimeLimitSeconds != 0 {
+			continue
+		}
+		var queueMax time.Duration
+		if i := slices.IndexFunc(queues, func(q sched.Queue) bool { return q.Name == t.Queue }); i >= 0 {
+			queueMax = queues[i].MaxTime
+		}
+		t.TimeLimitSeconds = int64(sched.EffectiveTimeLimit(0, queueMax, sched.DefaultTimeLimit) / time.Second)
+	}
 }
 
 // History lists finished tasks, newest first.
@@ -102,6 +138,7 @@ func (s *Service) History(ctx context.Context, req *jobspb.HistoryRequest) (*job
 	if err != nil {
 		return nil, err
 	}
+	s.fillExpectedLimits(ctx, tasks)
 	return &jobspb.ListResponse{Tasks: tasks}, nil
 }
 
@@ -268,6 +305,7 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 			return nil, status.Errorf(codes.NotFound, "job %s has no element %s: see ssi job show %s", base, id, base)
 		}
 	}
+	s.fillExpectedLimits(ctx, out.Tasks)
 	att, err := s.attempts(ctx, base, id, isElem)
 	if err != nil {
 		return nil, err
