@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -402,6 +403,27 @@ func submitBatch(cmd *cobra.Command, g *Globals, req *jobspb.SubmitRequest, form
 	return err
 }
 
+// interactiveScriptArgs is the command that runs a script in an interactive job: its "#!"
+// interpreter (or /bin/sh without one, as a batch job's) with the script's path, as the
+// kernel would run it. The script itself is not executed: a batch script need not be
+// executable, nor be found in PATH when named without a directory ("ssi submit -i job.sh").
+// As the kernel does, the rest of the "#!" line is one argument after the interpreter.
+func interactiveScriptArgs(script, path []byte, args [][]byte) [][]byte {
+	interp := [][]byte{[]byte("/bin/sh")}
+	if rest, ok := bytes.CutPrefix(script, []byte("#!")); ok {
+		line, _, _ := bytes.Cut(rest, []byte("\n"))
+		line = bytes.TrimLeft(line, " \t")
+		prog, arg, _ := bytes.Cut(line, []byte(" "))
+		if len(prog) > 0 {
+			interp = [][]byte{prog}
+			if arg = bytes.Trim(arg, " \t"); len(arg) > 0 {
+				interp = append(interp, arg)
+			}
+		}
+	}
+	return slices.Concat(interp, [][]byte{path}, args)
+}
+
 // runInteractive queues an interactive job, waits for it, runs the command in the allocation
 // through the process space (ssi run's launcher) and reports its exit status to the job.
 func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) error {
@@ -412,7 +434,13 @@ func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) 
 		return errors.New("an interactive job writes to this terminal, not to files: drop --output/--error, or -i to queue a batch job")
 	}
 	if len(req.Script) > 0 {
-		req.Args = append([][]byte{req.ScriptName}, req.Args...)
+		if err := sched.CheckScript(req.Script); err != nil {
+			return fmt.Errorf("script %s %w", req.ScriptName, err)
+		}
+		if req.Name == "" {
+			req.Name = filepath.Base(string(req.ScriptName))
+		}
+		req.Args = interactiveScriptArgs(req.Script, req.ScriptName, req.Args)
 		req.Script = nil
 	}
 	argv := ssipb.StringWords(req.Args)

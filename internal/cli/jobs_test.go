@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
 // TestSubmitScriptDirectives checks that #SSI lines give defaults and the command line wins.
@@ -304,6 +305,25 @@ func TestInteractiveRefusesBatchOnlyOptions(t *testing.T) {
 		cmd.SetErr(io.Discard)
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: %v; want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestInteractiveScriptArgs(t *testing.T) {
+	tests := []struct {
+		script string
+		want   []string
+	}{
+		{"#!/bin/bash\necho hi\n", []string{"/bin/bash", "job.sh", "a"}},
+		{"#! /usr/bin/env python3\nprint(1)\n", []string{"/usr/bin/env", "python3", "job.sh", "a"}},
+		{"#!/usr/bin/env -S python3 -u\n", []string{"/usr/bin/env", "-S python3 -u", "job.sh", "a"}},
+		{"echo no interpreter\n", []string{"/bin/sh", "job.sh", "a"}},
+		{"#!\necho empty\n", []string{"/bin/sh", "job.sh", "a"}},
+	}
+	for _, tt := range tests {
+		got := ssipb.StringWords(interactiveScriptArgs([]byte(tt.script), []byte("job.sh"), [][]byte{[]byte("a")}))
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("interactiveScriptArgs(%q) = %q, want %q", tt.script, got, tt.want)
 		}
 	}
 }
