@@ -358,6 +358,11 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))
 	}
+	if fs.Changed("format") {
+		// A script converted from #SBATCH keeps "-o FILE", sbatch's output file: here -o is how
+		// ssi submit prints, which a script has no business choosing.
+		return nil, fmt.Errorf("-o %s: -o sets how ssi submit prints, not the job's output file: write --output FILE", d.format)
+	}
 	if err := checkGiven(fs); err != nil {
 		return nil, err
 	}

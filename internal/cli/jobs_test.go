@@ -327,3 +327,20 @@ func TestInteractiveScriptArgs(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectivesRefuseFormat(t *testing.T) {
+	for _, words := range [][]string{{"-o", "out-%j.txt"}, {"--format", "json"}, {"-ojson"}} {
+		cmd := newSubmitCommand(&Globals{})
+		if _, err := mergeDirectives(cmd.Flags(), words); err == nil || !strings.Contains(err.Error(), "write --output FILE") {
+			t.Errorf("#SSI %q: %v, want a pointer to --output", words, err)
+		}
+	}
+	cmd := newSubmitCommand(&Globals{})
+	if err := cmd.Flags().Parse([]string{"-o", "json"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := mergeDirectives(cmd.Flags(), []string{"--output", "x.out"})
+	if err != nil || d.format != formatJSON || d.output != "x.out" {
+		t.Errorf("-o json on the command line with a script: %+v, %v", d, err)
+	}
+}
