@@ -353,7 +353,7 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	addSubmitFlags(fs, &d, true)
 	fs.StringVarP(&d.format, "format", "o", formatTable, "")
 	if err := fs.Parse(words); err != nil {
-		return nil, err
+		return nil, flagValueError(err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))

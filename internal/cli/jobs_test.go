@@ -335,6 +335,9 @@ func TestDirectivesRefuseFormat(t *testing.T) {
 			t.Errorf("#SSI %q: %v, want a pointer to --output", words, err)
 		}
 	}
+	if _, err := mergeDirectives(newSubmitCommand(&Globals{}).Flags(), []string{"--tasks", "four"}); err == nil || err.Error() != `--tasks "four" is not a whole number` {
+		t.Errorf("#SSI --tasks four: %v", err)
+	}
 	cmd := newSubmitCommand(&Globals{})
 	if err := cmd.Flags().Parse([]string{"-o", "json"}); err != nil {
 		t.Fatal(err)
