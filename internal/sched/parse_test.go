@@ -32,6 +32,7 @@ func TestParseArray(t *testing.T) {
 		{in: "1-10%x", wantErr: "running limit"},
 		{in: "a-b", wantErr: "not an index"},
 		{in: "1,,2", wantErr: "empty item"},
+		{in: "%2", wantErr: "no indices before the %"},
 		{in: "-3", wantErr: "not an index"},
 		{in: "0-1000001", wantErr: "not an index"},
 		{in: "0-200000", wantErr: "more than 100000 elements"},
