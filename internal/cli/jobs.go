@@ -720,7 +720,7 @@ listed too. States: pending, running, completed, failed, cancelled, timeout, nod
 	f := cmd.Flags()
 	f.BoolVarP(&all, "all", "a", false, "include jobs that ended in the last day")
 	f.StringVarP(&user, "user", "u", "", "only this user's jobs (name or uid)")
-	f.StringSliceVar(&states, "state", nil, "only jobs in these states (S[,S])")
+	f.StringSliceVar(&states, "state", nil, "only jobs in these states (S[,S]; squeue's PD, R, CD, F, CA, TO, NF too)")
 	outputFlag(cmd, &format)
 	return cmd
 }

@@ -94,6 +94,20 @@ func TestExpectedLimits(t *testing.T) {
 	}
 }
 
+func TestParseState(t *testing.T) {
+	for in, want := range map[string]sched.JobState{
+		"pending": sched.StatePending, "RUNNING": sched.StateRunning, " node_fail ": sched.StateNodeFail,
+		"PD": sched.StatePending, "r": sched.StateRunning, "CD": sched.StateCompleted, "F": sched.StateFailed,
+		"CA": sched.StateCancelled, "canceled": sched.StateCancelled, "TO": sched.StateTimeout, "NF": sched.StateNodeFail,
+		"bogus": "", "": "", "requeued": "",
+	} {
+		got, ok := parseState(in)
+		if ok != (want != "") || ok && got != want {
+			t.Errorf("parseState(%q) = %q, %t; want %q", in, got, ok, want)
+		}
+	}
+}
+
 func TestCombineParts(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	part := func(node string, st sched.JobState, code int) *partRecord {

@@ -524,6 +524,29 @@ type taskFilter struct {
 	ids    map[string]bool
 }
 
+// parseState reads a --state word, in any case, as a state name or as squeue's short code
+// (and the US spelling), which Slurm users type by habit: "ssi jobs --state PD,R".
+func parseState(s string) (sched.JobState, bool) {
+	st := sched.JobState(strings.ToLower(strings.TrimSpace(s)))
+	switch st {
+	case "pd":
+		st = sched.StatePending
+	case "r":
+		st = sched.StateRunning
+	case "cd":
+		st = sched.StateCompleted
+	case "f":
+		st = sched.StateFailed
+	case "ca", "canceled":
+		st = sched.StateCancelled
+	case "to":
+		st = sched.StateTimeout
+	case "nf":
+		st = sched.StateNodeFail
+	}
+	return st, st == sched.StatePending || st == sched.StateRunning || st.Terminal()
+}
+
 func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 	f := &taskFilter{}
 	if user != "" {
@@ -536,8 +559,8 @@ func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 	if len(states) > 0 {
 		f.states = map[string]bool{}
 		for _, s := range states {
-			st := sched.JobState(strings.ToLower(strings.TrimSpace(s)))
-			if st != sched.StatePending && st != sched.StateRunning && !st.Terminal() {
+			st, ok := parseState(s)
+			if !ok {
 				return nil, invalid("unknown state %q: use pending, running, completed, failed, cancelled, timeout or node_fail", s)
 			}
 			f.states[string(st)] = true
