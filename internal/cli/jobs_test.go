@@ -347,3 +347,15 @@ func TestDirectivesRefuseFormat(t *testing.T) {
 		t.Errorf("-o json on the command line with a script: %+v, %v", d, err)
 	}
 }
+
+func TestTableCellsShowControlCharactersAsQuestionMarks(t *testing.T) {
+	var b strings.Builder
+	p := printer{w: &b, format: formatTable}
+	if err := p.table([]string{"ID", "NAME"}, [][]string{{"4", "a\nb\tc"}, {"5", "\x1b[31mred"}, {"6", "caf\xe9 ok é"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := "ID  NAME\n4   a?b?c\n5   ?[31mred\n6   caf? ok é\n"
+	if b.String() != want {
+		t.Errorf("table:\n%q\nwant\n%q", b.String(), want)
+	}
+}

@@ -438,6 +438,7 @@ func TestSubmitRejects(t *testing.T) {
 		{func(r *jobspb.SubmitRequest) { r.Cwd = []byte("rel") }, "not absolute"},
 		{func(r *jobspb.SubmitRequest) { r.TimeLimitSeconds = -1 }, "out of range"},
 		{func(r *jobspb.SubmitRequest) { r.Output = []byte("logs/") }, "--output logs/ names a directory"},
+		{func(r *jobspb.SubmitRequest) { r.Name = "two\nlines" }, "control character"},
 		{func(r *jobspb.SubmitRequest) {
 			r.Script, r.ScriptName, r.Args = []byte("#!/bin/sh\r\ntrue\r\n"), []byte("dos.sh"), nil
 		}, "script dos.sh has DOS line breaks"},

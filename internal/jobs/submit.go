@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -136,6 +137,8 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		return nil, 0, invalid("script %s %v", sp.ScriptName, scriptErr)
 	case !filepath.IsAbs(sp.Cwd):
 		return nil, 0, invalid("the submit directory %q is not absolute: submit from a directory (the CLI sends its working directory)", sp.Cwd)
+	case strings.ContainsFunc(sp.Name, unicode.IsControl):
+		return nil, 0, invalid("the job name %q has a control character (a newline, a tab, an escape): give a name without", sp.Name)
 	case sp.Priority < -1000000 || sp.Priority > 1000000:
 		return nil, 0, invalid("priority %d is out of range: use -1000000 to 1000000", sp.Priority)
 	case sp.Priority > 0 && who.uid != 0:
@@ -172,9 +175,14 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		default:
 			sp.Name = "interactive"
 		}
-		// A name shows in tables and travels as text: bytes of the file name that are not UTF-8
-		// show as '?'.
-		sp.Name = strings.ToValidUTF8(sp.Name, "?")
+		// A name shows in tables and travels as text: bytes of the file name that are not UTF-8,
+		// and control characters, show as '?'.
+		sp.Name = strings.Map(func(c rune) rune {
+			if unicode.IsControl(c) {
+				return '?'
+			}
+			return c
+		}, strings.ToValidUTF8(sp.Name, "?"))
 	}
 	tasks := 1
 	if req.Array != "" {
