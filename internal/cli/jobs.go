@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
@@ -102,7 +103,8 @@ this directory, with this environment, on the node(s) the scheduler picks; its s
 go to ssi-<id>.out here unless --output/--error say otherwise.
 
 A SCRIPT may carry options on "#SSI" lines in its leading comment block, like #SBATCH lines;
-options on the command line win over them. With -i the job is interactive: ssi waits for the
+options on the command line win over them. Without a SCRIPT or command, the script is read
+from stdin when it is not a terminal, as sbatch does ("ssi submit <<EOF"). With -i the job is interactive: ssi waits for the
 resources, runs the command attached to this terminal on the first allocated node (as ssi run
 does), and the job ends with it.
 
@@ -115,11 +117,19 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
   ID=$(ssi submit -- make all) && ssi submit --after $ID -- make test
   ssi submit --nodes 2 --tasks 8 -- ./mpi-like-solver
   ssi submit -i --cpus 2 -- python3`,
-		Args: NeedArgs(1, -1, "a command after -- or a script"),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && cmd.ArgsLenAtDash() < 0 && !stdinIsTerminal(cmd) {
+				return nil // the script comes on stdin, as with sbatch
+			}
+			return needSubmitArgs(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.format != formatTable && o.format != formatJSON {
 				// Slurm's -o is the output file; here -o is the format, as in every ssi command.
 				return fmt.Errorf("unknown output format %q: use -o table or -o json (the job's output file is --output FILE)", o.format)
+			}
+			if len(args) == 0 {
+				args = []string{stdinScript}
 			}
 			req, err := buildSubmit(cmd, &o, args, cmd.ArgsLenAtDash() >= 0)
 			if err != nil {
@@ -135,6 +145,26 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
 	cmd.Flags().StringVarP(&o.format, "format", "o", formatTable, "output format: table (just the id) or json")
 	cmd.Flags().SetInterspersed(false)
 	return cmd
+}
+
+// stdinScript is the script of "ssi submit" without arguments, whose stdin is not a terminal:
+// sbatch reads its script from stdin then, as in "ssi submit <<EOF".
+const stdinScript = "/dev/stdin"
+
+// maxStdinScript bounds what is read from stdin: a script over the agent's limit (512 KiB) is
+// refused anyway, and stdin may be an endless stream by mistake.
+const maxStdinScript = 1 << 20
+
+// stdinIsTerminal tells whether the command's stdin is a terminal (a reader set by a test
+// is not).
+func stdinIsTerminal(cmd *cobra.Command) bool {
+	f, ok := cmd.InOrStdin().(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// needSubmitArgs is ssi submit's check for a command or a script.
+func needSubmitArgs(cmd *cobra.Command, args []string) error {
+	return NeedArgs(1, -1, "a command after -- or a script")(cmd, args)
 }
 
 func newAllocCommand(g *Globals) *cobra.Command {
@@ -226,7 +256,13 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	}
 	if !command {
 		path := args[0]
-		script, err := os.ReadFile(path)
+		var script []byte
+		var err error
+		if path == stdinScript {
+			script, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxStdinScript))
+		} else {
+			script, err = os.ReadFile(path)
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("no script %s: give a script file, or put the command after --, as in ssi submit -- %s", path, strings.Join(args, " "))
@@ -235,6 +271,9 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 				return nil, fmt.Errorf("script %s is a directory: give a script file, or put the command after --", path)
 			}
 			return nil, fmt.Errorf("reading the script %s: %w (give a script you can read, or put the command after --)", path, err)
+		}
+		if len(script) == 0 && path == stdinScript {
+			return nil, needSubmitArgs(cmd, nil) // nothing on stdin: probably no script meant at all
 		}
 		words, err := sched.ParseScriptDirectives(script)
 		if err != nil {
@@ -437,6 +476,9 @@ func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) 
 	}
 	if len(req.Output) > 0 || len(req.Error) > 0 {
 		return errors.New("an interactive job writes to this terminal, not to files: drop --output/--error, or -i to queue a batch job")
+	}
+	if string(req.ScriptName) == stdinScript {
+		return errors.New("an interactive job cannot take its script on stdin, which is its terminal: give the script's file")
 	}
 	if len(req.Script) > 0 {
 		if err := sched.CheckScript(req.Script); err != nil {

@@ -359,3 +359,30 @@ func TestTableCellsShowControlCharactersAsQuestionMarks(t *testing.T) {
 		t.Errorf("table:\n%q\nwant\n%q", b.String(), want)
 	}
 }
+
+func TestSubmitReadsTheScriptFromStdin(t *testing.T) {
+	body := "#!/bin/sh\n#SSI --name fromstdin --cpus 2\necho hi\n"
+	cmd := newSubmitCommand(&Globals{})
+	cmd.SetIn(strings.NewReader(body))
+	if err := cmd.Args(cmd, nil); err != nil {
+		t.Fatalf("ssi submit <<EOF refused: %v", err)
+	}
+	var o submitOptions
+	req, err := buildSubmit(cmd, &o, []string{stdinScript}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(req.Script) != body || o.name != "fromstdin" || req.CpusMilli != 2000 {
+		t.Errorf("request %+v, options %+v", req, o)
+	}
+
+	empty := newSubmitCommand(&Globals{})
+	(&cobra.Command{Use: "ssi"}).AddCommand(empty) // the error names the command under its root
+	empty.SetIn(strings.NewReader(""))
+	if _, err := buildSubmit(empty, &submitOptions{}, []string{stdinScript}, false); err == nil || !strings.Contains(err.Error(), "needs a command after -- or a script") {
+		t.Errorf("nothing on stdin: %v", err)
+	}
+	if err := runInteractive(t.Context(), &Globals{}, &jobspb.SubmitRequest{Script: []byte(body), ScriptName: []byte(stdinScript)}); err == nil || !strings.Contains(err.Error(), "cannot take its script on stdin") {
+		t.Errorf("-i with the script on stdin: %v", err)
+	}
+}
