@@ -947,9 +947,9 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	fmt.Fprintf(w, "  %-12s requeue %t, hold %t, no-kill %t\n", "options:", s.Requeue, s.Hold, s.NoKill)
 	if len(tasks) > 0 {
 		t := tasks[0]
-		fmt.Fprintf(w, "  %-12s %s, %s cpus and %s per task, %d task(s), limit %s, queue %s\n", "resources:",
+		fmt.Fprintf(w, "  %-12s %s, %s cpus and %s per task, %d task(s), limit %s, queue %s, priority %d\n", "resources:",
 			t.User, sched.FormatCPUs(t.CpusMilli), humanBytes(uint64(t.MemBytes)), t.Tasks,
-			sched.FormatTimeLimit(time.Duration(t.TimeLimitSeconds)*time.Second), t.Queue)
+			sched.FormatTimeLimit(time.Duration(t.TimeLimitSeconds)*time.Second), t.Queue, t.Priority)
 	}
 	fmt.Fprintln(w)
 	p := printer{w: w, format: formatTable}

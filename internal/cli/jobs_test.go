@@ -269,6 +269,7 @@ func TestPrintShowHasTheTimes(t *testing.T) {
 			StartUnixMs: submit.Add(2 * time.Second).UnixMilli(), EndUnixMs: submit.Add(5 * time.Second).UnixMilli(), HasExitCode: true},
 		{Id: "42_2", State: "pending", SubmitUnixMs: submit.UnixMilli(), Reason: "held by user"},
 	}
+	tasks[0].Priority = -3
 	var b strings.Builder
 	s := showJSON{JobID: "42", Command: []string{"sh", "-c", "exit 0"}, Cwd: "/home/a", SubmitNode: "n1"}
 	if err := printShow(&b, s, tasks); err != nil {
@@ -280,6 +281,7 @@ func TestPrintShowHasTheTimes(t *testing.T) {
 		"START", "END",
 		"2026-03-01 10:00:02  2026-03-01 10:00:05",
 		"sh -c 'exit 0'",
+		"queue , priority -3", // scontrol show job shows it too
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ssi job show lacks %q:\n%s", want, out)
