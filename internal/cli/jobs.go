@@ -362,6 +362,38 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	return req, nil
 }
 
+// withSlurmHint adds ssi's way to an unknown-option error for a Slurm option that Slurm users
+// type by habit (on the command line, or in #SSI lines converted from #SBATCH): "unknown
+// flag: --partition" alone leaves them to search the help for --queue.
+func withSlurmHint(err error) error {
+	var unknown *pflag.NotExistError
+	if !errors.As(err, &unknown) {
+		return err
+	}
+	var ours string
+	switch unknown.GetSpecifiedName() {
+	case "p", "partition":
+		ours = "--queue (-q)"
+	case "d", "dependency":
+		ours = "--after ID for afterok, --after-any ID for afterany"
+	case "job-name":
+		ours = "--name (-J)"
+	case "ntasks":
+		ours = "--tasks (-n)"
+	case "cpus-per-task":
+		ours = "--cpus (-c)"
+	case "mem-per-cpu":
+		ours = "--mem, which is per task"
+	case "wrap":
+		ours = "the command after --: ssi submit [options] -- CMD [ARGS...]"
+	case "export":
+		ours = "--env K=V; the job gets your environment as it is"
+	default:
+		return err
+	}
+	return fmt.Errorf("%w (Slurm's option: ssi's is %s)", err, ours)
+}
+
 // refuseDirectoryOutput refuses an --output or --error that names an existing directory
 // here: the job could not open it, and on a node without that directory it would quietly
 // become a file of that name. Names with patterns are left to the job (they are known only
@@ -392,7 +424,7 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	addSubmitFlags(fs, &d, true)
 	fs.StringVarP(&d.format, "format", "o", formatTable, "")
 	if err := fs.Parse(words); err != nil {
-		return nil, flagValueError(err)
+		return nil, withSlurmHint(flagValueError(err))
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))

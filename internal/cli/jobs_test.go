@@ -337,6 +337,9 @@ func TestDirectivesRefuseFormat(t *testing.T) {
 			t.Errorf("#SSI %q: %v, want a pointer to --output", words, err)
 		}
 	}
+	if _, err := mergeDirectives(newSubmitCommand(&Globals{}).Flags(), []string{"--partition=debug"}); err == nil || !strings.Contains(err.Error(), "ssi's is --queue") {
+		t.Errorf("#SSI --partition=debug: %v", err)
+	}
 	if _, err := mergeDirectives(newSubmitCommand(&Globals{}).Flags(), []string{"--tasks", "four"}); err == nil || err.Error() != `--tasks "four" is not a whole number` {
 		t.Errorf("#SSI --tasks four: %v", err)
 	}

@@ -118,7 +118,11 @@ func withUsageHints(root *cobra.Command) {
 		if err == nil || strings.Contains(err.Error(), "--help") {
 			return err
 		}
-		return fmt.Errorf("%w: see %s --help", flagValueError(err), cmd.CommandPath())
+		err = flagValueError(err)
+		if cmd.Name() == "submit" || cmd.Name() == "alloc" {
+			err = withSlurmHint(err)
+		}
+		return fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())
 	}
 	root.SetFlagErrorFunc(hint)
 	var walk func(c *cobra.Command)
