@@ -559,6 +559,11 @@ func TestParallelJob(t *testing.T) {
 			t.Errorf("rank %d wrote %q", r, got)
 		}
 	}
+	// A task killed by a signal says so: its exit code alone (137) reads like "exit 137".
+	killed := n1.submit(t, cmd(dir, `kill -9 $$`))
+	if ti := n1.waitState(t, killed, 20*time.Second, "failed"); ti.ExitCode != 137 || ti.Reason != "killed by signal 9 (SIGKILL)" {
+		t.Errorf("a job killed by SIGKILL: %s", describe(ti))
+	}
 	// --nodes alone is one task per node, as Slurm's -N.
 	perNode := cmd(dir, `echo "$SSI_NTASKS $SSI_NODELIST" > pernode.$SSI_TASK_ID`)
 	perNode.Nodes = 2

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,6 +105,22 @@ func TestParseState(t *testing.T) {
 		got, ok := parseState(in)
 		if ok != (want != "") || ok && got != want {
 			t.Errorf("parseState(%q) = %q, %t; want %q", in, got, ok, want)
+		}
+	}
+}
+
+func TestSignalReason(t *testing.T) {
+	for _, tt := range []struct {
+		sig  syscall.Signal
+		core bool
+		want string
+	}{
+		{0, false, ""},
+		{syscall.SIGKILL, false, "killed by signal 9 (SIGKILL)"},
+		{syscall.SIGSEGV, true, "killed by signal 11 (SIGSEGV), core dumped"},
+	} {
+		if got := signalReason(tt.sig, tt.core); got != tt.want {
+			t.Errorf("signalReason(%d, %t) = %q, want %q", tt.sig, tt.core, got, tt.want)
 		}
 	}
 }
