@@ -955,7 +955,11 @@ func combineParts(parts []*partRecord, alloc *allocRecord) (result, bool) {
 		return res, true
 	case r > 0:
 		res.State, res.ExitCode, res.HasExit, res.Reason = worst.State, worst.ExitCode, worst.HasExit, worst.Reason
-		if worst.Reason == "" || r == 2 {
+		switch {
+		case r == 2 && worst.Reason != "":
+			// Keep the part's own reason: "killed by signal 9 (SIGKILL)", say.
+			res.Reason = fmt.Sprintf("its task on %s ended (%s: %s)", worst.Node, describeResult(&worst.result), worst.Reason)
+		case worst.Reason == "" || r == 2:
 			res.Reason = fmt.Sprintf("its task on %s ended (%s)", worst.Node, describeResult(&worst.result))
 		}
 	}

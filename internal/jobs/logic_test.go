@@ -156,6 +156,18 @@ func TestCombineParts(t *testing.T) {
 	}
 }
 
+func TestCombinePartsKeepsTheFailedPartsReason(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	parts := []*partRecord{
+		{Node: "n1", result: result{State: sched.StateCancelled, ExitCode: 143, HasExit: true, Reason: "task 1 exited with 137", Start: t0, End: t0}},
+		{Node: "n2", result: result{State: sched.StateFailed, ExitCode: 137, HasExit: true, Reason: "killed by signal 9 (SIGKILL)", Start: t0, End: t0}},
+	}
+	res, _ := combineParts(parts, &allocRecord{Start: t0})
+	if want := "its task on n2 ended (failed, exit code 137: killed by signal 9 (SIGKILL))"; res.Reason != want {
+		t.Errorf("reason %q, want %q", res.Reason, want)
+	}
+}
+
 func TestFormatIndices(t *testing.T) {
 	tests := []struct {
 		in   []int
