@@ -155,6 +155,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 	if !isJobID(id) {
 		return fmt.Errorf("%q is not a job id: give one like 42 or 42_7 (see ssi jobs)", id)
 	}
+	id = canonicalID(id)
 	base, idx, isElem := strings.Cut(id, "_")
 	for range 20 {
 		m, rec, err := s.loadJob(ctx, base)

@@ -331,7 +331,8 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	held.Hold = true
 	heldID := n1.submit(t, held)
 	waitFor(t, 5*time.Second, "the held reason", func() bool { return n1.tasks(t, heldID)[heldID].Reason == "held by user" })
-	r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{heldID}})
+	// An id with a leading zero names the same job, as in Slurm.
+	r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{"0" + heldID}})
 	if err != nil || r.Results[0].Error != "" {
 		t.Fatalf("release: %v %v", r, err)
 	}

@@ -270,6 +270,7 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 	if !isJobID(id) {
 		return nil, invalid("%q is not a job id: give one like 42 or 42_7 (see ssi jobs)", id)
 	}
+	id = canonicalID(id)
 	base, _, isElem := strings.Cut(id, "_")
 	m, rec, err := s.loadJob(ctx, base)
 	if err != nil {
@@ -572,7 +573,7 @@ func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 			if !isJobID(id) {
 				return nil, invalid("%q is not a job id: give ids like 42 or 42_7", id)
 			}
-			f.ids[id] = true
+			f.ids[canonicalID(id)] = true
 		}
 	}
 	return f, nil

@@ -98,6 +98,26 @@ func isJobID(s string) bool {
 	return allDigits(base) && (!isElem || allDigits(idx))
 }
 
+// canonicalID writes a job or element id without leading zeros ("07_002" is "7_2"), the way
+// ids are stored and compared, so that an id typed with them names the same job as it would
+// in Slurm. Anything that is not an id is returned as it is.
+func canonicalID(s string) string {
+	if !isJobID(s) {
+		return s
+	}
+	trim := func(n string) string {
+		if t := strings.TrimLeft(n, "0"); t != "" {
+			return t
+		}
+		return "0"
+	}
+	base, idx, isElem := strings.Cut(s, "_")
+	if !isElem {
+		return trim(base)
+	}
+	return trim(base) + "_" + trim(idx)
+}
+
 func allDigits(s string) bool {
 	if s == "" || len(s) > 18 {
 		return false
@@ -212,6 +232,11 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	for _, id := range slices.Concat(sp.After, sp.AfterAny) {
 		if !isJobID(id) {
 			return nil, 0, invalid("dependency %q is not a job id: give ids like 42 or 42_7 (see ssi jobs)", id)
+		}
+	}
+	for _, ids := range [][]string{sp.After, sp.AfterAny} {
+		for i, id := range ids {
+			ids[i] = canonicalID(id)
 		}
 	}
 	probe := sched.Job{ID: "0", User: sp.User, Queue: sp.Queue, CPUsPerTask: sp.CPUs, MemoryPerTask: sp.Memory,
