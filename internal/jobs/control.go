@@ -73,11 +73,16 @@ func (s *Service) Hold(ctx context.Context, req *jobspb.ControlRequest) (*jobspb
 			return fmt.Errorf("job %s has no pending task: only pending jobs can be held", taskOrJob(j, pos))
 		}
 		if pos < 0 {
-			rec.Hold = true
+			rec.Hold, rec.ReleasedIndices = true, nil
 			return nil
 		}
-		if !slices.Contains(rec.HeldIndices, j.index(pos)) {
-			rec.HeldIndices = append(rec.HeldIndices, j.index(pos))
+		idx := j.index(pos)
+		if rec.Hold && slices.Contains(rec.ReleasedIndices, idx) {
+			rec.ReleasedIndices = slices.DeleteFunc(rec.ReleasedIndices, func(i int) bool { return i == idx })
+			return nil
+		}
+		if !slices.Contains(rec.HeldIndices, idx) {
+			rec.HeldIndices = append(rec.HeldIndices, idx)
 		}
 		return nil
 	})
@@ -90,17 +95,18 @@ func (s *Service) Release(ctx context.Context, req *jobspb.ControlRequest) (*job
 			if !rec.Hold && len(rec.HeldIndices) == 0 {
 				return fmt.Errorf("job %s is not held: nothing to release", j.id)
 			}
-			rec.Hold, rec.HeldIndices = false, nil
+			rec.Hold, rec.HeldIndices, rec.ReleasedIndices = false, nil, nil
 			return nil
 		}
-		if rec.Hold {
-			return fmt.Errorf("the whole array %s is held: release %s", j.id, j.id)
-		}
-		idx := j.index(pos)
-		if !slices.Contains(rec.HeldIndices, idx) {
+		if !j.isHeld(pos) {
 			return fmt.Errorf("job %s is not held: nothing to release", taskOrJob(j, pos))
 		}
+		idx := j.index(pos)
 		rec.HeldIndices = slices.DeleteFunc(rec.HeldIndices, func(i int) bool { return i == idx })
+		if rec.Hold {
+			// One element of a wholly held array: the rest stay held, as with scontrol.
+			rec.ReleasedIndices = append(rec.ReleasedIndices, idx)
+		}
 		return nil
 	})
 }
@@ -191,6 +197,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		next := *rec
 		next.CancelIndices = cloneMap(rec.CancelIndices)
 		next.HeldIndices = slices.Clone(rec.HeldIndices)
+		next.ReleasedIndices = slices.Clone(rec.ReleasedIndices)
 		next.Signals = slices.Clone(rec.Signals)
 		now := time.Now().UTC()
 		if err := change(j, &next, pos, stamp{At: now, UID: who.uid}); err != nil {

@@ -359,6 +359,25 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	if err != nil || len(show.Events) != 1 || !strings.Contains(show.Events[0], "cancelled by root") {
 		t.Fatalf("accounting trail: %v %v", show.GetEvents(), err)
 	}
+
+	// One element of a held array is released on its own, as with scontrol release 42_2.
+	arr := cmd(dir, "true")
+	arr.Hold, arr.Array = true, "1-3"
+	arrID := n1.submit(t, arr)
+	if r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{arrID + "_2"}}); err != nil || r.Results[0].Error != "" {
+		t.Fatalf("release of one element of a held array: %v %v", r, err)
+	}
+	n1.waitState(t, arrID+"_2", 10*time.Second, "completed")
+	for _, e := range []string{"_1", "_3"} {
+		if ti := n1.tasks(t, arrID)[arrID+e]; ti.State != "pending" || ti.Reason != "held by user" {
+			t.Errorf("%s%s after releasing only _2: %s", arrID, e, describe(ti))
+		}
+	}
+	if r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{arrID}}); err != nil || r.Results[0].Error != "" {
+		t.Fatalf("release of the array: %v %v", r, err)
+	}
+	n1.waitState(t, arrID+"_1", 10*time.Second, "completed")
+	n1.waitState(t, arrID+"_3", 10*time.Second, "completed")
 }
 
 func TestDrainAndQueues(t *testing.T) {

@@ -125,6 +125,28 @@ func TestSignalReason(t *testing.T) {
 	}
 }
 
+func TestHeldElementReasons(t *testing.T) {
+	// Array 9 is held as a whole with element 2 released; the job's reason was written while
+	// everything was held.
+	rec := &jobRecord{ID: "9", Spec: jobSpec{Array: "1-3"}, Hold: true, ReleasedIndices: []int{2}}
+	j := &jobEntry{id: "9", rec: rec, indices: []int{1, 2, 3}, tasks: make([]taskState, 3),
+		released: indexSet(rec.ReleasedIndices), reason: reasonRecord{Reason: "held by user"}}
+	for pos, want := range []string{"held by user", "waiting for the scheduler to consider it", "held by user"} {
+		if got := activeTaskInfo(j, pos).Reason; got != want {
+			t.Errorf("element %d: reason %q, want %q", j.indices[pos], got, want)
+		}
+	}
+	// Held one by one instead: element 1 held, the job waits for a dependency.
+	rec2 := &jobRecord{ID: "8", Spec: jobSpec{Array: "1-2"}, HeldIndices: []int{1}}
+	j2 := &jobEntry{id: "8", rec: rec2, indices: []int{1, 2}, tasks: make([]taskState, 2),
+		held: indexSet(rec2.HeldIndices), reason: reasonRecord{Reason: "waiting for job 5 to succeed"}}
+	for pos, want := range []string{"held by user", "waiting for job 5 to succeed"} {
+		if got := activeTaskInfo(j2, pos).Reason; got != want {
+			t.Errorf("element %d of 8: reason %q, want %q", j2.indices[pos], got, want)
+		}
+	}
+}
+
 func TestCombineParts(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	part := func(node string, st sched.JobState, code int) *partRecord {

@@ -438,6 +438,9 @@ func activeTaskInfo(j *jobEntry, pos int) *jobspb.TaskInfo {
 			ti.Reason, ti.NeverRunnable = "next in line: runs in the slot of an earlier element of its array as soon as that ends", false
 		case j.isHeld(pos) && ti.Reason != "held by user":
 			ti.Reason, ti.NeverRunnable = "held by user", false
+		case !j.isHeld(pos) && ti.Reason == "held by user":
+			// Released since the scheduler's last word, or another element's reason.
+			ti.Reason = "waiting for the scheduler to consider it"
 		case ti.Reason == "":
 			ti.Reason = "waiting for the scheduler to consider it"
 		}
