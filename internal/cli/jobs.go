@@ -104,9 +104,9 @@ go to ssi-<id>.out here unless --output/--error say otherwise.
 
 A SCRIPT may carry options on "#SSI" lines in its leading comment block, like #SBATCH lines;
 options on the command line win over them. Without a SCRIPT or command, the script is read
-from stdin when it is not a terminal, as sbatch does ("ssi submit <<EOF"). With -i the job is interactive: ssi waits for the
-resources, runs the command attached to this terminal on the first allocated node (as ssi run
-does), and the job ends with it.
+from stdin when it is not a terminal, as sbatch does ("ssi submit <<EOF"). With -i the job is
+interactive: ssi waits for the resources, runs the command attached to this terminal on the
+first allocated node (as ssi run does), and the job ends with it.
 
 The job gets SSI_JOB_ID, SSI_ARRAY_JOB_ID/SSI_ARRAY_TASK_ID (arrays), SSI_TASK_ID,
 SSI_NTASKS, SSI_NODELIST and SSI_CHECKPOINT_DIR. A job that exits with 85 is requeued at once,
@@ -489,7 +489,10 @@ func interactiveScriptArgs(script, path []byte, args [][]byte) [][]byte {
 	if rest, ok := bytes.CutPrefix(script, []byte("#!")); ok {
 		line, _, _ := bytes.Cut(rest, []byte("\n"))
 		line = bytes.TrimLeft(line, " \t")
-		prog, arg, _ := bytes.Cut(line, []byte(" "))
+		prog, arg := line, []byte(nil)
+		if i := bytes.IndexAny(line, " \t"); i >= 0 {
+			prog, arg = line[:i], line[i+1:]
+		}
 		if len(prog) > 0 {
 			interp = [][]byte{prog}
 			if arg = bytes.Trim(arg, " \t"); len(arg) > 0 {

@@ -319,6 +319,7 @@ func TestInteractiveScriptArgs(t *testing.T) {
 		{"#!/bin/bash\necho hi\n", []string{"/bin/bash", "job.sh", "a"}},
 		{"#! /usr/bin/env python3\nprint(1)\n", []string{"/usr/bin/env", "python3", "job.sh", "a"}},
 		{"#!/usr/bin/env -S python3 -u\n", []string{"/usr/bin/env", "-S python3 -u", "job.sh", "a"}},
+		{"#!/bin/sh\t-e\n", []string{"/bin/sh", "-e", "job.sh", "a"}},
 		{"echo no interpreter\n", []string{"/bin/sh", "job.sh", "a"}},
 		{"#!\necho empty\n", []string{"/bin/sh", "job.sh", "a"}},
 	}
