@@ -474,6 +474,17 @@ func TestSubmitRejects(t *testing.T) {
 			t.Errorf("error is not one line: %q", err)
 		}
 	}
+	// ssi jobs ID of a job never submitted is an error, as squeue -j's; of one that exists,
+	// an ordinary (here empty) listing.
+	held := cmd(dir, "true")
+	held.Hold = true
+	id := n1.submit(t, held)
+	if _, err := n1.client.List(ctxT(t), &jobspb.ListRequest{Ids: []string{"999"}}); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "no job 999") {
+		t.Errorf("ssi jobs 999: %v", err)
+	}
+	if resp, err := n1.client.List(ctxT(t), &jobspb.ListRequest{Ids: []string{id}, States: []string{"running"}}); err != nil || len(resp.Tasks) != 0 {
+		t.Errorf("ssi jobs --state running %s: %v %v", id, resp, err)
+	}
 }
 
 // TestNodeLossRequeues kills a node running two jobs: the requeueable one runs again

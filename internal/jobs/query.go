@@ -77,9 +77,46 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 			}
 		}
 	}
+	if err := s.checkNamedJobsExist(ctx, req.Ids, out.Tasks); err != nil {
+		return nil, err
+	}
 	s.fillExpectedLimits(ctx, out.Tasks)
 	sortTasks(out.Tasks)
 	return out, nil
+}
+
+// checkNamedJobsExist fails for a job named in ssi jobs ID... that was never submitted, as
+// squeue -j does ("Invalid job id specified"), instead of an empty table that reads like a
+// job that ended. Named jobs that ended are not an error: ssi jobs lists what still runs.
+func (s *Service) checkNamedJobsExist(ctx context.Context, ids []string, listed []*jobspb.TaskInfo) error {
+	seen := make(map[string]bool, len(listed))
+	for _, t := range listed {
+		seen[t.JobId] = true
+	}
+	var missing []string
+	for _, id := range ids {
+		base, _, _ := strings.Cut(canonicalID(strings.TrimSpace(id)), "_")
+		if !seen[base] && !slices.Contains(missing, base) {
+			missing = append(missing, base)
+		}
+	}
+	if len(missing) == 0 || len(missing) > maxTxnOps/2 {
+		return nil
+	}
+	var ops []clientv3.Op
+	for _, base := range missing {
+		ops = append(ops, clientv3.OpGet(jobKey(base), clientv3.WithCountOnly()), clientv3.OpGet(histKey(base), clientv3.WithCountOnly()))
+	}
+	resp, err := s.d.Etcd.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return unavailable(err)
+	}
+	for i, base := range missing {
+		if resp.Responses[2*i].GetResponseRange().Count == 0 && resp.Responses[2*i+1].GetResponseRange().Count == 0 {
+			return status.Errorf(codes.NotFound, "no job %s: see ssi jobs -a or ssi history for the ids", base)
+		}
+	}
+	return nil
 }
 
 // fillExpectedLimits gives the tasks that never started, and so carry only the limit the user
