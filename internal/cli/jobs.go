@@ -1068,13 +1068,18 @@ TERM, then KILL after a grace period, and ends as cancelled. With -s, the runnin
 signal and keep running. You may cancel only your own jobs; root may cancel any.`,
 		Example: `  ssi cancel 42
   ssi cancel 42_7 43
+  ssi cancel 42_[1-5,9]       # elements 1 to 5 and 9, as scancel takes them
   ssi cancel -s USR1 42       # e.g. ask the job to checkpoint`,
 		Args: NeedArgs(1, -1, "the ids of the jobs to cancel (see ssi jobs)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
 			}
-			req := &jobspb.ControlRequest{Ids: args}
+			ids, err := expandIDs(args)
+			if err != nil {
+				return err
+			}
+			req := &jobspb.ControlRequest{Ids: ids}
 			if sig != "" {
 				// Signal 0 would deliver nothing, so a job has no use for it.
 				s, err := parseSignalFrom(sig, 1, "ssi cancel -s")
@@ -1098,6 +1103,35 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 	return cmd
 }
 
+// maxExpandedIDs bounds the elements one "42_[...]" may name: each is changed on its own, and
+// the whole array is one id.
+const maxExpandedIDs = 1000
+
+// expandIDs turns Slurm's element ranges ("42_[1-3,7]", as scancel and scontrol take them)
+// into element ids; other words are passed on as they are, for the agent to judge.
+func expandIDs(args []string) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		base, list, ok := strings.Cut(a, "_[")
+		if !ok || !strings.HasSuffix(list, "]") {
+			out = append(out, a)
+			continue
+		}
+		list = strings.TrimSuffix(list, "]")
+		spec, err := sched.ParseArray(list)
+		if err != nil || spec.MaxRunning > 0 {
+			return nil, fmt.Errorf("%s: the elements in [] are not a list like 1-3,7: see ssi jobs for the ids", a)
+		}
+		if spec.Len() > maxExpandedIDs {
+			return nil, fmt.Errorf("%s names more than %d elements: give the array's id, %s, to act on all of it", a, maxExpandedIDs, base)
+		}
+		for _, i := range spec.Indices() {
+			out = append(out, base+"_"+strconv.Itoa(i))
+		}
+	}
+	return out, nil
+}
+
 func newHoldCommand(g *Globals, hold bool) *cobra.Command {
 	use, short, example := "hold", "Keep pending jobs from starting", "  ssi hold 42\n  ssi hold 42_3 42_4"
 	if !hold {
@@ -1117,11 +1151,15 @@ func newHoldCommand(g *Globals, hold bool) *cobra.Command {
 			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
+			ids, err := expandIDs(args)
+			if err != nil {
+				return err
+			}
 			call := client.Hold
 			if !hold {
 				call = client.Release
 			}
-			resp, err := call(ctx, &jobspb.ControlRequest{Ids: args})
+			resp, err := call(ctx, &jobspb.ControlRequest{Ids: ids})
 			if err != nil {
 				return g.rpcError(err)
 			}

@@ -392,3 +392,16 @@ func TestSubmitReadsTheScriptFromStdin(t *testing.T) {
 		t.Errorf("-i with the script on stdin: %v", err)
 	}
 }
+
+func TestExpandIDs(t *testing.T) {
+	got, err := expandIDs([]string{"41", "42_[1-3,7]", "43_5", "44_[0]", "x_[1]y"})
+	want := []string{"41", "42_1", "42_2", "42_3", "42_7", "43_5", "44_0", "x_[1]y"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("expandIDs = %q, %v; want %q", got, err, want)
+	}
+	for _, bad := range []string{"42_[]", "42_[3-1]", "42_[1-3%2]", "42_[0-5000]"} {
+		if _, err := expandIDs([]string{bad}); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("expandIDs(%q): %v, want a one-line error", bad, err)
+		}
+	}
+}
