@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
@@ -68,9 +71,9 @@ type submitOptions struct {
 func addSubmitFlags(fs *pflag.FlagSet, o *submitOptions, batch bool) {
 	fs.StringVarP(&o.name, "name", "J", "", "job name (default: the script's or command's name)")
 	fs.StringVarP(&o.cpus, "cpus", "c", "", "cpus per task, e.g. 2 or 0.5 (default 1)")
-	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G (default: none reserved)")
+	fs.StringVar(&o.mem, "mem", "", "memory per task, e.g. 512M or 4G; a bare number is megabytes (default: none reserved)")
 	fs.IntVarP(&o.nodes, "nodes", "N", 0, "spread the tasks over this many nodes (default: pack them)")
-	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1)")
+	fs.IntVarP(&o.tasks, "tasks", "n", 0, "number of tasks, started together (default 1, or one per node with --nodes)")
 	fs.StringVarP(&o.timeLimit, "time", "t", "", "time limit: minutes, MM:SS, HH:MM:SS, D-HH:MM:SS or 90s/2h (default: the queue's)")
 	fs.StringVarP(&o.queue, "queue", "q", "", "queue to submit to (default batch; see ssi queue ls)")
 	fs.IntVar(&o.priority, "priority", 0, "priority; higher runs first (only root may go above 0)")
@@ -100,9 +103,10 @@ this directory, with this environment, on the node(s) the scheduler picks; its s
 go to ssi-<id>.out here unless --output/--error say otherwise.
 
 A SCRIPT may carry options on "#SSI" lines in its leading comment block, like #SBATCH lines;
-options on the command line win over them. With -i the job is interactive: ssi waits for the
-resources, runs the command attached to this terminal on the first allocated node (as ssi run
-does), and the job ends with it.
+options on the command line win over them. Without a SCRIPT or command, the script is read
+from stdin when it is not a terminal, as sbatch does ("ssi submit <<EOF"). With -i the job is
+interactive: ssi waits for the resources, runs the command attached to this terminal on the
+first allocated node (as ssi run does), and the job ends with it.
 
 The job gets SSI_JOB_ID, SSI_ARRAY_JOB_ID/SSI_ARRAY_TASK_ID (arrays), SSI_TASK_ID,
 SSI_NTASKS, SSI_NODELIST and SSI_CHECKPOINT_DIR. A job that exits with 85 is requeued at once,
@@ -113,11 +117,19 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
   ID=$(ssi submit -- make all) && ssi submit --after $ID -- make test
   ssi submit --nodes 2 --tasks 8 -- ./mpi-like-solver
   ssi submit -i --cpus 2 -- python3`,
-		Args: NeedArgs(1, -1, "a command after -- or a script"),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && cmd.ArgsLenAtDash() < 0 && !stdinIsTerminal(cmd) {
+				return nil // the script comes on stdin, as with sbatch
+			}
+			return needSubmitArgs(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.format != formatTable && o.format != formatJSON {
 				// Slurm's -o is the output file; here -o is the format, as in every ssi command.
 				return fmt.Errorf("unknown output format %q: use -o table or -o json (the job's output file is --output FILE)", o.format)
+			}
+			if len(args) == 0 {
+				args = []string{stdinScript}
 			}
 			req, err := buildSubmit(cmd, &o, args, cmd.ArgsLenAtDash() >= 0)
 			if err != nil {
@@ -133,6 +145,26 @@ keeping SSI_CHECKPOINT_DIR (see docs/jobs.md).`,
 	cmd.Flags().StringVarP(&o.format, "format", "o", formatTable, "output format: table (just the id) or json")
 	cmd.Flags().SetInterspersed(false)
 	return cmd
+}
+
+// stdinScript is the script of "ssi submit" without arguments, whose stdin is not a terminal:
+// sbatch reads its script from stdin then, as in "ssi submit <<EOF".
+const stdinScript = "/dev/stdin"
+
+// maxStdinScript bounds what is read from stdin: a script over the agent's limit (512 KiB) is
+// refused anyway, and stdin may be an endless stream by mistake.
+const maxStdinScript = 1 << 20
+
+// stdinIsTerminal tells whether the command's stdin is a terminal (a reader set by a test
+// is not).
+func stdinIsTerminal(cmd *cobra.Command) bool {
+	f, ok := cmd.InOrStdin().(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// needSubmitArgs is ssi submit's check for a command or a script.
+func needSubmitArgs(cmd *cobra.Command, args []string) error {
+	return NeedArgs(1, -1, "a command after -- or a script")(cmd, args)
 }
 
 func newAllocCommand(g *Globals) *cobra.Command {
@@ -224,7 +256,13 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	}
 	if !command {
 		path := args[0]
-		script, err := os.ReadFile(path)
+		var script []byte
+		var err error
+		if path == stdinScript {
+			script, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxStdinScript))
+		} else {
+			script, err = os.ReadFile(path)
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("no script %s: give a script file, or put the command after --, as in ssi submit -- %s", path, strings.Join(args, " "))
@@ -233,6 +271,9 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 				return nil, fmt.Errorf("script %s is a directory: give a script file, or put the command after --", path)
 			}
 			return nil, fmt.Errorf("reading the script %s: %w (give a script you can read, or put the command after --)", path, err)
+		}
+		if len(script) == 0 && path == stdinScript {
+			return nil, needSubmitArgs(cmd, nil) // nothing on stdin: probably no script meant at all
 		}
 		words, err := sched.ParseScriptDirectives(script)
 		if err != nil {
@@ -271,7 +312,7 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 		req.CpusMilli = v
 	}
 	if o.mem != "" {
-		v, err := sched.ParseSize(o.mem)
+		v, err := sched.ParseMem(o.mem)
 		if err != nil {
 			return nil, err
 		}
@@ -311,11 +352,67 @@ func buildSubmit(cmd *cobra.Command, o *submitOptions, args []string, command bo
 	if err != nil {
 		return nil, fmt.Errorf("finding the working directory: %w (submit from an existing directory)", err)
 	}
+	if err := refuseDirectoryOutput(cwd, o.output, o.errPath); err != nil {
+		return nil, err
+	}
 	req.Name, req.Cwd, req.Env = o.name, []byte(cwd), ssipb.ByteWords(append(os.Environ(), o.env...))
 	req.Nodes, req.Tasks, req.Queue, req.Priority = uint32(o.nodes), uint32(o.tasks), o.queue, int32(o.priority)
 	req.After, req.AfterAny, req.Output, req.Error = o.after, o.afterAny, []byte(o.output), []byte(o.errPath)
 	req.Hold, req.NoKill = o.hold, o.noKill
 	return req, nil
+}
+
+// withSlurmHint adds ssi's way to an unknown-option error for a Slurm option that Slurm users
+// type by habit (on the command line, or in #SSI lines converted from #SBATCH): "unknown
+// flag: --partition" alone leaves them to search the help for --queue.
+func withSlurmHint(err error) error {
+	var unknown *pflag.NotExistError
+	if !errors.As(err, &unknown) {
+		return err
+	}
+	var ours string
+	switch unknown.GetSpecifiedName() {
+	case "p", "partition":
+		ours = "--queue (-q)"
+	case "d", "dependency":
+		ours = "--after ID for afterok, --after-any ID for afterany"
+	case "job-name":
+		ours = "--name (-J)"
+	case "ntasks":
+		ours = "--tasks (-n)"
+	case "cpus-per-task":
+		ours = "--cpus (-c)"
+	case "mem-per-cpu":
+		ours = "--mem, which is per task"
+	case "wrap":
+		ours = "the command after --: ssi submit [options] -- CMD [ARGS...]"
+	case "export":
+		ours = "--env K=V; the job gets your environment as it is"
+	default:
+		return err
+	}
+	return fmt.Errorf("%w (Slurm's option: ssi's is %s)", err, ours)
+}
+
+// refuseDirectoryOutput refuses an --output or --error that names an existing directory
+// here: the job could not open it, and on a node without that directory it would quietly
+// become a file of that name. Names with patterns are left to the job (they are known only
+// when it runs); the agent refuses names that end in "/" whatever exists.
+func refuseDirectoryOutput(cwd string, paths ...string) error {
+	for i, p := range paths {
+		if p == "" || strings.Contains(p, "%") {
+			continue
+		}
+		full := p
+		if !filepath.IsAbs(full) {
+			full = filepath.Join(cwd, p)
+		}
+		if fi, err := os.Stat(full); err == nil && fi.IsDir() {
+			flag := []string{"--output", "--error"}[i]
+			return fmt.Errorf("%s %s is a directory: name a file in it, such as %s", flag, p, filepath.Join(p, "ssi-%j.out"))
+		}
+	}
+	return nil
 }
 
 // mergeDirectives parses a script's #SSI words with the same flags, then lays the options
@@ -327,10 +424,15 @@ func mergeDirectives(cmdline *pflag.FlagSet, words []string) (*submitOptions, er
 	addSubmitFlags(fs, &d, true)
 	fs.StringVarP(&d.format, "format", "o", formatTable, "")
 	if err := fs.Parse(words); err != nil {
-		return nil, err
+		return nil, withSlurmHint(flagValueError(err))
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected %q: #SSI lines hold options only", fs.Arg(0))
+	}
+	if fs.Changed("format") {
+		// A script converted from #SBATCH keeps "-o FILE", sbatch's output file: here -o is how
+		// ssi submit prints, which a script has no business choosing.
+		return nil, fmt.Errorf("-o %s: -o sets how ssi submit prints, not the job's output file: write --output FILE", d.format)
 	}
 	if err := checkGiven(fs); err != nil {
 		return nil, err
@@ -377,6 +479,30 @@ func submitBatch(cmd *cobra.Command, g *Globals, req *jobspb.SubmitRequest, form
 	return err
 }
 
+// interactiveScriptArgs is the command that runs a script in an interactive job: its "#!"
+// interpreter (or /bin/sh without one, as a batch job's) with the script's path, as the
+// kernel would run it. The script itself is not executed: a batch script need not be
+// executable, nor be found in PATH when named without a directory ("ssi submit -i job.sh").
+// As the kernel does, the rest of the "#!" line is one argument after the interpreter.
+func interactiveScriptArgs(script, path []byte, args [][]byte) [][]byte {
+	interp := [][]byte{[]byte("/bin/sh")}
+	if rest, ok := bytes.CutPrefix(script, []byte("#!")); ok {
+		line, _, _ := bytes.Cut(rest, []byte("\n"))
+		line = bytes.TrimLeft(line, " \t")
+		prog, arg := line, []byte(nil)
+		if i := bytes.IndexAny(line, " \t"); i >= 0 {
+			prog, arg = line[:i], line[i+1:]
+		}
+		if len(prog) > 0 {
+			interp = [][]byte{prog}
+			if arg = bytes.Trim(arg, " \t"); len(arg) > 0 {
+				interp = append(interp, arg)
+			}
+		}
+	}
+	return slices.Concat(interp, [][]byte{path}, args)
+}
+
 // runInteractive queues an interactive job, waits for it, runs the command in the allocation
 // through the process space (ssi run's launcher) and reports its exit status to the job.
 func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) error {
@@ -386,8 +512,17 @@ func runInteractive(ctx context.Context, g *Globals, req *jobspb.SubmitRequest) 
 	if len(req.Output) > 0 || len(req.Error) > 0 {
 		return errors.New("an interactive job writes to this terminal, not to files: drop --output/--error, or -i to queue a batch job")
 	}
+	if string(req.ScriptName) == stdinScript {
+		return errors.New("an interactive job cannot take its script on stdin, which is its terminal: give the script's file")
+	}
 	if len(req.Script) > 0 {
-		req.Args = append([][]byte{req.ScriptName}, req.Args...)
+		if err := sched.CheckScript(req.Script); err != nil {
+			return fmt.Errorf("script %s %w", req.ScriptName, err)
+		}
+		if req.Name == "" {
+			req.Name = filepath.Base(string(req.ScriptName))
+		}
+		req.Args = interactiveScriptArgs(req.Script, req.ScriptName, req.Args)
 		req.Script = nil
 	}
 	argv := ssipb.StringWords(req.Args)
@@ -662,7 +797,7 @@ listed too. States: pending, running, completed, failed, cancelled, timeout, nod
 	f := cmd.Flags()
 	f.BoolVarP(&all, "all", "a", false, "include jobs that ended in the last day")
 	f.StringVarP(&user, "user", "u", "", "only this user's jobs (name or uid)")
-	f.StringSliceVar(&states, "state", nil, "only jobs in these states (S[,S])")
+	f.StringSliceVar(&states, "state", nil, "only jobs in these states (S[,S]; squeue's PD, R, CD, F, CA, TO, NF too)")
 	outputFlag(cmd, &format)
 	return cmd
 }
@@ -847,9 +982,9 @@ func printShow(w io.Writer, s showJSON, tasks []*jobspb.TaskInfo) error {
 	fmt.Fprintf(w, "  %-12s requeue %t, hold %t, no-kill %t\n", "options:", s.Requeue, s.Hold, s.NoKill)
 	if len(tasks) > 0 {
 		t := tasks[0]
-		fmt.Fprintf(w, "  %-12s %s, %s cpus and %s per task, %d task(s), limit %s, queue %s\n", "resources:",
+		fmt.Fprintf(w, "  %-12s %s, %s cpus and %s per task, %d task(s), limit %s, queue %s, priority %d\n", "resources:",
 			t.User, sched.FormatCPUs(t.CpusMilli), humanBytes(uint64(t.MemBytes)), t.Tasks,
-			sched.FormatTimeLimit(time.Duration(t.TimeLimitSeconds)*time.Second), t.Queue)
+			sched.FormatTimeLimit(time.Duration(t.TimeLimitSeconds)*time.Second), t.Queue, t.Priority)
 	}
 	fmt.Fprintln(w)
 	p := printer{w: w, format: formatTable}
@@ -933,13 +1068,18 @@ TERM, then KILL after a grace period, and ends as cancelled. With -s, the runnin
 signal and keep running. You may cancel only your own jobs; root may cancel any.`,
 		Example: `  ssi cancel 42
   ssi cancel 42_7 43
+  ssi cancel 42_[1-5,9]       # elements 1 to 5 and 9, as scancel takes them
   ssi cancel -s USR1 42       # e.g. ask the job to checkpoint`,
 		Args: NeedArgs(1, -1, "the ids of the jobs to cancel (see ssi jobs)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
 			}
-			req := &jobspb.ControlRequest{Ids: args}
+			ids, err := expandIDs(args)
+			if err != nil {
+				return err
+			}
+			req := &jobspb.ControlRequest{Ids: ids}
 			if sig != "" {
 				// Signal 0 would deliver nothing, so a job has no use for it.
 				s, err := parseSignalFrom(sig, 1, "ssi cancel -s")
@@ -963,6 +1103,35 @@ signal and keep running. You may cancel only your own jobs; root may cancel any.
 	return cmd
 }
 
+// maxExpandedIDs bounds the elements one "42_[...]" may name: each is changed on its own, and
+// the whole array is one id.
+const maxExpandedIDs = 1000
+
+// expandIDs turns Slurm's element ranges ("42_[1-3,7]", as scancel and scontrol take them)
+// into element ids; other words are passed on as they are, for the agent to judge.
+func expandIDs(args []string) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		base, list, ok := strings.Cut(a, "_[")
+		if !ok || !strings.HasSuffix(list, "]") {
+			out = append(out, a)
+			continue
+		}
+		list = strings.TrimSuffix(list, "]")
+		spec, err := sched.ParseArray(list)
+		if err != nil || spec.MaxRunning > 0 {
+			return nil, fmt.Errorf("%s: the elements in [] are not a list like 1-3,7: see ssi jobs for the ids", a)
+		}
+		if spec.Len() > maxExpandedIDs {
+			return nil, fmt.Errorf("%s names more than %d elements: give the array's id, %s, to act on all of it", a, maxExpandedIDs, base)
+		}
+		for _, i := range spec.Indices() {
+			out = append(out, base+"_"+strconv.Itoa(i))
+		}
+	}
+	return out, nil
+}
+
 func newHoldCommand(g *Globals, hold bool) *cobra.Command {
 	use, short, example := "hold", "Keep pending jobs from starting", "  ssi hold 42\n  ssi hold 42_3 42_4"
 	if !hold {
@@ -982,11 +1151,15 @@ func newHoldCommand(g *Globals, hold bool) *cobra.Command {
 			client := g.jobs()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()
+			ids, err := expandIDs(args)
+			if err != nil {
+				return err
+			}
 			call := client.Hold
 			if !hold {
 				call = client.Release
 			}
-			resp, err := call(ctx, &jobspb.ControlRequest{Ids: args})
+			resp, err := call(ctx, &jobspb.ControlRequest{Ids: ids})
 			if err != nil {
 				return g.rpcError(err)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
+	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
 // TestSubmitScriptDirectives checks that #SSI lines give defaults and the command line wins.
@@ -96,6 +97,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		{[]string{"--nodes", "0", "--", "true"}, "--nodes 0 asks for nothing"},
 		{[]string{"--tasks", "100000", "--", "true"}, "--tasks 100000 is out of range: use 1 to"},
 		{[]string{"--nodes", "-2", "--", "true"}, "--nodes -2 is out of range"},
+		{[]string{"--output", "/", "--", "true"}, "--output / is a directory"},
+		{[]string{"--error", "/tmp", "--", "true"}, "--error /tmp is a directory"},
 	}
 	for _, tt := range tests {
 		cmd := newSubmitCommand(&Globals{})
@@ -112,6 +115,8 @@ func TestBuildSubmitRejectsBadOptions(t *testing.T) {
 		o.noRequeue, _ = cmd.Flags().GetBool("no-requeue")
 		o.nodes, _ = cmd.Flags().GetInt("nodes")
 		o.tasks, _ = cmd.Flags().GetInt("tasks")
+		o.output, _ = cmd.Flags().GetString("output")
+		o.errPath, _ = cmd.Flags().GetString("error")
 		_, err := buildSubmit(cmd, &o, cmd.Flags().Args(), true)
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%v: %v, want a one-line error about %q", tt.args, err, tt.want)
@@ -264,6 +269,7 @@ func TestPrintShowHasTheTimes(t *testing.T) {
 			StartUnixMs: submit.Add(2 * time.Second).UnixMilli(), EndUnixMs: submit.Add(5 * time.Second).UnixMilli(), HasExitCode: true},
 		{Id: "42_2", State: "pending", SubmitUnixMs: submit.UnixMilli(), Reason: "held by user"},
 	}
+	tasks[0].Priority = -3
 	var b strings.Builder
 	s := showJSON{JobID: "42", Command: []string{"sh", "-c", "exit 0"}, Cwd: "/home/a", SubmitNode: "n1"}
 	if err := printShow(&b, s, tasks); err != nil {
@@ -275,6 +281,7 @@ func TestPrintShowHasTheTimes(t *testing.T) {
 		"START", "END",
 		"2026-03-01 10:00:02  2026-03-01 10:00:05",
 		"sh -c 'exit 0'",
+		"queue , priority -3", // scontrol show job shows it too
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ssi job show lacks %q:\n%s", want, out)
@@ -300,6 +307,101 @@ func TestInteractiveRefusesBatchOnlyOptions(t *testing.T) {
 		cmd.SetErr(io.Discard)
 		if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%v: %v; want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestInteractiveScriptArgs(t *testing.T) {
+	tests := []struct {
+		script string
+		want   []string
+	}{
+		{"#!/bin/bash\necho hi\n", []string{"/bin/bash", "job.sh", "a"}},
+		{"#! /usr/bin/env python3\nprint(1)\n", []string{"/usr/bin/env", "python3", "job.sh", "a"}},
+		{"#!/usr/bin/env -S python3 -u\n", []string{"/usr/bin/env", "-S python3 -u", "job.sh", "a"}},
+		{"#!/bin/sh\t-e\n", []string{"/bin/sh", "-e", "job.sh", "a"}},
+		{"echo no interpreter\n", []string{"/bin/sh", "job.sh", "a"}},
+		{"#!\necho empty\n", []string{"/bin/sh", "job.sh", "a"}},
+	}
+	for _, tt := range tests {
+		got := ssipb.StringWords(interactiveScriptArgs([]byte(tt.script), []byte("job.sh"), [][]byte{[]byte("a")}))
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("interactiveScriptArgs(%q) = %q, want %q", tt.script, got, tt.want)
+		}
+	}
+}
+
+func TestDirectivesRefuseFormat(t *testing.T) {
+	for _, words := range [][]string{{"-o", "out-%j.txt"}, {"--format", "json"}, {"-ojson"}} {
+		cmd := newSubmitCommand(&Globals{})
+		if _, err := mergeDirectives(cmd.Flags(), words); err == nil || !strings.Contains(err.Error(), "write --output FILE") {
+			t.Errorf("#SSI %q: %v, want a pointer to --output", words, err)
+		}
+	}
+	if _, err := mergeDirectives(newSubmitCommand(&Globals{}).Flags(), []string{"--partition=debug"}); err == nil || !strings.Contains(err.Error(), "ssi's is --queue") {
+		t.Errorf("#SSI --partition=debug: %v", err)
+	}
+	if _, err := mergeDirectives(newSubmitCommand(&Globals{}).Flags(), []string{"--tasks", "four"}); err == nil || err.Error() != `--tasks "four" is not a whole number` {
+		t.Errorf("#SSI --tasks four: %v", err)
+	}
+	cmd := newSubmitCommand(&Globals{})
+	if err := cmd.Flags().Parse([]string{"-o", "json"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := mergeDirectives(cmd.Flags(), []string{"--output", "x.out"})
+	if err != nil || d.format != formatJSON || d.output != "x.out" {
+		t.Errorf("-o json on the command line with a script: %+v, %v", d, err)
+	}
+}
+
+func TestTableCellsShowControlCharactersAsQuestionMarks(t *testing.T) {
+	var b strings.Builder
+	p := printer{w: &b, format: formatTable}
+	if err := p.table([]string{"ID", "NAME"}, [][]string{{"4", "a\nb\tc"}, {"5", "\x1b[31mred"}, {"6", "caf\xe9 ok é"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := "ID  NAME\n4   a?b?c\n5   ?[31mred\n6   caf? ok é\n"
+	if b.String() != want {
+		t.Errorf("table:\n%q\nwant\n%q", b.String(), want)
+	}
+}
+
+func TestSubmitReadsTheScriptFromStdin(t *testing.T) {
+	body := "#!/bin/sh\n#SSI --name fromstdin --cpus 2\necho hi\n"
+	cmd := newSubmitCommand(&Globals{})
+	cmd.SetIn(strings.NewReader(body))
+	if err := cmd.Args(cmd, nil); err != nil {
+		t.Fatalf("ssi submit <<EOF refused: %v", err)
+	}
+	var o submitOptions
+	req, err := buildSubmit(cmd, &o, []string{stdinScript}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(req.Script) != body || o.name != "fromstdin" || req.CpusMilli != 2000 {
+		t.Errorf("request %+v, options %+v", req, o)
+	}
+
+	empty := newSubmitCommand(&Globals{})
+	(&cobra.Command{Use: "ssi"}).AddCommand(empty) // the error names the command under its root
+	empty.SetIn(strings.NewReader(""))
+	if _, err := buildSubmit(empty, &submitOptions{}, []string{stdinScript}, false); err == nil || !strings.Contains(err.Error(), "needs a command after -- or a script") {
+		t.Errorf("nothing on stdin: %v", err)
+	}
+	if err := runInteractive(t.Context(), &Globals{}, &jobspb.SubmitRequest{Script: []byte(body), ScriptName: []byte(stdinScript)}); err == nil || !strings.Contains(err.Error(), "cannot take its script on stdin") {
+		t.Errorf("-i with the script on stdin: %v", err)
+	}
+}
+
+func TestExpandIDs(t *testing.T) {
+	got, err := expandIDs([]string{"41", "42_[1-3,7]", "43_5", "44_[0]", "x_[1]y"})
+	want := []string{"41", "42_1", "42_2", "42_3", "42_7", "43_5", "44_0", "x_[1]y"}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("expandIDs = %q, %v; want %q", got, err, want)
+	}
+	for _, bad := range []string{"42_[]", "42_[3-1]", "42_[1-3%2]", "42_[0-5000]"} {
+		if _, err := expandIDs([]string{bad}); err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("expandIDs(%q): %v, want a one-line error", bad, err)
 		}
 	}
 }

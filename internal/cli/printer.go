@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 )
@@ -40,14 +42,35 @@ func (p printer) json(v any) error {
 	return enc.Encode(v)
 }
 
-// table writes rows under a header, aligned in columns.
+// table writes rows under a header, aligned in columns. Cells show control characters and
+// bytes that are not UTF-8 as '?', as ps does: cells carry text other users chose (job names,
+// commands), and a newline or tab would break the table, an escape sequence drive the
+// reader's terminal.
 func (p printer) table(header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	cells := make([]string, 0, len(header))
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		cells = cells[:0]
+		for _, c := range r {
+			cells = append(cells, tableCell(c))
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
+}
+
+// tableCell is s with every rune that does not show as itself replaced by '?'.
+func tableCell(s string) string {
+	if printable(s) {
+		return s
+	}
+	return strings.Map(func(c rune) rune {
+		if c == utf8.RuneError || !unicode.IsPrint(c) {
+			return '?'
+		}
+		return c
+	}, strings.ToValidUTF8(s, "?"))
 }
 
 // humanBytes renders a size in binary units, as ps and free do.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/buildinfo"
@@ -116,6 +118,10 @@ func withUsageHints(root *cobra.Command) {
 		if err == nil || strings.Contains(err.Error(), "--help") {
 			return err
 		}
+		err = flagValueError(err)
+		if cmd.Name() == "submit" || cmd.Name() == "alloc" {
+			err = withSlurmHint(err)
+		}
 		return fmt.Errorf("%w: see %s --help", err, cmd.CommandPath())
 	}
 	root.SetFlagErrorFunc(hint)
@@ -129,6 +135,28 @@ func withUsageHints(root *cobra.Command) {
 		}
 	}
 	walk(root)
+}
+
+// flagValueError words pflag's error for a number or boolean flag that did not parse
+// ("invalid argument "x" for "-N, --nodes" flag: strconv.ParseInt: parsing "x": invalid
+// syntax") as what the value should be; other errors are returned as they are.
+func flagValueError(err error) error {
+	var bad *pflag.InvalidValueError
+	var num *strconv.NumError
+	if !errors.As(err, &bad) || !errors.As(err, &num) {
+		return err
+	}
+	name, value := bad.GetFlag().Name, bad.GetValue()
+	kind := bad.GetFlag().Value.Type()
+	switch {
+	case kind == "bool":
+		return fmt.Errorf("--%s=%s: give true or false, or just --%s", name, value, name)
+	case errors.Is(num.Err, strconv.ErrRange):
+		return fmt.Errorf("--%s %s is out of range", name, value)
+	case strings.HasPrefix(kind, "float"):
+		return fmt.Errorf("--%s %q is not a number", name, value)
+	}
+	return fmt.Errorf("--%s %q is not a whole number", name, value)
 }
 
 // Execute runs the command tree and returns the process exit code.

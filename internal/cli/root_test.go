@@ -95,6 +95,12 @@ func TestUsageErrorsPointToHelp(t *testing.T) {
 		{[]string{"nodes", "--nod"}, "unknown flag: --nod: see ssi nodes --help"},
 		{[]string{"token", "create", "--ttl", "soon"}, "see ssi token create --help"},
 		{[]string{"submit"}, "ssi submit needs a command after -- or a script: see ssi submit --help"},
+		{[]string{"submit", "--priority", "x", "--", "true"}, `--priority "x" is not a whole number: see ssi submit --help`},
+		{[]string{"submit", "-N", "99999999999999999999", "--", "true"}, "--nodes 99999999999999999999 is out of range: see ssi submit --help"},
+		{[]string{"submit", "--hold=maybe", "--", "true"}, "--hold=maybe: give true or false, or just --hold: see ssi submit --help"},
+		{[]string{"submit", "-p", "debug", "--", "true"}, "unknown shorthand flag: 'p' in -p (Slurm's option: ssi's is --queue (-q)): see ssi submit --help"},
+		{[]string{"alloc", "--ntasks=2"}, "unknown flag: --ntasks (Slurm's option: ssi's is --tasks (-n)): see ssi alloc --help"},
+		{[]string{"jobs", "--partition", "x"}, "unknown flag: --partition: see ssi jobs --help"},
 	} {
 		root := NewRoot(buildinfo.Info{Version: "test"}, nil, nil)
 		root.SetArgs(tc.args)

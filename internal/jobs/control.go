@@ -73,11 +73,16 @@ func (s *Service) Hold(ctx context.Context, req *jobspb.ControlRequest) (*jobspb
 			return fmt.Errorf("job %s has no pending task: only pending jobs can be held", taskOrJob(j, pos))
 		}
 		if pos < 0 {
-			rec.Hold = true
+			rec.Hold, rec.ReleasedIndices = true, nil
 			return nil
 		}
-		if !slices.Contains(rec.HeldIndices, j.index(pos)) {
-			rec.HeldIndices = append(rec.HeldIndices, j.index(pos))
+		idx := j.index(pos)
+		if rec.Hold && slices.Contains(rec.ReleasedIndices, idx) {
+			rec.ReleasedIndices = slices.DeleteFunc(rec.ReleasedIndices, func(i int) bool { return i == idx })
+			return nil
+		}
+		if !slices.Contains(rec.HeldIndices, idx) {
+			rec.HeldIndices = append(rec.HeldIndices, idx)
 		}
 		return nil
 	})
@@ -90,17 +95,18 @@ func (s *Service) Release(ctx context.Context, req *jobspb.ControlRequest) (*job
 			if !rec.Hold && len(rec.HeldIndices) == 0 {
 				return fmt.Errorf("job %s is not held: nothing to release", j.id)
 			}
-			rec.Hold, rec.HeldIndices = false, nil
+			rec.Hold, rec.HeldIndices, rec.ReleasedIndices = false, nil, nil
 			return nil
 		}
-		if rec.Hold {
-			return fmt.Errorf("the whole array %s is held: release %s", j.id, j.id)
-		}
-		idx := j.index(pos)
-		if !slices.Contains(rec.HeldIndices, idx) {
+		if !j.isHeld(pos) {
 			return fmt.Errorf("job %s is not held: nothing to release", taskOrJob(j, pos))
 		}
+		idx := j.index(pos)
 		rec.HeldIndices = slices.DeleteFunc(rec.HeldIndices, func(i int) bool { return i == idx })
+		if rec.Hold {
+			// One element of a wholly held array: the rest stay held, as with scontrol.
+			rec.ReleasedIndices = append(rec.ReleasedIndices, idx)
+		}
 		return nil
 	})
 }
@@ -155,6 +161,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 	if !isJobID(id) {
 		return fmt.Errorf("%q is not a job id: give one like 42 or 42_7 (see ssi jobs)", id)
 	}
+	id = canonicalID(id)
 	base, idx, isElem := strings.Cut(id, "_")
 	for range 20 {
 		m, rec, err := s.loadJob(ctx, base)
@@ -164,7 +171,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		j := m.jobs[base]
 		if j == nil {
 			if rec != nil && rec.Final != nil {
-				return fmt.Errorf("job %s already ended (%s): nothing to %s", base, rec.Final.State, verb)
+				return endedError(rec, id, verb, s.elementEnd(ctx, rec, id))
 			}
 			return fmt.Errorf("no job %s: see ssi jobs for the ids", base)
 		}
@@ -180,6 +187,9 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 			n, _ := strconv.Atoi(idx)
 			jj, p := m.task(id)
 			if jj == nil {
+				if rec.Spec.Array == "" {
+					return fmt.Errorf("job %s is not an array, so it has no element %d: give %s", base, n, base)
+				}
 				return fmt.Errorf("job %s has no element %d: see ssi job show %s", base, n, base)
 			}
 			pos = p
@@ -187,6 +197,7 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		next := *rec
 		next.CancelIndices = cloneMap(rec.CancelIndices)
 		next.HeldIndices = slices.Clone(rec.HeldIndices)
+		next.ReleasedIndices = slices.Clone(rec.ReleasedIndices)
 		next.Signals = slices.Clone(rec.Signals)
 		now := time.Now().UTC()
 		if err := change(j, &next, pos, stamp{At: now, UID: who.uid}); err != nil {
@@ -205,6 +216,46 @@ func (s *Service) controlOne(ctx context.Context, who identity, id, verb string,
 		}
 	}
 	return fmt.Errorf("job %s kept changing while trying to %s it: retry", id, verb)
+}
+
+// elementEnd is how element id of a job that moved to history ended, or "" when id is not
+// an element or its end cannot be read (endedError then words it without).
+func (s *Service) elementEnd(ctx context.Context, rec *jobRecord, id string) sched.JobState {
+	if !strings.Contains(id, "_") || rec.Spec.Array == "" {
+		return ""
+	}
+	resp, err := s.d.Etcd.Get(ctx, doneKey(id))
+	if err != nil || len(resp.Kvs) == 0 {
+		return "" // an element cancelled before it started has no done record
+	}
+	d, err := decode[doneRecord](resp.Kvs[0].Value)
+	if err != nil {
+		return ""
+	}
+	return d.State
+}
+
+// endedError says why id, of a job that already moved to history, cannot be changed: the
+// element it names does not exist, or it (or the whole job) ended. elemState is the
+// element's end when known.
+func endedError(rec *jobRecord, id, verb string, elemState sched.JobState) error {
+	base, idx, isElem := strings.Cut(id, "_")
+	if !isElem {
+		return fmt.Errorf("job %s already ended (%s): nothing to %s", base, rec.Final.State, verb)
+	}
+	n, _ := strconv.Atoi(idx)
+	if rec.Spec.Array == "" {
+		return fmt.Errorf("job %s is not an array, so it has no element %d: give %s", base, n, base)
+	}
+	if spec, err := sched.ParseArray(rec.Spec.Array); err == nil {
+		if _, found := slices.BinarySearch(spec.Indices(), n); !found {
+			return fmt.Errorf("job %s has no element %d: see ssi job show %s", base, n, base)
+		}
+	}
+	if elemState == "" {
+		return fmt.Errorf("job %s already ended, as did the whole array %s: nothing to %s", id, base, verb)
+	}
+	return fmt.Errorf("job %s already ended (%s): nothing to %s", id, elemState, verb)
 }
 
 func verbPast(verb, id string) string {

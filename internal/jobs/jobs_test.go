@@ -331,7 +331,8 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	held.Hold = true
 	heldID := n1.submit(t, held)
 	waitFor(t, 5*time.Second, "the held reason", func() bool { return n1.tasks(t, heldID)[heldID].Reason == "held by user" })
-	r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{heldID}})
+	// An id with a leading zero names the same job, as in Slurm.
+	r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{"0" + heldID}})
 	if err != nil || r.Results[0].Error != "" {
 		t.Fatalf("release: %v %v", r, err)
 	}
@@ -343,6 +344,10 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	pend := cmd(dir, "touch cancelled.ran")
 	pend.Hold = true
 	pendID := n1.submit(t, pend)
+	r, _ = n1.client.Cancel(ctxT(t), &jobspb.ControlRequest{Ids: []string{pendID + "_1"}})
+	if !strings.Contains(r.Results[0].Error, "is not an array") {
+		t.Errorf("cancel of an element of a plain job: %q", r.Results[0].Error)
+	}
 	if _, err := n1.client.Cancel(ctxT(t), &jobspb.ControlRequest{Ids: []string{pendID}}); err != nil {
 		t.Fatal(err)
 	}
@@ -354,6 +359,25 @@ func TestTimeLimitCancelSignalHold(t *testing.T) {
 	if err != nil || len(show.Events) != 1 || !strings.Contains(show.Events[0], "cancelled by root") {
 		t.Fatalf("accounting trail: %v %v", show.GetEvents(), err)
 	}
+
+	// One element of a held array is released on its own, as with scontrol release 42_2.
+	arr := cmd(dir, "true")
+	arr.Hold, arr.Array = true, "1-3"
+	arrID := n1.submit(t, arr)
+	if r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{arrID + "_2"}}); err != nil || r.Results[0].Error != "" {
+		t.Fatalf("release of one element of a held array: %v %v", r, err)
+	}
+	n1.waitState(t, arrID+"_2", 10*time.Second, "completed")
+	for _, e := range []string{"_1", "_3"} {
+		if ti := n1.tasks(t, arrID)[arrID+e]; ti.State != "pending" || ti.Reason != "held by user" {
+			t.Errorf("%s%s after releasing only _2: %s", arrID, e, describe(ti))
+		}
+	}
+	if r, err := n1.client.Release(ctxT(t), &jobspb.ControlRequest{Ids: []string{arrID}}); err != nil || r.Results[0].Error != "" {
+		t.Fatalf("release of the array: %v %v", r, err)
+	}
+	n1.waitState(t, arrID+"_1", 10*time.Second, "completed")
+	n1.waitState(t, arrID+"_3", 10*time.Second, "completed")
 }
 
 func TestDrainAndQueues(t *testing.T) {
@@ -433,6 +457,12 @@ func TestSubmitRejects(t *testing.T) {
 		{func(r *jobspb.SubmitRequest) { r.Args = nil }, "no command given"},
 		{func(r *jobspb.SubmitRequest) { r.Cwd = []byte("rel") }, "not absolute"},
 		{func(r *jobspb.SubmitRequest) { r.TimeLimitSeconds = -1 }, "out of range"},
+		{func(r *jobspb.SubmitRequest) { r.Output = []byte("logs/") }, "--output logs/ names a directory"},
+		{func(r *jobspb.SubmitRequest) { r.Name = "two\nlines" }, "control character"},
+		{func(r *jobspb.SubmitRequest) {
+			r.Script, r.ScriptName, r.Args = []byte("#!/bin/sh\r\ntrue\r\n"), []byte("dos.sh"), nil
+		}, "script dos.sh has DOS line breaks"},
+		{func(r *jobspb.SubmitRequest) { r.Error = []byte(".") }, "--error . names a directory"},
 	} {
 		req := cmd(dir, "true")
 		tc.change(req)
@@ -443,6 +473,17 @@ func TestSubmitRejects(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "\n") {
 			t.Errorf("error is not one line: %q", err)
 		}
+	}
+	// ssi jobs ID of a job never submitted is an error, as squeue -j's; of one that exists,
+	// an ordinary (here empty) listing.
+	held := cmd(dir, "true")
+	held.Hold = true
+	id := n1.submit(t, held)
+	if _, err := n1.client.List(ctxT(t), &jobspb.ListRequest{Ids: []string{"999"}}); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "no job 999") {
+		t.Errorf("ssi jobs 999: %v", err)
+	}
+	if resp, err := n1.client.List(ctxT(t), &jobspb.ListRequest{Ids: []string{id}, States: []string{"running"}}); err != nil || len(resp.Tasks) != 0 {
+		t.Errorf("ssi jobs --state running %s: %v %v", id, resp, err)
 	}
 }
 
@@ -547,6 +588,21 @@ func TestParallelJob(t *testing.T) {
 	for r := range 4 {
 		if got := readFile(t, filepath.Join(dir, "rank."+strconv.Itoa(r))); got != fmt.Sprintf("%d/4 n1,n2\n", r) {
 			t.Errorf("rank %d wrote %q", r, got)
+		}
+	}
+	// A task killed by a signal says so: its exit code alone (137) reads like "exit 137".
+	killed := n1.submit(t, cmd(dir, `kill -9 $$`))
+	if ti := n1.waitState(t, killed, 20*time.Second, "failed"); ti.ExitCode != 137 || ti.Reason != "killed by signal 9 (SIGKILL)" {
+		t.Errorf("a job killed by SIGKILL: %s", describe(ti))
+	}
+	// --nodes alone is one task per node, as Slurm's -N.
+	perNode := cmd(dir, `echo "$SSI_NTASKS $SSI_NODELIST" > pernode.$SSI_TASK_ID`)
+	perNode.Nodes = 2
+	pid := n1.submit(t, perNode)
+	n1.waitState(t, pid, 20*time.Second, "completed")
+	for r := range 2 {
+		if got := readFile(t, filepath.Join(dir, "pernode."+strconv.Itoa(r))); got != "2 n1,n2\n" {
+			t.Errorf("--nodes 2 alone: rank %d wrote %q", r, got)
 		}
 	}
 	gang := cmd(dir, `if [ "$SSI_TASK_ID" = 3 ]; then sleep 0.3; exit 7; fi; sleep 30`)

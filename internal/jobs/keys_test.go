@@ -47,3 +47,14 @@ func TestIDsAndNames(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalID(t *testing.T) {
+	for in, want := range map[string]string{
+		"42": "42", "042": "42", "0": "0", "00": "0", "7_02": "7_2", "07_0": "7_0", "7_000": "7_0",
+		"abc": "abc", "7_": "7_", "": "",
+	} {
+		if got := canonicalID(in); got != want {
+			t.Errorf("canonicalID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

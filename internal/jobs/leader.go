@@ -509,7 +509,10 @@ func (l *leader) reasonUnits(plan sched.Plan, st *passState) []unit {
 	for _, s := range plan.Starts {
 		started[s.JobID] = true
 	}
-	// The first waiting element of each job, in index order.
+	// The first waiting element of each job, in index order, preferring one that is not held:
+	// held elements show "held by user" whatever the job's reason, the others show the job's,
+	// which must then be theirs (an array with element 1 held and the rest waiting for a
+	// dependency would otherwise show "held by user" on every element).
 	first := map[string]*sched.Job{}
 	for _, sj := range st.jobs {
 		if sj.State != sched.StatePending || started[sj.ID] {
@@ -519,7 +522,7 @@ func (l *leader) reasonUnits(plan sched.Plan, st *passState) []unit {
 		if sj.ArrayJobID != "" {
 			jobID = sj.ArrayJobID
 		}
-		if f := first[jobID]; f == nil || sj.ArrayTaskID < f.ArrayTaskID {
+		if f := first[jobID]; f == nil || f.Hold && !sj.Hold || f.Hold == sj.Hold && sj.ArrayTaskID < f.ArrayTaskID {
 			first[jobID] = sj
 		}
 	}
@@ -955,7 +958,11 @@ func combineParts(parts []*partRecord, alloc *allocRecord) (result, bool) {
 		return res, true
 	case r > 0:
 		res.State, res.ExitCode, res.HasExit, res.Reason = worst.State, worst.ExitCode, worst.HasExit, worst.Reason
-		if worst.Reason == "" || r == 2 {
+		switch {
+		case r == 2 && worst.Reason != "":
+			// Keep the part's own reason: "killed by signal 9 (SIGKILL)", say.
+			res.Reason = fmt.Sprintf("its task on %s ended (%s: %s)", worst.Node, describeResult(&worst.result), worst.Reason)
+		case worst.Reason == "" || r == 2:
 			res.Reason = fmt.Sprintf("its task on %s ended (%s)", worst.Node, describeResult(&worst.result))
 		}
 	}

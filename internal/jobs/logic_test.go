@@ -4,12 +4,14 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ssi-cluster/ssi/internal/api/jobspb"
 	"github.com/ssi-cluster/ssi/internal/sched"
 )
 
@@ -30,6 +32,118 @@ func TestExpandPattern(t *testing.T) {
 	}
 	if got := expandPattern("%a", patternVars{index: -1}); got != "0" {
 		t.Errorf("%%a of a plain job = %q, want 0", got)
+	}
+}
+
+func TestNamesDirectory(t *testing.T) {
+	for p, want := range map[string]bool{
+		"":            false,
+		"ssi-%j.out":  false,
+		"logs/%j.out": false,
+		"/tmp/w":      false,
+		"logs/":       true,
+		"/tmp/w/":     true,
+		"/":           true,
+		".":           true,
+		"logs/..":     true,
+		"a/.":         true,
+		"..x":         false,
+	} {
+		if got := namesDirectory(p); got != want {
+			t.Errorf("namesDirectory(%q) = %t, want %t", p, got, want)
+		}
+	}
+}
+
+func TestEndedError(t *testing.T) {
+	plain := &jobRecord{ID: "24", Final: &finalState{State: sched.StateCompleted}}
+	array := &jobRecord{ID: "2", Spec: jobSpec{Array: "1-5:2"}, Final: &finalState{State: sched.StateFailed}}
+	tests := []struct {
+		rec       *jobRecord
+		id        string
+		elemState sched.JobState
+		want      string
+	}{
+		{plain, "24", "", "job 24 already ended (completed): nothing to cancel"},
+		{plain, "24_1", "", "job 24 is not an array, so it has no element 1: give 24"},
+		{array, "2", "", "job 2 already ended (failed): nothing to cancel"},
+		{array, "2_2", "", "job 2 has no element 2: see ssi job show 2"},
+		{array, "2_9", "", "job 2 has no element 9"},
+		{array, "2_3", sched.StateCompleted, "job 2_3 already ended (completed): nothing to cancel"},
+		{array, "2_5", "", "job 2_5 already ended, as did the whole array 2"},
+	}
+	for _, tt := range tests {
+		if got := endedError(tt.rec, tt.id, "cancel", tt.elemState).Error(); !strings.Contains(got, tt.want) {
+			t.Errorf("endedError(%s) = %q, want %q", tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestExpectedLimits(t *testing.T) {
+	queues := []sched.Queue{{Name: "batch"}, {Name: "debug", MaxTime: 30 * time.Minute}}
+	tasks := []*jobspb.TaskInfo{
+		{Id: "1", Queue: "batch"},
+		{Id: "2", Queue: "debug"},
+		{Id: "3", Queue: "debug", TimeLimitSeconds: 60},
+		{Id: "4", Queue: "gone"},
+	}
+	expectedLimits(tasks, queues)
+	for i, want := range []int64{86400, 1800, 60, 86400} {
+		if got := tasks[i].TimeLimitSeconds; got != want {
+			t.Errorf("task %s in queue %s: limit %d, want %d", tasks[i].Id, tasks[i].Queue, got, want)
+		}
+	}
+}
+
+func TestParseState(t *testing.T) {
+	for in, want := range map[string]sched.JobState{
+		"pending": sched.StatePending, "RUNNING": sched.StateRunning, " node_fail ": sched.StateNodeFail,
+		"PD": sched.StatePending, "r": sched.StateRunning, "CD": sched.StateCompleted, "F": sched.StateFailed,
+		"CA": sched.StateCancelled, "canceled": sched.StateCancelled, "TO": sched.StateTimeout, "NF": sched.StateNodeFail,
+		"bogus": "", "": "", "requeued": "",
+	} {
+		got, ok := parseState(in)
+		if ok != (want != "") || ok && got != want {
+			t.Errorf("parseState(%q) = %q, %t; want %q", in, got, ok, want)
+		}
+	}
+}
+
+func TestSignalReason(t *testing.T) {
+	for _, tt := range []struct {
+		sig  syscall.Signal
+		core bool
+		want string
+	}{
+		{0, false, ""},
+		{syscall.SIGKILL, false, "killed by signal 9 (SIGKILL)"},
+		{syscall.SIGSEGV, true, "killed by signal 11 (SIGSEGV), core dumped"},
+	} {
+		if got := signalReason(tt.sig, tt.core); got != tt.want {
+			t.Errorf("signalReason(%d, %t) = %q, want %q", tt.sig, tt.core, got, tt.want)
+		}
+	}
+}
+
+func TestHeldElementReasons(t *testing.T) {
+	// Array 9 is held as a whole with element 2 released; the job's reason was written while
+	// everything was held.
+	rec := &jobRecord{ID: "9", Spec: jobSpec{Array: "1-3"}, Hold: true, ReleasedIndices: []int{2}}
+	j := &jobEntry{id: "9", rec: rec, indices: []int{1, 2, 3}, tasks: make([]taskState, 3),
+		released: indexSet(rec.ReleasedIndices), reason: reasonRecord{Reason: "held by user"}}
+	for pos, want := range []string{"held by user", "waiting for the scheduler to consider it", "held by user"} {
+		if got := activeTaskInfo(j, pos).Reason; got != want {
+			t.Errorf("element %d: reason %q, want %q", j.indices[pos], got, want)
+		}
+	}
+	// Held one by one instead: element 1 held, the job waits for a dependency.
+	rec2 := &jobRecord{ID: "8", Spec: jobSpec{Array: "1-2"}, HeldIndices: []int{1}}
+	j2 := &jobEntry{id: "8", rec: rec2, indices: []int{1, 2}, tasks: make([]taskState, 2),
+		held: indexSet(rec2.HeldIndices), reason: reasonRecord{Reason: "waiting for job 5 to succeed"}}
+	for pos, want := range []string{"held by user", "waiting for job 5 to succeed"} {
+		if got := activeTaskInfo(j2, pos).Reason; got != want {
+			t.Errorf("element %d of 8: reason %q, want %q", j2.indices[pos], got, want)
+		}
 	}
 }
 
@@ -61,6 +175,18 @@ func TestCombineParts(t *testing.T) {
 		if res.CPUTime != time.Duration(len(tt.parts))*time.Second || res.MaxRSS != 10 || !res.End.Equal(t0.Add(time.Second)) {
 			t.Errorf("%s: usage %v %d %v", tt.name, res.CPUTime, res.MaxRSS, res.End)
 		}
+	}
+}
+
+func TestCombinePartsKeepsTheFailedPartsReason(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	parts := []*partRecord{
+		{Node: "n1", result: result{State: sched.StateCancelled, ExitCode: 143, HasExit: true, Reason: "task 1 exited with 137", Start: t0, End: t0}},
+		{Node: "n2", result: result{State: sched.StateFailed, ExitCode: 137, HasExit: true, Reason: "killed by signal 9 (SIGKILL)", Start: t0, End: t0}},
+	}
+	res, _ := combineParts(parts, &allocRecord{Start: t0})
+	if want := "its task on n2 ended (failed, exit code 137: killed by signal 9 (SIGKILL))"; res.Reason != want {
+		t.Errorf("reason %q, want %q", res.Reason, want)
 	}
 }
 

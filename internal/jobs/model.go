@@ -52,7 +52,8 @@ type jobEntry struct {
 	indices    []int // sorted array indices; nil for a plain job
 	maxRunning int   // the array's %N, 0 for none
 	tasks      []taskState
-	held       map[int]bool
+	held       map[int]bool // rec.HeldIndices
+	released   map[int]bool // rec.ReleasedIndices
 	// nextPending: no position below it is pending, so scans for pending elements start here.
 	nextPending int
 	reason      reasonRecord
@@ -251,13 +252,7 @@ func (m *model) applyJob(id string, kv *mvccpb.KeyValue, deleted bool) error {
 		m.jobs[id] = j
 	}
 	j.rec, j.modRev = rec, kv.ModRevision
-	j.held = nil
-	if len(rec.HeldIndices) > 0 {
-		j.held = make(map[int]bool, len(rec.HeldIndices))
-		for _, i := range rec.HeldIndices {
-			j.held[i] = true
-		}
-	}
+	j.held, j.released = indexSet(rec.HeldIndices), indexSet(rec.ReleasedIndices)
 	// A release or an index-level change can make earlier elements pending again.
 	j.nextPending = 0
 	m.checkSettled(j)
@@ -471,7 +466,8 @@ func (j *jobEntry) cancelStamp(pos int) stamp {
 }
 
 func (j *jobEntry) isHeld(pos int) bool {
-	return j.rec.Hold || j.held[j.index(pos)]
+	idx := j.index(pos)
+	return j.rec.Hold && !j.released[idx] || j.held[idx]
 }
 
 // state is where task pos is in its life.
@@ -610,4 +606,16 @@ func (m *model) queueList() []sched.Queue {
 		qs = append(qs, m.queues[n].sched())
 	}
 	return qs
+}
+
+// indexSet is the set of indices, nil when there are none.
+func indexSet(indices []int) map[int]bool {
+	if len(indices) == 0 {
+		return nil
+	}
+	set := make(map[int]bool, len(indices))
+	for _, i := range indices {
+		set[i] = true
+	}
+	return set
 }

@@ -77,8 +77,81 @@ func (s *Service) List(ctx context.Context, req *jobspb.ListRequest) (*jobspb.Li
 			}
 		}
 	}
+	if err := s.checkNamedJobsExist(ctx, req.Ids, out.Tasks); err != nil {
+		return nil, err
+	}
+	s.fillExpectedLimits(ctx, out.Tasks)
 	sortTasks(out.Tasks)
 	return out, nil
+}
+
+// checkNamedJobsExist fails for a job named in ssi jobs ID... that was never submitted, as
+// squeue -j does ("Invalid job id specified"), instead of an empty table that reads like a
+// job that ended. Named jobs that ended are not an error: ssi jobs lists what still runs.
+func (s *Service) checkNamedJobsExist(ctx context.Context, ids []string, listed []*jobspb.TaskInfo) error {
+	seen := make(map[string]bool, len(listed))
+	for _, t := range listed {
+		seen[t.JobId] = true
+	}
+	var missing []string
+	for _, id := range ids {
+		base, _, _ := strings.Cut(canonicalID(strings.TrimSpace(id)), "_")
+		if !seen[base] && !slices.Contains(missing, base) {
+			missing = append(missing, base)
+		}
+	}
+	if len(missing) == 0 || len(missing) > maxTxnOps/2 {
+		return nil
+	}
+	var ops []clientv3.Op
+	for _, base := range missing {
+		ops = append(ops, clientv3.OpGet(jobKey(base), clientv3.WithCountOnly()), clientv3.OpGet(histKey(base), clientv3.WithCountOnly()))
+	}
+	resp, err := s.d.Etcd.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return unavailable(err)
+	}
+	for i, base := range missing {
+		if resp.Responses[2*i].GetResponseRange().Count == 0 && resp.Responses[2*i+1].GetResponseRange().Count == 0 {
+			return status.Errorf(codes.NotFound, "no job %s: see ssi jobs -a or ssi history for the ids", base)
+		}
+	}
+	return nil
+}
+
+// fillExpectedLimits gives the tasks that never started, and so carry only the limit the user
+// asked for (0 when none), the limit they run (or would have run) under, as squeue shows a
+// pending job's partition limit: 0 reads as "no time at all" in ssi job show, and as
+// "unlimited" to a script reading the JSON. The queues come from the cache, else from etcd;
+// without them the tasks are left as they are.
+func (s *Service) fillExpectedLimits(ctx context.Context, tasks []*jobspb.TaskInfo) {
+	if !slices.ContainsFunc(tasks, func(t *jobspb.TaskInfo) bool { return t.TimeLimitSeconds == 0 }) {
+		return
+	}
+	queues := s.queueCache.get()
+	if queues == nil {
+		var err error
+		if queues, err = s.readQueues(ctx); err != nil {
+			s.log.Debug("reading the queues for the time limits of pending jobs", "err", err)
+			return
+		}
+	}
+	expectedLimits(tasks, queues)
+}
+
+// expectedLimits sets the time limit of each task without one to its queue's maximum, else
+// the scheduler's default.
+func expectedLimits(tasks []*jobspb.TaskInfo, queues []sched.Queue) {
+	for _, t := range tasks {
+		if t.TimeLimitSeconds != 0 {
+			continue
+		}
+		var queueMax time.Duration
+		if i := slices.IndexFunc(queues, func(q sched.Queue) bool { return q.Name == t.Queue }); i >= 0 {
+			queueMax = queues[i].MaxTime
+		}
+		t.TimeLimitSeconds = int64(sched.EffectiveTimeLimit(0, queueMax, sched.DefaultTimeLimit) / time.Second)
+	}
 }
 
 // History lists finished tasks, newest first.
@@ -102,6 +175,7 @@ func (s *Service) History(ctx context.Context, req *jobspb.HistoryRequest) (*job
 	if err != nil {
 		return nil, err
 	}
+	s.fillExpectedLimits(ctx, tasks)
 	return &jobspb.ListResponse{Tasks: tasks}, nil
 }
 
@@ -233,6 +307,7 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 	if !isJobID(id) {
 		return nil, invalid("%q is not a job id: give one like 42 or 42_7 (see ssi jobs)", id)
 	}
+	id = canonicalID(id)
 	base, _, isElem := strings.Cut(id, "_")
 	m, rec, err := s.loadJob(ctx, base)
 	if err != nil {
@@ -268,6 +343,7 @@ func (s *Service) Show(ctx context.Context, req *jobspb.ShowRequest) (*jobspb.Sh
 			return nil, status.Errorf(codes.NotFound, "job %s has no element %s: see ssi job show %s", base, id, base)
 		}
 	}
+	s.fillExpectedLimits(ctx, out.Tasks)
 	att, err := s.attempts(ctx, base, id, isElem)
 	if err != nil {
 		return nil, err
@@ -399,6 +475,9 @@ func activeTaskInfo(j *jobEntry, pos int) *jobspb.TaskInfo {
 			ti.Reason, ti.NeverRunnable = "next in line: runs in the slot of an earlier element of its array as soon as that ends", false
 		case j.isHeld(pos) && ti.Reason != "held by user":
 			ti.Reason, ti.NeverRunnable = "held by user", false
+		case !j.isHeld(pos) && ti.Reason == "held by user":
+			// Released since the scheduler's last word, or another element's reason.
+			ti.Reason = "waiting for the scheduler to consider it"
 		case ti.Reason == "":
 			ti.Reason = "waiting for the scheduler to consider it"
 		}
@@ -486,6 +565,29 @@ type taskFilter struct {
 	ids    map[string]bool
 }
 
+// parseState reads a --state word, in any case, as a state name or as squeue's short code
+// (and the US spelling), which Slurm users type by habit: "ssi jobs --state PD,R".
+func parseState(s string) (sched.JobState, bool) {
+	st := sched.JobState(strings.ToLower(strings.TrimSpace(s)))
+	switch st {
+	case "pd":
+		st = sched.StatePending
+	case "r":
+		st = sched.StateRunning
+	case "cd":
+		st = sched.StateCompleted
+	case "f":
+		st = sched.StateFailed
+	case "ca", "canceled":
+		st = sched.StateCancelled
+	case "to":
+		st = sched.StateTimeout
+	case "nf":
+		st = sched.StateNodeFail
+	}
+	return st, st == sched.StatePending || st == sched.StateRunning || st.Terminal()
+}
+
 func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 	f := &taskFilter{}
 	if user != "" {
@@ -498,8 +600,8 @@ func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 	if len(states) > 0 {
 		f.states = map[string]bool{}
 		for _, s := range states {
-			st := sched.JobState(strings.ToLower(strings.TrimSpace(s)))
-			if st != sched.StatePending && st != sched.StateRunning && !st.Terminal() {
+			st, ok := parseState(s)
+			if !ok {
 				return nil, invalid("unknown state %q: use pending, running, completed, failed, cancelled, timeout or node_fail", s)
 			}
 			f.states[string(st)] = true
@@ -511,7 +613,7 @@ func newTaskFilter(user string, states, ids []string) (*taskFilter, error) {
 			if !isJobID(id) {
 				return nil, invalid("%q is not a job id: give ids like 42 or 42_7", id)
 			}
-			f.ids[id] = true
+			f.ids[canonicalID(id)] = true
 		}
 	}
 	return f, nil

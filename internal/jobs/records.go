@@ -80,6 +80,10 @@ type jobRecord struct {
 	Events        []string        `json:"events,omitempty"` // accounting trail of user changes
 	// Final is set once the job moved to hist/: its combined end state.
 	Final *finalState `json:"final,omitempty"`
+	// ReleasedIndices are elements of a wholly held array (Hold) released one by one, as
+	// scontrol release 42_7 does: stored as exceptions, so that releasing one element of a
+	// 100,000-element array does not list the other 99,999.
+	ReleasedIndices []int `json:"released_indices,omitempty"`
 }
 
 type finalState struct {

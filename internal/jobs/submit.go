@@ -3,11 +3,13 @@ package jobs
 import (
 	"context"
 	"errors"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -96,6 +98,26 @@ func isJobID(s string) bool {
 	return allDigits(base) && (!isElem || allDigits(idx))
 }
 
+// canonicalID writes a job or element id without leading zeros ("07_002" is "7_2"), the way
+// ids are stored and compared, so that an id typed with them names the same job as it would
+// in Slurm. Anything that is not an id is returned as it is.
+func canonicalID(s string) string {
+	if !isJobID(s) {
+		return s
+	}
+	trim := func(n string) string {
+		if t := strings.TrimLeft(n, "0"); t != "" {
+			return t
+		}
+		return "0"
+	}
+	base, idx, isElem := strings.Cut(s, "_")
+	if !isElem {
+		return trim(base)
+	}
+	return trim(base) + "_" + trim(idx)
+}
+
 func allDigits(s string) bool {
 	if s == "" || len(s) > 18 {
 		return false
@@ -122,13 +144,21 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	for _, l := range who.rlimits {
 		sp.Rlimits = append(sp.Rlimits, rlimitRecord{Resource: l.Resource, Cur: l.Cur, Max: l.Max, CurUnknown: l.CurUnknown})
 	}
+	var scriptErr error
+	if len(sp.Script) > 0 {
+		scriptErr = sched.CheckScript(sp.Script)
+	}
 	switch {
 	case len(sp.Script) == 0 && len(sp.Args) == 0 && !interactive:
 		return nil, 0, invalid("no command given: use ssi submit [options] -- CMD [ARGS...] or ssi submit [options] SCRIPT")
 	case len(sp.Script) > maxScriptBytes:
 		return nil, 0, invalid("the script is %d bytes, over the limit of %d: keep the work in a separate file the script runs", len(sp.Script), maxScriptBytes)
+	case scriptErr != nil:
+		return nil, 0, invalid("script %s %v", sp.ScriptName, scriptErr)
 	case !filepath.IsAbs(sp.Cwd):
 		return nil, 0, invalid("the submit directory %q is not absolute: submit from a directory (the CLI sends its working directory)", sp.Cwd)
+	case strings.ContainsFunc(sp.Name, unicode.IsControl):
+		return nil, 0, invalid("the job name %q has a control character (a newline, a tab, an escape): give a name without", sp.Name)
 	case sp.Priority < -1000000 || sp.Priority > 1000000:
 		return nil, 0, invalid("priority %d is out of range: use -1000000 to 1000000", sp.Priority)
 	case sp.Priority > 0 && who.uid != 0:
@@ -140,7 +170,9 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		sp.CPUs = 1000
 	}
 	if sp.Tasks == 0 {
-		sp.Tasks = 1
+		// --nodes alone means one task on each node, as Slurm's -N without -n: a job asking
+		// for two nodes and one task could never be placed.
+		sp.Tasks = max(1, sp.Nodes)
 	}
 	if sp.Queue == "" {
 		sp.Queue = sched.DefaultQueueName
@@ -163,9 +195,14 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		default:
 			sp.Name = "interactive"
 		}
-		// A name shows in tables and travels as text: bytes of the file name that are not UTF-8
-		// show as '?'.
-		sp.Name = strings.ToValidUTF8(sp.Name, "?")
+		// A name shows in tables and travels as text: bytes of the file name that are not UTF-8,
+		// and control characters, show as '?'.
+		sp.Name = strings.Map(func(c rune) rune {
+			if unicode.IsControl(c) {
+				return '?'
+			}
+			return c
+		}, strings.ToValidUTF8(sp.Name, "?"))
 	}
 	tasks := 1
 	if req.Array != "" {
@@ -183,6 +220,11 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	if out == "" {
 		out = defaultOutput
 	}
+	for _, f := range []struct{ flag, path string }{{"output", out}, {"error", string(req.Error)}} {
+		if namesDirectory(f.path) {
+			return nil, 0, invalid("--%s %s names a directory, not a file: name a file in it, such as %s", f.flag, f.path, path.Join(f.path, defaultOutput))
+		}
+	}
 	sp.Output = absUnder(sp.Cwd, out)
 	if len(req.Error) > 0 {
 		sp.Error = absUnder(sp.Cwd, string(req.Error))
@@ -190,6 +232,11 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 	for _, id := range slices.Concat(sp.After, sp.AfterAny) {
 		if !isJobID(id) {
 			return nil, 0, invalid("dependency %q is not a job id: give ids like 42 or 42_7 (see ssi jobs)", id)
+		}
+	}
+	for _, ids := range [][]string{sp.After, sp.AfterAny} {
+		for i, id := range ids {
+			ids[i] = canonicalID(id)
 		}
 	}
 	probe := sched.Job{ID: "0", User: sp.User, Queue: sp.Queue, CPUsPerTask: sp.CPUs, MemoryPerTask: sp.Memory,
@@ -208,6 +255,17 @@ func (s *Service) prepare(ctx context.Context, req *jobspb.SubmitRequest, who id
 		return nil, 0, invalid("the job's record would be %d bytes, over the limit of %d: submit with a smaller environment or script", n, maxRecordBytes)
 	}
 	return rec, tasks, nil
+}
+
+// namesDirectory reports whether an output path can only be a directory: it ends in "/",
+// "." or "..". Made absolute, it would lose that ending and name the directory itself,
+// which the job then fails to open, or, on a node without it, quietly creates as a file.
+func namesDirectory(p string) bool {
+	if p == "" {
+		return false
+	}
+	base := path.Base(p)
+	return strings.HasSuffix(p, "/") || base == "." || base == ".."
 }
 
 func absUnder(dir, p string) string {

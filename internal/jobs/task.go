@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	clusterfs "github.com/ssi-cluster/ssi/internal/fs"
 	"github.com/ssi-cluster/ssi/internal/proc"
 	"github.com/ssi-cluster/ssi/internal/sched"
@@ -167,7 +169,7 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 	timer := time.NewTimer(max(limit, 0))
 	defer timer.Stop()
 	lastSeq := 0
-	cause := 0 // the first failure, which the job's exit code reports
+	cause, causeAt := 0, -1 // the first failure, which the job's exit code reports, and its process
 	revokedCh, stoppingCh := r.revoked, e.stopping
 	for running > 0 {
 		select {
@@ -178,7 +180,7 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 				codes[x.i] = 1
 			}
 			if codes[x.i] != 0 && cause == 0 && ending == "" {
-				cause = codes[x.i]
+				cause, causeAt = codes[x.i], x.i
 			}
 			if x.code != 0 && count > 1 && !sp.NoKill && ending == "" {
 				terminate(sched.StateFailed, fmt.Sprintf("task %d exited with %d", first+x.i, x.code))
@@ -252,8 +254,14 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 		res.State = sched.StateCompleted
 	default:
 		res.State = sched.StateFailed
-		if endReason != "" {
+		switch {
+		case endReason != "":
 			res.Reason = endReason
+		case causeAt >= 0 && procs[causeAt] != nil:
+			// Exit 137 may be "exit 137" or SIGKILL (the OOM killer, say): say which, as
+			// Slurm's exit code "0:9" does.
+			pr := procs[causeAt].Result()
+			res.Reason = signalReason(pr.Signal, pr.CoreDumped)
 		}
 		for _, c := range codes {
 			if c == exitRequeue {
@@ -265,6 +273,18 @@ func (e *executor) execute(r *run) (res result, requeue, revoked bool) {
 		}
 	}
 	return res, requeue, false
+}
+
+// signalReason says that a task was killed by sig, "" if it was not.
+func signalReason(sig syscall.Signal, core bool) string {
+	if sig == 0 {
+		return ""
+	}
+	why := fmt.Sprintf("killed by signal %d (%s)", int(sig), unix.SignalName(sig))
+	if core {
+		why += ", core dumped"
+	}
+	return why
 }
 
 func closeFiles(fs []*os.File) {

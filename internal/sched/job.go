@@ -116,7 +116,7 @@ func (j *Job) Validate() error {
 	case j.Tasks < 1 || j.Tasks > MaxTasks:
 		return fmt.Errorf("job %s has %d tasks: use 1 to %d (--tasks)", j.ID, j.Tasks, MaxTasks)
 	case j.Nodes < 0 || j.Nodes > j.Tasks:
-		return fmt.Errorf("job %s asks for %d nodes for %d tasks: each node needs a task, so use --nodes from 0 to --tasks", j.ID, j.Nodes, j.Tasks)
+		return fmt.Errorf("job %s asks for %d nodes for %d tasks: each node needs a task, so use --nodes of at most --tasks", j.ID, j.Nodes, j.Tasks)
 	case j.TimeLimit < 0:
 		return fmt.Errorf("job %s has a negative time limit: use a positive --time", j.ID)
 	case j.ArrayMaxRunning < 0:

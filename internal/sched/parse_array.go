@@ -46,6 +46,9 @@ func ParseArray(s string) (ArraySpec, error) {
 		}
 		spec.MaxRunning = n
 	}
+	if list == "" {
+		return ArraySpec{}, fmt.Errorf("array spec %q has no indices before the %%: %s", s, arraySyntax)
+	}
 	total := 0
 	for item := range strings.SplitSeq(list, ",") {
 		r, err := parseArrayItem(item)

@@ -99,3 +99,20 @@ func splitShellWords(text string) ([]string, error) {
 	}
 	return words, nil
 }
+
+// CheckScript refuses a batch script that could not run as the user meant, as sbatch does:
+// one with DOS line breaks ("#!/bin/sh\r" names no interpreter, and every command would end
+// in \r), one that starts with a byte-order mark (hiding its "#!" line and its #SSI lines),
+// and a program rather than a script (the job would feed it to /bin/sh). Each would fail
+// only when it runs, with a message about something else.
+func CheckScript(script []byte) error {
+	switch {
+	case bytes.HasPrefix(script, []byte("\xef\xbb\xbf")):
+		return fmt.Errorf("starts with a byte-order mark, which hides its #! and %s lines: save it without one (as UTF-8 without BOM)", DirectivePrefix)
+	case bytes.IndexByte(script, 0) >= 0:
+		return fmt.Errorf("is a binary file, not a script: run a program as ssi submit [options] -- PROGRAM [ARGS...]")
+	case bytes.Contains(script, []byte("\r\n")):
+		return fmt.Errorf("has DOS line breaks (\\r\\n) instead of Unix ones (\\n): convert it, e.g. with dos2unix")
+	}
+	return nil
+}

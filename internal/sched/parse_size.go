@@ -1,12 +1,16 @@
 package sched
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/bits"
 	"strconv"
 	"strings"
 )
+
+// errSizeTooLarge marks a size that is well formed but does not fit in int64 bytes.
+var errSizeTooLarge = errors.New("too large")
 
 const sizeSyntax = `use bytes ("1048576") or a number with a binary unit K, M, G, T or P ("512M", "1.5G")`
 
@@ -50,7 +54,7 @@ func ParseSize(s string) (int64, error) {
 		!digitsOnly(whole) || !digitsOnly(frac) {
 		return 0, fmt.Errorf("size %q is not valid: %s", s, sizeSyntax)
 	}
-	tooBig := fmt.Errorf("size %q is too large: the most is %d bytes", s, int64(math.MaxInt64))
+	tooBig := fmt.Errorf("size %q is %w: the most is %d bytes", s, errSizeTooLarge, int64(math.MaxInt64))
 	total := int64(0)
 	if whole != "" {
 		w, err := strconv.ParseInt(whole, 10, 64)
@@ -90,4 +94,24 @@ func FormatSize(b int64) string {
 		}
 	}
 	return strconv.FormatInt(b, 10)
+}
+
+// ParseMem parses a --mem value. As Slurm's --mem, a number without a unit is megabytes
+// (MiB): a Slurm user's "--mem 4000" asks for 4000M, and taking it as 4000 bytes would reserve
+// nothing while the job needs gigabytes. Bytes take the unit B ("4096B"); everything else is
+// as ParseSize.
+func ParseMem(s string) (int64, error) {
+	text := strings.TrimSpace(s)
+	whole, frac, _ := strings.Cut(text, ".")
+	if text != "" && (whole != "" || frac != "") && digitsOnly(whole) && digitsOnly(frac) {
+		text += "M"
+	}
+	n, err := ParseSize(text)
+	if errors.Is(err, errSizeTooLarge) {
+		return 0, err
+	}
+	if err != nil {
+		return 0, fmt.Errorf("memory size %q is not valid: use a number with a unit K, M, G or T (\"512M\", \"1.5G\"); a number alone is megabytes, as with Slurm", s)
+	}
+	return n, nil
 }

@@ -32,6 +32,7 @@ func TestParseArray(t *testing.T) {
 		{in: "1-10%x", wantErr: "running limit"},
 		{in: "a-b", wantErr: "not an index"},
 		{in: "1,,2", wantErr: "empty item"},
+		{in: "%2", wantErr: "no indices before the %"},
 		{in: "-3", wantErr: "not an index"},
 		{in: "0-1000001", wantErr: "not an index"},
 		{in: "0-200000", wantErr: "more than 100000 elements"},
@@ -217,6 +218,41 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
+func TestParseMem(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{in: "4000", want: 4000 << 20}, // Slurm's default unit
+		{in: "0", want: 0},
+		{in: "1.5", want: 3 << 19},
+		{in: "512K", want: 512 << 10},
+		{in: "4G", want: 4 << 30},
+		{in: "4096B", want: 4096},
+		{in: " 8 ", want: 8 << 20},
+		{in: "", wantErr: true},
+		{in: ".", wantErr: true},
+		{in: "1.", wantErr: true},
+		{in: "4X", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseMem(tt.in)
+		if tt.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "megabytes") {
+				t.Errorf("ParseMem(%q) = %d, %v; want an error that names the default unit", tt.in, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseMem(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+	if _, err := ParseMem("9999999999999"); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("ParseMem of 9999999999999 megabytes: %v, want too large", err)
+	}
+}
+
 func FuzzParseSize(f *testing.F) {
 	for _, s := range []string{"512M", "4G", "100K", "1048576", "1.5G", "4GiB", "8191.999P", "x"} {
 		f.Add(s)
@@ -371,4 +407,24 @@ func FuzzParseScriptDirectives(f *testing.F) {
 			t.Fatalf("a command after the block changed the directives: %q vs %q (%v)", args, more, err)
 		}
 	})
+}
+
+func TestCheckScript(t *testing.T) {
+	tests := []struct {
+		script, wantErr string
+	}{
+		{"#!/bin/sh\necho hi\n", ""},
+		{"echo no interpreter line\n", ""},
+		{"#!/bin/sh\nprintf 'a\\r\\n'\n", ""}, // a \r\n the script prints is fine
+		{"\xef\xbb\xbf#!/bin/sh\n#SSI --name x\n", "byte-order mark"},
+		{"\x7fELF\x02\x01\x01\x00\x00", "binary file"},
+		{"#!/bin/sh\r\necho hi\r\n", "DOS line breaks"},
+		{"#!/bin/sh\necho hi\r\n", "DOS line breaks"},
+	}
+	for _, tt := range tests {
+		err := CheckScript([]byte(tt.script))
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("CheckScript(%q) = %v, want %q", tt.script, err, tt.wantErr)
+		}
+	}
 }

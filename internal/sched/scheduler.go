@@ -53,8 +53,10 @@ type Config struct {
 	Placement Placement
 }
 
+// DefaultTimeLimit is Config.DefaultTimeLimit when the config leaves it 0.
+const DefaultTimeLimit = 24 * time.Hour
+
 const (
-	defaultTimeLimit          = 24 * time.Hour
 	defaultBackfillMaxJobTest = 10_000
 	defaultMaxReservations    = 16
 	maxNodeCPUs               = int64(1) << 40 // node sizes beyond these are clamped
@@ -80,7 +82,7 @@ func New(cfg Config) (*Scheduler, error) {
 		return nil, fmt.Errorf("scheduler placement %d is unknown: use BestFit or LeastLoaded", cfg.Placement)
 	}
 	if cfg.DefaultTimeLimit == 0 {
-		cfg.DefaultTimeLimit = defaultTimeLimit
+		cfg.DefaultTimeLimit = DefaultTimeLimit
 	}
 	if cfg.BackfillMaxJobTest == 0 {
 		cfg.BackfillMaxJobTest = defaultBackfillMaxJobTest
@@ -283,13 +285,24 @@ func (p *pass) buildQueues(queues []Queue) {
 
 // effectiveLimit is the time limit a job runs under: its own, its queue's max, or the default.
 func (p *pass) effectiveLimit(j *Job, queue int) time.Duration {
-	switch {
-	case j.TimeLimit > 0:
-		return j.TimeLimit
-	case queue >= 0 && p.queues[queue].maxTime > 0:
-		return p.queues[queue].maxTime
+	var queueMax time.Duration
+	if queue >= 0 {
+		queueMax = p.queues[queue].maxTime
 	}
-	return p.cfg.DefaultTimeLimit
+	return EffectiveTimeLimit(j.TimeLimit, queueMax, p.cfg.DefaultTimeLimit)
+}
+
+// EffectiveTimeLimit is the limit a job runs under: its own (own > 0), else its queue's
+// maximum (queueMax > 0), else the default. Exported so that a pending job can show the limit
+// it will get before a pass fixes it.
+func EffectiveTimeLimit(own, queueMax, def time.Duration) time.Duration {
+	switch {
+	case own > 0:
+		return own
+	case queueMax > 0:
+		return queueMax
+	}
+	return def
 }
 
 func (p *pass) queueIndex(j *Job) int {
