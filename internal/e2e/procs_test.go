@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -372,6 +373,77 @@ func TestProcessSpace(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGCONT)
 		if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
 			t.Fatalf("after SIGCONT: %v, output %q", err, out.String())
+		}
+	})
+
+	t.Run("a command that stops itself stops ssi, fg continues it", func(t *testing.T) {
+		// As a local job that stops itself: the shell's child, ssi, stops too, so that
+		// the shell gets its prompt back and sees a stopped job.
+		cmd, out := startRemoteScript(t, c, "echo ready; kill -STOP $$; echo done; exit 3")
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		cmd.Process.Signal(syscall.SIGCONT) // fg
+		if err := waitUnstopped(t, cmd, 20*time.Second); cmd.ProcessState.ExitCode() != 3 || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q; want the command to go on and exit 3", err, out.String())
+		}
+	})
+
+	t.Run("ssi kill -STOP of the command stops ssi run too", func(t *testing.T) {
+		cmd, out := startRemoteScript(t, c, `echo ready $((SSI_NODE*10000000+$$)); i=0; while [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; echo done`)
+		gpid := strings.Fields(out.String())[1]
+		if r := ssi(t, c, "n3", "kill", "-s", "STOP", gpid); r.code != 0 {
+			t.Fatalf("ssi kill -s STOP %s: %v", gpid, r)
+		}
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		// It stays stopped, as does the command: nothing passed a SIGCONT on.
+		time.Sleep(1500 * time.Millisecond)
+		if !stopped(cmd.Process.Pid) || strings.Contains(out.String(), "done") {
+			t.Fatalf("client stopped %v, output %q; want both stopped until SIGCONT", stopped(cmd.Process.Pid), out.String())
+		}
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := waitUnstopped(t, cmd, 20*time.Second); err != nil || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q; want the command to finish", err, out.String())
+		}
+	})
+
+	t.Run("with a terminal, a stop gives the terminal back", func(t *testing.T) {
+		// All three stdio a terminal, the command gets one, and ssi sets ours raw; when the
+		// command stops, ssi restores the terminal's modes before stopping, and sets it raw
+		// again once continued in the foreground.
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		defer pts.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c", "echo ready; read x; kill -STOP $$; echo done $x")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		screen := &syncBuffer{}
+		go io.Copy(screen, ptm)
+		canonical := func() bool {
+			tio, err := unix.IoctlGetTermios(int(pts.Fd()), unix.TCGETS)
+			return err == nil && tio.Lflag&unix.ICANON != 0
+		}
+		eventually(t, 10*time.Second, "remote command ready", func() bool { return strings.Contains(screen.String(), "ready") })
+		if canonical() {
+			t.Fatal("the terminal is not raw while the remote command runs")
+		}
+		io.WriteString(ptm, "go\r")
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		if !canonical() {
+			t.Fatal("the terminal is still raw while ssi is stopped")
+		}
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := waitUnstopped(t, cmd, 20*time.Second); err != nil || !strings.Contains(screen.String(), "done go") {
+			t.Fatalf("after SIGCONT: %v, terminal %q; want the command to finish", err, screen.String())
+		}
+		if !canonical() {
+			t.Fatal("the terminal is left raw")
 		}
 	})
 
@@ -755,6 +827,36 @@ func stopped(pid int) bool {
 	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	_, rest, _ := strings.Cut(string(st), ") ")
 	return strings.HasPrefix(rest, "T")
+}
+
+// waitUnstopped waits for cmd to end, failing the test if it is stopped again or still runs
+// after timeout.
+func waitUnstopped(t *testing.T, cmd *exec.Cmd, timeout time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-deadline:
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("ssi run did not end within %v", timeout)
+		case <-time.After(100 * time.Millisecond):
+			if stopped(cmd.Process.Pid) {
+				// Stopped again after the SIGCONT: give it a moment, a stop seen at
+				// the very start may be the old one being left.
+				time.Sleep(500 * time.Millisecond)
+				if stopped(cmd.Process.Pid) {
+					cmd.Process.Kill()
+					<-done
+					t.Fatal("ssi run stopped again after SIGCONT")
+				}
+			}
+		}
+	}
 }
 
 // syncBuffer is a bytes.Buffer that a command writes while the test reads it.

@@ -143,7 +143,8 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		outPath = detachedOutput(spec.Dir, g)
 	}
 	s.log.Debug("started", "gpid", g, "cmd", args[0], "uid", c.Uid, "detach", start.Detach)
-	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir)}
+	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir),
+		JobControl: !start.Detach}
 	if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: started}}); err != nil {
 		_ = p.Terminate(s.cfg.Grace)
 		s.reap(r)
@@ -285,8 +286,13 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 
 	// Process → client, until the command exits and its output is drained.
 	var drainTimer <-chan time.Time
+	var job proc.JobState // what the client has been told
 	for pumpsDone != nil || exited != nil {
 		select {
+		case <-p.JobChanged():
+			if err := sendJobState(stream, p.Job(), &job); err != nil {
+				return s.sendFailed(stream, r, err)
+			}
 		case frame := <-out:
 			if err := stream.SendMsg(frame); err != nil {
 				return s.sendFailed(stream, r, err)
@@ -320,6 +326,25 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 	}
 	s.reap(r)
 	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Signal: int32(r.signal), Message: ssipb.ValidText(r.message)}}})
+}
+
+// sendJobState tells the client what job control did to the command since sent: first a
+// continued for each SIGCONT passed on for the session, then a stop that came after them,
+// if the command is still stopped. A stop counted before one of those SIGCONTs is over and
+// not sent: the client, resumed by its shell's fg, must not stop again for it.
+func sendJobState(stream runStream, now proc.JobState, sent *proc.JobState) error {
+	for ; sent.Continues < now.Continues; sent.Continues++ {
+		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Continued{Continued: true}}); err != nil {
+			return err
+		}
+	}
+	if now.Stopped && now.Stops > sent.Stops {
+		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Stopped{Stopped: &ssipb.RunStopped{Signal: int32(now.Signal)}}}); err != nil {
+			return err
+		}
+	}
+	sent.Stops = now.Stops
+	return nil
 }
 
 // sendFailed ends a session whose output could not be delivered: the tree ends, as a local
