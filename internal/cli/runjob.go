@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"os"
-	"os/signal"
 	"runtime"
 	"sync"
 	"syscall"
@@ -37,9 +36,9 @@ type runJob struct {
 	// unconfirmed counts the SIGCONTs passed on whose confirmation (continued) has not come:
 	// a stop reported before it is one they have ended, not a new one.
 	unconfirmed int
-	// stopOwed is the signal of a stop of the command that this process has not mirrored yet
-	// (0: none), put off while signals or messages wait to be handled.
-	stopOwed syscall.Signal
+	// stopOwed: the command stopped and this process has not stopped for it yet, put off
+	// while signals or messages wait to be handled.
+	stopOwed bool
 	// ownCont: this process was stopped and has gone on, so a SIGCONT came that was already
 	// passed on when it went on; the next SIGCONT caught is that one.
 	ownCont bool
@@ -63,10 +62,9 @@ func (j *runJob) loop(pending []syscall.Signal) {
 		// A stop waits for what came before it: a SIGCONT already queued (a quick fg, or
 		// one from kill) would otherwise find this process stopped with no one to pass
 		// it on, and the confirmation of one passed on makes an earlier stop stale.
-		if j.stopOwed != 0 && len(j.sigs) == 0 && len(j.remote) == 0 {
-			sig := j.stopOwed
-			j.stopOwed = 0
-			j.stopSelf(sig)
+		if j.stopOwed && len(j.sigs) == 0 && len(j.remote) == 0 {
+			j.stopOwed = false
+			j.stopSelf()
 		}
 	}
 }
@@ -99,8 +97,8 @@ func (j *runJob) signal(s syscall.Signal) {
 			// already in the socket, so stopping cannot hold it back. (With a terminal,
 			// Ctrl-Z is a byte for the remote terminal instead, and the command's stop,
 			// if it stops, stops ssi.)
-			j.stopOwed = 0
-			j.stopSelf(syscall.SIGTSTP)
+			j.stopOwed = false
+			j.stopSelf()
 		}
 	}
 }
@@ -116,7 +114,7 @@ func (j *runJob) message(m *ssipb.RunOutput) {
 		// A stop reported before the confirmation of a SIGCONT passed on is over: that
 		// SIGCONT continued the command (or will have once confirmed).
 		if j.unconfirmed == 0 {
-			j.stopOwed = syscall.Signal(m.GetStopped().Signal)
+			j.stopOwed = true
 		}
 	}
 }
@@ -124,18 +122,18 @@ func (j *runJob) message(m *ssipb.RunOutput) {
 // passCont passes a SIGCONT on to the command's job and, if it was delivered, expects its
 // confirmation on the stream.
 func (j *runJob) passCont() {
-	j.stopOwed = 0
+	j.stopOwed = false
 	if j.g.signalSession(j.ctx, j.gpid, syscall.SIGCONT, j.send) && j.reports {
 		j.unconfirmed++
 	}
 }
 
-// stopSelf stops this process as a local job stopped by sig (TSTP, TTIN, TTOU or STOP)
-// would be, after giving the terminal back its modes; it returns once the shell's fg or bg
-// (or any SIGCONT) has continued it, having passed that SIGCONT on to the command.
-func (j *runJob) stopSelf(sig syscall.Signal) {
+// stopSelf stops this process as a local job would be stopped, after giving the terminal
+// back its modes; it returns once the shell's fg or bg (or any SIGCONT) has continued it,
+// having passed that SIGCONT on to the command.
+func (j *runJob) stopSelf() {
 	j.terminal.leave()
-	stopSelf(sig, j.sigs)
+	raiseStop()
 	// A stopped process goes on only through a SIGCONT, which is caught: pass it on now,
 	// before any message of the agent (a stop it reported while this process was stopped
 	// is ended by it), and not again when the signal itself is handled.
@@ -148,41 +146,18 @@ func (j *runJob) stopSelf(sig syscall.Signal) {
 	j.terminal.enterIfForeground()
 }
 
-// stopSelf stops this process with sig, as a shell's job is stopped, and returns once it is
-// continued. The shell reports the job as it would a local one ("Stopped" for TSTP, "Stopped
-// (tty input)" for TTIN). A job-control signal does nothing in a process group without a
-// parent in the session outside it (an orphaned one, POSIX): there, and when sig is ignored,
-// it is SIGSTOP, which always stops. sigs is where ssi catches TSTP.
-func stopSelf(sig syscall.Signal, sigs chan os.Signal) {
-	if sig != syscall.SIGTSTP && sig != syscall.SIGTTIN && sig != syscall.SIGTTOU || signal.Ignored(sig) || !anchorsGroup() {
-		sig = syscall.SIGSTOP
-	}
-	if sig == syscall.SIGTSTP {
-		// Caught, it would only come back to us: its default action for the moment.
-		signal.Reset(syscall.SIGTSTP)
-		defer signal.Notify(sigs, syscall.SIGTSTP)
-	}
-	// To this thread, so that it stops before tgkill returns: a stop signal sent to the
-	// process may be taken by another thread, and this one would run on meanwhile.
+// raiseStop stops this process, as a shell's job is stopped, and returns once it is
+// continued. Always with SIGSTOP, which the shell sees as it would see its job stopped by
+// TSTP (bash says "Stopped" for either): a TSTP would not stop it, as the Go runtime keeps
+// its handler for TSTP once ssi has caught it (signal.Reset does not remove it), and a job
+// control signal does nothing at all in a process group whose members have no parent in
+// the session outside it (POSIX's orphaned group), while SIGSTOP always stops.
+func raiseStop() {
+	// To this thread, so that it stops before tgkill returns: a signal sent to the process
+	// may be taken by another thread, and this one would run on meanwhile.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	_ = unix.Tgkill(unix.Getpid(), unix.Gettid(), sig)
-}
-
-// anchorsGroup reports whether this process keeps its process group from being orphaned:
-// its parent (the shell) is in the same session, in another group.
-func anchorsGroup() bool {
-	ppid := os.Getppid()
-	ppgid, err := unix.Getpgid(ppid)
-	if err != nil {
-		return false
-	}
-	psid, err := unix.Getsid(ppid)
-	if err != nil {
-		return false
-	}
-	sid, err := unix.Getsid(0)
-	return err == nil && psid == sid && ppgid != unix.Getpgrp()
+	_ = unix.Tgkill(unix.Getpid(), unix.Gettid(), unix.SIGSTOP)
 }
 
 // rawTerminal is the terminal on stdin while ssi run passes it to a remote terminal: raw, so
