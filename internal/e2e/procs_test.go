@@ -447,6 +447,61 @@ func TestProcessSpace(t *testing.T) {
 		}
 	})
 
+	t.Run("an interactive shell sees ssi run stop as a local job", func(t *testing.T) {
+		// bash with job control on a terminal: a remote command that stops itself, and
+		// Ctrl-Z of one run without a terminal, each give the prompt back with the job
+		// reported stopped, and fg brings it back to finish with its status. (Markers are
+		// arithmetic, so that the echoed command lines do not match them.)
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		client := cliCmd(ctx, c, "n1")
+		shell := exec.CommandContext(ctx, "/bin/bash", "--norc", "--noprofile", "-i")
+		shell.Env, shell.Dir = append(client.Env, "PS1=$ ", "TERM=dumb"), "/"
+		shell.Stdin, shell.Stdout, shell.Stderr = pts, pts, pts
+		shell.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := shell.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pts.Close()
+		defer shell.Process.Kill()
+		screen := &syncBuffer{}
+		go io.Copy(screen, ptm)
+		shows := func(what string, n int) {
+			t.Helper()
+			eventually(t, 15*time.Second, fmt.Sprintf("%q on the terminal", what), func() bool {
+				return strings.Count(screen.String(), what) >= n
+			})
+		}
+		shows("$ ", 1)
+		fmt.Fprintf(ptm, "%s run -n n2 -- sh -c 'echo R$((1+1)); kill -STOP $$; echo D$((2+2)); exit 5'\r", client.Path)
+		shows("R2", 1)
+		shows("Stopped", 1)
+		io.WriteString(ptm, "fg\r")
+		shows("D4", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S5", 1)
+		fmt.Fprintf(ptm, "%s run -T -n n2 -- sh -c 'echo R$((3+3)); sleep 1; echo E$((4+4))'\r", client.Path)
+		shows("R6", 1)
+		io.WriteString(ptm, "\x1a") // Ctrl-Z
+		shows("Stopped", 2)
+		io.WriteString(ptm, "fg\r")
+		shows("E8", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S0", 1)
+		if strings.Count(screen.String(), "Stopped") != 2 {
+			t.Errorf("a job stopped again after fg; terminal %q", screen.String())
+		}
+		io.WriteString(ptm, "exit\r")
+		if err := shell.Wait(); err != nil {
+			t.Errorf("bash: %v; terminal %q", err, screen.String())
+		}
+	})
+
 	t.Run("ctrl-c ends the whole remote job", func(t *testing.T) {
 		// The shell waits for its pipeline; a terminal's Ctrl-C reaches all three, and the
 		// shell, seeing its job die of it, dies of it too.
