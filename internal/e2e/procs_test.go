@@ -448,8 +448,9 @@ func TestProcessSpace(t *testing.T) {
 	})
 
 	t.Run("an interactive shell sees ssi run stop as a local job", func(t *testing.T) {
-		// bash with job control on a terminal: a remote command that stops itself, and
-		// Ctrl-Z of one run without a terminal, each give the prompt back with the job
+		// bash with job control on a terminal: a remote command that stops itself, Ctrl-Z
+		// of one run without a terminal (ssi gets TSTP), and Ctrl-Z of one run with a
+		// terminal (a key for the remote terminal) each give the prompt back with the job
 		// reported stopped, and fg brings it back to finish with its status. (Markers are
 		// arithmetic, so that the echoed command lines do not match them.)
 		ptm, pts, err := pty.Open()
@@ -485,7 +486,7 @@ func TestProcessSpace(t *testing.T) {
 		shows("D4", 1)
 		io.WriteString(ptm, "echo S$?\r")
 		shows("S5", 1)
-		fmt.Fprintf(ptm, "%s run -T -n n2 -- sh -c 'echo R$((3+3)); sleep 1; echo E$((4+4))'\r", client.Path)
+		fmt.Fprintf(ptm, "%s run -T -n n2 -- sh -c 'echo R$((3+3)); sleep 3; echo E$((4+4))'\r", client.Path)
 		shows("R6", 1)
 		io.WriteString(ptm, "\x1a") // Ctrl-Z
 		shows("Stopped", 2)
@@ -493,8 +494,16 @@ func TestProcessSpace(t *testing.T) {
 		shows("E8", 1)
 		io.WriteString(ptm, "echo S$?\r")
 		shows("S0", 1)
-		if strings.Count(screen.String(), "Stopped") != 2 {
-			t.Errorf("a job stopped again after fg; terminal %q", screen.String())
+		fmt.Fprintf(ptm, "%s run -n n2 -- sh -c 'echo R$((5+5)); sleep 3; echo E$((6+6))'\r", client.Path)
+		shows("R10", 1)
+		io.WriteString(ptm, "\x1a") // Ctrl-Z
+		shows("Stopped", 3)
+		io.WriteString(ptm, "fg\r")
+		shows("E12", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S0", 2)
+		if n := strings.Count(screen.String(), "Stopped"); n != 3 {
+			t.Errorf("%d jobs reported stopped, want 3 (one stopped twice?); terminal %q", n, screen.String())
 		}
 		io.WriteString(ptm, "exit\r")
 		if err := shell.Wait(); err != nil {

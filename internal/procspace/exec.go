@@ -255,7 +255,12 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 			}
 			switch m := in.Msg.(type) {
 			case *ssipb.RunInput_Stdin:
-				if stdin != nil {
+				if p.TTY() != nil {
+					// Keys, Ctrl-Z among them, as a local terminal would take them.
+					if err := p.TypeKeys(m.Stdin, s.cfg.ProcRoot); err != nil {
+						s.log.Debug("typing on the terminal", "err", err)
+					}
+				} else if stdin != nil {
 					if _, err := stdin.Write(m.Stdin); err != nil && !errors.Is(err, syscall.EPIPE) {
 						s.log.Debug("writing stdin", "err", err)
 					}
