@@ -72,9 +72,12 @@ stream both ways, through a terminal only when all three are one (or with -t).
 Signals the shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach
 the command, as does any other sent to ssi that would end a local command (ALRM, XCPU,
 real-time ones) once the command has run 20 ms; those a terminal sends to a whole job (INT,
-QUIT, TSTP, WINCH, CONT) reach its process group. After TSTP, ssi stops too, so the shell's fg and bg work as for a local
-job. HUP and INT that the caller ignores (nohup, a script's background job) stay ignored, by
-the command too.
+QUIT, TSTP, WINCH, CONT) reach its process group. ssi is the shell's job for the command:
+after TSTP it stops too, and so it does whenever the command stops otherwise (Ctrl-Z on its
+terminal with -t, kill -STOP, ssi kill -s STOP), giving the terminal its modes back, so that
+the shell shows its prompt and a stopped job; fg and bg continue the command with it, as for
+a local job. HUP and INT that the caller ignores (nohup, a script's background job) stay
+ignored, by the command too.
 
 The exit status is the command's (127 for a command that is not found, 255 when the node
 running it is lost); after the command's death by signal N, ssi dies of N too, so that a
