@@ -72,9 +72,12 @@ stream both ways, through a terminal only when all three are one (or with -t).
 Signals the shell would pass on (INT, TERM, HUP, QUIT, USR1, USR2, WINCH, CONT, TSTP) reach
 the command, as does any other sent to ssi that would end a local command (ALRM, XCPU,
 real-time ones) once the command has run 20 ms; those a terminal sends to a whole job (INT,
-QUIT, TSTP, WINCH, CONT) reach its process group. After TSTP, ssi stops too, so the shell's fg and bg work as for a local
-job. HUP and INT that the caller ignores (nohup, a script's background job) stay ignored, by
-the command too.
+QUIT, TSTP, WINCH, CONT) reach its process group. ssi is the shell's job for the command:
+after TSTP it stops too, and so it does whenever the command stops otherwise (Ctrl-Z on its
+terminal with -t, kill -STOP, ssi kill -s STOP), giving the terminal its modes back, so that
+the shell shows its prompt and a stopped job; fg and bg continue the command with it, as for
+a local job. HUP and INT that the caller ignores (nohup, a script's background job) stay
+ignored, by the command too.
 
 The exit status is the command's (127 for a command that is not found, 255 when the node
 running it is lost); after the command's death by signal N, ssi dies of N too, so that a
@@ -272,44 +275,15 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	lateTimer := time.AfterFunc(lateSignalsAfter, func() { signal.Notify(sigs, late...) })
 	defer lateTimer.Stop()
 
+	job := &runJob{g: g, ctx: ctx, gpid: started.Gpid, send: send, sigs: sigs, useTTY: useTTY,
+		reports: started.JobControl, remote: make(chan *ssipb.RunOutput, 16), continued: make(chan struct{}, 1)}
 	if useTTY && stdinTTY {
-		old, err := term.MakeRaw(int(os.Stdin.Fd()))
-		if err == nil {
-			defer term.Restore(int(os.Stdin.Fd()), old)
-		}
+		job.terminal = &rawTerminal{fd: int(os.Stdin.Fd())}
+		job.terminal.enter()
+		defer job.terminal.leave()
 	}
-	// Continued: perhaps brought to the foreground (fg), where stdin may be read.
-	continued := make(chan struct{}, 1)
-	go func() {
-		handle := func(s syscall.Signal) {
-			if s == syscall.SIGCONT {
-				select {
-				case continued <- struct{}{}:
-				default:
-				}
-			}
-			if s == syscall.SIGWINCH && useTTY {
-				if cols, rows, err := term.GetSize(int(os.Stdout.Fd())); err == nil {
-					_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Resize{Resize: &ssipb.WindowSize{Rows: uint32(rows), Cols: uint32(cols)}}})
-				}
-				return
-			}
-			g.signalSession(ctx, started.Gpid, s, send)
-			if s == syscall.SIGTSTP && !useTTY {
-				// A local child stopped by Ctrl-Z gives the shell its prompt back; so does
-				// this stand-in for the remote one. The shell's fg or bg sends us SIGCONT,
-				// which goes on to the remote process like every other signal. (With a
-				// terminal, Ctrl-Z is a byte for the remote terminal instead.)
-				stopUnlessContinued(sigs)
-			}
-		}
-		for _, s := range pending {
-			handle(s)
-		}
-		for sig := range sigs {
-			handle(sig.(syscall.Signal))
-		}
-	}()
+	go job.loop(pending)
+	continued := job.continued
 	go func() {
 		if stdinTTY {
 			// Read the terminal only once in the foreground: the shell's fg moves the
@@ -349,6 +323,13 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		var out ssipb.RunOutput
 		if err := proto.Unmarshal(raw, &out); err != nil {
 			return exitError{code: 255, msg: fmt.Sprintf("the agent sent a message ssi cannot read: %v", err)}
+		}
+		if out.GetStopped() != nil || out.GetContinued() {
+			select {
+			case job.remote <- &out:
+			case <-ctx.Done():
+			}
+			continue
 		}
 		if ex := out.GetExit(); ex != nil {
 			if ex.Code == int32(ssipb.ExitOutputFailed) && ex.Message == "" && passOut != nil {
@@ -416,24 +397,24 @@ func endsProcess(sig syscall.Signal) bool {
 // signalSession passes sig on to the session's command, gpid, through a call of its own: on
 // the session's stream it would wait behind stdin that the command does not read, as long as
 // the command does not read it. Only an agent that cannot be reached gets it on the stream.
-// It returns once the signal was delivered, or could not be.
-func (g *Globals) signalSession(ctx context.Context, gpid int64, sig syscall.Signal, send func(*ssipb.RunInput) error) {
+// It returns once the signal was delivered, or could not be, and whether it was.
+func (g *Globals) signalSession(ctx context.Context, gpid int64, sig syscall.Signal, send func(*ssipb.RunInput) error) bool {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	req := &ssipb.KillRequest{Gpids: []int64{gpid}, Signal: int32(sig), Session: true}
-	if _, err := g.control().Kill(ctx, req); err != nil && ctx.Err() == nil {
-		_ = send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(sig)}})
+	resp, err := g.control().Kill(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		return send(&ssipb.RunInput{Msg: &ssipb.RunInput_Signal{Signal: int32(sig)}}) == nil
 	}
-}
-
-// stopUnlessContinued stops this process as a local child stopped by Ctrl-Z would be, once
-// the stop has been passed on: a signal passed on is already in the socket when send returns,
-// so stopping cannot hold it back. A signal that came meanwhile (a quick fg's CONT) is still
-// queued in pending: then this process must not stop, or nothing would pass that signal on.
-func stopUnlessContinued(pending chan os.Signal) {
-	if len(pending) == 0 {
-		_ = unix.Kill(os.Getpid(), unix.SIGSTOP)
+	for _, r := range resp.GetResults() {
+		if r.Error != "" {
+			return false
+		}
 	}
+	return true
 }
 
 // passable returns f if the agent can write into it for us (see localrpc.PassOutput): a pipe, a

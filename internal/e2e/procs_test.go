@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 	"github.com/ssi-cluster/ssi/internal/proc"
@@ -372,6 +373,145 @@ func TestProcessSpace(t *testing.T) {
 		cmd.Process.Signal(syscall.SIGCONT)
 		if err := cmd.Wait(); err != nil || !strings.Contains(out.String(), "done") {
 			t.Fatalf("after SIGCONT: %v, output %q", err, out.String())
+		}
+	})
+
+	t.Run("a command that stops itself stops ssi, fg continues it", func(t *testing.T) {
+		// As a local job that stops itself: the shell's child, ssi, stops too, so that
+		// the shell gets its prompt back and sees a stopped job.
+		cmd, out := startRemoteScript(t, c, "echo ready; kill -STOP $$; echo done; exit 3")
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		cmd.Process.Signal(syscall.SIGCONT) // fg
+		if err := waitUnstopped(t, cmd, 20*time.Second); cmd.ProcessState.ExitCode() != 3 || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q; want the command to go on and exit 3", err, out.String())
+		}
+	})
+
+	t.Run("ssi kill -STOP of the command stops ssi run too", func(t *testing.T) {
+		cmd, out := startRemoteScript(t, c, `echo ready $((SSI_NODE*10000000+$$)); i=0; while [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done; echo done`)
+		gpid := strings.Fields(out.String())[1]
+		if r := ssi(t, c, "n3", "kill", "-s", "STOP", gpid); r.code != 0 {
+			t.Fatalf("ssi kill -s STOP %s: %v", gpid, r)
+		}
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		// It stays stopped, as does the command: nothing passed a SIGCONT on.
+		time.Sleep(1500 * time.Millisecond)
+		if !stopped(cmd.Process.Pid) || strings.Contains(out.String(), "done") {
+			t.Fatalf("client stopped %v, output %q; want both stopped until SIGCONT", stopped(cmd.Process.Pid), out.String())
+		}
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := waitUnstopped(t, cmd, 20*time.Second); err != nil || !strings.Contains(out.String(), "done") {
+			t.Fatalf("after SIGCONT: %v, output %q; want the command to finish", err, out.String())
+		}
+	})
+
+	t.Run("with a terminal, a stop gives the terminal back", func(t *testing.T) {
+		// All three stdio a terminal, the command gets one, and ssi sets ours raw; when the
+		// command stops, ssi restores the terminal's modes before stopping, and sets it raw
+		// again once continued in the foreground.
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		defer pts.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := cliCmd(ctx, c, "n1", "run", "-n", "n2", "--", "sh", "-c", "echo ready; read x; kill -STOP $$; echo done $x")
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		screen := &syncBuffer{}
+		go io.Copy(screen, ptm)
+		canonical := func() bool {
+			tio, err := unix.IoctlGetTermios(int(pts.Fd()), unix.TCGETS)
+			return err == nil && tio.Lflag&unix.ICANON != 0
+		}
+		eventually(t, 10*time.Second, "remote command ready", func() bool { return strings.Contains(screen.String(), "ready") })
+		if canonical() {
+			t.Fatal("the terminal is not raw while the remote command runs")
+		}
+		io.WriteString(ptm, "go\r")
+		eventually(t, 10*time.Second, "the client stopped", func() bool { return stopped(cmd.Process.Pid) })
+		if !canonical() {
+			t.Fatal("the terminal is still raw while ssi is stopped")
+		}
+		cmd.Process.Signal(syscall.SIGCONT)
+		if err := waitUnstopped(t, cmd, 20*time.Second); err != nil {
+			t.Fatalf("after SIGCONT: %v, terminal %q; want the command to finish", err, screen.String())
+		}
+		// The copy from the terminal may lag behind ssi's exit.
+		eventually(t, 10*time.Second, "the rest of the output", func() bool { return strings.Contains(screen.String(), "done go") })
+		if !canonical() {
+			t.Fatal("the terminal is left raw")
+		}
+	})
+
+	t.Run("an interactive shell sees ssi run stop as a local job", func(t *testing.T) {
+		// bash with job control on a terminal: a remote command that stops itself, Ctrl-Z
+		// of one run without a terminal (ssi gets TSTP), and Ctrl-Z of one run with a
+		// terminal (a key for the remote terminal) each give the prompt back with the job
+		// reported stopped, and fg brings it back to finish with its status. (Markers are
+		// arithmetic, so that the echoed command lines do not match them.)
+		ptm, pts, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ptm.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		client := cliCmd(ctx, c, "n1")
+		shell := exec.CommandContext(ctx, "/bin/bash", "--norc", "--noprofile", "-i")
+		shell.Env, shell.Dir = append(client.Env, "PS1=$ ", "TERM=dumb"), "/"
+		shell.Stdin, shell.Stdout, shell.Stderr = pts, pts, pts
+		shell.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+		if err := shell.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pts.Close()
+		defer shell.Process.Kill()
+		screen := &syncBuffer{}
+		go io.Copy(screen, ptm)
+		shows := func(what string, n int) {
+			t.Helper()
+			for deadline := time.Now().Add(15 * time.Second); strings.Count(screen.String(), what) < n; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%q not shown %d times after 15 s; terminal %q", what, n, screen.String())
+				}
+			}
+		}
+		shows("$ ", 1)
+		fmt.Fprintf(ptm, "%s run -n n2 -- sh -c 'echo R$((1+1)); kill -STOP $$; echo D$((2+2)); exit 5'\r", client.Path)
+		shows("R2", 1)
+		shows("Stopped", 1)
+		io.WriteString(ptm, "fg\r")
+		shows("D4", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S5", 1)
+		fmt.Fprintf(ptm, "%s run -T -n n2 -- sh -c 'echo R$((3+3)); sleep 3; echo E$((4+4))'\r", client.Path)
+		shows("R6", 1)
+		io.WriteString(ptm, "\x1a") // Ctrl-Z
+		shows("Stopped", 2)
+		io.WriteString(ptm, "fg\r")
+		shows("E8", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S0", 1)
+		fmt.Fprintf(ptm, "%s run -n n2 -- sh -c 'echo R$((5+5)); sleep 3; echo E$((6+6))'\r", client.Path)
+		shows("R10", 1)
+		io.WriteString(ptm, "\x1a") // Ctrl-Z
+		shows("Stopped", 3)
+		io.WriteString(ptm, "fg\r")
+		shows("E12", 1)
+		io.WriteString(ptm, "echo S$?\r")
+		shows("S0", 2)
+		if n := strings.Count(screen.String(), "Stopped"); n != 3 {
+			t.Errorf("%d jobs reported stopped, want 3 (one stopped twice?); terminal %q", n, screen.String())
+		}
+		io.WriteString(ptm, "exit\r")
+		if err := shell.Wait(); err != nil {
+			t.Errorf("bash: %v; terminal %q", err, screen.String())
 		}
 	})
 
@@ -755,6 +895,36 @@ func stopped(pid int) bool {
 	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	_, rest, _ := strings.Cut(string(st), ") ")
 	return strings.HasPrefix(rest, "T")
+}
+
+// waitUnstopped waits for cmd to end, failing the test if it is stopped again or still runs
+// after timeout.
+func waitUnstopped(t *testing.T, cmd *exec.Cmd, timeout time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-deadline:
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("ssi run did not end within %v", timeout)
+		case <-time.After(100 * time.Millisecond):
+			if stopped(cmd.Process.Pid) {
+				// Stopped again after the SIGCONT: give it a moment, a stop seen at
+				// the very start may be the old one being left.
+				time.Sleep(500 * time.Millisecond)
+				if stopped(cmd.Process.Pid) {
+					cmd.Process.Kill()
+					<-done
+					t.Fatal("ssi run stopped again after SIGCONT")
+				}
+			}
+		}
+	}
 }
 
 // syncBuffer is a bytes.Buffer that a command writes while the test reads it.

@@ -20,6 +20,10 @@
 //   - A command the shell would refuse is reported by Start as a *CommandError carrying
 //     the shell's message and exit code (127, 126); exit codes of processes that ran are
 //     the shell's too (128+N after death by signal N).
+//   - The command's stops and continuations are seen as its parent sees them (wait4 with
+//     WUNTRACED and WCONTINUED, in the same loop that collects its exit: Process.Job), so
+//     that a client can stop when it stops, as a shell's job would. Its own process group
+//     being orphaned, a terminal's Ctrl-Z would not stop it; TypeKeys stops it instead.
 //   - The child's GPID is not in its environment: its pid is unknown until it is forked,
 //     and an inherited value would be wrong for every descendant anyway. It gets SSI_NODE
 //     instead, so any process computes its own GPID as gpid.Make(SSI_NODE, getpid()).

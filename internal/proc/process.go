@@ -24,7 +24,6 @@ type Process struct {
 	pid        int
 	gpid       int64
 	parentGPID int64
-	os         *os.Process
 
 	stdin, stdout, stderr, tty *os.File
 
@@ -33,6 +32,12 @@ type Process struct {
 	// different process.
 	sigMu sync.RWMutex
 	pidfd int
+
+	// jobMu orders the stops the waiter reports against the SIGCONTs SignalJob delivers
+	// (see JobState); jobChanged is signalled after each change of job.
+	jobMu      sync.Mutex
+	job        JobState
+	jobChanged chan struct{}
 
 	waitOnce sync.Once
 	waited   chan struct{}
@@ -71,6 +76,71 @@ type Result struct {
 	// Close.
 	TreeCPU  time.Duration
 	TreeGone bool
+}
+
+// JobState is what job control has done to the command, as its parent sees it with
+// wait(2)'s WUNTRACED and WCONTINUED: the client of an attached command mirrors it, stopping
+// itself when the command stops, as a shell's job would.
+type JobState struct {
+	// Stopped is true from a stop of the command until it continues; Signal is the signal
+	// that stopped it.
+	Stopped bool
+	Signal  syscall.Signal
+	// Stops counts the stops seen: a new stop is one with a higher count.
+	Stops uint64
+	// Continues counts the SIGCONTs SignalJob delivered. A stop counted before the
+	// Continues that follows it is over; one reported after it is new: a stop the waiter
+	// collected as a SIGCONT came is not reported once the SIGCONT has been counted.
+	Continues uint64
+}
+
+// cldContinued is siginfo's si_code for a child continued by SIGCONT (CLD_CONTINUED).
+const cldContinued = 6
+
+// Job returns the command's job-control state; JobChanged signals each change of it.
+func (p *Process) Job() JobState {
+	p.jobMu.Lock()
+	defer p.jobMu.Unlock()
+	return p.job
+}
+
+// JobChanged receives after the job-control state changed (Job); changes that come while
+// no one receives collapse into one.
+func (p *Process) JobChanged() <-chan struct{} { return p.jobChanged }
+
+// notifyJobLocked signals a change of p.job; jobMu is held.
+func (p *Process) notifyJobLocked() {
+	select {
+	case p.jobChanged <- struct{}{}:
+	default:
+	}
+}
+
+// noteStopped records a stop by sig that wait4 reported, unless the command has continued
+// since: the SIGCONT that continued it (counted by SignalJob under jobMu, or another's)
+// must not be followed by a report of the stop it ended.
+func (p *Process) noteStopped(sig syscall.Signal) {
+	p.jobMu.Lock()
+	defer p.jobMu.Unlock()
+	// WNOWAIT leaves the continuation for the waiter's next wait4.
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, p.pid, &info, unix.WCONTINUED|unix.WNOHANG|unix.WNOWAIT, nil)
+	if err == nil && info.Code == cldContinued {
+		return
+	}
+	p.job.Stopped, p.job.Signal = true, sig
+	p.job.Stops++
+	p.notifyJobLocked()
+}
+
+// noteContinued records that the command continued after a stop.
+func (p *Process) noteContinued() {
+	p.jobMu.Lock()
+	defer p.jobMu.Unlock()
+	if p.job.Stopped {
+		p.job.Stopped, p.job.Signal = false, 0
+		p.notifyJobLocked()
+	}
 }
 
 // PID is the process's pid on this node.
@@ -185,24 +255,42 @@ func (p *Process) Wait() (exitCode int, err error) {
 
 func (p *Process) wait() {
 	defer close(p.waited)
-	state, err := p.os.Wait()
-	if err != nil {
-		p.waitErr = fmt.Errorf("wait for pid %d: %w", p.pid, err)
-		return
+	// By pid, not pidfd: the command is this process's child and only this loop reaps it,
+	// so until then its pid cannot name another process. Stops and continuations come
+	// through the same wait (WUNTRACED, WCONTINUED), so none is missed and the exit is
+	// still collected here.
+	var ws unix.WaitStatus
+	var ru unix.Rusage
+	for {
+		_, err := unix.Wait4(p.pid, &ws, unix.WUNTRACED|unix.WCONTINUED, &ru)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			p.waitErr = fmt.Errorf("wait for pid %d: %w", p.pid, err)
+			return
+		}
+		if ws.Stopped() {
+			p.noteStopped(ws.StopSignal())
+			continue
+		}
+		if ws.Continued() {
+			p.noteContinued()
+			continue
+		}
+		break
 	}
-	ws, _ := state.Sys().(syscall.WaitStatus)
+	p.noteContinued() // a dead command is not stopped
 	r := Result{ExitCode: ws.ExitStatus()}
 	if ws.Signaled() {
 		r.Signal = ws.Signal()
 		r.ExitCode = 128 + int(r.Signal)
 		r.CoreDumped = ws.CoreDump()
 	}
-	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
-		r.UserCPU = time.Duration(ru.Utime.Nano())
-		r.SystemCPU = time.Duration(ru.Stime.Nano())
-		if maxRSS := uint64(ru.Maxrss) * 1024; maxRSS > ownHighWater() {
-			r.MaxRSSBytes = maxRSS
-		}
+	r.UserCPU = time.Duration(ru.Utime.Nano())
+	r.SystemCPU = time.Duration(ru.Stime.Nano())
+	if maxRSS := uint64(ru.Maxrss) * 1024; maxRSS > ownHighWater() {
+		r.MaxRSSBytes = maxRSS
 	}
 	p.result = r
 	// Best effort: descendants may still run; Close removes the group then.

@@ -62,8 +62,20 @@ func parseSignalDisposition(r io.Reader, sig syscall.Signal) (bool, error) {
 // That group is orphaned, so the kernel would discard a stop signal (TSTP, TTIN, TTOU)
 // whose action is the default (POSIX); a process with that default gets SIGSTOP instead,
 // what the default action does, and one that catches the signal gets the signal itself.
-// procRoot is where /proc is mounted.
+// procRoot is where /proc is mounted. Each SIGCONT is counted in JobState.Continues,
+// whether or not the command was stopped.
 func (p *Process) SignalJob(sig syscall.Signal, procRoot string) error {
+	if sig == syscall.SIGCONT {
+		// Under jobMu, so that a stop the waiter collects is reported either before this
+		// count (and the client knows this SIGCONT ended it) or not at all (noteStopped).
+		p.jobMu.Lock()
+		defer func() {
+			p.job.Stopped, p.job.Signal = false, 0
+			p.job.Continues++
+			p.notifyJobLocked()
+			p.jobMu.Unlock()
+		}()
+	}
 	stop := sig == syscall.SIGTSTP || sig == syscall.SIGTTIN || sig == syscall.SIGTTOU
 	err := p.group.SignalEach(func(pid int) (syscall.Signal, bool) {
 		if pgid, err := unix.Getpgid(pid); err != nil || pgid != p.pid {

@@ -119,3 +119,63 @@ func TestSignalJob(t *testing.T) {
 		t.Errorf("pid %d outside the job was ended by the job's INT", outside[0])
 	}
 }
+
+// jobStateAfter waits, while Wait runs, until the job state satisfies ok.
+func jobStateAfter(t *testing.T, p *Process, what string, ok func(JobState) bool) JobState {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		if st := p.Job(); ok(st) {
+			return st
+		}
+		select {
+		case <-p.JobChanged():
+		case <-timeout:
+			t.Fatalf("%s: job state %+v after 10 s", what, p.Job())
+		}
+	}
+}
+
+// The command's stops and continuations are seen while it is waited for, whoever caused
+// them, and its exit is still collected with its status.
+func TestJobStateFollowsStops(t *testing.T) {
+	requireRoot(t)
+	p, err := Start(context.Background(), rootSpec("sh", "-c", "kill -STOP $$; kill -STOP $$; exit 7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	exited := make(chan int, 1)
+	go func() { code, _ := p.Wait(); exited <- code }()
+
+	st := jobStateAfter(t, p, "the command's own SIGSTOP", func(s JobState) bool { return s.Stopped })
+	if st.Signal != syscall.SIGSTOP || st.Stops != 1 {
+		t.Fatalf("after kill -STOP $$: %+v, want stopped by SIGSTOP, one stop", st)
+	}
+	// Continued by a SIGCONT from elsewhere: seen, but not counted as the session's.
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	st = jobStateAfter(t, p, "the second stop", func(s JobState) bool { return s.Stops == 2 && s.Stopped })
+	if st.Continues != 0 {
+		t.Fatalf("%+v: a SIGCONT from outside counted as passed on", st)
+	}
+	// Continued through SignalJob: counted, and the stop it ends is over at once.
+	if err := p.SignalJob(syscall.SIGCONT, "/proc"); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Job(); st.Stopped || st.Continues != 1 {
+		t.Fatalf("after SignalJob(SIGCONT): %+v, want running, one SIGCONT counted", st)
+	}
+	select {
+	case code := <-exited:
+		if code != 7 {
+			t.Fatalf("Wait = %d, want 7", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the command did not end after SIGCONT; state %s", procState(t, p.PID()))
+	}
+	if st := p.Job(); st.Stopped || st.Stops != 2 {
+		t.Fatalf("after the exit: %+v", st)
+	}
+}

@@ -226,11 +226,15 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 			return nil, fmt.Errorf("start %s: open pidfd: %w; Linux 5.3 or later is needed", name, err)
 		}
 	}
+	// Process.wait reaps the command itself, with wait4 (to see its stops too): the
+	// os.Process is not needed beyond this, and releasing it closes its copy of the pidfd.
+	pid := osProc.Pid
+	_ = osProc.Release()
 	return &Process{
-		pid:        osProc.Pid,
-		gpid:       gpid.Make(spec.NodeIndex, osProc.Pid),
+		pid:        pid,
+		gpid:       gpid.Make(spec.NodeIndex, pid),
 		parentGPID: spec.ParentGPID,
-		os:         osProc,
+		jobChanged: make(chan struct{}, 1),
 		group:      group,
 		pidfd:      pidfd,
 		stdin:      files.parentStdin,

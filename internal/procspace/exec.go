@@ -38,6 +38,13 @@ const chunkSize = 1 << 20
 // pipeSize enlarges output pipes so each read carries a full chunk.
 const pipeSize = 1 << 20
 
+// stopSettle is how long the output of a stopped command must have been quiet before the
+// stop is reported, and stopOutputWait the longest a report waits for it (see attach).
+const (
+	stopSettle     = 10 * time.Millisecond
+	stopOutputWait = 250 * time.Millisecond
+)
+
 // outputDrain is how long output may still arrive after the command exits (from descendants
 // holding its stdout) before the rest of its tree is ended.
 const outputDrain = time.Second
@@ -143,7 +150,8 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		outPath = detachedOutput(spec.Dir, g)
 	}
 	s.log.Debug("started", "gpid", g, "cmd", args[0], "uid", c.Uid, "detach", start.Detach)
-	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir)}
+	started := &ssipb.RunStarted{Gpid: g, Node: nodeName, Explanation: explanation, OutputPath: []byte(outPath), Cwd: []byte(spec.Dir),
+		JobControl: !start.Detach}
 	if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Started{Started: started}}); err != nil {
 		_ = p.Terminate(s.cfg.Grace)
 		s.reap(r)
@@ -254,7 +262,12 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 			}
 			switch m := in.Msg.(type) {
 			case *ssipb.RunInput_Stdin:
-				if stdin != nil {
+				if p.TTY() != nil {
+					// Keys, Ctrl-Z among them, as a local terminal would take them.
+					if err := p.TypeKeys(m.Stdin, s.cfg.ProcRoot); err != nil {
+						s.log.Debug("typing on the terminal", "err", err)
+					}
+				} else if stdin != nil {
 					if _, err := stdin.Write(m.Stdin); err != nil && !errors.Is(err, syscall.EPIPE) {
 						s.log.Debug("writing stdin", "err", err)
 					}
@@ -285,9 +298,42 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 
 	// Process → client, until the command exits and its output is drained.
 	var drainTimer <-chan time.Time
+	// A stop goes to the client after the output the command wrote before it, as a local
+	// job's output is on the terminal before its shell says it stopped: once the pipes are
+	// empty and no frame has come for stopSettle, or after stopOutputWait at most (other
+	// processes of the tree may write on).
+	var job proc.JobState // what the client has been told
+	var stopCheck <-chan time.Time
+	var stopBy, lastFrame time.Time
+	outputs := []*os.File{p.TTY(), p.Stdout(), p.Stderr()}
 	for pumpsDone != nil || exited != nil {
 		select {
+		case <-p.JobChanged():
+			now := p.Job()
+			if now.Stopped && now.Stops > job.Stops {
+				// For now the SIGCONTs passed on only; the stop once its output is out.
+				if stopCheck == nil {
+					stopBy, stopCheck = time.Now().Add(stopOutputWait), time.After(stopSettle)
+				}
+				if err := sendContinues(stream, now, &job); err != nil {
+					return s.sendFailed(stream, r, err)
+				}
+				continue
+			}
+			if err := sendJobState(stream, now, &job); err != nil {
+				return s.sendFailed(stream, r, err)
+			}
+		case <-stopCheck:
+			if t := time.Now(); t.Before(stopBy) && (len(out) > 0 || t.Sub(lastFrame) < stopSettle || unread(outputs)) {
+				stopCheck = time.After(stopSettle)
+				continue
+			}
+			stopCheck = nil
+			if err := sendJobState(stream, p.Job(), &job); err != nil {
+				return s.sendFailed(stream, r, err)
+			}
 		case frame := <-out:
+			lastFrame = time.Now()
 			if err := stream.SendMsg(frame); err != nil {
 				return s.sendFailed(stream, r, err)
 			}
@@ -320,6 +366,52 @@ func (s *Service) attach(stream runStream, r *record, bulk *bulkOffer) error {
 	}
 	s.reap(r)
 	return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: int32(r.code), Signal: int32(r.signal), Message: ssipb.ValidText(r.message)}}})
+}
+
+// unread reports whether any of files (nil ones skipped) holds output not yet read.
+func unread(files []*os.File) bool {
+	for _, f := range files {
+		if f == nil {
+			continue
+		}
+		rc, err := f.SyscallConn()
+		if err != nil {
+			continue
+		}
+		n := 0
+		_ = rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// sendJobState tells the client what job control did to the command since sent: first a
+// continued for each SIGCONT passed on for the session, then a stop that came after them,
+// if the command is still stopped. A stop counted before one of those SIGCONTs is over and
+// not sent: the client, resumed by its shell's fg, must not stop again for it.
+func sendJobState(stream runStream, now proc.JobState, sent *proc.JobState) error {
+	if err := sendContinues(stream, now, sent); err != nil {
+		return err
+	}
+	if now.Stopped && now.Stops > sent.Stops {
+		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Stopped{Stopped: &ssipb.RunStopped{Signal: int32(now.Signal)}}}); err != nil {
+			return err
+		}
+	}
+	sent.Stops = now.Stops
+	return nil
+}
+
+// sendContinues sends the client a continued for each SIGCONT passed on since sent.
+func sendContinues(stream runStream, now proc.JobState, sent *proc.JobState) error {
+	for ; sent.Continues < now.Continues; sent.Continues++ {
+		if err := stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Continued{Continued: true}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sendFailed ends a session whose output could not be delivered: the tree ends, as a local

@@ -1419,12 +1419,16 @@ func (*RunInput_Signal) isRunInput_Msg() {}
 func (*RunInput_Resize) isRunInput_Msg() {}
 
 type RunStarted struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Gpid          int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	Explanation   string                 `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
-	OutputPath    []byte                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node (bytes: see RunStart)
-	Cwd           []byte                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Gpid        int64                  `protobuf:"varint,1,opt,name=gpid,proto3" json:"gpid,omitempty"`
+	Node        string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Explanation string                 `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	OutputPath  []byte                 `protobuf:"bytes,4,opt,name=output_path,json=outputPath,proto3" json:"output_path,omitempty"` // --detach: where stdout and stderr go on that node (bytes: see RunStart)
+	Cwd         []byte                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`                                 // the directory it runs in
+	// The agent running the command reports its stops (RunOutput.stopped) and answers every
+	// SIGCONT passed on for the session with RunOutput.continued. A client stops itself when
+	// the command stops only then: from an older agent neither comes.
+	JobControl    bool `protobuf:"varint,6,opt,name=job_control,json=jobControl,proto3" json:"job_control,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1494,6 +1498,59 @@ func (x *RunStarted) GetCwd() []byte {
 	return nil
 }
 
+func (x *RunStarted) GetJobControl() bool {
+	if x != nil {
+		return x.JobControl
+	}
+	return false
+}
+
+// RunStopped says the command stopped, as wait(2) with WUNTRACED reports a local child's stop:
+// its client stops too, so that the shell that started it sees a stopped job.
+type RunStopped struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Signal        int32                  `protobuf:"varint,1,opt,name=signal,proto3" json:"signal,omitempty"` // the signal that stopped it: TSTP, TTIN, TTOU or STOP
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunStopped) Reset() {
+	*x = RunStopped{}
+	mi := &file_ssi_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunStopped) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunStopped) ProtoMessage() {}
+
+func (x *RunStopped) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunStopped.ProtoReflect.Descriptor instead.
+func (*RunStopped) Descriptor() ([]byte, []int) {
+	return file_ssi_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RunStopped) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
 type RunExit struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Code    int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
@@ -1508,7 +1565,7 @@ type RunExit struct {
 
 func (x *RunExit) Reset() {
 	*x = RunExit{}
-	mi := &file_ssi_proto_msgTypes[18]
+	mi := &file_ssi_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1577,7 @@ func (x *RunExit) String() string {
 func (*RunExit) ProtoMessage() {}
 
 func (x *RunExit) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[18]
+	mi := &file_ssi_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1590,7 @@ func (x *RunExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunExit.ProtoReflect.Descriptor instead.
 func (*RunExit) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{18}
+	return file_ssi_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RunExit) GetCode() int32 {
@@ -1565,6 +1622,8 @@ type RunOutput struct {
 	//	*RunOutput_Stdout
 	//	*RunOutput_Stderr
 	//	*RunOutput_Exit
+	//	*RunOutput_Stopped
+	//	*RunOutput_Continued
 	Msg           isRunOutput_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1572,7 +1631,7 @@ type RunOutput struct {
 
 func (x *RunOutput) Reset() {
 	*x = RunOutput{}
-	mi := &file_ssi_proto_msgTypes[19]
+	mi := &file_ssi_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1643,7 @@ func (x *RunOutput) String() string {
 func (*RunOutput) ProtoMessage() {}
 
 func (x *RunOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[19]
+	mi := &file_ssi_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1656,7 @@ func (x *RunOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunOutput.ProtoReflect.Descriptor instead.
 func (*RunOutput) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{19}
+	return file_ssi_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RunOutput) GetMsg() isRunOutput_Msg {
@@ -1643,6 +1702,24 @@ func (x *RunOutput) GetExit() *RunExit {
 	return nil
 }
 
+func (x *RunOutput) GetStopped() *RunStopped {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Stopped); ok {
+			return x.Stopped
+		}
+	}
+	return nil
+}
+
+func (x *RunOutput) GetContinued() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*RunOutput_Continued); ok {
+			return x.Continued
+		}
+	}
+	return false
+}
+
 type isRunOutput_Msg interface {
 	isRunOutput_Msg()
 }
@@ -1663,6 +1740,17 @@ type RunOutput_Exit struct {
 	Exit *RunExit `protobuf:"bytes,4,opt,name=exit,proto3,oneof"`
 }
 
+type RunOutput_Stopped struct {
+	Stopped *RunStopped `protobuf:"bytes,5,opt,name=stopped,proto3,oneof"`
+}
+
+type RunOutput_Continued struct {
+	// A SIGCONT passed on for the session (ssi's fg or bg) has been delivered: a stop
+	// reported before this message is over. One for each such SIGCONT, in the order of the
+	// stream, so that a client resumed by fg can tell an earlier stop from a new one.
+	Continued bool `protobuf:"varint,6,opt,name=continued,proto3,oneof"`
+}
+
 func (*RunOutput_Started) isRunOutput_Msg() {}
 
 func (*RunOutput_Stdout) isRunOutput_Msg() {}
@@ -1670,6 +1758,10 @@ func (*RunOutput_Stdout) isRunOutput_Msg() {}
 func (*RunOutput_Stderr) isRunOutput_Msg() {}
 
 func (*RunOutput_Exit) isRunOutput_Msg() {}
+
+func (*RunOutput_Stopped) isRunOutput_Msg() {}
+
+func (*RunOutput_Continued) isRunOutput_Msg() {}
 
 type ProcInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1692,7 +1784,7 @@ type ProcInfo struct {
 
 func (x *ProcInfo) Reset() {
 	*x = ProcInfo{}
-	mi := &file_ssi_proto_msgTypes[20]
+	mi := &file_ssi_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1796,7 @@ func (x *ProcInfo) String() string {
 func (*ProcInfo) ProtoMessage() {}
 
 func (x *ProcInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[20]
+	mi := &file_ssi_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1809,7 @@ func (x *ProcInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcInfo.ProtoReflect.Descriptor instead.
 func (*ProcInfo) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{20}
+	return file_ssi_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProcInfo) GetGpid() int64 {
@@ -1821,7 +1913,7 @@ type PsRequest struct {
 
 func (x *PsRequest) Reset() {
 	*x = PsRequest{}
-	mi := &file_ssi_proto_msgTypes[21]
+	mi := &file_ssi_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1925,7 @@ func (x *PsRequest) String() string {
 func (*PsRequest) ProtoMessage() {}
 
 func (x *PsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[21]
+	mi := &file_ssi_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1938,7 @@ func (x *PsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PsRequest.ProtoReflect.Descriptor instead.
 func (*PsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{21}
+	return file_ssi_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PsRequest) GetNode() string {
@@ -1873,7 +1965,7 @@ type PsResponse struct {
 
 func (x *PsResponse) Reset() {
 	*x = PsResponse{}
-	mi := &file_ssi_proto_msgTypes[22]
+	mi := &file_ssi_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +1977,7 @@ func (x *PsResponse) String() string {
 func (*PsResponse) ProtoMessage() {}
 
 func (x *PsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[22]
+	mi := &file_ssi_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +1990,7 @@ func (x *PsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PsResponse.ProtoReflect.Descriptor instead.
 func (*PsResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{22}
+	return file_ssi_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PsResponse) GetProcs() []*ProcInfo {
@@ -1934,7 +2026,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_ssi_proto_msgTypes[23]
+	mi := &file_ssi_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2038,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[23]
+	mi := &file_ssi_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2051,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{23}
+	return file_ssi_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KillRequest) GetGpids() []int64 {
@@ -2000,7 +2092,7 @@ type KillResult struct {
 
 func (x *KillResult) Reset() {
 	*x = KillResult{}
-	mi := &file_ssi_proto_msgTypes[24]
+	mi := &file_ssi_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2104,7 @@ func (x *KillResult) String() string {
 func (*KillResult) ProtoMessage() {}
 
 func (x *KillResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[24]
+	mi := &file_ssi_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2117,7 @@ func (x *KillResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillResult.ProtoReflect.Descriptor instead.
 func (*KillResult) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{24}
+	return file_ssi_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KillResult) GetGpid() int64 {
@@ -2051,7 +2143,7 @@ type KillResponse struct {
 
 func (x *KillResponse) Reset() {
 	*x = KillResponse{}
-	mi := &file_ssi_proto_msgTypes[25]
+	mi := &file_ssi_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2155,7 @@ func (x *KillResponse) String() string {
 func (*KillResponse) ProtoMessage() {}
 
 func (x *KillResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[25]
+	mi := &file_ssi_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2168,7 @@ func (x *KillResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillResponse.ProtoReflect.Descriptor instead.
 func (*KillResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{25}
+	return file_ssi_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KillResponse) GetResults() []*KillResult {
@@ -2096,7 +2188,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_ssi_proto_msgTypes[26]
+	mi := &file_ssi_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2200,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[26]
+	mi := &file_ssi_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2213,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{26}
+	return file_ssi_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WaitRequest) GetGpid() int64 {
@@ -2148,7 +2240,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_ssi_proto_msgTypes[27]
+	mi := &file_ssi_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +2252,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[27]
+	mi := &file_ssi_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +2265,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{27}
+	return file_ssi_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WaitResponse) GetCode() int32 {
@@ -2198,7 +2290,7 @@ type FilesRequest struct {
 
 func (x *FilesRequest) Reset() {
 	*x = FilesRequest{}
-	mi := &file_ssi_proto_msgTypes[28]
+	mi := &file_ssi_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2302,7 @@ func (x *FilesRequest) String() string {
 func (*FilesRequest) ProtoMessage() {}
 
 func (x *FilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[28]
+	mi := &file_ssi_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2315,7 @@ func (x *FilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
 func (*FilesRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{28}
+	return file_ssi_proto_rawDescGZIP(), []int{29}
 }
 
 type FilesResponse struct {
@@ -2235,7 +2327,7 @@ type FilesResponse struct {
 
 func (x *FilesResponse) Reset() {
 	*x = FilesResponse{}
-	mi := &file_ssi_proto_msgTypes[29]
+	mi := &file_ssi_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2339,7 @@ func (x *FilesResponse) String() string {
 func (*FilesResponse) ProtoMessage() {}
 
 func (x *FilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[29]
+	mi := &file_ssi_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2352,7 @@ func (x *FilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
 func (*FilesResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{29}
+	return file_ssi_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FilesResponse) GetNodes() []*NodeFiles {
@@ -2283,7 +2375,7 @@ type NodeFiles struct {
 
 func (x *NodeFiles) Reset() {
 	*x = NodeFiles{}
-	mi := &file_ssi_proto_msgTypes[30]
+	mi := &file_ssi_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2387,7 @@ func (x *NodeFiles) String() string {
 func (*NodeFiles) ProtoMessage() {}
 
 func (x *NodeFiles) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[30]
+	mi := &file_ssi_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2400,7 @@ func (x *NodeFiles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeFiles.ProtoReflect.Descriptor instead.
 func (*NodeFiles) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{30}
+	return file_ssi_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeFiles) GetNode() string {
@@ -2363,7 +2455,7 @@ type FileExport struct {
 
 func (x *FileExport) Reset() {
 	*x = FileExport{}
-	mi := &file_ssi_proto_msgTypes[31]
+	mi := &file_ssi_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +2467,7 @@ func (x *FileExport) String() string {
 func (*FileExport) ProtoMessage() {}
 
 func (x *FileExport) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[31]
+	mi := &file_ssi_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +2480,7 @@ func (x *FileExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileExport.ProtoReflect.Descriptor instead.
 func (*FileExport) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{31}
+	return file_ssi_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FileExport) GetRoot() string {
@@ -2502,7 +2594,7 @@ type FileMount struct {
 
 func (x *FileMount) Reset() {
 	*x = FileMount{}
-	mi := &file_ssi_proto_msgTypes[32]
+	mi := &file_ssi_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +2606,7 @@ func (x *FileMount) String() string {
 func (*FileMount) ProtoMessage() {}
 
 func (x *FileMount) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_proto_msgTypes[32]
+	mi := &file_ssi_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +2619,7 @@ func (x *FileMount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileMount.ProtoReflect.Descriptor instead.
 func (*FileMount) Descriptor() ([]byte, []int) {
-	return file_ssi_proto_rawDescGZIP(), []int{32}
+	return file_ssi_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FileMount) GetPath() string {
@@ -2733,7 +2825,7 @@ const file_ssi_proto_rawDesc = "" +
 	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
 	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signal\x12,\n" +
 	"\x06resize\x18\x05 \x01(\v2\x12.ssi.v1.WindowSizeH\x00R\x06resizeB\x05\n" +
-	"\x03msg\"\x89\x01\n" +
+	"\x03msg\"\xaa\x01\n" +
 	"\n" +
 	"RunStarted\x12\x12\n" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
@@ -2741,16 +2833,23 @@ const file_ssi_proto_rawDesc = "" +
 	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x12\x1f\n" +
 	"\voutput_path\x18\x04 \x01(\fR\n" +
 	"outputPath\x12\x10\n" +
-	"\x03cwd\x18\x05 \x01(\fR\x03cwd\"O\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\x12\x1f\n" +
+	"\vjob_control\x18\x06 \x01(\bR\n" +
+	"jobControl\"$\n" +
+	"\n" +
+	"RunStopped\x12\x16\n" +
+	"\x06signal\x18\x01 \x01(\x05R\x06signal\"O\n" +
 	"\aRunExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
-	"\x06signal\x18\x03 \x01(\x05R\x06signal\"\x9d\x01\n" +
+	"\x06signal\x18\x03 \x01(\x05R\x06signal\"\xed\x01\n" +
 	"\tRunOutput\x12.\n" +
 	"\astarted\x18\x01 \x01(\v2\x12.ssi.v1.RunStartedH\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
 	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12%\n" +
-	"\x04exit\x18\x04 \x01(\v2\x0f.ssi.v1.RunExitH\x00R\x04exitB\x05\n" +
+	"\x04exit\x18\x04 \x01(\v2\x0f.ssi.v1.RunExitH\x00R\x04exit\x12.\n" +
+	"\astopped\x18\x05 \x01(\v2\x12.ssi.v1.RunStoppedH\x00R\astopped\x12\x1e\n" +
+	"\tcontinued\x18\x06 \x01(\bH\x00R\tcontinuedB\x05\n" +
 	"\x03msg\"\xda\x02\n" +
 	"\bProcInfo\x12\x12\n" +
 	"\x04gpid\x18\x01 \x01(\x03R\x04gpid\x12\x12\n" +
@@ -2848,7 +2947,7 @@ func file_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_proto_rawDescData
 }
 
-var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ssi_proto_goTypes = []any{
 	(*NodesRequest)(nil),        // 0: ssi.v1.NodesRequest
 	(*NodesResponse)(nil),       // 1: ssi.v1.NodesResponse
@@ -2868,46 +2967,48 @@ var file_ssi_proto_goTypes = []any{
 	(*WindowSize)(nil),          // 15: ssi.v1.WindowSize
 	(*RunInput)(nil),            // 16: ssi.v1.RunInput
 	(*RunStarted)(nil),          // 17: ssi.v1.RunStarted
-	(*RunExit)(nil),             // 18: ssi.v1.RunExit
-	(*RunOutput)(nil),           // 19: ssi.v1.RunOutput
-	(*ProcInfo)(nil),            // 20: ssi.v1.ProcInfo
-	(*PsRequest)(nil),           // 21: ssi.v1.PsRequest
-	(*PsResponse)(nil),          // 22: ssi.v1.PsResponse
-	(*KillRequest)(nil),         // 23: ssi.v1.KillRequest
-	(*KillResult)(nil),          // 24: ssi.v1.KillResult
-	(*KillResponse)(nil),        // 25: ssi.v1.KillResponse
-	(*WaitRequest)(nil),         // 26: ssi.v1.WaitRequest
-	(*WaitResponse)(nil),        // 27: ssi.v1.WaitResponse
-	(*FilesRequest)(nil),        // 28: ssi.v1.FilesRequest
-	(*FilesResponse)(nil),       // 29: ssi.v1.FilesResponse
-	(*NodeFiles)(nil),           // 30: ssi.v1.NodeFiles
-	(*FileExport)(nil),          // 31: ssi.v1.FileExport
-	(*FileMount)(nil),           // 32: ssi.v1.FileMount
-	nil,                         // 33: ssi.v1.StatusResponse.MembersEntry
+	(*RunStopped)(nil),          // 18: ssi.v1.RunStopped
+	(*RunExit)(nil),             // 19: ssi.v1.RunExit
+	(*RunOutput)(nil),           // 20: ssi.v1.RunOutput
+	(*ProcInfo)(nil),            // 21: ssi.v1.ProcInfo
+	(*PsRequest)(nil),           // 22: ssi.v1.PsRequest
+	(*PsResponse)(nil),          // 23: ssi.v1.PsResponse
+	(*KillRequest)(nil),         // 24: ssi.v1.KillRequest
+	(*KillResult)(nil),          // 25: ssi.v1.KillResult
+	(*KillResponse)(nil),        // 26: ssi.v1.KillResponse
+	(*WaitRequest)(nil),         // 27: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),        // 28: ssi.v1.WaitResponse
+	(*FilesRequest)(nil),        // 29: ssi.v1.FilesRequest
+	(*FilesResponse)(nil),       // 30: ssi.v1.FilesResponse
+	(*NodeFiles)(nil),           // 31: ssi.v1.NodeFiles
+	(*FileExport)(nil),          // 32: ssi.v1.FileExport
+	(*FileMount)(nil),           // 33: ssi.v1.FileMount
+	nil,                         // 34: ssi.v1.StatusResponse.MembersEntry
 }
 var file_ssi_proto_depIdxs = []int32{
 	2,  // 0: ssi.v1.NodesResponse.nodes:type_name -> ssi.v1.NodeInfo
 	2,  // 1: ssi.v1.StatusResponse.this_node:type_name -> ssi.v1.NodeInfo
 	5,  // 2: ssi.v1.StatusResponse.servers:type_name -> ssi.v1.ServerStatus
-	33, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
+	34, // 3: ssi.v1.StatusResponse.members:type_name -> ssi.v1.StatusResponse.MembersEntry
 	14, // 4: ssi.v1.Caller.rlimits:type_name -> ssi.v1.Rlimit
 	12, // 5: ssi.v1.RunStart.caller:type_name -> ssi.v1.Caller
 	13, // 6: ssi.v1.RunInput.start:type_name -> ssi.v1.RunStart
 	15, // 7: ssi.v1.RunInput.resize:type_name -> ssi.v1.WindowSize
 	17, // 8: ssi.v1.RunOutput.started:type_name -> ssi.v1.RunStarted
-	18, // 9: ssi.v1.RunOutput.exit:type_name -> ssi.v1.RunExit
-	20, // 10: ssi.v1.PsResponse.procs:type_name -> ssi.v1.ProcInfo
-	12, // 11: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
-	24, // 12: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
-	12, // 13: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
-	30, // 14: ssi.v1.FilesResponse.nodes:type_name -> ssi.v1.NodeFiles
-	31, // 15: ssi.v1.NodeFiles.export:type_name -> ssi.v1.FileExport
-	32, // 16: ssi.v1.NodeFiles.mount:type_name -> ssi.v1.FileMount
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 9: ssi.v1.RunOutput.exit:type_name -> ssi.v1.RunExit
+	18, // 10: ssi.v1.RunOutput.stopped:type_name -> ssi.v1.RunStopped
+	21, // 11: ssi.v1.PsResponse.procs:type_name -> ssi.v1.ProcInfo
+	12, // 12: ssi.v1.KillRequest.caller:type_name -> ssi.v1.Caller
+	25, // 13: ssi.v1.KillResponse.results:type_name -> ssi.v1.KillResult
+	12, // 14: ssi.v1.WaitRequest.caller:type_name -> ssi.v1.Caller
+	31, // 15: ssi.v1.FilesResponse.nodes:type_name -> ssi.v1.NodeFiles
+	32, // 16: ssi.v1.NodeFiles.export:type_name -> ssi.v1.FileExport
+	33, // 17: ssi.v1.NodeFiles.mount:type_name -> ssi.v1.FileMount
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_ssi_proto_init() }
@@ -2922,11 +3023,13 @@ func file_ssi_proto_init() {
 		(*RunInput_Signal)(nil),
 		(*RunInput_Resize)(nil),
 	}
-	file_ssi_proto_msgTypes[19].OneofWrappers = []any{
+	file_ssi_proto_msgTypes[20].OneofWrappers = []any{
 		(*RunOutput_Started)(nil),
 		(*RunOutput_Stdout)(nil),
 		(*RunOutput_Stderr)(nil),
 		(*RunOutput_Exit)(nil),
+		(*RunOutput_Stopped)(nil),
+		(*RunOutput_Continued)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2934,7 +3037,7 @@ func file_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_proto_rawDesc), len(file_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
