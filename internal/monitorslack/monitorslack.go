@@ -7,7 +7,9 @@
 // thread (default 50 µs) decides how far those short sleeps may stretch; a slack of a
 // millisecond or two halves sysmon's wake-ups. What sysmon does on each pass is unchanged: it
 // only takes back a processor from a blocked system call, or preempts a long-running
-// goroutine, up to the slack later.
+// goroutine, up to the slack later. The threads sysmon starts to take over such a processor
+// inherit its slack (the kernel copies it to a new thread), so their timed sleeps (a timer
+// that comes due while one of them waits in the poller) may stretch by as much too.
 package monitorslack
 
 import (

@@ -54,15 +54,14 @@ func TestSetReachesSysmon(t *testing.T) {
 		t.Fatal(err)
 	}
 	sysmon := nanosleepingThread(t)
-	tids, err := threadIDs()
-	if err != nil {
-		t.Fatal(err)
+	if got := readSlack(t, sysmon); got != "700000" {
+		t.Errorf("sysmon (thread %d) has slack %s, want 700000", sysmon, got)
 	}
-	for _, tid := range tids {
-		got := readSlack(t, tid)
-		if want := tid == sysmon; (got == "700000") != want {
-			t.Errorf("thread %d (sysmon: %d) has slack %s", tid, sysmon, got)
-		}
+	// Only sysmon was changed. Threads that sysmon itself starts (to take over a processor
+	// from a blocked system call) inherit its slack, so the others are not all unchanged:
+	// the main thread is.
+	if got := readSlack(t, os.Getpid()); got == "700000" {
+		t.Errorf("the main thread has sysmon's slack %s", got)
 	}
 }
 
