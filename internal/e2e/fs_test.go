@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +232,132 @@ func TestClusterFileTree(t *testing.T) {
 			return sh("n1", "cat "+path).stdout == "kept\n"
 		})
 	})
+}
+
+// TestClusterFileLockSurvivesOwnerKill: a process on n1 holds a file of n2 open with a POSIX
+// lock and an flock; n2's agent is killed with SIGKILL and started again. The file still reads
+// and writes from n1, the locks still hold against n3, whose attempt right after the restart
+// is held back by n2's grace period rather than winning over n1's reclaim, and once the holder
+// unlocks, n3 gets both locks.
+func TestClusterFileLockSurvivesOwnerKill(t *testing.T) {
+	c := startCluster(t, 3)
+	// On the machine's disk, which outlives n2's host, as does the helper built there.
+	dir, err := os.MkdirTemp("/var/tmp", "ssi-e2e-lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	locker := filepath.Join(dir, "locker")
+	build := exec.Command("go", "build", "-o", locker, "./testdata/locker")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the lock helper: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("before\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := "/ssi/n2" + dir + "/f"
+
+	// attempt runs the helper on node with commands and returns its answers, once the owner
+	// answers at all (not EIO or ENOTCONN, as while it is down or being noticed back).
+	attempt := func(node string, commands ...string) []string {
+		t.Helper()
+		var answers []string
+		eventually(t, 20*time.Second, "an answer from n2 to "+node, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			r := runCmd(t, c.Exec(ctx, node, locker, path), strings.Join(commands, "\n")+"\n")
+			answers = strings.Fields(r.stdout)
+			return !slices.ContainsFunc(answers, func(a string) bool { return a == "EIO" || a == "ENOTCONN" })
+		})
+		return answers
+	}
+
+	holder := startLocker(t, c, "n1", locker, path)
+	for _, cmd := range []string{"lk w 0 1", "fl ex"} {
+		if got := holder.do(cmd); got != "ok" {
+			t.Fatalf("holder on n1: %s: %s", cmd, got)
+		}
+	}
+	if got := attempt("n3", "lk w 0 1", "fl ex"); !slices.Equal(got, []string{"EAGAIN", "EAGAIN"}) {
+		t.Fatalf("n3 locks the held file before the kill: %v, want EAGAIN twice", got)
+	}
+
+	if err := c.KillAgent("n2"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Restart(ctx, "n2"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if got := attempt("n3", "lk w 0 1", "fl ex"); !slices.Equal(got, []string{"EAGAIN", "EAGAIN"}) {
+		t.Fatalf("n3 locks the held file right after n2's restart: %v, want EAGAIN twice (the holder's locks reclaimed)", got)
+	}
+	t.Logf("n3's attempt after n2's restart answered in %v", time.Since(start).Round(time.Millisecond))
+
+	if got := holder.do("read"); got != "before" {
+		t.Fatalf("holder reads after n2's restart: %q", got)
+	}
+	if got := holder.do("write after"); got != "ok" {
+		t.Fatalf("holder writes after n2's restart: %s", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != "after\n" {
+		t.Fatalf("the file on n2's disk after the holder's write: %q, %v", b, err)
+	}
+	// An unlock fails with EIO if the lock was lost in the reclaim.
+	for _, cmd := range []string{"lk u 0 1", "fl un"} {
+		if got := holder.do(cmd); got != "ok" {
+			t.Fatalf("holder on n1 after n2's restart: %s: %s", cmd, got)
+		}
+	}
+	if got := attempt("n3", "lk w 0 1", "fl ex"); !slices.Equal(got, []string{"ok", "ok"}) {
+		t.Fatalf("n3 locks the file the holder unlocked: %v, want ok twice", got)
+	}
+}
+
+// lockerProc is the lock helper running inside a host, told what to do line by line.
+type lockerProc struct {
+	t     *testing.T
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+}
+
+func startLocker(t *testing.T, c *devcluster.Cluster, node, locker, path string) *lockerProc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := c.Exec(ctx, node, locker, path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		cancel()
+		cmd.Wait()
+	})
+	return &lockerProc{t: t, stdin: stdin, out: bufio.NewScanner(stdout)}
+}
+
+// do runs one command and returns its answer.
+func (p *lockerProc) do(command string) string {
+	p.t.Helper()
+	if _, err := io.WriteString(p.stdin, command+"\n"); err != nil {
+		p.t.Fatalf("lock helper: %v", err)
+	}
+	if !p.out.Scan() {
+		p.t.Fatalf("lock helper ended: %v", p.out.Err())
+	}
+	return p.out.Text()
 }

@@ -221,26 +221,36 @@ func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint
 	return uint64(reply.Offset), handleErrno(reply.Errno)
 }
 
-func (f *fileHandle) lock(ctx context.Context, req *fspb.LockRequest) (*fspb.LockReply, syscall.Errno) {
+// lock sends a lock request, again after the owner's grace period if the owner holds it back
+// for reclaims (reclaim.go); blocking says it is an attempt of a blocking wait, whose wait for
+// the grace period a signal interrupts.
+func (f *fileHandle) lock(ctx context.Context, req *fspb.LockRequest, blocking bool) (*fspb.LockReply, syscall.Errno) {
 	req.Session = f.n.p.m.session
-	var reply *fspb.LockReply
-	errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
-		req.Handle = h
-		var err error
-		if reply, err = api.Lock(rpc, req); err != nil {
-			return 0, err
+	for {
+		var reply *fspb.LockReply
+		errno := f.onHandle(ctx, true, func(rpc context.Context, api filesAPI, h uint64) (int32, error) {
+			req.Handle = h
+			var err error
+			if reply, err = api.Lock(rpc, req); err != nil {
+				return 0, err
+			}
+			return reply.Errno, nil
+		})
+		if errno != 0 {
+			return nil, errno
 		}
-		return reply.Errno, nil
-	})
-	if errno != 0 {
-		return nil, errno
+		if reply.GraceMs == 0 {
+			return reply, handleErrno(reply.Errno)
+		}
+		if errno := f.n.p.awaitGrace(ctx, time.Duration(reply.GraceMs)*time.Millisecond, blocking); errno != 0 {
+			return nil, errno
+		}
 	}
-	return reply, handleErrno(reply.Errno)
 }
 
 func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	reply, errno := f.lock(ctx, &fspb.LockRequest{Op: fspb.LockRequest_GET, Owner: owner, Type: lk.Typ,
-		Start: lk.Start, End: lk.End, Flock: flags&fuse.FUSE_LK_FLOCK != 0})
+		Start: lk.Start, End: lk.End, Flock: flags&fuse.FUSE_LK_FLOCK != 0}, false)
 	if errno != 0 {
 		return errno
 	}
@@ -249,11 +259,12 @@ func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 }
 
 func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.setlk(ctx, owner, lk, flags, 0)
+	return f.setlk(ctx, owner, lk, flags, false, 0)
 }
 
-// setlk asks the owner for a lock once; wait, if not 0, is the blocking wait it is part of.
-func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, wait uint64) syscall.Errno {
+// setlk asks the owner for a lock once; blocking says it is an attempt of a blocking wait,
+// and wait, if not 0, is that wait's number.
+func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, blocking bool, wait uint64) syscall.Errno {
 	req := &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: lk.Typ, Start: lk.Start, End: lk.End,
 		Flock: flags&fuse.FUSE_LK_FLOCK != 0, Wait: wait}
 	if !req.Flock && lk.Typ == syscall.F_UNLCK && lk.Start == 0 && lk.End == math.MaxInt64 {
@@ -264,7 +275,7 @@ func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 		return syscall.EIO
 	}
 	f.noteLock(req, false)
-	_, errno := f.lock(ctx, req)
+	_, errno := f.lock(ctx, req, blocking)
 	if errno == 0 {
 		f.noteLock(req, true)
 	}
@@ -298,7 +309,7 @@ func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock
 func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, id uint64) syscall.Errno {
 	wait := time.Millisecond
 	for {
-		errno := f.setlk(ctx, owner, lk, flags, id)
+		errno := f.setlk(ctx, owner, lk, flags, true, id)
 		if errno != syscall.EAGAIN && errno != syscall.EWOULDBLOCK {
 			return errno
 		}
@@ -316,7 +327,7 @@ func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLo
 // cancelWait tells the owner that blocking wait id ended without its answer. Should this
 // fail, the owner stops counting the wait after waitStale.
 func (f *fileHandle) cancelWait(ctx context.Context, owner uint64, id uint64) {
-	if _, errno := f.lock(context.WithoutCancel(ctx), &fspb.LockRequest{Op: fspb.LockRequest_CANCEL_WAIT, Owner: owner, Wait: id}); errno != 0 {
+	if _, errno := f.lock(context.WithoutCancel(ctx), &fspb.LockRequest{Op: fspb.LockRequest_CANCEL_WAIT, Owner: owner, Wait: id}, false); errno != 0 {
 		f.n.p.m.log.Debug("could not cancel a lock wait on its owner", "node", f.n.p.name, "errno", errno)
 	}
 }

@@ -171,6 +171,11 @@ func (n *testNode) start(cfg ServerConfig) {
 	if cfg.Root == "" {
 		cfg.Root = n.root
 	}
+	if cfg.reclaimGrace == 0 {
+		// Most tests lock right after their servers start: those of the grace period ask for
+		// one.
+		cfg.reclaimGrace = -1
+	}
 	cfg.identify = testIdentify
 	cfg.identifyConn = testIdentifyConn
 	cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -291,6 +291,7 @@ func (m *mapper) byteAt(t testing.TB, off int) byte {
 //	lkw r|w|u START LEN    F_SETLKW
 //	lkwi START LEN MS      F_SETLKW of a write lock, interrupted by a signal after MS ms
 //	fl sh|ex|un            flock with LOCK_NB
+//	gk START LEN           F_GETLK of a write lock: "none", or the conflicting lock's "r" or "w"
 func lockScript(path string) int {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -319,6 +320,15 @@ func lockScript(path string) int {
 		case len(fields) == 4 && fields[0] == "lkwi":
 			fmt.Sscan(in.Text(), &op, &start, &length, &ms)
 			typ = "w"
+		case len(fields) == 3 && fields[0] == "gk":
+			fmt.Sscan(in.Text(), &op, &start, &length)
+			lk := unix.Flock_t{Type: unix.F_WRLCK, Start: start, Len: length}
+			if err := unix.FcntlFlock(f.Fd(), unix.F_GETLK, &lk); err != nil {
+				fmt.Println(errName(err))
+				continue
+			}
+			fmt.Println(map[int16]string{unix.F_UNLCK: "none", unix.F_RDLCK: "r", unix.F_WRLCK: "w"}[lk.Type])
+			continue
 		case len(fields) == 2 && fields[0] == "fl":
 			how := map[string]int{"sh": unix.LOCK_SH, "ex": unix.LOCK_EX, "un": unix.LOCK_UN}[fields[1]]
 			fmt.Println(errName(unix.Flock(int(f.Fd()), how|unix.LOCK_NB)))

@@ -142,11 +142,19 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		sess.graph.cancel(sess.idx, req.Wait, time.Now())
 		return &fspb.LockReply{}, 0
 	}
+	if req.Reclaim && (req.Op != fspb.LockRequest_SET || req.Wait != 0) {
+		// Only a non-blocking SET takes a lock again.
+		return nil, syscall.EINVAL
+	}
 	f, errno := sess.handle(req.Handle)
 	if errno != 0 {
 		return nil, errno
 	}
 	defer f.release()
+	// After the handle: a handle of the server's earlier instance is first opened again.
+	if left := s.graceLeft(req, time.Now()); left > 0 {
+		return &fspb.LockReply{Errno: int32(syscall.EAGAIN), GraceMs: uint32(left.Milliseconds()) + 1}, 0
+	}
 
 	switch req.Op {
 	case fspb.LockRequest_RELEASE_OWNER:

@@ -25,8 +25,79 @@ import (
 // replaced, no longer permitted) stays lost: its calls fail with EIO. Devices are not opened
 // again, as an open may act on one (a tape rewinds on close).
 //
-// There is no grace period on the owner: another node's request that reaches the restarted
-// owner before the holder's reclaim gets the lock, and the reclaim fails.
+// Grace period: for reclaimGracePeriod after a file server starts, it holds back the lock
+// requests that take a lock (POSIX or flock) or test for one (F_GETLK), except reclaims, which
+// are marked as such: it answers them at once that it is in its grace period and for how much
+// longer, and the client asks again then. So another node's request that reaches the restarted
+// owner before the holder's reclaim does not win the lock: it waits, and is then answered as
+// after the reclaim. Unlocks are served at once: they take nothing from anyone. The server
+// cannot tell a restart from a first start (it keeps nothing on disk), so the grace period
+// follows every start. A reclaim is a non-blocking request like any other, during the grace
+// period or after it: the mark lets it skip the wait, never a lock someone else holds. Its
+// owner's own processes, using the file by its own path, are not held back.
+//
+// The client waits (lock) rather than the server: a bounded request held on the server would
+// pin a thread there and could meet the request timeout, and a blocking wait must stay
+// interruptible.
+
+// reclaimGracePeriod is how long a file server holds lock requests back for reclaims after it
+// starts. A client learns of the restart when its watch stream connects again, retried at
+// most maxWatchBackoff (2 s) apart, then reclaims with one open per file and one request per
+// lock, a few round trips; 5 s leaves room for a slow reconnection or a busy owner, while a
+// lock call in the first seconds after an agent starts (a first start too) waits at most that.
+// NFS servers keep 90 s, their clients' lease time.
+const reclaimGracePeriod = 5 * time.Second
+
+// maxGraceWait bounds one wait for an owner's grace period, whatever the owner says.
+const maxGraceWait = 2 * reclaimGracePeriod
+
+func (cfg ServerConfig) reclaimGracePeriod() time.Duration {
+	switch {
+	case cfg.reclaimGrace < 0:
+		return 0
+	case cfg.reclaimGrace > 0:
+		return cfg.reclaimGrace
+	}
+	return reclaimGracePeriod
+}
+
+// graceLeft tells how much longer req is held back by the grace period: requests that take a
+// lock or test for one, other than reclaims.
+func (s *Server) graceLeft(req *fspb.LockRequest, now time.Time) time.Duration {
+	left := s.graceEnd.Sub(now)
+	if left <= 0 || req.Reclaim {
+		return 0
+	}
+	switch req.Op {
+	case fspb.LockRequest_GET:
+		return left
+	case fspb.LockRequest_SET:
+		if req.Type != unix.F_UNLCK {
+			return left
+		}
+	}
+	return 0
+}
+
+// awaitGrace waits for the owner's grace period to end, as the owner said it would after
+// left. Only the attempts of a blocking wait are interrupted (interruptible): other lock
+// calls are bounded ones, which are not (see callCtx), and the grace period is short.
+func (p *peer) awaitGrace(ctx context.Context, left time.Duration, interruptible bool) syscall.Errno {
+	t := time.NewTimer(min(left, maxGraceWait))
+	defer t.Stop()
+	var interrupted <-chan struct{}
+	if interruptible {
+		interrupted = ctx.Done()
+	}
+	select {
+	case <-t.C:
+		return 0
+	case <-interrupted:
+		return syscall.EINTR
+	case <-p.m.ctx.Done():
+		return syscall.EIO
+	}
+}
 
 // noteHandle adds a handle to those the peer reopens after a restart of the owner.
 func (p *peer) noteHandle(f *fileHandle) {
@@ -218,7 +289,7 @@ func (p *peer) reclaimLocks(ctx context.Context, n *node, handles []*fileHandle)
 	for owner, spans := range owners {
 		ok := true
 		for _, s := range spans {
-			errno := p.reclaimOne(ctx, via, &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: uint32(s.typ), Start: s.start, End: s.end})
+			errno := p.reclaimOne(ctx, via, &fspb.LockRequest{Op: fspb.LockRequest_SET, Owner: owner, Type: uint32(s.typ), Start: s.start, End: s.end, Reclaim: true})
 			if errno != 0 {
 				ok = false
 				break
@@ -246,7 +317,7 @@ func (p *peer) reclaimLocks(ctx context.Context, n *node, handles []*fileHandle)
 		if typ == 0 {
 			continue
 		}
-		if p.reclaimOne(ctx, f, &fspb.LockRequest{Op: fspb.LockRequest_SET, Type: typ, Flock: true}) == 0 {
+		if p.reclaimOne(ctx, f, &fspb.LockRequest{Op: fspb.LockRequest_SET, Type: typ, Flock: true, Reclaim: true}) == 0 {
 			reclaimed++
 			continue
 		}
@@ -258,7 +329,8 @@ func (p *peer) reclaimLocks(ctx context.Context, n *node, handles []*fileHandle)
 	return reclaimed, failed
 }
 
-// reclaimOne sends one lock request of a reclaim (not held up by the reclaim itself).
+// reclaimOne sends one lock request of a reclaim (not held up by the reclaim itself, nor, when
+// marked as a reclaim, by the owner's grace period).
 func (p *peer) reclaimOne(ctx context.Context, f *fileHandle, req *fspb.LockRequest) syscall.Errno {
 	req.Session, req.Handle = p.m.session, f.handle()
 	var reply *fspb.LockReply

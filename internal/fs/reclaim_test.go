@@ -1,10 +1,16 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"os"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // TestLockReclaimedAfterOwnerRestart: a POSIX lock taken through the tree holds again on its
@@ -71,7 +77,8 @@ func TestLockReclaimRefused(t *testing.T) {
 	if got := b.do("lk w 0 1"); got != "ok" {
 		t.Fatalf("a process on the owner locks byte 0 while the server is down: %s", got)
 	}
-	n2.start(ServerConfig{})
+	// Within the grace period: it makes no room for a reclaim over a lock taken meanwhile.
+	n2.start(ServerConfig{reclaimGrace: time.Second})
 	eventually(t, 10*time.Second, "the reclaim done", func() error {
 		if n1.mount.reclaimsDone() == 0 {
 			return errors.New("not yet")
@@ -109,7 +116,8 @@ func TestLockWaitAcrossOwnerRestart(t *testing.T) {
 	b.send("lkw w 0 1")
 	n2.awaitLockWaits(t, 1)
 
-	n2.restart(ServerConfig{})
+	// B's attempts wait for the grace period, then for A's lock again.
+	n2.restart(ServerConfig{reclaimGrace: time.Second})
 	eventually(t, 10*time.Second, "the reclaim done", func() error {
 		if n1.mount.reclaimsDone() == 0 {
 			return errors.New("not yet")
@@ -132,5 +140,158 @@ func TestLockWaitAcrossOwnerRestart(t *testing.T) {
 	}
 	if got := b.answer(10 * time.Second); got != "ok" {
 		t.Fatalf("B's wait once A unlocked: %s, want ok", got)
+	}
+}
+
+// TestLockGraceHoldsCompetitorsBack: after the owner's file server restarted, another node's
+// lock request that reaches it before the holder's reclaim waits for the grace period and is
+// then refused, rather than taking the lock; a blocking wait held back by the grace period is
+// still interrupted by a signal.
+func TestLockGraceHoldsCompetitorsBack(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n1.mountTree(time.Second)
+	n3.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	a := startLockProc(t, n1.path("n2", "f"))
+	if got := a.do("lk w 0 1"); got != "ok" {
+		t.Fatalf("A locks byte 0: %s", got)
+	}
+	if got := a.do("fl ex"); got != "ok" {
+		t.Fatalf("A flocks the file: %s", got)
+	}
+
+	// n1 does not hear of the restart while muted, so its reclaim comes after the
+	// competitors' requests: about 6 s after the restart, as the watch stream it opens while
+	// muted hears nothing until it gives up (the client's heartbeat limit).
+	const grace = 8 * time.Second
+	n1.mute.Store(true)
+	t.Cleanup(func() { n1.mute.Store(false) }) // before the cluster's: a muted mount does not close
+	n2.restart(ServerConfig{reclaimGrace: grace})
+	restarted := time.Now()
+	b := startLockProc(t, n3.path("n2", "f"))
+	b.send("lk w 0 1")
+	d := startLockProc(t, n3.path("n2", "f"))
+	d.send("gk 0 1")
+	e := startLockProc(t, n3.path("n2", "f"))
+	e.send("lkwi 5 1 300")
+	if got := e.answer(5 * time.Second); got != "EINTR" {
+		t.Fatalf("a blocking wait interrupted during the grace period: %s, want EINTR", got)
+	}
+	if got := b.answer(300 * time.Millisecond); got != "(none)" {
+		t.Fatalf("another node locks A's byte before A's reclaim: %s, want it held back", got)
+	}
+	n1.mute.Store(false)
+	if got := b.answer(2 * grace); got != "EAGAIN" {
+		t.Fatalf("another node's lock of A's byte during the grace period: %s after %v (reclaims %d), want EAGAIN after A's reclaim", got, time.Since(restarted), n1.mount.reclaimsDone())
+	}
+	if took := time.Since(restarted); took < grace-100*time.Millisecond {
+		t.Fatalf("the competitor was answered %v after the restart, within the grace period (%v)", took, grace)
+	}
+	if n1.mount.reclaimsDone() == 0 {
+		t.Fatal("the competitor was answered before A's reclaim")
+	}
+	if got := d.answer(time.Second); got != "w" {
+		t.Fatalf("F_GETLK during the grace period: %s, want A's write lock", got)
+	}
+	if got := b.do("fl sh"); got != "EWOULDBLOCK" && got != "EAGAIN" {
+		t.Fatalf("another node flocks A's file: %s, want EWOULDBLOCK", got)
+	}
+	if got := a.do("lk u 0 1"); got != "ok" {
+		t.Fatalf("A unlocks: %s", got)
+	}
+	if got := a.do("fl un"); got != "ok" {
+		t.Fatalf("A unflocks: %s", got)
+	}
+	if got := b.do("lk w 0 1"); got != "ok" {
+		t.Fatalf("another node locks the byte A unlocked: %s", got)
+	}
+	if got := b.do("fl ex"); got != "ok" {
+		t.Fatalf("another node flocks the file A unflocked: %s", got)
+	}
+}
+
+// TestLockGraceServer: during the grace period the owner holds back the requests that take or
+// test a lock, not reclaims nor unlocks; a reclaim never takes a lock someone else holds,
+// during the grace period or after it.
+func TestLockGraceServer(t *testing.T) {
+	c := newTestCluster(t, "n2")
+	n2 := c.node("n2")
+	must(t, os.WriteFile(n2.disk("f"), nil, 0o644))
+	const grace = time.Second
+	n2.restart(ServerConfig{reclaimGrace: grace})
+	end := time.Now().Add(grace)
+	type client struct {
+		ctx     context.Context
+		session []byte
+		h       uint64
+	}
+	open := func(node string) client {
+		cl := client{ctx: withCallerNode(context.Background(), node), session: []byte("s")}
+		reply, err := n2.server.Open(cl.ctx, &fspb.OpenRequest{Session: cl.session, Caller: &fspb.Caller{},
+			Node: &fspb.NodeRef{Path: []byte("f")}, Flags: unix.O_RDWR})
+		must(t, err)
+		if reply.Errno != 0 {
+			t.Fatalf("open: %v", syscall.Errno(reply.Errno))
+		}
+		cl.h = reply.Handle
+		return cl
+	}
+	lock := func(cl client, req *fspb.LockRequest) *fspb.LockReply {
+		t.Helper()
+		req.Session, req.Handle, req.Owner, req.End = cl.session, cl.h, 1, req.Start
+		reply, err := n2.server.Lock(cl.ctx, req)
+		must(t, err)
+		return reply
+	}
+	set := fspb.LockRequest_SET
+	a, b := open("n1"), open("n3")
+
+	for _, req := range []*fspb.LockRequest{
+		{Op: set, Type: unix.F_WRLCK},
+		{Op: set, Type: unix.F_RDLCK, Wait: 7},
+		{Op: set, Type: unix.F_WRLCK, Flock: true},
+		{Op: fspb.LockRequest_GET, Type: unix.F_WRLCK},
+	} {
+		if r := lock(b, req); r.GraceMs == 0 || r.Errno != int32(syscall.EAGAIN) || time.Duration(r.GraceMs)*time.Millisecond > grace+time.Millisecond {
+			t.Fatalf("%v during the grace period: %v, want held back", req, r)
+		}
+	}
+	for _, req := range []*fspb.LockRequest{
+		{Op: set, Type: unix.F_UNLCK},
+		{Op: set, Type: unix.F_UNLCK, Flock: true},
+		{Op: fspb.LockRequest_RELEASE_OWNER},
+		{Op: set, Type: unix.F_WRLCK, Reclaim: true},
+		{Op: set, Type: unix.F_WRLCK, Flock: true, Reclaim: true},
+	} {
+		if r := lock(a, req); r.GraceMs != 0 || r.Errno != 0 {
+			t.Fatalf("%v during the grace period: %v, want served", req, r)
+		}
+	}
+	for _, req := range []*fspb.LockRequest{
+		{Op: set, Type: unix.F_WRLCK, Reclaim: true, Wait: 8},
+		{Op: fspb.LockRequest_GET, Type: unix.F_WRLCK, Reclaim: true},
+	} {
+		if r := lock(b, req); r.Errno != int32(syscall.EINVAL) {
+			t.Fatalf("%v: %v, want EINVAL (a reclaim is a non-blocking SET)", req, r)
+		}
+	}
+	jump := func(when string) {
+		t.Helper()
+		if r := lock(b, &fspb.LockRequest{Op: set, Type: unix.F_RDLCK, Reclaim: true}); r.GraceMs != 0 || r.Errno != int32(syscall.EAGAIN) {
+			t.Fatalf("a reclaim of a POSIX lock another holds, %s: %v, want EAGAIN", when, r)
+		}
+		if r := lock(b, &fspb.LockRequest{Op: set, Type: unix.F_RDLCK, Flock: true, Reclaim: true}); r.GraceMs != 0 || r.Errno != int32(syscall.EWOULDBLOCK) {
+			t.Fatalf("a reclaim of an flock another holds, %s: %v, want EWOULDBLOCK", when, r)
+		}
+	}
+	jump("during the grace period")
+	time.Sleep(time.Until(end))
+	jump("after the grace period")
+	if r := lock(b, &fspb.LockRequest{Op: fspb.LockRequest_GET, Type: unix.F_WRLCK}); r.GraceMs != 0 || r.Errno != 0 || r.Type != unix.F_WRLCK {
+		t.Fatalf("F_GETLK after the grace period: %v, want a's write lock", r)
+	}
+	if r := lock(b, &fspb.LockRequest{Op: set, Type: unix.F_WRLCK, Start: 3}); r.GraceMs != 0 || r.Errno != 0 {
+		t.Fatalf("a lock nobody holds after the grace period: %v, want it", r)
 	}
 }

@@ -47,6 +47,9 @@ type ServerConfig struct {
 	identifyConn func(net.Conn) (string, error)
 	// grace replaces sessionGrace when not zero. Tests shorten it.
 	grace time.Duration
+	// reclaimGrace replaces reclaimGracePeriod when not zero; negative means none. Tests
+	// shorten it.
+	reclaimGrace time.Duration
 	// cacheLimit replaces defaultCacheLimit when not zero. Tests lower it.
 	cacheLimit int
 }
@@ -66,6 +69,8 @@ type Server struct {
 	cache    *cacheTable
 	kinds    devKinds
 	instance []byte
+	// graceEnd ends the grace period that holds lock requests back for reclaims (reclaim.go).
+	graceEnd time.Time
 	identify func(context.Context) (string, error)
 
 	identifyConn  func(net.Conn) (string, error)
@@ -120,6 +125,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		creds:         creds,
 		cache:         newCacheTable(cfg.cacheLimit),
 		instance:      instance,
+		graceEnd:      time.Now().Add(cfg.reclaimGracePeriod()),
 		identify:      cfg.identify,
 		identifyConn:  cfg.identifyConn,
 		wireListeners: make(map[net.Listener]struct{}),

@@ -2775,7 +2775,12 @@ type LockRequest struct {
 	// wait, if not 0, says that a SET is one attempt of a blocking wait (F_SETLKW), numbered
 	// uniquely within the session: the owner notes who waits for what, for deadlock detection,
 	// and answers EDEADLK where the wait would close a cycle. An older owner ignores it.
-	Wait          uint64 `protobuf:"varint,9,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait uint64 `protobuf:"varint,9,opt,name=wait,proto3" json:"wait,omitempty"`
+	// reclaim says that a SET (not of a blocking wait) takes again a lock the client held
+	// before the owner's file server restarted: it is served during the owner's grace period,
+	// which holds other requests that take or test locks back. It is still a non-blocking
+	// request: it never takes a lock someone else holds.
+	Reclaim       bool `protobuf:"varint,10,opt,name=reclaim,proto3" json:"reclaim,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2873,12 +2878,23 @@ func (x *LockRequest) GetWait() uint64 {
 	return 0
 }
 
+func (x *LockRequest) GetReclaim() bool {
+	if x != nil {
+		return x.Reclaim
+	}
+	return false
+}
+
 type LockReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
-	Type          uint32                 `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
-	Start         uint64                 `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`
-	End           uint64                 `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Errno int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	Type  uint32                 `protobuf:"varint,2,opt,name=type,proto3" json:"type,omitempty"`
+	Start uint64                 `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`
+	End   uint64                 `protobuf:"varint,4,opt,name=end,proto3" json:"end,omitempty"`
+	// grace_ms, if not 0, says that the owner is in its grace period after a restart and
+	// served nothing: ask again after this many milliseconds. errno is then EAGAIN, so that a
+	// client that does not know the field fails a non-blocking request or polls again.
+	GraceMs       uint32 `protobuf:"varint,5,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2937,6 +2953,13 @@ func (x *LockReply) GetStart() uint64 {
 func (x *LockReply) GetEnd() uint64 {
 	if x != nil {
 		return x.End
+	}
+	return 0
+}
+
+func (x *LockReply) GetGraceMs() uint32 {
+	if x != nil {
+		return x.GraceMs
 	}
 	return 0
 }
@@ -3504,7 +3527,7 @@ const file_fs_proto_rawDesc = "" +
 	"XattrReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\rR\x04size\"\xa2\x02\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"\xbc\x02\n" +
 	"\vLockRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12)\n" +
@@ -3514,17 +3537,20 @@ const file_fs_proto_rawDesc = "" +
 	"\x05start\x18\x06 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\a \x01(\x04R\x03end\x12\x14\n" +
 	"\x05flock\x18\b \x01(\bR\x05flock\x12\x12\n" +
-	"\x04wait\x18\t \x01(\x04R\x04wait\":\n" +
+	"\x04wait\x18\t \x01(\x04R\x04wait\x12\x18\n" +
+	"\areclaim\x18\n" +
+	" \x01(\bR\areclaim\":\n" +
 	"\x02Op\x12\a\n" +
 	"\x03GET\x10\x00\x12\a\n" +
 	"\x03SET\x10\x01\x12\x11\n" +
 	"\rRELEASE_OWNER\x10\x02\x12\x0f\n" +
-	"\vCANCEL_WAIT\x10\x03\"]\n" +
+	"\vCANCEL_WAIT\x10\x03\"x\n" +
 	"\tLockReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\rR\x04type\x12\x14\n" +
 	"\x05start\x18\x03 \x01(\x04R\x05start\x12\x10\n" +
-	"\x03end\x18\x04 \x01(\x04R\x03end\"5\n" +
+	"\x03end\x18\x04 \x01(\x04R\x03end\x12\x19\n" +
+	"\bgrace_ms\x18\x05 \x01(\rR\agraceMs\"5\n" +
 	"\aWatchUp\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x10\n" +
 	"\x03ack\x18\x02 \x01(\x04R\x03ack\"o\n" +
