@@ -5,6 +5,8 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -162,9 +164,22 @@ func flagValueError(err error) error {
 // Execute runs the command tree and returns the process exit code.
 func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 	asShortLivedClient()
-	root := NewRoot(build, args, server)
+	return execute(NewRoot(build, args, server), args, os.Stdout, os.Stderr)
+}
+
+// execute runs root with args, writing what commands print to stdout and ssi's own messages
+// to stderr, and returns the exit code.
+func execute(root *cobra.Command, args []string, stdout, stderr io.Writer) int {
+	out := &outputWriter{w: stdout}
+	root.SetOut(out)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
+	if err == nil && out.err != nil {
+		// Output that did not reach its file (a full disk, /dev/full) is a failure, as for
+		// any Unix tool: "ssi token create > token" must not leave an empty file and exit 0.
+		// A reader that went away ends ssi by SIGPIPE before this, as it does them.
+		err = fmt.Errorf("writing standard output: %w", out.err)
+	}
 	if err != nil && cmd == root && !strings.Contains(err.Error(), "--help") {
 		// An unknown command: cobra checks the root's words itself, past withUsageHints.
 		err = fmt.Errorf("%w: see ssi --help", err)
@@ -175,15 +190,37 @@ func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 	var ee exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintln(os.Stderr, "ssi: "+ee.msg)
+			fmt.Fprintln(stderr, "ssi: "+ee.msg)
 		}
 		if ee.signal != 0 {
 			dieOfSignal(ee.signal)
 		}
 		return ee.code
 	}
-	fmt.Fprintln(os.Stderr, "ssi: "+err.Error())
+	fmt.Fprintln(stderr, "ssi: "+err.Error())
 	return 1
+}
+
+// outputWriter is the commands' standard output. It keeps the first write error, which
+// commands that print with fmt.Fprint* do not look at, for execute to report.
+type outputWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outputWriter) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	if err == nil {
+		return n, nil
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err // "write /dev/stdout: ..." names a path the user never gave
+	}
+	if o.err == nil {
+		o.err = err
+	}
+	return n, err
 }
 
 // exitError ends the process with a specific code (e.g. a remote command's status).

@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"io"
+	"io/fs"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -112,6 +115,35 @@ func TestUsageErrorsPointToHelp(t *testing.T) {
 		}
 		if err != nil && strings.Count(err.Error(), "--help") != 1 {
 			t.Errorf("ssi %v: %q points to --help more than once", tc.args, err)
+		}
+	}
+}
+
+// fullWriter fails every write as a full disk (or /dev/full) does.
+type fullWriter struct{}
+
+func (fullWriter) Write([]byte) (int, error) {
+	return 0, &fs.PathError{Op: "write", Path: "/dev/stdout", Err: syscall.ENOSPC}
+}
+
+// Output that cannot be written is a failure, whichever way a command prints it: a script's
+// "ssi token create > token" on a full disk must not exit 0 with an empty file.
+func TestOutputWriteErrorFails(t *testing.T) {
+	for _, args := range [][]string{
+		{"version"},
+		{"kill", "-l"},
+		{"kill", "-l", "9"},
+		{"nodes", "--help"},
+	} {
+		var stderr strings.Builder
+		code := execute(NewRoot(buildinfo.Info{Version: "test"}, args, nil), args, fullWriter{}, &stderr)
+		if want := "ssi: writing standard output: no space left on device\n"; code != 1 || stderr.String() != want {
+			t.Errorf("ssi %v > /dev/full: exit %d, stderr %q; want 1 and %q", args, code, stderr.String(), want)
+		}
+		var stdout bytes.Buffer
+		stderr.Reset()
+		if code := execute(NewRoot(buildinfo.Info{Version: "test"}, args, nil), args, &stdout, &stderr); code != 0 || stdout.Len() == 0 || stderr.Len() != 0 {
+			t.Errorf("ssi %v: exit %d, stdout %q, stderr %q; want 0 and output", args, code, stdout.String(), stderr.String())
 		}
 	}
 }

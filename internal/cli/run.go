@@ -58,6 +58,9 @@ type runOptions struct {
 	cwd     string
 	explain bool
 	shell   bool
+	// gpidOut is where --detach prints the GPID: the command's output, whose write errors
+	// execute reports (nil: os.Stdout).
+	gpidOut io.Writer
 }
 
 func newRunCommand(g *Globals) *cobra.Command {
@@ -92,6 +95,7 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
 		Args: NeedArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.gpidOut = cmd.OutOrStdout()
 			return runRemote(cmd.Context(), g, o, args)
 		},
 	}
@@ -261,7 +265,14 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		fmt.Fprintf(os.Stderr, "ssi: running on %s: %s\n", started.Node, started.Explanation)
 	}
 	if o.detach {
-		fmt.Println(started.Gpid)
+		w := o.gpidOut
+		if w == nil {
+			w = os.Stdout
+		}
+		if _, err := fmt.Fprintln(w, started.Gpid); err != nil {
+			// The command runs on; without its GPID the caller cannot wait for it or stop it.
+			return fmt.Errorf("GPID %d started, but printing it failed: %w", started.Gpid, err)
+		}
 		if len(started.OutputPath) != 0 {
 			fmt.Fprintf(os.Stderr, "ssi: output of %d goes to %s on %s\n", started.Gpid, started.OutputPath, started.Node)
 		}
