@@ -86,8 +86,49 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 	)
 	root.AddCommand(newJobsCommands(g)...)
 	addCompletionExamples(root)
+	strictGroups(root)
+	strictHelp(root)
 	withUsageHints(root)
 	return root
+}
+
+// strictGroups makes a word that is none of a command group's subcommands ("ssi token
+// crate") an error, as it is at the top level: cobra shows the group's help for it and exits
+// 0, so a typo in a script goes unnoticed. The group alone still shows its help.
+func strictGroups(root *cobra.Command) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if !sub.Runnable() && sub.HasSubCommands() {
+				sub.Args = cobra.NoArgs
+				sub.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+			}
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// strictHelp makes "ssi help" about a command that does not exist an error: cobra's prints
+// "Unknown help topic" with the usage and exits 0.
+func strictHelp(root *cobra.Command) {
+	root.InitDefaultHelpCmd()
+	for _, help := range root.Commands() {
+		if help.Name() != "help" || help.Run == nil {
+			continue
+		}
+		show := help.Run
+		help.Run = nil
+		help.Example = "  ssi help run\n  ssi help token create"
+		help.RunE = func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || cmd == nil || len(rest) > 0 {
+				return fmt.Errorf("no command %q to help with: see ssi --help for the commands", strings.Join(args, " "))
+			}
+			show(c, args)
+			return nil
+		}
+	}
 }
 
 // addCompletionExamples makes cobra's completion command now, rather than at Execute, so
@@ -182,7 +223,7 @@ func execute(root *cobra.Command, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil && cmd == root && !strings.Contains(err.Error(), "--help") {
 		// An unknown command: cobra checks the root's words itself, past withUsageHints.
-		err = fmt.Errorf("%w: see ssi --help", err)
+		err = fmt.Errorf("%s: see ssi --help", oneLineSuggestions(err.Error()))
 	}
 	if err == nil {
 		return 0
@@ -199,6 +240,16 @@ func execute(root *cobra.Command, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintln(stderr, "ssi: "+err.Error())
 	return 1
+}
+
+// oneLineSuggestions puts cobra's suggestions for a mistyped command ("unknown command
+// \"nodse\" for \"ssi\"\n\nDid you mean this?\n\tnodes\n") on the message's one line.
+func oneLineSuggestions(msg string) string {
+	first, rest, ok := strings.Cut(msg, "\n\nDid you mean this?\n")
+	if !ok {
+		return msg
+	}
+	return fmt.Sprintf("%s (did you mean %s?)", first, strings.Join(strings.Fields(rest), " or "))
 }
 
 // outputWriter is the commands' standard output. It keeps the first write error, which

@@ -147,3 +147,30 @@ func TestOutputWriteErrorFails(t *testing.T) {
 		}
 	}
 }
+
+// A word that names no command is an error with one line naming the fix, at every level and
+// for help; a group alone shows its help.
+func TestUnknownCommandsFail(t *testing.T) {
+	for _, tt := range []struct {
+		args      []string
+		code      int
+		stderr    string // the whole of it
+		stdoutHas string
+	}{
+		{[]string{"token", "crate"}, 1, "ssi: unknown command \"crate\" for \"ssi token\": see ssi token --help\n", ""},
+		{[]string{"completion", "tcsh"}, 1, "ssi: unknown command \"tcsh\" for \"ssi completion\": see ssi completion --help\n", ""},
+		{[]string{"help", "nosuch"}, 1, "ssi: no command \"nosuch\" to help with: see ssi --help for the commands\n", ""},
+		{[]string{"help", "token", "crate"}, 1, "ssi: no command \"token crate\" to help with: see ssi --help for the commands\n", ""},
+		{[]string{"kil", "1"}, 1, "ssi: unknown command \"kil\" for \"ssi\" (did you mean kill?): see ssi --help\n", ""},
+		{[]string{"token"}, 0, "", "ssi token [command]"},
+		{[]string{"help", "token", "create"}, 0, "", "ssi token create [flags]"},
+		{[]string{"help"}, 0, "", "ssi [command]"},
+	} {
+		var stdout, stderr strings.Builder
+		code := execute(NewRoot(buildinfo.Info{Version: "test"}, tt.args, nil), tt.args, &stdout, &stderr)
+		if code != tt.code || stderr.String() != tt.stderr || !strings.Contains(stdout.String(), tt.stdoutHas) {
+			t.Errorf("ssi %v: exit %d, stderr %q, stdout %.80q; want exit %d, stderr %q, stdout with %q",
+				tt.args, code, stderr.String(), stdout.String(), tt.code, tt.stderr, tt.stdoutHas)
+		}
+	}
+}
