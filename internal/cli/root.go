@@ -180,17 +180,24 @@ func withUsageHints(root *cobra.Command) {
 	walk(root)
 }
 
-// flagValueError words pflag's error for a number or boolean flag that did not parse
+// flagValueError words pflag's error for a number, boolean or duration flag that did not parse
 // ("invalid argument "x" for "-N, --nodes" flag: strconv.ParseInt: parsing "x": invalid
 // syntax") as what the value should be; other errors are returned as they are.
 func flagValueError(err error) error {
 	var bad *pflag.InvalidValueError
-	var num *strconv.NumError
-	if !errors.As(err, &bad) || !errors.As(err, &num) {
+	if !errors.As(err, &bad) {
 		return err
 	}
 	name, value := bad.GetFlag().Name, bad.GetValue()
 	kind := bad.GetFlag().Value.Type()
+	if kind == "duration" {
+		// time.ParseDuration's own words ("time: unknown unit \"x\" in duration \"1x\"").
+		return fmt.Errorf("--%s %q is not a duration: give a number with a unit, e.g. 90s, 30m or 24h", name, value)
+	}
+	var num *strconv.NumError
+	if !errors.As(err, &num) {
+		return err
+	}
 	switch {
 	case kind == "bool":
 		return fmt.Errorf("--%s=%s: give true or false, or just --%s", name, value, name)

@@ -174,3 +174,28 @@ func TestUnknownCommandsFail(t *testing.T) {
 		}
 	}
 }
+
+// Wrong arguments are refused before any agent is asked, in one line that says what to give.
+func TestArgumentErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"token", "create", "--ttl", "1x"}, "ssi: --ttl \"1x\" is not a duration: give a number with a unit, e.g. 90s, 30m or 24h: see ssi token create --help\n"},
+		{[]string{"token", "create", "--ttl", "5"}, "ssi: --ttl \"5\" is not a duration: give a number with a unit, e.g. 90s, 30m or 24h: see ssi token create --help\n"},
+		{[]string{"wait"}, "ssi: ssi wait needs the GPID of a process started with ssi run, e.g. ssi wait 20004321: see ssi wait --help\n"},
+		{[]string{"submit", "--nodes", "x", "--", "true"}, ""}, // checked below: still worded by flagValueError
+	} {
+		var stdout, stderr strings.Builder
+		code := execute(NewRoot(buildinfo.Info{Version: "test"}, tt.args, nil), tt.args, &stdout, &stderr)
+		if tt.stderr == "" {
+			if code != 1 || !strings.Contains(stderr.String(), "is not a whole number") {
+				t.Errorf("ssi %v: exit %d, stderr %q; want 1 and \"is not a whole number\"", tt.args, code, stderr.String())
+			}
+			continue
+		}
+		if code != 1 || stderr.String() != tt.stderr {
+			t.Errorf("ssi %v: exit %d, stderr %q; want 1 and %q", tt.args, code, stderr.String(), tt.stderr)
+		}
+	}
+}
