@@ -73,11 +73,11 @@ made. Logs are kept in DIR.`,
 }
 
 func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Options) error {
+	if err := checkDevCounts(opts.Nodes, opts.Servers); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("ssi dev needs root for network namespaces, veths and cgroups: run it with sudo (sudo ssi dev)")
-	}
-	if opts.Nodes < 1 {
-		return fmt.Errorf("--nodes %d: a cluster needs at least 1 node", opts.Nodes)
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -124,6 +124,18 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	return nil
 }
 
+// checkDevCounts checks --nodes and --servers (0: the default) in the flags' words;
+// devcluster's own checks speak of its Options.
+func checkDevCounts(nodes, servers int) error {
+	if nodes < 1 || nodes > devcluster.MaxNodes {
+		return fmt.Errorf("--nodes %d: give 1 to %d (the simulated hosts share one /24 subnet)", nodes, devcluster.MaxNodes)
+	}
+	if servers < 0 || servers > nodes {
+		return fmt.Errorf("--servers %d: give 1 to %d (--nodes), or leave it out for min(3, --nodes)", servers, nodes)
+	}
+	return nil
+}
+
 // claimDevDir makes sure dir is ours (new, empty, or marked by an earlier ssi
 // dev), locks it against a concurrent ssi dev, and wipes earlier node state.
 func claimDevDir(dir string) (unlock func(), err error) {
@@ -133,6 +145,8 @@ func claimDevDir(dir string) (unlock func(), err error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("make --dir %s: %w", dir, err)
 		}
+	case errors.Is(err, syscall.ENOTDIR):
+		return nil, fmt.Errorf("--dir %s is not a directory: give a directory (made if missing) for the nodes' sockets and logs", dir)
 	case err != nil:
 		return nil, fmt.Errorf("read --dir %s: %w", dir, err)
 	case len(entries) > 0 && !fileExists(filepath.Join(dir, devMarker)):

@@ -27,6 +27,14 @@ func TestClaimDevDir(t *testing.T) {
 			wantLeft: []string{devMarker},
 		},
 		{
+			name: "a file is refused",
+			setup: func(t *testing.T, dir string) {
+				os.Remove(dir)
+				writeFile(t, dir)
+			},
+			wantErr: "is not a directory: give a directory",
+		},
+		{
 			name: "foreign non-empty directory is refused",
 			setup: func(t *testing.T, dir string) {
 				writeFile(t, filepath.Join(dir, "notes.txt"))
@@ -112,5 +120,26 @@ func TestChildrenOf(t *testing.T) {
 	}
 	if got := childrenOf(cmd.Process.Pid); len(got) != 0 {
 		t.Fatalf("childrenOf(sleep) = %v, want none", got)
+	}
+}
+
+func TestCheckDevCounts(t *testing.T) {
+	for _, tc := range []struct {
+		nodes, servers int
+		wantErr        string
+	}{
+		{3, 0, ""},
+		{1, 1, ""},
+		{253, 3, ""},
+		{0, 0, "--nodes 0: give 1 to 253"},
+		{-1, 0, "--nodes -1: give 1 to 253"},
+		{1000, 0, "--nodes 1000: give 1 to 253"},
+		{3, 5, "--servers 5: give 1 to 3 (--nodes)"},
+		{3, -1, "--servers -1: give 1 to 3 (--nodes)"},
+	} {
+		err := checkDevCounts(tc.nodes, tc.servers)
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.HasPrefix(err.Error(), tc.wantErr)) {
+			t.Errorf("--nodes %d --servers %d: err %v, want %q", tc.nodes, tc.servers, err, tc.wantErr)
+		}
 	}
 }
