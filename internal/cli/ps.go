@@ -52,6 +52,9 @@ within 2 s are reported, not waited for.`,
 			if err := checkFormat(format); err != nil {
 				return err
 			}
+			if err := checkNodeFlag(cmd, node); err != nil {
+				return err
+			}
 			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			defer cancel()

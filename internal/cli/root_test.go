@@ -184,6 +184,10 @@ func TestArgumentErrors(t *testing.T) {
 		{[]string{"token", "create", "--ttl", "1x"}, "ssi: --ttl \"1x\" is not a duration: give a number with a unit, e.g. 90s, 30m or 24h: see ssi token create --help\n"},
 		{[]string{"token", "create", "--ttl", "5"}, "ssi: --ttl \"5\" is not a duration: give a number with a unit, e.g. 90s, 30m or 24h: see ssi token create --help\n"},
 		{[]string{"wait"}, "ssi: ssi wait needs the GPID of a process started with ssi run, e.g. ssi wait 20004321: see ssi wait --help\n"},
+		{[]string{"run", "-n", "", "--", "true"}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
+		{[]string{"run", "--node=", "--detach", "--", "true"}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
+		{[]string{"ps", "-n", ""}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
+		{[]string{"rsh", "", "true"}, "ssi: ssi rsh needs a host: give a node name or address (see ssi nodes)\n"},
 		{[]string{"submit", "--nodes", "x", "--", "true"}, ""}, // checked below: still worded by flagValueError
 	} {
 		var stdout, stderr strings.Builder

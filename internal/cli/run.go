@@ -95,6 +95,9 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
 		Args: NeedArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNodeFlag(cmd, o.node); err != nil {
+				return err
+			}
 			o.gpidOut = cmd.OutOrStdout()
 			return runRemote(cmd.Context(), g, o, args)
 		},
@@ -125,6 +128,10 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
   ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
 		Args: NeedArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "" {
+				// Else the command would go wherever placement sends it.
+				return errors.New("ssi rsh needs a host: give a node name or address (see ssi nodes)")
+			}
 			o.node, o.shell, o.noTTY = args[0], true, !o.tty
 			return runRemote(cmd.Context(), g, o, args[1:])
 		},
@@ -132,6 +139,15 @@ shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
 	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal")
 	cmd.Flags().SetInterspersed(false)
 	return cmd
+}
+
+// checkNodeFlag refuses an empty -n (a script's unset $NODE): without it the command
+// would quietly run wherever placement puts it, or list every node.
+func checkNodeFlag(cmd *cobra.Command, node string) error {
+	if node == "" && cmd.Flags().Changed("node") {
+		return fmt.Errorf("-n/--node is empty: give a node name or address (see ssi nodes), or leave -n out")
+	}
+	return nil
 }
 
 // runRemote runs one session and ends the process with the command's exit status.
