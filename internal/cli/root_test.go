@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -200,6 +201,26 @@ func TestArgumentErrors(t *testing.T) {
 		}
 		if code != 1 || stderr.String() != tt.stderr {
 			t.Errorf("ssi %v: exit %d, stderr %q; want 1 and %q", tt.args, code, stderr.String(), tt.stderr)
+		}
+	}
+}
+
+// A --socket that is not a socket is named as such, not as an agent that is down.
+func TestSocketThatIsNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/file"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ path, kind string }{{dir, "directory"}, {file, "regular file"}} {
+		for _, cmd := range [][]string{{"nodes"}, {"run", "--", "true"}, {"kill", "10000001"}} {
+			args := append([]string{"--socket", tt.path}, cmd...)
+			var stdout, stderr strings.Builder
+			code := execute(NewRoot(buildinfo.Info{Version: "test"}, args, nil), args, &stdout, &stderr)
+			want := "ssi: " + tt.path + " is not a socket but a " + tt.kind + ": point --socket / SSI_SOCKET at the agent's socket (e.g. /run/ssi/ssi.sock)\n"
+			if code != 1 || stderr.String() != want {
+				t.Errorf("ssi %v: exit %d, stderr %q; want 1 and %q", args, code, stderr.String(), want)
+			}
 		}
 	}
 }
