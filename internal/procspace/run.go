@@ -364,10 +364,10 @@ func (s *Service) lost(client runStream, node string, err error) error {
 	}}})
 }
 
-// lostMessage says that node was lost and why, in words for the user: whether gossip shows it
-// down, and the dial's own error without gRPC's wrapping ("connection error: desc =
-// \"transport: Error while dialing: dial tcp ...: no route to host\"").
-func (s *Service) lostMessage(node string, err error) string {
+// peerErrorText is the text of an error from a call to another node for users: the status's
+// message, and of a failed connection the dial's own error without gRPC's wrapping
+// ("connection error: desc = \"transport: Error while dialing: dial tcp ...: no route to host\"").
+func peerErrorText(err error) string {
 	msg := err.Error()
 	if st, ok := status.FromError(err); ok {
 		msg = st.Message()
@@ -375,6 +375,13 @@ func (s *Service) lostMessage(node string, err error) string {
 	if _, dial, ok := strings.Cut(msg, "Error while dialing: "); ok {
 		msg = strings.TrimSuffix(dial, `"`)
 	}
+	return msg
+}
+
+// lostMessage says that node was lost and why, in words for the user: whether gossip shows it
+// down, and what went wrong (see peerErrorText).
+func (s *Service) lostMessage(node string, err error) string {
+	msg := peerErrorText(err)
 	state := ""
 	if !s.alive(node) {
 		state = " (it is down, see ssi nodes)"
