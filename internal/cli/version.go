@@ -9,15 +9,34 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 )
 
+// versionJSON is the stable JSON shape of ssi version for scripts.
+type versionJSON struct {
+	Version  string `json:"version"`
+	Commit   string `json:"commit"`
+	Protocol int    `json:"protocol"`
+	Go       string `json:"go"`
+}
+
 func newVersionCommand(g *Globals) *cobra.Command {
-	return &cobra.Command{
-		Use:     "version",
-		Short:   "Print the version and commit of this binary",
-		Example: `  ssi version`,
-		Args:    cobra.NoArgs,
+	var format string
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and commit of this binary",
+		Example: `  ssi version
+  ssi version -o json | jq -r .commit`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "ssi %s (commit %s, protocol %d, %s)\n", g.build.Version, g.build.Commit, ssipb.ProtocolVersion, runtime.Version())
+			if err := checkFormat(format); err != nil {
+				return err
+			}
+			v := versionJSON{Version: g.build.Version, Commit: g.build.Commit, Protocol: ssipb.ProtocolVersion, Go: runtime.Version()}
+			if format == formatJSON {
+				return printer{w: cmd.OutOrStdout(), format: format}.json(v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ssi %s (commit %s, protocol %d, %s)\n", v.Version, v.Commit, v.Protocol, v.Go)
 			return nil
 		},
 	}
+	outputFlag(cmd, &format)
+	return cmd
 }
