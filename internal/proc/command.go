@@ -72,6 +72,31 @@ func (c caller) may(fi os.FileInfo, bit os.FileMode) bool {
 	}
 }
 
+// reaches reports whether c may search every directory on the way to path's last element,
+// as far as they exist: where one may not be searched, the kernel fails a lookup with EACCES
+// before it could tell whether what lies beyond exists.
+func (c caller) reaches(path string) bool {
+	if c.isRoot || !filepath.IsAbs(path) {
+		return true
+	}
+	dir := filepath.Dir(filepath.Clean(path))
+	for cur, rest := "/", strings.TrimPrefix(dir, "/"); ; {
+		fi, err := os.Stat(cur)
+		if err != nil || !fi.IsDir() {
+			return true // the lookup fails here for another reason, which the caller may learn
+		}
+		if !c.may(fi, 0o1) {
+			return false
+		}
+		if rest == "" {
+			return true
+		}
+		var next string
+		next, rest, _ = strings.Cut(rest, "/")
+		cur = filepath.Join(cur, next)
+	}
+}
+
 // resolveCommand finds name the way a shell does, with the caller's PATH and permissions,
 // so that "not found" and "not executable" are reported before anything starts, with the
 // shell's message. Relative paths are taken relative to dir, where the child will run.
@@ -91,6 +116,10 @@ func resolveCommand(name, dir, pathEnv string, who caller) (string, error) {
 		switch {
 		case errors.Is(err, syscall.ENOTDIR):
 			return "", &CommandError{Command: name, Reason: "Not a directory", Code: ExitNotExecutable}
+		case err != nil && !who.reaches(path):
+			// The agent looked as root: a caller who may not search a directory on the way
+			// learns no more of what is in it than the shell would tell them.
+			return "", &CommandError{Command: name, Reason: "Permission denied", Code: ExitNotExecutable}
 		case err != nil:
 			return "", &CommandError{Command: name, Reason: "No such file or directory", Code: ExitNotFound}
 		case fi.IsDir():

@@ -100,6 +100,46 @@ func TestResolveCommand(t *testing.T) {
 	}
 }
 
+// A caller who may not search a directory learns from ssi run what the shell would tell them
+// of what is in it: "Permission denied", whether the file exists or not.
+func TestResolveCommandInUnsearchableDirectory(t *testing.T) {
+	base, err := os.MkdirTemp("", "ssi-resolve-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	locked := filepath.Join(base, "locked")
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(locked, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(locked, "secret"), nil, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	owner := uint32(os.Geteuid())
+	stranger := caller{uid: owner + 1000, gids: []uint32{owner + 1000}}
+	fileOwner := caller{uid: owner, gids: []uint32{owner + 1000}}
+	for _, tt := range []struct {
+		name, cmd string
+		who       caller
+		wantCode  int
+	}{
+		{"missing, stranger", filepath.Join(locked, "nothing"), stranger, 126},
+		{"present, stranger", filepath.Join(locked, "secret"), stranger, 126},
+		{"missing deeper, stranger", filepath.Join(locked, "a/b"), stranger, 126},
+		{"missing, owner", filepath.Join(locked, "nothing"), fileOwner, 127},
+		{"missing directory before the locked one", filepath.Join(base, "none/locked/x"), stranger, 127},
+	} {
+		_, err := resolveCommand(tt.cmd, "/", "", tt.who)
+		var cmdErr *CommandError
+		if !errors.As(err, &cmdErr) || cmdErr.Code != tt.wantCode {
+			t.Errorf("%s: resolveCommand(%s) = %v, want exit code %d", tt.name, tt.cmd, err, tt.wantCode)
+		}
+	}
+}
+
 func TestExecFailure(t *testing.T) {
 	tests := []struct {
 		errno    syscall.Errno
