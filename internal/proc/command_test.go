@@ -2,6 +2,7 @@ package proc
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -137,6 +138,53 @@ func TestResolveCommandInUnsearchableDirectory(t *testing.T) {
 		if !errors.As(err, &cmdErr) || cmdErr.Code != tt.wantCode {
 			t.Errorf("%s: resolveCommand(%s) = %v, want exit code %d", tt.name, tt.cmd, err, tt.wantCode)
 		}
+	}
+}
+
+// A working directory under one the caller may not search is refused with the same words
+// whether it exists or not, naming the first directory the kernel would stop at.
+func TestCheckReach(t *testing.T) {
+	base, err := os.MkdirTemp("", "ssi-reach-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	locked := filepath.Join(base, "locked")
+	if err := os.MkdirAll(filepath.Join(locked, "inner"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(locked, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	owner := uint32(os.Geteuid())
+	stranger := Spec{UID: owner + 1000, GID: owner + 1000}
+	want := func(dir string) string {
+		return fmt.Sprintf("uid %d may not enter %q, so it cannot work in %q on this node; pass a directory that user may enter", owner+1000, locked, dir)
+	}
+	for _, tt := range []struct {
+		dir  string
+		spec Spec
+		want string
+	}{
+		{filepath.Join(locked, "inner"), stranger, want(filepath.Join(locked, "inner"))},
+		{filepath.Join(locked, "nothing"), stranger, want(filepath.Join(locked, "nothing"))},
+		{locked, stranger, want(locked)},
+		{base, stranger, ""},
+		{filepath.Join(base, "none", "x"), stranger, ""}, // "does not exist" is then for the caller to learn
+		{filepath.Join(locked, "nothing"), Spec{UID: 0}, ""},
+	} {
+		err := CheckReach(tt.spec, tt.dir)
+		if got := fmt.Sprint(err); (tt.want == "" && err != nil) || (tt.want != "" && got != tt.want) {
+			t.Errorf("CheckReach(uid %d, %s) = %v, want %q", tt.spec.UID, tt.dir, err, tt.want)
+		}
+	}
+	// Once the directory is known to exist, Start's own check names the same directory.
+	who := caller{uid: owner + 1000, gids: []uint32{owner + 1000}}
+	if err := checkWorkDir(filepath.Join(locked, "inner"), who); fmt.Sprint(err) != want(filepath.Join(locked, "inner")) {
+		t.Errorf("checkWorkDir = %v, want %q", err, want(filepath.Join(locked, "inner")))
 	}
 }
 
