@@ -94,7 +94,7 @@ func TestUsageErrorsPointToHelp(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"wait"}, "requires at least 1 arg(s), only received 0: see ssi wait --help"},
+		{[]string{"wait"}, "ssi wait needs the GPID of a process started with ssi run, e.g. ssi wait 20004321: see ssi wait --help"},
 		{[]string{"ps", "extra"}, `unknown command "extra" for "ssi ps": see ssi ps --help`},
 		{[]string{"nodes", "--nod"}, "unknown flag: --nod: see ssi nodes --help"},
 		{[]string{"token", "create", "--ttl", "soon"}, "see ssi token create --help"},
