@@ -50,7 +50,8 @@ real "ssi agent". Nodes n1..n3 (or --servers) are servers; n1 bootstraps, the ot
 Node K's socket, log and pid files are in DIR/nK (inside the host: /run/ssi). Each run starts a
 fresh cluster: node state left in DIR by an earlier run is wiped. ssi dev stays in the
 foreground; Ctrl-C (or SIGTERM) stops the agents and removes every host, link and cgroup it
-made. Logs are kept in DIR.`,
+made. Logs are kept in DIR. After an ssi dev killed with -9, the next run with the same --dir
+removes the bridge and cgroup it left.`,
 		Example: `  sudo ssi dev                                   # 3 nodes under /tmp/ssi-dev
   sudo ssi dev --nodes 5 --servers 3 --dir /var/tmp/ssi-dev
   # in another terminal:
@@ -88,6 +89,16 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 		return err
 	}
 	defer unlock()
+	if id := recordedCluster(dir); id != "" {
+		// The run that recorded it was killed before it could clean up (kill -9): the lock
+		// says it is gone. Its bridge would hold a subnet, its cgroup stay, for good.
+		if err := devcluster.RemoveLeftovers(ctx, id); err != nil {
+			fmt.Fprintf(stderr, "ssi dev: %v\n", err)
+		} else {
+			fmt.Fprintf(stderr, "ssi dev: removed the bridge and cgroup of dev cluster %s, left by a run that was killed\n", id)
+		}
+		recordCluster(dir, "")
+	}
 	binary, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the ssid binary to run on the nodes: %w", err)
@@ -113,6 +124,7 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 		return err
 	}
 	defer cluster.Close()
+	recordCluster(dir, cluster.ID())
 	printDevUsage(stdout, cluster, dir, time.Since(began))
 
 	watchNodes(ctx, stderr, cluster)
@@ -120,6 +132,7 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	if err := cluster.Close(); err != nil {
 		return err
 	}
+	recordCluster(dir, "")
 	fmt.Fprintf(stdout, "ssi dev: removed every host, link and cgroup; logs are kept in %s\n", dir)
 	return nil
 }
@@ -177,6 +190,30 @@ func claimDevDir(dir string) (unlock func(), err error) {
 		}
 	}
 	return func() { marker.Close() }, nil
+}
+
+// recordCluster notes in dir's marker the id of the cluster running from it ("" once it is
+// removed), so that a run after one killed with -9 can remove what that one left.
+func recordCluster(dir, id string) {
+	content := ""
+	if id != "" {
+		content = "cluster " + id + "\n"
+	}
+	// Best effort: without it, only a kill -9 leaves anything behind, as before.
+	_ = os.WriteFile(filepath.Join(dir, devMarker), []byte(content), 0o644)
+}
+
+// recordedCluster is the id recordCluster noted in dir's marker, or "".
+func recordedCluster(dir string) string {
+	data, err := os.ReadFile(filepath.Join(dir, devMarker))
+	if err != nil {
+		return ""
+	}
+	id, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "cluster ")
+	if !ok {
+		return ""
+	}
+	return id
 }
 
 func fileExists(path string) bool {

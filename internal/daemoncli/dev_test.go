@@ -143,3 +143,30 @@ func TestCheckDevCounts(t *testing.T) {
 		}
 	}
 }
+
+// The id of the running cluster is kept in the marker, through a later claim of the
+// directory (whose lock tells that the recording run is gone), until it is cleared.
+func TestRecordedCluster(t *testing.T) {
+	dir := t.TempDir()
+	if got := recordedCluster(dir); got != "" {
+		t.Fatalf("no marker: recorded %q", got)
+	}
+	unlock, err := claimDevDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recordCluster(dir, "ab12cd")
+	unlock() // as a kill -9 would
+	unlock, err = claimDevDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if got := recordedCluster(dir); got != "ab12cd" {
+		t.Fatalf("after a new claim: recorded %q, want ab12cd", got)
+	}
+	recordCluster(dir, "")
+	if got := recordedCluster(dir); got != "" {
+		t.Fatalf("after clearing: recorded %q", got)
+	}
+}
