@@ -2,9 +2,12 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -223,4 +226,37 @@ func TestSocketThatIsNotASocket(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A socket whose path is longer than a socket address holds (ssi dev under a deep --dir) is
+// still reached.
+func TestDialLongSocketPath(t *testing.T) {
+	dir := t.TempDir()
+	for len(dir) < 120 {
+		dir = filepath.Join(dir, "a-rather-long-directory-name")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	l, err := net.Listen("unix", fmt.Sprintf("/proc/self/fd/%d/ssi.sock", d.Fd())) // bind has the same limit
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	g := &Globals{socket: filepath.Join(dir, "ssi.sock")}
+	conn, err := g.dialAgent(t.Context(), nil, nil)
+	if err != nil {
+		t.Fatalf("dialing a %d-byte socket path: %v", len(g.socket), err)
+	}
+	conn.Close()
 }
