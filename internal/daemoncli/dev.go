@@ -84,6 +84,9 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	if err != nil {
 		return fmt.Errorf("--dir %q: %w", opts.Dir, err)
 	}
+	if err := checkDevDirLength(dir, opts.Nodes); err != nil {
+		return err
+	}
 	unlock, err := claimDevDir(dir)
 	if err != nil {
 		return err
@@ -147,6 +150,21 @@ func checkDevCounts(nodes, servers int) error {
 		return fmt.Errorf("--servers %d: give 1 to %d (--nodes), or leave it out for min(3, --nodes)", servers, nodes)
 	}
 	return nil
+}
+
+// maxSocketPath is the longest path a Unix socket address holds (sun_path's 108 bytes, one
+// the terminating NUL).
+const maxSocketPath = 107
+
+// checkDevDirLength refuses a --dir so long that a node's socket, DIR/nK/ssi.sock, could not
+// be connected to by its path: the cluster would start, and ssi dev wait in vain for it.
+func checkDevDirLength(dir string, nodes int) error {
+	longest := filepath.Join(dir, "n"+strconv.Itoa(nodes), "ssi.sock")
+	if len(longest) <= maxSocketPath {
+		return nil
+	}
+	return fmt.Errorf("--dir %s is too long: node sockets such as %s must fit in %d bytes; pick a --dir of at most %d",
+		dir, longest, maxSocketPath, len(dir)-(len(longest)-maxSocketPath))
 }
 
 // claimDevDir makes sure dir is ours (new, empty, or marked by an earlier ssi

@@ -170,3 +170,23 @@ func TestRecordedCluster(t *testing.T) {
 		t.Fatalf("after clearing: recorded %q", got)
 	}
 }
+
+func TestCheckDevDirLength(t *testing.T) {
+	dir := func(n int) string { return "/" + strings.Repeat("d", n-1) }
+	// "/nK/ssi.sock" adds 12 bytes for K < 10, 13 for K < 100.
+	for _, tc := range []struct {
+		dir     string
+		nodes   int
+		wantErr string
+	}{
+		{"/tmp/ssi-dev", 3, ""},
+		{dir(95), 9, ""},
+		{dir(96), 9, "is too long: node sockets such as " + dir(96) + "/n9/ssi.sock must fit in 107 bytes; pick a --dir of at most 95"},
+		{dir(95), 10, "pick a --dir of at most 94"},
+	} {
+		err := checkDevDirLength(tc.dir, tc.nodes)
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("checkDevDirLength(%d bytes, %d nodes) = %v, want %q", len(tc.dir), tc.nodes, err, tc.wantErr)
+		}
+	}
+}
