@@ -66,6 +66,9 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// ssi --version, as most tools answer it, says what ssi version does.
+	root.Version = build.Version
+	root.SetVersionTemplate(versionLine(build) + "\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the local agent's socket (default $SSI_SOCKET, else "+localrpc.DefaultSocket+")")
 	if server != nil {
 		root.AddCommand(server(g)...)

@@ -33,3 +33,14 @@ func TestVersionJSON(t *testing.T) {
 		t.Errorf("ssi version -o json: exit %d, %q (%v), stderr %q", code, stdout.String(), err, stderr.String())
 	}
 }
+
+func TestVersionFlag(t *testing.T) {
+	build := buildinfo.Info{Version: "v1.2", Commit: "abc"}
+	for _, args := range [][]string{{"--version"}, {"version"}} {
+		var stdout, stderr strings.Builder
+		code := execute(NewRoot(build, args, nil), args, &stdout, &stderr)
+		if want := versionLine(build) + "\n"; code != 0 || stdout.String() != want {
+			t.Errorf("ssi %v: exit %d, stdout %q, stderr %q; want %q", args, code, stdout.String(), stderr.String(), want)
+		}
+	}
+}

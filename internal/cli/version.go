@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
+	"github.com/ssi-cluster/ssi/internal/buildinfo"
 )
 
 // versionJSON is the stable JSON shape of ssi version for scripts.
@@ -33,10 +34,15 @@ func newVersionCommand(g *Globals) *cobra.Command {
 			if format == formatJSON {
 				return printer{w: cmd.OutOrStdout(), format: format}.json(v)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ssi %s (commit %s, protocol %d, %s)\n", v.Version, v.Commit, v.Protocol, v.Go)
+			fmt.Fprintln(cmd.OutOrStdout(), versionLine(g.build))
 			return nil
 		},
 	}
 	outputFlag(cmd, &format)
 	return cmd
+}
+
+// versionLine is what ssi version and ssi --version print.
+func versionLine(b buildinfo.Info) string {
+	return fmt.Sprintf("ssi %s (commit %s, protocol %d, %s)", b.Version, b.Commit, ssipb.ProtocolVersion, runtime.Version())
 }
