@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -54,6 +55,10 @@ within 2 s are reported, not waited for.`,
 			}
 			if err := checkNodeFlag(cmd, node); err != nil {
 				return err
+			}
+			if user == "" && cmd.Flags().Changed("user") {
+				// As an empty -n: an unset $USER_TO_CHECK would list everyone's processes.
+				return errors.New("-u/--user is empty: give a user name or uid, or leave -u out")
 			}
 			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)

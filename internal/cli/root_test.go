@@ -191,6 +191,7 @@ func TestArgumentErrors(t *testing.T) {
 		{[]string{"run", "-n", "", "--", "true"}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
 		{[]string{"run", "--node=", "--detach", "--", "true"}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
 		{[]string{"ps", "-n", ""}, "ssi: -n/--node is empty: give a node name or address (see ssi nodes), or leave -n out\n"},
+		{[]string{"ps", "-u", ""}, "ssi: -u/--user is empty: give a user name or uid, or leave -u out\n"},
 		{[]string{"rsh", "", "true"}, "ssi: ssi rsh needs a host: give a node name or address (see ssi nodes)\n"},
 		{[]string{"submit", "--nodes", "x", "--", "true"}, ""}, // checked below: still worded by flagValueError
 	} {
