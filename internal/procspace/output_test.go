@@ -32,11 +32,12 @@ type fakeCluster struct {
 	peer    ssirpc.PeerClient
 	peerErr error
 	n2Down  bool // gossip shows n2 dead
+	n2Left  bool // gossip shows that n2 left
 }
 
 func (fakeCluster) Self() (string, uint32) { return "n1", 1 }
 func (c fakeCluster) Candidates() []place.Candidate {
-	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: !c.n2Down}}
+	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: !c.n2Down && !c.n2Left, Left: c.n2Left}}
 }
 func (fakeCluster) Resolve(n string) (string, bool) { return n, n == "n1" || n == "n2" }
 func (fakeCluster) NameOf(i uint32) (string, bool)  { return fmt.Sprintf("n%d", i), i == 1 || i == 2 }
