@@ -93,14 +93,19 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	}
 	defer unlock()
 	if id := recordedCluster(dir); id != "" {
-		// The run that recorded it was killed before it could clean up (kill -9): the lock
-		// says it is gone. Its bridge would hold a subnet, its cgroup stay, for good.
-		if err := devcluster.RemoveLeftovers(ctx, id); err != nil {
+		// The run that recorded it did not clean up (kill -9, or a process it could not
+		// end): the lock says it is gone. Its bridge would hold a subnet, its cgroup stay, for
+		// good. Bounded: a process stuck in the kernel (D state) cannot be removed, and must
+		// not keep this run from starting.
+		rctx, cancel := context.WithTimeout(ctx, leftoverTimeout)
+		err := devcluster.RemoveLeftovers(rctx, id)
+		cancel()
+		if err != nil {
 			fmt.Fprintf(stderr, "ssi dev: %v\n", err)
 		} else {
-			fmt.Fprintf(stderr, "ssi dev: removed the bridge and cgroup of dev cluster %s, left by a run that was killed\n", id)
+			fmt.Fprintf(stderr, "ssi dev: removed the bridge and cgroup that dev cluster %s, an earlier run, left\n", id)
+			recordCluster(dir, "")
 		}
-		recordCluster(dir, "")
 	}
 	binary, err := os.Executable()
 	if err != nil {
@@ -151,6 +156,10 @@ func checkDevCounts(nodes, servers int) error {
 	}
 	return nil
 }
+
+// leftoverTimeout bounds the removal of what an earlier run left: killing its processes and
+// removing its cgroup take milliseconds, unless a process is stuck in the kernel.
+const leftoverTimeout = 5 * time.Second
 
 // maxSocketPath is the longest path a Unix socket address holds (sun_path's 108 bytes, one
 // the terminating NUL).
