@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -210,5 +213,41 @@ func TestExecFailure(t *testing.T) {
 		if got == nil || got.Code != tt.wantCode {
 			t.Errorf("%v: %v, want code %d", tt.errno, got, tt.wantCode)
 		}
+	}
+}
+
+// The shell Start runs a command through (for a directory on FUSE, or signals to ignore)
+// changes to the directory, however it is named, ignores the signals and keeps argv.
+func TestTrampoline(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "-n a dir 'with' $quotes")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	argv := []string{"sh", "-c", `echo "$(pwd -P)|$0|$1"; grep SigIgn /proc/self/status`, "zero", "one"}
+	for _, tc := range []struct {
+		dir     string
+		sigs    []syscall.Signal
+		wantDir string
+		ignored uint64
+	}{
+		{dir, nil, dir, 0},
+		{dir, []syscall.Signal{syscall.SIGUSR1, syscall.SIGHUP}, dir, 1<<(syscall.SIGUSR1-1) | 1<<(syscall.SIGHUP-1)},
+		{"", []syscall.Signal{syscall.SIGUSR2}, "/", 1 << (syscall.SIGUSR2 - 1)},
+	} {
+		path, args := trampoline(tc.dir, tc.sigs, argv)
+		cmd := exec.Command(path)
+		cmd.Args, cmd.Dir = args, "/"
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		first, rest, _ := strings.Cut(string(out), "\n")
+		mask, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(rest, "SigIgn:")), 16, 64)
+		if first != tc.wantDir+"|zero|one" || mask&tc.ignored != tc.ignored {
+			t.Errorf("trampoline(%q, %v): %q; want %q and signals %#x ignored", tc.dir, tc.sigs, out, tc.wantDir+"|zero|one", tc.ignored)
+		}
+	}
+	if onFUSE("/") || onFUSE("") {
+		t.Error("onFUSE: / or \"\" is on FUSE")
 	}
 }
