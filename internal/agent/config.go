@@ -48,7 +48,10 @@ type Config struct {
 	Exports       []string `json:"export"`           // export only these directories (default: the whole tree)
 	ExportRO      bool     `json:"export-read-only"` // refuse changes to this node's files from the tree
 	RootSquash    bool     `json:"root-squash"`      // requests from root act as nobody on this node's files
-	ProcRoot      string   `json:"-"`
+	// LogLevel is --log-level, a key of the config file like every flag; the command makes
+	// Logger from it, the agent does not read it.
+	LogLevel string `json:"log-level"`
+	ProcRoot string `json:"-"`
 
 	Logger  *slog.Logger `json:"-"`
 	Version string       `json:"-"`

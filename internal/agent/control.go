@@ -328,8 +328,25 @@ func (c *controlService) CreateToken(ctx context.Context, req *ssipb.CreateToken
 	now := time.Now().UTC()
 	rec := store.TokenRecord{SecretHash: pki.HashSecret(tok.Secret), Expires: now.Add(ttl), Created: now,
 		CreatedBy: fmt.Sprintf("uid %d on %s", caller.UID, c.a.state.Name)}
-	if err := store.PutToken(ctx, c.a.etcd, tok.ID, rec); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	// Bounded below the CLI's own 15 s, so that the user gets the reason rather than a
+	// deadline of the client's.
+	putCtx, cancel := context.WithTimeout(ctx, tokenStoreTimeout)
+	defer cancel()
+	if err := store.PutToken(putCtx, c.a.etcd, tok.ID, rec); err != nil {
+		return nil, storeUnavailable(err)
 	}
 	return &ssipb.CreateTokenResponse{Token: tok.String(), ExpiresUnix: rec.Expires.Unix()}, nil
+}
+
+// tokenStoreTimeout bounds storing a join token: etcd answers in milliseconds when a quorum
+// of the servers is up, and never when it is not.
+const tokenStoreTimeout = 5 * time.Second
+
+// storeUnavailable is what a client is told when the control-plane state could not be
+// written: without a quorum, etcd's own words ("context deadline exceeded") name no cause.
+func storeUnavailable(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
+		return status.Errorf(codes.Unavailable, "%v: etcd did not answer within %v; is a quorum of the servers up? (see ssi status)", err, tokenStoreTimeout)
+	}
+	return status.Errorf(codes.Unavailable, "%v; is a quorum of the servers up? (see ssi status)", err)
 }

@@ -63,7 +63,9 @@ func (v clusterView) Candidates() []place.Candidate {
 		if m.Name == v.a.state.Name {
 			meta, alive, seenSelf = v.a.gossip.LocalMeta(), true, true
 		}
-		out = append(out, candidate(m.Name, alive, meta))
+		c := candidate(m.Name, alive, meta)
+		c.Left = m.State == cluster.StateLeft && !alive
+		out = append(out, c)
 	}
 	if !seenSelf {
 		out = append(out, candidate(v.a.state.Name, true, v.a.gossip.LocalMeta()))

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ssi-cluster/ssi/internal/api/jobspb"
@@ -53,13 +55,43 @@ const (
 // the kernel, so no transport security is involved.
 func (g *Globals) dialAgent(ctx context.Context, stdout, stderr *os.File) (*localrpc.Conn, error) {
 	path := g.socketPath()
-	if _, err := os.Stat(path); err != nil {
+	st, err := os.Stat(path)
+	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("no ssi agent at %s: start one with \"ssi agent\" (or \"ssi dev\"), or point --socket / SSI_SOCKET at it", path)
 		}
 		return nil, fmt.Errorf("cannot use the agent socket %s: %w", path, err)
 	}
+	if st.Mode().Type() != fs.ModeSocket {
+		// Connecting would fail with "connection refused", which reads as an agent that is down.
+		return nil, fmt.Errorf("%s is not a socket but a %s: point --socket / SSI_SOCKET at the agent's socket (e.g. %s)", path, fileKind(st.Mode()), localrpc.DefaultSocket)
+	}
+	if len(path) > maxSocketPath {
+		// Past what a socket address holds (ssi dev under a deep --dir), connect() fails with
+		// "invalid argument": the socket is reached through its directory instead.
+		dir, err := os.OpenFile(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("cannot use the agent socket %s: %w", path, err)
+		}
+		defer dir.Close()
+		path = fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path))
+	}
 	return localrpc.Dial(ctx, path, stdout, stderr) // callers turn errors into lines (rpcError)
+}
+
+// maxSocketPath is the longest path a Unix socket address holds: sun_path's 108 bytes, one
+// of them the terminating NUL.
+const maxSocketPath = 107
+
+// fileKind names the type of a file that should have been a socket.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m.IsRegular():
+		return "regular file"
+	}
+	return "file of type " + m.Type().String()
 }
 
 // call makes one unary call on a connection of its own.

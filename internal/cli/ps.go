@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -42,7 +43,7 @@ func newPsCommand(g *Globals) *cobra.Command {
 		Long: `List every process of every alive node with its global process id (GPID = node index ×
 10,000,000 + local pid). A process started with "ssi run" has as its parent the process that
 started it, wherever that one runs; --tree draws that hierarchy. Nodes that do not answer
-within 2 s are reported, not waited for.`,
+within 2 s, and those that are down, are reported on stderr, not waited for.`,
 		Example: `  ssi ps
   ssi ps -n n2 -u alice
   ssi ps --tree
@@ -51,6 +52,13 @@ within 2 s are reported, not waited for.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkFormat(format); err != nil {
 				return err
+			}
+			if err := checkNodeFlag(cmd, node); err != nil {
+				return err
+			}
+			if user == "" && cmd.Flags().Changed("user") {
+				// As an empty -n: an unset $USER_TO_CHECK would list everyone's processes.
+				return errors.New("-u/--user is empty: give a user name or uid, or leave -u out")
 			}
 			ctl := g.control()
 			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
@@ -64,7 +72,7 @@ within 2 s are reported, not waited for.`,
 				return fmt.Errorf("node %s did not answer within 2 s: see ssi nodes for its state", resp.Unreachable[0])
 			}
 			for _, n := range resp.Unreachable {
-				fmt.Fprintf(os.Stderr, "warning: node %s did not answer\n", n)
+				fmt.Fprintf(os.Stderr, "warning: node %s did not answer (see ssi nodes): its processes are not listed\n", n)
 			}
 			p := printer{w: cmd.OutOrStdout(), format: format}
 			if format == formatJSON {

@@ -5,6 +5,8 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -64,6 +66,9 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// ssi --version, as most tools answer it, says what ssi version does.
+	root.Version = build.Version
+	root.SetVersionTemplate(versionLine(build) + "\n")
 	root.PersistentFlags().StringVar(&g.socket, "socket", "", "the local agent's socket (default $SSI_SOCKET, else "+localrpc.DefaultSocket+")")
 	if server != nil {
 		root.AddCommand(server(g)...)
@@ -84,8 +89,49 @@ Every node runs "ssi agent"; every other command talks to the local agent.`,
 	)
 	root.AddCommand(newJobsCommands(g)...)
 	addCompletionExamples(root)
+	strictGroups(root)
+	strictHelp(root)
 	withUsageHints(root)
 	return root
+}
+
+// strictGroups makes a word that is none of a command group's subcommands ("ssi token
+// crate") an error, as it is at the top level: cobra shows the group's help for it and exits
+// 0, so a typo in a script goes unnoticed. The group alone still shows its help.
+func strictGroups(root *cobra.Command) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if !sub.Runnable() && sub.HasSubCommands() {
+				sub.Args = cobra.NoArgs
+				sub.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+			}
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// strictHelp makes "ssi help" about a command that does not exist an error: cobra's prints
+// "Unknown help topic" with the usage and exits 0.
+func strictHelp(root *cobra.Command) {
+	root.InitDefaultHelpCmd()
+	for _, help := range root.Commands() {
+		if help.Name() != "help" || help.Run == nil {
+			continue
+		}
+		show := help.Run
+		help.Run = nil
+		help.Example = "  ssi help run\n  ssi help token create"
+		help.RunE = func(c *cobra.Command, args []string) error {
+			cmd, rest, err := c.Root().Find(args)
+			if err != nil || cmd == nil || len(rest) > 0 {
+				return fmt.Errorf("no command %q to help with: see ssi --help for the commands", strings.Join(args, " "))
+			}
+			show(c, args)
+			return nil
+		}
+	}
 }
 
 // addCompletionExamples makes cobra's completion command now, rather than at Execute, so
@@ -137,17 +183,24 @@ func withUsageHints(root *cobra.Command) {
 	walk(root)
 }
 
-// flagValueError words pflag's error for a number or boolean flag that did not parse
+// flagValueError words pflag's error for a number, boolean or duration flag that did not parse
 // ("invalid argument "x" for "-N, --nodes" flag: strconv.ParseInt: parsing "x": invalid
 // syntax") as what the value should be; other errors are returned as they are.
 func flagValueError(err error) error {
 	var bad *pflag.InvalidValueError
-	var num *strconv.NumError
-	if !errors.As(err, &bad) || !errors.As(err, &num) {
+	if !errors.As(err, &bad) {
 		return err
 	}
 	name, value := bad.GetFlag().Name, bad.GetValue()
 	kind := bad.GetFlag().Value.Type()
+	if kind == "duration" {
+		// time.ParseDuration's own words ("time: unknown unit \"x\" in duration \"1x\"").
+		return fmt.Errorf("--%s %q is not a duration: give a number with a unit, e.g. 90s, 30m or 24h", name, value)
+	}
+	var num *strconv.NumError
+	if !errors.As(err, &num) {
+		return err
+	}
 	switch {
 	case kind == "bool":
 		return fmt.Errorf("--%s=%s: give true or false, or just --%s", name, value, name)
@@ -162,12 +215,25 @@ func flagValueError(err error) error {
 // Execute runs the command tree and returns the process exit code.
 func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 	asShortLivedClient()
-	root := NewRoot(build, args, server)
+	return execute(NewRoot(build, args, server), args, os.Stdout, os.Stderr)
+}
+
+// execute runs root with args, writing what commands print to stdout and ssi's own messages
+// to stderr, and returns the exit code.
+func execute(root *cobra.Command, args []string, stdout, stderr io.Writer) int {
+	out := &outputWriter{w: stdout}
+	root.SetOut(out)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteC()
+	if err == nil && out.err != nil {
+		// Output that did not reach its file (a full disk, /dev/full) is a failure, as for
+		// any Unix tool: "ssi token create > token" must not leave an empty file and exit 0.
+		// A reader that went away ends ssi by SIGPIPE before this, as it does them.
+		err = fmt.Errorf("writing standard output: %w", out.err)
+	}
 	if err != nil && cmd == root && !strings.Contains(err.Error(), "--help") {
 		// An unknown command: cobra checks the root's words itself, past withUsageHints.
-		err = fmt.Errorf("%w: see ssi --help", err)
+		err = fmt.Errorf("%s: see ssi --help", oneLineSuggestions(err.Error()))
 	}
 	if err == nil {
 		return 0
@@ -175,15 +241,47 @@ func Execute(build buildinfo.Info, args []string, server ServerCommands) int {
 	var ee exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintln(os.Stderr, "ssi: "+ee.msg)
+			fmt.Fprintln(stderr, "ssi: "+ee.msg)
 		}
 		if ee.signal != 0 {
 			dieOfSignal(ee.signal)
 		}
 		return ee.code
 	}
-	fmt.Fprintln(os.Stderr, "ssi: "+err.Error())
+	fmt.Fprintln(stderr, "ssi: "+err.Error())
 	return 1
+}
+
+// oneLineSuggestions puts cobra's suggestions for a mistyped command ("unknown command
+// \"nodse\" for \"ssi\"\n\nDid you mean this?\n\tnodes\n") on the message's one line.
+func oneLineSuggestions(msg string) string {
+	first, rest, ok := strings.Cut(msg, "\n\nDid you mean this?\n")
+	if !ok {
+		return msg
+	}
+	return fmt.Sprintf("%s (did you mean %s?)", first, strings.Join(strings.Fields(rest), " or "))
+}
+
+// outputWriter is the commands' standard output. It keeps the first write error, which
+// commands that print with fmt.Fprint* do not look at, for execute to report.
+type outputWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outputWriter) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	if err == nil {
+		return n, nil
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err // "write /dev/stdout: ..." names a path the user never gave
+	}
+	if o.err == nil {
+		o.err = err
+	}
+	return n, err
 }
 
 // exitError ends the process with a specific code (e.g. a remote command's status).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -58,6 +60,9 @@ type runOptions struct {
 	cwd     string
 	explain bool
 	shell   bool
+	// gpidOut is where --detach prints the GPID: the command's output, whose write errors
+	// execute reports (nil: os.Stdout).
+	gpidOut io.Writer
 }
 
 func newRunCommand(g *Globals) *cobra.Command {
@@ -95,6 +100,10 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
   GPID=$(ssi run --detach -n n2 -- ./simulate) && ssi wait $GPID`,
 		Args: NeedArgs(1, -1, "a command after --, e.g. ssi run -n n2 -- hostname"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNodeFlag(cmd, o.node); err != nil {
+				return err
+			}
+			o.gpidOut = cmd.OutOrStdout()
 			return runRemote(cmd.Context(), g, o, args)
 		},
 	}
@@ -111,26 +120,114 @@ stdout and stderr go to ssi-<GPID>.out in its working directory on that node, an
 }
 
 func newRshCommand(g *Globals) *cobra.Command {
-	var o runOptions
+	var (
+		o       runOptions
+		login   string
+		noStdin bool
+	)
 	cmd := &cobra.Command{
-		Use:   "rsh [flags] HOST CMD [ARGS...]",
+		Use:   "rsh [flags] [USER@]HOST CMD [ARGS...]",
 		Short: "Run a command through the user's shell on a node, like ssh HOST CMD",
 		Long: `Behaves like "ssh HOST CMD": the words are joined with spaces and run by the user's login
 shell on that node, in the home directory, with stdio and exit status passed through and no
 terminal unless -t is given. HOST is a node name or address. Tools that launch through a remote
 shell (MPI launchers, pdsh, GNU parallel, clush) can use it instead of ssh:
-  mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...`,
+  mpirun --mca plm_rsh_agent "ssi rsh" ...   or   PDSH_RCMD_TYPE=exec pdsh -R exec -w n[1-3] ssi rsh %h ...
+
+The ssh options such tools pass are accepted: -n (stdin from /dev/null), -l USER and USER@HOST
+(only your own user: commands run as you), and, ignored since they mean nothing here (no agent
+or X11 to forward, no ssh configuration, port or key), -a -A -x -X -Y -k -q -v -C -4 -6,
+-o OPTION, -p PORT, -i FILE and -F FILE.`,
 		Example: `  ssi rsh n2 uname -a
-  ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'`,
+  ssi rsh 10.77.0.3 'echo $HOSTNAME; ls | wc -l'
+  ssi rsh -a -x -oBatchMode=yes n3 uptime    # as clush runs it, with ssh_path: ssi rsh`,
 		Args: NeedArgs(2, -1, "a host and a command, e.g. ssi rsh n2 uname -a"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.node, o.shell, o.noTTY = args[0], true, !o.tty
+			node, err := rshTarget(args[0], login, currentUser)
+			if err != nil {
+				return err
+			}
+			if noStdin {
+				// As ssh -n: the command reads an empty stdin, and ssi leaves its own alone.
+				null, err := os.Open(os.DevNull)
+				if err != nil {
+					return fmt.Errorf("-n: %w", err)
+				}
+				defer null.Close()
+				saved := os.Stdin
+				os.Stdin = null
+				defer func() { os.Stdin = saved }()
+			}
+			if o.tty && o.noTTY {
+				return errors.New("-t and -T contradict each other: give one")
+			}
+			o.node, o.shell, o.noTTY = node, true, !o.tty
 			return runRemote(cmd.Context(), g, o, args[1:])
 		},
 	}
-	cmd.Flags().BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal")
-	cmd.Flags().SetInterspersed(false)
+	f := cmd.Flags()
+	f.BoolVarP(&o.tty, "tty", "t", false, "give the command a pseudo-terminal")
+	f.BoolVarP(&o.noTTY, "no-tty", "T", false, "no pseudo-terminal (the default), as ssh -T")
+	f.BoolVarP(&noStdin, "no-stdin", "n", false, "stdin from /dev/null, as ssh -n")
+	f.StringVarP(&login, "login", "l", "", "the user to run as, as ssh -l: only your own (commands run as you)")
+	addIgnoredSSHOptions(f)
+	f.SetInterspersed(false)
 	return cmd
+}
+
+// addIgnoredSSHOptions adds the ssh(1) options that launchers pass (clush: -a -x
+// -oBatchMode=yes; MPICH's hydra: -x) and that mean nothing for ssi rsh: accepted, so that it
+// can stand in for ssh, and ignored. Hidden from --help, whose text names them in one sentence.
+func addIgnoredSSHOptions(f *pflag.FlagSet) {
+	for _, c := range "aAxXYkqvC46" {
+		name := "ssh-" + string(c)
+		f.BoolP(name, string(c), false, "ignored, as ssh's -"+string(c))
+		_ = f.MarkHidden(name)
+	}
+	for _, c := range "opiF" {
+		name := "ssh-" + string(c)
+		f.StringArrayP(name, string(c), nil, "ignored, as ssh's -"+string(c))
+		_ = f.MarkHidden(name)
+	}
+}
+
+// rshTarget is the node of ssi rsh's [USER@]HOST, after checking that USER (or -l login) is
+// the caller, whom the command runs as whatever is asked: asking for another user must fail
+// rather than run as the wrong one.
+func rshTarget(host, login string, current func() (*user.User, error)) (string, error) {
+	if u, h, ok := strings.Cut(host, "@"); ok {
+		if login != "" && strings.TrimSpace(login) != u {
+			return "", fmt.Errorf("-l %s and %s name two users: give one", strings.TrimSpace(login), host)
+		}
+		login, host = u, h
+	}
+	if host == "" {
+		// Else the command would go wherever placement sends it.
+		return "", errors.New("ssi rsh needs a host: give a node name or address (see ssi nodes)")
+	}
+	// clush passes "-l USER" as one word, which reads as -l " USER".
+	if login = strings.TrimSpace(login); login != "" {
+		me, err := current()
+		if err != nil {
+			return "", fmt.Errorf("-l %s: cannot tell who you are (%v): leave -l out, commands run as you", login, err)
+		}
+		if login != me.Username && login != me.Uid {
+			return "", fmt.Errorf("-l %s: ssi rsh runs commands as you (%s), never as another user: leave -l out, or run ssi as %s", login, me.Username, login)
+		}
+	}
+	return host, nil
+}
+
+// currentUser is the caller, from the user database the static client can read (/etc/passwd).
+func currentUser() (*user.User, error) { return user.Current() }
+
+// checkNodeFlag refuses an empty -n (a script's unset $NODE): without it the command
+// would quietly run wherever placement puts it, or list every node.
+func checkNodeFlag(cmd *cobra.Command, node string) error {
+	if node == "" && cmd.Flags().Changed("node") {
+		return fmt.Errorf("-n/--node is empty: give a node name or address (see ssi nodes), or leave -n out")
+	}
+	return nil
 }
 
 // runRemote runs one session and ends the process with the command's exit status.
@@ -264,7 +361,14 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 		fmt.Fprintf(os.Stderr, "ssi: running on %s: %s\n", started.Node, started.Explanation)
 	}
 	if o.detach {
-		fmt.Println(started.Gpid)
+		w := o.gpidOut
+		if w == nil {
+			w = os.Stdout
+		}
+		if _, err := fmt.Fprintln(w, started.Gpid); err != nil {
+			// The command runs on; without its GPID the caller cannot wait for it or stop it.
+			return fmt.Errorf("GPID %d started, but printing it failed: %w", started.Gpid, err)
+		}
 		if len(started.OutputPath) != 0 {
 			fmt.Fprintf(os.Stderr, "ssi: output of %d goes to %s on %s\n", started.Gpid, started.OutputPath, started.Node)
 		}

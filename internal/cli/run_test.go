@@ -3,9 +3,12 @@ package cli
 import (
 	"errors"
 	"os"
+	"os/user"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/ssi-cluster/ssi/internal/buildinfo"
 	"github.com/ssi-cluster/ssi/internal/procspace"
 )
 
@@ -30,4 +33,53 @@ func TestStdoutWriteError(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestRshTarget(t *testing.T) {
+	me := func() (*user.User, error) { return &user.User{Username: "alice", Uid: "1000"}, nil }
+	for _, tt := range []struct {
+		host, login, want, wantErr string
+	}{
+		{"n2", "", "n2", ""},
+		{"alice@n2", "", "n2", ""},
+		{"n2", "alice", "n2", ""},
+		{"n2", " alice", "n2", ""}, // clush's "-l alice", one word
+		{"n2", "1000", "n2", ""},
+		{"alice@n2", "alice", "n2", ""},
+		{"bob@n2", "", "", "-l bob: ssi rsh runs commands as you (alice), never as another user"},
+		{"n2", "root", "", "-l root: ssi rsh runs commands as you (alice)"},
+		{"bob@n2", "alice", "", "-l alice and bob@n2 name two users"},
+		{"", "", "", "ssi rsh needs a host"},
+		{"alice@", "", "", "ssi rsh needs a host"},
+	} {
+		got, err := rshTarget(tt.host, tt.login, me)
+		if got != tt.want || (err == nil) != (tt.wantErr == "") || (err != nil && !strings.HasPrefix(err.Error(), tt.wantErr)) {
+			t.Errorf("rshTarget(%q, %q) = %q, %v; want %q, %q", tt.host, tt.login, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// The options launchers give ssh are accepted: ssi rsh gets as far as asking its agent.
+func TestRshTakesSSHOptions(t *testing.T) {
+	for _, args := range [][]string{
+		{"rsh", "-a", "-x", "-l " + currentName(t), "-oConnectTimeout=10", "-oBatchMode=yes", "n2", "uptime"}, // clush
+		{"rsh", "-x", "n2", "hostname"}, // MPICH's hydra
+		{"rsh", "-T", "-n", "-q", "-p", "22", "-o", "StrictHostKeyChecking=no", "-46C", "n2", "true"},
+		{"rsh", "--", "n2", "true"},
+	} {
+		args = append([]string{"--socket", "/nonexistent/ssi.sock"}, args...)
+		var stdout, stderr strings.Builder
+		code := execute(NewRoot(buildinfo.Info{Version: "test"}, args, nil), args, &stdout, &stderr)
+		if code != 1 || !strings.HasPrefix(stderr.String(), "ssi: no ssi agent at /nonexistent/ssi.sock") {
+			t.Errorf("ssi %v: exit %d, stderr %q; want it to reach the agent", args, code, stderr.String())
+		}
+	}
+}
+
+func currentName(t *testing.T) string {
+	u, err := user.Current()
+	if err != nil {
+		t.Skip(err)
+	}
+	return u.Username
 }

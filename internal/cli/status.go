@@ -48,20 +48,7 @@ func newStatusCommand(g *Globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := statusJSON{
-				ClusterID: resp.ClusterId, EtcdLeader: resp.EtcdLeader, EtcdHealthy: resp.EtcdHealthy,
-				EtcdError: resp.EtcdError, EtcdEndpoints: resp.EtcdEndpoints, ExternalEtcd: resp.ExternalEtcd,
-				Members: resp.Members, SchedulerLeader: resp.SchedulerLeader, Servers: []serverJSON{},
-			}
-			if resp.ThisNode != nil {
-				out.ThisNode = toNodeJSON(resp.ThisNode)
-			}
-			for _, s := range resp.Servers {
-				out.Servers = append(out.Servers, serverJSON{Name: s.Name, Endpoint: s.EtcdEndpoint, Leader: s.Leader, Healthy: s.Healthy, Learner: s.Learner, Error: s.Error})
-			}
-			// etcd lists members in its own order (by member id); people and scripts
-			// compare runs by name.
-			sort.SliceStable(out.Servers, func(i, j int) bool { return out.Servers[i].Name < out.Servers[j].Name })
+			out := toStatusJSON(resp)
 			p := printer{w: cmd.OutOrStdout(), format: format}
 			if format == formatJSON {
 				return p.json(out)
@@ -71,6 +58,28 @@ func newStatusCommand(g *Globals) *cobra.Command {
 	}
 	outputFlag(cmd, &format)
 	return cmd
+}
+
+// toStatusJSON is the status as scripts get it: empty lists and maps as [] and {}, never null.
+func toStatusJSON(resp *ssipb.StatusResponse) statusJSON {
+	out := statusJSON{
+		ClusterID: resp.ClusterId, EtcdLeader: resp.EtcdLeader, EtcdHealthy: resp.EtcdHealthy,
+		EtcdError: resp.EtcdError, EtcdEndpoints: nonNil(resp.EtcdEndpoints), ExternalEtcd: resp.ExternalEtcd,
+		Members: resp.Members, SchedulerLeader: resp.SchedulerLeader, Servers: []serverJSON{},
+	}
+	if out.Members == nil {
+		out.Members = map[string]uint32{}
+	}
+	if resp.ThisNode != nil {
+		out.ThisNode = toNodeJSON(resp.ThisNode)
+	}
+	for _, s := range resp.Servers {
+		out.Servers = append(out.Servers, serverJSON{Name: s.Name, Endpoint: s.EtcdEndpoint, Leader: s.Leader, Healthy: s.Healthy, Learner: s.Learner, Error: s.Error})
+	}
+	// etcd lists members in its own order (by member id); people and scripts
+	// compare runs by name.
+	sort.SliceStable(out.Servers, func(i, j int) bool { return out.Servers[i].Name < out.Servers[j].Name })
+	return out
 }
 
 func printStatus(p printer, s statusJSON) error {

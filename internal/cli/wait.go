@@ -26,7 +26,7 @@ root) may wait for it; its status stays available for 10 minutes.`,
 		Example: `  GPID=$(ssi run --detach -n n2 -- ./simulate)
   ssi wait $GPID; echo "simulate exited with $?"
   ssi wait $A $B $C                          # all three; the status is C's`,
-		Args: cobra.MinimumNArgs(1),
+		Args: NeedArgs(1, -1, "the GPID of a process started with ssi run, e.g. ssi wait 20004321"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ids := make([]int64, 0, len(args))
 			for _, a := range args {

@@ -32,7 +32,6 @@ func newAgentCommand(g *cli.Globals) *cobra.Command {
 	var (
 		cfg        agent.Config
 		configFile string
-		logLevel   string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -80,8 +79,8 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 			// The agent's children must not inherit it.
 			os.Unsetenv(agent.TokenEnv)
 			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", cfg.LogLevel)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.Version = g.Build().Version
@@ -126,7 +125,7 @@ Flags can also come from --config FILE (YAML or JSON, the same keys as the flags
 	f.StringSliceVar(&cfg.Exports, "export", nil, "export only these directories of this node to the tree (repeatable; default: all, under Unix permissions)")
 	f.BoolVar(&cfg.ExportRO, "export-read-only", false, "refuse changes to this node's files made through the tree")
 	f.BoolVar(&cfg.RootSquash, "root-squash", false, "requests from root on other nodes act as nobody on this node's files")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
 }
 
@@ -154,8 +153,12 @@ func mergeConfig(file, flags agent.Config, cmd *cobra.Command) agent.Config {
 	set("export", func() { out.Exports = flags.Exports })
 	set("export-read-only", func() { out.ExportRO = flags.ExportRO })
 	set("root-squash", func() { out.RootSquash = flags.RootSquash })
+	set("log-level", func() { out.LogLevel = flags.LogLevel })
 	if out.DataDir == "" {
 		out.DataDir = agent.DefaultDataDir
+	}
+	if out.LogLevel == "" {
+		out.LogLevel = flags.LogLevel // the flag's default
 	}
 	return out
 }

@@ -50,7 +50,8 @@ real "ssi agent". Nodes n1..n3 (or --servers) are servers; n1 bootstraps, the ot
 Node K's socket, log and pid files are in DIR/nK (inside the host: /run/ssi). Each run starts a
 fresh cluster: node state left in DIR by an earlier run is wiped. ssi dev stays in the
 foreground; Ctrl-C (or SIGTERM) stops the agents and removes every host, link and cgroup it
-made. Logs are kept in DIR.`,
+made. Logs are kept in DIR. After an ssi dev killed with -9, the next run with the same --dir
+removes the bridge and cgroup it left.`,
 		Example: `  sudo ssi dev                                   # 3 nodes under /tmp/ssi-dev
   sudo ssi dev --nodes 5 --servers 3 --dir /var/tmp/ssi-dev
   # in another terminal:
@@ -73,21 +74,39 @@ made. Logs are kept in DIR.`,
 }
 
 func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Options) error {
+	if err := checkDevCounts(opts.Nodes, opts.Servers); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("ssi dev needs root for network namespaces, veths and cgroups: run it with sudo (sudo ssi dev)")
-	}
-	if opts.Nodes < 1 {
-		return fmt.Errorf("--nodes %d: a cluster needs at least 1 node", opts.Nodes)
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return fmt.Errorf("--dir %q: %w", opts.Dir, err)
+	}
+	if err := checkDevDirLength(dir, opts.Nodes); err != nil {
+		return err
 	}
 	unlock, err := claimDevDir(dir)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if id := recordedCluster(dir); id != "" {
+		// The run that recorded it did not clean up (kill -9, or a process it could not
+		// end): the lock says it is gone. Its bridge would hold a subnet, its cgroup stay, for
+		// good. Bounded: a process stuck in the kernel (D state) cannot be removed, and must
+		// not keep this run from starting.
+		rctx, cancel := context.WithTimeout(ctx, leftoverTimeout)
+		err := devcluster.RemoveLeftovers(rctx, id)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(stderr, "ssi dev: %v\n", err)
+		} else {
+			fmt.Fprintf(stderr, "ssi dev: removed the bridge and cgroup that dev cluster %s, an earlier run, left\n", id)
+			recordCluster(dir, "")
+		}
+	}
 	binary, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the ssid binary to run on the nodes: %w", err)
@@ -113,6 +132,7 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 		return err
 	}
 	defer cluster.Close()
+	recordCluster(dir, cluster.ID())
 	printDevUsage(stdout, cluster, dir, time.Since(began))
 
 	watchNodes(ctx, stderr, cluster)
@@ -120,8 +140,40 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, opts devcluster.Optio
 	if err := cluster.Close(); err != nil {
 		return err
 	}
+	recordCluster(dir, "")
 	fmt.Fprintf(stdout, "ssi dev: removed every host, link and cgroup; logs are kept in %s\n", dir)
 	return nil
+}
+
+// checkDevCounts checks --nodes and --servers (0: the default) in the flags' words;
+// devcluster's own checks speak of its Options.
+func checkDevCounts(nodes, servers int) error {
+	if nodes < 1 || nodes > devcluster.MaxNodes {
+		return fmt.Errorf("--nodes %d: give 1 to %d (the simulated hosts share one /24 subnet)", nodes, devcluster.MaxNodes)
+	}
+	if servers < 0 || servers > nodes {
+		return fmt.Errorf("--servers %d: give 1 to %d (--nodes), or leave it out for min(3, --nodes)", servers, nodes)
+	}
+	return nil
+}
+
+// leftoverTimeout bounds the removal of what an earlier run left: killing its processes and
+// removing its cgroup take milliseconds, unless a process is stuck in the kernel.
+const leftoverTimeout = 5 * time.Second
+
+// maxSocketPath is the longest path a Unix socket address holds (sun_path's 108 bytes, one
+// the terminating NUL).
+const maxSocketPath = 107
+
+// checkDevDirLength refuses a --dir so long that a node's socket, DIR/nK/ssi.sock, could not
+// be connected to by its path: the cluster would start, and ssi dev wait in vain for it.
+func checkDevDirLength(dir string, nodes int) error {
+	longest := filepath.Join(dir, "n"+strconv.Itoa(nodes), "ssi.sock")
+	if len(longest) <= maxSocketPath {
+		return nil
+	}
+	return fmt.Errorf("--dir %s is too long: node sockets such as %s must fit in %d bytes; pick a --dir of at most %d",
+		dir, longest, maxSocketPath, len(dir)-(len(longest)-maxSocketPath))
 }
 
 // claimDevDir makes sure dir is ours (new, empty, or marked by an earlier ssi
@@ -133,6 +185,8 @@ func claimDevDir(dir string) (unlock func(), err error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("make --dir %s: %w", dir, err)
 		}
+	case errors.Is(err, syscall.ENOTDIR):
+		return nil, fmt.Errorf("--dir %s is not a directory: give a directory (made if missing) for the nodes' sockets and logs", dir)
 	case err != nil:
 		return nil, fmt.Errorf("read --dir %s: %w", dir, err)
 	case len(entries) > 0 && !fileExists(filepath.Join(dir, devMarker)):
@@ -163,6 +217,30 @@ func claimDevDir(dir string) (unlock func(), err error) {
 		}
 	}
 	return func() { marker.Close() }, nil
+}
+
+// recordCluster notes in dir's marker the id of the cluster running from it ("" once it is
+// removed), so that a run after one killed with -9 can remove what that one left.
+func recordCluster(dir, id string) {
+	content := ""
+	if id != "" {
+		content = "cluster " + id + "\n"
+	}
+	// Best effort: without it, only a kill -9 leaves anything behind, as before.
+	_ = os.WriteFile(filepath.Join(dir, devMarker), []byte(content), 0o644)
+}
+
+// recordedCluster is the id recordCluster noted in dir's marker, or "".
+func recordedCluster(dir string) string {
+	data, err := os.ReadFile(filepath.Join(dir, devMarker))
+	if err != nil {
+		return ""
+	}
+	id, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "cluster ")
+	if !ok {
+		return ""
+	}
+	return id
 }
 
 func fileExists(path string) bool {

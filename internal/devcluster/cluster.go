@@ -327,6 +327,40 @@ func newCluster(opts Options) (*Cluster, error) {
 
 func (c *Cluster) cgroupDir() string { return filepath.Join(c.cgroupMount, c.cgroupPath) }
 
+// ID is the cluster's id, which names its bridge (ssib<id>) and cgroup (ssi-dev-<id>): what
+// RemoveLeftovers needs should the process die without Close.
+func (c *Cluster) ID() string { return c.id }
+
+// RemoveLeftovers removes what Close would have removed of the cluster whose ID was id, once
+// the process that ran it died without closing it (kill -9): its cgroup, with any process
+// still in it, and its bridge (the hosts' links went with their namespaces). What is already
+// gone is skipped. The caller must know that cluster's process is gone: ssi dev knows it from
+// the lock on its directory.
+func RemoveLeftovers(ctx context.Context, id string) error {
+	if len(id) != 6 || strings.Trim(id, "0123456789abcdef") != "" {
+		return fmt.Errorf("%q is not a dev cluster id (6 hex digits)", id)
+	}
+	mount, err := cgroup.Mount()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(mount, "ssi-dev-"+id)
+	var errs []error
+	if err := killCgroupTree(dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeCgroupTree(ctx, dir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := deleteLink("ssib" + id); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove what dev cluster %s left: %w", id, err)
+	}
+	return nil
+}
+
 func (c *Cluster) newNode(index int, server bool) *Node {
 	name := "n" + strconv.Itoa(index)
 	return &Node{

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // The cluster tests need root and run the test binary itself as the fake ssi
@@ -646,5 +648,40 @@ func TestRunHostInitRefusesToRunOutsideAHost(t *testing.T) {
 	err := RunHostInit([]string{"--name", "n1", "--dir", t.TempDir(), "--link", "x", "--addr", "10.200.0.2/24", "--", "true"})
 	if err == nil || !strings.Contains(err.Error(), "not by hand") {
 		t.Errorf("RunHostInit outside a host: err = %v, want a refusal", err)
+	}
+}
+
+// What a cluster whose process was killed -9 leaves (its bridge, its cgroup) is removed by
+// RemoveLeftovers, which refuses anything but a cluster id.
+func TestRemoveLeftovers(t *testing.T) {
+	requireRoot(t)
+	id := fmt.Sprintf("%06x", rand.IntN(1<<24))
+	// A bridge without an address: nothing else on the machine sees it.
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ssib" + id}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteLink("ssib" + id) })
+	mount, err := cgroup.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(mount, "ssi-dev-"+id)
+	if err := os.MkdirAll(filepath.Join(dir, "n1", "ssi-jobs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = removeCgroupTreeOnce(dir) })
+	if err := RemoveLeftovers(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+	if linkExists("ssib"+id) || exists(dir) {
+		t.Fatalf("after RemoveLeftovers: bridge left %v, cgroup left %v", linkExists("ssib"+id), exists(dir))
+	}
+	if err := RemoveLeftovers(t.Context(), id); err != nil {
+		t.Fatalf("a second time, with nothing left: %v", err)
+	}
+	for _, bad := range []string{"", "../x", "ABCDEF", "abc", "abcdefg"} {
+		if err := RemoveLeftovers(t.Context(), bad); err == nil {
+			t.Errorf("RemoveLeftovers(%q) did not refuse it", bad)
+		}
 	}
 }

@@ -20,6 +20,10 @@ const (
 	maxNodes = 253
 )
 
+// MaxNodes is how many simulated hosts one cluster can have (they share a /24), for
+// commands to check their arguments against.
+const MaxNodes = maxNodes
+
 // pickSubnet returns a random /24 from the hosts' range that overlaps none of
 // the taken networks. It scans the whole range from a random start, so it
 // finds a free /24 whenever one exists.

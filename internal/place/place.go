@@ -15,6 +15,7 @@ type Candidate struct {
 	Name     string
 	Index    uint32
 	Alive    bool
+	Left     bool // it left the cluster on purpose (SIGTERM), rather than died
 	CPUs     uint32
 	Load1    float64 // runnable tasks, averaged over a minute
 	CPUUsed  float64 // cores busy with the node's own processes

@@ -72,6 +72,56 @@ func (c caller) may(fi os.FileInfo, bit os.FileMode) bool {
 	}
 }
 
+// reaches reports whether c may search every directory on the way to path's last element,
+// as far as they exist: where one may not be searched, the kernel fails a lookup with EACCES
+// before it could tell whether what lies beyond exists.
+func (c caller) reaches(path string) bool {
+	return !filepath.IsAbs(path) || c.blockedAt(filepath.Dir(filepath.Clean(path))) == ""
+}
+
+// blockedAt returns the first directory from / down to dir (absolute, dir included) that c
+// may not search, or "" if c may search all of them that exist. It looks no further than the
+// first that does not exist: as the kernel, it tells the caller no more than they may learn.
+func (c caller) blockedAt(dir string) string {
+	if c.isRoot {
+		return ""
+	}
+	for cur, rest := "/", strings.TrimPrefix(filepath.Clean(dir), "/"); ; {
+		fi, err := os.Stat(cur)
+		if err != nil || !fi.IsDir() {
+			return "" // the lookup fails here for another reason, which the caller may learn
+		}
+		if !c.may(fi, 0o1) {
+			return cur
+		}
+		if rest == "" {
+			return ""
+		}
+		var next string
+		next, rest, _ = strings.Cut(rest, "/")
+		cur = filepath.Join(cur, next)
+	}
+}
+
+// CheckReach refuses a working directory dir (absolute) that spec's user may not reach on
+// this node: a directory on the way they may not search. The agent looks directories up as
+// root; without this, whether it said "does not exist" or "may not enter" would tell the
+// user what is in a directory they may not read.
+func CheckReach(spec Spec, dir string) error {
+	who := caller{uid: spec.UID, gids: append([]uint32{spec.GID}, spec.Groups...), isRoot: spec.UID == 0}
+	if !filepath.IsAbs(dir) {
+		return nil
+	}
+	if d := who.blockedAt(dir); d != "" {
+		return notEnterable(who, d, dir)
+	}
+	return nil
+}
+
+func notEnterable(who caller, blocked, dir string) error {
+	return fmt.Errorf("uid %d may not enter %q, so it cannot work in %q on this node; pass a directory that user may enter", who.uid, blocked, dir)
+}
+
 // resolveCommand finds name the way a shell does, with the caller's PATH and permissions,
 // so that "not found" and "not executable" are reported before anything starts, with the
 // shell's message. Relative paths are taken relative to dir, where the child will run.
@@ -91,6 +141,10 @@ func resolveCommand(name, dir, pathEnv string, who caller) (string, error) {
 		switch {
 		case errors.Is(err, syscall.ENOTDIR):
 			return "", &CommandError{Command: name, Reason: "Not a directory", Code: ExitNotExecutable}
+		case err != nil && !who.reaches(path):
+			// The agent looked as root: a caller who may not search a directory on the way
+			// learns no more of what is in it than the shell would tell them.
+			return "", &CommandError{Command: name, Reason: "Permission denied", Code: ExitNotExecutable}
 		case err != nil:
 			return "", &CommandError{Command: name, Reason: "No such file or directory", Code: ExitNotFound}
 		case fi.IsDir():
@@ -161,15 +215,12 @@ func checkWorkDir(dir string, who caller) error {
 	if err != nil {
 		return fmt.Errorf("working directory %q: %w", dir, err)
 	}
-	for d := abs; ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err == nil && !who.may(fi, 0o1) {
-			return fmt.Errorf("uid %d may not enter %q, so it cannot work in %q on this node; pass a directory that user may enter", who.uid, d, dir)
-		}
-		if d == "/" {
-			return nil
-		}
+	// From / down, as the kernel looks: the first directory the user may not search is the
+	// one named, not one below it whose existence they could not learn.
+	if d := who.blockedAt(abs); d != "" {
+		return notEnterable(who, d, dir)
 	}
+	return nil
 }
 
 // mergeEnv returns env with each name set once (the last setting wins, as with os/exec),

@@ -136,8 +136,18 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(spec.Ignore) > 0 {
-		resolved, args = ignoring(spec.Ignore, args)
+	dir := spec.Dir
+	if onFUSE(dir) {
+		// The child changes directory between clone and exec while the parent thread waits
+		// in the kernel (vfork), holding its processor. A FUSE directory served by this very
+		// process (the agent's cluster tree, where a caller's directory that exists only on
+		// their node is reached) waits for it to answer, which it never does once a garbage
+		// collection must stop that thread: the agent froze and its node was lost. The shell
+		// changes directory after exec instead, from a directory on the root file system.
+		resolved, args = trampoline(dir, spec.Ignore, args)
+		dir = "/"
+	} else if len(spec.Ignore) > 0 {
+		resolved, args = trampoline("", spec.Ignore, args)
 	}
 
 	cgName := spec.Name
@@ -172,7 +182,7 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 
 	pidfd := -1
 	attr := &os.ProcAttr{
-		Dir:   spec.Dir,
+		Dir:   dir,
 		Env:   env,
 		Files: files.child[:],
 		Sys: &syscall.SysProcAttr{
@@ -434,14 +444,35 @@ func (s *stdio) closeParentEnds() {
 	}
 }
 
-// ignoring returns the path and argv that run argv after ignoring sigs: a shell's trap with
-// an empty action sets SIG_IGN, which exec keeps. The shell looks the command up as Start did, in the same
-// PATH and directory, and keeps argv[0] as the caller gave it.
-func ignoring(sigs []syscall.Signal, argv []string) (string, []string) {
-	nums := make([]string, 0, len(sigs))
-	for _, s := range sigs {
-		nums = append(nums, strconv.Itoa(int(s)))
+// trampoline returns the path and argv of a shell that runs argv after changing to dir (if
+// not "") and ignoring sigs: a trap with an empty action sets SIG_IGN, which exec keeps. The
+// shell looks the command up as Start did, in the same PATH and directory, and keeps argv[0]
+// as the caller gave it.
+func trampoline(dir string, sigs []syscall.Signal, argv []string) (string, []string) {
+	script, zero := "", "sh"
+	if dir != "" {
+		// $0: the directory, out of reach of the shell's option and word parsing.
+		script, zero = `cd -- "$0" || exit 126; `, dir
 	}
-	script := "trap '' " + strings.Join(nums, " ") + `; exec "$@"`
-	return "/bin/sh", append([]string{"sh", "-c", script, "sh"}, argv...)
+	if len(sigs) > 0 {
+		nums := make([]string, 0, len(sigs))
+		for _, s := range sigs {
+			nums = append(nums, strconv.Itoa(int(s)))
+		}
+		script += "trap '' " + strings.Join(nums, " ") + "; "
+	}
+	script += `exec "$@"`
+	return "/bin/sh", append([]string{"sh", "-c", script, zero}, argv...)
+}
+
+// fuseSuperMagic is statfs's f_type of a FUSE file system.
+const fuseSuperMagic = 0x65735546
+
+// onFUSE reports whether dir is on a FUSE file system.
+func onFUSE(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(dir, &st) == nil && st.Type == fuseSuperMagic
 }

@@ -108,6 +108,10 @@ func (s *Service) execute(stream runStream, start *ssipb.RunStart, explanation s
 		}
 	}
 	if spec.Dir != "" {
+		// Before looking for it (as root), here or on the home node.
+		if err := proc.CheckReach(spec, spec.Dir); err != nil {
+			return exit(ExitStartFailed, fmt.Sprintf("cannot start %s on %s: %v", args[0], nodeName, err))
+		}
 		dir, err := s.workingDir(spec.Dir, start.HomeNode, nodeName)
 		if err != nil {
 			return exit(ExitStartFailed, err.Error())

@@ -72,10 +72,7 @@ func (s *Service) Kill(ctx context.Context, req *ssipb.KillRequest) (*ssipb.Kill
 			cancel()
 		}
 		if err != nil {
-			msg := err.Error()
-			if st, ok := status.FromError(err); ok {
-				msg = st.Message()
-			}
+			msg := peerErrorText(err)
 			state := ""
 			if !s.alive(name) {
 				state = " (it is down, see ssi nodes)"

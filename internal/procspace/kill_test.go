@@ -2,10 +2,14 @@ package procspace
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssipb"
 	"github.com/ssi-cluster/ssi/internal/gpid"
@@ -33,6 +37,23 @@ func TestSignalRefusesGPIDsOfOtherNodes(t *testing.T) {
 		got := resp.Results[0].Error
 		if tc.wantErr == "" && got != "" || tc.wantErr != "" && !strings.Contains(got, tc.wantErr) {
 			t.Errorf("Signal(%d) = %q, want %q", tc.gpid, got, tc.wantErr)
+		}
+	}
+}
+
+// What ssi kill and ssi run say of a node they could not reach is the dial's error, not
+// gRPC's wrapping of it.
+func TestPeerErrorText(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp 10.0.0.3:7700: i/o timeout"`), "dial tcp 10.0.0.3:7700: i/o timeout"},
+		{status.Error(codes.PermissionDenied, "not yours"), "not yours"},
+		{errors.New("plain"), "plain"},
+	} {
+		if got := peerErrorText(tc.err); got != tc.want {
+			t.Errorf("peerErrorText(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }

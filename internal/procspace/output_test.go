@@ -31,11 +31,13 @@ import (
 type fakeCluster struct {
 	peer    ssirpc.PeerClient
 	peerErr error
+	n2Down  bool // gossip shows n2 dead
+	n2Left  bool // gossip shows that n2 left
 }
 
 func (fakeCluster) Self() (string, uint32) { return "n1", 1 }
-func (fakeCluster) Candidates() []place.Candidate {
-	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: true}}
+func (c fakeCluster) Candidates() []place.Candidate {
+	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: !c.n2Down && !c.n2Left, Left: c.n2Left}}
 }
 func (fakeCluster) Resolve(n string) (string, bool) { return n, n == "n1" || n == "n2" }
 func (fakeCluster) NameOf(i uint32) (string, bool)  { return fmt.Sprintf("n%d", i), i == 1 || i == 2 }
@@ -322,5 +324,60 @@ func TestOutputFailedExitReportsTheError(t *testing.T) {
 				t.Errorf("exit %d %q, want %d %q", ex.Code, ex.Message, tt.code, tt.msg)
 			}
 		})
+	}
+}
+
+// A command for a node gossip shows down is given up after startTimeoutDown, not after TCP's
+// own timeout, with a line that says the node is down; one that answers runs as usual.
+func TestRunOnNodeShownDown(t *testing.T) {
+	hang := func(stream ssirpc.Peer_ExecServer) error { <-stream.Context().Done(); return nil }
+	answer := func(stream ssirpc.Peer_ExecServer) error {
+		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: 7}}})
+	}
+	for _, tt := range []struct {
+		name   string
+		script func(ssirpc.Peer_ExecServer) error
+		code   int32
+		msg    string
+	}{
+		{"no answer", hang, ExitLostNode, "lost connection to node n2 (it is down, see ssi nodes): no answer within 3s"},
+		{"misjudged by gossip", answer, 7, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ss := newSession(t, tt.script, nil)
+			fc := ss.ctl.s.cfg.Cluster.(fakeCluster)
+			fc.n2Down = true
+			ss.ctl.s.cfg.Cluster = fc
+			pr, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pr.Close()
+			begin := time.Now()
+			stream := ss.run(t, context.Background(), "n2", pw, pw)
+			pw.Close()
+			ex := exitOf(t, stream)
+			if took := time.Since(begin); ex.Code != tt.code || ex.Message != tt.msg || took > startTimeoutDown+2*time.Second {
+				t.Fatalf("exit %d %q after %v; want %d %q within %v", ex.Code, ex.Message, took, tt.code, tt.msg, startTimeoutDown)
+			}
+			<-ss.ctl.done
+		})
+	}
+}
+
+func TestLostMessage(t *testing.T) {
+	s := &Service{cfg: Config{Cluster: fakeCluster{n2Down: true}}}
+	dial := status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp 10.0.0.3:7700: connect: no route to host"`)
+	for _, tt := range []struct {
+		node string
+		err  error
+		want string
+	}{
+		{"n2", dial, "lost connection to node n2 (it is down, see ssi nodes): dial tcp 10.0.0.3:7700: connect: no route to host"},
+		{"n1", errors.New("the session ended without an exit status"), "lost connection to node n1: the session ended without an exit status"},
+	} {
+		if got := s.lostMessage(tt.node, tt.err); got != tt.want {
+			t.Errorf("lostMessage(%s, %v) = %q, want %q", tt.node, tt.err, got, tt.want)
+		}
 	}
 }

@@ -56,13 +56,14 @@ func (s *Service) LocalPs(_ context.Context, req *ssipb.PsRequest) (*ssipb.PsRes
 }
 
 // Ps asks every alive node (or the one named) in parallel and merges the answers, sorted by
-// GPID. Nodes that do not answer within the deadline are listed as unreachable.
+// GPID. Nodes that do not answer within the deadline, and those gossip shows dead, are listed
+// as unreachable.
 func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsResponse, error) {
 	// Here rather than in the CLI, which links no user database (NSS) of its own.
 	if err := checkPsUser(req.User, osuser.Lookup); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	var nodes []string
+	var nodes, down []string
 	if req.Node != "" {
 		name, ok := s.cfg.Cluster.Resolve(req.Node)
 		if !ok {
@@ -71,8 +72,13 @@ func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsRespon
 		nodes = []string{name}
 	} else {
 		for _, c := range s.cfg.Cluster.Candidates() {
-			if c.Alive {
+			switch {
+			case c.Alive:
 				nodes = append(nodes, c.Name)
+			case !c.Left:
+				// Not asked, but said: its processes (perhaps still running, if only its
+				// agent died) are missing from the list. A node that left on purpose is not.
+				down = append(down, c.Name)
 			}
 		}
 	}
@@ -97,7 +103,7 @@ func (s *Service) Ps(ctx context.Context, req *ssipb.PsRequest) (*ssipb.PsRespon
 		})
 	}
 	wg.Wait()
-	out := &ssipb.PsResponse{}
+	out := &ssipb.PsResponse{Unreachable: down}
 	for i, r := range results {
 		if errs[i] != nil {
 			out.Unreachable = append(out.Unreachable, nodes[i])

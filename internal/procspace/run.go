@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -160,8 +161,10 @@ func (s *Service) alive(name string) bool {
 // lostAfter is how long gossip must show a node dead before its sessions are given up,
 // unless the node still answers a ping within pingTimeout.
 const (
-	lostAfter   = 2 * time.Second
-	pingTimeout = 5 * time.Second // long: a saturated node (1,000 sessions starting at once) answers late
+	lostAfter = 2 * time.Second
+	// startTimeoutDown bounds the start of a command on a node gossip shows down.
+	startTimeoutDown = 3 * time.Second
+	pingTimeout      = 5 * time.Second // long: a saturated node (1,000 sessions starting at once) answers late
 )
 
 // answers reports whether the node behind peer answers a ping.
@@ -200,13 +203,33 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 		cancel()
 		_ = bulkEnd()
 	}()
+	// A node gossip shows down (dead, or gone from the cluster) is still tried, since gossip
+	// can misjudge a busy one, but only for startTimeoutDown: a live node confirms the start in
+	// milliseconds, while a connection to one that is gone waits for TCP to give up (13 s).
+	var startTimer *time.Timer
+	startTimedOut := make(chan struct{})
+	if !s.alive(node) {
+		startTimer = time.AfterFunc(startTimeoutDown, func() {
+			close(startTimedOut)
+			cancel()
+		})
+		defer startTimer.Stop()
+	}
+	lost := func(err error) error {
+		select {
+		case <-startTimedOut:
+			err = fmt.Errorf("no answer within %v", startTimeoutDown)
+		default:
+		}
+		return s.lost(client, node, err)
+	}
 	// Output frames pass through without being decoded (see api.Frame).
 	remote, err := peer.Exec(callCtx, grpc.ForceCodecV2(api.Codec{}))
 	if err != nil {
-		return s.lost(client, node, err)
+		return lost(err)
 	}
 	if err := remote.Send(&ssipb.RunInput{Msg: &ssipb.RunInput_Start{Start: start}}); err != nil {
-		return s.lost(client, node, err)
+		return lost(err)
 	}
 	// Gossip notices a dead node within seconds, long before TCP would. A node must stay
 	// dead for a while: on a saturated machine gossip can briefly misjudge a live one, and
@@ -276,7 +299,11 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 			if errors.Is(err, io.EOF) {
 				return s.lost(client, node, errors.New("the session ended without an exit status"))
 			}
-			return s.lost(client, node, err)
+			return lost(err)
+		}
+		if startTimer != nil {
+			startTimer.Stop() // the node answers
+			startTimer = nil
 		}
 		if bulk != nil && frame.Field() == api.RunOutputStdout && (bulkDone != nil || isBulkMarker(&frame)) {
 			frame.Free()
@@ -330,12 +357,34 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 	}
 }
 
+// lost ends the client's session with ExitLostNode and a line naming node and why.
 func (s *Service) lost(client runStream, node string, err error) error {
+	return client.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{
+		Code: ExitLostNode, Message: s.lostMessage(node, err),
+	}}})
+}
+
+// peerErrorText is the text of an error from a call to another node for users: the status's
+// message, and of a failed connection the dial's own error without gRPC's wrapping
+// ("connection error: desc = \"transport: Error while dialing: dial tcp ...: no route to host\"").
+func peerErrorText(err error) string {
 	msg := err.Error()
 	if st, ok := status.FromError(err); ok {
 		msg = st.Message()
 	}
-	return client.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{
-		Code: ExitLostNode, Message: fmt.Sprintf("lost connection to node %s: %s", node, msg),
-	}}})
+	if _, dial, ok := strings.Cut(msg, "Error while dialing: "); ok {
+		msg = strings.TrimSuffix(dial, `"`)
+	}
+	return msg
+}
+
+// lostMessage says that node was lost and why, in words for the user: whether gossip shows it
+// down, and what went wrong (see peerErrorText).
+func (s *Service) lostMessage(node string, err error) string {
+	msg := peerErrorText(err)
+	state := ""
+	if !s.alive(node) {
+		state = " (it is down, see ssi nodes)"
+	}
+	return fmt.Sprintf("lost connection to node %s%s: %s", node, state, msg)
 }
