@@ -137,15 +137,20 @@ func Start(ctx context.Context, spec Spec) (p *Process, err error) {
 		return nil, err
 	}
 	dir := spec.Dir
-	if onFUSE(dir) {
-		// The child changes directory between clone and exec while the parent thread waits
-		// in the kernel (vfork), holding its processor. A FUSE directory served by this very
+	fuseDir := onFUSE(dir)
+	if fuseDir || onFUSE(resolved) {
+		// Between clone and exec the parent thread waits in the kernel (vfork) holding its
+		// processor, so the child must not need a FUSE mount there: one served by this very
 		// process (the agent's cluster tree, where a caller's directory that exists only on
-		// their node is reached) waits for it to answer, which it never does once a garbage
-		// collection must stop that thread: the agent froze and its node was lost. The shell
-		// changes directory after exec instead, from a directory on the root file system.
-		resolved, args = trampoline(dir, spec.Ignore, args)
-		dir = "/"
+		// their node is reached, and programs on other nodes) waits for it to answer, which
+		// it never does once a garbage collection must stop that thread: the agent froze and
+		// its node was lost. A shell from the root file system changes directory and execs
+		// the program instead, once the clone is done with.
+		cd := ""
+		if fuseDir {
+			cd, dir = dir, "/"
+		}
+		resolved, args = trampoline(cd, spec.Ignore, args)
 	} else if len(spec.Ignore) > 0 {
 		resolved, args = trampoline("", spec.Ignore, args)
 	}
