@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -458,6 +459,15 @@ func (p *lockProc) do(command string) string {
 	p.t.Helper()
 	p.send(command)
 	return p.answer(10 * time.Second)
+}
+
+// expect runs command and fails the test, saying what was tried, unless the answer is one of
+// want.
+func (p *lockProc) expect(command, what string, want ...string) {
+	p.t.Helper()
+	if got := p.do(command); !slices.Contains(want, got) {
+		p.t.Fatalf("%s: %s, want %s", what, got, strings.Join(want, " or "))
+	}
 }
 
 // exit ends the process (its locks go with it) and waits for it.

@@ -438,15 +438,9 @@ func TestLockWaitForgottenWhenInterrupted(t *testing.T) {
 	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
 	a := startLockProc(t, n1.path("n2", "f"))
 	b := startLockProc(t, n3.path("n2", "f"))
-	if got := a.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("A locks byte 0: %s", got)
-	}
-	if got := b.do("lk w 1 1"); got != "ok" {
-		t.Fatalf("B locks byte 1: %s", got)
-	}
-	if got := a.do("lkwi 1 1 300"); got != "EINTR" {
-		t.Fatalf("A's wait for B, interrupted: %s, want EINTR", got)
-	}
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
+	b.expect("lk w 1 1", "B locks byte 1", "ok")
+	a.expect("lkwi 1 1 300", "A's wait for B, interrupted", "EINTR")
 	// Cancelled before the process was answered, not left to grow stale.
 	if n := n2.server.lockGraph.waiting(time.Now()); n != 0 {
 		t.Fatalf("the owner still counts %d lock waits after the only one was interrupted", n)
@@ -456,9 +450,7 @@ func TestLockWaitForgottenWhenInterrupted(t *testing.T) {
 	if got := b.answer(300 * time.Millisecond); got != "(none)" {
 		t.Fatalf("B's wait for A, who no longer waits: %s, want it waiting", got)
 	}
-	if got := a.do("lk u 0 1"); got != "ok" {
-		t.Fatalf("A unlocks byte 0: %s", got)
-	}
+	a.expect("lk u 0 1", "A unlocks byte 0", "ok")
 	if got := b.answer(10 * time.Second); got != "ok" {
 		t.Fatalf("B's wait once A unlocked: %s, want ok", got)
 	}

@@ -22,12 +22,8 @@ func TestLockReclaimedAfterOwnerRestart(t *testing.T) {
 	n1.mountTree(time.Second)
 	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
 	a := startLockProc(t, n1.path("n2", "f"))
-	if got := a.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("A locks byte 0: %s", got)
-	}
-	if got := a.do("fl ex"); got != "ok" {
-		t.Fatalf("A flocks the file: %s", got)
-	}
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
+	a.expect("fl ex", "A flocks the file", "ok")
 
 	// Twice: the files opened again are opened again after the next restart too.
 	for i := range 2 {
@@ -40,24 +36,12 @@ func TestLockReclaimedAfterOwnerRestart(t *testing.T) {
 		})
 	}
 	b := startLockProc(t, n2.disk("f"))
-	if got := b.do("lk w 0 1"); got != "EAGAIN" {
-		t.Fatalf("a process on the owner locks A's byte: %s, want EAGAIN", got)
-	}
-	if got := b.do("fl sh"); got != "EAGAIN" {
-		t.Fatalf("a process on the owner flocks A's file: %s, want EAGAIN", got)
-	}
-	if got := a.do("fl un"); got != "ok" {
-		t.Fatalf("A unflocks after the restart: %s, want ok", got)
-	}
-	if got := b.do("fl sh"); got != "ok" {
-		t.Fatalf("a process on the owner flocks the file A unflocked: %s, want ok", got)
-	}
-	if got := a.do("lk u 0 1"); got != "ok" {
-		t.Fatalf("A unlocks after the restart: %s, want ok", got)
-	}
-	if got := b.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("a process on the owner locks the byte A unlocked: %s, want ok", got)
-	}
+	b.expect("lk w 0 1", "a process on the owner locks A's byte", "EAGAIN")
+	b.expect("fl sh", "a process on the owner flocks A's file", "EAGAIN")
+	a.expect("fl un", "A unflocks after the restart", "ok")
+	b.expect("fl sh", "a process on the owner flocks the file A unflocked", "ok")
+	a.expect("lk u 0 1", "A unlocks after the restart", "ok")
+	b.expect("lk w 0 1", "a process on the owner locks the byte A unlocked", "ok")
 }
 
 // TestLockReclaimRefused: a lock taken by someone else while the owner's file server was down
@@ -68,15 +52,11 @@ func TestLockReclaimRefused(t *testing.T) {
 	n1.mountTree(time.Second)
 	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
 	a := startLockProc(t, n1.path("n2", "f"))
-	if got := a.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("A locks byte 0: %s", got)
-	}
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
 
 	n2.stop()
 	b := startLockProc(t, n2.disk("f"))
-	if got := b.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("a process on the owner locks byte 0 while the server is down: %s", got)
-	}
+	b.expect("lk w 0 1", "a process on the owner locks byte 0 while the server is down", "ok")
 	// Within the grace period: it makes no room for a reclaim over a lock taken meanwhile.
 	n2.start(ServerConfig{reclaimGrace: time.Second})
 	eventually(t, 10*time.Second, "the reclaim done", func() error {
@@ -85,15 +65,9 @@ func TestLockReclaimRefused(t *testing.T) {
 		}
 		return nil
 	})
-	if got := a.do("lk w 5 1"); got != "EIO" {
-		t.Fatalf("A's next lock call after its lock was lost: %s, want EIO", got)
-	}
-	if got := a.do("lk w 5 1"); got != "ok" {
-		t.Fatalf("A's lock call after that: %s, want ok", got)
-	}
-	if got := a.do("lk w 0 1"); got != "EAGAIN" {
-		t.Fatalf("A locks byte 0, which the owner's process holds: %s, want EAGAIN", got)
-	}
+	a.expect("lk w 5 1", "A's next lock call after its lock was lost", "EIO")
+	a.expect("lk w 5 1", "A's lock call after that", "ok")
+	a.expect("lk w 0 1", "A locks byte 0, which the owner's process holds", "EAGAIN")
 }
 
 func (m *Mounted) reclaimsDone() uint64 { return m.stats.reclaims.Load() }
@@ -110,9 +84,7 @@ func TestLockWaitAcrossOwnerRestart(t *testing.T) {
 	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
 	a := startLockProc(t, n1.path("n2", "f"))
 	b := startLockProc(t, n1.path("n2", "f"))
-	if got := a.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("A locks byte 0: %s", got)
-	}
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
 	b.send("lkw w 0 1")
 	n2.awaitLockWaits(t, 1)
 
@@ -135,9 +107,7 @@ func TestLockWaitAcrossOwnerRestart(t *testing.T) {
 	if got := b.answer(300 * time.Millisecond); got != "(none)" {
 		t.Fatalf("B's wait after the restart, A still holding: %s, want it waiting", got)
 	}
-	if got := a.do("lk u 0 1"); got != "ok" {
-		t.Fatalf("A unlocks: %s", got)
-	}
+	a.expect("lk u 0 1", "A unlocks", "ok")
 	if got := b.answer(10 * time.Second); got != "ok" {
 		t.Fatalf("B's wait once A unlocked: %s, want ok", got)
 	}
@@ -154,12 +124,8 @@ func TestLockGraceHoldsCompetitorsBack(t *testing.T) {
 	n3.mountTree(time.Second)
 	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
 	a := startLockProc(t, n1.path("n2", "f"))
-	if got := a.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("A locks byte 0: %s", got)
-	}
-	if got := a.do("fl ex"); got != "ok" {
-		t.Fatalf("A flocks the file: %s", got)
-	}
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
+	a.expect("fl ex", "A flocks the file", "ok")
 
 	// n1 does not hear of the restart while muted, so its reclaim comes after the
 	// competitors' requests: about 6 s after the restart, as the watch stream it opens while
@@ -194,21 +160,11 @@ func TestLockGraceHoldsCompetitorsBack(t *testing.T) {
 	if got := d.answer(time.Second); got != "w" {
 		t.Fatalf("F_GETLK during the grace period: %s, want A's write lock", got)
 	}
-	if got := b.do("fl sh"); got != "EWOULDBLOCK" && got != "EAGAIN" {
-		t.Fatalf("another node flocks A's file: %s, want EWOULDBLOCK", got)
-	}
-	if got := a.do("lk u 0 1"); got != "ok" {
-		t.Fatalf("A unlocks: %s", got)
-	}
-	if got := a.do("fl un"); got != "ok" {
-		t.Fatalf("A unflocks: %s", got)
-	}
-	if got := b.do("lk w 0 1"); got != "ok" {
-		t.Fatalf("another node locks the byte A unlocked: %s", got)
-	}
-	if got := b.do("fl ex"); got != "ok" {
-		t.Fatalf("another node flocks the file A unflocked: %s", got)
-	}
+	b.expect("fl sh", "another node flocks A's file", "EWOULDBLOCK", "EAGAIN")
+	a.expect("lk u 0 1", "A unlocks", "ok")
+	a.expect("fl un", "A unflocks", "ok")
+	b.expect("lk w 0 1", "another node locks the byte A unlocked", "ok")
+	b.expect("fl ex", "another node flocks the file A unflocked", "ok")
 }
 
 // TestLockGraceServer: during the grace period the owner holds back the requests that take or
