@@ -688,10 +688,16 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // rewriteLink makes a symlink mean on the client what it means on its owner. The kernel
 // resolves symlinks on the client, where "/etc" would be the client's own: absolute targets
 // are moved under /<mount>/<node>, and so are relative ones that climb above the owner's root
-// (where ".." stops on the owner).
+// (where ".." stops on the owner). An absolute target already in the cluster tree (every node
+// mounts it at the same path) names on the owner what it names here, and is kept: moved, it
+// would lead into the owner's own mount, which the tree does not show.
 func rewriteLink(target, linkPath []byte, mount, node string) []byte {
-	prefix := strings.TrimSuffix(mount, "/") + "/" + node
+	mount = strings.TrimSuffix(mount, "/")
+	prefix := mount + "/" + node
 	if len(target) > 0 && target[0] == '/' {
+		if inTree(string(target), mount) {
+			return target
+		}
 		return []byte(prefix + string(target))
 	}
 	depth := strings.Count(string(linkPath), "/") // directories between the owner's root and the link
@@ -708,6 +714,28 @@ func rewriteLink(target, linkPath []byte, mount, node string) []byte {
 		}
 	}
 	return target
+}
+
+// inTree reports whether the absolute path p lies in the tree mounted at mount.
+func inTree(p, mount string) bool {
+	return mount != "" && (p == mount || strings.HasPrefix(p, mount+"/"))
+}
+
+// storedLink is rewriteLink's inverse for a symlink made through the tree: a target in the
+// owner's own part of the tree (what readlink there returns for an absolute target, and so
+// what tar, cp -a and ln -s "$(readlink …)" write back) is stored as the owner's own path,
+// which reads back as the same target and means the same file on the owner, with its tree
+// mounted or not. Other targets are stored as given.
+func storedLink(target, mount, node string) string {
+	mount = strings.TrimSuffix(mount, "/")
+	prefix := mount + "/" + node
+	if mount == "" || !inTree(target, prefix) {
+		return target
+	}
+	if rest := target[len(prefix):]; rest != "" {
+		return rest
+	}
+	return "/"
 }
 
 // cleanBelowRoot resolves target lexically against the link's directory, stopping ".." at the
@@ -919,7 +947,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	var reply *fspb.EntryReply
 	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
 		reply, err = api.Symlink(rpc, &fspb.SymlinkRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir,
-			Name: []byte(name), Target: []byte(target)})
+			Name: []byte(name), Target: []byte(storedLink(target, n.p.m.cfg.Path, n.p.name))})
 		return err
 	})
 	return n.entry(ctx, name, reply, errno, snap, out)

@@ -291,6 +291,26 @@ var posixCases = []posixCase{
 		if readFile(t, abs) != "T" {
 			t.Fatal("reading through an absolute link")
 		}
+		// What readlink returned, written back as tar x, cp -a or ln -s "$(readlink abs)" do,
+		// is the same link: stored as the owner's own path, it reads back unchanged.
+		copied := filepath.Join(dir, "copied")
+		must(t, os.Symlink(got, copied))
+		if again, err := os.Readlink(copied); err != nil || again != got {
+			t.Fatalf("link made from readlink's %q reads %q (%v)", got, again, err)
+		}
+		if readFile(t, copied) != "T" {
+			t.Fatal("reading through a link made from readlink's target")
+		}
+		if onDisk, err := os.Readlink(filepath.Join(env.disk, "copied")); err != nil || onDisk != "/"+rel {
+			t.Fatalf("on the owner's disk %q (%v), want %q", onDisk, err, "/"+rel)
+		}
+		// A link into another node's part of the tree names the same file on the owner
+		// (through its own mount) as here: it reads back as written, not moved below the owner.
+		other := env.local.path("n3", "x")
+		must(t, os.Symlink(other, filepath.Join(dir, "other")))
+		if again, err := os.Readlink(filepath.Join(dir, "other")); err != nil || again != other {
+			t.Fatalf("link to %q reads %q (%v)", other, again, err)
+		}
 		must(t, os.Symlink("nowhere", filepath.Join(dir, "dangling")))
 		_, err = os.Stat(filepath.Join(dir, "dangling"))
 		wantErrno(t, err, syscall.ENOENT)

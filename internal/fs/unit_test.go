@@ -83,9 +83,34 @@ func TestRewriteLink(t *testing.T) {
 		{"a/../../b", "d/l", "a/../../b"},
 		{"a/../../../b", "d/l", "/ssi/n2/b"},
 		{"./x", "l", "./x"},
+		{"/ssi/n3/x", "l", "/ssi/n3/x"},
+		{"/ssi/n2/x", "l", "/ssi/n2/x"},
+		{"/ssi", "l", "/ssi"},
+		{"/ssix/y", "l", "/ssi/n2/ssix/y"},
 	} {
 		if got := string(rewriteLink([]byte(tc.target), []byte(tc.link), "/ssi/", "n2")); got != tc.want {
 			t.Errorf("rewriteLink(%q at %q) = %q, want %q", tc.target, tc.link, got, tc.want)
+		}
+	}
+}
+
+func TestStoredLink(t *testing.T) {
+	for _, tc := range []struct{ target, want string }{
+		{"/ssi/n2/etc/passwd", "/etc/passwd"},
+		{"/ssi/n2", "/"},
+		{"/ssi/n2/", "/"},
+		{"/ssi/n23/x", "/ssi/n23/x"},
+		{"/ssi/n3/x", "/ssi/n3/x"},
+		{"/etc/passwd", "/etc/passwd"},
+		{"rel/ssi/n2", "rel/ssi/n2"},
+	} {
+		if got := storedLink(tc.target, "/ssi/", "n2"); got != tc.want {
+			t.Errorf("storedLink(%q) = %q, want %q", tc.target, got, tc.want)
+		}
+		// Stored and read back through the tree, a target in the tree comes back as written.
+		if back := string(rewriteLink([]byte(storedLink(tc.target, "/ssi", "n2")), []byte("l"), "/ssi", "n2")); inTree(tc.target, "/ssi") &&
+			back != tc.target && back != tc.target+"/" {
+			t.Errorf("%q stored and read back: %q", tc.target, back)
 		}
 	}
 }
