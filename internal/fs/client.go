@@ -780,6 +780,7 @@ func (p *peer) apply(items []*fspb.Invalidation) {
 func (p *peer) invalidate(n *node, it *fspb.Invalidation) {
 	if len(it.Name) > 0 {
 		name := string(it.Name)
+		p.follow(n, name, it)
 		if it.Child {
 			if child := n.GetChild(name); child != nil {
 				if ch, ok := child.Operations().(*node); ok {
@@ -795,6 +796,37 @@ func (p *peer) invalidate(n *node, it *fspb.Invalidation) {
 	} else {
 		n.NotifyContent(-1, 0)
 	}
+}
+
+// follow moves the node named name in dir to where another node's rename put it, when this
+// client knows the new directory too. Nodes are named to the owner by their path in the tree:
+// without the move, a directory the kernel keeps (a process's working directory) would go on
+// being named by its old path, and every call on it and below it would fail with ENOENT, where
+// locally the process follows the directory. The kernel's own dentries are dropped as usual;
+// its next lookup of the new name finds this node there.
+func (p *peer) follow(dir *node, name string, it *fspb.Invalidation) {
+	if it.MovedTo == nil || len(it.MovedName) == 0 {
+		return
+	}
+	child := dir.GetChild(name)
+	if child == nil {
+		return
+	}
+	if _, ok := child.Operations().(*node); !ok {
+		return
+	}
+	to := p.m.lookupInode(p.name, idFromPB(it.MovedTo))
+	if to == nil || (to == dir && string(it.MovedName) == name) {
+		return
+	}
+	// A tree that is behind the owner's could put the new directory below the moved node:
+	// moving it there would make a loop, so the names are only dropped.
+	for in := to.EmbeddedInode(); in != nil; _, in = in.Parent() {
+		if in == child {
+			return
+		}
+	}
+	dir.MvChild(name, to.EmbeddedInode(), string(it.MovedName), true)
 }
 
 // flush drops everything the kernel caches from this owner.

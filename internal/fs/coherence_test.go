@@ -350,3 +350,47 @@ func TestCacheTableStaysBoundedAndCoherent(t *testing.T) {
 		t.Fatalf("Stats().CacheEntries = %d, over the limit %d", st.CacheEntries, limit)
 	}
 }
+
+// A process working inside a directory (its cwd, or a descriptor it opens relative to) that
+// another node renames, itself or an ancestor, goes on working there, as locally: the client
+// names nodes to the owner by path, so it moves the directory's node where the rename put it.
+func TestWorkingDirectoryFollowsAnotherNodesRename(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	must(t, os.MkdirAll(n2.disk("top", "a", "s"), 0o755))
+	must(t, os.WriteFile(n2.disk("top", "a", "s", "f"), []byte("F"), 0o644))
+	for _, who := range []*testNode{n3, n2} {
+		t.Run("seen from "+who.name, func(t *testing.T) {
+			cwd, err := unix.Open(who.path("n2", "top", "a", "s"), unix.O_PATH|unix.O_DIRECTORY, 0)
+			must(t, err)
+			defer unix.Close(cwd)
+			// The new parent directory is known to the client, as when it was listed.
+			listNames(t, who.path("n2", "top"))
+			must(t, os.Rename(n1.path("n2", "top", "a"), n1.path("n2", "top", "b")))
+
+			fd, err := unix.Openat(cwd, "f", unix.O_RDONLY, 0)
+			if err != nil {
+				t.Fatalf("reading beside the working directory after the rename: %v", err)
+			}
+			buf := make([]byte, 8)
+			k, _ := unix.Read(fd, buf)
+			unix.Close(fd)
+			if string(buf[:k]) != "F" {
+				t.Fatalf("read %q", buf[:k])
+			}
+			fd, err = unix.Openat(cwd, "g", unix.O_WRONLY|unix.O_CREAT, 0o644)
+			if err != nil {
+				t.Fatalf("creating in the working directory after the rename: %v", err)
+			}
+			unix.Close(fd)
+			if _, err := os.Stat(n2.disk("top", "b", "s", "g")); err != nil {
+				t.Fatalf("the file made there is not in the moved directory: %v", err)
+			}
+			must(t, os.Remove(n2.disk("top", "b", "s", "g")))
+			must(t, os.Rename(n1.path("n2", "top", "b"), n1.path("n2", "top", "a")))
+		})
+	}
+}

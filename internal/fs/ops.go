@@ -1323,7 +1323,15 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 	if errno != 0 {
 		return &fspb.ChangeReply{Errno: int32(errno)}, nil
 	}
-	s.publish(c.sess, entryChange(oldDir, string(req.Name)), entryChange(newDir, string(req.NewName)),
+	gone := entryChange(oldDir, string(req.Name))
+	if req.Flags&^unix.RENAME_NOREPLACE == 0 {
+		// A plain move: clients that know both directories move their node, so that a
+		// process working inside it (or below) follows it, as locally. An exchange leaves
+		// two objects to move, and a whiteout a new one in the old place: their clients
+		// only drop the names.
+		gone.item.MovedTo, gone.item.MovedName = newDir.pb(), req.NewName
+	}
+	s.publish(c.sess, gone, entryChange(newDir, string(req.NewName)),
 		attrChange(moved, false), attrChange(replaced, false))
 	c.finish(s.cache.now(), watched && newWatched, []*fspb.Attr{reply.Dir, reply.NewDir}, oldDir, newDir)
 	return reply, nil

@@ -3029,7 +3029,13 @@ type Invalidation struct {
 	Name []byte  `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Data bool    `protobuf:"varint,3,opt,name=data,proto3" json:"data,omitempty"`
 	// child: name's attributes and data changed too (known by name only).
-	Child         bool `protobuf:"varint,4,opt,name=child,proto3" json:"child,omitempty"`
+	Child bool `protobuf:"varint,4,opt,name=child,proto3" json:"child,omitempty"`
+	// moved_to and moved_name: name was renamed to moved_name in directory moved_to (a plain
+	// rename through the tree). A client that knows both directories moves its node there, so
+	// that what it names by path (a process's working directory inside it) follows the object,
+	// as locally.
+	MovedTo       *FileID `protobuf:"bytes,5,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
+	MovedName     []byte  `protobuf:"bytes,6,opt,name=moved_name,json=movedName,proto3" json:"moved_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3090,6 +3096,20 @@ func (x *Invalidation) GetChild() bool {
 		return x.Child
 	}
 	return false
+}
+
+func (x *Invalidation) GetMovedTo() *FileID {
+	if x != nil {
+		return x.MovedTo
+	}
+	return nil
+}
+
+func (x *Invalidation) GetMovedName() []byte {
+	if x != nil {
+		return x.MovedName
+	}
+	return nil
 }
 
 type WatchDown struct {
@@ -3553,12 +3573,15 @@ const file_fs_proto_rawDesc = "" +
 	"\bgrace_ms\x18\x05 \x01(\rR\agraceMs\"5\n" +
 	"\aWatchUp\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x10\n" +
-	"\x03ack\x18\x02 \x01(\x04R\x03ack\"o\n" +
+	"\x03ack\x18\x02 \x01(\x04R\x03ack\"\xbc\x01\n" +
 	"\fInvalidation\x12!\n" +
 	"\x02id\x18\x01 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\fR\x04name\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\bR\x04data\x12\x14\n" +
-	"\x05child\x18\x04 \x01(\bR\x05child\"\x85\x01\n" +
+	"\x05child\x18\x04 \x01(\bR\x05child\x12,\n" +
+	"\bmoved_to\x18\x05 \x01(\v2\x11.ssi.fs.v1.FileIDR\amovedTo\x12\x1d\n" +
+	"\n" +
+	"moved_name\x18\x06 \x01(\fR\tmovedName\"\x85\x01\n" +
 	"\tWatchDown\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\x05items\x18\x02 \x03(\v2\x17.ssi.fs.v1.InvalidationR\x05items\x12\x1b\n" +
@@ -3700,58 +3723,59 @@ var file_fs_proto_depIdxs = []int32{
 	0,  // 38: ssi.fs.v1.XattrRequest.op:type_name -> ssi.fs.v1.XattrRequest.Op
 	1,  // 39: ssi.fs.v1.LockRequest.op:type_name -> ssi.fs.v1.LockRequest.Op
 	3,  // 40: ssi.fs.v1.Invalidation.id:type_name -> ssi.fs.v1.FileID
-	39, // 41: ssi.fs.v1.WatchDown.items:type_name -> ssi.fs.v1.Invalidation
-	7,  // 42: ssi.fs.v1.Files.Lookup:input_type -> ssi.fs.v1.LookupRequest
-	6,  // 43: ssi.fs.v1.Files.Getattr:input_type -> ssi.fs.v1.NodeRequest
-	11, // 44: ssi.fs.v1.Files.Setattr:input_type -> ssi.fs.v1.SetattrRequest
-	6,  // 45: ssi.fs.v1.Files.Readlink:input_type -> ssi.fs.v1.NodeRequest
-	13, // 46: ssi.fs.v1.Files.Readdir:input_type -> ssi.fs.v1.ReaddirRequest
-	16, // 47: ssi.fs.v1.Files.Open:input_type -> ssi.fs.v1.OpenRequest
-	17, // 48: ssi.fs.v1.Files.Create:input_type -> ssi.fs.v1.CreateRequest
-	20, // 49: ssi.fs.v1.Files.Read:input_type -> ssi.fs.v1.ReadRequest
-	22, // 50: ssi.fs.v1.Files.Write:input_type -> ssi.fs.v1.WriteRequest
-	19, // 51: ssi.fs.v1.Files.Release:input_type -> ssi.fs.v1.HandleRequest
-	24, // 52: ssi.fs.v1.Files.Fsync:input_type -> ssi.fs.v1.FsyncRequest
-	25, // 53: ssi.fs.v1.Files.Allocate:input_type -> ssi.fs.v1.AllocateRequest
-	26, // 54: ssi.fs.v1.Files.Lseek:input_type -> ssi.fs.v1.LseekRequest
-	28, // 55: ssi.fs.v1.Files.Mknod:input_type -> ssi.fs.v1.MknodRequest
-	29, // 56: ssi.fs.v1.Files.Symlink:input_type -> ssi.fs.v1.SymlinkRequest
-	30, // 57: ssi.fs.v1.Files.Link:input_type -> ssi.fs.v1.LinkRequest
-	31, // 58: ssi.fs.v1.Files.Remove:input_type -> ssi.fs.v1.RemoveRequest
-	32, // 59: ssi.fs.v1.Files.Rename:input_type -> ssi.fs.v1.RenameRequest
-	6,  // 60: ssi.fs.v1.Files.Statfs:input_type -> ssi.fs.v1.NodeRequest
-	34, // 61: ssi.fs.v1.Files.Xattr:input_type -> ssi.fs.v1.XattrRequest
-	36, // 62: ssi.fs.v1.Files.Lock:input_type -> ssi.fs.v1.LockRequest
-	38, // 63: ssi.fs.v1.Files.Watch:input_type -> ssi.fs.v1.WatchUp
-	41, // 64: ssi.fs.v1.Files.Calls:input_type -> ssi.fs.v1.Call
-	8,  // 65: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
-	8,  // 66: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
-	8,  // 67: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
-	12, // 68: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
-	15, // 69: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
-	18, // 70: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
-	18, // 71: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
-	21, // 72: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
-	23, // 73: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
-	10, // 74: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 75: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
-	10, // 76: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
-	27, // 77: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
-	8,  // 78: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
-	8,  // 79: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
-	8,  // 80: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
-	9,  // 81: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
-	9,  // 82: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
-	33, // 83: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
-	35, // 84: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
-	37, // 85: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
-	40, // 86: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
-	42, // 87: ssi.fs.v1.Files.Calls:output_type -> ssi.fs.v1.Result
-	65, // [65:88] is the sub-list for method output_type
-	42, // [42:65] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	3,  // 41: ssi.fs.v1.Invalidation.moved_to:type_name -> ssi.fs.v1.FileID
+	39, // 42: ssi.fs.v1.WatchDown.items:type_name -> ssi.fs.v1.Invalidation
+	7,  // 43: ssi.fs.v1.Files.Lookup:input_type -> ssi.fs.v1.LookupRequest
+	6,  // 44: ssi.fs.v1.Files.Getattr:input_type -> ssi.fs.v1.NodeRequest
+	11, // 45: ssi.fs.v1.Files.Setattr:input_type -> ssi.fs.v1.SetattrRequest
+	6,  // 46: ssi.fs.v1.Files.Readlink:input_type -> ssi.fs.v1.NodeRequest
+	13, // 47: ssi.fs.v1.Files.Readdir:input_type -> ssi.fs.v1.ReaddirRequest
+	16, // 48: ssi.fs.v1.Files.Open:input_type -> ssi.fs.v1.OpenRequest
+	17, // 49: ssi.fs.v1.Files.Create:input_type -> ssi.fs.v1.CreateRequest
+	20, // 50: ssi.fs.v1.Files.Read:input_type -> ssi.fs.v1.ReadRequest
+	22, // 51: ssi.fs.v1.Files.Write:input_type -> ssi.fs.v1.WriteRequest
+	19, // 52: ssi.fs.v1.Files.Release:input_type -> ssi.fs.v1.HandleRequest
+	24, // 53: ssi.fs.v1.Files.Fsync:input_type -> ssi.fs.v1.FsyncRequest
+	25, // 54: ssi.fs.v1.Files.Allocate:input_type -> ssi.fs.v1.AllocateRequest
+	26, // 55: ssi.fs.v1.Files.Lseek:input_type -> ssi.fs.v1.LseekRequest
+	28, // 56: ssi.fs.v1.Files.Mknod:input_type -> ssi.fs.v1.MknodRequest
+	29, // 57: ssi.fs.v1.Files.Symlink:input_type -> ssi.fs.v1.SymlinkRequest
+	30, // 58: ssi.fs.v1.Files.Link:input_type -> ssi.fs.v1.LinkRequest
+	31, // 59: ssi.fs.v1.Files.Remove:input_type -> ssi.fs.v1.RemoveRequest
+	32, // 60: ssi.fs.v1.Files.Rename:input_type -> ssi.fs.v1.RenameRequest
+	6,  // 61: ssi.fs.v1.Files.Statfs:input_type -> ssi.fs.v1.NodeRequest
+	34, // 62: ssi.fs.v1.Files.Xattr:input_type -> ssi.fs.v1.XattrRequest
+	36, // 63: ssi.fs.v1.Files.Lock:input_type -> ssi.fs.v1.LockRequest
+	38, // 64: ssi.fs.v1.Files.Watch:input_type -> ssi.fs.v1.WatchUp
+	41, // 65: ssi.fs.v1.Files.Calls:input_type -> ssi.fs.v1.Call
+	8,  // 66: ssi.fs.v1.Files.Lookup:output_type -> ssi.fs.v1.EntryReply
+	8,  // 67: ssi.fs.v1.Files.Getattr:output_type -> ssi.fs.v1.EntryReply
+	8,  // 68: ssi.fs.v1.Files.Setattr:output_type -> ssi.fs.v1.EntryReply
+	12, // 69: ssi.fs.v1.Files.Readlink:output_type -> ssi.fs.v1.ReadlinkReply
+	15, // 70: ssi.fs.v1.Files.Readdir:output_type -> ssi.fs.v1.ReaddirReply
+	18, // 71: ssi.fs.v1.Files.Open:output_type -> ssi.fs.v1.OpenReply
+	18, // 72: ssi.fs.v1.Files.Create:output_type -> ssi.fs.v1.OpenReply
+	21, // 73: ssi.fs.v1.Files.Read:output_type -> ssi.fs.v1.ReadReply
+	23, // 74: ssi.fs.v1.Files.Write:output_type -> ssi.fs.v1.WriteReply
+	10, // 75: ssi.fs.v1.Files.Release:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 76: ssi.fs.v1.Files.Fsync:output_type -> ssi.fs.v1.ErrnoReply
+	10, // 77: ssi.fs.v1.Files.Allocate:output_type -> ssi.fs.v1.ErrnoReply
+	27, // 78: ssi.fs.v1.Files.Lseek:output_type -> ssi.fs.v1.LseekReply
+	8,  // 79: ssi.fs.v1.Files.Mknod:output_type -> ssi.fs.v1.EntryReply
+	8,  // 80: ssi.fs.v1.Files.Symlink:output_type -> ssi.fs.v1.EntryReply
+	8,  // 81: ssi.fs.v1.Files.Link:output_type -> ssi.fs.v1.EntryReply
+	9,  // 82: ssi.fs.v1.Files.Remove:output_type -> ssi.fs.v1.ChangeReply
+	9,  // 83: ssi.fs.v1.Files.Rename:output_type -> ssi.fs.v1.ChangeReply
+	33, // 84: ssi.fs.v1.Files.Statfs:output_type -> ssi.fs.v1.StatfsReply
+	35, // 85: ssi.fs.v1.Files.Xattr:output_type -> ssi.fs.v1.XattrReply
+	37, // 86: ssi.fs.v1.Files.Lock:output_type -> ssi.fs.v1.LockReply
+	40, // 87: ssi.fs.v1.Files.Watch:output_type -> ssi.fs.v1.WatchDown
+	42, // 88: ssi.fs.v1.Files.Calls:output_type -> ssi.fs.v1.Result
+	66, // [66:89] is the sub-list for method output_type
+	43, // [43:66] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_fs_proto_init() }
