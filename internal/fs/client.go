@@ -804,9 +804,16 @@ func (p *peer) invalidate(n *node, it *fspb.Invalidation) {
 // being named by its old path, and every call on it and below it would fail with ENOENT, where
 // locally the process follows the directory. The kernel's own dentries are dropped as usual;
 // its next lookup of the new name finds this node there.
+//
+// A name that is gone (removed, replaced or moved where this client cannot follow) is dropped
+// from the names this client knows a file by, as a removal through this mount does: a
+// hard-linked file would otherwise go on being named to the owner by a name that no longer
+// exists, and every call on it fail with ENOENT, through its other names too. Directories
+// keep theirs: they have one name, and a working directory is better left where it was than
+// without any.
 func (p *peer) follow(dir *node, name string, it *fspb.Invalidation) {
-	if it.MovedTo == nil || len(it.MovedName) == 0 {
-		return
+	if it.MovedTo != nil && idFromPB(it.MovedTo) == dir.identity() && string(it.MovedName) == name {
+		return // renamed onto itself
 	}
 	child := dir.GetChild(name)
 	if child == nil {
@@ -815,14 +822,25 @@ func (p *peer) follow(dir *node, name string, it *fspb.Invalidation) {
 	if _, ok := child.Operations().(*node); !ok {
 		return
 	}
+	forget := func() {
+		if it.Gone && !child.IsDir() {
+			dir.RmChild(name)
+		}
+	}
+	if it.MovedTo == nil || len(it.MovedName) == 0 {
+		forget()
+		return
+	}
 	to := p.m.lookupInode(p.name, idFromPB(it.MovedTo))
 	if to == nil || (to == dir && string(it.MovedName) == name) {
+		forget()
 		return
 	}
 	// A tree that is behind the owner's could put the new directory below the moved node:
 	// moving it there would make a loop, so the names are only dropped.
 	for in := to.EmbeddedInode(); in != nil; _, in = in.Parent() {
 		if in == child {
+			forget()
 			return
 		}
 	}

@@ -394,3 +394,50 @@ func TestWorkingDirectoryFollowsAnotherNodesRename(t *testing.T) {
 		})
 	}
 }
+
+// A file with two names, both looked up on n3, one of them removed or renamed over by n1: the
+// file is still there by its other name, for n3 as locally. (n3's client named it to the owner
+// by the name it learned last, which was gone: every call failed with ENOENT.)
+func TestHardLinkStaysReachableWhenAnotherNodeRemovesALink(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	must(t, os.MkdirAll(n2.disk("d1"), 0o755))
+	must(t, os.MkdirAll(n2.disk("d2"), 0o755))
+	must(t, os.WriteFile(n2.disk("d1", "f"), []byte("F"), 0o644))
+	for _, remove := range []struct {
+		how string
+		do  func() error
+	}{
+		{"unlink", func() error { return os.Remove(n1.path("n2", "d2", "g")) }},
+		{"rename over", func() error {
+			must(t, os.WriteFile(n1.path("n2", "d2", "other"), nil, 0o644))
+			return os.Rename(n1.path("n2", "d2", "other"), n1.path("n2", "d2", "g"))
+		}},
+		{"rename away", func() error { return os.Rename(n1.path("n2", "d2", "g"), n1.path("n2", "d2", "h")) }},
+	} {
+		t.Run(remove.how, func(t *testing.T) {
+			os.Remove(n2.disk("d2", "h"))
+			os.Remove(n2.disk("d2", "g"))
+			must(t, os.Link(n1.path("n2", "d1", "f"), n1.path("n2", "d2", "g")))
+			for _, p := range []string{n3.path("n2", "d1", "f"), n3.path("n2", "d2", "g")} {
+				if _, err := os.Stat(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			must(t, remove.do())
+			st, err := os.Stat(n3.path("n2", "d1", "f"))
+			if err != nil {
+				t.Fatalf("the file by its remaining name: %v", err)
+			}
+			if got := readFile(t, n3.path("n2", "d1", "f")); got != "F" {
+				t.Fatalf("read %q", got)
+			}
+			if st.Sys().(*syscall.Stat_t).Nlink != 2 && remove.how == "rename away" {
+				t.Fatalf("nlink %d", st.Sys().(*syscall.Stat_t).Nlink)
+			}
+		})
+	}
+}

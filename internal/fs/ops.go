@@ -1269,7 +1269,9 @@ func (s *Server) Remove(ctx context.Context, req *fspb.RemoveRequest) (*fspb.Cha
 	if errno != 0 {
 		return &fspb.ChangeReply{Errno: int32(errno)}, nil
 	}
-	s.publish(c.sess, entryChange(dirID, string(req.Name)), attrChange(childID, false))
+	removed := entryChange(dirID, string(req.Name))
+	removed.item.Gone = true
+	s.publish(c.sess, removed, attrChange(childID, false))
 	c.finish(s.cache.now(), watched, []*fspb.Attr{reply.Dir}, dirID)
 	return reply, nil
 }
@@ -1324,14 +1326,19 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 		return &fspb.ChangeReply{Errno: int32(errno)}, nil
 	}
 	gone := entryChange(oldDir, string(req.Name))
-	if req.Flags&^unix.RENAME_NOREPLACE == 0 {
+	// Renaming a name over another link of the same file changes nothing: both names stay.
+	noop := moved == replaced
+	gone.item.Gone = req.Flags&unix.RENAME_EXCHANGE == 0 && !noop
+	if req.Flags&^unix.RENAME_NOREPLACE == 0 && !noop {
 		// A plain move: clients that know both directories move their node, so that a
 		// process working inside it (or below) follows it, as locally. An exchange leaves
 		// two objects to move, and a whiteout a new one in the old place: their clients
 		// only drop the names.
 		gone.item.MovedTo, gone.item.MovedName = newDir.pb(), req.NewName
 	}
-	s.publish(c.sess, gone, entryChange(newDir, string(req.NewName)),
+	arrived := entryChange(newDir, string(req.NewName))
+	arrived.item.Gone = replaced != (fileID{}) && req.Flags&unix.RENAME_EXCHANGE == 0 && !noop
+	s.publish(c.sess, gone, arrived,
 		attrChange(moved, false), attrChange(replaced, false))
 	c.finish(s.cache.now(), watched && newWatched, []*fspb.Attr{reply.Dir, reply.NewDir}, oldDir, newDir)
 	return reply, nil

@@ -3034,8 +3034,12 @@ type Invalidation struct {
 	// rename through the tree). A client that knows both directories moves its node there, so
 	// that what it names by path (a process's working directory inside it) follows the object,
 	// as locally.
-	MovedTo       *FileID `protobuf:"bytes,5,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
-	MovedName     []byte  `protobuf:"bytes,6,opt,name=moved_name,json=movedName,proto3" json:"moved_name,omitempty"`
+	MovedTo   *FileID `protobuf:"bytes,5,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
+	MovedName []byte  `protobuf:"bytes,6,opt,name=moved_name,json=movedName,proto3" json:"moved_name,omitempty"`
+	// gone: name no longer leads to the object it led to (removed, or replaced by a rename). A
+	// client drops it from the names it knows that object by, so that a hard-linked file is
+	// named to the owner by one of its names that still exist.
+	Gone          bool `protobuf:"varint,7,opt,name=gone,proto3" json:"gone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3110,6 +3114,13 @@ func (x *Invalidation) GetMovedName() []byte {
 		return x.MovedName
 	}
 	return nil
+}
+
+func (x *Invalidation) GetGone() bool {
+	if x != nil {
+		return x.Gone
+	}
+	return false
 }
 
 type WatchDown struct {
@@ -3573,7 +3584,7 @@ const file_fs_proto_rawDesc = "" +
 	"\bgrace_ms\x18\x05 \x01(\rR\agraceMs\"5\n" +
 	"\aWatchUp\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x10\n" +
-	"\x03ack\x18\x02 \x01(\x04R\x03ack\"\xbc\x01\n" +
+	"\x03ack\x18\x02 \x01(\x04R\x03ack\"\xd0\x01\n" +
 	"\fInvalidation\x12!\n" +
 	"\x02id\x18\x01 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\fR\x04name\x12\x12\n" +
@@ -3581,7 +3592,8 @@ const file_fs_proto_rawDesc = "" +
 	"\x05child\x18\x04 \x01(\bR\x05child\x12,\n" +
 	"\bmoved_to\x18\x05 \x01(\v2\x11.ssi.fs.v1.FileIDR\amovedTo\x12\x1d\n" +
 	"\n" +
-	"moved_name\x18\x06 \x01(\fR\tmovedName\"\x85\x01\n" +
+	"moved_name\x18\x06 \x01(\fR\tmovedName\x12\x12\n" +
+	"\x04gone\x18\a \x01(\bR\x04gone\"\x85\x01\n" +
 	"\tWatchDown\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\x05items\x18\x02 \x03(\v2\x17.ssi.fs.v1.InvalidationR\x05items\x12\x1b\n" +
