@@ -441,3 +441,32 @@ func TestHardLinkStaysReachableWhenAnotherNodeRemovesALink(t *testing.T) {
 		})
 	}
 }
+
+// The same when the link is removed on the owner's disk directly: the disk watcher's event says
+// the name went away.
+func TestHardLinkStaysReachableWhenRemovedOnTheOwnersDisk(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	must(t, os.MkdirAll(n2.disk("d1"), 0o755))
+	must(t, os.MkdirAll(n2.disk("d2"), 0o755))
+	must(t, os.WriteFile(n2.disk("d1", "f"), []byte("F"), 0o644))
+	must(t, os.Link(n2.disk("d1", "f"), n2.disk("d2", "g")))
+	for _, p := range []string{n3.path("n2", "d1", "f"), n3.path("n2", "d2", "g")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, os.Remove(n2.disk("d2", "g")))
+	eventually(t, 2*time.Second, "the removal seen on n3", func() error {
+		if _, err := os.Lstat(n3.path("n2", "d2", "g")); err == nil {
+			return errors.New("d2/g still there")
+		}
+		return nil
+	})
+	if got := readFile(t, n3.path("n2", "d1", "f")); got != "F" {
+		t.Fatalf("read %q", got)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
+	"golang.org/x/sys/unix"
 )
 
 // How the owner keeps client caches coherent (see docs/fs.md):
@@ -425,19 +426,23 @@ func (s *Server) publish(from *session, changes ...change) {
 func (s *Server) diskChanged(events []diskEvent, overflow bool) {
 	s.stats.diskEvents.Add(uint64(len(events)))
 	var items []*fspb.Invalidation
-	seen := map[diskEvent]bool{}
+	seen := map[diskEvent]*fspb.Invalidation{}
 	for _, e := range events {
 		key := diskEvent{dir: e.dir, name: e.name}
-		if seen[key] {
+		// A name removed or moved away no longer leads to what clients know by it, even if
+		// something took its place since (see Invalidation.gone).
+		gone := e.name != "" && e.mask&(unix.FAN_DELETE|unix.FAN_MOVED_FROM) != 0
+		if item := seen[key]; item != nil {
+			item.Gone = item.Gone || gone
 			continue
 		}
-		seen[key] = true
 		s.cache.take(e.dir, e.name != "", ^uint32(0))
-		item := &fspb.Invalidation{Id: e.dir.pb(), Data: true}
+		item := &fspb.Invalidation{Id: e.dir.pb(), Data: true, Gone: gone}
 		if e.name != "" {
 			item.Name = []byte(e.name)
 			item.Child = true
 		}
+		seen[key] = item
 		items = append(items, item)
 	}
 	msg := func() *fspb.WatchDown {
