@@ -838,13 +838,27 @@ func (p *peer) follow(dir *node, name string, it *fspb.Invalidation) {
 	}
 	// A tree that is behind the owner's could put the new directory below the moved node:
 	// moving it there would make a loop, so the names are only dropped.
-	for in := to.EmbeddedInode(); in != nil; _, in = in.Parent() {
-		if in == child {
-			forget()
-			return
+	if below(to.EmbeddedInode(), child) {
+		forget()
+		return
+	}
+	if it.Exchanged {
+		if other := to.GetChild(string(it.MovedName)); other == nil || !below(dir.EmbeddedInode(), other) {
+			dir.ExchangeChild(name, to.EmbeddedInode(), string(it.MovedName))
 		}
+		return
 	}
 	dir.MvChild(name, to.EmbeddedInode(), string(it.MovedName), true)
+}
+
+// below reports whether in is ancestor or lies below it in the client's tree.
+func below(in, ancestor *fs.Inode) bool {
+	for ; in != nil; _, in = in.Parent() {
+		if in == ancestor {
+			return true
+		}
+	}
+	return false
 }
 
 // flush drops everything the kernel caches from this owner.

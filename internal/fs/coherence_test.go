@@ -470,3 +470,40 @@ func TestHardLinkStaysReachableWhenRemovedOnTheOwnersDisk(t *testing.T) {
 		t.Fatalf("read %q", got)
 	}
 }
+
+// An exchange (RENAME_EXCHANGE) by another node: each directory keeps its own working
+// directories, under the other's name.
+func TestWorkingDirectoryFollowsAnotherNodesExchange(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n1, n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	for _, d := range []string{"a", "c"} {
+		must(t, os.MkdirAll(n2.disk("top", d), 0o755))
+		must(t, os.WriteFile(n2.disk("top", d, "f"), []byte(d), 0o644))
+	}
+	var cwds []int
+	for _, d := range []string{"a", "c"} {
+		fd, err := unix.Open(n3.path("n2", "top", d), unix.O_PATH|unix.O_DIRECTORY, 0)
+		must(t, err)
+		defer unix.Close(fd)
+		cwds = append(cwds, fd)
+	}
+	must(t, unix.Renameat2(unix.AT_FDCWD, n1.path("n2", "top", "a"), unix.AT_FDCWD, n1.path("n2", "top", "c"), unix.RENAME_EXCHANGE))
+	for i, want := range []string{"a", "c"} {
+		fd, err := unix.Openat(cwds[i], "f", unix.O_RDONLY, 0)
+		if err != nil {
+			t.Fatalf("in the directory first named %s: %v", want, err)
+		}
+		buf := make([]byte, 8)
+		k, _ := unix.Read(fd, buf)
+		unix.Close(fd)
+		if string(buf[:k]) != want {
+			t.Fatalf("in the directory first named %s: read %q", want, buf[:k])
+		}
+	}
+	if got := readFile(t, n3.path("n2", "top", "c", "f")); got != "a" {
+		t.Fatalf("top/c/f reads %q after the exchange", got)
+	}
+}

@@ -1329,12 +1329,15 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 	// Renaming a name over another link of the same file changes nothing: both names stay.
 	noop := moved == replaced
 	gone.item.Gone = req.Flags&unix.RENAME_EXCHANGE == 0 && !noop
-	if req.Flags&^unix.RENAME_NOREPLACE == 0 && !noop {
-		// A plain move: clients that know both directories move their node, so that a
-		// process working inside it (or below) follows it, as locally. An exchange leaves
-		// two objects to move, and a whiteout a new one in the old place: their clients
-		// only drop the names.
+	switch {
+	case noop:
+	case req.Flags&^unix.RENAME_NOREPLACE == 0, req.Flags == unix.RENAME_EXCHANGE:
+		// A move (or an exchange, two moves): clients that know both directories move
+		// their nodes, so that a process working inside one (or below) follows it, as
+		// locally. A whiteout leaves a new object in the old place: clients only drop
+		// the name.
 		gone.item.MovedTo, gone.item.MovedName = newDir.pb(), req.NewName
+		gone.item.Exchanged = req.Flags == unix.RENAME_EXCHANGE
 	}
 	arrived := entryChange(newDir, string(req.NewName))
 	arrived.item.Gone = replaced != (fileID{}) && req.Flags&unix.RENAME_EXCHANGE == 0 && !noop

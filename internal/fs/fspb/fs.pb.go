@@ -3039,7 +3039,10 @@ type Invalidation struct {
 	// gone: name no longer leads to the object it led to (removed, or replaced by a rename). A
 	// client drops it from the names it knows that object by, so that a hard-linked file is
 	// named to the owner by one of its names that still exist.
-	Gone          bool `protobuf:"varint,7,opt,name=gone,proto3" json:"gone,omitempty"`
+	Gone bool `protobuf:"varint,7,opt,name=gone,proto3" json:"gone,omitempty"`
+	// exchanged: with moved_to and moved_name, name and moved_name were exchanged
+	// (RENAME_EXCHANGE): each object now has the other's name.
+	Exchanged     bool `protobuf:"varint,8,opt,name=exchanged,proto3" json:"exchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3119,6 +3122,13 @@ func (x *Invalidation) GetMovedName() []byte {
 func (x *Invalidation) GetGone() bool {
 	if x != nil {
 		return x.Gone
+	}
+	return false
+}
+
+func (x *Invalidation) GetExchanged() bool {
+	if x != nil {
+		return x.Exchanged
 	}
 	return false
 }
@@ -3584,7 +3594,7 @@ const file_fs_proto_rawDesc = "" +
 	"\bgrace_ms\x18\x05 \x01(\rR\agraceMs\"5\n" +
 	"\aWatchUp\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x10\n" +
-	"\x03ack\x18\x02 \x01(\x04R\x03ack\"\xd0\x01\n" +
+	"\x03ack\x18\x02 \x01(\x04R\x03ack\"\xee\x01\n" +
 	"\fInvalidation\x12!\n" +
 	"\x02id\x18\x01 \x01(\v2\x11.ssi.fs.v1.FileIDR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\fR\x04name\x12\x12\n" +
@@ -3593,7 +3603,8 @@ const file_fs_proto_rawDesc = "" +
 	"\bmoved_to\x18\x05 \x01(\v2\x11.ssi.fs.v1.FileIDR\amovedTo\x12\x1d\n" +
 	"\n" +
 	"moved_name\x18\x06 \x01(\fR\tmovedName\x12\x12\n" +
-	"\x04gone\x18\a \x01(\bR\x04gone\"\x85\x01\n" +
+	"\x04gone\x18\a \x01(\bR\x04gone\x12\x1c\n" +
+	"\texchanged\x18\b \x01(\bR\texchanged\"\x85\x01\n" +
 	"\tWatchDown\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
 	"\x05items\x18\x02 \x03(\v2\x17.ssi.fs.v1.InvalidationR\x05items\x12\x1b\n" +
