@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sort"
@@ -559,20 +560,30 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		out.SetEntryTimeout(cacheTTL)
 		return nil, syscall.ENOENT
 	}
-	dir, errno := n.ref(nil)
-	if errno != 0 {
-		return nil, errno
-	}
-	snap := n.snapshot()
 	n.lookups.Add(1)
 	defer n.lookups.Add(-1)
 	var reply *fspb.EntryReply
-	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Lookup(rpc, &fspb.LookupRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir, Name: []byte(name)})
-		return err
-	})
-	if errno != 0 {
-		return nil, errno
+	var snap snapshot
+	for attempt := 0; ; attempt++ {
+		dir, errno := n.ref(nil)
+		if errno != 0 {
+			return nil, errno
+		}
+		snap = n.snapshot()
+		errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+			reply, err = api.Lookup(rpc, &fspb.LookupRequest{Session: n.p.m.session, Caller: n.caller(ctx), Dir: dir, Name: []byte(name)})
+			return err
+		})
+		if errno != 0 {
+			return nil, errno
+		}
+		// Another node renamed the directory (or one above it) while the request was on
+		// its way by the old path: the owner's invalidation has moved the node since, so
+		// the lookup is made again by the new path, as the kernel would find the name
+		// locally. A few times at most, should renames go on.
+		if attempt == 3 || !n.movedSince(dir, reply.Errno) {
+			break
+		}
 	}
 	if reply.Errno != 0 {
 		if reply.Errno == int32(syscall.ENOENT) && reply.Cacheable {
@@ -583,6 +594,21 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, syscall.Errno(reply.Errno)
 	}
 	return n.child(ctx, reply.Attr, out, snap), 0
+}
+
+// beforeOpenCall, when a test sets it, runs in Open between naming the node and sending the
+// request, where a rename by another node would make the request's path a stale one.
+var beforeOpenCall atomic.Pointer[func()]
+
+// movedSince reports whether a call by ref that failed with errno may have failed only because
+// another node's rename moved n (or a directory above it) while the call was on its way: the
+// owner's invalidation has since moved n in the tree, so its path is no longer ref's.
+func (n *node) movedSince(ref *fspb.NodeRef, errno int32) bool {
+	if errno != int32(syscall.ENOENT) && errno != int32(syscall.ESTALE) {
+		return false
+	}
+	now, ok := n.path()
+	return ok && !bytes.Equal(now, ref.Path)
 }
 
 // staleCheck reacts to ESTALE: the owner's object at n's path is no longer n, so the kernel's
@@ -760,22 +786,32 @@ func cleanBelowRoot(linkPath, target string) string {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	ref, errno := n.ref(nil)
-	if errno != 0 {
-		return nil, 0, errno
-	}
 	n.mu.Lock()
 	oldSize, oldMtime := n.size, n.mtime
 	n.mu.Unlock()
-	snap := n.snapshot()
+	var snap snapshot
 	var reply *fspb.OpenReply
 	caller := n.caller(ctx)
-	errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
-		reply, err = api.Open(rpc, &fspb.OpenRequest{Session: n.p.m.session, Caller: caller, Node: ref, Flags: flags})
-		return err
-	})
-	if errno != 0 {
-		return nil, 0, errno
+	for attempt := 0; ; attempt++ {
+		ref, errno := n.ref(nil)
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		snap = n.snapshot()
+		if hook := beforeOpenCall.Load(); hook != nil {
+			(*hook)()
+		}
+		errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
+			reply, err = api.Open(rpc, &fspb.OpenRequest{Session: n.p.m.session, Caller: caller, Node: ref, Flags: flags})
+			return err
+		})
+		if errno != 0 {
+			return nil, 0, errno
+		}
+		// As in Lookup: an open that failed on the way is made again by the new path.
+		if attempt == 3 || !n.movedSince(ref, reply.Errno) {
+			break
+		}
 	}
 	if reply.Errno != 0 {
 		n.staleCheck(reply.Errno)
