@@ -209,12 +209,9 @@ type lockHolder struct {
 	out   *bufio.Reader
 }
 
-func startLockHolder(t testing.TB, wait bool, path string) *lockHolder {
-	op := "setlk"
-	if wait {
-		op = "setlkw"
-	}
-	cmd := helperCmd(t, 0, op, path)
+// startPiped starts a helper process with pipes to its stdin and from its stdout.
+func startPiped(t testing.TB, cmd *exec.Cmd) (io.WriteCloser, io.Reader) {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -226,6 +223,16 @@ func startLockHolder(t testing.TB, wait bool, path string) *lockHolder {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	return stdin, stdout
+}
+
+func startLockHolder(t testing.TB, wait bool, path string) *lockHolder {
+	op := "setlk"
+	if wait {
+		op = "setlkw"
+	}
+	cmd := helperCmd(t, 0, op, path)
+	stdin, stdout := startPiped(t, cmd)
 	h := &lockHolder{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
 	t.Cleanup(h.release)
 	return h
@@ -253,17 +260,7 @@ type mapper struct {
 
 func startMapper(t testing.TB, path string) *mapper {
 	cmd := helperCmd(t, 0, "mmap", path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdin, stdout := startPiped(t, cmd)
 	m := &mapper{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
 	t.Cleanup(func() { m.stdin.Close(); m.cmd.Wait() })
 	line, _ := m.out.ReadString('\n')
@@ -407,17 +404,7 @@ type lockProc struct {
 
 func startLockProc(t testing.TB, path string) *lockProc {
 	cmd := helperCmd(t, 0, "lockscript", path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdin, stdout := startPiped(t, cmd)
 	p := &lockProc{t: t, cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
 	go func() {
 		defer close(p.lines)
