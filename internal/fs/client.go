@@ -70,6 +70,12 @@ type Mounted struct {
 	umasks  umasks
 	// lockWaits numbers the blocking lock waits of this mount (LockRequest.wait).
 	lockWaits atomic.Uint64
+	// moves counts the nodes moved by other nodes' renames (peer.follow): a call that failed
+	// while it did not change was not sent by a path a rename made stale.
+	moves atomic.Uint64
+	// beforeOpenCall, when a test sets it, runs in Open between naming the node and sending
+	// the request, where a rename by another node would make the request's path a stale one.
+	beforeOpenCall atomic.Pointer[func()]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -845,10 +851,12 @@ func (p *peer) follow(dir *node, name string, it *fspb.Invalidation) {
 	if it.Exchanged {
 		if other := to.GetChild(string(it.MovedName)); other == nil || !below(dir.EmbeddedInode(), other) {
 			dir.ExchangeChild(name, to.EmbeddedInode(), string(it.MovedName))
+			p.m.moves.Add(1)
 		}
 		return
 	}
 	dir.MvChild(name, to.EmbeddedInode(), string(it.MovedName), true)
+	p.m.moves.Add(1)
 }
 
 // below reports whether in is ancestor or lies below it in the client's tree.

@@ -565,6 +565,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	var reply *fspb.EntryReply
 	var snap snapshot
 	for attempt := 0; ; attempt++ {
+		moves := n.p.m.moves.Load()
 		dir, errno := n.ref(nil)
 		if errno != 0 {
 			return nil, errno
@@ -581,7 +582,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		// its way by the old path: the owner's invalidation has moved the node since, so
 		// the lookup is made again by the new path, as the kernel would find the name
 		// locally. A few times at most, should renames go on.
-		if attempt == 3 || !n.movedSince(dir, reply.Errno) {
+		if attempt == 3 || !n.movedSince(dir, reply.Errno, moves) {
 			break
 		}
 	}
@@ -596,15 +597,13 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	return n.child(ctx, reply.Attr, out, snap), 0
 }
 
-// beforeOpenCall, when a test sets it, runs in Open between naming the node and sending the
-// request, where a rename by another node would make the request's path a stale one.
-var beforeOpenCall atomic.Pointer[func()]
-
 // movedSince reports whether a call by ref that failed with errno may have failed only because
 // another node's rename moved n (or a directory above it) while the call was on its way: the
-// owner's invalidation has since moved n in the tree, so its path is no longer ref's.
-func (n *node) movedSince(ref *fspb.NodeRef, errno int32) bool {
-	if errno != int32(syscall.ENOENT) && errno != int32(syscall.ESTALE) {
+// owner's invalidation has since moved n in the tree, so its path is no longer ref's. moves is
+// the mount's count of such moves when the call was named; while it stands, nothing moved (a
+// create's lookup of a new name fails every time, and is not worth a path walk).
+func (n *node) movedSince(ref *fspb.NodeRef, errno int32, moves uint64) bool {
+	if errno != int32(syscall.ENOENT) && errno != int32(syscall.ESTALE) || n.p.m.moves.Load() == moves {
 		return false
 	}
 	now, ok := n.path()
@@ -793,12 +792,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	var reply *fspb.OpenReply
 	caller := n.caller(ctx)
 	for attempt := 0; ; attempt++ {
+		moves := n.p.m.moves.Load()
 		ref, errno := n.ref(nil)
 		if errno != 0 {
 			return nil, 0, errno
 		}
 		snap = n.snapshot()
-		if hook := beforeOpenCall.Load(); hook != nil {
+		if hook := n.p.m.beforeOpenCall.Load(); hook != nil {
 			(*hook)()
 		}
 		errno = n.call(ctx, func(rpc context.Context, api filesAPI) (err error) {
@@ -809,7 +809,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 		// As in Lookup: an open that failed on the way is made again by the new path.
-		if attempt == 3 || !n.movedSince(ref, reply.Errno) {
+		if attempt == 3 || !n.movedSince(ref, reply.Errno, moves) {
 			break
 		}
 	}

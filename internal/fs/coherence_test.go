@@ -531,8 +531,8 @@ func TestCallRacingAnotherNodesRenameIsMadeAgain(t *testing.T) {
 	hook := func() {
 		once.Do(func() { must(t, os.Rename(n1.path("n2", "top", "b"), n1.path("n2", "top", "x"))) })
 	}
-	beforeOpenCall.Store(&hook)
-	defer beforeOpenCall.Store(nil)
+	n3.mount.beforeOpenCall.Store(&hook)
+	defer n3.mount.beforeOpenCall.Store(nil)
 	got, err := os.ReadFile(f) // the kernel's entry still names the file: its OPEN goes out by the old path
 	if err != nil {
 		t.Fatalf("open of a file whose directory another node renamed while the open was on its way: %v", err)
