@@ -396,6 +396,70 @@ func TestWorkingDirectoryFollowsAnotherNodesRename(t *testing.T) {
 	}
 }
 
+// The same with the directory renamed on the owner's disk directly, by a process of its own: the
+// disk watcher's rename event says where it went. An exchange there cannot be told from a move
+// and its move back; the names are right afterwards all the same.
+func TestWorkingDirectoryFollowsARenameOnTheOwnersDisk(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n2, n3 := c.node("n2"), c.node("n3")
+	for _, n := range []*testNode{n2, n3} {
+		n.mountTree(5 * time.Second)
+	}
+	must(t, os.MkdirAll(n2.disk("top", "a", "s"), 0o755))
+	must(t, os.MkdirAll(n2.disk("other"), 0o755))
+	must(t, os.WriteFile(n2.disk("top", "a", "s", "f"), []byte("F"), 0o644))
+	for _, to := range [][]string{{"top", "b"}, {"other", "b"}} {
+		t.Run("to "+filepath.Join(to...), func(t *testing.T) {
+			cwd, err := unix.Open(n3.path("n2", "top", "a", "s"), unix.O_PATH|unix.O_DIRECTORY, 0)
+			must(t, err)
+			defer unix.Close(cwd)
+			listNames(t, n3.path("n2", to[0]))
+			must(t, os.Rename(n2.disk("top", "a"), n2.disk(to...)))
+			defer func() { must(t, os.Rename(n2.disk(to...), n2.disk("top", "a"))) }()
+
+			eventually(t, 5*time.Second, "the working directory followed", func() error {
+				fd, err := unix.Openat(cwd, "f", unix.O_RDONLY, 0)
+				if err != nil {
+					return fmt.Errorf("reading beside the working directory after the rename: %w", err)
+				}
+				unix.Close(fd)
+				return nil
+			})
+			fd, err := unix.Openat(cwd, "g", unix.O_WRONLY|unix.O_CREAT, 0o644)
+			if err != nil {
+				t.Fatalf("creating in the working directory after the rename: %v", err)
+			}
+			unix.Close(fd)
+			if _, err := os.Stat(n2.disk(append(to, "s", "g")...)); err != nil {
+				t.Fatalf("the file made there is not in the moved directory: %v", err)
+			}
+			must(t, os.Remove(n2.disk(append(to, "s", "g")...)))
+		})
+	}
+	t.Run("exchange", func(t *testing.T) {
+		must(t, os.MkdirAll(n2.disk("top", "c"), 0o755))
+		must(t, os.WriteFile(n2.disk("top", "c", "f"), []byte("C"), 0o644))
+		eventually(t, 5*time.Second, "top/a back on n3", func() error {
+			for _, p := range []string{"top/a/s/f", "top/c/f"} {
+				if _, err := os.ReadFile(n3.path("n2", p)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		must(t, unix.Renameat2(unix.AT_FDCWD, n2.disk("top", "a"), unix.AT_FDCWD, n2.disk("top", "c"), unix.RENAME_EXCHANGE))
+		eventually(t, 5*time.Second, "the exchange seen on n3", func() error {
+			for p, want := range map[string]string{"top/c/s/f": "F", "top/a/f": "C"} {
+				got, err := os.ReadFile(n3.path("n2", p))
+				if err != nil || string(got) != want {
+					return fmt.Errorf("%s reads %q (%v)", p, got, err)
+				}
+			}
+			return nil
+		})
+	})
+}
+
 // A file with two names, both looked up on n3, one of them removed or renamed over by n1: the
 // file is still there by its other name, for n3 as locally. (n3's client named it to the owner
 // by the name it learned last, which was gone: every call failed with ENOENT.)

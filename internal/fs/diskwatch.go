@@ -18,6 +18,9 @@ type diskEvent struct {
 	dir  fileID
 	name string // "" when the directory itself changed
 	mask uint64
+	// A rename (FAN_RENAME) from dir/name to where, when that directory is watched too.
+	to     fileID
+	toName string
 }
 
 // diskWatcher reports changes that other processes make on the owner's disk to the directories
@@ -37,6 +40,7 @@ type diskWatcher struct {
 	limit int
 
 	mu       sync.Mutex
+	mask     uint64
 	byID     map[fileID]bool // marked (true) or not markable (false)
 	byHandle map[string]fileID
 
@@ -50,7 +54,11 @@ type diskWatcher struct {
 
 const watchMask = unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_CREATE | unix.FAN_DELETE |
 	unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO | unix.FAN_DELETE_SELF | unix.FAN_MOVE_SELF |
-	unix.FAN_ONDIR | unix.FAN_EVENT_ON_CHILD
+	unix.FAN_ONDIR | unix.FAN_EVENT_ON_CHILD | unix.FAN_RENAME
+
+// FAN_RENAME (Linux 5.17) names both ends of a rename in one event, which lets clients follow a
+// directory moved on the owner's disk; older kernels refuse the mark with it.
+const watchMaskBefore517 = watchMask &^ unix.FAN_RENAME
 
 func newDiskWatcher(log *slog.Logger, apply func([]diskEvent, bool)) (*diskWatcher, error) {
 	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK|
@@ -71,6 +79,7 @@ func newDiskWatcher(log *slog.Logger, apply func([]diskEvent, bool)) (*diskWatch
 		fd:       fd,
 		apply:    apply,
 		limit:    limit,
+		mask:     watchMask,
 		byID:     make(map[fileID]bool),
 		byHandle: make(map[string]fileID),
 		changing: make(map[int32]int),
@@ -112,9 +121,19 @@ func (w *diskWatcher) watch(fd int, id fileID) bool {
 	ok := err == nil
 	w.mu.Lock()
 	full := len(w.byHandle) >= w.limit
+	mask := w.mask
 	w.mu.Unlock()
 	if ok && !full {
-		err = unix.FanotifyMark(w.fd, unix.FAN_MARK_ADD, watchMask, unix.AT_FDCWD, procFD(fd))
+		err = unix.FanotifyMark(w.fd, unix.FAN_MARK_ADD, mask, unix.AT_FDCWD, procFD(fd))
+		if err == unix.EINVAL && mask == watchMask {
+			mask = watchMaskBefore517
+			err = unix.FanotifyMark(w.fd, unix.FAN_MARK_ADD, mask, unix.AT_FDCWD, procFD(fd))
+			if err == nil {
+				w.mu.Lock()
+				w.mask = mask
+				w.mu.Unlock()
+			}
+		}
 		ok = err == nil
 	}
 	w.mu.Lock()
@@ -215,7 +234,14 @@ func (w *diskWatcher) parse(buf []byte) (events []diskEvent, overflow bool) {
 			continue
 		}
 		own := w.changing[meta.Pid] > 0
-		for _, rec := range parseFIDRecords(event[meta.Metadata_len:]) {
+		records := parseFIDRecords(event[meta.Metadata_len:])
+		if meta.Mask&unix.FAN_RENAME != 0 {
+			if e, ok := w.renamed(records); ok && !own {
+				events = append(events, e)
+			}
+			continue
+		}
+		for _, rec := range records {
 			w.mu.Lock()
 			dir, ok := w.byHandle[rec.key]
 			if ok && meta.Mask&unix.FAN_DELETE_SELF != 0 && (rec.name == "" || rec.name == ".") {
@@ -237,7 +263,36 @@ func (w *diskWatcher) parse(buf []byte) (events []diskEvent, overflow bool) {
 	return events, overflow
 }
 
+// renamed makes the event of a rename from its old and new directory records; only renames out
+// of a watched directory matter (the MOVED_TO event tells the new one of its new name).
+func (w *diskWatcher) renamed(records []fidRecord) (diskEvent, bool) {
+	var from, to *fidRecord
+	for i := range records {
+		switch records[i].kind {
+		case unix.FAN_EVENT_INFO_TYPE_OLD_DFID_NAME:
+			from = &records[i]
+		case unix.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME:
+			to = &records[i]
+		}
+	}
+	if from == nil || to == nil || from.name == "" || to.name == "" {
+		return diskEvent{}, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	dir, ok := w.byHandle[from.key]
+	if !ok {
+		return diskEvent{}, false
+	}
+	e := diskEvent{dir: dir, name: from.name, mask: unix.FAN_RENAME}
+	if newDir, ok := w.byHandle[to.key]; ok {
+		e.to, e.toName = newDir, to.name
+	}
+	return e, true
+}
+
 type fidRecord struct {
+	kind uint8 // FAN_EVENT_INFO_TYPE_*
 	key  string
 	name string
 }
@@ -254,7 +309,9 @@ func parseFIDRecords(b []byte) []fidRecord {
 		}
 		rec := b[:length]
 		b = b[length:]
-		if infoType != unix.FAN_EVENT_INFO_TYPE_DFID_NAME && infoType != unix.FAN_EVENT_INFO_TYPE_DFID {
+		named := infoType == unix.FAN_EVENT_INFO_TYPE_DFID_NAME ||
+			infoType == unix.FAN_EVENT_INFO_TYPE_OLD_DFID_NAME || infoType == unix.FAN_EVENT_INFO_TYPE_NEW_DFID_NAME
+		if !named && infoType != unix.FAN_EVENT_INFO_TYPE_DFID {
 			continue
 		}
 		// header(4) fsid(8) handle_bytes(4) handle_type(4) f_handle[handle_bytes] name\0
@@ -267,8 +324,8 @@ func parseFIDRecords(b []byte) []fidRecord {
 		if hlen < 0 || 20+hlen > len(rec) {
 			continue
 		}
-		r := fidRecord{key: fidKey(fsid, htype, rec[20:20+hlen])}
-		if infoType == unix.FAN_EVENT_INFO_TYPE_DFID_NAME {
+		r := fidRecord{kind: infoType, key: fidKey(fsid, htype, rec[20:20+hlen])}
+		if named {
 			name := rec[20+hlen:]
 			if i := bytes.IndexByte(name, 0); i >= 0 {
 				name = name[:i]

@@ -427,7 +427,11 @@ func (s *Server) diskChanged(events []diskEvent, overflow bool) {
 	s.stats.diskEvents.Add(uint64(len(events)))
 	var items []*fspb.Invalidation
 	seen := map[diskEvent]*fspb.Invalidation{}
+	moved := diskMoves(events)
 	for _, e := range events {
+		if e.mask&unix.FAN_RENAME != 0 {
+			continue // the name's MOVED_FROM event makes its invalidation
+		}
 		key := diskEvent{dir: e.dir, name: e.name}
 		// A name removed or moved away no longer leads to what clients know by it, even if
 		// something took its place since (see Invalidation.gone).
@@ -441,6 +445,11 @@ func (s *Server) diskChanged(events []diskEvent, overflow bool) {
 		if e.name != "" {
 			item.Name = []byte(e.name)
 			item.Child = true
+		}
+		if to, ok := moved[key]; ok {
+			// As for a rename made through the tree: clients move their node, so a process
+			// working in the directory follows it.
+			item.MovedTo, item.MovedName = to.to.pb(), []byte(to.toName)
 		}
 		seen[key] = item
 		items = append(items, item)
@@ -456,6 +465,27 @@ func (s *Server) diskChanged(events []diskEvent, overflow bool) {
 			stream.send(msg())
 		}
 	}
+}
+
+// diskMoves gives, by old directory and name, the renames seen on the disk whose new directory
+// is watched too. An exchange (RENAME_EXCHANGE) shows as two renames, each undoing the other's
+// names; those are left out, as fanotify cannot tell them from a move and its move back: their
+// names are only dropped.
+func diskMoves(events []diskEvent) map[diskEvent]diskEvent {
+	moved := map[diskEvent]diskEvent{}
+	for _, e := range events {
+		if e.mask&unix.FAN_RENAME != 0 && e.toName != "" {
+			moved[diskEvent{dir: e.dir, name: e.name}] = e
+		}
+	}
+	for key, e := range moved {
+		back, ok := moved[diskEvent{dir: e.to, name: e.toName}]
+		if ok && back.to == key.dir && back.toName == key.name {
+			delete(moved, key)
+			delete(moved, diskEvent{dir: e.to, name: e.toName})
+		}
+	}
+	return moved
 }
 
 // watchConn is the server side of a Watch stream: gRPC's, or the in-process one of the local

@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -290,5 +291,33 @@ func TestFilterXattrNames(t *testing.T) {
 		if got := string(filterXattrNames([]byte(c.in))); got != c.want {
 			t.Errorf("filterXattrNames(%q) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+func TestDiskMoves(t *testing.T) {
+	a, b, c := fileID{dev: 1, ino: 10}, fileID{dev: 1, ino: 11}, fileID{dev: 1, ino: 12}
+	rename := func(dir fileID, name string, to fileID, toName string) diskEvent {
+		return diskEvent{dir: dir, name: name, mask: unix.FAN_RENAME, to: to, toName: toName}
+	}
+	key := func(dir fileID, name string) diskEvent { return diskEvent{dir: dir, name: name} }
+	for _, tc := range []struct {
+		name   string
+		events []diskEvent
+		want   map[diskEvent]diskEvent
+	}{
+		{"a move", []diskEvent{rename(a, "x", b, "y")}, map[diskEvent]diskEvent{key(a, "x"): rename(a, "x", b, "y")}},
+		{"into an unwatched directory", []diskEvent{rename(a, "x", fileID{}, "")}, map[diskEvent]diskEvent{}},
+		{"not a rename", []diskEvent{{dir: a, name: "x", mask: unix.FAN_MOVED_FROM}}, map[diskEvent]diskEvent{}},
+		{"an exchange", []diskEvent{rename(a, "x", b, "y"), rename(b, "y", a, "x")}, map[diskEvent]diskEvent{}},
+		{"two moves", []diskEvent{rename(a, "x", b, "y"), rename(b, "y", c, "z")}, map[diskEvent]diskEvent{
+			key(a, "x"): rename(a, "x", b, "y"), key(b, "y"): rename(b, "y", c, "z")}},
+		{"the last move of a name", []diskEvent{rename(a, "x", b, "y"), rename(a, "x", c, "z")}, map[diskEvent]diskEvent{
+			key(a, "x"): rename(a, "x", c, "z")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := diskMoves(tc.events); !maps.Equal(got, tc.want) {
+				t.Fatalf("diskMoves = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
