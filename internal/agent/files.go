@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -44,6 +45,7 @@ func (a *Agent) startFileServer() error {
 		ReadOnly:   a.cfg.ExportRO,
 		RootSquash: a.cfg.RootSquash,
 		Exports:    a.cfg.Exports,
+		StateDir:   filepath.Join(a.cfg.DataDir, "fs"),
 		Logger:     a.log.With("part", "files"),
 	})
 	if err != nil {

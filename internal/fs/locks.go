@@ -196,14 +196,25 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 			default:
 				return nil, syscall.EINVAL
 			}
+			if req.Type != unix.F_UNLCK {
+				if errno := s.markLocks(); errno != 0 {
+					return nil, errno
+				}
+			}
 			if err := unix.Flock(f.fd, how); err != nil {
 				return nil, errnoOf(err)
 			}
+			f.flocks.Store(req.Type != unix.F_UNLCK)
 			return &fspb.LockReply{}, 0
 		}
 		lk, errno := toFlock(req.Type, req.Start, req.End)
 		if errno != 0 {
 			return nil, errno
+		}
+		if req.Type != unix.F_UNLCK {
+			if errno := s.markLocks(); errno != 0 {
+				return nil, errno
+			}
 		}
 		who := lockOwnerID{sess: sess.idx, owner: req.Owner}
 		span := lockSpan{typ: int16(req.Type), start: req.Start, end: req.End}

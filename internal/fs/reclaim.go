@@ -3,6 +3,9 @@ package fs
 import (
 	"bytes"
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -32,7 +35,12 @@ import (
 // owner before the holder's reclaim does not win the lock: it waits, and is then answered as
 // after the reclaim. Unlocks are served at once: they take nothing from anyone. The server
 // cannot tell a restart from a first start (it keeps nothing on disk), so the grace period
-// follows every start. A reclaim is a non-blocking request like any other, during the grace
+// follows every start, unless the server has a state directory (ServerConfig.StateDir): then it
+// records there, before it grants the first lock of its life, that clients may hold locks, and
+// removes the record when it closes with none held. A start without the record (a first start,
+// or one after a clean stop with no locks) has no grace period: no client can have locks to
+// reclaim. A crash leaves the record, so the next start waits for reclaims, as NFS servers do
+// with the client list they keep on stable storage. A reclaim is a non-blocking request like any other, during the grace
 // period or after it: the mark lets it skip the wait, never a lock someone else holds. Its
 // owner's own processes, using the file by its own path, are not held back.
 //
@@ -50,6 +58,75 @@ const reclaimGracePeriod = 5 * time.Second
 
 // maxGraceWait bounds one wait for an owner's grace period, whatever the owner says.
 const maxGraceWait = 2 * reclaimGracePeriod
+
+// lockMarkName is the record, in the server's state directory, that clients may hold locks.
+const lockMarkName = "locks-held"
+
+// graceEnd is when the grace period of a server starting now ends.
+func graceEnd(cfg ServerConfig) time.Time {
+	now := time.Now()
+	if cfg.StateDir != "" {
+		if _, err := os.Lstat(filepath.Join(cfg.StateDir, lockMarkName)); errors.Is(err, os.ErrNotExist) {
+			return now
+		}
+	}
+	return now.Add(cfg.reclaimGracePeriod())
+}
+
+// markLocks records, once in the server's life and before a lock is granted, that clients may
+// hold locks: should the server stop without releasing them, its next start waits for their
+// reclaims. The record is made durable (file and directory synced), as a node may go down with
+// its agent. A server that cannot make it refuses the lock (ENOLCK), as it could not honour it
+// across a restart.
+func (s *Server) markLocks() syscall.Errno {
+	if s.cfg.StateDir == "" || s.marked.Load() {
+		return 0
+	}
+	s.markMu.Lock()
+	defer s.markMu.Unlock()
+	if s.marked.Load() {
+		return 0
+	}
+	if err := writeMark(s.cfg.StateDir); err != nil {
+		s.log.Error("cannot record that clients hold locks; refusing locks", "dir", s.cfg.StateDir, "err", err)
+		return syscall.ENOLCK
+	}
+	s.marked.Store(true)
+	return 0
+}
+
+func writeMark(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, lockMarkName), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// unmarkLocks removes the record when the server closes with no client lock held.
+func (s *Server) unmarkLocks() {
+	if s.cfg.StateDir == "" {
+		return
+	}
+	if err := os.Remove(filepath.Join(s.cfg.StateDir, lockMarkName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("cannot remove the record that clients hold locks: the next start waits for reclaims", "err", err)
+	}
+}
 
 func (cfg ServerConfig) reclaimGracePeriod() time.Duration {
 	switch {

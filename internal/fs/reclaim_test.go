@@ -3,7 +3,9 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -249,5 +251,53 @@ func TestLockGraceServer(t *testing.T) {
 	}
 	if r := lock(b, &fspb.LockRequest{Op: set, Type: unix.F_WRLCK, Start: 3}); r.GraceMs != 0 || r.Errno != 0 {
 		t.Fatalf("a lock nobody holds after the grace period: %v, want it", r)
+	}
+}
+
+// TestGracePeriodOnlyWhenLocksMayBeHeld: a file server with a state directory has a grace
+// period only after a life in which clients took locks and did not release them all: not on
+// its first start, nor after a clean stop with no lock held. Each kind of lock (POSIX, flock)
+// keeps the record.
+func TestGracePeriodOnlyWhenLocksMayBeHeld(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	// Longer than a lock call is given to answer: a grace period shows as a call that waits.
+	cfg := ServerConfig{reclaimGrace: time.Minute, StateDir: filepath.Join(t.TempDir(), "fs")}
+	record := filepath.Join(cfg.StateDir, lockMarkName)
+	inGrace := func() bool { return time.Now().Before(n2.server.graceEnd) }
+
+	n2.restart(cfg)
+	if inGrace() {
+		t.Fatal("a grace period on the first start")
+	}
+	for _, lock := range []string{"lk w 0 1", "fl ex"} {
+		t.Run(lock, func(t *testing.T) {
+			a := startLockProc(t, n1.path("n2", "f"))
+			a.expect(lock, "A locks after a start without the record", "ok")
+			if _, err := os.Stat(record); err != nil {
+				t.Fatalf("no record of the lock: %v", err)
+			}
+			n2.restart(cfg)
+			if !inGrace() {
+				t.Fatal("no grace period after a stop with a lock held")
+			}
+			// The lock is released with the file.
+			a.exit()
+			eventually(t, 10*time.Second, "the file closed on the owner", func() error {
+				if open := n2.server.Stats().OpenFiles; open != 0 {
+					return fmt.Errorf("%d files open", open)
+				}
+				return nil
+			})
+			n2.restart(cfg)
+			if inGrace() {
+				t.Fatal("a grace period after a stop with no lock held")
+			}
+			if _, err := os.Stat(record); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the record is still there after a stop with no lock held: %v", err)
+			}
+		})
 	}
 }

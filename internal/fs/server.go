@@ -39,6 +39,10 @@ type ServerConfig struct {
 	// changed.
 	Exports []string
 	Logger  *slog.Logger
+	// StateDir keeps what the server must know after a restart: whether clients may have
+	// held locks when it stopped, which decides whether it has a grace period for their
+	// reclaims (reclaim.go). Empty: nothing is kept, and every start has one.
+	StateDir string
 
 	// identify names the calling node; nil means from its mTLS certificate. Tests replace it.
 	identify func(context.Context) (string, error)
@@ -71,6 +75,10 @@ type Server struct {
 	instance []byte
 	// graceEnd ends the grace period that holds lock requests back for reclaims (reclaim.go).
 	graceEnd time.Time
+	// marked says this instance has recorded on disk that clients may hold locks
+	// (reclaim.go).
+	marked   atomic.Bool
+	markMu   sync.Mutex
 	identify func(context.Context) (string, error)
 
 	identifyConn  func(net.Conn) (string, error)
@@ -125,7 +133,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		creds:         creds,
 		cache:         newCacheTable(cfg.cacheLimit),
 		instance:      instance,
-		graceEnd:      time.Now().Add(cfg.reclaimGracePeriod()),
+		graceEnd:      graceEnd(cfg),
 		identify:      cfg.identify,
 		identifyConn:  cfg.identifyConn,
 		wireListeners: make(map[net.Listener]struct{}),
@@ -243,10 +251,12 @@ func (s *Server) Close() error {
 		if s.watcher != nil {
 			s.watcher.close()
 		}
+		locked := false
 		for _, sess := range s.allSessions() {
 			sess.mu.Lock()
 			sess.gone = true
 			handles, locks := sess.handles, sess.locks
+			locked = locked || len(locks) > 0 || anyFlocked(handles)
 			sess.handles, sess.locks = map[uint64]*openFile{}, map[lockKey]*lockFile{}
 			sess.mu.Unlock()
 			s.lockGraph.dropSession(sess.idx)
@@ -258,6 +268,9 @@ func (s *Server) Close() error {
 			}
 		}
 		closeExports(s.rootFD, s.exports)
+		if !locked {
+			s.unmarkLocks()
+		}
 	})
 	return nil
 }

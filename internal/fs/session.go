@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,6 +55,17 @@ type openFile struct {
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
 	closed bool
+	// flocks says a client took an flock on the descriptor and has not released it.
+	flocks atomic.Bool
+}
+
+func anyFlocked(handles map[uint64]*openFile) bool {
+	for _, f := range handles {
+		if f.flocks.Load() {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) session(ctx context.Context, id []byte) (*session, error) {
