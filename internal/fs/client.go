@@ -458,6 +458,12 @@ type peer struct {
 	strayMu  sync.Mutex
 	stray    map[fileID]strayInvalidation
 
+	// applied is the sequence number of the last message of the current Watch stream this
+	// client has applied; appliedSig, when made, is closed when it moves (awaitApplied).
+	applied    atomic.Uint64
+	appliedMu  sync.Mutex
+	appliedSig chan struct{}
+
 	// calls is the file wire or Calls stream to the owner, if open; while wireRetry
 	// (callsRetry) is ahead, the owner is known not to serve the wire (the Calls stream).
 	calls      *callStream
@@ -664,6 +670,7 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		return 0, err
 	}
 	start := time.Now()
+	p.noteApplied(0) // a new stream numbers its messages from 1
 	p.onConnect(hello.Instance)
 	for {
 		msg, err := stream.Recv()
@@ -691,8 +698,56 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		} else {
 			p.apply(msg.Items)
 		}
+		p.noteApplied(msg.Seq)
 		if err := stream.Send(&fspb.WatchUp{Ack: msg.Seq}); err != nil {
 			return time.Since(start), err
+		}
+	}
+}
+
+// noteApplied records that the current Watch stream's message seq is applied, and wakes the
+// calls waiting for it.
+func (p *peer) noteApplied(seq uint64) {
+	p.applied.Store(seq)
+	p.appliedMu.Lock()
+	if p.appliedSig != nil {
+		close(p.appliedSig)
+		p.appliedSig = nil
+	}
+	p.appliedMu.Unlock()
+}
+
+// maxAppliedWait bounds a wait for the owner's watch stream to catch up with a call's answer:
+// its messages are applied within milliseconds, or the stream is about to be dropped.
+const maxAppliedWait = time.Second
+
+// awaitApplied waits until this client has applied the Watch stream's message seq, which the
+// owner had sent when it answered a call (EntryReply.watch_seq): a lookup that found nothing
+// because another node's rename moved its directory may then be made again by the new path.
+// A stream that reconnected meanwhile numbers its messages anew: the wait is bounded.
+func (p *peer) awaitApplied(ctx context.Context, seq uint64) {
+	if p.applied.Load() >= seq {
+		return
+	}
+	timer := time.NewTimer(maxAppliedWait)
+	defer timer.Stop()
+	for {
+		p.appliedMu.Lock()
+		if p.applied.Load() >= seq {
+			p.appliedMu.Unlock()
+			return
+		}
+		if p.appliedSig == nil {
+			p.appliedSig = make(chan struct{})
+		}
+		sig := p.appliedSig
+		p.appliedMu.Unlock()
+		select {
+		case <-sig:
+		case <-timer.C:
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }

@@ -579,9 +579,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 			return nil, errno
 		}
 		// Another node renamed the directory (or one above it) while the request was on
-		// its way by the old path: the owner's invalidation has moved the node since, so
-		// the lookup is made again by the new path, as the kernel would find the name
-		// locally. A few times at most, should renames go on.
+		// its way by the old path: the owner's invalidation moves the node, once applied
+		// here, so the lookup is made again by the new path, as the kernel would find the
+		// name locally. A few times at most, should renames go on.
+		n.p.awaitApplied(ctx, reply.WatchSeq)
 		if attempt == 3 || !n.movedSince(dir, reply.Errno, moves) {
 			break
 		}
@@ -809,6 +810,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, errno
 		}
 		// As in Lookup: an open that failed on the way is made again by the new path.
+		n.p.awaitApplied(ctx, reply.WatchSeq)
 		if attempt == 3 || !n.movedSince(ref, reply.Errno, moves) {
 			break
 		}

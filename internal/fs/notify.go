@@ -300,6 +300,13 @@ func newWatchStream() *watchStream {
 
 func (w *watchStream) stop() { w.once.Do(func() { close(w.done) }) }
 
+// sentSeq is the sequence number of the last message queued.
+func (w *watchStream) sentSeq() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seq
+}
+
 // send queues a message without blocking. A client that cannot keep up loses its stream.
 func (w *watchStream) send(m *fspb.WatchDown) (uint64, bool) {
 	w.mu.Lock()
@@ -367,6 +374,11 @@ func attrChange(id fileID, data bool) change {
 // waits until they have dropped them. A session that is itself in the middle of changing one of
 // the objects is not waited for: its kernel may hold the very lock its invalidation needs.
 func (s *Server) publish(from *session, changes ...change) {
+	s.queue(from, changes...)()
+}
+
+// queue sends changes as publish does, and returns the wait for their acknowledgements.
+func (s *Server) queue(from *session, changes ...change) (wait func()) {
 	type batch struct {
 		items   []*fspb.Invalidation
 		holders []fileID
@@ -391,7 +403,7 @@ func (s *Server) publish(from *session, changes ...change) {
 		}
 	}
 	if len(targets) == 0 {
-		return
+		return func() {}
 	}
 	var wg sync.WaitGroup
 	for t, b := range targets {
@@ -419,7 +431,23 @@ func (s *Server) publish(from *session, changes ...change) {
 			}
 		}()
 	}
-	wg.Wait()
+	return wg.Wait
+}
+
+// watchSeq is what a lookup or open that found nothing tells the client (EntryReply.watch_seq):
+// the last message queued on its watch stream, once every rename under way has queued its
+// invalidations, so that one that moved the directory is among them.
+func (s *Server) watchSeq(sess *session) uint64 {
+	if s.moving.Load() > 0 {
+		// A barrier: once it is taken, every rename under way has queued.
+		s.moveMu.Lock()
+		//lint:ignore SA2001 the barrier above
+		s.moveMu.Unlock()
+	}
+	if w := sess.currentStream(); w != nil {
+		return w.sentSeq()
+	}
+	return 0
 }
 
 // diskChanged turns changes seen on the owner's disk into invalidations for every session.

@@ -151,6 +151,9 @@ func (s *Server) Lookup(ctx context.Context, req *fspb.LookupRequest) (*fspb.Ent
 			reply.Cacheable = c.finish(start, watched, nil, dirID)
 		}
 	}
+	if errno == syscall.ENOENT || errno == syscall.ESTALE {
+		reply.WatchSeq = s.watchSeq(c.sess)
+	}
 	return reply, nil
 }
 
@@ -630,6 +633,9 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		reply, errno = c.finishOpen(fd, req.Flags, watched, req.Node.Id)
 		return errno
 	})
+	if errno == syscall.ENOENT || errno == syscall.ESTALE {
+		return &fspb.OpenReply{Errno: int32(errno), WatchSeq: s.watchSeq(c.sess)}, nil
+	}
 	if errno != 0 {
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
@@ -1293,6 +1299,17 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 	busy := []fileID{idFromPB(req.Dir.Id), idFromPB(req.NewDir.Id)}
 	c.sess.begin(busy...)
 	defer c.sess.end(busy...)
+	s.moving.Add(1)
+	s.moveMu.RLock()
+	moving := true
+	queued := func() {
+		if moving {
+			moving = false
+			s.moveMu.RUnlock()
+			s.moving.Add(-1)
+		}
+	}
+	defer queued()
 	var oldDir, newDir, moved, replaced fileID
 	var watched, newWatched bool
 	reply := &fspb.ChangeReply{}
@@ -1341,8 +1358,10 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 	}
 	arrived := entryChange(newDir, string(req.NewName))
 	arrived.item.Gone = replaced != (fileID{}) && req.Flags&unix.RENAME_EXCHANGE == 0 && !noop
-	s.publish(c.sess, gone, arrived,
+	wait := s.queue(c.sess, gone, arrived,
 		attrChange(moved, false), attrChange(replaced, false))
+	queued()
+	wait()
 	c.finish(s.cache.now(), watched && newWatched, []*fspb.Attr{reply.Dir, reply.NewDir}, oldDir, newDir)
 	return reply, nil
 }

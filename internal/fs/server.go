@@ -91,6 +91,11 @@ type Server struct {
 	byIdx    map[uint32]*session
 	nextIdx  uint32
 
+	// moveMu is held (read) by each rename from before it moves a name until its
+	// invalidations are queued; moving counts them (watchSeq).
+	moveMu sync.RWMutex
+	moving atomic.Int32
+
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph
 

@@ -671,7 +671,11 @@ type EntryReply struct {
 	Dir *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
 	// empty_dir: Mknod made a directory, it is empty and watched: the client knows its whole
 	// listing until told otherwise.
-	EmptyDir      bool `protobuf:"varint,5,opt,name=empty_dir,json=emptyDir,proto3" json:"empty_dir,omitempty"`
+	EmptyDir bool `protobuf:"varint,5,opt,name=empty_dir,json=emptyDir,proto3" json:"empty_dir,omitempty"`
+	// watch_seq, on ENOENT or ESTALE: the last message sent on the client's watch stream when
+	// the lookup failed. A rename that moved the directory was told there: once the client has
+	// applied that message, it may try again by the directory's new path.
+	WatchSeq      uint64 `protobuf:"varint,6,opt,name=watch_seq,json=watchSeq,proto3" json:"watch_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -739,6 +743,13 @@ func (x *EntryReply) GetEmptyDir() bool {
 		return x.EmptyDir
 	}
 	return false
+}
+
+func (x *EntryReply) GetWatchSeq() uint64 {
+	if x != nil {
+		return x.WatchSeq
+	}
+	return 0
 }
 
 // ChangeReply answers removals and renames with the directories' attributes afterwards.
@@ -1436,7 +1447,9 @@ type OpenReply struct {
 	Dir *Attr `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
 	// instance is the owner's file server instance (as in WatchDown) the handle belongs to:
 	// after a restart of that server, the client opens the file again and reclaims its locks.
-	Instance      []byte `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	Instance []byte `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	// watch_seq: as in EntryReply.
+	WatchSeq      uint64 `protobuf:"varint,6,opt,name=watch_seq,json=watchSeq,proto3" json:"watch_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1504,6 +1517,13 @@ func (x *OpenReply) GetInstance() []byte {
 		return x.Instance
 	}
 	return nil
+}
+
+func (x *OpenReply) GetWatchSeq() uint64 {
+	if x != nil {
+		return x.WatchSeq
+	}
+	return 0
 }
 
 type HandleRequest struct {
@@ -3390,14 +3410,15 @@ const file_fs_proto_rawDesc = "" +
 	"\asession\x18\x01 \x01(\fR\asession\x12)\n" +
 	"\x06caller\x18\x02 \x01(\v2\x11.ssi.fs.v1.CallerR\x06caller\x12$\n" +
 	"\x03dir\x18\x03 \x01(\v2\x12.ssi.fs.v1.NodeRefR\x03dir\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\fR\x04name\"\xa5\x01\n" +
+	"\x04name\x18\x04 \x01(\fR\x04name\"\xc2\x01\n" +
 	"\n" +
 	"EntryReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12#\n" +
 	"\x04attr\x18\x02 \x01(\v2\x0f.ssi.fs.v1.AttrR\x04attr\x12\x1c\n" +
 	"\tcacheable\x18\x03 \x01(\bR\tcacheable\x12!\n" +
 	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\x12\x1b\n" +
-	"\tempty_dir\x18\x05 \x01(\bR\bemptyDir\"p\n" +
+	"\tempty_dir\x18\x05 \x01(\bR\bemptyDir\x12\x1b\n" +
+	"\twatch_seq\x18\x06 \x01(\x04R\bwatchSeq\"p\n" +
 	"\vChangeReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12!\n" +
 	"\x03dir\x18\x02 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\x12(\n" +
@@ -3455,13 +3476,14 @@ const file_fs_proto_rawDesc = "" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\rR\x04mode\x12(\n" +
 	"\runmasked_mode\x18\a \x01(\rH\x00R\funmaskedMode\x88\x01\x01B\x10\n" +
-	"\x0e_unmasked_mode\"\x9d\x01\n" +
+	"\x0e_unmasked_mode\"\xba\x01\n" +
 	"\tOpenReply\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12#\n" +
 	"\x04attr\x18\x03 \x01(\v2\x0f.ssi.fs.v1.AttrR\x04attr\x12!\n" +
 	"\x03dir\x18\x04 \x01(\v2\x0f.ssi.fs.v1.AttrR\x03dir\x12\x1a\n" +
-	"\binstance\x18\x05 \x01(\fR\binstance\"[\n" +
+	"\binstance\x18\x05 \x01(\fR\binstance\x12\x1b\n" +
+	"\twatch_seq\x18\x06 \x01(\x04R\bwatchSeq\"[\n" +
 	"\rHandleRequest\x12\x18\n" +
 	"\asession\x18\x01 \x01(\fR\asession\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12\x18\n" +
