@@ -929,12 +929,14 @@ func (p *peer) flush() {
 	p.m.stats.flushes.Add(1)
 	for _, n := range p.m.inodesOf(p.name) {
 		n.changed()
-		n.NotifyContent(0, 0)
-		if n.IsDir() {
-			for name := range n.Children() {
-				n.NotifyEntry(name)
-			}
+		if n.busy.Load() > 0 {
+			// As in apply: the kernel holds what the invalidation needs (a write in flight
+			// holds its pages) until the change ends, which may wait for this very flush (a
+			// write waiting for the reclaim that follows it on a reconnection).
+			go n.dropKernelCaches()
+			continue
 		}
+		n.dropKernelCaches()
 	}
 	// Negative entries are nowhere in the tree: drop the node's whole directory entry.
 	p.mu.Lock()
@@ -942,6 +944,17 @@ func (p *peer) flush() {
 	p.mu.Unlock()
 	if known {
 		p.m.root.NotifyEntry(p.name)
+	}
+}
+
+// dropKernelCaches drops what the kernel caches of n: its pages and attributes, and its
+// children's entries.
+func (n *node) dropKernelCaches() {
+	n.NotifyContent(0, 0)
+	if n.IsDir() {
+		for name := range n.Children() {
+			n.NotifyEntry(name)
+		}
 	}
 }
 

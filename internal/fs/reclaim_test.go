@@ -301,3 +301,28 @@ func TestGracePeriodOnlyWhenLocksMayBeHeld(t *testing.T) {
 		})
 	}
 }
+
+// TestCallRightAfterOwnerRestart: a call on a file opened before the owner's file server
+// restarted, made at once after the restart (before this client's watch stream has noticed
+// it), waits for the file to be opened again rather than failing with EIO.
+func TestCallRightAfterOwnerRestart(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), []byte("0123456789"), 0o644))
+	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	for i := range 5 {
+		n2.restart(ServerConfig{})
+		if _, err := f.WriteAt([]byte{'a' + byte(i)}, 0); err != nil {
+			t.Fatalf("restart %d: a write right after it: %v", i+1, err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Fatalf("restart %d: fsync right after it: %v", i+1, err)
+		}
+	}
+	if got := readFile(t, n2.disk("f")); got[0] != 'e' {
+		t.Fatalf("the file reads %q on the owner", got)
+	}
+}
