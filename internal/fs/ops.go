@@ -1097,12 +1097,9 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 		if err := create(r, mode); err != nil {
 			return errnoOf(err)
 		}
-		if mode&syscall.S_IFMT != syscall.S_IFLNK && !inherits && mode&s.creds.umask != 0 {
+		if mode&syscall.S_IFMT != syscall.S_IFLNK && !inherits && mode&s.creds.umask&0o777 != 0 {
 			// The agent's umask took bits the client's kernel meant to keep.
-			if fd, errno := openObject(r); errno == 0 {
-				unix.Fchmodat(unix.AT_FDCWD, procFD(fd), mode&07777, 0)
-				unix.Close(fd)
-			}
+			restoreUmasked(r, mode, mode&s.creds.umask&0o777, c.who.uid)
 		}
 		if errno := s.createdEntry(r, reply); errno != 0 {
 			return errno
@@ -1121,6 +1118,35 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 		reply.EmptyDir = reply.EmptyDir && stable
 	}
 	return reply, nil
+}
+
+// restoreUmasked gives the object just made at r (type and mode as asked) back the permission
+// bits the agent's umask took from it. It only adds them to the mode the object has: a
+// directory made in a set-group-ID directory inherits the bit, which a chmod by its maker
+// would drop when they are not in its group (the kernel clears it then), so the chmod is made
+// as the agent (CAP_FSETID). That is safe only on the caller's own new object: one found
+// there owned by someone else, or of another type (swapped in meanwhile), is left alone.
+func restoreUmasked(r resolved, mode, bits, uid uint32) {
+	fd, errno := openObject(r)
+	if errno != 0 {
+		return
+	}
+	defer unix.Close(fd)
+	var st unix.Statx_t
+	want := mode & syscall.S_IFMT
+	if want == 0 {
+		want = syscall.S_IFREG // mknod's default
+	}
+	if statFD(fd, &st) != 0 || st.Uid != uid || uint32(st.Mode)&syscall.S_IFMT != want {
+		return
+	}
+	done := make(chan struct{})
+	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
+	go func() {
+		defer close(done)
+		unix.Fchmodat(unix.AT_FDCWD, procFD(fd), uint32(st.Mode)&07777|bits, 0)
+	}()
+	<-done
 }
 
 // createMode is the mode to create an object with in the directory dir: masked (the caller's

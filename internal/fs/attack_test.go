@@ -1,0 +1,82 @@
+package fs
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestHostileUserGetsWhatLocalPermissionsAllow: an unprivileged user trying what Unix
+// permissions refuse (links to others' files, set-ID bits, sticky directories, devices, times)
+// gets through the mount exactly what they get on the owner's disk.
+func TestHostileUserGetsWhatLocalPermissionsAllow(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	must(t, os.Mkdir(filepath.Join(disk, "sticky"), 0o777))
+	must(t, unix.Chmod(filepath.Join(disk, "sticky"), 0o1777))
+	file := func(mode uint32, uid, gid int) func(string) {
+		return func(p string) {
+			must(t, os.WriteFile(p, []byte("x"), 0o600))
+			must(t, os.Chown(p, uid, gid))
+			must(t, unix.Chmod(p, mode))
+		}
+	}
+	dir := func(mode uint32, uid, gid int) func(string) {
+		return func(p string) {
+			must(t, os.Mkdir(p, 0o700))
+			must(t, os.Chown(p, uid, gid))
+			must(t, unix.Chmod(p, mode))
+		}
+	}
+	const user, other, group = 1001, 1002, 3000
+	for i, tc := range []struct {
+		dir     string
+		prepare func(string)
+		uid     uint32
+		groups  []uint32
+		op      []string
+		want    string
+	}{
+		// protected_hardlinks: no link to a file one may not both read and write.
+		{"", file(0o600, 0, 0), user, nil, []string{"link", ".l"}, "EPERM"},
+		{"", file(0o644, 0, 0), user, nil, []string{"link", ".l"}, "EPERM"},
+		{"", file(0o4777, 0, 0), user, nil, []string{"link", ".l"}, "EPERM"},
+		{"", file(0o666, 0, 0), user, nil, []string{"link", ".l"}, "ok"},
+		// chmod g+s on one's own file of a group one is not in keeps the rest, drops the bit.
+		{"", file(0o644, user, group), user, nil, []string{"chmodto", "2755"}, "ok"},
+		{"", file(0o644, user, group), user, []uint32{group}, []string{"chmodto", "2755"}, "ok"},
+		{"", file(0o644, user, group), user, nil, []string{"chmodto", "4755"}, "ok"},
+		{"", file(0o644, user, user), user, nil, []string{"chgrp", fmt.Sprint(group)}, "EPERM"},
+		{"", file(0o6755, user, user), user, []uint32{group}, []string{"chgrp", fmt.Sprint(group)}, "ok"},
+		{"", file(0o644, user, user), user, nil, []string{"chown"}, "EPERM"},
+		// Times: anyone who may write sets them to now, only the owner to a given time.
+		{"", file(0o666, other, other), user, nil, []string{"settimes"}, "EPERM"},
+		{"", file(0o666, other, other), user, nil, []string{"touch"}, "ok"},
+		{"", file(0o644, other, other), user, nil, []string{"touch"}, "EACCES"},
+		// Sticky directories: others' files stay where they are.
+		{"sticky", file(0o666, other, other), user, nil, []string{"rename", ".r"}, "EPERM"},
+		{"sticky", file(0o666, other, other), user, nil, []string{"exchange"}, "EPERM"},
+		{"sticky", file(0o666, user, user), user, nil, []string{"rename", ".r"}, "ok"},
+		// Devices only by root.
+		{"", dir(0o777, 0, 0), user, nil, []string{"mknodchr", "/null"}, "EPERM"},
+		// A setgid directory: a new directory inherits the group and the bit, whatever the
+		// umask.
+		{"", dir(0o2777, 0, group), user, nil, []string{"mkdirin", "0777", "002"}, "42775"},
+		{"", dir(0o2777, 0, group), user, nil, []string{"mkdirin", "0777", "022"}, "42755"},
+		{"", dir(0o2777, 0, group), user, nil, []string{"mkdirin", "0700", "077"}, "42700"},
+	} {
+		name := filepath.Join(tc.dir, fmt.Sprint("hostile", i))
+		got := sameAsLocal(t, local, disk, name, tc.prepare, tc.uid, tc.uid, tc.groups, tc.op[0], tc.op[1:]...)
+		if got != tc.want {
+			t.Errorf("%v as %d (groups %v): %s, want %s", tc.op, tc.uid, tc.groups, got, tc.want)
+		}
+	}
+}
