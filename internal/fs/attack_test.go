@@ -3,7 +3,9 @@ package fs
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,5 +80,40 @@ func TestHostileUserGetsWhatLocalPermissionsAllow(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%v as %d (groups %v): %s, want %s", tc.op, tc.uid, tc.groups, got, tc.want)
 		}
+	}
+}
+
+// TestPseudoFilesReadAsTheirReader: some pseudo files check the reader at read time, not at
+// open: /proc/<pid>/stat shows the addresses of a process's code and stack only to those who
+// may trace it (ASLR stays secret from others). Read through the tree by a user who may not,
+// they must stay hidden as on the owner, not be read with the agent's privileges.
+func TestPseudoFilesReadAsTheirReader(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	owner.restart(ServerConfig{Root: "/", Exports: []string{"/proc"}})
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	// A process of root's other than the test's own (which is the owner's agent here: a
+	// process may always look at itself): nobody may not trace it.
+	sleeper := exec.Command("sleep", "60")
+	must(t, sleeper.Start())
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	stat := fmt.Sprintf("proc/%d/stat", sleeper.Process.Pid)
+	// startcode, endcode and startstack: fields 26 to 28, counted from the pid.
+	addresses := func(b string) string {
+		if i := strings.LastIndexByte(b, ')'); i >= 0 {
+			if f := strings.Fields(b[i+1:]); len(f) > 25 {
+				return strings.Join(f[23:26], " ")
+			}
+		}
+		return "unparsed: " + b
+	}
+	onDisk := addresses(as(t, 65534, "cat", "/"+stat))
+	through := addresses(as(t, 65534, "cat", local.path("n2", stat)))
+	if through != onDisk {
+		t.Errorf("nobody reads the code and stack addresses of a root process as %q through the tree, %q on the owner", through, onDisk)
+	}
+	if root := addresses(as(t, 0, "cat", local.path("n2", stat))); root == onDisk {
+		t.Errorf("root reads them as %q through the tree too: the test shows nothing", root)
 	}
 }

@@ -566,6 +566,10 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
 		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG}
+	if attr.Direct {
+		who := c.who
+		f.reader = &who
+	}
 	h := newHandleID()
 	if errno := c.sess.addHandle(h, f); errno != 0 {
 		unix.Close(fd)
@@ -798,7 +802,16 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.hold(c.sess, 0, []fileID{f.id}, nil)
-	n, errno := readAt(f, buf, req.Offset)
+	var n int
+	if f.reader != nil {
+		reader := call{s: s, sess: c.sess, who: *f.reader}
+		errno = reader.look(func() (errno syscall.Errno) {
+			n, errno = readAt(f, buf, req.Offset)
+			return errno
+		})
+	} else {
+		n, errno = readAt(f, buf, req.Offset)
+	}
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
 }

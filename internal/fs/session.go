@@ -50,6 +50,11 @@ type openFile struct {
 	flags   int
 	watched bool
 	regular bool
+	// reader, for pseudo files and devices, is who opened it: reads of those run as them,
+	// since some check the reader at each read rather than at open (/proc/<pid>/stat hides
+	// a process's addresses from those who may not trace it). Nil for others, read as the
+	// agent: a read of an ordinary file checks nothing.
+	reader *identity
 
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
