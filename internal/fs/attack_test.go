@@ -1,15 +1,19 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
 
 // TestHostileUserGetsWhatLocalPermissionsAllow: an unprivileged user trying what Unix
@@ -115,5 +119,55 @@ func TestPseudoFilesReadAsTheirReader(t *testing.T) {
 	}
 	if root := addresses(as(t, 0, "cat", local.path("n2", stat))); root == onDisk {
 		t.Errorf("root reads them as %q through the tree too: the test shows nothing", root)
+	}
+}
+
+// TestCreateOfAnExistingNameIsAnOpenWithOCreat: a create that finds its name taken (made
+// meanwhile by someone else: the client's lookup said it was free) opens what is there as
+// open(2) with O_CREAT would, with that flag's checks: a directory fails with EISDIR, and in
+// sticky directories the kernel's protected_regular and protected_fifos rules apply.
+func TestCreateOfAnExistingNameIsAnOpenWithOCreat(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	must(t, os.Mkdir(filepath.Join(disk, "dir"), 0o777))
+	must(t, os.WriteFile(filepath.Join(disk, "file"), nil, 0o666))
+	must(t, unix.Chmod(filepath.Join(disk, "file"), 0o666))
+	must(t, os.Mkdir(filepath.Join(disk, "sticky"), 0o777))
+	must(t, unix.Chmod(filepath.Join(disk, "sticky"), 0o1777))
+	must(t, os.WriteFile(filepath.Join(disk, "sticky", "planted"), nil, 0o666))
+	must(t, unix.Chmod(filepath.Join(disk, "sticky", "planted"), 0o666))
+	must(t, os.Chown(filepath.Join(disk, "sticky", "planted"), 1002, 1002))
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	nobody := &fspb.Caller{Uid: 65534, Gid: 65534, Capabilities: &none}
+	cases := []struct {
+		dir, name string
+		flags     int
+		want      syscall.Errno
+	}{
+		{"", "dir", unix.O_RDONLY, syscall.EISDIR},
+		{"", "dir", unix.O_WRONLY, syscall.EISDIR},
+		{"", "file", unix.O_WRONLY, 0},
+		{"", "file", unix.O_RDONLY | unix.O_EXCL, syscall.EEXIST},
+	}
+	// The machine decides whether another's file planted in a sticky directory may be
+	// opened with O_CREAT.
+	if b, err := os.ReadFile("/proc/sys/fs/protected_regular"); err == nil && strings.TrimSpace(string(b)) != "0" {
+		cases = append(cases, struct {
+			dir, name string
+			flags     int
+			want      syscall.Errno
+		}{"sticky", "planted", unix.O_WRONLY, syscall.EACCES})
+	}
+	for _, tc := range cases {
+		r, err := s.Create(ctx, &fspb.CreateRequest{Session: []byte("creator"), Caller: nobody, Dir: &fspb.NodeRef{Path: []byte(tc.dir)},
+			Name: []byte(tc.name), Flags: uint32(tc.flags | unix.O_CREAT), Mode: 0o644})
+		must(t, err)
+		if got := syscall.Errno(r.Errno); got != tc.want {
+			t.Errorf("create of the existing %s with flags %#o: %v, want %v", tc.name, tc.flags, got, tc.want)
+		}
 	}
 }

@@ -752,7 +752,10 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		fd, err := unix.Openat(r.dir, r.name, flags|unix.O_EXCL, mode&07777)
 		created := err == nil
 		if err == syscall.EEXIST && flags&unix.O_EXCL == 0 {
-			fd, err = unix.Openat(r.dir, r.name, flags&^unix.O_CREAT, 0)
+			// Made meanwhile by someone else: opened as open(2) with O_CREAT opens it, with
+			// that flag's checks (EISDIR for a directory; protected_regular and
+			// protected_fifos in sticky directories, against a file planted there).
+			fd, err = unix.Openat(r.dir, r.name, flags, mode&07777)
 		}
 		if err != nil {
 			return errnoOf(err)
