@@ -171,3 +171,30 @@ func TestCreateOfAnExistingNameIsAnOpenWithOCreat(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenToExecuteTruncatesNothing: the owner opens a program others may only execute as
+// the agent, for the kernel that runs it. Such an open never truncates: one that asks to,
+// which no kernel sends for an exec (a forging client could), is the caller's own open.
+func TestOpenToExecuteTruncatesNothing(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	owner.restart(ServerConfig{RootSquash: true})
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	prog := filepath.Join(disk, "prog")
+	must(t, os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o711))
+	must(t, unix.Chmod(prog, 0o4711))
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	for _, flags := range []int{unix.O_RDONLY | unix.O_TRUNC, unix.O_RDONLY | unix.O_TRUNC | unix.O_APPEND} {
+		r, err := s.Open(ctx, &fspb.OpenRequest{Session: []byte("exec"), Caller: &fspb.Caller{}, Node: &fspb.NodeRef{Path: []byte("prog")},
+			Flags: uint32(flags | fmodeExec)})
+		must(t, err)
+		if syscall.Errno(r.Errno) != syscall.EACCES {
+			t.Errorf("open of a 4711 program of root's to execute, flags %#o, by squashed root: %v, want EACCES", flags, syscall.Errno(r.Errno))
+		}
+	}
+	if got := readFile(t, prog); got != "#!/bin/sh\n" {
+		t.Errorf("the program now holds %q", got)
+	}
+}

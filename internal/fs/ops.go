@@ -618,7 +618,9 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 			flags &^= unix.O_TRUNC
 		}
 		fd, err := unix.Openat(r.dir, name, flags, 0)
-		if err == unix.EACCES && req.Flags&fmodeExec != 0 && flags&unix.O_ACCMODE == unix.O_RDONLY {
+		// Only what the kernel sends for an exec (read-only, nothing else that changes the
+		// file): opened as the agent, an O_TRUNC would empty any program the caller may run.
+		if err == unix.EACCES && req.Flags&fmodeExec != 0 && flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0 {
 			fd, err = s.openToExecute(r, flags)
 		}
 		if err != nil {
@@ -673,8 +675,9 @@ func (s *Server) openToExecute(r resolved, flags int) (int, error) {
 	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
 	go func() {
 		// Through the descriptor's magic link, which O_NOFOLLOW would refuse; the object
-		// itself was opened without following.
-		fd, err := unix.Open(procFD(pfd), flags&^unix.O_NOFOLLOW, 0)
+		// itself was opened without following. Read-only and with none of the caller's other
+		// flags: the agent may do more than the caller.
+		fd, err := unix.Open(procFD(pfd), flags&(unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK), 0)
 		done <- opened{fd, err}
 	}()
 	o := <-done
