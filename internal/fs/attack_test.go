@@ -198,3 +198,76 @@ func TestOpenToExecuteTruncatesNothing(t *testing.T) {
 		t.Errorf("the program now holds %q", got)
 	}
 }
+
+// TestReadLocksOpenNothingForWriting: a user who may only read a program takes a read lock
+// on it through the tree. The owner holds the lock on a description of its own, which must
+// not be open for writing: while one is, the kernel refuses to execute the program
+// (ETXTBSY), so anyone could stop /bin/sh from running on the owner.
+func TestReadLocksOpenNothingForWriting(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	prog := filepath.Join(disk, "prog")
+	must(t, os.WriteFile(prog, []byte("#!/bin/sh\nexit 0\n"), 0o755))
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	nobody := &fspb.Caller{Uid: 65534, Gid: 65534, Capabilities: &none}
+	sess := []byte("locker")
+	o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: nobody, Node: &fspb.NodeRef{Path: []byte("prog")}, Flags: unix.O_RDONLY})
+	must(t, err)
+	if o.Errno != 0 {
+		t.Fatalf("open: %v", syscall.Errno(o.Errno))
+	}
+	defer s.Release(ctx, &fspb.HandleRequest{Session: sess, Handle: o.Handle})
+	l, err := s.Lock(ctx, &fspb.LockRequest{Session: sess, Handle: o.Handle, Op: fspb.LockRequest_SET, Type: unix.F_RDLCK, End: 1<<63 - 1, Owner: 7})
+	must(t, err)
+	if l.Errno != 0 {
+		t.Fatalf("read lock: %v", syscall.Errno(l.Errno))
+	}
+	if err := exec.Command(prog).Run(); err != nil {
+		t.Errorf("the program, read-locked through the tree, does not run on the owner: %v", err)
+	}
+
+	// A lock owner with a read lock taken through a read-only handle takes a write lock
+	// through a handle open for writing: its locks move to a description open for writing,
+	// and hold all along against another's.
+	must(t, os.WriteFile(filepath.Join(disk, "data"), make([]byte, 100), 0o666))
+	must(t, unix.Chmod(filepath.Join(disk, "data"), 0o666))
+	open := func(sess []byte, flags int) uint64 {
+		o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: nobody, Node: &fspb.NodeRef{Path: []byte("data")}, Flags: uint32(flags)})
+		must(t, err)
+		if o.Errno != 0 {
+			t.Fatalf("open data: %v", syscall.Errno(o.Errno))
+		}
+		return o.Handle
+	}
+	lock := func(sess []byte, h uint64, owner uint64, typ int, start, end uint64) syscall.Errno {
+		l, err := s.Lock(ctx, &fspb.LockRequest{Session: sess, Handle: h, Op: fspb.LockRequest_SET, Type: uint32(typ), Start: start, End: end, Owner: owner})
+		must(t, err)
+		return syscall.Errno(l.Errno)
+	}
+	other := []byte("other")
+	ro, rw, theirs := open(sess, unix.O_RDONLY), open(sess, unix.O_RDWR), open(other, unix.O_RDWR)
+	for _, step := range []struct {
+		sess  []byte
+		h     uint64
+		owner uint64
+		typ   int
+		start uint64
+		end   uint64
+		want  syscall.Errno
+	}{
+		{sess, ro, 8, unix.F_RDLCK, 0, 9, 0},
+		{sess, rw, 8, unix.F_WRLCK, 5, 20, 0},
+		{other, theirs, 9, unix.F_WRLCK, 0, 4, syscall.EAGAIN}, // the read lock moved
+		{other, theirs, 9, unix.F_RDLCK, 0, 4, 0},
+		{other, theirs, 9, unix.F_RDLCK, 5, 5, syscall.EAGAIN}, // the write lock
+		{other, theirs, 9, unix.F_WRLCK, 21, 30, 0},
+	} {
+		if got := lock(step.sess, step.h, step.owner, step.typ, step.start, step.end); got != step.want {
+			t.Errorf("owner %d: lock type %d on %d-%d: %v, want %v", step.owner, step.typ, step.start, step.end, got, step.want)
+		}
+	}
+}
