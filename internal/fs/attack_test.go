@@ -271,3 +271,91 @@ func TestReadLocksOpenNothingForWriting(t *testing.T) {
 		}
 	}
 }
+
+// TestReadOnlyExportRefusesEveryChange sends every request that changes a file or a
+// directory to a read-only export, as root: each fails with EROFS and the disk stays as it was.
+func TestReadOnlyExportRefusesEveryChange(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.WriteFile(filepath.Join(disk, "f"), []byte("content"), 0o644))
+	must(t, os.WriteFile(filepath.Join(disk, "g"), []byte("other"), 0o644))
+	owner.restart(ServerConfig{ReadOnly: true})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	sess := []byte("ro")
+	root := &fspb.Caller{}
+	ref := func(p string) *fspb.NodeRef { return &fspb.NodeRef{Path: []byte(p)} }
+	o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: root, Node: ref("f"), Flags: unix.O_RDONLY})
+	must(t, err)
+	if o.Errno != 0 {
+		t.Fatalf("open for reading: %v", syscall.Errno(o.Errno))
+	}
+	for _, tc := range []struct {
+		what string
+		call func() (int32, error)
+	}{
+		{"touch", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: ref("f"), Valid: setAtimeNow | setMtimeNow})
+			return r.GetErrno(), err
+		}},
+		{"truncate through a handle", func() (int32, error) {
+			r, err := s.Setattr(ctx, &fspb.SetattrRequest{Session: sess, Caller: root, Node: &fspb.NodeRef{Path: []byte("f"), Handle: o.Handle}, Valid: setSize})
+			return r.GetErrno(), err
+		}},
+		{"setxattr", func() (int32, error) {
+			r, err := s.Xattr(ctx, &fspb.XattrRequest{Session: sess, Caller: root, Node: ref("f"), Op: fspb.XattrRequest_SET, Name: []byte("user.x"), Value: []byte("v")})
+			return r.GetErrno(), err
+		}},
+		{"removexattr", func() (int32, error) {
+			r, err := s.Xattr(ctx, &fspb.XattrRequest{Session: sess, Caller: root, Node: ref("f"), Op: fspb.XattrRequest_REMOVE, Name: []byte("user.x")})
+			return r.GetErrno(), err
+		}},
+		{"fallocate", func() (int32, error) {
+			r, err := s.Allocate(ctx, &fspb.AllocateRequest{Session: sess, Caller: root, Handle: o.Handle, Length: 1 << 20})
+			return r.GetErrno(), err
+		}},
+		{"write through a read handle", func() (int32, error) {
+			r, err := s.Write(ctx, &fspb.WriteRequest{Session: sess, Caller: root, Handle: o.Handle, Data: []byte("x")})
+			return r.GetErrno(), err
+		}},
+		{"link", func() (int32, error) {
+			r, err := s.Link(ctx, &fspb.LinkRequest{Session: sess, Caller: root, Target: ref("f"), Dir: ref(""), Name: []byte("l")})
+			return r.GetErrno(), err
+		}},
+		{"exchange", func() (int32, error) {
+			r, err := s.Rename(ctx, &fspb.RenameRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("f"), NewDir: ref(""), NewName: []byte("g"), Flags: unix.RENAME_EXCHANGE})
+			return r.GetErrno(), err
+		}},
+		{"mknod a fifo", func() (int32, error) {
+			r, err := s.Mknod(ctx, &fspb.MknodRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("p"), Mode: syscall.S_IFIFO | 0o644})
+			return r.GetErrno(), err
+		}},
+		{"symlink", func() (int32, error) {
+			r, err := s.Symlink(ctx, &fspb.SymlinkRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("s"), Target: []byte("f")})
+			return r.GetErrno(), err
+		}},
+		{"open with O_TRUNC", func() (int32, error) {
+			r, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: root, Node: ref("f"), Flags: unix.O_RDONLY | unix.O_TRUNC})
+			return r.GetErrno(), err
+		}},
+		{"create over it", func() (int32, error) {
+			r, err := s.Create(ctx, &fspb.CreateRequest{Session: sess, Caller: root, Dir: ref(""), Name: []byte("f"), Flags: unix.O_WRONLY | unix.O_TRUNC, Mode: 0o644})
+			return r.GetErrno(), err
+		}},
+	} {
+		errno, err := tc.call()
+		must(t, err)
+		if syscall.Errno(errno) != syscall.EROFS {
+			t.Errorf("%s on a read-only export: %v, want EROFS", tc.what, syscall.Errno(errno))
+		}
+	}
+	if got := readFile(t, filepath.Join(disk, "f")); got != "content" {
+		t.Errorf("f now holds %q", got)
+	}
+	entries, err := os.ReadDir(disk)
+	must(t, err)
+	if len(entries) != 2 {
+		t.Errorf("the export holds %d entries, want 2", len(entries))
+	}
+}
