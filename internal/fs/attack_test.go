@@ -359,3 +359,43 @@ func TestReadOnlyExportRefusesEveryChange(t *testing.T) {
 		t.Errorf("the export holds %d entries, want 2", len(entries))
 	}
 }
+
+// TestHandlesOfUnexportedDirectoriesChangeNothing: the directories leading to an export may
+// be opened (to list them) but not changed, through a handle as much as by path: a forged
+// setattr on a handle of the owner's root would otherwise chmod or chown its "/".
+func TestHandlesOfUnexportedDirectoriesChangeNothing(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.MkdirAll(filepath.Join(disk, "srv", "pub"), 0o755))
+	must(t, os.Chmod(disk, 0o755))
+	owner.restart(ServerConfig{Exports: []string{"/srv/pub"}})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	sess := []byte("forger")
+	root := &fspb.Caller{}
+	for _, p := range []string{"", "srv"} {
+		o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: root, Node: &fspb.NodeRef{Path: []byte(p)}, Flags: unix.O_RDONLY})
+		must(t, err)
+		if o.Errno != 0 {
+			t.Fatalf("open %q: %v", p, syscall.Errno(o.Errno))
+		}
+		for _, req := range []*fspb.SetattrRequest{
+			{Valid: setMode, Mode: 0o777},
+			{Valid: setUID | setGID, Uid: 1000, Gid: 1000},
+			{Valid: setMtime, MtimeSec: 1},
+		} {
+			req.Session, req.Caller, req.Node = sess, root, &fspb.NodeRef{Path: []byte(p), Handle: o.Handle}
+			r, err := s.Setattr(ctx, req)
+			must(t, err)
+			if syscall.Errno(r.Errno) != syscall.EACCES {
+				t.Errorf("setattr %#x of %q through a handle: %v, want EACCES", req.Valid, p, syscall.Errno(r.Errno))
+			}
+		}
+		var st unix.Stat_t
+		must(t, unix.Stat(filepath.Join(disk, p), &st))
+		if st.Mode&0o7777 != 0o755 || st.Uid != 0 || st.Mtim.Sec == 1 {
+			t.Errorf("%q is now mode %o, owner %d, mtime %d", p, st.Mode&0o7777, st.Uid, st.Mtim.Sec)
+		}
+	}
+}

@@ -235,6 +235,10 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 	if req.Node.Handle != 0 {
 		if f, errno := c.sess.handle(req.Node.Handle); errno == 0 {
 			defer f.release()
+			if !f.exported {
+				// A directory on the way to the exports, opened to be listed.
+				return &fspb.EntryReply{Errno: int32(syscall.EACCES)}, nil
+			}
 			handle = f
 		}
 	}
@@ -548,7 +552,8 @@ func writes(flags uint32) bool {
 }
 
 // finishOpen checks and registers a descriptor the owner just opened for the client.
-func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.FileID) (*fspb.OpenReply, syscall.Errno) {
+// exported says the object is exported, so that it may be changed through the handle.
+func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want *fspb.FileID) (*fspb.OpenReply, syscall.Errno) {
 	var st unix.Statx_t
 	if errno := statFD(fd, &st); errno != 0 {
 		unix.Close(fd)
@@ -565,7 +570,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 	}
 	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
-		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG}
+		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG, exported: exported}
 	if attr.Direct {
 		who := c.who
 		f.reader = &who
@@ -633,7 +638,7 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 				return cmp.Or(errno, syscall.EROFS)
 			}
 		}
-		reply, errno = c.finishOpen(fd, req.Flags, watched, req.Node.Id)
+		reply, errno = c.finishOpen(fd, req.Flags, watched, r.exported, req.Node.Id)
 		return errno
 	})
 	if errno != 0 {
@@ -766,7 +771,7 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		if created && !inherits && mode&s.creds.umask != 0 {
 			unix.Fchmod(fd, mode&07777)
 		}
-		reply, errno = c.finishOpen(fd, req.Flags, watched, nil)
+		reply, errno = c.finishOpen(fd, req.Flags, watched, true, nil)
 		if errno == 0 {
 			reply.Dir = s.dirAttr(r.dir)
 		}
