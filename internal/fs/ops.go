@@ -571,7 +571,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want
 	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
 		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG, exported: exported}
-	if attr.Direct {
+	if attr.Direct || !f.regular {
 		who := c.who
 		f.reader = &who
 	}
@@ -813,6 +813,9 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.hold(c.sess, 0, []fileID{f.id}, nil)
+	if !f.regular && f.reader != nil {
+		defer s.waitingIO.acquire(f.reader.uid)()
+	}
 	var n int
 	if f.reader != nil {
 		reader := call{s: s, sess: c.sess, who: *f.reader}
@@ -896,6 +899,9 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
+	if !f.regular {
+		defer s.waitingIO.acquire(c.who.uid)()
+	}
 	var n int
 	errno = c.change(func() (errno syscall.Errno) {
 		n, errno = writevAt(f, data, req.Offset)

@@ -52,6 +52,8 @@ type ServerConfig struct {
 	reclaimGrace time.Duration
 	// cacheLimit replaces defaultCacheLimit when not zero. Tests lower it.
 	cacheLimit int
+	// waitingIOPerUser replaces maxWaitingIOPerUser when not zero. Tests lower it.
+	waitingIOPerUser int
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
@@ -85,6 +87,8 @@ type Server struct {
 
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph
+	// waitingIO bounds each user's reads and writes of devices under way (blocking.go).
+	waitingIO *userIOSlots
 
 	stats serverStats
 	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
@@ -133,6 +137,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions:      make(map[string]*session),
 		byIdx:         make(map[uint32]*session),
 		lockGraph:     newLockGraph(),
+		waitingIO:     newUserIOSlots(cfg.waitingIOPerUser),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {

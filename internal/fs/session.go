@@ -53,7 +53,7 @@ type openFile struct {
 	// exported: the object is exported, not a directory on the way to the exports, which
 	// may be opened (to be listed) but not changed.
 	exported bool
-	// reader, for pseudo files and devices, is who opened it: reads of those run as them,
+	// reader, for pseudo files, devices and fifos, is who opened it: reads of those run as them,
 	// since some check the reader at each read rather than at open (/proc/<pid>/stat hides
 	// a process's addresses from those who may not trace it). Nil for others, read as the
 	// agent: a read of an ordinary file checks nothing.
