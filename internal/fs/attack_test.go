@@ -471,3 +471,50 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 		t.Errorf("the second read did not end")
 	}
 }
+
+// TestOpenFilesOfOneUserAreBounded: the owner's descriptors serve every user of every node.
+// One user may hold only a share of them open; past it their opens and creates fail with
+// ENFILE (and make nothing), as on a system out of files, while others' go on.
+func TestOpenFilesOfOneUserAreBounded(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o777))
+	must(t, os.WriteFile(filepath.Join(disk, "f"), nil, 0o644))
+	owner.restart(ServerConfig{handlesPerUser: 2})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	caller := func(uid uint32) *fspb.Caller { return &fspb.Caller{Uid: uid, Gid: uid, Capabilities: &none} }
+	sess := []byte("opener")
+	open := func(uid uint32) (uint64, syscall.Errno) {
+		o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: caller(uid), Node: &fspb.NodeRef{Path: []byte("f")}, Flags: unix.O_RDONLY})
+		must(t, err)
+		return o.Handle, syscall.Errno(o.Errno)
+	}
+	first, errno := open(1001)
+	if errno != 0 {
+		t.Fatalf("first open: %v", errno)
+	}
+	if _, errno := open(1001); errno != 0 {
+		t.Fatalf("second open: %v", errno)
+	}
+	if _, errno := open(1001); errno != syscall.ENFILE {
+		t.Errorf("a third open by a user with a share of 2: %v, want ENFILE", errno)
+	}
+	r, err := s.Create(ctx, &fspb.CreateRequest{Session: sess, Caller: caller(1001), Dir: &fspb.NodeRef{}, Name: []byte("new"), Flags: unix.O_WRONLY, Mode: 0o644})
+	must(t, err)
+	if syscall.Errno(r.Errno) != syscall.ENFILE {
+		t.Errorf("a create by a user with a share of 2 open: %v, want ENFILE", syscall.Errno(r.Errno))
+	}
+	if _, err := os.Lstat(filepath.Join(disk, "new")); err == nil {
+		t.Errorf("the refused create made its file")
+	}
+	if _, errno := open(1002); errno != 0 {
+		t.Errorf("another user's open: %v", errno)
+	}
+	s.Release(ctx, &fspb.HandleRequest{Session: sess, Handle: first})
+	if _, errno := open(1001); errno != 0 {
+		t.Errorf("an open once one of the user's files was released: %v", errno)
+	}
+}

@@ -1,6 +1,10 @@
 package fs
 
-import "sync"
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
 
 // maxWaitingIOPerUser bounds the reads and writes of devices (and other files that are not
 // regular: fifos) that one user may have under way on an owner at once. Such a call may wait
@@ -48,5 +52,56 @@ func (u *userIOSlots) acquire(uid uint32) (release func()) {
 			delete(u.users, uid)
 		}
 		u.mu.Unlock()
+	}
+}
+
+// userHandles counts each user's files open on an owner. The owner's descriptors are one
+// table for every user of every node (the agent's RLIMIT_NOFILE), where locally each process
+// has its own: without a bound, one user opening files through the tree until the agent ran
+// out would make every other user's opens fail, and the agent's own sockets.
+type userHandles struct {
+	limit int
+	mu    sync.Mutex
+	open  map[uint32]int
+}
+
+// handlesPerUserShare is the share of the agent's descriptors one user may hold open.
+const handlesPerUserShare = 4
+
+func newUserHandles(limit int) *userHandles {
+	if limit <= 0 {
+		limit = 1024
+		var rl unix.Rlimit
+		if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) == nil && rl.Cur/handlesPerUserShare > uint64(limit) {
+			limit = int(min(rl.Cur/handlesPerUserShare, 1<<30))
+		}
+	}
+	return &userHandles{limit: limit, open: make(map[uint32]int)}
+}
+
+// take counts one more file open by uid, or reports false if uid has its share open.
+func (u *userHandles) take(uid uint32) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.open[uid] >= u.limit {
+		return false
+	}
+	u.open[uid]++
+	return true
+}
+
+// full reports whether uid has its share open, to refuse a create before it makes the file.
+func (u *userHandles) full(uid uint32) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.open[uid] >= u.limit
+}
+
+// put counts one file of uid's closed.
+func (u *userHandles) put(uid uint32) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.open[uid]--; u.open[uid] <= 0 {
+		delete(u.open, uid)
 	}
 }

@@ -575,9 +575,15 @@ func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want
 		who := c.who
 		f.reader = &who
 	}
+	if !c.s.handles.take(c.who.uid) {
+		// The user has their share of the owner's descriptors open: as a system out of them.
+		unix.Close(fd)
+		return nil, syscall.ENFILE
+	}
+	f.counted, f.uid = c.s.handles, c.who.uid
 	h := newHandleID()
 	if errno := c.sess.addHandle(h, f); errno != 0 {
-		unix.Close(fd)
+		f.close()
 		return nil, errno
 	}
 	return &fspb.OpenReply{Handle: h, Attr: attr, Instance: c.s.instance}, 0
@@ -738,6 +744,9 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 	}
 	defer c.end()
 	path, errno := s.entryCall(req.Dir, req.Name)
+	if errno == 0 && s.handles.full(c.who.uid) {
+		errno = syscall.ENFILE
+	}
 	if errno != 0 {
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}

@@ -54,6 +54,9 @@ type ServerConfig struct {
 	cacheLimit int
 	// waitingIOPerUser replaces maxWaitingIOPerUser when not zero. Tests lower it.
 	waitingIOPerUser int
+	// handlesPerUser replaces the share of the agent's descriptors a user may hold open
+	// (userHandles) when not zero. Tests lower it.
+	handlesPerUser int
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
@@ -89,6 +92,8 @@ type Server struct {
 	lockGraph *lockGraph
 	// waitingIO bounds each user's reads and writes of devices under way (blocking.go).
 	waitingIO *userIOSlots
+	// handles counts each user's open files (blocking.go).
+	handles *userHandles
 
 	stats serverStats
 	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
@@ -138,6 +143,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		byIdx:         make(map[uint32]*session),
 		lockGraph:     newLockGraph(),
 		waitingIO:     newUserIOSlots(cfg.waitingIOPerUser),
+		handles:       newUserHandles(cfg.handlesPerUser),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {

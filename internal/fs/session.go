@@ -58,6 +58,9 @@ type openFile struct {
 	// a process's addresses from those who may not trace it). Nil for others, read as the
 	// agent: a read of an ordinary file checks nothing.
 	reader *identity
+	// counted is where the file counts as one of uid's open files, until it closes.
+	counted *userHandles
+	uid     uint32
 
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
@@ -236,6 +239,9 @@ func (f *openFile) close() {
 	if !f.closed {
 		f.closed = true
 		unix.Close(f.fd)
+		if f.counted != nil {
+			f.counted.put(f.uid)
+		}
 	}
 }
 
