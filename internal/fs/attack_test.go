@@ -63,6 +63,8 @@ func TestHostileUserGetsWhatLocalPermissionsAllow(t *testing.T) {
 		{"", file(0o644, user, user), user, nil, []string{"chgrp", fmt.Sprint(group)}, "EPERM"},
 		{"", file(0o6755, user, user), user, []uint32{group}, []string{"chgrp", fmt.Sprint(group)}, "ok"},
 		{"", file(0o644, user, user), user, nil, []string{"chown"}, "EPERM"},
+		// Pages written through a shared mapping leave set-ID bits alone.
+		{"", file(0o6777, 0, 0), user, nil, []string{"mmapwrite"}, "ok"},
 		// Times: anyone who may write sets them to now, only the owner to a given time.
 		{"", file(0o666, other, other), user, nil, []string{"settimes"}, "EPERM"},
 		{"", file(0o666, other, other), user, nil, []string{"touch"}, "ok"},
@@ -516,5 +518,54 @@ func TestOpenFilesOfOneUserAreBounded(t *testing.T) {
 	s.Release(ctx, &fspb.HandleRequest{Session: sess, Handle: first})
 	if _, errno := open(1001); errno != 0 {
 		t.Errorf("an open once one of the user's files was released: %v", errno)
+	}
+}
+
+// TestWritebackWritesCountAsTheirOpeners: the kernel writes a shared writable mapping's pages
+// back with no process behind the request (uid, gid and pid 0). On the owner such a write
+// must still be the opener's, not root's: root may fill the blocks ext4 keeps for it, and
+// exceed quotas, where the user who mapped the file may not.
+func TestWritebackWritesCountAsTheirOpeners(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.Chmod(disk, 0o755))
+	// A small ext4 with half its blocks kept for root.
+	img := filepath.Join(t.TempDir(), "small.img")
+	must(t, os.WriteFile(img, nil, 0o600))
+	must(t, os.Truncate(img, 8<<20))
+	if out, err := exec.Command("mkfs.ext4", "-q", "-m", "50", img).CombinedOutput(); err != nil {
+		t.Skipf("needs mkfs.ext4: %v: %s", err, out)
+	}
+	small := filepath.Join(disk, "small")
+	must(t, os.Mkdir(small, 0o755))
+	if out, err := exec.Command("mount", "-o", "loop", img, small).CombinedOutput(); err != nil {
+		t.Skipf("needs loop mounts: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", small).Run() })
+	must(t, os.Chmod(small, 0o777))
+	must(t, os.WriteFile(filepath.Join(small, "f"), nil, 0o644))
+	must(t, os.Chown(filepath.Join(small, "f"), 1001, 1001))
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	sess := []byte("mapper")
+	o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: &fspb.Caller{Uid: 1001, Gid: 1001, Pid: 1234, Capabilities: &none},
+		Node: &fspb.NodeRef{Path: []byte("small/f")}, Flags: unix.O_WRONLY})
+	must(t, err)
+	if o.Errno != 0 {
+		t.Fatalf("open: %v", syscall.Errno(o.Errno))
+	}
+	defer s.Release(ctx, &fspb.HandleRequest{Session: sess, Handle: o.Handle})
+	// About 2.3 MB are free for users, 6.4 MB for root.
+	const piece = 256 << 10
+	var refused syscall.Errno
+	for off := int64(0); off < 5<<20 && refused == 0; off += piece {
+		w, err := s.Write(ctx, &fspb.WriteRequest{Session: sess, Caller: &fspb.Caller{}, Handle: o.Handle, Offset: off, Data: make([]byte, piece)})
+		must(t, err)
+		refused = syscall.Errno(w.Errno)
+	}
+	if refused != syscall.ENOSPC {
+		t.Errorf("writebacks of 5 MiB for a user on an ext4 with 2.3 MB free for users: %v, want ENOSPC", refused)
 	}
 }

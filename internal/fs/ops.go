@@ -570,7 +570,7 @@ func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want
 	}
 	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
-		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG, exported: exported}
+		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG, exported: exported, opener: c.who}
 	if attr.Direct || !f.regular {
 		who := c.who
 		f.reader = &who
@@ -906,6 +906,9 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	if req.Offset < 0 || size > maxIO {
 		return &fspb.WriteReply{Errno: int32(syscall.EINVAL)}, nil
 	}
+	if fromWriteback(req.Caller) {
+		c.who = writebackIdentity(f.opener)
+	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
 	if !f.regular {
@@ -924,6 +927,25 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 		go f.startWriteback(req.Offset, n)
 	}
 	return &fspb.WriteReply{Errno: int32(errno), Written: uint32(n)}, nil
+}
+
+// fromWriteback reports whether a write's caller is none: the kernel's FUSE sends a shared
+// writable mapping's pages back with uid, gid and pid 0 (a request with no credentials of its
+// own), which the client passes on as it is.
+func fromWriteback(c *fspb.Caller) bool {
+	return c != nil && c.Uid == 0 && c.Gid == 0 && c.Pid == 0 && c.Capabilities == nil && len(c.Groups) == 0
+}
+
+// writebackIdentity is who a written-back page is written as: the file's opener, as locally,
+// where the pages were reserved on the disk (quotas, ext4's blocks kept for root) for the
+// process that wrote them into the mapping. With CAP_FSETID on top: writes through a mapping
+// leave set-user-ID and set-group-ID bits alone, as locally.
+func writebackIdentity(opener identity) identity {
+	const capFsetid = 4
+	if opener.caps != allCaps {
+		opener.caps |= 1 << capFsetid
+	}
+	return opener
 }
 
 func writeAt(f *openFile, data []byte, off int64) (int, syscall.Errno) {

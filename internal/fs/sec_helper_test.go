@@ -133,6 +133,16 @@ func moreHelperOps(op, path string, rest []string) (int, bool) {
 			os.Stdout.Write(b)
 			return 0, true
 		}
+	case "mmapwrite":
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_RDWR, 0); err == nil {
+			var m []byte
+			if m, err = unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+				m[0] = 'w'
+				unix.Munmap(m)
+			}
+			f.Close()
+		}
 	case "statmode":
 		var st unix.Stat_t
 		if err = unix.Lstat(path, &st); err == nil {

@@ -58,6 +58,9 @@ type openFile struct {
 	// a process's addresses from those who may not trace it). Nil for others, read as the
 	// agent: a read of an ordinary file checks nothing.
 	reader *identity
+	// opener is who opened it: writes the kernel makes with no process behind them (a shared
+	// mapping's pages written back) are theirs.
+	opener identity
 	// counted is where the file counts as one of uid's open files, until it closes.
 	counted *userHandles
 	uid     uint32
