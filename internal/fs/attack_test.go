@@ -569,3 +569,68 @@ func TestWritebackWritesCountAsTheirOpeners(t *testing.T) {
 		t.Errorf("writebacks of 5 MiB for a user on an ext4 with 2.3 MB free for users: %v, want ENOSPC", refused)
 	}
 }
+
+// TestSwappingADirectoryForASymlinkEscapesNothing: a user on the owner swaps a directory of
+// an export with a symlink to "/" (and with a directory moved out of the export) as fast as
+// they can, while requests go through it: none reaches the file outside the export.
+func TestSwappingADirectoryForASymlinkEscapesNothing(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	owner := c.node("n2")
+	disk := owner.disk()
+	must(t, os.MkdirAll(filepath.Join(disk, "pub", "d"), 0o755))
+	must(t, os.MkdirAll(filepath.Join(disk, "outside"), 0o755))
+	must(t, os.WriteFile(filepath.Join(disk, "secret"), []byte("s"), 0o644))
+	must(t, os.WriteFile(filepath.Join(disk, "outside", "secret"), []byte("s"), 0o644))
+	must(t, os.Symlink("/", filepath.Join(disk, "pub", "slash")))
+	must(t, os.Symlink("..", filepath.Join(disk, "pub", "up")))
+	owner.restart(ServerConfig{Exports: []string{"/pub"}})
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	stop := make(chan struct{})
+	swapped := make(chan struct{})
+	go func() {
+		defer close(swapped)
+		d, tmp := filepath.Join(disk, "pub", "d"), filepath.Join(disk, "pub", "tmp")
+		out := filepath.Join(disk, "moved")
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// d becomes a symlink to /, to .. (the owner's root, holding secret), or to a
+			// directory moved out of the export.
+			switch i % 3 {
+			case 0:
+				os.Symlink("/", tmp)
+			case 1:
+				os.Symlink("..", tmp)
+			case 2:
+				os.Rename(filepath.Join(disk, "outside"), out)
+				os.Symlink(out, tmp)
+			}
+			unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d, unix.RENAME_EXCHANGE)
+			unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, d, unix.RENAME_EXCHANGE)
+			os.Remove(tmp)
+			os.Rename(out, filepath.Join(disk, "outside"))
+		}
+	}()
+	defer func() { close(stop); <-swapped }()
+	sess := []byte("racer")
+	root := &fspb.Caller{}
+	deadline := time.Now().Add(time.Second)
+	for n := 0; time.Now().Before(deadline); n++ {
+		for _, dir := range []string{"pub/d", "pub/d/outside", "pub/d/pub/d", "pub/slash/d", "pub/up/d"} {
+			l, err := s.Lookup(ctx, &fspb.LookupRequest{Session: sess, Caller: root, Dir: &fspb.NodeRef{Path: []byte(dir)}, Name: []byte("secret")})
+			must(t, err)
+			if l.Errno == 0 {
+				t.Fatalf("lookup of secret in %s found it (after %d rounds)", dir, n)
+			}
+			o, err := s.Open(ctx, &fspb.OpenRequest{Session: sess, Caller: root, Node: &fspb.NodeRef{Path: []byte(dir + "/secret")}, Flags: unix.O_RDONLY})
+			must(t, err)
+			if o.Errno == 0 {
+				t.Fatalf("open of %s/secret succeeded (after %d rounds)", dir, n)
+			}
+		}
+	}
+}
