@@ -92,7 +92,10 @@ func readCreds(pid, uid, gid uint32) statusCreds {
 // and fsgid (the fourth fields of Uid: and Gid:) are uid and gid.
 func parseStatus(status []byte, uid, gid uint32) statusCreds {
 	var c statusCreds
-	matched, capsRead := 0, false
+	// seen counts the Uid: and Gid: lines: each must be there once, so that one cannot stand
+	// for the other.
+	var seen [2]int
+	capsRead := false
 	for line := range bytes.SplitSeq(status, []byte("\n")) {
 		if rest, ok := bytes.CutPrefix(line, []byte("Groups:")); ok {
 			c.groups = parseGroups(rest)
@@ -106,7 +109,7 @@ func parseStatus(status []byte, uid, gid uint32) statusCreds {
 			c.caps, capsRead = caps, true
 			continue
 		}
-		for _, id := range []struct {
+		for i, id := range []struct {
 			prefix string
 			want   uint32
 		}{{"Uid:", uid}, {"Gid:", gid}} {
@@ -122,10 +125,10 @@ func parseStatus(status []byte, uid, gid uint32) statusCreds {
 			if err != nil || uint32(fs) != id.want {
 				return statusCreds{}
 			}
-			matched++
+			seen[i]++
 		}
 	}
-	if matched != 2 || !capsRead {
+	if seen != [2]int{1, 1} || !capsRead {
 		return statusCreds{}
 	}
 	c.ok = true

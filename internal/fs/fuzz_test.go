@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path"
 	"path/filepath"
@@ -199,6 +200,141 @@ func FuzzRequests(f *testing.F) {
 					t.Fatalf("reading an xattr refused as a change")
 				}
 			}
+		}
+	})
+}
+
+// FuzzChangeRequests feeds decoded random requests that change the tree (create, mknod,
+// symlink, link, remove, rename, setattr, xattrs, and writes, allocation and locks on what
+// they open) to a writable server whose root holds symlinks pointing out of it, next to a
+// directory anyone may change. No request may crash the server or change that directory.
+// They run as nobody without capabilities, whatever the request says: as root, a fuzzed
+// mknod and write could reach the machine's own disks.
+func FuzzChangeRequests(f *testing.F) {
+	if os.Geteuid() != 0 {
+		f.Skip("needs root (the server takes on callers' credentials)")
+	}
+	base := f.TempDir()
+	root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
+	must := func(err error) {
+		if err != nil {
+			f.Fatal(err)
+		}
+	}
+	for _, d := range []string{base, root, filepath.Join(root, "d"), outside} {
+		must(os.MkdirAll(d, 0o777))
+		must(os.Chmod(d, 0o777))
+	}
+	for _, p := range []string{filepath.Join(root, "d", "f"), filepath.Join(outside, "o")} {
+		must(os.WriteFile(p, []byte("x"), 0o666))
+		must(os.Chmod(p, 0o666))
+	}
+	must(os.Symlink("/", filepath.Join(root, "slash")))
+	must(os.Symlink(outside, filepath.Join(root, "abs")))
+	must(os.Symlink("../outside", filepath.Join(root, "out")))
+	must(os.Symlink("../../..", filepath.Join(root, "d", "up")))
+	// snapshot describes the directory outside the root and what it holds.
+	snapshot := func() string {
+		var b strings.Builder
+		filepath.WalkDir(outside, func(p string, _ os.DirEntry, err error) error {
+			var st unix.Stat_t
+			if err == nil && unix.Lstat(p, &st) == nil {
+				names, _ := unix.Listxattr(p, make([]byte, 4096))
+				b.WriteString(fmt.Sprintf("%s %o %d:%d %d %d %d.%d %d\n", p, st.Mode, st.Uid, st.Gid, st.Size, st.Nlink, st.Mtim.Sec, st.Mtim.Nsec, names))
+			}
+			return nil
+		})
+		return b.String()
+	}
+	before := snapshot()
+	s, err := NewServer(ServerConfig{Root: root, identify: testIdentify, reclaimGrace: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { s.Close() })
+	ctx := withCallerNode(context.Background(), "fuzzer")
+
+	seed := func(m proto.Message) []byte {
+		b, _ := proto.Marshal(m)
+		return b
+	}
+	sess := []byte("s")
+	ref := func(p string) *fspb.NodeRef { return &fspb.NodeRef{Path: []byte(p)} }
+	f.Add(uint8(0), seed(&fspb.CreateRequest{Session: sess, Dir: ref("out"), Name: []byte("n"), Flags: uint32(os.O_RDWR), Mode: 0o666}))
+	f.Add(uint8(0), seed(&fspb.CreateRequest{Session: sess, Dir: ref("d"), Name: []byte("n"), Flags: uint32(os.O_RDWR | os.O_APPEND), Mode: 0o666}))
+	f.Add(uint8(1), seed(&fspb.MknodRequest{Session: sess, Dir: ref("slash"), Name: []byte("fifo"), Mode: syscall.S_IFIFO | 0o666}))
+	f.Add(uint8(2), seed(&fspb.SymlinkRequest{Session: sess, Dir: ref("abs"), Name: []byte("l"), Target: []byte("/")}))
+	f.Add(uint8(3), seed(&fspb.LinkRequest{Session: sess, Target: ref("out/o"), Dir: ref("d"), Name: []byte("stolen")}))
+	f.Add(uint8(4), seed(&fspb.RemoveRequest{Session: sess, Dir: ref("d/up"), Name: []byte("o")}))
+	f.Add(uint8(5), seed(&fspb.RenameRequest{Session: sess, Dir: ref("d"), Name: []byte("f"), NewDir: ref("d/up/outside"), NewName: []byte("f")}))
+	f.Add(uint8(5), seed(&fspb.RenameRequest{Session: sess, Dir: ref(""), Name: []byte("out"), NewDir: ref("d"), NewName: []byte("x"), Flags: unix.RENAME_EXCHANGE}))
+	f.Add(uint8(6), seed(&fspb.SetattrRequest{Session: sess, Node: ref("abs/o"), Valid: setMode | setSize | setMtimeNow, Mode: 0o777}))
+	f.Add(uint8(7), seed(&fspb.XattrRequest{Session: sess, Node: ref("slash/o"), Op: fspb.XattrRequest_SET, Name: []byte("user.x"), Value: []byte("v")}))
+
+	var none uint64
+	nobody := func() *fspb.Caller { return &fspb.Caller{Uid: nobodyID, Gid: nobodyID, Capabilities: &none} }
+	f.Fuzz(func(t *testing.T, kind uint8, data []byte) {
+		switch kind % 8 {
+		case 0:
+			var req fspb.CreateRequest
+			if proto.Unmarshal(data, &req) != nil {
+				return
+			}
+			req.Caller = nobody()
+			r, err := s.Create(ctx, &req)
+			if err != nil || r.Errno != 0 {
+				break
+			}
+			s.Write(ctx, &fspb.WriteRequest{Session: req.Session, Caller: nobody(), Handle: r.Handle, Offset: 1, Data: []byte("written")})
+			s.Allocate(ctx, &fspb.AllocateRequest{Session: req.Session, Caller: nobody(), Handle: r.Handle, Length: 4096})
+			s.Setattr(ctx, &fspb.SetattrRequest{Session: req.Session, Caller: nobody(), Node: &fspb.NodeRef{Path: append(append(req.Dir.GetPath(), '/'), req.Name...), Handle: r.Handle}, Valid: setSize, Size: 2})
+			s.Lock(ctx, &fspb.LockRequest{Session: req.Session, Handle: r.Handle, Op: fspb.LockRequest_SET, Type: unix.F_WRLCK, End: 1<<63 - 1, Owner: 1})
+			s.Release(ctx, &fspb.HandleRequest{Session: req.Session, Handle: r.Handle})
+		case 1:
+			var req fspb.MknodRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Mknod(ctx, &req)
+			}
+		case 2:
+			var req fspb.SymlinkRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Symlink(ctx, &req)
+			}
+		case 3:
+			var req fspb.LinkRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Link(ctx, &req)
+			}
+		case 4:
+			var req fspb.RemoveRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Remove(ctx, &req)
+			}
+		case 5:
+			var req fspb.RenameRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Rename(ctx, &req)
+			}
+		case 6:
+			var req fspb.SetattrRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Setattr(ctx, &req)
+			}
+		case 7:
+			var req fspb.XattrRequest
+			if proto.Unmarshal(data, &req) == nil {
+				req.Caller = nobody()
+				s.Xattr(ctx, &req)
+			}
+		}
+		if after := snapshot(); after != before {
+			t.Fatalf("a request changed the directory outside the root:\nbefore:\n%safter:\n%s", before, after)
 		}
 	})
 }

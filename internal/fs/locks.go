@@ -28,6 +28,8 @@ type lockKey struct {
 
 type lockFile struct {
 	fd int
+	// writable: fd is open for writing, which write locks need.
+	writable bool
 }
 
 // toFlock converts a FUSE lock range (inclusive end, MaxInt64 for "to the end") to struct flock.
@@ -52,13 +54,19 @@ func fromFlock(lk unix.Flock_t) (typ uint32, start, end uint64) {
 }
 
 // withLockFD calls fn with the description that holds owner's POSIX locks on f's file, opening
-// it if create (else fn gets -1 if there is none). The session's lock is held meanwhile, so
-// that the descriptor cannot be closed, and its number reused, under fn.
-func (sess *session) withLockFD(owner uint64, f *openFile, create bool, fn func(fd int) syscall.Errno) syscall.Errno {
+// it if create (else fn gets -1 if there is none), open for writing if write. The session's
+// lock is held meanwhile, so that the descriptor cannot be closed, and its number reused,
+// under fn.
+func (sess *session) withLockFD(owner uint64, f *openFile, create, write bool, fn func(fd int) syscall.Errno) syscall.Errno {
 	key := lockKey{owner: owner, id: f.id}
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if lf := sess.locks[key]; lf != nil {
+		if write && !lf.writable {
+			if errno := sess.reopenForWriting(owner, f, lf); errno != 0 {
+				return errno
+			}
+		}
 		return fn(lf.fd)
 	}
 	if !create {
@@ -67,23 +75,62 @@ func (sess *session) withLockFD(owner uint64, f *openFile, create bool, fn func(
 	if sess.gone {
 		return syscall.ESTALE
 	}
-	// Reopened through /proc as the agent itself: the client's kernel already checked that the
-	// user's descriptor is open for the lock's type, and the user may have lost the permission
-	// to open the file since. O_APPEND because a file with the append-only attribute opens for
-	// writing with it only, and a write lock needs a description open for writing.
-	var fd int
-	var err error
-	for _, mode := range []int{unix.O_RDWR | unix.O_APPEND, unix.O_RDONLY, unix.O_WRONLY | unix.O_APPEND} {
-		fd, err = unix.Open(procFD(f.fd), mode|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	// Open for writing only for a write lock or a handle open for writing: while a description
+	// is, the owner's kernel refuses to execute the file (ETXTBSY), so a read lock by someone
+	// who may only read a program would stop it from running there.
+	fd, writable, errno := reopenForLocks(f, write || f.flags&unix.O_ACCMODE != unix.O_RDONLY, write)
+	if errno != 0 {
+		return errno
+	}
+	sess.locks[key] = &lockFile{fd: fd, writable: writable}
+	return fn(fd)
+}
+
+// reopenForLocks opens f's file again for a lock owner's locks: for writing if writable (and
+// must, if mustWrite), else for reading. Reopened through /proc as the agent itself: the
+// client's kernel already checked that the user's descriptor is open for the lock's type,
+// and the user may have lost the permission to open the file since. O_APPEND because a file
+// with the append-only attribute opens for writing with it only, and a write lock needs a
+// description open for writing.
+func reopenForLocks(f *openFile, writable, mustWrite bool) (fd int, isWritable bool, errno syscall.Errno) {
+	var modes []int
+	if writable {
+		modes = append(modes, unix.O_RDWR|unix.O_APPEND, unix.O_WRONLY|unix.O_APPEND)
+	}
+	if !mustWrite {
+		modes = append(modes, unix.O_RDONLY)
+	}
+	for _, mode := range modes {
+		fd, err := unix.Open(procFD(f.fd), mode|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 		if err == nil {
-			break
+			return fd, mode != unix.O_RDONLY, 0
 		}
 	}
-	if err != nil {
-		return syscall.ENOLCK
+	return -1, false, syscall.ENOLCK
+}
+
+// reopenForWriting moves owner's locks on lf, a description open for reading only, to a new
+// one open for writing, for a write lock from a handle of the owner's that is open for
+// writing. The locks (all read locks) are taken on the new description before the old one
+// closes, so the ranges are never free meanwhile. Called with the session's lock held.
+func (sess *session) reopenForWriting(owner uint64, f *openFile, lf *lockFile) syscall.Errno {
+	fd, _, errno := reopenForLocks(f, true, true)
+	if errno != 0 {
+		return errno
 	}
-	sess.locks[key] = &lockFile{fd: fd}
-	return fn(fd)
+	for _, span := range sess.graph.heldBy(lockOwnerID{sess: sess.idx, owner: owner}, f.id) {
+		lk, errno := toFlock(uint32(span.typ), span.start, span.end)
+		if errno == 0 {
+			errno = errnoOf(unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &lk))
+		}
+		if errno != 0 {
+			unix.Close(fd)
+			return syscall.ENOLCK
+		}
+	}
+	unix.Close(lf.fd)
+	lf.fd, lf.writable = fd, true
+	return 0
 }
 
 // releaseOwner drops every POSIX lock owner holds on f's file.
@@ -170,7 +217,7 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 			// flock has no query; FUSE never asks.
 			return nil, syscall.EINVAL
 		}
-		errno = sess.withLockFD(req.Owner, f, false, func(fd int) syscall.Errno {
+		errno = sess.withLockFD(req.Owner, f, false, false, func(fd int) syscall.Errno {
 			if fd < 0 {
 				// This owner holds no lock on the file: any description reports others' locks.
 				fd = f.fd
@@ -218,7 +265,7 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		}
 		who := lockOwnerID{sess: sess.idx, owner: req.Owner}
 		span := lockSpan{typ: int16(req.Type), start: req.Start, end: req.End}
-		errno = sess.withLockFD(req.Owner, f, req.Type != unix.F_UNLCK, func(fd int) syscall.Errno {
+		errno = sess.withLockFD(req.Owner, f, req.Type != unix.F_UNLCK, req.Type == unix.F_WRLCK, func(fd int) syscall.Errno {
 			if fd < 0 {
 				return 0 // unlocking what was never locked
 			}

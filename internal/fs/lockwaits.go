@@ -181,6 +181,13 @@ func (g *lockGraph) attempt(who lockOwnerID, file fileID, span lockSpan, wait ui
 	return syscall.EAGAIN
 }
 
+// heldBy returns the record of who's locks on file.
+func (g *lockGraph) heldBy(who lockOwnerID, file fileID) heldSpans {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.held[file][who])
+}
+
 func (g *lockGraph) setHeld(who lockOwnerID, file fileID, span lockSpan) {
 	g.putHeld(who, file, g.held[file][who].with(span))
 }

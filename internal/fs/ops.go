@@ -238,6 +238,10 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 	if req.Node.Handle != 0 {
 		if f, errno := c.sess.handle(req.Node.Handle); errno == 0 {
 			defer f.release()
+			if !f.exported {
+				// A directory on the way to the exports, opened to be listed.
+				return &fspb.EntryReply{Errno: int32(syscall.EACCES)}, nil
+			}
 			handle = f
 		}
 	}
@@ -551,7 +555,8 @@ func writes(flags uint32) bool {
 }
 
 // finishOpen checks and registers a descriptor the owner just opened for the client.
-func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.FileID) (*fspb.OpenReply, syscall.Errno) {
+// exported says the object is exported, so that it may be changed through the handle.
+func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want *fspb.FileID) (*fspb.OpenReply, syscall.Errno) {
 	var st unix.Statx_t
 	if errno := statFD(fd, &st); errno != 0 {
 		unix.Close(fd)
@@ -568,10 +573,20 @@ func (c *call) finishOpen(fd int, requested uint32, watched bool, want *fspb.Fil
 	}
 	attr, _ := c.s.describe(&st, fdOpener(fd), atFD(fd))
 	f := &openFile{fd: fd, id: statxID(&st), flags: int(requested), watched: watched,
-		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG}
+		regular: st.Mode&syscall.S_IFMT == syscall.S_IFREG, exported: exported, opener: c.who}
+	if attr.Direct || !f.regular {
+		who := c.who
+		f.reader = &who
+	}
+	if !c.s.handles.take(c.who.uid) {
+		// The user has their share of the owner's descriptors open: as a system out of them.
+		unix.Close(fd)
+		return nil, syscall.ENFILE
+	}
+	f.counted, f.uid = c.s.handles, c.who.uid
 	h := newHandleID()
 	if errno := c.sess.addHandle(h, f); errno != 0 {
-		unix.Close(fd)
+		f.close()
 		return nil, errno
 	}
 	return &fspb.OpenReply{Handle: h, Attr: attr, Instance: c.s.instance}, 0
@@ -617,7 +632,9 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 			flags &^= unix.O_TRUNC
 		}
 		fd, err := unix.Openat(r.dir, name, flags, 0)
-		if err == unix.EACCES && req.Flags&fmodeExec != 0 && flags&unix.O_ACCMODE == unix.O_RDONLY {
+		// Only what the kernel sends for an exec (read-only, nothing else that changes the
+		// file): opened as the agent, an O_TRUNC would empty any program the caller may run.
+		if err == unix.EACCES && req.Flags&fmodeExec != 0 && flags&unix.O_ACCMODE == unix.O_RDONLY && flags&unix.O_TRUNC == 0 {
 			fd, err = s.openToExecute(r, flags)
 		}
 		if err != nil {
@@ -630,7 +647,7 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 				return cmp.Or(errno, syscall.EROFS)
 			}
 		}
-		reply, errno = c.finishOpen(fd, req.Flags, watched, req.Node.Id)
+		reply, errno = c.finishOpen(fd, req.Flags, watched, r.exported, req.Node.Id)
 		return errno
 	})
 	if errno == syscall.ENOENT || errno == syscall.ESTALE {
@@ -675,8 +692,9 @@ func (s *Server) openToExecute(r resolved, flags int) (int, error) {
 	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
 	go func() {
 		// Through the descriptor's magic link, which O_NOFOLLOW would refuse; the object
-		// itself was opened without following.
-		fd, err := unix.Open(procFD(pfd), flags&^unix.O_NOFOLLOW, 0)
+		// itself was opened without following. Read-only and with none of the caller's other
+		// flags: the agent may do more than the caller.
+		fd, err := unix.Open(procFD(pfd), flags&(unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK), 0)
 		done <- opened{fd, err}
 	}()
 	o := <-done
@@ -732,6 +750,9 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 	}
 	defer c.end()
 	path, errno := s.entryCall(req.Dir, req.Name)
+	if errno == 0 && s.handles.full(c.who.uid) {
+		errno = syscall.ENFILE
+	}
 	if errno != 0 {
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
@@ -754,7 +775,10 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		fd, err := unix.Openat(r.dir, r.name, flags|unix.O_EXCL, mode&07777)
 		created := err == nil
 		if err == syscall.EEXIST && flags&unix.O_EXCL == 0 {
-			fd, err = unix.Openat(r.dir, r.name, flags&^unix.O_CREAT, 0)
+			// Made meanwhile by someone else: opened as open(2) with O_CREAT opens it, with
+			// that flag's checks (EISDIR for a directory; protected_regular and
+			// protected_fifos in sticky directories, against a file planted there).
+			fd, err = unix.Openat(r.dir, r.name, flags, mode&07777)
 		}
 		if err != nil {
 			return errnoOf(err)
@@ -762,7 +786,7 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		if created && !inherits && mode&s.creds.umask != 0 {
 			unix.Fchmod(fd, mode&07777)
 		}
-		reply, errno = c.finishOpen(fd, req.Flags, watched, nil)
+		reply, errno = c.finishOpen(fd, req.Flags, watched, true, nil)
 		if errno == 0 {
 			reply.Dir = s.dirAttr(r.dir)
 		}
@@ -804,7 +828,19 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.hold(c.sess, 0, []fileID{f.id}, nil)
-	n, errno := readAt(f, buf, req.Offset)
+	if !f.regular && f.reader != nil {
+		defer s.waitingIO.acquire(f.reader.uid)()
+	}
+	var n int
+	if f.reader != nil {
+		reader := call{s: s, sess: c.sess, who: *f.reader}
+		errno = reader.look(func() (errno syscall.Errno) {
+			n, errno = readAt(f, buf, req.Offset)
+			return errno
+		})
+	} else {
+		n, errno = readAt(f, buf, req.Offset)
+	}
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
 }
@@ -876,8 +912,14 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	if req.Offset < 0 || size > maxIO {
 		return &fspb.WriteReply{Errno: int32(syscall.EINVAL)}, nil
 	}
+	if fromWriteback(req.Caller) {
+		c.who = writebackIdentity(f.opener)
+	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
+	if !f.regular {
+		defer s.waitingIO.acquire(c.who.uid)()
+	}
 	var n int
 	errno = c.change(func() (errno syscall.Errno) {
 		n, errno = writevAt(f, data, req.Offset)
@@ -891,6 +933,25 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 		go f.startWriteback(req.Offset, n)
 	}
 	return &fspb.WriteReply{Errno: int32(errno), Written: uint32(n)}, nil
+}
+
+// fromWriteback reports whether a write's caller is none: the kernel's FUSE sends a shared
+// writable mapping's pages back with uid, gid and pid 0 (a request with no credentials of its
+// own), which the client passes on as it is.
+func fromWriteback(c *fspb.Caller) bool {
+	return c != nil && c.Uid == 0 && c.Gid == 0 && c.Pid == 0 && c.Capabilities == nil && len(c.Groups) == 0
+}
+
+// writebackIdentity is who a written-back page is written as: the file's opener, as locally,
+// where the pages were reserved on the disk (quotas, ext4's blocks kept for root) for the
+// process that wrote them into the mapping. With CAP_FSETID on top: writes through a mapping
+// leave set-user-ID and set-group-ID bits alone, as locally.
+func writebackIdentity(opener identity) identity {
+	const capFsetid = 4
+	if opener.caps != allCaps {
+		opener.caps |= 1 << capFsetid
+	}
+	return opener
 }
 
 func writeAt(f *openFile, data []byte, off int64) (int, syscall.Errno) {
@@ -1103,12 +1164,9 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 		if err := create(r, mode); err != nil {
 			return errnoOf(err)
 		}
-		if mode&syscall.S_IFMT != syscall.S_IFLNK && !inherits && mode&s.creds.umask != 0 {
+		if mode&syscall.S_IFMT != syscall.S_IFLNK && !inherits && mode&s.creds.umask&0o777 != 0 {
 			// The agent's umask took bits the client's kernel meant to keep.
-			if fd, errno := openObject(r); errno == 0 {
-				unix.Fchmodat(unix.AT_FDCWD, procFD(fd), mode&07777, 0)
-				unix.Close(fd)
-			}
+			restoreUmasked(r, mode, mode&s.creds.umask&0o777, c.who.uid)
 		}
 		if errno := s.createdEntry(r, reply); errno != 0 {
 			return errno
@@ -1127,6 +1185,35 @@ func (s *Server) makeEntry(ctx context.Context, sessionID []byte, caller *fspb.C
 		reply.EmptyDir = reply.EmptyDir && stable
 	}
 	return reply, nil
+}
+
+// restoreUmasked gives the object just made at r (type and mode as asked) back the permission
+// bits the agent's umask took from it. It only adds them to the mode the object has: a
+// directory made in a set-group-ID directory inherits the bit, which a chmod by its maker
+// would drop when they are not in its group (the kernel clears it then), so the chmod is made
+// as the agent (CAP_FSETID). That is safe only on the caller's own new object: one found
+// there owned by someone else, or of another type (swapped in meanwhile), is left alone.
+func restoreUmasked(r resolved, mode, bits, uid uint32) {
+	fd, errno := openObject(r)
+	if errno != 0 {
+		return
+	}
+	defer unix.Close(fd)
+	var st unix.Statx_t
+	want := mode & syscall.S_IFMT
+	if want == 0 {
+		want = syscall.S_IFREG // mknod's default
+	}
+	if statFD(fd, &st) != 0 || st.Uid != uid || uint32(st.Mode)&syscall.S_IFMT != want {
+		return
+	}
+	done := make(chan struct{})
+	// A new goroutine runs on an ordinary thread, with the agent's credentials, not the user's.
+	go func() {
+		defer close(done)
+		unix.Fchmodat(unix.AT_FDCWD, procFD(fd), uint32(st.Mode)&07777|bits, 0)
+	}()
+	<-done
 }
 
 // createMode is the mode to create an object with in the directory dir: masked (the caller's

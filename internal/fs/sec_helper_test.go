@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -89,6 +90,59 @@ func moreHelperOps(op, path string, rest []string) (int, bool) {
 		// Run the program (with no arguments) and report how that went: from a helper,
 		// since a process that execs from a FUSE mount it serves itself deadlocks.
 		err = exec.Command(path).Run()
+	case "chmodto":
+		// Change the mode to the one given (octal).
+		mode, _ := strconv.ParseUint(rest[0], 8, 32)
+		err = unix.Chmod(path, uint32(mode))
+	case "link", "rename":
+		// Link or rename it to its own name with the suffix given, in the same directory.
+		if op == "link" {
+			err = unix.Link(path, path+rest[0])
+		} else {
+			err = unix.Rename(path, path+rest[0])
+		}
+	case "exchange":
+		// Make a file of one's own beside it and exchange the two.
+		var fd int
+		if fd, err = unix.Open(path+".mine", unix.O_CREAT|unix.O_WRONLY, 0o644); err == nil {
+			unix.Close(fd)
+			err = unix.Renameat2(unix.AT_FDCWD, path, unix.AT_FDCWD, path+".mine", unix.RENAME_EXCHANGE)
+		}
+	case "mkdirin":
+		// Make a directory inside it with the mode given (octal) under the umask given (octal)
+		// and print the mode it got.
+		mode, _ := strconv.ParseUint(rest[0], 8, 32)
+		umask, _ := strconv.ParseUint(rest[1], 8, 32)
+		syscall.Umask(int(umask))
+		sub := filepath.Join(path, "sub")
+		if err = unix.Mkdir(sub, uint32(mode)); err == nil {
+			var st unix.Stat_t
+			if err = unix.Lstat(sub, &st); err == nil {
+				fmt.Printf("%o\n", st.Mode)
+				return 0, true
+			}
+		}
+	case "settimes":
+		// Set both times to the epoch (not to now).
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{{}, {}}, 0)
+	case "mknodchr":
+		err = unix.Mknod(path+rest[0], syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
+	case "cat":
+		var b []byte
+		if b, err = os.ReadFile(path); err == nil {
+			os.Stdout.Write(b)
+			return 0, true
+		}
+	case "mmapwrite":
+		var f *os.File
+		if f, err = os.OpenFile(path, os.O_RDWR, 0); err == nil {
+			var m []byte
+			if m, err = unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+				m[0] = 'w'
+				unix.Munmap(m)
+			}
+			f.Close()
+		}
 	case "statmode":
 		var st unix.Stat_t
 		if err = unix.Lstat(path, &st); err == nil {

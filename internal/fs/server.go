@@ -56,6 +56,11 @@ type ServerConfig struct {
 	reclaimGrace time.Duration
 	// cacheLimit replaces defaultCacheLimit when not zero. Tests lower it.
 	cacheLimit int
+	// waitingIOPerUser replaces maxWaitingIOPerUser when not zero. Tests lower it.
+	waitingIOPerUser int
+	// handlesPerUser replaces the share of the agent's descriptors a user may hold open
+	// (userHandles) when not zero. Tests lower it.
+	handlesPerUser int
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the
@@ -98,6 +103,10 @@ type Server struct {
 
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph
+	// waitingIO bounds each user's reads and writes of devices under way (blocking.go).
+	waitingIO *userIOSlots
+	// handles counts each user's open files (blocking.go).
+	handles *userHandles
 
 	stats serverStats
 	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
@@ -146,6 +155,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions:      make(map[string]*session),
 		byIdx:         make(map[uint32]*session),
 		lockGraph:     newLockGraph(),
+		waitingIO:     newUserIOSlots(cfg.waitingIOPerUser),
+		handles:       newUserHandles(cfg.handlesPerUser),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {

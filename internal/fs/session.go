@@ -51,6 +51,20 @@ type openFile struct {
 	flags   int
 	watched bool
 	regular bool
+	// exported: the object is exported, not a directory on the way to the exports, which
+	// may be opened (to be listed) but not changed.
+	exported bool
+	// reader, for pseudo files, devices and fifos, is who opened it: reads of those run as them,
+	// since some check the reader at each read rather than at open (/proc/<pid>/stat hides
+	// a process's addresses from those who may not trace it). Nil for others, read as the
+	// agent: a read of an ordinary file checks nothing.
+	reader *identity
+	// opener is who opened it: writes the kernel makes with no process behind them (a shared
+	// mapping's pages written back) are theirs.
+	opener identity
+	// counted is where the file counts as one of uid's open files, until it closes.
+	counted *userHandles
+	uid     uint32
 
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
@@ -240,6 +254,9 @@ func (f *openFile) close() {
 	if !f.closed {
 		f.closed = true
 		unix.Close(f.fd)
+		if f.counted != nil {
+			f.counted.put(f.uid)
+		}
 	}
 }
 
