@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -303,8 +304,10 @@ func TestGracePeriodOnlyWhenLocksMayBeHeld(t *testing.T) {
 }
 
 // TestCallRightAfterOwnerRestart: a call on a file opened before the owner's file server
-// restarted, made at once after the restart (before this client's watch stream has noticed
-// it), waits for the file to be opened again rather than failing with EIO.
+// restarted, made as soon as this client has noticed the restart (its watch stream broke), before
+// it has opened its files there again, waits for the file to be opened again rather than
+// failing with EIO. (A call made before the client noticed goes on the broken connection and
+// fails with ENOTCONN, as any call while the owner is down.)
 func TestCallRightAfterOwnerRestart(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	n1, n2 := c.node("n1"), c.node("n2")
@@ -313,8 +316,20 @@ func TestCallRightAfterOwnerRestart(t *testing.T) {
 	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
 	must(t, err)
 	defer f.Close()
+	p := n1.mount.peer("n2")
 	for i := range 5 {
+		p.mu.Lock()
+		before := p.instance
+		p.mu.Unlock()
 		n2.restart(ServerConfig{})
+		eventually(t, 5*time.Second, "the restart noticed", func() error {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.up && bytes.Equal(p.instance, before) {
+				return errors.New("not yet")
+			}
+			return nil
+		})
 		if _, err := f.WriteAt([]byte{'a' + byte(i)}, 0); err != nil {
 			t.Fatalf("restart %d: a write right after it: %v", i+1, err)
 		}
