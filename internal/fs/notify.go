@@ -435,19 +435,72 @@ func (s *Server) queue(from *session, changes ...change) (wait func()) {
 }
 
 // watchSeq is what a lookup or open that found nothing tells the client (EntryReply.watch_seq):
-// the last message queued on its watch stream, once every rename under way has queued its
-// invalidations, so that one that moved the directory is among them.
+// the last message queued on its watch stream, once the renames under way have queued their
+// invalidations, so that one that moved the directory is among them. A rename stuck on its disk
+// holds the answer back for maxRenameWait at most.
 func (s *Server) watchSeq(sess *session) uint64 {
-	if s.moving.Load() > 0 {
-		// A barrier: once it is taken, every rename under way has queued.
-		s.moveMu.Lock()
-		//lint:ignore SA2001 the barrier above
-		s.moveMu.Unlock()
-	}
+	s.renames.await(maxRenameWait)
 	if w := sess.currentStream(); w != nil {
 		return w.sentSeq()
 	}
 	return 0
+}
+
+// maxRenameWait bounds watchSeq's wait for the renames under way.
+const maxRenameWait = 100 * time.Millisecond
+
+// inflight tracks operations under way, for those that must wait for the ones begun before
+// them, not for later ones.
+type inflight struct {
+	count atomic.Int32
+	mu    sync.Mutex
+	next  uint64
+	ops   map[uint64]chan struct{}
+}
+
+// begin records an operation; the returned end, which may be called more than once, ends it.
+func (f *inflight) begin() (end func()) {
+	f.count.Add(1)
+	f.mu.Lock()
+	if f.ops == nil {
+		f.ops = make(map[uint64]chan struct{})
+	}
+	id, done := f.next, make(chan struct{})
+	f.next++
+	f.ops[id] = done
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			delete(f.ops, id)
+			f.mu.Unlock()
+			close(done)
+			f.count.Add(-1)
+		})
+	}
+}
+
+// await waits, at most timeout, until the operations under way now have ended.
+func (f *inflight) await(timeout time.Duration) {
+	if f.count.Load() == 0 {
+		return
+	}
+	f.mu.Lock()
+	pending := make([]chan struct{}, 0, len(f.ops))
+	for _, done := range f.ops {
+		pending = append(pending, done)
+	}
+	f.mu.Unlock()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for _, done := range pending {
+		select {
+		case <-done:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 // diskChanged turns changes seen on the owner's disk into invalidations for every session.

@@ -1386,16 +1386,7 @@ func (s *Server) Rename(ctx context.Context, req *fspb.RenameRequest) (*fspb.Cha
 	busy := []fileID{idFromPB(req.Dir.Id), idFromPB(req.NewDir.Id)}
 	c.sess.begin(busy...)
 	defer c.sess.end(busy...)
-	s.moving.Add(1)
-	s.moveMu.RLock()
-	moving := true
-	queued := func() {
-		if moving {
-			moving = false
-			s.moveMu.RUnlock()
-			s.moving.Add(-1)
-		}
-	}
+	queued := s.renames.begin()
 	defer queued()
 	var oldDir, newDir, moved, replaced fileID
 	var watched, newWatched bool

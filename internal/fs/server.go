@@ -96,10 +96,9 @@ type Server struct {
 	byIdx    map[uint32]*session
 	nextIdx  uint32
 
-	// moveMu is held (read) by each rename from before it moves a name until its
-	// invalidations are queued; moving counts them (watchSeq).
-	moveMu sync.RWMutex
-	moving atomic.Int32
+	// renames are the renames between moving a name and queueing their invalidations
+	// (watchSeq).
+	renames inflight
 
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -320,4 +321,30 @@ func TestDiskMoves(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestInflightAwait(t *testing.T) {
+	var f inflight
+	f.await(time.Hour) // nothing under way: returns at once
+
+	end := f.begin()
+	returned := make(chan struct{})
+	go func() {
+		f.await(time.Hour)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+		t.Fatal("await returned while an operation begun before it was under way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	end()
+	end() // twice: no effect
+	<-returned
+	if n := f.count.Load(); n != 0 {
+		t.Fatalf("%d operations counted after all ended", n)
+	}
+
+	f.begin() // never ended
+	f.await(time.Millisecond)
 }
