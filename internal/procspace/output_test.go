@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,11 +34,14 @@ type fakeCluster struct {
 	peerErr error
 	n2Down  bool // gossip shows n2 dead
 	n2Left  bool // gossip shows that n2 left
+	// n2Back, when set, shows n2 alive again whatever n2Down says.
+	n2Back *atomic.Bool
 }
 
 func (fakeCluster) Self() (string, uint32) { return "n1", 1 }
 func (c fakeCluster) Candidates() []place.Candidate {
-	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: !c.n2Down && !c.n2Left, Left: c.n2Left}}
+	alive := !c.n2Down && !c.n2Left || c.n2Back != nil && c.n2Back.Load()
+	return []place.Candidate{{Name: "n1", Index: 1, Alive: true}, {Name: "n2", Index: 2, Alive: alive, Left: c.n2Left}}
 }
 func (fakeCluster) Resolve(n string) (string, bool) { return n, n == "n1" || n == "n2" }
 func (fakeCluster) NameOf(i uint32) (string, bool)  { return fmt.Sprintf("n%d", i), i == 1 || i == 2 }
@@ -328,25 +332,40 @@ func TestOutputFailedExitReportsTheError(t *testing.T) {
 }
 
 // A command for a node gossip shows down is given up after startTimeoutDown, not after TCP's
-// own timeout, with a line that says the node is down; one that answers runs as usual.
+// own timeout, with a line that says the node is down; one that answers runs as usual, and so
+// does one that answers late if gossip shows the node alive again by then (it flapped).
 func TestRunOnNodeShownDown(t *testing.T) {
 	hang := func(stream ssirpc.Peer_ExecServer) error { <-stream.Context().Done(); return nil }
 	answer := func(stream ssirpc.Peer_ExecServer) error {
 		return stream.Send(&ssipb.RunOutput{Msg: &ssipb.RunOutput_Exit{Exit: &ssipb.RunExit{Code: 7}}})
 	}
+	late := func(stream ssirpc.Peer_ExecServer) error {
+		select {
+		case <-time.After(startTimeoutDown + time.Second):
+		case <-stream.Context().Done():
+			return nil
+		}
+		return answer(stream)
+	}
 	for _, tt := range []struct {
 		name   string
 		script func(ssirpc.Peer_ExecServer) error
+		back   bool
 		code   int32
 		msg    string
 	}{
-		{"no answer", hang, ExitLostNode, "lost connection to node n2 (it is down, see ssi nodes): no answer within 3s"},
-		{"misjudged by gossip", answer, 7, ""},
+		{"no answer", hang, false, ExitLostNode, "lost connection to node n2 (it is down, see ssi nodes): no answer within 3s"},
+		{"misjudged by gossip", answer, false, 7, ""},
+		{"alive again before the timeout", late, true, 7, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ss := newSession(t, tt.script, nil)
 			fc := ss.ctl.s.cfg.Cluster.(fakeCluster)
 			fc.n2Down = true
+			if tt.back {
+				fc.n2Back = new(atomic.Bool)
+				time.AfterFunc(startTimeoutDown/3, func() { fc.n2Back.Store(true) })
+			}
 			ss.ctl.s.cfg.Cluster = fc
 			pr, pw, err := os.Pipe()
 			if err != nil {

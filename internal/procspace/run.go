@@ -206,10 +206,15 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 	// A node gossip shows down (dead, or gone from the cluster) is still tried, since gossip
 	// can misjudge a busy one, but only for startTimeoutDown: a live node confirms the start in
 	// milliseconds, while a connection to one that is gone waits for TCP to give up (13 s).
+	// One that gossip shows alive again by then was misjudged (a saturated machine makes its
+	// nodes flap): its start goes on, as any.
 	var startTimer *time.Timer
 	startTimedOut := make(chan struct{})
 	if !s.alive(node) {
 		startTimer = time.AfterFunc(startTimeoutDown, func() {
+			if s.alive(node) {
+				return
+			}
 			close(startTimedOut)
 			cancel()
 		})
