@@ -384,7 +384,7 @@ func runRemote(ctx context.Context, g *Globals, o runOptions, args []string) err
 	if useTTY && stdinTTY {
 		job.terminal = &rawTerminal{fd: int(os.Stdin.Fd())}
 		job.terminal.enter()
-		defer job.terminal.leave()
+		defer job.terminal.close()
 	}
 	go job.loop(pending)
 	continued := job.continued

@@ -142,8 +142,10 @@ func (j *runJob) stopSelf() {
 	case j.continued <- struct{}{}:
 	default:
 	}
-	j.passCont()
+	// Raw again before the command goes on: once continued it may end at once, and ssi with
+	// it, whose last act gives the terminal its modes back.
 	j.terminal.enterIfForeground()
+	j.passCont()
 }
 
 // raiseStop stops this process, as a shell's job is stopped, and returns once it is
@@ -164,9 +166,10 @@ func raiseStop() {
 // that every key goes to the remote one, except while ssi is stopped or in the background,
 // when the shell and other jobs use it. Its methods do nothing on nil.
 type rawTerminal struct {
-	fd    int
-	mu    sync.Mutex
-	saved *term.State // the modes to restore; nil while not raw
+	fd     int
+	mu     sync.Mutex
+	saved  *term.State // the modes to restore; nil while not raw
+	closed bool        // ssi is done with it: never raw again
 }
 
 // enter sets the terminal raw, saving its modes.
@@ -176,7 +179,7 @@ func (t *rawTerminal) enter() {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.saved != nil {
+	if t.saved != nil || t.closed {
 		return
 	}
 	if st, err := term.MakeRaw(t.fd); err == nil {
@@ -199,6 +202,22 @@ func (t *rawTerminal) leave() {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.restore()
+}
+
+// close restores the terminal's modes for good: a stop handled late must not set it raw again
+// after ssi's end.
+func (t *rawTerminal) close() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.restore()
+	t.closed = true
+}
+
+func (t *rawTerminal) restore() {
 	if t.saved != nil {
 		_ = term.Restore(t.fd, t.saved)
 		t.saved = nil
