@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 )
 
 // The cluster tests need root and run the test binary itself as the fake ssi
@@ -682,6 +684,56 @@ func TestRemoveLeftovers(t *testing.T) {
 	for _, bad := range []string{"", "../x", "ABCDEF", "abc", "abcdefg"} {
 		if err := RemoveLeftovers(t.Context(), bad); err == nil {
 			t.Errorf("RemoveLeftovers(%q) did not refuse it", bad)
+		}
+	}
+}
+
+// A FUSE file system mounted on the machine is not held by the hosts: once the machine
+// unmounts it, its connection ends and its daemon can stop, while the cluster runs.
+func TestHostsHoldNoCopyOfTheMachinesFUSEMounts(t *testing.T) {
+	mnt, err := os.MkdirTemp("/var/tmp", "devcluster-fuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(mnt)
+	server, err := gofs.Mount(mnt, &emptyDir{}, &gofs.Options{})
+	if err != nil {
+		t.Fatalf("mount a FUSE file system: %v", err)
+	}
+	c := startCluster(t, testOptions(t, 1))
+	if got := output(t, c.Exec(t.Context(), "n1", "cat", "/proc/self/mountinfo")); strings.Contains(got, mnt) {
+		t.Errorf("the host's mounts include the machine's FUSE mount %s:\n%s", mnt, got)
+	}
+	// go-fuse's Unmount returns once the connection has ended.
+	ended := make(chan error, 1)
+	go func() { ended <- server.Unmount() }()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("unmount: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the FUSE connection did not end after its unmount: a host holds it")
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+		<-ended
+	}
+}
+
+type emptyDir struct{ gofs.Inode }
+
+func TestUnescapeMountPath(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"/var/tmp/x", "/var/tmp/x"},
+		{`/mnt/a\040b`, "/mnt/a b"},
+		{`/mnt/tab\011and\012newline`, "/mnt/tab\tand\nnewline"},
+		{`/mnt/back\134slash`, `/mnt/back\slash`},
+		{`/mnt/short\04`, `/mnt/short\04`},
+		{`/mnt/notoctal\999`, `/mnt/notoctal\999`},
+	} {
+		if got := unescapeMountPath(tt.in); got != tt.want {
+			t.Errorf("unescapeMountPath(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

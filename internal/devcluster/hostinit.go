@@ -165,6 +165,53 @@ func RunHostInit(args []string) error {
 	return superviseAgent(agent, signals)
 }
 
+// dropFUSEMounts detaches the host's copies of the machine's FUSE mounts (an
+// sshfs, a test's tree): a copy keeps its FUSE connection alive, so the file
+// system's daemon could not end when the machine unmounts it while the
+// cluster runs, and a frozen daemon would hang the host's processes that
+// touch it. What cannot be detached stays: it is no worse than before.
+func dropFUSEMounts() {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var fuse []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJ:MIN ROOT TARGET OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		fields, fstype := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(fields) < 5 || len(fstype) == 0 {
+			continue
+		}
+		if fstype[0] == "fuse" || fstype[0] == "fuseblk" || strings.HasPrefix(fstype[0], "fuse.") {
+			fuse = append(fuse, unescapeMountPath(fields[4]))
+		}
+	}
+	// Later mounts first: one may lie below another.
+	for i := len(fuse) - 1; i >= 0; i-- {
+		_ = unix.Unmount(fuse[i], unix.MNT_DETACH)
+	}
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
 // setUpHostFilesystem makes the host's mounts. It returns a handle on the
 // machine's /proc, taken before the host's own /proc hides it, to translate
 // the agent's pid for the machine.
@@ -173,10 +220,12 @@ func setUpHostFilesystem(cfg hostInitConfig) (*os.File, error) {
 		return nil, fmt.Errorf("set hostname %s: %w", cfg.name, err)
 	}
 	// Without this, the mounts below would propagate back to the machine
-	// wherever / is a shared mount (systemd makes it so).
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return nil, fmt.Errorf("make / private: %w", err)
+	// wherever / is a shared mount (systemd makes it so). A slave, not a
+	// private copy: what the machine unmounts goes from the host too.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return nil, fmt.Errorf("make / a slave of the machine's: %w", err)
 	}
+	dropFUSEMounts()
 	// Detached copies of the node directory and of our own binary, taken
 	// before the tmpfs mounts hide them when they live under /tmp or /run.
 	dirTree, err := unix.OpenTree(unix.AT_FDCWD, cfg.dir, unix.OPEN_TREE_CLONE|unix.O_CLOEXEC)
