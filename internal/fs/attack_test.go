@@ -231,6 +231,16 @@ func TestReadLocksOpenNothingForWriting(t *testing.T) {
 	if err := exec.Command(prog).Run(); err != nil {
 		t.Errorf("the program, read-locked through the tree, does not run on the owner: %v", err)
 	}
+	// A write lock through a handle open for reading only fails, as fcntl does, and opens
+	// nothing for writing either.
+	l, err = s.Lock(ctx, &fspb.LockRequest{Session: sess, Handle: o.Handle, Op: fspb.LockRequest_SET, Type: unix.F_WRLCK, End: 1<<63 - 1, Owner: 6})
+	must(t, err)
+	if syscall.Errno(l.Errno) != syscall.EBADF {
+		t.Errorf("write lock through a read-only handle: %v, want EBADF", syscall.Errno(l.Errno))
+	}
+	if err := exec.Command(prog).Run(); err != nil {
+		t.Errorf("the program does not run on the owner after a write lock through a read-only handle: %v", err)
+	}
 
 	// A lock owner with a read lock taken through a read-only handle takes a write lock
 	// through a handle open for writing: its locks move to a description open for writing,

@@ -258,6 +258,11 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		if errno != 0 {
 			return nil, errno
 		}
+		if req.Type == unix.F_WRLCK && f.flags&unix.O_ACCMODE == unix.O_RDONLY {
+			// As fcntl on a descriptor not open for writing. The client's kernel never asks;
+			// a forged request would have the agent open the file for writing.
+			return nil, syscall.EBADF
+		}
 		if req.Type != unix.F_UNLCK {
 			if errno := s.markLocks(); errno != 0 {
 				return nil, errno
