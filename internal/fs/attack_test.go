@@ -412,26 +412,27 @@ func TestHandlesOfUnexportedDirectoriesChangeNothing(t *testing.T) {
 	}
 }
 
-// TestBlockedDeviceReadsOfOneUserAreBounded: a read of a device or fifo may wait in the
-// kernel for ever, holding one of the agent's threads, and the Go runtime ends the agent at
-// 10,000 of them: everyone may open /dev/ptmx. One user's such calls beyond a bound wait for
-// their others to end rather than take another thread; other users' go on.
-func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
+// TestBlockedCallsOfOneUserAreBounded: a call may wait in the owner's kernel for ever (a read
+// of a pty of /dev/ptmx, which everyone may open), holding one of the agent's threads, and the
+// Go runtime ends the agent at 10,000 of them. One user's calls beyond a bound wait for their
+// others to end rather than take another thread; other users' go on.
+func TestBlockedCallsOfOneUserAreBounded(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	owner := c.node("n2")
 	disk := owner.disk()
 	must(t, os.Chmod(disk, 0o755))
-	owner.restart(ServerConfig{waitingIOPerUser: 2})
+	owner.restart(ServerConfig{callsPerUser: 2})
 	s := owner.server
 	ctx := withCallerNode(context.Background(), "n1")
 	var none uint64
 	caller := func(uid uint32) *fspb.Caller { return &fspb.Caller{Uid: uid, Gid: uid, Capabilities: &none} }
 	sess := []byte("reader")
 	type pending struct {
-		fifo string
-		done chan struct{}
+		fifo   string
+		handle uint64
+		done   chan struct{}
 	}
-	read := func(name string, uid uint32) pending {
+	open := func(name string, uid uint32) *pending {
 		fifo := filepath.Join(disk, name)
 		must(t, unix.Mkfifo(fifo, 0o666))
 		must(t, unix.Chmod(fifo, 0o666))
@@ -440,21 +441,22 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 		if o.Errno != 0 {
 			t.Fatalf("open %s: %v", name, syscall.Errno(o.Errno))
 		}
-		p := pending{fifo: fifo, done: make(chan struct{})}
+		return &pending{fifo: fifo, handle: o.Handle, done: make(chan struct{})}
+	}
+	read := func(p *pending) {
 		go func() {
 			defer close(p.done)
-			s.Read(ctx, &fspb.ReadRequest{Session: sess, Handle: o.Handle, Size: 1})
+			s.Read(ctx, &fspb.ReadRequest{Session: sess, Handle: p.handle, Size: 1})
 		}()
-		return p
 	}
-	feed := func(p pending) {
+	feed := func(p *pending) {
 		f, err := os.OpenFile(p.fifo, os.O_WRONLY, 0)
 		must(t, err)
 		_, err = f.Write([]byte("x"))
 		must(t, err)
 		f.Close()
 	}
-	returned := func(p pending, within time.Duration) bool {
+	returned := func(p *pending, within time.Duration) bool {
 		select {
 		case <-p.done:
 			return true
@@ -462,10 +464,12 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 			return false
 		}
 	}
-	first, second := read("f1", 1001), read("f2", 1001)
+	first, second, third, theirs := open("f1", 1001), open("f2", 1001), open("f3", 1001), open("f4", 1002)
+	read(first)
+	read(second)
 	time.Sleep(100 * time.Millisecond) // both waiting in the kernel
-	third := read("f3", 1001)
-	theirs := read("f4", 1002)
+	read(third)
+	read(theirs)
 	feed(theirs)
 	if !returned(theirs, 2*time.Second) {
 		t.Errorf("another user's read of a fifo with data waits")
@@ -473,6 +477,17 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 	feed(third)
 	if returned(third, 200*time.Millisecond) {
 		t.Errorf("a user's third read under way returned while the first two wait, with a bound of 2")
+	}
+	// So does any other call of theirs.
+	looked := make(chan struct{})
+	go func() {
+		defer close(looked)
+		s.Getattr(ctx, &fspb.NodeRequest{Session: sess, Caller: caller(1001), Node: &fspb.NodeRef{Path: []byte("f1")}})
+	}()
+	select {
+	case <-looked:
+		t.Errorf("a getattr of the user's returned while two of their reads wait")
+	case <-time.After(100 * time.Millisecond):
 	}
 	feed(first)
 	if !returned(first, 2*time.Second) || !returned(third, 2*time.Second) {
@@ -482,6 +497,7 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 	if !returned(second, 2*time.Second) {
 		t.Errorf("the second read did not end")
 	}
+	<-looked
 }
 
 // TestOpenFilesOfOneUserAreBounded: the owner's descriptors serve every user of every node.

@@ -828,9 +828,6 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.hold(c.sess, 0, []fileID{f.id}, nil)
-	if !f.regular && f.reader != nil {
-		defer s.waitingIO.acquire(f.reader.uid)()
-	}
 	var n int
 	if f.reader != nil {
 		reader := call{s: s, sess: c.sess, who: *f.reader}
@@ -839,7 +836,11 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 			return errno
 		})
 	} else {
+		// In one of the opener's slots, as calls with credentials are: a read may wait too
+		// (a file in a FUSE mount whose daemon does not answer).
+		release := s.calls.acquire(f.opener.uid)
 		n, errno = readAt(f, buf, req.Offset)
+		release()
 	}
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
@@ -917,9 +918,6 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
-	if !f.regular {
-		defer s.waitingIO.acquire(c.who.uid)()
-	}
 	var n int
 	errno = c.change(func() (errno syscall.Errno) {
 		n, errno = writevAt(f, data, req.Offset)
