@@ -198,6 +198,9 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		return nil, errno
 	}
 	defer f.release()
+	// A lock call may wait in the kernel too (a file in a FUSE mount whose daemon does not
+	// answer): in one of the opener's slots.
+	defer s.calls.acquire(f.opener.uid)()
 	// After the handle: a handle of the server's earlier instance is first opened again.
 	if left := s.graceLeft(req, time.Now()); left > 0 {
 		return &fspb.LockReply{Errno: int32(syscall.EAGAIN), GraceMs: uint32(left.Milliseconds()) + 1}, 0

@@ -1031,6 +1031,7 @@ func (s *Server) Fsync(ctx context.Context, req *fspb.FsyncRequest) (*fspb.Errno
 		return &fspb.ErrnoReply{Errno: int32(errno)}, nil
 	}
 	defer f.release()
+	defer s.calls.acquire(f.opener.uid)()
 	if req.Datasync {
 		err = unix.Fdatasync(f.fd)
 	} else {
@@ -1081,6 +1082,7 @@ func (s *Server) Lseek(ctx context.Context, req *fspb.LseekRequest) (*fspb.Lseek
 	if req.Whence != unix.SEEK_DATA && req.Whence != unix.SEEK_HOLE {
 		return &fspb.LseekReply{Errno: int32(syscall.EINVAL)}, nil
 	}
+	defer s.calls.acquire(f.opener.uid)()
 	off, err := unix.Seek(f.fd, req.Offset, int(req.Whence))
 	return &fspb.LseekReply{Errno: int32(errnoOf(err)), Offset: off}, nil
 }
