@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
@@ -657,6 +658,34 @@ func TestSwappingADirectoryForASymlinkEscapesNothing(t *testing.T) {
 			if o.Errno == 0 {
 				t.Fatalf("open of %s/secret succeeded (after %d rounds)", dir, n)
 			}
+		}
+	}
+}
+
+// TestCallersTheClientCannotSeeHoldNoCapabilities: the client names the capabilities of a
+// request's process from /proc. One it cannot look at (killed while its request was on its
+// way) holds none on the owner, root included: a root process that gave its capabilities up
+// must not get them all back by dying in time. Root's requests of no process (pid 0) keep them.
+func TestCallersTheClientCannotSeeHoldNoCapabilities(t *testing.T) {
+	c := newTestCluster(t, "n2")
+	s := c.node("n2").server
+	gone := exec.Command("true")
+	must(t, gone.Run())
+	g := newGroupCache()
+	for _, tc := range []struct {
+		what string
+		pid  uint32
+		all  bool
+	}{
+		{"a root process gone", uint32(gone.Process.Pid), false},
+		{"a root request of no process", 0, true},
+		{"the test's own root process", uint32(os.Getpid()), true},
+	} {
+		ctx := &fuse.Context{Caller: fuse.Caller{Owner: fuse.Owner{Uid: 0, Gid: 0}, Pid: tc.pid}}
+		who, err := s.identityOf(g.caller(ctx), true)
+		must(t, err)
+		if got := who.caps == allCaps; got != tc.all {
+			t.Errorf("%s: capabilities %#x on the owner, want all: %v", tc.what, who.caps, tc.all)
 		}
 	}
 }
