@@ -689,3 +689,43 @@ func TestCallersTheClientCannotSeeHoldNoCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// TestTheAgentsOwnProcIsHidden: the owner serves requests on threads of its agent, and the
+// kernel lets a process look at itself whatever its credentials. The agent's /proc/<pid>
+// would show anyone its memory layout (maps), and give a root caller without capabilities its
+// memory (mem, 0600 for root) to write: it is not in the tree.
+func TestTheAgentsOwnProcIsHidden(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	owner.restart(ServerConfig{Root: "/", Exports: []string{"/proc"}})
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	pid := fmt.Sprint(os.Getpid())
+	for _, p := range []string{"proc/self/maps", "proc/" + pid + "/maps", "proc/thread-self/stat", "proc/" + pid + "/task"} {
+		if got := as(t, 65534, "read", local.path("n2", p)); got == "ok" {
+			t.Errorf("nobody read /%s of the owner's agent through the tree", p)
+		}
+	}
+	entries, err := os.ReadDir(local.path("n2", "proc"))
+	must(t, err)
+	for _, e := range entries {
+		if e.Name() == pid {
+			t.Errorf("the owner's /proc lists the agent's pid %s", pid)
+		}
+	}
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	rootWithout := &fspb.Caller{Uid: 0, Gid: 0, Pid: 1, Capabilities: &none}
+	for _, p := range []string{"proc/self/mem", "proc/" + pid + "/mem"} {
+		o, err := s.Open(ctx, &fspb.OpenRequest{Session: []byte("s"), Caller: rootWithout, Node: &fspb.NodeRef{Path: []byte(p)}, Flags: unix.O_RDWR})
+		must(t, err)
+		if o.Errno == 0 {
+			t.Errorf("root without capabilities opened /%s of the owner's agent for writing", p)
+		}
+	}
+	// Other processes' stay.
+	if got := as(t, 65534, "read", local.path("n2", "proc/1/stat")); got != "ok" {
+		t.Errorf("nobody reading /proc/1/stat through the tree: %s", got)
+	}
+}

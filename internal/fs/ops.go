@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"os"
 	"slices"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -457,6 +459,12 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 			}
 		}
 		filter := len(s.exports) > 1 || s.exports[0].rel != ""
+		// The agent's own /proc/<pid> is hidden (inAgentProc): so is its name in the listing.
+		hidden := ""
+		var sfs unix.Statfs_t
+		if unix.Fstatfs(fd, &sfs) == nil && sfs.Type == unix.PROC_SUPER_MAGIC && dst.Ino == procRootIno {
+			hidden = strconv.Itoa(os.Getpid())
+		}
 		used := 0
 		buf := make([]byte, 32<<10)
 		for {
@@ -475,6 +483,10 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 					return false
 				}
 				dot := string(name) == "." || string(name) == ".."
+				if hidden != "" && string(name) == hidden {
+					reply.Entries = append(reply.Entries, &fspb.DirEntry{Cookie: off, Name: nil})
+					return true
+				}
 				if filter && !dot {
 					if where, _, _ := locate(s.exports, joinPath(dirPath, string(name))); where == outside {
 						reply.Entries = append(reply.Entries, &fspb.DirEntry{Cookie: off, Name: nil})
