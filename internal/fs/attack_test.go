@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
@@ -231,6 +232,16 @@ func TestReadLocksOpenNothingForWriting(t *testing.T) {
 	if err := exec.Command(prog).Run(); err != nil {
 		t.Errorf("the program, read-locked through the tree, does not run on the owner: %v", err)
 	}
+	// A write lock through a handle open for reading only fails, as fcntl does, and opens
+	// nothing for writing either.
+	l, err = s.Lock(ctx, &fspb.LockRequest{Session: sess, Handle: o.Handle, Op: fspb.LockRequest_SET, Type: unix.F_WRLCK, End: 1<<63 - 1, Owner: 6})
+	must(t, err)
+	if syscall.Errno(l.Errno) != syscall.EBADF {
+		t.Errorf("write lock through a read-only handle: %v, want EBADF", syscall.Errno(l.Errno))
+	}
+	if err := exec.Command(prog).Run(); err != nil {
+		t.Errorf("the program does not run on the owner after a write lock through a read-only handle: %v", err)
+	}
 
 	// A lock owner with a read lock taken through a read-only handle takes a write lock
 	// through a handle open for writing: its locks move to a description open for writing,
@@ -402,26 +413,27 @@ func TestHandlesOfUnexportedDirectoriesChangeNothing(t *testing.T) {
 	}
 }
 
-// TestBlockedDeviceReadsOfOneUserAreBounded: a read of a device or fifo may wait in the
-// kernel for ever, holding one of the agent's threads, and the Go runtime ends the agent at
-// 10,000 of them: everyone may open /dev/ptmx. One user's such calls beyond a bound wait for
-// their others to end rather than take another thread; other users' go on.
-func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
+// TestBlockedCallsOfOneUserAreBounded: a call may wait in the owner's kernel for ever (a read
+// of a pty of /dev/ptmx, which everyone may open), holding one of the agent's threads, and the
+// Go runtime ends the agent at 10,000 of them. One user's calls beyond a bound wait for their
+// others to end rather than take another thread; other users' go on.
+func TestBlockedCallsOfOneUserAreBounded(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	owner := c.node("n2")
 	disk := owner.disk()
 	must(t, os.Chmod(disk, 0o755))
-	owner.restart(ServerConfig{waitingIOPerUser: 2})
+	owner.restart(ServerConfig{callsPerUser: 2})
 	s := owner.server
 	ctx := withCallerNode(context.Background(), "n1")
 	var none uint64
 	caller := func(uid uint32) *fspb.Caller { return &fspb.Caller{Uid: uid, Gid: uid, Capabilities: &none} }
 	sess := []byte("reader")
 	type pending struct {
-		fifo string
-		done chan struct{}
+		fifo   string
+		handle uint64
+		done   chan struct{}
 	}
-	read := func(name string, uid uint32) pending {
+	open := func(name string, uid uint32) *pending {
 		fifo := filepath.Join(disk, name)
 		must(t, unix.Mkfifo(fifo, 0o666))
 		must(t, unix.Chmod(fifo, 0o666))
@@ -430,21 +442,22 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 		if o.Errno != 0 {
 			t.Fatalf("open %s: %v", name, syscall.Errno(o.Errno))
 		}
-		p := pending{fifo: fifo, done: make(chan struct{})}
+		return &pending{fifo: fifo, handle: o.Handle, done: make(chan struct{})}
+	}
+	read := func(p *pending) {
 		go func() {
 			defer close(p.done)
-			s.Read(ctx, &fspb.ReadRequest{Session: sess, Handle: o.Handle, Size: 1})
+			s.Read(ctx, &fspb.ReadRequest{Session: sess, Handle: p.handle, Size: 1})
 		}()
-		return p
 	}
-	feed := func(p pending) {
+	feed := func(p *pending) {
 		f, err := os.OpenFile(p.fifo, os.O_WRONLY, 0)
 		must(t, err)
 		_, err = f.Write([]byte("x"))
 		must(t, err)
 		f.Close()
 	}
-	returned := func(p pending, within time.Duration) bool {
+	returned := func(p *pending, within time.Duration) bool {
 		select {
 		case <-p.done:
 			return true
@@ -452,10 +465,12 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 			return false
 		}
 	}
-	first, second := read("f1", 1001), read("f2", 1001)
+	first, second, third, theirs := open("f1", 1001), open("f2", 1001), open("f3", 1001), open("f4", 1002)
+	read(first)
+	read(second)
 	time.Sleep(100 * time.Millisecond) // both waiting in the kernel
-	third := read("f3", 1001)
-	theirs := read("f4", 1002)
+	read(third)
+	read(theirs)
 	feed(theirs)
 	if !returned(theirs, 2*time.Second) {
 		t.Errorf("another user's read of a fifo with data waits")
@@ -463,6 +478,17 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 	feed(third)
 	if returned(third, 200*time.Millisecond) {
 		t.Errorf("a user's third read under way returned while the first two wait, with a bound of 2")
+	}
+	// So does any other call of theirs.
+	looked := make(chan struct{})
+	go func() {
+		defer close(looked)
+		s.Getattr(ctx, &fspb.NodeRequest{Session: sess, Caller: caller(1001), Node: &fspb.NodeRef{Path: []byte("f1")}})
+	}()
+	select {
+	case <-looked:
+		t.Errorf("a getattr of the user's returned while two of their reads wait")
+	case <-time.After(100 * time.Millisecond):
 	}
 	feed(first)
 	if !returned(first, 2*time.Second) || !returned(third, 2*time.Second) {
@@ -472,6 +498,7 @@ func TestBlockedDeviceReadsOfOneUserAreBounded(t *testing.T) {
 	if !returned(second, 2*time.Second) {
 		t.Errorf("the second read did not end")
 	}
+	<-looked
 }
 
 // TestOpenFilesOfOneUserAreBounded: the owner's descriptors serve every user of every node.
@@ -632,5 +659,73 @@ func TestSwappingADirectoryForASymlinkEscapesNothing(t *testing.T) {
 				t.Fatalf("open of %s/secret succeeded (after %d rounds)", dir, n)
 			}
 		}
+	}
+}
+
+// TestCallersTheClientCannotSeeHoldNoCapabilities: the client names the capabilities of a
+// request's process from /proc. One it cannot look at (killed while its request was on its
+// way) holds none on the owner, root included: a root process that gave its capabilities up
+// must not get them all back by dying in time. Root's requests of no process (pid 0) keep them.
+func TestCallersTheClientCannotSeeHoldNoCapabilities(t *testing.T) {
+	c := newTestCluster(t, "n2")
+	s := c.node("n2").server
+	gone := exec.Command("true")
+	must(t, gone.Run())
+	g := newGroupCache()
+	for _, tc := range []struct {
+		what string
+		pid  uint32
+		all  bool
+	}{
+		{"a root process gone", uint32(gone.Process.Pid), false},
+		{"a root request of no process", 0, true},
+		{"the test's own root process", uint32(os.Getpid()), true},
+	} {
+		ctx := &fuse.Context{Caller: fuse.Caller{Owner: fuse.Owner{Uid: 0, Gid: 0}, Pid: tc.pid}}
+		who, err := s.identityOf(g.caller(ctx), true)
+		must(t, err)
+		if got := who.caps == allCaps; got != tc.all {
+			t.Errorf("%s: capabilities %#x on the owner, want all: %v", tc.what, who.caps, tc.all)
+		}
+	}
+}
+
+// TestTheAgentsOwnProcIsHidden: the owner serves requests on threads of its agent, and the
+// kernel lets a process look at itself whatever its credentials. The agent's /proc/<pid>
+// would show anyone its memory layout (maps), and give a root caller without capabilities its
+// memory (mem, 0600 for root) to write: it is not in the tree.
+func TestTheAgentsOwnProcIsHidden(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	local, owner := c.node("n1"), c.node("n2")
+	owner.restart(ServerConfig{Root: "/", Exports: []string{"/proc"}})
+	local.mountTree(5 * time.Second)
+	openToAll(t, c)
+	pid := fmt.Sprint(os.Getpid())
+	for _, p := range []string{"proc/self/maps", "proc/" + pid + "/maps", "proc/thread-self/stat", "proc/" + pid + "/task"} {
+		if got := as(t, 65534, "read", local.path("n2", p)); got == "ok" {
+			t.Errorf("nobody read /%s of the owner's agent through the tree", p)
+		}
+	}
+	entries, err := os.ReadDir(local.path("n2", "proc"))
+	must(t, err)
+	for _, e := range entries {
+		if e.Name() == pid {
+			t.Errorf("the owner's /proc lists the agent's pid %s", pid)
+		}
+	}
+	s := owner.server
+	ctx := withCallerNode(context.Background(), "n1")
+	var none uint64
+	rootWithout := &fspb.Caller{Uid: 0, Gid: 0, Pid: 1, Capabilities: &none}
+	for _, p := range []string{"proc/self/mem", "proc/" + pid + "/mem"} {
+		o, err := s.Open(ctx, &fspb.OpenRequest{Session: []byte("s"), Caller: rootWithout, Node: &fspb.NodeRef{Path: []byte(p)}, Flags: unix.O_RDWR})
+		must(t, err)
+		if o.Errno == 0 {
+			t.Errorf("root without capabilities opened /%s of the owner's agent for writing", p)
+		}
+	}
+	// Other processes' stay.
+	if got := as(t, 65534, "read", local.path("n2", "proc/1/stat")); got != "ok" {
+		t.Errorf("nobody reading /proc/1/stat through the tree: %s", got)
 	}
 }

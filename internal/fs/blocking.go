@@ -6,17 +6,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// maxWaitingIOPerUser bounds the reads and writes of devices (and other files that are not
-// regular: fifos) that one user may have under way on an owner at once. Such a call may wait
-// in the kernel for ever (a pty without input, a serial line), holding an OS thread of the
-// agent meanwhile; the Go runtime ends the whole process at 10,000 threads. Without a bound,
-// any user who may open /dev/ptmx (everyone) could stop an owner's agent by reading a few
-// thousand ptys at once through the tree. Past the bound, a user's call waits for one of their
-// others to end, holding no thread.
-const maxWaitingIOPerUser = 256
+// maxCallsPerUser bounds the calls one user may have under way on an owner at once. A call
+// may wait in the kernel for ever (a read of a pty of /dev/ptmx, which everyone may open,
+// without input; a lookup in a FUSE mount of the user's own whose daemon never answers; a
+// hard NFS mount gone), holding an OS thread of the agent meanwhile, and the Go runtime ends
+// the whole process at 10,000 threads. Without a bound, any user could stop an owner's agent
+// by making a few thousand such calls at once through the tree. Past the bound, a user's call
+// waits for one of their others to end, holding no thread.
+const maxCallsPerUser = 256
 
-// userIOSlots counts each user's calls that may wait in the kernel.
-type userIOSlots struct {
+// userCallSlots counts each user's calls under way.
+type userCallSlots struct {
 	limit int
 	mu    sync.Mutex
 	users map[uint32]*userSlots
@@ -27,15 +27,17 @@ type userSlots struct {
 	users int // calls holding or waiting for a slot, so that the entry goes when unused
 }
 
-func newUserIOSlots(limit int) *userIOSlots {
+func newUserCallSlots(limit int) *userCallSlots {
 	if limit <= 0 {
-		limit = maxWaitingIOPerUser
+		limit = maxCallsPerUser
 	}
-	return &userIOSlots{limit: limit, users: make(map[uint32]*userSlots)}
+	return &userCallSlots{limit: limit, users: make(map[uint32]*userSlots)}
 }
 
-// acquire waits for one of uid's slots; release gives it back.
-func (u *userIOSlots) acquire(uid uint32) (release func()) {
+// acquire waits for one of uid's slots; release gives it back. A call must not acquire a
+// second slot while it holds one: calls that all hold one and wait for another would wait for
+// ever.
+func (u *userCallSlots) acquire(uid uint32) (release func()) {
 	u.mu.Lock()
 	s := u.users[uid]
 	if s == nil {

@@ -42,11 +42,18 @@ func (g *groupCache) caller(ctx context.Context) *fspb.Caller {
 	}
 	c := &fspb.Caller{Uid: fc.Uid, Gid: fc.Gid, Pid: fc.Pid}
 	if fc.Pid != 0 {
+		caps := uint64(0)
 		if creds, ok := g.creds(fc.Pid, fc.Uid, fc.Gid); ok {
 			c.Groups = creds.groups
-			caps := creds.caps
-			c.Capabilities = &caps
+			caps = creds.caps
 		}
+		// A process the client cannot look at (gone, killed while its request was on its
+		// way, or no longer with the request's ids) holds no capability: the owner gives a
+		// root caller with none named every capability, which a root process that gave them
+		// up (a container's root, a daemon dropping privileges) would get back by dying in
+		// time. Requests of no process (pid 0: the kernel's own, or from a pid namespace the
+		// mount cannot see) name none.
+		c.Capabilities = &caps
 	}
 	return c
 }
@@ -67,13 +74,17 @@ func (g *groupCache) creds(pid, uid, gid uint32) (statusCreds, bool) {
 		return e.creds, e.creds.ok
 	}
 	creds := readCreds(pid, uid, gid)
+	if !creds.ok {
+		// Not kept: a new process that takes the pid soon must not be refused its own.
+		return creds, false
+	}
 	g.mu.Lock()
 	if len(g.entries) >= maxGroupCache {
 		g.entries = make(map[uint32]groupEntry)
 	}
 	g.entries[pid] = groupEntry{uid: uid, gid: gid, creds: creds, expires: now.Add(g.ttl)}
 	g.mu.Unlock()
-	return creds, creds.ok
+	return creds, true
 }
 
 // readCreds returns the supplementary groups and capabilities of pid, or nothing if it is

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -335,6 +336,50 @@ func FuzzChangeRequests(f *testing.F) {
 		}
 		if after := snapshot(); after != before {
 			t.Fatalf("a request changed the directory outside the root:\nbefore:\n%safter:\n%s", before, after)
+		}
+	})
+}
+
+// FuzzFilterXattrNames: the names of extended attributes the owner lists for a client are the
+// object's own, in order, without security.* and without empty names.
+func FuzzFilterXattrNames(f *testing.F) {
+	f.Add([]byte("user.a\x00security.selinux\x00trusted.t\x00"))
+	f.Add([]byte("\x00\x00security.\x00user.b"))
+	f.Fuzz(func(t *testing.T, list []byte) {
+		got := filterXattrNames(list)
+		var want []byte
+		for name := range bytes.SplitSeq(list, []byte{0}) {
+			if len(name) > 0 && !bytes.HasPrefix(name, []byte("security.")) {
+				want = append(append(want, name...), 0)
+			}
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("filterXattrNames(%q) = %q, want %q", list, got, want)
+		}
+		if len(list) > 0 && len(got) > 0 && &got[0] == &list[0] {
+			t.Fatalf("filterXattrNames(%q) wrote over its input", list)
+		}
+	})
+}
+
+// FuzzLockRanges: a lock range from a client (inclusive end, 2^63-1 for "to the end") goes to
+// struct flock and back unchanged, or is refused; never a range that starts before 0 or ends
+// before it starts.
+func FuzzLockRanges(f *testing.F) {
+	f.Add(uint64(0), uint64(math.MaxInt64))
+	f.Add(uint64(5), uint64(4))
+	f.Add(uint64(math.MaxInt64), uint64(math.MaxUint64))
+	f.Fuzz(func(t *testing.T, start, end uint64) {
+		lk, errno := toFlock(unix.F_WRLCK, start, end)
+		if errno != 0 {
+			return
+		}
+		if lk.Start < 0 || lk.Len < 0 {
+			t.Fatalf("toFlock(%d, %d) = start %d, len %d", start, end, lk.Start, lk.Len)
+		}
+		_, s, e := fromFlock(lk)
+		if s != start || e != min(end, math.MaxInt64) {
+			t.Fatalf("range %d-%d came back as %d-%d", start, end, s, e)
 		}
 	})
 }

@@ -198,6 +198,9 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		return nil, errno
 	}
 	defer f.release()
+	// A lock call may wait in the kernel too (a file in a FUSE mount whose daemon does not
+	// answer): in one of the opener's slots.
+	defer s.calls.acquire(f.opener.uid)()
 	// After the handle: a handle of the server's earlier instance is first opened again.
 	if left := s.graceLeft(req, time.Now()); left > 0 {
 		return &fspb.LockReply{Errno: int32(syscall.EAGAIN), GraceMs: uint32(left.Milliseconds()) + 1}, 0
@@ -257,6 +260,11 @@ func (s *Server) lock(sess *session, req *fspb.LockRequest) (*fspb.LockReply, sy
 		lk, errno := toFlock(req.Type, req.Start, req.End)
 		if errno != 0 {
 			return nil, errno
+		}
+		if req.Type == unix.F_WRLCK && f.flags&unix.O_ACCMODE == unix.O_RDONLY {
+			// As fcntl on a descriptor not open for writing. The client's kernel never asks;
+			// a forged request would have the agent open the file for writing.
+			return nil, syscall.EBADF
 		}
 		if req.Type != unix.F_UNLCK {
 			if errno := s.markLocks(); errno != 0 {

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"os"
 	"slices"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -457,6 +459,12 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 			}
 		}
 		filter := len(s.exports) > 1 || s.exports[0].rel != ""
+		// The agent's own /proc/<pid> is hidden (inAgentProc): so is its name in the listing.
+		hidden := ""
+		var sfs unix.Statfs_t
+		if unix.Fstatfs(fd, &sfs) == nil && sfs.Type == unix.PROC_SUPER_MAGIC && dst.Ino == procRootIno {
+			hidden = strconv.Itoa(os.Getpid())
+		}
 		used := 0
 		buf := make([]byte, 32<<10)
 		for {
@@ -475,6 +483,10 @@ func (s *Server) Readdir(ctx context.Context, req *fspb.ReaddirRequest) (*fspb.R
 					return false
 				}
 				dot := string(name) == "." || string(name) == ".."
+				if hidden != "" && string(name) == hidden {
+					reply.Entries = append(reply.Entries, &fspb.DirEntry{Cookie: off, Name: nil})
+					return true
+				}
 				if filter && !dot {
 					if where, _, _ := locate(s.exports, joinPath(dirPath, string(name))); where == outside {
 						reply.Entries = append(reply.Entries, &fspb.DirEntry{Cookie: off, Name: nil})
@@ -828,9 +840,6 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 	}
 	// Recorded before reading, so a change after the read is sent to this client.
 	s.hold(c.sess, 0, []fileID{f.id}, nil)
-	if !f.regular && f.reader != nil {
-		defer s.waitingIO.acquire(f.reader.uid)()
-	}
 	var n int
 	if f.reader != nil {
 		reader := call{s: s, sess: c.sess, who: *f.reader}
@@ -839,7 +848,11 @@ func (s *Server) read(ctx context.Context, req *fspb.ReadRequest, buf []byte) (*
 			return errno
 		})
 	} else {
+		// In one of the opener's slots, as calls with credentials are: a read may wait too
+		// (a file in a FUSE mount whose daemon does not answer).
+		release := s.calls.acquire(f.opener.uid)
 		n, errno = readAt(f, buf, req.Offset)
+		release()
 	}
 	s.stats.bytesRead.Add(uint64(n))
 	return &fspb.ReadReply{Errno: int32(errno), Data: buf[:n]}, nil
@@ -917,9 +930,6 @@ func (s *Server) write(ctx context.Context, req *fspb.WriteRequest, data [][]byt
 	}
 	c.sess.begin(f.id)
 	defer c.sess.end(f.id)
-	if !f.regular {
-		defer s.waitingIO.acquire(c.who.uid)()
-	}
 	var n int
 	errno = c.change(func() (errno syscall.Errno) {
 		n, errno = writevAt(f, data, req.Offset)
@@ -1033,6 +1043,7 @@ func (s *Server) Fsync(ctx context.Context, req *fspb.FsyncRequest) (*fspb.Errno
 		return &fspb.ErrnoReply{Errno: int32(errno)}, nil
 	}
 	defer f.release()
+	defer s.calls.acquire(f.opener.uid)()
 	if req.Datasync {
 		err = unix.Fdatasync(f.fd)
 	} else {
@@ -1083,6 +1094,7 @@ func (s *Server) Lseek(ctx context.Context, req *fspb.LseekRequest) (*fspb.Lseek
 	if req.Whence != unix.SEEK_DATA && req.Whence != unix.SEEK_HOLE {
 		return &fspb.LseekReply{Errno: int32(syscall.EINVAL)}, nil
 	}
+	defer s.calls.acquire(f.opener.uid)()
 	off, err := unix.Seek(f.fd, req.Offset, int(req.Whence))
 	return &fspb.LseekReply{Errno: int32(errnoOf(err)), Offset: off}, nil
 }

@@ -3,7 +3,9 @@ package fs
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -188,6 +190,16 @@ const resolveFlags = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
 // resolve finds the directory holding path (relative to the root) with the calling thread's
 // credentials, so search permission on every directory on the way is checked.
 func (s *Server) resolve(path string) (resolved, syscall.Errno) {
+	r, errno := s.resolveIn(path)
+	if errno == 0 && inAgentProc(r.dir, r.name) {
+		r.close()
+		return resolved{}, syscall.ENOENT
+	}
+	return r, errno
+}
+
+// resolveIn is resolve without the check that hides the agent's own /proc/<pid>.
+func (s *Server) resolveIn(path string) (resolved, syscall.Errno) {
 	where, e, sub := locate(s.exports, path)
 	switch {
 	case where == outside:
@@ -281,4 +293,62 @@ func errnoOf(err error) syscall.Errno {
 		return errno
 	}
 	return syscall.EIO
+}
+
+// inAgentProc reports whether the object name in the directory dir ("" for dir itself) is the
+// agent's own /proc/<pid> (or a thread's, /proc/<tid>) or inside it, in any mount of procfs.
+// The kernel lets a process look at itself whatever its credentials (a thread of the same
+// process passes every ptrace check): served as the caller, /proc/<agent>/maps would show
+// anyone the agent's memory layout, and /proc/<agent>/mem, mode 0600 for root, would let a
+// root caller without capabilities write into the agent. The tree hides them, as it hides
+// the cluster's own mounts.
+func inAgentProc(dir int, name string) bool {
+	var sfs unix.Statfs_t
+	if unix.Fstatfs(dir, &sfs) != nil {
+		return true // cannot tell: refuse
+	}
+	if sfs.Type != unix.PROC_SUPER_MAGIC {
+		return false
+	}
+	p, err := os.Readlink(procFD(dir))
+	if err != nil {
+		return true
+	}
+	if name != "" {
+		p += "/" + name
+	}
+	parts := strings.Split(p, "/")
+	for i, part := range parts {
+		if isAgentTask(part) && isProcRoot(strings.Join(parts[:i], "/")) {
+			return true
+		}
+	}
+	return false
+}
+
+// isAgentTask reports whether name is the agent's pid or the id of one of its threads.
+func isAgentTask(name string) bool {
+	n, err := strconv.Atoi(name)
+	if err != nil || n <= 0 {
+		return false
+	}
+	if n == os.Getpid() {
+		return true
+	}
+	_, err = os.Lstat("/proc/self/task/" + name)
+	return err == nil
+}
+
+// procRootIno is the inode number of a procfs mount's root (PROC_ROOT_INO).
+const procRootIno = 1
+
+// isProcRoot reports whether dir is the root of a procfs mount.
+func isProcRoot(dir string) bool {
+	if dir == "" {
+		dir = "/"
+	}
+	var sfs unix.Statfs_t
+	var st unix.Stat_t
+	return unix.Statfs(dir, &sfs) == nil && sfs.Type == unix.PROC_SUPER_MAGIC &&
+		unix.Stat(dir, &st) == nil && st.Ino == procRootIno
 }

@@ -56,8 +56,8 @@ type ServerConfig struct {
 	reclaimGrace time.Duration
 	// cacheLimit replaces defaultCacheLimit when not zero. Tests lower it.
 	cacheLimit int
-	// waitingIOPerUser replaces maxWaitingIOPerUser when not zero. Tests lower it.
-	waitingIOPerUser int
+	// callsPerUser replaces maxCallsPerUser when not zero. Tests lower it.
+	callsPerUser int
 	// handlesPerUser replaces the share of the agent's descriptors a user may hold open
 	// (userHandles) when not zero. Tests lower it.
 	handlesPerUser int
@@ -102,8 +102,8 @@ type Server struct {
 
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph
-	// waitingIO bounds each user's reads and writes of devices under way (blocking.go).
-	waitingIO *userIOSlots
+	// calls bounds each user's calls under way (blocking.go).
+	calls *userCallSlots
 	// handles counts each user's open files (blocking.go).
 	handles *userHandles
 
@@ -154,7 +154,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions:      make(map[string]*session),
 		byIdx:         make(map[uint32]*session),
 		lockGraph:     newLockGraph(),
-		waitingIO:     newUserIOSlots(cfg.waitingIOPerUser),
+		calls:         newUserCallSlots(cfg.callsPerUser),
 		handles:       newUserHandles(cfg.handlesPerUser),
 		closed:        make(chan struct{}),
 	}
@@ -440,8 +440,10 @@ func (s *Server) identityOf(c *fspb.Caller, squashable bool) (identity, error) {
 	return who, nil
 }
 
-// look runs fn, which changes nothing on disk, with the caller's credentials.
+// look runs fn, which changes nothing on disk, with the caller's credentials, in one of the
+// caller's slots.
 func (c *call) look(fn func() syscall.Errno) syscall.Errno {
+	defer c.s.calls.acquire(c.who.uid)()
 	var errno syscall.Errno
 	if err := c.s.creds.run(c.who, false, func() { errno = fn() }); err != nil {
 		c.s.log.Error("file server could not take on a caller's credentials", "err", err)
@@ -450,9 +452,11 @@ func (c *call) look(fn func() syscall.Errno) syscall.Errno {
 	return errno
 }
 
-// change runs fn, which changes the disk, with the caller's credentials, telling the disk
-// watcher that what this thread does meanwhile is published already.
+// change runs fn, which changes the disk, with the caller's credentials, in one of the
+// caller's slots, telling the disk watcher that what this thread does meanwhile is published
+// already.
 func (c *call) change(fn func() syscall.Errno) syscall.Errno {
+	defer c.s.calls.acquire(c.who.uid)()
 	var errno syscall.Errno
 	err := c.s.creds.run(c.who, true, func() {
 		if w := c.s.watcher; w != nil {
