@@ -473,6 +473,10 @@ type peer struct {
 	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
 	releaseMu sync.Mutex
 	releases  []uint64
+	// unreleased are handles whose close did not reach the owner, sent again by one goroutine
+	// while releaseRetrying (retryReleases).
+	unreleased      []uint64
+	releaseRetrying bool
 
 	// handles are the files open on the owner through this mount, opened again should its
 	// file server restart (reclaim.go); reclaimed, when made, is closed at the end of the next

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -630,11 +631,68 @@ func (p *peer) releaseLater(h uint64) {
 	}
 }
 
-// releaseNow closes handles on the owner. Failures are not reported: the kernel does not wait,
-// and the owner closes a session's files when it does not come back.
+// releaseNow closes handles on the owner. Failures are not reported: the kernel does not wait.
+// Handles the owner could not be told about (down, cut off, frozen past the timeout) are sent
+// again until it answers: an owner that is back before this session expires there keeps the
+// session, and with it those files and their flocks, which nothing else would ever close.
 func (p *peer) releaseNow(handles []uint64) {
-	p.call(context.Background(), true, func(rpc context.Context, api filesAPI) error {
+	if p.sendReleases(handles) != 0 {
+		p.retryReleases(handles)
+	}
+}
+
+func (p *peer) sendReleases(handles []uint64) syscall.Errno {
+	return p.call(context.Background(), true, func(rpc context.Context, api filesAPI) error {
 		_, err := api.Release(rpc, &fspb.HandleRequest{Session: p.m.session, Handles: handles})
 		return err
 	})
+}
+
+// retryReleases keeps handles whose close did not reach the owner and sends them again, a
+// while apart, until it answers or the mount goes. Handle numbers are random, so one that
+// reaches a restarted owner (which closed everything) names nothing there.
+func (p *peer) retryReleases(handles []uint64) {
+	p.releaseMu.Lock()
+	defer p.releaseMu.Unlock()
+	p.unreleased = append(p.unreleased, handles...)
+	if p.releaseRetrying {
+		return
+	}
+	p.releaseRetrying = true
+	p.m.wg.Add(1)
+	go p.retryReleasesLoop()
+}
+
+// maxReleaseBatch bounds the handles of one Release request.
+const maxReleaseBatch = 256
+
+func (p *peer) retryReleasesLoop() {
+	defer p.m.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-time.After(backoff):
+		case <-p.m.ctx.Done():
+			return
+		}
+		p.releaseMu.Lock()
+		batch := p.unreleased[:min(len(p.unreleased), maxReleaseBatch)]
+		p.unreleased = p.unreleased[len(batch):]
+		p.releaseMu.Unlock()
+		failed := p.sendReleases(batch) != 0
+		p.releaseMu.Lock()
+		if failed {
+			p.unreleased = slices.Concat(batch, p.unreleased)
+			backoff = min(2*backoff, maxWatchBackoff)
+		} else {
+			backoff = 0
+		}
+		if len(p.unreleased) == 0 {
+			p.unreleased = nil
+			p.releaseRetrying = false
+			p.releaseMu.Unlock()
+			return
+		}
+		p.releaseMu.Unlock()
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // isDownErr reports whether err is how a call fails for want of its node.
@@ -150,4 +152,43 @@ func TestOwnerKnownGoneFailsCallsAtOnce(t *testing.T) {
 		_, err := os.ReadFile(n1.path("n2", "f"))
 		return err
 	})
+}
+
+// TestCloseWhileOwnerUnreachableReachesItLater: a file closed while its owner could not be
+// reached (here gossip had it down for a moment; a partition or a freeze shorter than the
+// session expiry does the same) is closed on the owner once it answers again, with its flock:
+// the owner keeps the session, so nothing else would ever close it there.
+func TestCloseWhileOwnerUnreachableReachesItLater(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n1.mountTree(time.Second)
+	n3.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), []byte("data"), 0o644))
+	locked, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	must(t, unix.Flock(int(locked.Fd()), unix.LOCK_EX))
+	plain, err := os.Open(n1.path("n2", "f"))
+	must(t, err)
+	if open := n2.server.Stats().OpenFiles; open != 2 {
+		t.Fatalf("files open on the owner: %d, want 2", open)
+	}
+
+	c.gone.Store("n2", true)
+	locked.Close()
+	plain.Close()
+	time.Sleep(100 * time.Millisecond) // past the batching of closes (releaseDelay)
+	c.gone.Delete("n2")
+
+	eventually(t, 10*time.Second, "the files closed on the owner", func() error {
+		if open := n2.server.Stats().OpenFiles; open != 0 {
+			return fmt.Errorf("%d files still open there", open)
+		}
+		return nil
+	})
+	g, err := os.OpenFile(n3.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer g.Close()
+	if err := unix.Flock(int(g.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatalf("another node's flock of the file whose holder closed it: %v", err)
+	}
 }
