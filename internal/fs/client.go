@@ -448,6 +448,11 @@ type peer struct {
 	firstTry     chan struct{}
 	firstTryOnce sync.Once
 
+	// heard is when the owner last answered or spoke on its Watch stream, silent when a
+	// request to it last timed out with nothing heard since it was sent (Unix nanoseconds;
+	// see mayCall).
+	heard, silent atomic.Int64
+
 	// epoch changes whenever the stream connects or drops: an answer that straddles a change
 	// may predate the flush and must not be cached.
 	epoch atomic.Uint64
@@ -485,6 +490,38 @@ type peer struct {
 	handles    map[*fileHandle]struct{}
 	reclaimed  chan struct{}
 	reclaiming atomic.Pointer[chan struct{}]
+}
+
+// An owner that let a request time out without a word from it meanwhile (no reply to any
+// request, no message on its Watch stream) is silent: frozen, or cut off without a refusal.
+// Until something is heard from it, its calls fail at once with EIO, but for one at a time,
+// once per timeout, which tries it. Without this, a call the kernel makes again when the first
+// attempt failed (a read after its read-ahead failed, a lookup after a revalidation) waited
+// for a second timeout, and the kernel's background requests to a silent owner (read-ahead,
+// closes) filled the queue they share with every other node's.
+
+// heardFrom notes that the owner answered.
+func (p *peer) heardFrom() { p.heard.Store(time.Now().UnixNano()) }
+
+// timedOut notes a request sent at sent that the owner did not answer within the timeout.
+func (p *peer) timedOut(sent time.Time) {
+	if p.heard.Load() < sent.UnixNano() {
+		p.silent.Store(time.Now().UnixNano())
+	}
+}
+
+// mayCall tells whether a call may go to the owner: it is not silent, or this call is the
+// one that tries it.
+func (p *peer) mayCall() bool {
+	silent := p.silent.Load()
+	if silent == 0 || p.heard.Load() > silent {
+		return true
+	}
+	if time.Since(time.Unix(0, silent)) < p.m.cfg.Timeout {
+		return false
+	}
+	// Tried once more by this call, as one that timed out now: the next try is a timeout on.
+	return p.silent.CompareAndSwap(silent, time.Now().UnixNano())
 }
 
 type strayInvalidation struct {
@@ -668,6 +705,7 @@ func (p *peer) watchOnce() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	p.heardFrom()
 	// An empty message tells the owner at once that this client answers its heartbeats, so
 	// that it drops the stream if this node goes silent.
 	if err := stream.Send(&fspb.WatchUp{}); err != nil {
@@ -681,6 +719,7 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		if err != nil {
 			return time.Since(start), err
 		}
+		p.heardFrom()
 		select {
 		case alive <- struct{}{}:
 		default:

@@ -14,6 +14,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
@@ -423,6 +425,10 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 		return syscall.ENOTCONN
 	}
 	p.awaitFirstTry(ctx)
+	if !p.local && !p.mayCall() {
+		p.m.stats.failures.Add(1)
+		return syscall.EIO
+	}
 	api, err := p.api(bounded)
 	if err != nil {
 		p.m.stats.failures.Add(1)
@@ -430,9 +436,14 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 	}
 	cctx, cancel := p.callCtx(ctx, bounded)
 	defer cancel()
+	sent := time.Now()
 	if err := fn(cctx, api); err != nil {
+		if bounded && !p.local && status.Code(err) == codes.DeadlineExceeded {
+			p.timedOut(sent)
+		}
 		return p.failure(ctx, bounded, err)
 	}
+	p.heardFrom()
 	return 0
 }
 

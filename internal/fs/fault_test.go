@@ -192,3 +192,39 @@ func TestCloseWhileOwnerUnreachableReachesItLater(t *testing.T) {
 		t.Fatalf("another node's flock of the file whose holder closed it: %v", err)
 	}
 }
+
+// TestSilentOwnerFailsEachCallWithinTheTimeout: the kernel makes some calls twice when the
+// first fails (a lookup whose revalidation failed, a read whose read-ahead failed), and an
+// owner that is frozen or cut off (not dead: nothing refuses the connection) must not make
+// each of them wait for the timeout: the process's call fails within the one timeout.
+func TestSilentOwnerFailsEachCallWithinTheTimeout(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = time.Second
+	n1.mountTree(timeout)
+	must(t, os.MkdirAll(n2.disk("d"), 0o755))
+	must(t, os.WriteFile(n2.disk("d", "f"), make([]byte, 4<<20), 0o644))
+	f, err := os.Open(n1.path("n2", "d", "f"))
+	must(t, err)
+	defer f.Close()
+
+	n2.hang.Store(true)
+	defer n2.hang.Store(false)
+	for _, call := range []struct {
+		what string
+		do   func() error
+	}{
+		{"stat of a name not cached", func() error { _, err := os.Stat(n1.path("n2", "d", "new")); return err }},
+		{"read of data not cached", func() error { _, err := f.ReadAt(make([]byte, 1<<20), 2<<20); return err }},
+		{"listing", func() error { _, err := os.ReadDir(n1.path("n2", "d")); return err }},
+	} {
+		start := time.Now()
+		err := call.do()
+		if !isDownErr(err) {
+			t.Fatalf("%s on a silent owner: %v, want EIO or ENOTCONN", call.what, err)
+		}
+		if took := time.Since(start); took > timeout*3/2 {
+			t.Errorf("%s on a silent owner took %v, over the timeout (%v)", call.what, took, timeout)
+		}
+	}
+}
