@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -227,4 +228,51 @@ func TestSilentOwnerFailsEachCallWithinTheTimeout(t *testing.T) {
 			t.Errorf("%s on a silent owner took %v, over the timeout (%v)", call.what, took, timeout)
 		}
 	}
+}
+
+// TestOpenAnsweredTooLateIsClosed: an open that the owner made but answered after the
+// client's timeout (a frozen or overloaded owner) is closed there: the process got EIO and
+// will never close it, and the owner keeps the session, so it would stay open for good.
+func TestOpenAnsweredTooLateIsClosed(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = time.Second
+	n1.mountTree(timeout)
+	must(t, os.WriteFile(n2.disk("f"), []byte("data"), 0o644))
+	var slow atomic.Bool
+	n2.restart(ServerConfig{afterOpen: func() {
+		if slow.Load() {
+			time.Sleep(timeout * 3 / 2)
+		}
+	}})
+	if _, err := os.Stat(n1.path("n2", "f")); err != nil {
+		t.Fatal(err)
+	}
+
+	slow.Store(true)
+	for _, open := range []func() (*os.File, error){
+		func() (*os.File, error) { return os.Open(n1.path("n2", "f")) },
+		func() (*os.File, error) { return os.Create(n1.path("n2", "new")) },
+	} {
+		f, err := open()
+		if err == nil {
+			f.Close()
+			t.Fatal("an open answered after the timeout worked")
+		}
+		if !isDownErr(err) {
+			t.Fatalf("an open answered after the timeout: %v", err)
+		}
+		time.Sleep(timeout) // past the owner's answer: the next call tries it again
+	}
+	slow.Store(false)
+	// The client hears the late answers when it next reads from the owner.
+	probes := 0
+	eventually(t, 5*time.Second, "the opens answered too late closed on the owner", func() error {
+		probes++
+		os.Stat(n1.path("n2", fmt.Sprint("probe", probes)))
+		if open := n2.server.Stats().OpenFiles; open != 0 {
+			return fmt.Errorf("%d files open there", open)
+		}
+		return nil
+	})
 }
