@@ -275,6 +275,7 @@ const abortAfter = 2 * time.Second
 // Close unmounts the tree, lazily if it is busy: processes still using it keep it until they
 // let go, and their calls fail once the agent is gone.
 func (m *Mounted) Close() error {
+	m.releaseAll()
 	m.cancel()
 	unmounted := make(chan error, 1)
 	go func() { unmounted <- m.server.Unmount() }()
@@ -301,6 +302,46 @@ func (m *Mounted) Close() error {
 	}
 	m.wg.Wait()
 	return err
+}
+
+// releaseAll closes on their owners the files still open through the mount, as it goes: the
+// processes that hold them can no longer use them, and an owner would otherwise keep them, with
+// their locks, for the session's grace period (30 s), other nodes' lock requests waiting.
+func (m *Mounted) releaseAll() {
+	m.mu.Lock()
+	peers := make([]*peer, 0, len(m.peers))
+	for _, p := range m.peers {
+		peers = append(peers, p)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		var handles []uint64
+		p.mu.Lock()
+		for f := range p.handles {
+			f.mu.Lock()
+			if !f.released && !f.lost {
+				handles = append(handles, f.h)
+			}
+			f.mu.Unlock()
+		}
+		p.mu.Unlock()
+		p.releaseMu.Lock()
+		handles = append(append(handles, p.releases...), p.unreleased...)
+		p.releases, p.unreleased = nil, nil
+		p.releaseMu.Unlock()
+		if len(handles) == 0 {
+			continue
+		}
+		wg.Go(func() {
+			for batch := range slices.Chunk(handles, maxReleaseBatch) {
+				if p.sendReleases(batch) != 0 {
+					return // the owner expires the session instead
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // Stats reports the mount's counters and the state of each owner.

@@ -652,6 +652,9 @@ func (p *peer) sendReleases(handles []uint64) syscall.Errno {
 // while apart, until it answers or the mount goes. Handle numbers are random, so one that
 // reaches a restarted owner (which closed everything) names nothing there.
 func (p *peer) retryReleases(handles []uint64) {
+	if p.m.ctx.Err() != nil {
+		return // the mount is gone (releaseAll sent what it had)
+	}
 	p.releaseMu.Lock()
 	defer p.releaseMu.Unlock()
 	p.unreleased = append(p.unreleased, handles...)

@@ -276,3 +276,34 @@ func TestOpenAnsweredTooLateIsClosed(t *testing.T) {
 		return nil
 	})
 }
+
+// TestClientAgentStopReleasesItsFiles: a client agent that stops (its mount closed) while
+// processes hold files open through it tells the owners: the files close there and their
+// locks go at once, not after the session's 30 s, and the node's new mount works. The
+// processes' calls fail (with ENOTCONN once the agent is gone).
+func TestClientAgentStopReleasesItsFiles(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	a := startLockProc(t, n1.path("n2", "f"))
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
+	a.expect("fl ex", "A flocks the file", "ok")
+	if !n2.lockedOnDisk(t, "f") {
+		t.Fatal("not locked on the owner")
+	}
+
+	must(t, n1.mount.Close())
+	a.expect("lk w 5 1", "A's lock call once its node's mount is gone", "ENOTCONN", "EIO")
+	eventually(t, 5*time.Second, "the stopped mount's files and locks gone from the owner", func() error {
+		if open := n2.server.Stats().OpenFiles; open != 0 || n2.lockedOnDisk(t, "f") {
+			return fmt.Errorf("%d files open there, locked: %v", open, n2.lockedOnDisk(t, "f"))
+		}
+		return nil
+	})
+	a.exit()
+	n1.mountTree(time.Second)
+	if b, err := os.ReadFile(n1.path("n2", "f")); err != nil || len(b) != 10 {
+		t.Fatalf("read through the new mount: %d bytes, %v", len(b), err)
+	}
+}
