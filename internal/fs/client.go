@@ -629,7 +629,7 @@ func (p *peer) api(bounded bool) (filesAPI, error) {
 // callCtx bounds one request to the owner. Bounded calls run to their end or the timeout even
 // if the caller is interrupted: the change may already be made on the owner, and a process
 // that retries an interrupted call (Go's runtime interrupts its threads all the time) must not
-// find it half done. Unbounded calls (lock waits, device I/O) end when the caller is
+// find it half done. A process being killed sees nothing more: its calls end at once. Unbounded calls (lock waits, device I/O) end when the caller is
 // interrupted or the owner is found down.
 func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, context.CancelFunc) {
 	ctx := context.Context(p.m.ctx)
@@ -649,8 +649,18 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 			}
 		}()
 	}
-	if !bounded && parent != nil && parent.Done() != nil {
-		stop := context.AfterFunc(parent, cancel)
+	if parent != nil && parent.Done() != nil {
+		end := cancel
+		if bounded {
+			// Only for a process being killed: the kernel waits for the answer before it lets
+			// it die, and no one will see the call's outcome.
+			end = func() {
+				if callerDying(parent) {
+					cancel()
+				}
+			}
+		}
+		stop := context.AfterFunc(parent, end)
 		inner := cancel
 		cancel = func() { stop(); inner() }
 	}
@@ -660,12 +670,44 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 	return ctx, cancel
 }
 
+// callerDying tells whether the process behind a FUSE request that the kernel interrupted is
+// being killed: a fatal signal puts SIGKILL among the pending signals of each of its threads,
+// the one that made the request included (FUSE names that thread).
+func callerDying(ctx context.Context) bool {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok || fc.Pid == 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(fc.Pid), 10) + "/status")
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist) // gone already
+	}
+	return pendingKill(b)
+}
+
+// pendingKill tells whether a /proc/<pid>/status shows SIGKILL pending.
+func pendingKill(status []byte) bool {
+	for line := range bytes.SplitSeq(status, []byte("\n")) {
+		for _, field := range []string{"SigPnd:", "ShdPnd:"} {
+			if rest, ok := bytes.CutPrefix(line, []byte(field)); ok {
+				mask, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 16, 64)
+				if err == nil && mask&(1<<(syscall.SIGKILL-1)) != 0 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // failure turns a transport error into the errno a process sees.
 func (p *peer) failure(parent context.Context, bounded bool, err error) syscall.Errno {
-	if !bounded && parent != nil {
+	if parent != nil {
 		select {
 		case <-parent.Done():
-			return syscall.EINTR
+			if !bounded || callerDying(parent) {
+				return syscall.EINTR
+			}
 		default:
 		}
 	}

@@ -1,9 +1,11 @@
 package fs
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -305,5 +307,46 @@ func TestClientAgentStopReleasesItsFiles(t *testing.T) {
 	n1.mountTree(time.Second)
 	if b, err := os.ReadFile(n1.path("n2", "f")); err != nil || len(b) != 10 {
 		t.Fatalf("read through the new mount: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestKilledProcessOfSilentOwnerEndsAtOnce: a process blocked reading or writing a file of an
+// owner that does not answer ends as soon as it is killed (SIGKILL, or SIGINT without a
+// handler), not when the request times out: the kernel waits for the agent's answer before
+// it lets a process with a request in flight die.
+func TestKilledProcessOfSilentOwnerEndsAtOnce(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	const timeout = 30 * time.Second
+	n1.mountTree(timeout)
+	defer n2.hang.Store(false)
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {
+		for _, io := range []string{"cat <&3 >/dev/null", "cat /dev/zero >&3"} {
+			// A file of its own: the pages of a killed reader's read-ahead stay locked until
+			// the owner answers or the request times out, and a writer of the same pages
+			// waits for them (a limit, in docs/fs.md).
+			name := fmt.Sprintf("f-%d-%d", sig, len(io))
+			must(t, os.WriteFile(n2.disk(name), make([]byte, 4<<20), 0o644))
+			// Opened before the owner goes silent; read (with nothing cached) or written after.
+			cmd := exec.Command("sh", "-c", `exec 3<>"$1"; echo opened; read go; exec `+io, "sh", n1.path("n2", name))
+			stdin, stdout := startPiped(t, cmd)
+			if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "opened\n" {
+				t.Fatalf("%s: %q, %v", io, line, err)
+			}
+			n2.hang.Store(true)
+			fmt.Fprintln(stdin, "go")
+			time.Sleep(200 * time.Millisecond) // in its read or write
+			start := time.Now()
+			cmd.Process.Signal(sig)
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			select {
+			case <-exited:
+			case <-time.After(timeout / 3):
+				t.Fatalf("%s on a silent owner, sent %v: still runs after %v", io, sig, time.Since(start))
+			}
+			n2.hang.Store(false)
+			time.Sleep(time.Second) // the owner heard from again
+		}
 	}
 }
