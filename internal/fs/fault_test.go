@@ -413,3 +413,59 @@ func TestWriterAcrossOwnerRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestClientCutOffPastSessionExpiry: a client node cut off from an owner for longer than the
+// owner keeps its session (its files closed and locks dropped there) finds, when it is back,
+// the files it had open refused with EIO, never read from what it cached before; a new open
+// sees the owner's current data.
+func TestClientCutOffPastSessionExpiry(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n2.restart(ServerConfig{grace: time.Second})
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), []byte("before"), 0o644))
+	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	b := make([]byte, 6)
+	if _, err := f.ReadAt(b, 0); err != nil || string(b) != "before" {
+		t.Fatalf("read %q: %v", b, err)
+	}
+	must(t, unix.Flock(int(f.Fd()), unix.LOCK_EX))
+
+	n1.mute.Store(true)
+	t.Cleanup(func() { n1.mute.Store(false) }) // before the cluster's: a muted mount does not close
+	eventually(t, 4*heartbeat*heartbeatMisses, "the owner expired the silent client's session", func() error {
+		if open := n2.server.Stats().OpenFiles; open != 0 {
+			return fmt.Errorf("%d files still open there", open)
+		}
+		return nil
+	})
+	must(t, os.WriteFile(n2.disk("f"), []byte("after!"), 0o644))
+	// The harness's mute holds the client's watch in its receive, where a real cut-off has it
+	// give up after the heartbeat limit: it sees the stream gone only now.
+	flushes := n1.mount.Stats().Flushes
+	n1.mute.Store(false)
+	eventually(t, 10*time.Second, "the client back", func() error {
+		if st := n1.mount.Stats(); len(st.Nodes) == 0 || !st.Nodes[0].Connected || st.Flushes < flushes+2 {
+			return errors.New("not reconnected")
+		}
+		return nil
+	})
+	clear(b)
+	if _, err := f.ReadAt(b, 0); string(b) == "before" || err == nil && string(b) != "after!" || err != nil && !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a file whose session expired: %q, %v; want EIO (or the owner's data)", b, err)
+	}
+	if _, err := f.WriteAt([]byte("x"), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write to a file whose session expired: %v, want EIO", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_UN); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("unlock of an flock dropped with the session: %v, want EIO", err)
+	}
+	if got, err := os.ReadFile(n1.path("n2", "f")); err != nil || string(got) != "after!" {
+		t.Fatalf("a new open reads %q, %v; want the owner's data", got, err)
+	}
+	if got, _ := os.ReadFile(n2.disk("f")); string(got) != "after!" {
+		t.Fatalf("the owner's file: %q", got)
+	}
+}
