@@ -544,10 +544,28 @@ type peer struct {
 // heardFrom notes that the owner answered.
 func (p *peer) heardFrom() { p.heard.Store(time.Now().UnixNano()) }
 
-// timedOut notes a request sent at sent that the owner did not answer within the timeout.
-func (p *peer) timedOut(sent time.Time) {
+// timedOut notes a request sent at sent through api that the owner did not answer within the
+// timeout. If the owner was heard from meanwhile, the fault is the request's connection: a
+// file wire that carried no answer since the request went out is stuck (a connection a
+// middlebox lost, while the Watch stream's lives), and is given up, so that the next call
+// opens a new one instead of each waiting for the timeout for as long as it stays open.
+func (p *peer) timedOut(sent time.Time, api filesAPI) {
 	if p.heard.Load() < sent.UnixNano() {
 		p.silent.Store(time.Now().UnixNano())
+		return
+	}
+	r, ok := api.(remoteFiles)
+	if !ok || r.calls == nil {
+		return
+	}
+	select {
+	case <-r.calls.ready:
+	default:
+		return // still dialling: the dial has its own timeout
+	}
+	if w := r.calls.wire; w != nil && w.lastReply().Before(sent) {
+		p.m.log.Info("file wire to node carries no answers while the node is heard from; opening a new one", "node", p.name)
+		r.calls.close()
 	}
 }
 

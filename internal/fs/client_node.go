@@ -439,7 +439,7 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 	sent := time.Now()
 	if err := fn(cctx, api); err != nil {
 		if bounded && !p.local && status.Code(err) == codes.DeadlineExceeded {
-			p.timedOut(sent)
+			p.timedOut(sent, api)
 		}
 		return p.failure(ctx, bounded, err)
 	}

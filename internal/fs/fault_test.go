@@ -469,3 +469,33 @@ func TestClientCutOffPastSessionExpiry(t *testing.T) {
 		t.Fatalf("the owner's file: %q", got)
 	}
 }
+
+// TestWedgedWireIsReplaced: a file wire connection that stops carrying answers while the
+// owner is otherwise heard from (its Watch stream's heartbeats: a connection a middlebox
+// lost, not a silent owner) is given up after one timeout, and the calls go on a new one,
+// instead of each call waiting for the timeout for as long as the connection stays open.
+func TestWedgedWireIsReplaced(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	// Longer than the heartbeat, so that the owner is heard from within it.
+	const timeout = 2*heartbeat + time.Second/2
+	n1.mountTree(timeout)
+	must(t, os.WriteFile(n2.disk("f"), []byte("data"), 0o644))
+	if _, err := os.ReadFile(n1.path("n2", "f")); err != nil {
+		t.Fatal(err)
+	}
+	n2.wedgeWires()
+	time.Sleep(2 * heartbeat) // the owner heard from on its Watch stream since
+	failed := 0
+	for i := range 5 {
+		if _, err := os.Stat(n1.path("n2", fmt.Sprint("new", i))); !errors.Is(err, os.ErrNotExist) {
+			failed++
+			if !isDownErr(err) {
+				t.Fatalf("stat over a wedged wire: %v", err)
+			}
+		}
+	}
+	if failed > 1 {
+		t.Fatalf("%d of 5 stats failed over a wedged wire connection, want the first at most", failed)
+	}
+}
