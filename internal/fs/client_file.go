@@ -275,10 +275,18 @@ func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 	if f.lockLost(req) {
 		return syscall.EIO
 	}
+	if !req.Flock {
+		if errno := f.n.sendUnsentUnlock(ctx, owner); errno != 0 {
+			return errno
+		}
+	}
 	f.noteLock(req, false)
-	_, errno := f.lock(ctx, req, blocking)
+	reply, errno := f.lock(ctx, req, blocking)
 	if errno == 0 {
 		f.noteLock(req, true)
+	}
+	if reply == nil && errno != 0 && req.Op == fspb.LockRequest_RELEASE_OWNER {
+		f.unsentUnlock(owner)
 	}
 	if errno == 0 && req.Flock && lk.Typ != syscall.F_UNLCK {
 		f.mu.Lock()
@@ -323,6 +331,85 @@ func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLo
 		}
 		wait = min(2*wait, 100*time.Millisecond)
 	}
+}
+
+// unsentUnlock notes that lock owner's unlock of the whole file through f did not reach the
+// owner (down, cut off, silent) and sends it again until it does. It is what a close of any
+// descriptor of the file does to a process's POSIX locks (lockReleasingFS.Flush), and the
+// process goes on as if they were gone, as they are locally: left on the owner, they would
+// hold for as long as the process keeps another descriptor of the file open.
+func (f *fileHandle) unsentUnlock(owner uint64) {
+	n, p := f.n, f.n.p
+	if p.m.ctx.Err() != nil {
+		return
+	}
+	n.mu.Lock()
+	_, retrying := n.unsentUnlocks[owner]
+	if n.unsentUnlocks == nil {
+		n.unsentUnlocks = make(map[uint64]*fileHandle)
+	}
+	n.unsentUnlocks[owner] = f
+	n.mu.Unlock()
+	if retrying {
+		return
+	}
+	p.m.wg.Add(1)
+	go func() {
+		defer p.m.wg.Done()
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, maxWatchBackoff) {
+			select {
+			case <-time.After(backoff):
+			case <-p.m.ctx.Done():
+				return
+			}
+			if n.sendUnsentUnlock(context.Background(), owner) == 0 {
+				return
+			}
+		}
+	}()
+}
+
+// sendUnsentUnlock sends lock owner's unlock of the whole file that did not reach the owner,
+// if there is one, through any handle of the file still open here. It fails only if this
+// attempt does not reach the owner either.
+func (n *node) sendUnsentUnlock(ctx context.Context, owner uint64) syscall.Errno {
+	n.mu.Lock()
+	f := n.unsentUnlocks[owner]
+	n.mu.Unlock()
+	if f == nil {
+		return 0
+	}
+	via := n.p.openHandleOf(n, f)
+	if via != nil {
+		reply, errno := via.lock(ctx, &fspb.LockRequest{Session: n.p.m.session, Op: fspb.LockRequest_RELEASE_OWNER, Owner: owner}, false)
+		if reply == nil && errno != 0 {
+			return errno
+		}
+	}
+	// Done; or no handle of the file is left open here, and the owner drops the locks of
+	// a file its client has no handle of.
+	n.mu.Lock()
+	if n.unsentUnlocks[owner] == f {
+		delete(n.unsentUnlocks, owner)
+	}
+	n.mu.Unlock()
+	return 0
+}
+
+// openHandleOf returns f if it is still open, else another handle of n's file open through
+// this mount, or nil.
+func (p *peer) openHandleOf(n *node, f *fileHandle) *fileHandle {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, open := p.handles[f]; open {
+		return f
+	}
+	for h := range p.handles {
+		if h.n == n {
+			return h
+		}
+	}
+	return nil
 }
 
 // cancelWait tells the owner that blocking wait id ended without its answer. Should this

@@ -181,6 +181,10 @@ type node struct {
 	// (reclaim.go).
 	posixLocks map[uint64]heldSpans
 	lostLocks  map[uint64]bool
+	// unsentUnlocks are the lock owners whose unlock of the whole file (a close) did not
+	// reach the owner, with the handle it was made through: sent again until it does, and
+	// before any later lock request of that lock owner on the file (fileHandle.unsentUnlock).
+	unsentUnlocks map[uint64]*fileHandle
 
 	// listing is the directory's every name while the client knows it whole (nil when not): a
 	// lookup of any other name fails here without asking the owner.
