@@ -362,7 +362,7 @@ func (f *fileHandle) unsentUnlock(owner uint64) {
 			case <-p.m.ctx.Done():
 				return
 			}
-			if n.sendUnsentUnlock(context.Background(), owner) == 0 {
+			if !p.m.knownNode(p.name) || n.sendUnsentUnlock(context.Background(), owner) == 0 {
 				return
 			}
 		}
@@ -766,6 +766,12 @@ func (p *peer) retryReleasesLoop() {
 			return
 		}
 		p.releaseMu.Lock()
+		if !p.m.knownNode(p.name) {
+			// Gone from the cluster: nothing is open there any more.
+			p.unreleased, p.releaseRetrying = nil, false
+			p.releaseMu.Unlock()
+			return
+		}
 		batch := p.unreleased[:min(len(p.unreleased), maxReleaseBatch)]
 		p.unreleased = p.unreleased[len(batch):]
 		p.releaseMu.Unlock()
