@@ -534,7 +534,8 @@ type peer struct {
 }
 
 // An owner that let a request time out without a word from it meanwhile (no reply to any
-// request, no message on its Watch stream) is silent: frozen, or cut off without a refusal.
+// request, no message on its Watch stream, which carries a heartbeat every 2 s, for longer
+// than two of those) is silent: frozen, or cut off without a refusal.
 // Until something is heard from it, its calls fail at once with EIO, but for one at a time,
 // once per timeout, which tries it. Without this, a call the kernel makes again when the first
 // attempt failed (a read after its read-ahead failed, a lookup after a revalidation) waited
@@ -550,8 +551,13 @@ func (p *peer) heardFrom() { p.heard.Store(time.Now().UnixNano()) }
 // middlebox lost, while the Watch stream's lives), and is given up, so that the next call
 // opens a new one instead of each waiting for the timeout for as long as it stays open.
 func (p *peer) timedOut(sent time.Time, api filesAPI) {
-	if p.heard.Load() < sent.UnixNano() {
-		p.silent.Store(time.Now().UnixNano())
+	if heard := p.heard.Load(); heard < sent.UnixNano() {
+		// Silent only if its Watch stream, were it up, would have spoken twice meanwhile: an
+		// owner that is merely slow to answer (a timeout shorter than that, a loaded machine)
+		// is not cut off from every call for it.
+		if time.Since(time.Unix(0, heard)) > 2*heartbeat {
+			p.silent.Store(time.Now().UnixNano())
+		}
 		return
 	}
 	r, ok := api.(remoteFiles)

@@ -204,7 +204,9 @@ func TestCloseWhileOwnerUnreachableReachesItLater(t *testing.T) {
 func TestSilentOwnerFailsEachCallWithinTheTimeout(t *testing.T) {
 	c := newTestCluster(t, "n1", "n2")
 	n1, n2 := c.node("n1"), c.node("n2")
-	const timeout = time.Second
+	// The default: longer than two heartbeats, after which an owner that said nothing counts
+	// as silent.
+	const timeout = defaultTimeout
 	n1.mountTree(timeout)
 	must(t, os.MkdirAll(n2.disk("d"), 0o755))
 	must(t, os.WriteFile(n2.disk("d", "f"), make([]byte, 4<<20), 0o644))
