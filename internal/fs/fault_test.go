@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -500,4 +501,92 @@ func TestWedgedWireIsReplaced(t *testing.T) {
 	if failed > 1 {
 		t.Fatalf("%d of 5 stats failed over a wedged wire connection, want the first at most", failed)
 	}
+}
+
+// TestOwnerRestartsTwiceUnderLoad: two nodes writing large files and creating small ones on
+// a third while its file server restarts twice see only EIO or ENOTCONN, and only while it is
+// down; their open files work after each restart, and once they are done nothing is left
+// open on the owner.
+func TestOwnerRestartsTwiceUnderLoad(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	// The default timeout: a loaded machine answers some calls slower than a second.
+	n1.mountTree(defaultTimeout)
+	n3.mountTree(defaultTimeout)
+	var stop atomic.Bool
+	var mu sync.Mutex
+	var failures []error
+	fail := func(err error) {
+		mu.Lock()
+		failures = append(failures, err)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	writes := make([]atomic.Int64, 4)
+	for i, cl := range []*testNode{n1, n3} {
+		wg.Go(func() {
+			f, err := os.Create(cl.path("n2", "big-"+cl.name))
+			for ; err != nil; f, err = os.Create(cl.path("n2", "big-"+cl.name)) {
+				if fail(err); stop.Load() {
+					return
+				}
+			}
+			defer f.Close()
+			data := bytes.Repeat([]byte{1}, 1<<20)
+			for j := int64(0); !stop.Load(); j++ {
+				if _, err := f.WriteAt(data, j%32<<20); err != nil {
+					fail(err)
+					continue
+				}
+				writes[i].Add(1)
+			}
+		})
+		wg.Go(func() {
+			for j := 0; !stop.Load(); j++ {
+				if err := os.WriteFile(cl.path("n2", fmt.Sprintf("small-%s-%d", cl.name, j%50)), []byte("x"), 0o644); err != nil {
+					fail(err)
+					continue
+				}
+				writes[2+i].Add(1)
+			}
+		})
+	}
+	progress := func(what string) {
+		t.Helper()
+		var before [4]int64
+		for i := range writes {
+			before[i] = writes[i].Load()
+		}
+		eventually(t, 10*time.Second, what, func() error {
+			for i := range writes {
+				if writes[i].Load() <= before[i] {
+					mu.Lock()
+					defer mu.Unlock()
+					return fmt.Errorf("writer %d made no progress (failures: %v)", i, failures)
+				}
+			}
+			return nil
+		})
+	}
+	progress("the writers under way")
+	for i := range 2 {
+		n2.stop()
+		time.Sleep(200 * time.Millisecond)
+		n2.start(ServerConfig{})
+		progress(fmt.Sprint("the writers going on after restart ", i+1))
+	}
+	stop.Store(true)
+	wg.Wait()
+	for _, err := range failures {
+		if !isDownErr(err) {
+			t.Fatalf("a call while the owner restarted: %v, want EIO or ENOTCONN", err)
+		}
+	}
+	eventually(t, 5*time.Second, "nothing left open on the owner", func() error {
+		if open := n2.server.Stats().OpenFiles; open != 0 {
+			return fmt.Errorf("%d files open there", open)
+		}
+		return nil
+	})
 }
