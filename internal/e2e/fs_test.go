@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -360,4 +362,91 @@ func (p *lockerProc) do(command string) string {
 		p.t.Fatalf("lock helper ended: %v", p.out.Err())
 	}
 	return p.out.Text()
+}
+
+// TestClusterFileOwnerFrozenOrCutOff: while n2's agent is frozen (SIGSTOP) or n2's link is
+// down, n1's calls into /ssi/n2 fail with EIO or ENOTCONN within the request timeout (5 s,
+// plus the 2 s a first call may wait for the Watch stream), a process holding a file of n2
+// open gets errors rather than a hang, /ssi/n3 and n1's own /ssi/n1 keep working, and all of
+// it works again once n2 is back.
+func TestClusterFileOwnerFrozenOrCutOff(t *testing.T) {
+	c := startCluster(t, 3)
+	if r := inside(t, c, "n2", "sh", "-c", "echo data > /tmp/f"); r.code != 0 {
+		t.Fatalf("writing n2's file: %v", r)
+	}
+	if r := inside(t, c, "n1", "cat", "/ssi/n2/tmp/f"); r.code != 0 || r.stdout != "data\n" {
+		t.Fatalf("reading n2's file from n1: %v", r)
+	}
+	// Each check runs under a timeout of its own, far over the bound: a hang shows as 124.
+	const script = `
+t() { s=$(date +%s%N); timeout 60 "$@" >/dev/null 2>&1; rc=$?; echo "$rc $(( ($(date +%s%N) - s) / 1000000 )) $1"; }
+exec 3<>/ssi/n2/tmp/f
+echo ready; read go
+t stat /ssi/n2/tmp/new
+t cat /ssi/n2/tmp/f
+t sh -c 'echo x >&3'
+t ls /ssi/n2/tmp
+t ls /ssi/n3/
+t cat /ssi/n1/etc/hostname
+`
+	const bound = 2 * (5 + 2) * 1000 // ms: twice the timeout and the first call's wait
+	check := func(what string, fault, heal func() error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := c.Exec(ctx, "n1", "sh", "-c", script)
+		cmd.Dir = "/"
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		out := bufio.NewScanner(stdout)
+		if !out.Scan() || out.Text() != "ready" {
+			t.Fatalf("%s: the script did not start: %q", what, out.Text())
+		}
+		if err := fault(); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(stdin, "go\n")
+		var lines []string
+		for out.Scan() {
+			lines = append(lines, out.Text())
+		}
+		cmd.Wait()
+		if err := heal(); err != nil {
+			t.Fatal(err)
+		}
+		if len(lines) != 6 {
+			t.Fatalf("%s: %q", what, lines)
+		}
+		t.Logf("%s: %q", what, lines)
+		for i, line := range lines {
+			var rc, ms int
+			var cmdName string
+			fmt.Sscan(line, &rc, &ms, &cmdName)
+			local := i >= 4 // /ssi/n3 and /ssi/n1
+			if local && rc != 0 || !local && (rc == 0 || rc == 124) || ms > bound {
+				t.Errorf("%s: %s (exit status, ms, command; want failures within %d ms into /ssi/n2, success elsewhere)", what, line, bound)
+			}
+		}
+		eventually(t, 30*time.Second, "n2's files readable from n1 again after "+what, func() bool {
+			r := inside(t, c, "n1", "cat", "/ssi/n2/tmp/f")
+			return r.code == 0 && r.stdout == "data\n"
+		})
+	}
+
+	pid, err := c.Node("n2").AgentPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("n2's agent frozen", func() error { return syscall.Kill(pid, syscall.SIGSTOP) },
+		func() error { return syscall.Kill(pid, syscall.SIGCONT) })
+	check("n2's link down", func() error { return c.Partition("n2") }, func() error { return c.Heal("n2") })
 }

@@ -68,6 +68,43 @@ type callStream struct {
 	nextID  uint64
 	pending map[uint64]chan *fspb.Result
 	err     error
+	// abandoned are the opens and creates whose callers gave up before the reply came; a
+	// reply that comes later still opened the file on the owner, and lateOpen closes it there.
+	abandoned map[uint64]bool
+	lateOpen  func(handle uint64)
+}
+
+// maxAbandoned bounds the abandoned opens a stream remembers: an owner that answers none of
+// them is not going to.
+const maxAbandoned = 4096
+
+// opensFile tells the methods whose reply carries a handle the owner opened.
+func opensFile(method string) bool { return method == "Open" || method == "Create" }
+
+// late handles a reply no caller waits for: one to an abandoned open is closed on the owner.
+func (cs *callStream) late(res *fspb.Result) {
+	cs.mu.Lock()
+	abandoned, lateOpen := cs.abandoned[res.Id], cs.lateOpen
+	delete(cs.abandoned, res.Id)
+	cs.mu.Unlock()
+	if !abandoned || lateOpen == nil || res.Code != uint32(codes.OK) {
+		return
+	}
+	var reply fspb.OpenReply
+	if proto.Unmarshal(res.Reply, &reply) == nil && reply.Errno == 0 && reply.Handle != 0 {
+		go lateOpen(reply.Handle)
+	}
+}
+
+// abandon notes that the caller of open id gave up before its reply came.
+func (cs *callStream) abandon(id uint64) {
+	if len(cs.abandoned) >= maxAbandoned {
+		return
+	}
+	if cs.abandoned == nil {
+		cs.abandoned = make(map[uint64]bool)
+	}
+	cs.abandoned[id] = true
 }
 
 // openCallStream starts opening a Calls stream on conn; calls wait for it.
@@ -127,7 +164,9 @@ func (cs *callStream) deliver(res *fspb.Result) {
 	cs.mu.Unlock()
 	if ch != nil {
 		ch <- res
+		return
 	}
+	cs.late(res)
 }
 
 // fail ends the stream: calls waiting on it fail with err, or go unary if the owner does not
@@ -183,10 +222,25 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 	id := cs.nextID
 	cs.pending[id] = ch
 	cs.mu.Unlock()
+	answered := false
 	defer func() {
 		cs.mu.Lock()
+		_, waiting := cs.pending[id]
 		delete(cs.pending, id)
+		abandoned := !answered && opensFile(method)
+		if abandoned {
+			// Gave up (a timeout) without the reply: should it come, the file it opened is
+			// closed (late); it may have come just now.
+			cs.abandon(id)
+		}
 		cs.mu.Unlock()
+		if abandoned && !waiting {
+			select {
+			case res := <-ch:
+				cs.late(res)
+			default:
+			}
+		}
 	}()
 	if err := cs.sendCall(ctx, &fspb.Call{Id: id, Method: method, Request: body}); err != nil {
 		return err
@@ -217,6 +271,7 @@ func (cs *callStream) call(ctx context.Context, method string, in, out proto.Mes
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	}
+	answered = true
 	if res.Code != uint32(codes.OK) {
 		return status.Error(codes.Code(res.Code), res.Message)
 	}
@@ -372,12 +427,14 @@ func (p *peer) callStreamFor(conn grpc.ClientConnInterface) *callStream {
 	now := time.Now()
 	if d, ok := p.m.cfg.Nodes.(WireDialer); ok && !now.Before(p.wireRetry) {
 		p.calls = openWireStream(p.m.ctx, conn, d, p.name, p.m.cfg.Timeout)
-		return p.calls
-	}
-	if now.Before(p.callsRetry) {
+	} else if now.Before(p.callsRetry) {
 		return nil
+	} else {
+		p.calls = openCallStream(p.m.ctx, conn)
 	}
-	p.calls = openCallStream(p.m.ctx, conn)
+	p.calls.mu.Lock()
+	p.calls.lateOpen = func(h uint64) { p.releaseNow([]uint64{h}) }
+	p.calls.mu.Unlock()
 	return p.calls
 }
 

@@ -275,6 +275,7 @@ const abortAfter = 2 * time.Second
 // Close unmounts the tree, lazily if it is busy: processes still using it keep it until they
 // let go, and their calls fail once the agent is gone.
 func (m *Mounted) Close() error {
+	m.releaseAll()
 	m.cancel()
 	unmounted := make(chan error, 1)
 	go func() { unmounted <- m.server.Unmount() }()
@@ -301,6 +302,46 @@ func (m *Mounted) Close() error {
 	}
 	m.wg.Wait()
 	return err
+}
+
+// releaseAll closes on their owners the files still open through the mount, as it goes: the
+// processes that hold them can no longer use them, and an owner would otherwise keep them, with
+// their locks, for the session's grace period (30 s), other nodes' lock requests waiting.
+func (m *Mounted) releaseAll() {
+	m.mu.Lock()
+	peers := make([]*peer, 0, len(m.peers))
+	for _, p := range m.peers {
+		peers = append(peers, p)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		var handles []uint64
+		p.mu.Lock()
+		for f := range p.handles {
+			f.mu.Lock()
+			if !f.released && !f.lost {
+				handles = append(handles, f.h)
+			}
+			f.mu.Unlock()
+		}
+		p.mu.Unlock()
+		p.releaseMu.Lock()
+		handles = append(append(handles, p.releases...), p.unreleased...)
+		p.releases, p.unreleased = nil, nil
+		p.releaseMu.Unlock()
+		if len(handles) == 0 {
+			continue
+		}
+		wg.Go(func() {
+			for batch := range slices.Chunk(handles, maxReleaseBatch) {
+				if p.sendReleases(batch) != 0 {
+					return // the owner expires the session instead
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // Stats reports the mount's counters and the state of each owner.
@@ -448,6 +489,11 @@ type peer struct {
 	firstTry     chan struct{}
 	firstTryOnce sync.Once
 
+	// heard is when the owner last answered or spoke on its Watch stream, silent when a
+	// request to it last timed out with nothing heard since it was sent (Unix nanoseconds;
+	// see mayCall).
+	heard, silent atomic.Int64
+
 	// epoch changes whenever the stream connects or drops: an answer that straddles a change
 	// may predate the flush and must not be cached.
 	epoch atomic.Uint64
@@ -473,6 +519,10 @@ type peer struct {
 	// releases are handles closed here and not yet on the owner (see fileHandle.Release).
 	releaseMu sync.Mutex
 	releases  []uint64
+	// unreleased are handles whose close did not reach the owner, sent again by one goroutine
+	// while releaseRetrying (retryReleases).
+	unreleased      []uint64
+	releaseRetrying bool
 
 	// handles are the files open on the owner through this mount, opened again should its
 	// file server restart (reclaim.go); reclaimed, when made, is closed at the end of the next
@@ -481,6 +531,62 @@ type peer struct {
 	handles    map[*fileHandle]struct{}
 	reclaimed  chan struct{}
 	reclaiming atomic.Pointer[chan struct{}]
+}
+
+// An owner that let a request time out without a word from it meanwhile (no reply to any
+// request, no message on its Watch stream, which carries a heartbeat every 2 s, for longer
+// than two of those) is silent: frozen, or cut off without a refusal.
+// Until something is heard from it, its calls fail at once with EIO, but for one at a time,
+// once per timeout, which tries it. Without this, a call the kernel makes again when the first
+// attempt failed (a read after its read-ahead failed, a lookup after a revalidation) waited
+// for a second timeout, and the kernel's background requests to a silent owner (read-ahead,
+// closes) filled the queue they share with every other node's.
+
+// heardFrom notes that the owner answered.
+func (p *peer) heardFrom() { p.heard.Store(time.Now().UnixNano()) }
+
+// timedOut notes a request sent at sent through api that the owner did not answer within the
+// timeout. If the owner was heard from meanwhile, the fault is the request's connection: a
+// file wire that carried no answer since the request went out is stuck (a connection a
+// middlebox lost, while the Watch stream's lives), and is given up, so that the next call
+// opens a new one instead of each waiting for the timeout for as long as it stays open.
+func (p *peer) timedOut(sent time.Time, api filesAPI) {
+	if heard := p.heard.Load(); heard < sent.UnixNano() {
+		// Silent only if its Watch stream, were it up, would have spoken twice meanwhile: an
+		// owner that is merely slow to answer (a timeout shorter than that, a loaded machine)
+		// is not cut off from every call for it.
+		if time.Since(time.Unix(0, heard)) > 2*heartbeat {
+			p.silent.Store(time.Now().UnixNano())
+		}
+		return
+	}
+	r, ok := api.(remoteFiles)
+	if !ok || r.calls == nil {
+		return
+	}
+	select {
+	case <-r.calls.ready:
+	default:
+		return // still dialling: the dial has its own timeout
+	}
+	if w := r.calls.wire; w != nil && w.lastReply().Before(sent) {
+		p.m.log.Info("file wire to node carries no answers while the node is heard from; opening a new one", "node", p.name)
+		r.calls.close()
+	}
+}
+
+// mayCall tells whether a call may go to the owner: it is not silent, or this call is the
+// one that tries it.
+func (p *peer) mayCall() bool {
+	silent := p.silent.Load()
+	if silent == 0 || p.heard.Load() > silent {
+		return true
+	}
+	if time.Since(time.Unix(0, silent)) < p.m.cfg.Timeout {
+		return false
+	}
+	// Tried once more by this call, as one that timed out now: the next try is a timeout on.
+	return p.silent.CompareAndSwap(silent, time.Now().UnixNano())
 }
 
 type strayInvalidation struct {
@@ -547,7 +653,7 @@ func (p *peer) api(bounded bool) (filesAPI, error) {
 // callCtx bounds one request to the owner. Bounded calls run to their end or the timeout even
 // if the caller is interrupted: the change may already be made on the owner, and a process
 // that retries an interrupted call (Go's runtime interrupts its threads all the time) must not
-// find it half done. Unbounded calls (lock waits, device I/O) end when the caller is
+// find it half done. A process being killed sees nothing more: its calls end at once. Unbounded calls (lock waits, device I/O) end when the caller is
 // interrupted or the owner is found down.
 func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, context.CancelFunc) {
 	ctx := context.Context(p.m.ctx)
@@ -567,8 +673,18 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 			}
 		}()
 	}
-	if !bounded && parent != nil && parent.Done() != nil {
-		stop := context.AfterFunc(parent, cancel)
+	if parent != nil && parent.Done() != nil {
+		end := cancel
+		if bounded {
+			// Only for a process being killed: the kernel waits for the answer before it lets
+			// it die, and no one will see the call's outcome.
+			end = func() {
+				if callerDying(parent) {
+					cancel()
+				}
+			}
+		}
+		stop := context.AfterFunc(parent, end)
 		inner := cancel
 		cancel = func() { stop(); inner() }
 	}
@@ -578,12 +694,44 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 	return ctx, cancel
 }
 
+// callerDying tells whether the process behind a FUSE request that the kernel interrupted is
+// being killed: a fatal signal puts SIGKILL among the pending signals of each of its threads,
+// the one that made the request included (FUSE names that thread).
+func callerDying(ctx context.Context) bool {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok || fc.Pid == 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(fc.Pid), 10) + "/status")
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist) // gone already
+	}
+	return pendingKill(b)
+}
+
+// pendingKill tells whether a /proc/<pid>/status shows SIGKILL pending.
+func pendingKill(status []byte) bool {
+	for line := range bytes.SplitSeq(status, []byte("\n")) {
+		for _, field := range []string{"SigPnd:", "ShdPnd:"} {
+			if rest, ok := bytes.CutPrefix(line, []byte(field)); ok {
+				mask, err := strconv.ParseUint(string(bytes.TrimSpace(rest)), 16, 64)
+				if err == nil && mask&(1<<(syscall.SIGKILL-1)) != 0 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // failure turns a transport error into the errno a process sees.
 func (p *peer) failure(parent context.Context, bounded bool, err error) syscall.Errno {
-	if !bounded && parent != nil {
+	if parent != nil {
 		select {
 		case <-parent.Done():
-			return syscall.EINTR
+			if !bounded || callerDying(parent) {
+				return syscall.EINTR
+			}
 		default:
 		}
 	}
@@ -664,6 +812,7 @@ func (p *peer) watchOnce() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	p.heardFrom()
 	// An empty message tells the owner at once that this client answers its heartbeats, so
 	// that it drops the stream if this node goes silent.
 	if err := stream.Send(&fspb.WatchUp{}); err != nil {
@@ -677,6 +826,7 @@ func (p *peer) watchOnce() (time.Duration, error) {
 		if err != nil {
 			return time.Since(start), err
 		}
+		p.heardFrom()
 		select {
 		case alive <- struct{}{}:
 		default:

@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"math"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -274,10 +275,18 @@ func (f *fileHandle) setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 	if f.lockLost(req) {
 		return syscall.EIO
 	}
+	if !req.Flock {
+		if errno := f.n.sendUnsentUnlock(ctx, owner); errno != 0 {
+			return errno
+		}
+	}
 	f.noteLock(req, false)
-	_, errno := f.lock(ctx, req, blocking)
+	reply, errno := f.lock(ctx, req, blocking)
 	if errno == 0 {
 		f.noteLock(req, true)
+	}
+	if reply == nil && errno != 0 && req.Op == fspb.LockRequest_RELEASE_OWNER {
+		f.unsentUnlock(owner)
 	}
 	if errno == 0 && req.Flock && lk.Typ != syscall.F_UNLCK {
 		f.mu.Lock()
@@ -322,6 +331,85 @@ func (f *fileHandle) waitLock(ctx context.Context, owner uint64, lk *fuse.FileLo
 		}
 		wait = min(2*wait, 100*time.Millisecond)
 	}
+}
+
+// unsentUnlock notes that lock owner's unlock of the whole file through f did not reach the
+// owner (down, cut off, silent) and sends it again until it does. It is what a close of any
+// descriptor of the file does to a process's POSIX locks (lockReleasingFS.Flush), and the
+// process goes on as if they were gone, as they are locally: left on the owner, they would
+// hold for as long as the process keeps another descriptor of the file open.
+func (f *fileHandle) unsentUnlock(owner uint64) {
+	n, p := f.n, f.n.p
+	if p.m.ctx.Err() != nil {
+		return
+	}
+	n.mu.Lock()
+	_, retrying := n.unsentUnlocks[owner]
+	if n.unsentUnlocks == nil {
+		n.unsentUnlocks = make(map[uint64]*fileHandle)
+	}
+	n.unsentUnlocks[owner] = f
+	n.mu.Unlock()
+	if retrying {
+		return
+	}
+	p.m.wg.Add(1)
+	go func() {
+		defer p.m.wg.Done()
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, maxWatchBackoff) {
+			select {
+			case <-time.After(backoff):
+			case <-p.m.ctx.Done():
+				return
+			}
+			if !p.m.knownNode(p.name) || n.sendUnsentUnlock(context.Background(), owner) == 0 {
+				return
+			}
+		}
+	}()
+}
+
+// sendUnsentUnlock sends lock owner's unlock of the whole file that did not reach the owner,
+// if there is one, through any handle of the file still open here. It fails only if this
+// attempt does not reach the owner either.
+func (n *node) sendUnsentUnlock(ctx context.Context, owner uint64) syscall.Errno {
+	n.mu.Lock()
+	f := n.unsentUnlocks[owner]
+	n.mu.Unlock()
+	if f == nil {
+		return 0
+	}
+	via := n.p.openHandleOf(n, f)
+	if via != nil {
+		reply, errno := via.lock(ctx, &fspb.LockRequest{Session: n.p.m.session, Op: fspb.LockRequest_RELEASE_OWNER, Owner: owner}, false)
+		if reply == nil && errno != 0 {
+			return errno
+		}
+	}
+	// Done; or no handle of the file is left open here, and the owner drops the locks of
+	// a file its client has no handle of.
+	n.mu.Lock()
+	if n.unsentUnlocks[owner] == f {
+		delete(n.unsentUnlocks, owner)
+	}
+	n.mu.Unlock()
+	return 0
+}
+
+// openHandleOf returns f if it is still open, else another handle of n's file open through
+// this mount, or nil.
+func (p *peer) openHandleOf(n *node, f *fileHandle) *fileHandle {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, open := p.handles[f]; open {
+		return f
+	}
+	for h := range p.handles {
+		if h.n == n {
+			return h
+		}
+	}
+	return nil
 }
 
 // cancelWait tells the owner that blocking wait id ended without its answer. Should this
@@ -630,11 +718,77 @@ func (p *peer) releaseLater(h uint64) {
 	}
 }
 
-// releaseNow closes handles on the owner. Failures are not reported: the kernel does not wait,
-// and the owner closes a session's files when it does not come back.
+// releaseNow closes handles on the owner. Failures are not reported: the kernel does not wait.
+// Handles the owner could not be told about (down, cut off, frozen past the timeout) are sent
+// again until it answers: an owner that is back before this session expires there keeps the
+// session, and with it those files and their flocks, which nothing else would ever close.
 func (p *peer) releaseNow(handles []uint64) {
-	p.call(context.Background(), true, func(rpc context.Context, api filesAPI) error {
+	if p.sendReleases(handles) != 0 {
+		p.retryReleases(handles)
+	}
+}
+
+func (p *peer) sendReleases(handles []uint64) syscall.Errno {
+	return p.call(context.Background(), true, func(rpc context.Context, api filesAPI) error {
 		_, err := api.Release(rpc, &fspb.HandleRequest{Session: p.m.session, Handles: handles})
 		return err
 	})
+}
+
+// retryReleases keeps handles whose close did not reach the owner and sends them again, a
+// while apart, until it answers or the mount goes. Handle numbers are random, so one that
+// reaches a restarted owner (which closed everything) names nothing there.
+func (p *peer) retryReleases(handles []uint64) {
+	if p.m.ctx.Err() != nil {
+		return // the mount is gone (releaseAll sent what it had)
+	}
+	p.releaseMu.Lock()
+	defer p.releaseMu.Unlock()
+	p.unreleased = append(p.unreleased, handles...)
+	if p.releaseRetrying {
+		return
+	}
+	p.releaseRetrying = true
+	p.m.wg.Add(1)
+	go p.retryReleasesLoop()
+}
+
+// maxReleaseBatch bounds the handles of one Release request.
+const maxReleaseBatch = 256
+
+func (p *peer) retryReleasesLoop() {
+	defer p.m.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-time.After(backoff):
+		case <-p.m.ctx.Done():
+			return
+		}
+		p.releaseMu.Lock()
+		if !p.m.knownNode(p.name) {
+			// Gone from the cluster: nothing is open there any more.
+			p.unreleased, p.releaseRetrying = nil, false
+			p.releaseMu.Unlock()
+			return
+		}
+		batch := p.unreleased[:min(len(p.unreleased), maxReleaseBatch)]
+		p.unreleased = p.unreleased[len(batch):]
+		p.releaseMu.Unlock()
+		failed := p.sendReleases(batch) != 0
+		p.releaseMu.Lock()
+		if failed {
+			p.unreleased = slices.Concat(batch, p.unreleased)
+			backoff = min(2*backoff, maxWatchBackoff)
+		} else {
+			backoff = 0
+		}
+		if len(p.unreleased) == 0 {
+			p.unreleased = nil
+			p.releaseRetrying = false
+			p.releaseMu.Unlock()
+			return
+		}
+		p.releaseMu.Unlock()
+	}
 }

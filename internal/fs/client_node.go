@@ -14,6 +14,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
@@ -179,6 +181,10 @@ type node struct {
 	// (reclaim.go).
 	posixLocks map[uint64]heldSpans
 	lostLocks  map[uint64]bool
+	// unsentUnlocks are the lock owners whose unlock of the whole file (a close) did not
+	// reach the owner, with the handle it was made through: sent again until it does, and
+	// before any later lock request of that lock owner on the file (fileHandle.unsentUnlock).
+	unsentUnlocks map[uint64]*fileHandle
 
 	// listing is the directory's every name while the client knows it whole (nil when not): a
 	// lookup of any other name fails here without asking the owner.
@@ -423,6 +429,10 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 		return syscall.ENOTCONN
 	}
 	p.awaitFirstTry(ctx)
+	if !p.local && !p.mayCall() {
+		p.m.stats.failures.Add(1)
+		return syscall.EIO
+	}
 	api, err := p.api(bounded)
 	if err != nil {
 		p.m.stats.failures.Add(1)
@@ -430,9 +440,14 @@ func (p *peer) call(ctx context.Context, bounded bool, fn func(ctx context.Conte
 	}
 	cctx, cancel := p.callCtx(ctx, bounded)
 	defer cancel()
+	sent := time.Now()
 	if err := fn(cctx, api); err != nil {
+		if bounded && !p.local && status.Code(err) == codes.DeadlineExceeded {
+			p.timedOut(sent, api)
+		}
 		return p.failure(ctx, bounded, err)
 	}
+	p.heardFrom()
 	return 0
 }
 

@@ -103,6 +103,7 @@ type testNode struct {
 
 	connsMu sync.Mutex
 	conns   map[string]*grpc.ClientConn // to other nodes, dialled as this node
+	wires   []*atomic.Bool              // the wedged flags of the wire connections it accepted
 }
 
 // needRoot skips a test that needs root and /dev/fuse when they are missing; CI runs as root,
@@ -233,7 +234,7 @@ func (n *testNode) start(cfg ServerConfig) {
 			t.Fatal(err)
 		}
 		wireAddr = wireLn.Addr().String()
-		ln := net.Listener(hangingListener{Listener: wireLn, hang: &n.hang})
+		ln := net.Listener(hangingListener{Listener: wireLn, hang: &n.hang, node: n})
 		if n.c.tls != nil {
 			ln = tls.NewListener(ln, n.c.tls.serverConfig)
 		}
@@ -287,10 +288,12 @@ func (s hangingStream) SendMsg(m any) error {
 	return s.ServerStream.SendMsg(m)
 }
 
-// hangingListener's connections stop sending while their node hangs.
+// hangingListener's connections stop sending while their node hangs, or for good once
+// wedged (wedgeWires).
 type hangingListener struct {
 	net.Listener
 	hang *atomic.Bool
+	node *testNode
 }
 
 func (l hangingListener) Accept() (net.Conn, error) {
@@ -298,19 +301,35 @@ func (l hangingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return hangingConn{Conn: conn, hang: l.hang}, nil
+	hc := hangingConn{Conn: conn, hang: l.hang, wedged: new(atomic.Bool)}
+	if l.node != nil {
+		l.node.connsMu.Lock()
+		l.node.wires = append(l.node.wires, hc.wedged)
+		l.node.connsMu.Unlock()
+	}
+	return hc, nil
 }
 
 type hangingConn struct {
 	net.Conn
-	hang *atomic.Bool
+	hang, wedged *atomic.Bool
 }
 
 func (c hangingConn) Write(b []byte) (int, error) {
-	for c.hang.Load() {
+	for c.hang.Load() || c.wedged.Load() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return c.Conn.Write(b)
+}
+
+// wedgeWires makes the node's file wire connections accepted so far stop sending for good,
+// as a connection a middlebox lost does, while new ones work.
+func (n *testNode) wedgeWires() {
+	n.connsMu.Lock()
+	defer n.connsMu.Unlock()
+	for _, w := range n.wires {
+		w.Store(true)
+	}
 }
 
 // mutableStream drops what its node sends while the node is muted.

@@ -290,6 +290,8 @@ func (m *mapper) byteAt(t testing.TB, off int) byte {
 //	lkwi START LEN MS      F_SETLKW of a write lock, interrupted by a signal after MS ms
 //	fl sh|ex|un            flock with LOCK_NB
 //	gk START LEN           F_GETLK of a write lock: "none", or the conflicting lock's "r" or "w"
+//	open                   open the file a second time
+//	close                  close that second descriptor (which drops the process's POSIX locks)
 func lockScript(path string) int {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -307,6 +309,7 @@ func lockScript(path string) int {
 		return 1
 	}
 	types := map[string]int16{"r": unix.F_RDLCK, "w": unix.F_WRLCK, "u": unix.F_UNLCK}
+	var second *os.File
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		var op, typ string
@@ -326,6 +329,13 @@ func lockScript(path string) int {
 				continue
 			}
 			fmt.Println(map[int16]string{unix.F_UNLCK: "none", unix.F_RDLCK: "r", unix.F_WRLCK: "w"}[lk.Type])
+			continue
+		case len(fields) == 1 && fields[0] == "open":
+			second, err = os.OpenFile(path, os.O_RDWR, 0)
+			fmt.Println(errName(err))
+			continue
+		case len(fields) == 1 && fields[0] == "close":
+			fmt.Println(errName(second.Close()))
 			continue
 		case len(fields) == 2 && fields[0] == "fl":
 			how := map[string]int{"sh": unix.LOCK_SH, "ex": unix.LOCK_EX, "un": unix.LOCK_UN}[fields[1]]

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/status"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
@@ -669,6 +670,23 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
 	c.finish(start, watched, []*fspb.Attr{reply.Attr})
+	return s.answerOpen(ctx, c, reply)
+}
+
+// answerOpen answers an open (or create) that was made, unless the client gave up on it
+// meanwhile (its deadline passed, its connection ended): then no one would ever close it, and
+// it is closed here.
+func (s *Server) answerOpen(ctx context.Context, c *call, reply *fspb.OpenReply) (*fspb.OpenReply, error) {
+	if s.cfg.afterOpen != nil {
+		s.cfg.afterOpen()
+	}
+	if err := ctx.Err(); err != nil {
+		if f := c.sess.removeHandle(reply.Handle); f != nil {
+			f.close()
+			c.sess.dropUnusedLocks(f.id)
+		}
+		return nil, status.FromContextError(err).Err()
+	}
 	return reply, nil
 }
 
@@ -811,7 +829,7 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 		return &fspb.OpenReply{Errno: int32(errno)}, nil
 	}
 	c.finish(s.cache.now(), watched, []*fspb.Attr{reply.Attr, reply.Dir}, dirID)
-	return reply, nil
+	return s.answerOpen(ctx, c, reply)
 }
 
 func (s *Server) Read(ctx context.Context, req *fspb.ReadRequest) (*fspb.ReadReply, error) {

@@ -341,3 +341,32 @@ func TestCallRightAfterOwnerRestart(t *testing.T) {
 		t.Fatalf("the file reads %q on the owner", got)
 	}
 }
+
+// TestUnlockByCloseWhileOwnerUnreachable: a process that closes a descriptor of a file while
+// the owner cannot be reached loses its POSIX locks on the file, as locally, though it keeps
+// the file open by another descriptor: the unlock reaches the owner once it answers again,
+// before any later lock request of that process on the file.
+func TestUnlockByCloseWhileOwnerUnreachable(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), make([]byte, 10), 0o644))
+	a := startLockProc(t, n1.path("n2", "f"))
+	a.expect("lk w 0 1", "A locks byte 0", "ok")
+	a.expect("open", "A opens the file again", "ok")
+
+	c.gone.Store("n2", true)
+	a.expect("close", "A closes its second descriptor while the owner is unreachable", "ok")
+	c.gone.Delete("n2")
+
+	b := startLockProc(t, n2.disk("f"))
+	eventually(t, 5*time.Second, "A's lock dropped on the owner", func() error {
+		if got := b.do("lk w 0 1"); got != "ok" {
+			return fmt.Errorf("a process on the owner locks A's byte: %s", got)
+		}
+		return nil
+	})
+	b.expect("lk u 0 1", "the process on the owner unlocks", "ok")
+	a.expect("lk w 0 1", "A locks byte 0 again", "ok")
+	b.expect("lk w 0 1", "a process on the owner locks A's byte again", "EAGAIN")
+}

@@ -61,6 +61,9 @@ type ServerConfig struct {
 	// handlesPerUser replaces the share of the agent's descriptors a user may hold open
 	// (userHandles) when not zero. Tests lower it.
 	handlesPerUser int
+	// afterOpen, when a test sets it, runs when an open or create has been made, before it
+	// is answered: a slow owner.
+	afterOpen func()
 }
 
 // Server serves this node's files to the other agents' FUSE clients (and, without gRPC, to the

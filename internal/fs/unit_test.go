@@ -348,3 +348,19 @@ func TestInflightAwait(t *testing.T) {
 	f.begin() // never ended
 	f.await(time.Millisecond)
 }
+
+func TestPendingKill(t *testing.T) {
+	for _, c := range []struct {
+		status string
+		want   bool
+	}{
+		{"Name:\tcat\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n", false},
+		{"Name:\tcat\nSigPnd:\t0000000000000100\nShdPnd:\t0000000000000000\n", true},
+		{"Name:\tcat\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n", true},
+		{"Name:\tcat\nSigPnd:\t0000000000000002\nShdPnd:\t0000000000004000\n", false}, // SIGINT, SIGTERM caught
+	} {
+		if got := pendingKill([]byte(c.status)); got != c.want {
+			t.Errorf("pendingKill(%q) = %v, want %v", c.status, got, c.want)
+		}
+	}
+}
