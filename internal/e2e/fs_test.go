@@ -333,6 +333,18 @@ func startLocker(t *testing.T, c *devcluster.Cluster, node, locker, path string)
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := c.Exec(ctx, node, locker, path)
+	stdin, out := startPiped(t, cmd)
+	t.Cleanup(func() {
+		stdin.Close()
+		cancel()
+		cmd.Wait()
+	})
+	return &lockerProc{t: t, stdin: stdin, out: out}
+}
+
+// startPiped starts cmd with a pipe to its stdin and lines from its stdout.
+func startPiped(t *testing.T, cmd *exec.Cmd) (io.WriteCloser, *bufio.Scanner) {
+	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -344,12 +356,7 @@ func startLocker(t *testing.T, c *devcluster.Cluster, node, locker, path string)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		stdin.Close()
-		cancel()
-		cmd.Wait()
-	})
-	return &lockerProc{t: t, stdin: stdin, out: bufio.NewScanner(stdout)}
+	return stdin, bufio.NewScanner(stdout)
 }
 
 // do runs one command and returns its answer.
@@ -396,18 +403,7 @@ t cat /ssi/n1/etc/hostname
 		defer cancel()
 		cmd := c.Exec(ctx, "n1", "sh", "-c", script)
 		cmd.Dir = "/"
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		out := bufio.NewScanner(stdout)
+		stdin, out := startPiped(t, cmd)
 		if !out.Scan() || out.Text() != "ready" {
 			t.Fatalf("%s: the script did not start: %q", what, out.Text())
 		}

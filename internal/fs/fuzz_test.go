@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ssi-cluster/ssi/internal/fs/fspb"
 )
@@ -274,6 +275,15 @@ func FuzzChangeRequests(f *testing.F) {
 
 	var none uint64
 	nobody := func() *fspb.Caller { return &fspb.Caller{Uid: nobodyID, Gid: nobodyID, Capabilities: &none} }
+	// asNobody decodes req from data and, if it decodes, makes it (do) as nobody.
+	asNobody := func(req proto.Message, data []byte, do func()) {
+		if proto.Unmarshal(data, req) != nil {
+			return
+		}
+		m := req.ProtoReflect()
+		m.Set(m.Descriptor().Fields().ByName("caller"), protoreflect.ValueOfMessage(nobody().ProtoReflect()))
+		do()
+	}
 	f.Fuzz(func(t *testing.T, kind uint8, data []byte) {
 		switch kind % 8 {
 		case 0:
@@ -293,46 +303,25 @@ func FuzzChangeRequests(f *testing.F) {
 			s.Release(ctx, &fspb.HandleRequest{Session: req.Session, Handle: r.Handle})
 		case 1:
 			var req fspb.MknodRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Mknod(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Mknod(ctx, &req) })
 		case 2:
 			var req fspb.SymlinkRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Symlink(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Symlink(ctx, &req) })
 		case 3:
 			var req fspb.LinkRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Link(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Link(ctx, &req) })
 		case 4:
 			var req fspb.RemoveRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Remove(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Remove(ctx, &req) })
 		case 5:
 			var req fspb.RenameRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Rename(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Rename(ctx, &req) })
 		case 6:
 			var req fspb.SetattrRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Setattr(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Setattr(ctx, &req) })
 		case 7:
 			var req fspb.XattrRequest
-			if proto.Unmarshal(data, &req) == nil {
-				req.Caller = nobody()
-				s.Xattr(ctx, &req)
-			}
+			asNobody(&req, data, func() { s.Xattr(ctx, &req) })
 		}
 		if after := snapshot(); after != before {
 			t.Fatalf("a request changed the directory outside the root:\nbefore:\n%safter:\n%s", before, after)
