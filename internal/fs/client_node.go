@@ -821,15 +821,28 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	n.learnACLs(reply.Attr, snap.gen)
 	fh := n.newHandle(reply, flags, caller)
 	unchanged := reply.Attr.Size == oldSize && [2]int64{reply.Attr.MtimeSec, int64(reply.Attr.MtimeNsec)} == oldMtime
-	return fh, n.openFlags(reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
+	name, _ := n.Parent()
+	return fh, n.openFlags(name, reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
+}
+
+// walIndex tells SQLite's wal-index by its name, the database's with "-shm" added. SQLite
+// maps it shared and writable as the shared memory of every process using the database in
+// WAL mode, and relies on their stores being seen at once; a mapping is coherent only within
+// one node's kernel (the owner's invalidations drop clean pages, not another node's stores),
+// so processes on two nodes overwrote each other's commits. A file the kernel opened with
+// direct I/O cannot be mapped shared (ENODEV), which SQLite reports as an I/O error
+// (SQLITE_IOERR_SHMMAP) before it reads or writes anything.
+func walIndex(name string) bool {
+	return strings.HasSuffix(name, "-shm")
 }
 
 // openFlags tells the kernel how to cache an open file: keep its pages if the owner keeps
 // them coherent and the file did not change since they were read (close-to-open); never for
-// devices, pseudo files and appends (an append's offset is only known on the owner).
-func (n *node) openFlags(a *fspb.Attr, flags uint32, keep bool) uint32 {
+// devices, pseudo files and appends (an append's offset is only known on the owner), nor for
+// SQLite's wal-index, which direct I/O keeps from being mapped shared (see walIndex).
+func (n *node) openFlags(name string, a *fspb.Attr, flags uint32, keep bool) uint32 {
 	switch {
-	case a.Direct || isDevice(a.Mode) || flags&syscall.O_APPEND != 0:
+	case a.Direct || isDevice(a.Mode) || flags&syscall.O_APPEND != 0 || walIndex(name):
 		return fuse.FOPEN_DIRECT_IO
 	case keep:
 		return fuse.FOPEN_KEEP_CACHE
@@ -870,7 +883,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	n.cacheAttr(reply.Dir, snap)
 	in := n.child(ctx, reply.Attr, out, snap)
 	ch := in.Operations().(*node)
-	return in, ch.newHandle(reply, flags, caller), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
+	return in, ch.newHandle(reply, flags, caller), n.openFlags(name, reply.Attr, flags, out.EntryTimeout() > 0), 0
 }
 
 // made takes in the owner's answer to a call that makes a directory entry: the entry's

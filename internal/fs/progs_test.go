@@ -1,0 +1,129 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Real programs' use of the tree across nodes, against what they do on one machine.
+
+// mapShared maps the file at p shared and writable, as SQLite maps its wal-index, and unmaps
+// it again without touching its pages (a process that faults on a FUSE file it serves itself
+// can deadlock).
+func mapShared(t *testing.T, p string) error {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	must(t, err)
+	defer f.Close()
+	must(t, f.Truncate(32768))
+	m, err := unix.Mmap(int(f.Fd()), 0, 32768, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	return unix.Munmap(m)
+}
+
+// SQLite's wal-index (the "-shm" file of a database in WAL mode) is shared memory between
+// the processes using the database: each node's kernel would keep its own copy of its pages,
+// and writers on two nodes overwrote each other's commits ("database disk image is
+// malformed", SIGBUS, and inserts that had succeeded gone). Mapping it through the tree fails
+// instead, so SQLite reports an I/O error; other files map as before.
+func TestSQLiteSharedMemoryIsNotMapped(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1 := c.node("n1")
+	n1.mountTree(5 * time.Second)
+	if err := mapShared(t, n1.path("n2", "db-shm")); !errors.Is(err, syscall.ENODEV) {
+		t.Errorf("shared writable mapping of a wal-index through the tree: %v, want ENODEV", err)
+	}
+	// Opened again, not created: the open decides too.
+	if err := mapShared(t, n1.path("n2", "db-shm")); !errors.Is(err, syscall.ENODEV) {
+		t.Errorf("shared writable mapping of an existing wal-index: %v, want ENODEV", err)
+	}
+	if err := mapShared(t, n1.path("n2", "db")); err != nil {
+		t.Errorf("shared writable mapping of another file: %v", err)
+	}
+	if err := mapShared(t, n1.path("n1", "db-shm")); !errors.Is(err, syscall.ENODEV) {
+		t.Errorf("shared writable mapping of a wal-index through the node's own part of the tree: %v, want ENODEV", err)
+	}
+}
+
+// sqlite runs the sqlite3 shell on db with sql, waiting up to 5 s for locks.
+func sqlite(db, sql string) (string, error) {
+	out, err := exec.Command("sqlite3", "-cmd", ".timeout 5000", db, sql).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// Two nodes inserting into one SQLite database in WAL mode: every insert either fails or is
+// in the database afterwards.
+func TestSQLiteWALFromTwoNodesLosesNoCommit(t *testing.T) {
+	if _, err := exec.LookPath("sqlite3"); err != nil {
+		t.Skip("needs sqlite3")
+	}
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	if out, err := sqlite(n2.disk("w.db"), "pragma journal_mode=wal; create table t(id integer primary key, v text);"); err != nil {
+		t.Fatalf("making the database: %v: %s", err, out)
+	}
+	var mu sync.Mutex
+	succeeded := 0
+	var failures []string
+	var wg sync.WaitGroup
+	for _, db := range []string{n1.path("n2", "w.db"), n3.path("n2", "w.db"), n2.disk("w.db")} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 40 {
+				out, err := sqlite(db, "insert into t(v) values(hex(randomblob(100)));")
+				mu.Lock()
+				if err == nil {
+					succeeded++
+				} else {
+					failures = append(failures, out)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	// The owner's own processes, using the database by its path, go on in WAL mode.
+	if succeeded < 40 {
+		t.Errorf("%d inserts succeeded, want at least the owner's 40", succeeded)
+	}
+	out, err := sqlite(n2.disk("w.db"), "pragma integrity_check; select count(*) from t;")
+	if err != nil {
+		t.Fatalf("reading the database on its owner: %v: %s", err, out)
+	}
+	if want := fmt.Sprintf("ok\n%d", succeeded); out != want {
+		t.Errorf("the database on its owner says %q, want %q (inserts that succeeded)", out, want)
+	}
+	for _, f := range failures {
+		if !strings.Contains(f, "disk I/O error") {
+			t.Errorf("an insert through the tree failed with %q, want a disk I/O error", f)
+		}
+	}
+	// Not in WAL mode, the same database works from every node.
+	if out, err := sqlite(n2.disk("w.db"), "pragma journal_mode=delete;"); err != nil || out != "delete" {
+		t.Fatalf("leaving WAL mode: %v: %s", err, out)
+	}
+	for _, db := range []string{n1.path("n2", "w.db"), n3.path("n2", "w.db")} {
+		if out, err := sqlite(db, "insert into t(v) values('x');"); err != nil {
+			t.Errorf("insert in rollback mode through %s: %v: %s", db, err, out)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(n2.root, "w.db")); err != nil || !bytes.HasPrefix(b, []byte("SQLite format 3")) {
+		t.Errorf("the database file on the owner: %v", err)
+	}
+}
