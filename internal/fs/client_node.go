@@ -75,6 +75,16 @@ func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	return 0
 }
 
+// Statx answers for the top of the mount as Getattr does: left unanswered (ENOSYS), the
+// kernel would stop asking any object of the mount for its birth time.
+func (r *rootNode) Statx(ctx context.Context, f fs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	var a fuse.AttrOut
+	r.Getattr(ctx, f, &a)
+	fillStatx(&out.Statx, &a.Attr)
+	out.SetTimeout(a.Timeout())
+	return 0
+}
+
 func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	*out = fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: maxNameLen}
 	return 0
@@ -623,14 +633,24 @@ func (n *node) staleCheck(errno int32) {
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	a, ttl, errno := n.getattr(ctx, f)
+	if errno != 0 {
+		return errno
+	}
+	fillAttr(&out.Attr, a, n.StableAttr().Ino)
+	out.SetTimeout(ttl)
+	return 0
+}
+
+// getattr gives the object's attributes, cached or from the owner, and how long the kernel
+// may keep them.
+func (n *node) getattr(ctx context.Context, f fs.FileHandle) (*fspb.Attr, time.Duration, syscall.Errno) {
 	if a := n.cachedAttr(); a != nil {
-		fillAttr(&out.Attr, a, n.StableAttr().Ino)
-		out.SetTimeout(cacheTTL)
-		return 0
+		return a, cacheTTL, 0
 	}
 	ref, errno := n.ref(f)
 	if errno != 0 {
-		return errno
+		return nil, 0, errno
 	}
 	snap := n.snapshot()
 	var reply *fspb.EntryReply
@@ -639,16 +659,54 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		return err
 	})
 	if errno != 0 {
-		return errno
+		return nil, 0, errno
 	}
 	if reply.Errno != 0 {
 		n.staleCheck(reply.Errno)
-		return syscall.Errno(reply.Errno)
+		return nil, 0, syscall.Errno(reply.Errno)
 	}
 	n.cacheAttr(reply.Attr, snap)
-	fillAttr(&out.Attr, reply.Attr, n.StableAttr().Ino)
-	out.SetTimeout(n.ttl(reply.Attr, snap))
+	return reply.Attr, n.ttl(reply.Attr, snap), 0
+}
+
+// Statx is Getattr with the birth time, which the kernel asks for only this way (stat's %W,
+// ls --time=birth, statx with STATX_BTIME): without it the tree showed none, where the
+// owner's file system has one. The owner sends it in every answer, as part of the object's
+// identity (FileID.btime, 0 where its file system keeps none).
+func (n *node) Statx(ctx context.Context, f fs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	a, ttl, errno := n.getattr(ctx, f)
+	if errno != 0 {
+		return errno
+	}
+	var attr fuse.Attr
+	fillAttr(&attr, a, n.StableAttr().Ino)
+	fillStatx(&out.Statx, &attr)
+	if bt := a.GetId().GetBtime(); bt > 0 {
+		out.Mask |= unix.STATX_BTIME
+		out.Btime = fuse.SxTime{Sec: uint64(bt / 1e9), Nsec: uint32(bt % 1e9)}
+	}
+	out.SetTimeout(ttl)
 	return 0
+}
+
+// fillStatx gives the basic attributes in a statx answer.
+func fillStatx(out *fuse.Statx, a *fuse.Attr) {
+	*out = fuse.Statx{
+		Mask:      unix.STATX_BASIC_STATS,
+		Blksize:   a.Blksize,
+		Nlink:     a.Nlink,
+		Uid:       a.Uid,
+		Gid:       a.Gid,
+		Mode:      uint16(a.Mode),
+		Ino:       a.Ino,
+		Size:      a.Size,
+		Blocks:    a.Blocks,
+		Atime:     fuse.SxTime{Sec: a.Atime, Nsec: a.Atimensec},
+		Mtime:     fuse.SxTime{Sec: a.Mtime, Nsec: a.Mtimensec},
+		Ctime:     fuse.SxTime{Sec: a.Ctime, Nsec: a.Ctimensec},
+		RdevMajor: unix.Major(uint64(a.Rdev)),
+		RdevMinor: unix.Minor(uint64(a.Rdev)),
+	}
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {

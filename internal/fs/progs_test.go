@@ -127,3 +127,38 @@ func TestSQLiteWALFromTwoNodesLosesNoCommit(t *testing.T) {
 		t.Errorf("the database file on the owner: %v", err)
 	}
 }
+
+func birthTime(t *testing.T, p string) (unix.StatxTimestamp, bool) {
+	t.Helper()
+	var st unix.Statx_t
+	must(t, unix.Statx(unix.AT_FDCWD, p, 0, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &st))
+	return st.Btime, st.Mask&unix.STATX_BTIME != 0
+}
+
+// stat's %W, ls --time=birth and find -newerBt read the birth time, which statx gives only
+// when asked: the tree showed none where the owner's disk keeps it.
+func TestBirthTimeShownThroughTheTree(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(5 * time.Second)
+	must(t, os.WriteFile(n2.disk("f"), []byte("x"), 0o644))
+	must(t, os.Mkdir(n2.disk("d"), 0o755))
+	for _, name := range []string{"f", "d"} {
+		want, ok := birthTime(t, n2.disk(name))
+		if !ok {
+			t.Skip("the owner's file system keeps no birth time")
+		}
+		// Once while the attributes are not cached yet, once while they are.
+		for range 2 {
+			got, ok := birthTime(t, n1.path("n2", name))
+			if !ok || got != want {
+				t.Errorf("birth time of %s through the tree: %v (given: %v), want %v as on the owner's disk", name, got, ok, want)
+			}
+		}
+	}
+	var st unix.Statx_t
+	must(t, unix.Statx(unix.AT_FDCWD, n1.mnt, 0, unix.STATX_BTIME, &st))
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		t.Errorf("statx of the top of the mount: mode %o, want a directory", st.Mode)
+	}
+}
