@@ -162,3 +162,63 @@ func TestBirthTimeShownThroughTheTree(t *testing.T) {
 		t.Errorf("statx of the top of the mount: mode %o, want a directory", st.Mode)
 	}
 }
+
+// A program running on one node from the tree cannot be written from another, as locally
+// (ETXTBSY): the other node's `cp new prog` overwrote it, and the program crashed when it
+// paged in the new code. Once it has exited, the file can be written at once.
+func TestRunningProgramIsNotWrittenFromAnotherNode(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2", "n3")
+	n1, n2, n3 := c.node("n1"), c.node("n2"), c.node("n3")
+	n1.mountTree(5 * time.Second)
+	n3.mountTree(5 * time.Second)
+	sleep, err := exec.LookPath("sleep")
+	must(t, err)
+	b, err := os.ReadFile(sleep)
+	must(t, err)
+	must(t, os.WriteFile(n2.disk("prog"), b, 0o755))
+	// Through sh: the test process's own fork holds the runtime's ForkLock until the child's
+	// exec returns, which the mount in this process may need to answer the exec's requests.
+	prog := exec.Command("sh", "-c", `exec "$0" 60`, n1.path("n2", "prog"))
+	must(t, prog.Start())
+	// The program runs once its file is open on the owner for executing.
+	eventually(t, 10*time.Second, "the program started", func() error {
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", prog.Process.Pid))
+		if err != nil || exe != n1.path("n2", "prog") {
+			return fmt.Errorf("runs %q (%v)", exe, err)
+		}
+		return nil
+	})
+	exited := false
+	defer func() {
+		if !exited {
+			prog.Process.Kill()
+			prog.Wait()
+		}
+	}()
+	other := n3.path("n2", "prog")
+	if _, err := os.OpenFile(other, os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
+		t.Errorf("opening a program running on n1 for writing from n3: %v, want ETXTBSY", err)
+	}
+	if err := os.WriteFile(other, []byte("new"), 0o755); !errors.Is(err, syscall.ETXTBSY) {
+		t.Errorf("overwriting (O_TRUNC) a program running on n1 from n3: %v, want ETXTBSY", err)
+	}
+	if err := os.Truncate(other, 0); !errors.Is(err, syscall.ETXTBSY) {
+		t.Errorf("truncating a program running on n1 from n3: %v, want ETXTBSY", err)
+	}
+	if f, err := os.Open(other); err != nil {
+		t.Errorf("reading a running program from n3: %v", err)
+	} else {
+		f.Close()
+	}
+	if got, err := os.ReadFile(n2.disk("prog")); err != nil || !bytes.Equal(got, b) {
+		t.Errorf("the running program on its owner's disk changed (%v)", err)
+	}
+	prog.Process.Kill()
+	prog.Wait()
+	exited = true
+	// As locally, once the program is gone its file may be written: no ETXTBSY left behind by
+	// the close still on its way to the owner.
+	if err := os.WriteFile(other, []byte("new"), 0o755); err != nil {
+		t.Errorf("overwriting the program from n3 after it exited: %v", err)
+	}
+}

@@ -85,6 +85,8 @@ type Server struct {
 
 	// lockGraph holds the POSIX locks and waits of all sessions, for deadlock detection.
 	lockGraph *lockGraph
+	// running counts the files clients run, whose writes the owner refuses (running.go).
+	running *runningFiles
 
 	stats serverStats
 	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
@@ -133,6 +135,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		sessions:      make(map[string]*session),
 		byIdx:         make(map[uint32]*session),
 		lockGraph:     newLockGraph(),
+		running:       newRunningFiles(),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {

@@ -50,6 +50,9 @@ type openFile struct {
 	flags   int
 	watched bool
 	regular bool
+	// running, for a file a client opened to execute it, is where the owner counts it as
+	// running until the handle closes.
+	running *runningFiles
 
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
@@ -228,6 +231,9 @@ func (f *openFile) close() {
 	if !f.closed {
 		f.closed = true
 		unix.Close(f.fd)
+		if f.running != nil {
+			f.running.done(f.id)
+		}
 	}
 }
 
