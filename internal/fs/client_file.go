@@ -151,8 +151,9 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 // Release closes the file on the owner. The kernel does not wait for it, so closes are
 // gathered and sent together, a round trip saved per small file. Not when others may be
-// waiting for the close: an flock taken through the handle, or an executable open for
-// writing (the owner refuses to run it, ETXTBSY, while a writer has it open).
+// waiting for the close: an flock taken through the handle, an executable open for writing
+// (the owner refuses to run it, ETXTBSY, while a writer has it open), or a program's file
+// opened to run it.
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 	f.n.p.forgetHandle(f)
 	f.mu.Lock()
@@ -162,7 +163,7 @@ func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
 	executable := f.n.mode&0o111 != 0
 	f.n.mu.Unlock()
-	if flocked || executable && f.flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+	if flocked || executable && f.flags&syscall.O_ACCMODE != syscall.O_RDONLY || f.flags&fmodeExec != 0 {
 		f.n.p.releaseNow([]uint64{h})
 		return 0
 	}

@@ -77,6 +77,16 @@ func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	return 0
 }
 
+// Statx answers for the top of the mount as Getattr does: left unanswered (ENOSYS), the
+// kernel would stop asking any object of the mount for its birth time.
+func (r *rootNode) Statx(ctx context.Context, f fs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	var a fuse.AttrOut
+	r.Getattr(ctx, f, &a)
+	fillStatx(&out.Statx, &a.Attr)
+	out.SetTimeout(a.Timeout())
+	return 0
+}
+
 func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	*out = fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: maxNameLen}
 	return 0
@@ -639,14 +649,24 @@ func (n *node) staleCheck(errno int32) {
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	a, ttl, errno := n.getattr(ctx, f)
+	if errno != 0 {
+		return errno
+	}
+	fillAttr(&out.Attr, a, n.StableAttr().Ino)
+	out.SetTimeout(ttl)
+	return 0
+}
+
+// getattr gives the object's attributes, cached or from the owner, and how long the kernel
+// may keep them.
+func (n *node) getattr(ctx context.Context, f fs.FileHandle) (*fspb.Attr, time.Duration, syscall.Errno) {
 	if a := n.cachedAttr(); a != nil {
-		fillAttr(&out.Attr, a, n.StableAttr().Ino)
-		out.SetTimeout(cacheTTL)
-		return 0
+		return a, cacheTTL, 0
 	}
 	ref, errno := n.ref(f)
 	if errno != 0 {
-		return errno
+		return nil, 0, errno
 	}
 	snap := n.snapshot()
 	var reply *fspb.EntryReply
@@ -655,16 +675,54 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 		return err
 	})
 	if errno != 0 {
-		return errno
+		return nil, 0, errno
 	}
 	if reply.Errno != 0 {
 		n.staleCheck(reply.Errno)
-		return syscall.Errno(reply.Errno)
+		return nil, 0, syscall.Errno(reply.Errno)
 	}
 	n.cacheAttr(reply.Attr, snap)
-	fillAttr(&out.Attr, reply.Attr, n.StableAttr().Ino)
-	out.SetTimeout(n.ttl(reply.Attr, snap))
+	return reply.Attr, n.ttl(reply.Attr, snap), 0
+}
+
+// Statx is Getattr with the birth time, which the kernel asks for only this way (stat's %W,
+// ls --time=birth, statx with STATX_BTIME): without it the tree showed none, where the
+// owner's file system has one. The owner sends it in every answer, as part of the object's
+// identity (FileID.btime, 0 where its file system keeps none).
+func (n *node) Statx(ctx context.Context, f fs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	a, ttl, errno := n.getattr(ctx, f)
+	if errno != 0 {
+		return errno
+	}
+	var attr fuse.Attr
+	fillAttr(&attr, a, n.StableAttr().Ino)
+	fillStatx(&out.Statx, &attr)
+	if bt := a.GetId().GetBtime(); bt > 0 {
+		out.Mask |= unix.STATX_BTIME
+		out.Btime = fuse.SxTime{Sec: uint64(bt / 1e9), Nsec: uint32(bt % 1e9)}
+	}
+	out.SetTimeout(ttl)
 	return 0
+}
+
+// fillStatx gives the basic attributes in a statx answer.
+func fillStatx(out *fuse.Statx, a *fuse.Attr) {
+	*out = fuse.Statx{
+		Mask:      unix.STATX_BASIC_STATS,
+		Blksize:   a.Blksize,
+		Nlink:     a.Nlink,
+		Uid:       a.Uid,
+		Gid:       a.Gid,
+		Mode:      uint16(a.Mode),
+		Ino:       a.Ino,
+		Size:      a.Size,
+		Blocks:    a.Blocks,
+		Atime:     fuse.SxTime{Sec: a.Atime, Nsec: a.Atimensec},
+		Mtime:     fuse.SxTime{Sec: a.Mtime, Nsec: a.Mtimensec},
+		Ctime:     fuse.SxTime{Sec: a.Ctime, Nsec: a.Ctimensec},
+		RdevMajor: unix.Major(uint64(a.Rdev)),
+		RdevMinor: unix.Minor(uint64(a.Rdev)),
+	}
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -838,15 +896,28 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	n.learnACLs(reply.Attr, snap.gen)
 	fh := n.newHandle(reply, flags, caller)
 	unchanged := reply.Attr.Size == oldSize && [2]int64{reply.Attr.MtimeSec, int64(reply.Attr.MtimeNsec)} == oldMtime
-	return fh, n.openFlags(reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
+	name, _ := n.Parent()
+	return fh, n.openFlags(name, reply.Attr, flags, unchanged && n.ttl(reply.Attr, snap) > 0), 0
+}
+
+// walIndex tells SQLite's wal-index by its name, the database's with "-shm" added. SQLite
+// maps it shared and writable as the shared memory of every process using the database in
+// WAL mode, and relies on their stores being seen at once; a mapping is coherent only within
+// one node's kernel (the owner's invalidations drop clean pages, not another node's stores),
+// so processes on two nodes overwrote each other's commits. A file the kernel opened with
+// direct I/O cannot be mapped shared (ENODEV), which SQLite reports as an I/O error
+// (SQLITE_IOERR_SHMMAP) before it reads or writes anything.
+func walIndex(name string) bool {
+	return strings.HasSuffix(name, "-shm")
 }
 
 // openFlags tells the kernel how to cache an open file: keep its pages if the owner keeps
 // them coherent and the file did not change since they were read (close-to-open); never for
-// devices, pseudo files and appends (an append's offset is only known on the owner).
-func (n *node) openFlags(a *fspb.Attr, flags uint32, keep bool) uint32 {
+// devices, pseudo files and appends (an append's offset is only known on the owner), nor for
+// SQLite's wal-index, which direct I/O keeps from being mapped shared (see walIndex).
+func (n *node) openFlags(name string, a *fspb.Attr, flags uint32, keep bool) uint32 {
 	switch {
-	case a.Direct || isDevice(a.Mode) || flags&syscall.O_APPEND != 0:
+	case a.Direct || isDevice(a.Mode) || flags&syscall.O_APPEND != 0 || walIndex(name):
 		return fuse.FOPEN_DIRECT_IO
 	case keep:
 		return fuse.FOPEN_KEEP_CACHE
@@ -887,7 +958,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	n.cacheAttr(reply.Dir, snap)
 	in := n.child(ctx, reply.Attr, out, snap)
 	ch := in.Operations().(*node)
-	return in, ch.newHandle(reply, flags, caller), n.openFlags(reply.Attr, flags, out.EntryTimeout() > 0), 0
+	return in, ch.newHandle(reply, flags, caller), n.openFlags(name, reply.Attr, flags, out.EntryTimeout() > 0), 0
 }
 
 // made takes in the owner's answer to a call that makes a directory entry: the entry's

@@ -249,6 +249,9 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 		}
 	}
 	expected := idFromPB(req.Node.Id)
+	if req.Valid&setSize != 0 {
+		s.running.waitNotRunning(expected)
+	}
 	c.sess.begin(expected)
 	defer c.sess.end(expected)
 
@@ -286,6 +289,11 @@ func (s *Server) Setattr(ctx context.Context, req *fspb.SetattrRequest) (*fspb.E
 			return syscall.ESTALE
 		}
 		id = statxID(&st)
+		if req.Valid&setSize != 0 {
+			if errno := s.running.refuseID(id); errno != 0 {
+				return errno
+			}
+		}
 		if errno := applySetattr(fd, handle != nil, req); errno != 0 {
 			return errno
 		}
@@ -597,6 +605,10 @@ func (c *call) finishOpen(fd int, requested uint32, watched, exported bool, want
 		return nil, syscall.ENFILE
 	}
 	f.counted, f.uid = c.s.handles, c.who.uid
+	if requested&fmodeExec != 0 {
+		f.running = c.s.running
+		f.running.add(f.id)
+	}
 	h := newHandleID()
 	if errno := c.sess.addHandle(h, f); errno != 0 {
 		f.close()
@@ -625,6 +637,9 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 	if writes(req.Flags) && int(req.Flags)&unix.O_TRUNC != 0 {
 		run = c.change
 	}
+	if writes(req.Flags) {
+		s.running.waitNotRunning(idFromPB(req.Node.Id))
+	}
 	errno = run(func() syscall.Errno {
 		r, errno := s.resolve(path)
 		if errno != 0 {
@@ -638,6 +653,11 @@ func (s *Server) Open(ctx context.Context, req *fspb.OpenRequest) (*fspb.OpenRep
 		name := r.name
 		if name == "" {
 			name = "."
+		}
+		if writes(req.Flags) {
+			if errno := s.running.refuseRunning(r.dir, r.name); errno != 0 {
+				return errno
+			}
 		}
 		flags := openFlags(req.Flags) &^ unix.O_EXCL
 		if roWrite {
@@ -800,6 +820,11 @@ func (s *Server) Create(ctx context.Context, req *fspb.CreateRequest) (*fspb.Ope
 			return errno
 		}
 		defer r.close()
+		if writes(req.Flags) {
+			if errno := s.running.refuseRunning(r.dir, r.name); errno != 0 {
+				return errno
+			}
+		}
 		flags := openFlags(req.Flags) | unix.O_CREAT
 		mode, inherits := createMode(r.dir, req.Mode, req.UnmaskedMode)
 		fd, err := unix.Openat(r.dir, r.name, flags|unix.O_EXCL, mode&07777)

@@ -109,6 +109,8 @@ type Server struct {
 	calls *userCallSlots
 	// handles counts each user's open files (blocking.go).
 	handles *userHandles
+	// running counts the files clients run, whose writes the owner refuses (running.go).
+	running *runningFiles
 
 	stats serverStats
 	// lastTrim is when trimCache last had a client flush (unix nanoseconds); trimPending
@@ -159,6 +161,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		lockGraph:     newLockGraph(),
 		calls:         newUserCallSlots(cfg.callsPerUser),
 		handles:       newUserHandles(cfg.handlesPerUser),
+		running:       newRunningFiles(),
 		closed:        make(chan struct{}),
 	}
 	if s.identify == nil {

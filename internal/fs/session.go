@@ -65,6 +65,9 @@ type openFile struct {
 	// counted is where the file counts as one of uid's open files, until it closes.
 	counted *userHandles
 	uid     uint32
+	// running, for a file a client opened to execute it, is where the owner counts it as
+	// running until the handle closes.
+	running *runningFiles
 
 	// use is held (read) while the descriptor is used and (write) to close it.
 	use    sync.RWMutex
@@ -256,6 +259,9 @@ func (f *openFile) close() {
 		unix.Close(f.fd)
 		if f.counted != nil {
 			f.counted.put(f.uid)
+		}
+		if f.running != nil {
+			f.running.done(f.id)
 		}
 	}
 }
