@@ -76,6 +76,9 @@ type Mounted struct {
 	// beforeOpenCall, when a test sets it, runs in Open between naming the node and sending
 	// the request, where a rename by another node would make the request's path a stale one.
 	beforeOpenCall atomic.Pointer[func()]
+	// reopenFails, when a test sets it, is asked before each open of a reclaim: an errno makes
+	// that open fail as if the owner could not be reached.
+	reopenFails atomic.Pointer[func() syscall.Errno]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -653,8 +656,9 @@ func (p *peer) api(bounded bool) (filesAPI, error) {
 // callCtx bounds one request to the owner. Bounded calls run to their end or the timeout even
 // if the caller is interrupted: the change may already be made on the owner, and a process
 // that retries an interrupted call (Go's runtime interrupts its threads all the time) must not
-// find it half done. A process being killed sees nothing more: its calls end at once. Unbounded calls (lock waits, device I/O) end when the caller is
-// interrupted or the owner is found down.
+// find it half done. A process being killed sees nothing more: its calls end at once.
+// Unbounded calls (lock waits, device I/O) end when the caller is interrupted or the owner is
+// found down.
 func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, context.CancelFunc) {
 	ctx := context.Context(p.m.ctx)
 	var cancel context.CancelFunc
@@ -674,18 +678,19 @@ func (p *peer) callCtx(parent context.Context, bounded bool) (context.Context, c
 		}()
 	}
 	if parent != nil && parent.Done() != nil {
-		end := cancel
+		// inner, not cancel, in what runs on its own: cancel is replaced below.
+		inner := cancel
+		end := inner
 		if bounded {
 			// Only for a process being killed: the kernel waits for the answer before it lets
 			// it die, and no one will see the call's outcome.
 			end = func() {
 				if callerDying(parent) {
-					cancel()
+					inner()
 				}
 			}
 		}
 		stop := context.AfterFunc(parent, end)
-		inner := cancel
 		cancel = func() { stop(); inner() }
 	}
 	if p.local {
