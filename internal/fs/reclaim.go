@@ -265,8 +265,17 @@ func (p *peer) reclaim(stale []*fileHandle, instance []byte) {
 	start := time.Now()
 	byNode := make(map[*node][]*fileHandle)
 	reopened, lost := 0, 0
+	retried := false
 	for i, f := range stale {
 		ok, unreachable := p.reopen(ctx, f, instance)
+		if unreachable && !retried && p.connectedTo(instance) {
+			// The owner's watch stream is up on the instance reclaimed from: the call may have
+			// gone on a connection to the server that went away, not yet seen closed. Once
+			// more on a new connection before giving the files up.
+			retried = true
+			p.dropCalls()
+			ok, unreachable = p.reopen(ctx, f, instance)
+		}
 		if unreachable {
 			// Gone again, or too slow: the rest are lost rather than each waiting for the
 			// timeout in turn while calls on open files wait for the reclaim.
@@ -297,6 +306,13 @@ func (p *peer) reclaim(stale []*fileHandle, instance []byte) {
 		"files", reopened, "files_lost", lost, "locks", locks, "locks_lost", failed, "took", time.Since(start))
 }
 
+// connectedTo reports whether the owner's watch stream is up on the given server instance.
+func (p *peer) connectedTo(instance []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.up && bytes.Equal(p.instance, instance)
+}
+
 // reopen opens f's file again on the restarted owner and tells whether it could, or whether the
 // owner could not be reached (then f is left as it was).
 func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) (ok, unreachable bool) {
@@ -312,10 +328,15 @@ func (p *peer) reopen(ctx context.Context, f *fileHandle, instance []byte) (ok, 
 		if errno = e; errno == 0 {
 			// Never create, truncate or fail because it exists: it is the same file again.
 			flags := f.flags &^ (syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC)
-			errno = p.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
-				reply, err = api.Open(rpc, &fspb.OpenRequest{Session: p.m.session, Caller: f.caller, Node: ref, Flags: flags})
-				return err
-			})
+			if hook := p.m.reopenFails.Load(); hook != nil {
+				errno = (*hook)()
+			}
+			if errno == 0 {
+				errno = p.call(ctx, true, func(rpc context.Context, api filesAPI) (err error) {
+					reply, err = api.Open(rpc, &fspb.OpenRequest{Session: p.m.session, Caller: f.caller, Node: ref, Flags: flags})
+					return err
+				})
+			}
 			if errno != 0 {
 				return false, true
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -369,4 +370,42 @@ func TestUnlockByCloseWhileOwnerUnreachable(t *testing.T) {
 	b.expect("lk u 0 1", "the process on the owner unlocks", "ok")
 	a.expect("lk w 0 1", "A locks byte 0 again", "ok")
 	b.expect("lk w 0 1", "a process on the owner locks A's byte again", "EAGAIN")
+}
+
+// TestReclaimSurvivesOneFailedOpen: an open of a reclaim that fails as if the owner could not be
+// reached, while the owner's watch stream is up on the restarted server, is made once more on a
+// new connection rather than losing the files (whose calls would fail with EIO for good).
+func TestReclaimSurvivesOneFailedOpen(t *testing.T) {
+	c := newTestCluster(t, "n1", "n2")
+	n1, n2 := c.node("n1"), c.node("n2")
+	n1.mountTree(time.Second)
+	must(t, os.WriteFile(n2.disk("f"), []byte("0123456789"), 0o644))
+	f, err := os.OpenFile(n1.path("n2", "f"), os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	var failed atomic.Bool
+	fail := func() syscall.Errno {
+		if failed.CompareAndSwap(false, true) {
+			return syscall.ENOTCONN
+		}
+		return 0
+	}
+	n1.mount.reopenFails.Store(&fail)
+	defer n1.mount.reopenFails.Store(nil)
+	n2.restart(ServerConfig{})
+	eventually(t, 10*time.Second, "the reclaim done", func() error {
+		if n1.mount.reclaimsDone() == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if !failed.Load() {
+		t.Fatal("the reclaim made no open")
+	}
+	if _, err := f.WriteAt([]byte("x"), 0); err != nil {
+		t.Fatalf("a write after the reclaim: %v", err)
+	}
+	if got := readFile(t, n2.disk("f")); got[0] != 'x' {
+		t.Fatalf("the file reads %q on the owner", got)
+	}
 }
