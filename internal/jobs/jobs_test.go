@@ -41,12 +41,14 @@ func TestBatchJobRunsWithOutputFile(t *testing.T) {
 	}
 
 	// Separate files with patterns; the history keeps the usage. The job holds more memory
-	// than this process (all the agents) ever did, so its peak is measured on any host.
+	// than this process (all the agents) ever did, so its peak is measured on any host: twice
+	// as much, as this process goes on growing meanwhile (by more than 32 MiB once, under the
+	// race detector, and the peak was not recorded).
 	var self syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
 		t.Fatal(err)
 	}
-	block := uint64(self.Maxrss)*1024 + 32<<20
+	block := 2*uint64(self.Maxrss)*1024 + 64<<20
 	req := cmd(dir, fmt.Sprintf("echo out; echo err >&2; dd if=/dev/zero of=/dev/null bs=%d count=1 2>/dev/null", block))
 	req.Output, req.Error = []byte("o-%j-%x.txt"), []byte("sub/e-%A-%a-%u.txt")
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
