@@ -256,8 +256,10 @@ func (s *Service) relay(client runStream, node string, start *ssipb.RunStart, ex
 					deadSince = now
 				case now.Sub(deadSince) >= lostAfter:
 					// Gossip can misjudge a node on a saturated machine: ask the node itself,
-					// over the connection the session uses, before giving up on it.
-					if s.answers(ctx, peer) {
+					// over the connection the session uses, before giving up on it. A node
+					// too busy to answer in time that gossip shows alive again meanwhile was
+					// misjudged too.
+					if s.answers(ctx, peer) || s.alive(node) {
 						deadSince = time.Time{}
 						continue
 					}
